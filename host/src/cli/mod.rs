@@ -1,0 +1,44 @@
+//! The `trellis` command line: one module per subcommand, each with a `run` function.
+
+mod serve;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Trellis runs policy-guarded data workflows: SQL and WebAssembly nodes, checked by Cedar.
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version = crate::VERSION, propagate_version = true)]
+#[command(after_help = "Examples:
+  $ trellis serve --watch                      serve ./trellis.toml (or the embedded default)
+  $ trellis serve --config trellis.toml --listen 127.0.0.1:0
+  $ RUST_LOG=trellis_host=debug trellis --log-format json serve")]
+pub struct Cli {
+    /// How log lines on stderr look: `pretty` for people, `json` for collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "TRELLIS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colored on a terminal unless `NO_COLOR` is set).
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
+}
+
+/// Runs the chosen subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+    }
+}

@@ -1,0 +1,47 @@
+//! `trellis serve`: load the configuration, open the databases, and serve HTTP until stopped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::Config;
+
+/// Serve the HTTP API until SIGINT or SIGTERM; in-flight requests finish first.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  $ trellis serve                              ./trellis.toml if present, else the embedded default
+  $ trellis serve --config trellis.toml --watch
+  $ trellis serve --listen 127.0.0.1:0         pick a free port; the address is printed on stdout")]
+pub struct ServeArgs {
+    /// Configuration file [default: ./trellis.toml when it exists, else the embedded default]
+    #[arg(long, short = 'c', value_name = "FILE", env = "TRELLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Reload plugins, policies and workflows when their files change.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Address to listen on, overriding `server.listen` [default: 127.0.0.1:8700]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let stop = crate::shutdown::install().context("cannot install the SIGINT/SIGTERM handlers")?;
+    let mut config = Config::discover(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    tracing::info!(config = %config.source, "configuration loaded");
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}`", config.server.listen))?;
+    let app = crate::server::App::start(config, args.watch).await?;
+    let addr = listener.local_addr()?;
+    // The one line on stdout: scripts and tests read the bound address from it.
+    println!("trellis listening on http://{addr}");
+    crate::server::serve(app, listener, stop).await?;
+    Ok(())
+}

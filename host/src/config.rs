@@ -1,0 +1,899 @@
+//! `trellis.toml`: where it is found, what it holds, and how secrets in it stay out of sight.
+//!
+//! The file is optional. Without one the embedded default applies: the SQLite file
+//! `./data/trellis.db` as database `main`, plugins in `./plugins`, policies in `./policies`.
+//! Relative paths in a file are resolved against the file's directory. String values may name
+//! environment variables as `${VAR}` (or `${VAR:-default}`); `$$` is a literal `$`.
+//!
+//! Every error names the file, the line and the key at fault, and never prints a secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+/// The address `trellis serve` listens on when neither config nor `--listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
+/// The file `trellis` looks for in the current directory when `--config` is not given.
+pub const DEFAULT_FILE: &str = "trellis.toml";
+
+/// The configuration the host runs with, with paths resolved and secrets wrapped.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this configuration came from.
+    pub source: ConfigSource,
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// The directories the host reads and writes.
+    pub paths: PathsConfig,
+    /// The databases, by name.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+/// Where a configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A `trellis.toml` file.
+    File(PathBuf),
+    /// No file: the built-in defaults.
+    Embedded,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+            ConfigSource::Embedded => f.write_str("embedded default"),
+        }
+    }
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// How long in-flight requests may run after a stop signal before the host exits anyway.
+    pub shutdown_timeout: Duration,
+    /// The longest any one request may take.
+    pub request_timeout: Duration,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// `[paths]`: directories, resolved against the config file's directory.
+#[derive(Debug, Clone)]
+pub struct PathsConfig {
+    /// Where the host keeps its own files (the default SQLite database, caches).
+    pub data: PathBuf,
+    /// The watched plugin directory (`*.wasm`).
+    pub plugins: PathBuf,
+    /// Cedar schema, `*.cedar` and `*.rules.json`.
+    pub policies: PathBuf,
+    /// Workflow definitions.
+    pub workflows: PathBuf,
+}
+
+/// `[databases.NAME]`: one database the host may connect to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// The name it is known by in workflows, the CLI and metrics.
+    pub name: String,
+    /// Where it is and how to log in.
+    pub target: DatabaseTarget,
+}
+
+/// The three database kinds Trellis speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    /// PostgreSQL (also `postgresql`).
+    #[serde(alias = "postgresql")]
+    Postgres,
+    /// MySQL or MariaDB (also `mariadb`).
+    #[serde(alias = "mariadb")]
+    Mysql,
+    /// SQLite, embedded.
+    Sqlite,
+}
+
+impl DatabaseKind {
+    /// The lower-case name used in outputs (`postgresql`, `mysql`, `sqlite`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseKind::Postgres => "postgresql",
+            DatabaseKind::Mysql => "mysql",
+            DatabaseKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl fmt::Display for DatabaseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a database is. Debug and Display never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// A SQLite file (created when missing) or `:memory:`.
+    Sqlite {
+        /// The file; `None` for an in-memory database.
+        path: Option<PathBuf>,
+    },
+    /// A PostgreSQL or MySQL/MariaDB server.
+    Server {
+        /// Which server protocol.
+        kind: DatabaseKind,
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// Database (schema) name.
+        database: String,
+        /// User to log in as.
+        user: String,
+        /// Password, if any.
+        password: Option<Secret>,
+    },
+}
+
+impl DatabaseTarget {
+    /// The database kind.
+    pub fn kind(&self) -> DatabaseKind {
+        match self {
+            DatabaseTarget::Sqlite { .. } => DatabaseKind::Sqlite,
+            DatabaseTarget::Server { kind, .. } => *kind,
+        }
+    }
+}
+
+/// `host:port/db` or the SQLite path: what errors, logs and metrics may show.
+impl fmt::Display for DatabaseTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseTarget::Sqlite { path: Some(path) } => write!(f, "sqlite:{}", path.display()),
+            DatabaseTarget::Sqlite { path: None } => f.write_str("sqlite::memory:"),
+            DatabaseTarget::Server {
+                kind,
+                host,
+                port,
+                database,
+                user,
+                ..
+            } => write!(f, "{kind}://{user}@{host}:{port}/{database}"),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.target)
+    }
+}
+
+/// A secret string (password, key). Debug and Display print `***`; read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for handing to a driver. Never format it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file `{path}`", path = path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but something in it is wrong.
+    #[error("{path}:{line}:{column}: {key}{message}{hint}",
+        path = path.display(),
+        key = key.as_deref().map(|k| format!("key `{k}`: ")).unwrap_or_default(),
+        hint = hint.as_deref().map(|h| format!("\n\nhint: {h}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the fault.
+        line: usize,
+        /// 1-based column of the fault.
+        column: usize,
+        /// The dotted key at fault, when known (`databases.main.url`).
+        key: Option<String>,
+        /// What is wrong, without any secret.
+        message: String,
+        /// What to do about it.
+        hint: Option<String>,
+    },
+}
+
+impl Config {
+    /// Loads `explicit` if given; else `./trellis.toml` if it exists; else the embedded default.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        match explicit {
+            Some(path) => Config::load(path),
+            None if Path::new(DEFAULT_FILE).is_file() => Config::load(Path::new(DEFAULT_FILE)),
+            None => Ok(Config::embedded()),
+        }
+    }
+
+    /// The embedded default: SQLite `./data/trellis.db` as `main`, `./plugins`, `./policies`.
+    pub fn embedded() -> Config {
+        RawConfig::default()
+            .resolve(Path::new("."), ConfigSource::Embedded)
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Loads and checks one file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses `text` as if read from `path` (used for messages and to resolve relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid =
+            |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
+                let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+                let hint = hint_for(&message);
+                ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    key,
+                    message,
+                    hint,
+                }
+            };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| invalid(e.span(), None, e.message().to_owned()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            // `toml::Spanned` shows up in the path as a private field name: leave it out.
+            let key = e
+                .path()
+                .to_string()
+                .split('.')
+                .filter(|segment| !segment.starts_with("$__"))
+                .collect::<Vec<_>>()
+                .join(".");
+            let key = (!key.is_empty()).then_some(key);
+            let message = scrub(key.as_deref(), e.inner().message());
+            invalid(e.inner().span(), key, message)
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
+        raw.resolve(base, ConfigSource::File(path.to_owned()))
+            .map_err(|e| invalid(Some(e.span), Some(e.key), e.message))
+    }
+
+    /// The database called `name`, if configured.
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.get(name)
+    }
+}
+
+/// Hides values in messages about keys that may hold secrets.
+fn scrub(key: Option<&str>, message: &str) -> String {
+    let secret_key = key.is_some_and(|k| {
+        let last = k.rsplit('.').next().unwrap_or(k);
+        matches!(last, "url" | "password")
+    });
+    // serde's own "invalid type: string \"…\"" quotes the value; for these keys it may be a secret.
+    // Our parsers' messages never repeat a secret, so they pass through.
+    let quotes_value = message.starts_with("invalid type") || message.starts_with("invalid value");
+    if secret_key && quotes_value {
+        match message.find(':') {
+            Some(i) => format!("{} (value hidden)", &message[..i]),
+            None => "invalid value (value hidden)".to_owned(),
+        }
+    } else {
+        message.to_owned()
+    }
+}
+
+fn hint_for(message: &str) -> Option<String> {
+    if message.starts_with("unknown field") {
+        Some(
+            "check the spelling against the commented example `trellis.toml` in the repository"
+                .into(),
+        )
+    } else if message.contains("environment variable") {
+        Some(
+            "export the variable before starting trellis, or give a default as `${VAR:-value}`"
+                .into(),
+        )
+    } else {
+        None
+    }
+}
+
+/// `path` as seen from the current directory, when written relative to `base`.
+fn relative_to(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() || base == Path::new(".") {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    paths: RawPaths,
+    databases: Option<BTreeMap<String, toml::Spanned<RawDatabase>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Interpolated<SocketAddr>>,
+    shutdown_timeout: Option<Interpolated<HumanDuration>>,
+    request_timeout: Option<Interpolated<HumanDuration>>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    data: Option<Interpolated<PathBuf>>,
+    plugins: Option<Interpolated<PathBuf>>,
+    policies: Option<Interpolated<PathBuf>>,
+    workflows: Option<Interpolated<PathBuf>>,
+}
+
+/// `[databases.NAME]` as written: either `url`, or `type` with discrete fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<Interpolated<DatabaseUrl>>,
+    #[serde(rename = "type", alias = "database_type")]
+    kind: Option<DatabaseKind>,
+    host: Option<Interpolated<String>>,
+    port: Option<u16>,
+    database: Option<Interpolated<String>>,
+    user: Option<Interpolated<String>>,
+    password: Option<Interpolated<Secret>>,
+    /// SQLite only: the file.
+    path: Option<Interpolated<PathBuf>>,
+}
+
+/// A semantic error found after parsing, with the span of the table at fault.
+#[derive(Debug)]
+struct ResolveError {
+    span: std::ops::Range<usize>,
+    key: String,
+    message: String,
+}
+
+impl RawConfig {
+    fn resolve(self, base: &Path, source: ConfigSource) -> Result<Config, ResolveError> {
+        let at = |p: Option<Interpolated<PathBuf>>, default: &str| -> PathBuf {
+            relative_to(base, p.map_or_else(|| PathBuf::from(default), |p| p.0))
+        };
+        let paths = PathsConfig {
+            data: at(self.paths.data, "data"),
+            plugins: at(self.paths.plugins, "plugins"),
+            policies: at(self.paths.policies, "policies"),
+            workflows: at(self.paths.workflows, "workflows"),
+        };
+        let server = ServerConfig {
+            listen: self.server.listen.map_or_else(
+                || DEFAULT_LISTEN.parse().expect("default listen address"),
+                |l| l.0,
+            ),
+            shutdown_timeout: self
+                .server
+                .shutdown_timeout
+                .map_or(Duration::from_secs(30), |d| d.0.0),
+            request_timeout: self
+                .server
+                .request_timeout
+                .map_or(Duration::from_secs(60), |d| d.0.0),
+            max_body_bytes: self.server.max_body_bytes.unwrap_or(1024 * 1024),
+        };
+        let mut databases = BTreeMap::new();
+        match self.databases {
+            None => {
+                let name = "main".to_owned();
+                let target = DatabaseTarget::Sqlite {
+                    path: Some(paths.data.join("trellis.db")),
+                };
+                databases.insert(name.clone(), DatabaseConfig { name, target });
+            }
+            Some(raw) => {
+                for (name, spanned) in raw {
+                    let span = spanned.span();
+                    let target =
+                        spanned
+                            .into_inner()
+                            .resolve(base)
+                            .map_err(|message| ResolveError {
+                                span,
+                                key: format!("databases.{name}"),
+                                message,
+                            })?;
+                    databases.insert(name.clone(), DatabaseConfig { name, target });
+                }
+            }
+        }
+        Ok(Config {
+            source,
+            server,
+            paths,
+            databases,
+        })
+    }
+}
+
+impl RawDatabase {
+    fn resolve(self, base: &Path) -> Result<DatabaseTarget, String> {
+        let discrete = self.host.is_some()
+            || self.port.is_some()
+            || self.database.is_some()
+            || self.user.is_some()
+            || self.password.is_some()
+            || self.path.is_some();
+        if let Some(url) = self.url {
+            if discrete || self.kind.is_some() {
+                return Err(
+                    "give either `url` or `type` with `host`, `port`, `database`, \
+                            `user`, `password` (or `path` for sqlite), not both"
+                        .into(),
+                );
+            }
+            return Ok(match url.0.0 {
+                DatabaseTarget::Sqlite { path: Some(p) } => DatabaseTarget::Sqlite {
+                    path: Some(relative_to(base, p)),
+                },
+                target => target,
+            });
+        }
+        let kind = self
+            .kind
+            .ok_or("missing `url` or `type` (`postgres`, `mysql` or `sqlite`)")?;
+        match kind {
+            DatabaseKind::Sqlite => {
+                if self.host.is_some() || self.port.is_some() || self.user.is_some() {
+                    return Err("a sqlite database takes only `path`".into());
+                }
+                let path = self.path.map(|p| relative_to(base, p.0));
+                Ok(DatabaseTarget::Sqlite { path })
+            }
+            DatabaseKind::Postgres | DatabaseKind::Mysql => {
+                if self.path.is_some() {
+                    return Err("`path` is for sqlite; a server takes `host` and `port`".into());
+                }
+                let default_port = if kind == DatabaseKind::Postgres {
+                    5432
+                } else {
+                    3306
+                };
+                Ok(DatabaseTarget::Server {
+                    kind,
+                    host: self.host.map_or_else(|| "127.0.0.1".into(), |h| h.0),
+                    port: self.port.unwrap_or(default_port),
+                    database: self.database.ok_or("missing `database`")?.0,
+                    user: self.user.ok_or("missing `user`")?.0,
+                    password: self.password.map(|p| p.0),
+                })
+            }
+        }
+    }
+}
+
+// ---- value types with their own parsing ----------------------------------------------------
+
+/// A string value with `${VAR}` expanded, then parsed as `T`.
+#[derive(Debug)]
+struct Interpolated<T>(T);
+
+impl<'de, T: FromConfigStr> Deserialize<'de> for Interpolated<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let expanded =
+            interpolate(&raw, |name| std::env::var(name).ok()).map_err(de::Error::custom)?;
+        T::from_config_str(&expanded)
+            .map(Interpolated)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Parsing from an (interpolated) string; errors must not repeat secret input.
+trait FromConfigStr: Sized {
+    fn from_config_str(s: &str) -> Result<Self, String>;
+}
+
+impl FromConfigStr for String {
+    fn from_config_str(s: &str) -> Result<Self, String> {
+        Ok(s.to_owned())
+    }
+}
+
+impl FromConfigStr for PathBuf {
+    fn from_config_str(s: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(s))
+    }
+}
+
+impl FromConfigStr for Secret {
+    fn from_config_str(s: &str) -> Result<Self, String> {
+        Ok(Secret::new(s))
+    }
+}
+
+impl FromConfigStr for SocketAddr {
+    fn from_config_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map_err(|_| format!("`{s}` is not an address like `127.0.0.1:8700`"))
+    }
+}
+
+#[derive(Debug)]
+struct HumanDuration(Duration);
+
+impl FromConfigStr for HumanDuration {
+    fn from_config_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("`{s}` is not a duration like `30s` or `5m`: {e}"))
+    }
+}
+
+/// A database URL, parsed into a [`DatabaseTarget`] so that the password is wrapped at once.
+#[derive(Debug)]
+struct DatabaseUrl(DatabaseTarget);
+
+impl FromConfigStr for DatabaseUrl {
+    fn from_config_str(s: &str) -> Result<Self, String> {
+        parse_database_url(s).map(DatabaseUrl)
+    }
+}
+
+/// Parses `postgres://user:pass@host:port/db`, `mysql://…`, `mariadb://…`, `sqlite://path`,
+/// `sqlite:path` or `sqlite::memory:`. Errors never include the password.
+pub fn parse_database_url(s: &str) -> Result<DatabaseTarget, String> {
+    if let Some(rest) = s.strip_prefix("sqlite:") {
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let rest = rest.split('?').next().unwrap_or(rest);
+        return Ok(match rest {
+            ":memory:" | "" => DatabaseTarget::Sqlite { path: None },
+            path => DatabaseTarget::Sqlite {
+                path: Some(PathBuf::from(path)),
+            },
+        });
+    }
+    let url = url::Url::parse(s).map_err(|e| format!("not a database URL: {e}"))?;
+    let kind = match url.scheme() {
+        "postgres" | "postgresql" => DatabaseKind::Postgres,
+        "mysql" | "mariadb" => DatabaseKind::Mysql,
+        other => {
+            return Err(format!(
+                "unsupported database scheme `{other}`: use `postgres://`, `mysql://` or `sqlite://`"
+            ));
+        }
+    };
+    let decode = |v: &str| {
+        percent_encoding::percent_decode_str(v)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("the URL has no host")?;
+    let database = url.path().trim_start_matches('/');
+    if database.is_empty() {
+        return Err("the URL names no database (add `/NAME` after the host)".into());
+    }
+    let user = decode(url.username());
+    if user.is_empty() {
+        return Err("the URL names no user (`scheme://USER@host/db`)".into());
+    }
+    Ok(DatabaseTarget::Server {
+        kind,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port: url.port().unwrap_or(match kind {
+            DatabaseKind::Postgres => 5432,
+            _ => 3306,
+        }),
+        database: decode(database),
+        user,
+        password: url.password().map(|p| Secret::new(decode(p))),
+    })
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. A lone `$` stays as it is.
+fn interpolate(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or("unclosed `${`: write `${VAR}`, or `$$` for a literal `$`")?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (expr, None),
+            };
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable name"
+                ));
+            }
+            match (lookup(name), default) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(format!("environment variable `{name}` is not set"));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("conf/trellis.toml"))
+    }
+
+    #[test]
+    fn embedded_default_is_sqlite_main() {
+        let c = Config::embedded();
+        assert_eq!(c.source, ConfigSource::Embedded);
+        assert_eq!(c.server.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.paths.plugins, PathBuf::from("plugins"));
+        assert_eq!(c.paths.policies, PathBuf::from("policies"));
+        let main = c.database("main").unwrap();
+        assert_eq!(
+            main.target,
+            DatabaseTarget::Sqlite {
+                path: Some(PathBuf::from("data/trellis.db"))
+            }
+        );
+    }
+
+    #[test]
+    fn empty_file_gets_defaults_relative_to_file() {
+        let c = parse("").unwrap();
+        assert_eq!(c.paths.plugins, PathBuf::from("conf/plugins"));
+        assert_eq!(
+            c.database("main").unwrap().target,
+            DatabaseTarget::Sqlite {
+                path: Some(PathBuf::from("conf/data/trellis.db"))
+            }
+        );
+    }
+
+    #[test]
+    fn url_with_password_is_parsed_and_hidden() {
+        let c = parse("[databases.pg]\nurl = \"postgres://app:s3cr%40t@db.local:6543/sales\"\n")
+            .unwrap();
+        let t = &c.database("pg").unwrap().target;
+        let DatabaseTarget::Server {
+            kind,
+            host,
+            port,
+            database,
+            user,
+            password,
+        } = t
+        else {
+            panic!("not a server: {t}")
+        };
+        assert_eq!(*kind, DatabaseKind::Postgres);
+        assert_eq!((host.as_str(), *port), ("db.local", 6543));
+        assert_eq!((database.as_str(), user.as_str()), ("sales", "app"));
+        assert_eq!(password.as_ref().unwrap().expose(), "s3cr@t");
+        let shown = format!("{t} {t:?} {c:?}");
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(
+            shown.contains("postgresql://app@db.local:6543/sales"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn discrete_fields_and_env_interpolation() {
+        // SAFETY: tests in this module are the only users of this variable.
+        unsafe { std::env::set_var("TRELLIS_TEST_CONFIG_PW", "hunter2") };
+        let c = parse(
+            "[databases.m]\ntype = \"mariadb\"\ndatabase = \"test\"\nuser = \"root\"\n\
+             password = \"${TRELLIS_TEST_CONFIG_PW}\"\n",
+        )
+        .unwrap();
+        let t = &c.database("m").unwrap().target;
+        assert_eq!(t.kind(), DatabaseKind::Mysql);
+        assert!(
+            matches!(t, DatabaseTarget::Server { port: 3306, password: Some(p), .. } if p.expose() == "hunter2")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn missing_env_var_names_file_line_key_and_variable() {
+        let err = parse(
+            "[server]\n\n[databases.pg]\nurl = \"postgres://u:${TRELLIS_NOPE_NOT_SET}@h/db\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("conf/trellis.toml:4:"), "{err}");
+        assert!(err.contains("key `databases.pg.url`"), "{err}");
+        assert!(err.contains("`TRELLIS_NOPE_NOT_SET` is not set"), "{err}");
+        assert!(err.contains("hint:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_and_wrong_type_name_line_and_key() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trellis.toml:3:"), "{err}");
+        assert!(err.contains("unknown field `lisen`"), "{err}");
+
+        let err = parse("[databases.pg]\nurl = \"sqlite::memory:\"\nmax_conections = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "conf/trellis.toml:3:1: key `databases.pg.max_conections`: unknown field"
+            ),
+            "{err}"
+        );
+
+        let err = parse("[server]\nmax_body_bytes = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trellis.toml:2:"), "{err}");
+        assert!(err.contains("key `server.max_body_bytes`"), "{err}");
+
+        let err = parse("[server]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`nowhere` is not an address"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let err = parse("[server]\nlisten = \n").unwrap_err().to_string();
+        assert!(err.starts_with("conf/trellis.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_for_secret_keys_are_not_echoed() {
+        let err = parse("[databases.pg]\nurl = \"ftp://u:topsecret@h/db\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported database scheme `ftp`"), "{err}");
+        assert!(!err.contains("topsecret"), "{err}");
+
+        let err = parse("[databases.pg]\ntype = \"postgres\"\ndatabase = \"d\"\nuser = \"u\"\npassword = 12345\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `databases.pg.password`"), "{err}");
+        assert!(!err.contains("12345"), "{err}");
+    }
+
+    #[test]
+    fn url_and_discrete_fields_conflict() {
+        let err = parse("[databases.x]\nurl = \"sqlite::memory:\"\nhost = \"h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trellis.toml:1:"), "{err}");
+        assert!(err.contains("key `databases.x`"), "{err}");
+        assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn interpolation_rules() {
+        let env = |n: &str| (n == "A").then(|| "x".to_owned());
+        assert_eq!(interpolate("a${A}b", env).unwrap(), "axb");
+        assert_eq!(interpolate("$${A}", env).unwrap(), "${A}");
+        assert_eq!(interpolate("${B:-def}", env).unwrap(), "def");
+        assert_eq!(interpolate("cost $5", env).unwrap(), "cost $5");
+        assert!(interpolate("${A", env).unwrap_err().contains("unclosed"));
+        assert!(
+            interpolate("${1A}", env)
+                .unwrap_err()
+                .contains("not a valid")
+        );
+    }
+
+    #[test]
+    fn sqlite_urls() {
+        assert_eq!(
+            parse_database_url("sqlite::memory:").unwrap(),
+            DatabaseTarget::Sqlite { path: None }
+        );
+        assert_eq!(
+            parse_database_url("sqlite://data/x.db?mode=rwc").unwrap(),
+            DatabaseTarget::Sqlite {
+                path: Some("data/x.db".into())
+            }
+        );
+        assert_eq!(
+            parse_database_url("sqlite:///abs/x.db").unwrap(),
+            DatabaseTarget::Sqlite {
+                path: Some("/abs/x.db".into())
+            }
+        );
+    }
+}

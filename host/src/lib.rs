@@ -1,0 +1,28 @@
+//! Trellis host runtime.
+//!
+//! Trellis runs policy-guarded data workflows. The host owns the database drivers and the
+//! connection pools; node logic and masking transforms are WebAssembly components loaded from a
+//! directory; every access decision is made by Cedar. This crate is the library behind the
+//! `trellis` binary, and can be embedded.
+//!
+//! It is not an ORM, and not a general plugin host: plugins see only the capabilities the host
+//! grants them, and only after the policy engine agrees.
+//!
+//! # Layout
+//!
+//! Data flows one way: server → workflow runtime → policy → node → masking → response.
+//!
+//! - [`cli`]: the `trellis` subcommands, one file each.
+//! - [`config`]: `trellis.toml`, `${VAR}` interpolation, secrets kept out of logs and errors.
+//! - [`database`]: the databases named in the configuration, opened with sqlx.
+//! - [`server`]: the HTTP API (axum): health, metrics, and the routes of later modules.
+//! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
+
+pub mod cli;
+pub mod config;
+pub mod database;
+pub mod server;
+pub mod shutdown;
+
+/// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,67 @@
+//! The `trellis` binary: parse arguments, set up logging, run the subcommand, render any error
+//! once, and pick the exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use trellis_host::cli::{Cli, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(trellis_host::cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            render_error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`), `--log-format` picks the shape.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => {
+            let color = std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(color).init()
+        }
+    }
+}
+
+/// Prints `error: …`, then each cause, numbered, under `Caused by:`, then any `hint:` last.
+fn render_error(err: &anyhow::Error) {
+    let top = err.to_string();
+    let (message, hint) = match top.split_once("\n\nhint: ") {
+        Some((message, hint)) => (message, Some(hint)),
+        None => (top.as_str(), None),
+    };
+    eprintln!("error: {message}");
+    let causes: Vec<String> = err.chain().skip(1).map(ToString::to_string).collect();
+    if !causes.is_empty() {
+        eprintln!("\nCaused by:");
+        for (i, cause) in causes.iter().enumerate() {
+            eprintln!("  {i}: {cause}");
+        }
+    }
+    if let Some(hint) = hint {
+        eprintln!("\nhint: {hint}");
+    }
+}

@@ -1,0 +1,25 @@
+//! The routes, and the layers every request passes: metrics, body limit, timeout.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::get;
+use tower_http::timeout::TimeoutLayer;
+
+use super::App;
+use super::{health, metrics};
+
+/// The full HTTP API for `app`.
+pub fn router(app: App) -> Router {
+    let server = &app.config().server;
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/metrics", get(metrics::scrape))
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            server.request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(app.clone(), metrics::track))
+        .with_state(app)
+}

@@ -1,0 +1,285 @@
+//! Write Trellis plugins in a few lines of Rust.
+//!
+//! A Trellis plugin is a WebAssembly component (`wasm32-wasip2`) that the host loads from its
+//! plugins directory. It is either a **node** plugin, which transforms batches of JSON records in
+//! a workflow, or a **masking** plugin, which masks field values in a node's output. The interface
+//! is the WIT package `trellis:plugin@0.1.0` in `sdk/wit/`; this crate hides it behind two traits
+//! and one macro.
+//!
+//! # A complete node plugin
+//!
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [package]
+//! name = "full-name"
+//! version = "0.1.0"
+//! edition = "2024"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! trellis-sdk = { path = "../../sdk" }
+//! ```
+//!
+//! `src/lib.rs`:
+//!
+//! ```ignore
+//! use trellis_sdk::{Info, Node, Value, json};
+//!
+//! struct FullName;
+//!
+//! impl Node for FullName {
+//!     fn info() -> Info {
+//!         Info::new("full-name", env!("CARGO_PKG_VERSION"))
+//!     }
+//!
+//!     fn transform(mut record: Value) -> Result<Value, String> {
+//!         let first = record["first"].as_str().ok_or("`first` is not a string")?;
+//!         let last = record["last"].as_str().ok_or("`last` is not a string")?;
+//!         record["name"] = json!(format!("{first} {last}"));
+//!         Ok(record)
+//!     }
+//! }
+//!
+//! trellis_sdk::export_node!(FullName);
+//! ```
+//!
+//! Build it with `trellis plugin build DIR` (or `cargo build --release --target wasm32-wasip2`)
+//! and drop the `.wasm` into the plugins directory.
+//!
+//! A masking plugin implements [`Masker`] instead and is exported with [`export_masker!`].
+
+pub use serde_json::{self, Map, Value, json};
+
+#[doc(hidden)]
+pub mod bindings {
+    //! The generated WIT bindings. Plugin code uses the traits above instead.
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "trellis:plugin/plugin@0.1.0",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "::trellis_sdk::bindings",
+    });
+}
+
+use bindings::exports::trellis::plugin::mask::MaskRequest;
+use bindings::trellis::plugin::types::{Description, Kind};
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone)]
+pub struct Info {
+    /// Unique name; workflows refer to it as `plugin:<name>`.
+    pub name: String,
+    /// The plugin's own version, e.g. `env!("CARGO_PKG_VERSION")`.
+    pub version: String,
+    /// Host capabilities it asks for.
+    pub capabilities: Vec<String>,
+    /// A JSON Schema for its node config.
+    pub config_schema: Option<Value>,
+}
+
+impl Info {
+    /// A plugin called `name` at `version`, asking for nothing.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Info {
+        Info {
+            name: name.into(),
+            version: version.into(),
+            capabilities: Vec::new(),
+            config_schema: None,
+        }
+    }
+
+    /// Declares the JSON Schema of the node config.
+    pub fn with_config_schema(mut self, schema: Value) -> Info {
+        self.config_schema = Some(schema);
+        self
+    }
+}
+
+/// A node plugin: transforms records.
+pub trait Node {
+    /// Name, version, capabilities, config schema.
+    fn info() -> Info;
+
+    /// Transforms one record; an `Err` fails that record only.
+    fn transform(record: Value) -> Result<Value, String>;
+
+    /// Transforms a batch, one result per record in order. Override it for work across records.
+    fn transform_batch(records: Vec<Value>) -> Vec<Result<Value, String>> {
+        records.into_iter().map(Self::transform).collect()
+    }
+}
+
+/// A masking plugin: masks field values.
+pub trait Masker {
+    /// Name, version, capabilities.
+    fn info() -> Info;
+
+    /// Masks `value` found at `field_path`; `params` are the masking rule's `params` (an object).
+    /// An `Err` makes the host redact the value.
+    fn mask(field_path: &str, value: Value, params: &Value) -> Result<Value, String>;
+}
+
+/// Logging into the host's `tracing`, tagged with this plugin's name and version.
+pub mod log {
+    use crate::bindings::trellis::plugin::log::{Level, log};
+
+    /// Logs at `trace`.
+    pub fn trace(message: &str) {
+        log(Level::Trace, message);
+    }
+    /// Logs at `debug`.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+    /// Logs at `info`.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    /// Logs at `warn`.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    /// Logs at `error`.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+/// The node config the host passes for the current call, read-only.
+pub mod config {
+    use crate::Value;
+
+    /// The value at `key`, if set (`None` also when the host sent something that is not JSON).
+    pub fn get(key: &str) -> Option<Value> {
+        crate::bindings::trellis::plugin::config::get(key)
+            .and_then(|text| serde_json::from_str(&text).ok())
+    }
+}
+
+// ---- glue used by the export macros ------------------------------------------------------
+
+#[doc(hidden)]
+pub fn __describe(info: Info, kind: PluginKind) -> Description {
+    Description {
+        name: info.name,
+        version: info.version,
+        kind: match kind {
+            PluginKind::Node => Kind::Node,
+            PluginKind::Masking => Kind::Masking,
+        },
+        capabilities: info.capabilities,
+        config_schema: info.config_schema.map(|s| s.to_string()),
+    }
+}
+
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum PluginKind {
+    Node,
+    Masking,
+}
+
+#[doc(hidden)]
+pub fn __transform<N: Node>(records: Vec<String>) -> Vec<Result<String, String>> {
+    let mut parsed = Vec::with_capacity(records.len());
+    let mut bad = Vec::new();
+    for (i, text) in records.iter().enumerate() {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => parsed.push(v),
+            Err(e) => bad.push((i, format!("record {i} is not JSON: {e}"))),
+        }
+    }
+    if !bad.is_empty() {
+        // The host always sends JSON; if it did not, fail every record rather than guess.
+        let reason = bad.remove(0).1;
+        return records.iter().map(|_| Err(reason.clone())).collect();
+    }
+    N::transform_batch(parsed)
+        .into_iter()
+        .map(|r| r.map(|v| v.to_string()))
+        .collect()
+}
+
+#[doc(hidden)]
+pub fn __mask<M: Masker>(requests: Vec<MaskRequest>) -> Vec<Result<String, String>> {
+    requests
+        .into_iter()
+        .map(|req| {
+            let value: Value = serde_json::from_str(&req.value)
+                .map_err(|e| format!("value at `{}` is not JSON: {e}", req.field_path))?;
+            let params: Value = serde_json::from_str(&req.params).unwrap_or(Value::Null);
+            M::mask(&req.field_path, value, &params).map(|v| v.to_string())
+        })
+        .collect()
+}
+
+#[doc(hidden)]
+pub fn __not_this_kind(name: &str, kind: &str, count: usize) -> Vec<Result<String, String>> {
+    let message = format!("plugin `{name}` is a {kind} plugin and does not implement this export");
+    (0..count).map(|_| Err(message.clone())).collect()
+}
+
+#[doc(hidden)]
+pub use bindings::exports::trellis::plugin::mask::Guest as __MaskGuest;
+#[doc(hidden)]
+pub use bindings::exports::trellis::plugin::mask::MaskRequest as __MaskRequest;
+#[doc(hidden)]
+pub use bindings::exports::trellis::plugin::meta::Guest as __MetaGuest;
+#[doc(hidden)]
+pub use bindings::exports::trellis::plugin::transform::Guest as __TransformGuest;
+#[doc(hidden)]
+pub use bindings::trellis::plugin::types::Description as __Description;
+
+/// Exports a type implementing [`Node`] as this component's plugin.
+#[macro_export]
+macro_rules! export_node {
+    ($ty:ident) => {
+        impl $crate::__MetaGuest for $ty {
+            fn describe() -> $crate::__Description {
+                $crate::__describe(<$ty as $crate::Node>::info(), $crate::PluginKind::Node)
+            }
+        }
+        impl $crate::__TransformGuest for $ty {
+            fn transform(records: ::std::vec::Vec<::std::string::String>)
+                -> ::std::vec::Vec<::std::result::Result<::std::string::String, ::std::string::String>> {
+                $crate::__transform::<$ty>(records)
+            }
+        }
+        impl $crate::__MaskGuest for $ty {
+            fn mask(requests: ::std::vec::Vec<$crate::__MaskRequest>)
+                -> ::std::vec::Vec<::std::result::Result<::std::string::String, ::std::string::String>> {
+                $crate::__not_this_kind(&<$ty as $crate::Node>::info().name, "node", requests.len())
+            }
+        }
+        $crate::bindings::__export_plugin_world!($ty);
+    };
+}
+
+/// Exports a type implementing [`Masker`] as this component's plugin.
+#[macro_export]
+macro_rules! export_masker {
+    ($ty:ident) => {
+        impl $crate::__MetaGuest for $ty {
+            fn describe() -> $crate::__Description {
+                $crate::__describe(<$ty as $crate::Masker>::info(), $crate::PluginKind::Masking)
+            }
+        }
+        impl $crate::__TransformGuest for $ty {
+            fn transform(records: ::std::vec::Vec<::std::string::String>)
+                -> ::std::vec::Vec<::std::result::Result<::std::string::String, ::std::string::String>> {
+                $crate::__not_this_kind(&<$ty as $crate::Masker>::info().name, "masking", records.len())
+            }
+        }
+        impl $crate::__MaskGuest for $ty {
+            fn mask(requests: ::std::vec::Vec<$crate::__MaskRequest>)
+                -> ::std::vec::Vec<::std::result::Result<::std::string::String, ::std::string::String>> {
+                $crate::__mask::<$ty>(requests)
+            }
+        }
+        $crate::bindings::__export_plugin_world!($ty);
+    };
+}

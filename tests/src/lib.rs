@@ -1,0 +1,213 @@
+//! Helpers for Trellis's end-to-end tests: the test databases' URLs, and the real `trellis`
+//! binary started on a free port.
+//!
+//! The test command (`scripts/test`) starts the databases and exports their URLs as
+//! `TRELLIS_TEST_PG_URL`, `TRELLIS_TEST_PGVECTOR_URL` and `TRELLIS_TEST_MYSQL_URL`. A test that
+//! needs one fails when it is missing under `CI=true`, and is skipped (with a message) otherwise.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The database servers the test command provides.
+#[derive(Debug, Clone, Copy)]
+pub enum TestDb {
+    /// PostgreSQL 15 on 127.0.0.1:5432.
+    Postgres,
+    /// PostgreSQL 18 with pgvector, on its own port.
+    PgVector,
+    /// MariaDB on 127.0.0.1:3306.
+    Mysql,
+}
+
+impl TestDb {
+    /// The environment variable holding the URL.
+    pub fn var(self) -> &'static str {
+        match self {
+            TestDb::Postgres => "TRELLIS_TEST_PG_URL",
+            TestDb::PgVector => "TRELLIS_TEST_PGVECTOR_URL",
+            TestDb::Mysql => "TRELLIS_TEST_MYSQL_URL",
+        }
+    }
+
+    /// The URL, or `None` (after saying so) when it is not set outside CI.
+    ///
+    /// # Panics
+    ///
+    /// When the URL is not set and `CI=true`: a test that needs a database never passes silently.
+    pub fn url(self) -> Option<String> {
+        match std::env::var(self.var()) {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+                "`{}` is not set and CI=true: run the tests through `scripts/test`",
+                self.var()
+            ),
+            _ => {
+                eprintln!(
+                    "skipped: `{}` is not set (run the tests through `scripts/test`)",
+                    self.var()
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The `trellis` binary built by `cargo build --workspace`: `$TRELLIS_BIN`, else the one beside
+/// this test executable's `deps/` directory.
+pub fn trellis_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TRELLIS_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let bin = dir.join(format!("trellis{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "`{}` does not exist: run `cargo build -p trellis-host` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `trellis ARGS` in `dir` to completion, with a deadline; returns status, stdout, stderr.
+pub fn run_trellis(dir: &Path, args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    let mut child = Command::new(trellis_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start trellis");
+    let out = drain(child.stdout.take().expect("stdout"));
+    let err = drain(child.stderr.take().expect("stderr"));
+    let status = wait_with_deadline(&mut child, timeout).unwrap_or_else(|| {
+        panic!(
+            "`trellis {}` did not finish within {timeout:?}",
+            args.join(" ")
+        )
+    });
+    (status, join(out), join(err))
+}
+
+/// A running `trellis serve`, killed on drop if still running.
+pub struct Server {
+    child: Child,
+    addr: String,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Server {
+    /// Starts `trellis serve --listen 127.0.0.1:0 EXTRA…` in `dir` and waits (up to 30 s) for the
+    /// address line on stdout. On failure the panic shows the process's stderr.
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(dir, extra, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(trellis_bin());
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(dir)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start trellis serve");
+        let stderr = drain(child.stderr.take().expect("stderr"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("trellis listening on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => Server {
+                child,
+                addr,
+                stderr: Some(stderr),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "trellis serve did not report its address within 30 s; its stderr:\n{}",
+                    join(stderr)
+                );
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself (after a signal), up to `timeout`; returns its
+    /// status and everything it wrote to stderr.
+    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = wait_with_deadline(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("trellis serve did not exit within {timeout:?}"));
+        let stderr = self.stderr.take().map(join).unwrap_or_default();
+        (status, stderr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+fn join(handle: thread::JoinHandle<String>) -> String {
+    handle.join().unwrap_or_default()
+}
+
+fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for trellis") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
