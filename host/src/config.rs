@@ -85,6 +85,44 @@ pub struct DatabaseConfig {
     pub name: String,
     /// Where it is and how to log in.
     pub target: DatabaseTarget,
+    /// Pool settings given in the file (unset ones take the pool's defaults).
+    pub pool: PoolSettings,
+}
+
+impl DatabaseConfig {
+    /// A database with default pool settings.
+    pub fn new(name: impl Into<String>, target: DatabaseTarget) -> DatabaseConfig {
+        DatabaseConfig {
+            name: name.into(),
+            target,
+            pool: PoolSettings::default(),
+        }
+    }
+}
+
+/// The pool settings of `[databases.NAME]`; see `pool::PoolConfig` for meanings and defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// `min_connections`.
+    pub min_connections: Option<usize>,
+    /// `max_connections`.
+    pub max_connections: Option<usize>,
+    /// `health_threshold`.
+    pub health_threshold: Option<i64>,
+    /// `pre_warm`.
+    pub pre_warm: Option<bool>,
+    /// `acquire_timeout`.
+    pub acquire_timeout: Option<Duration>,
+    /// `command_timeout`.
+    pub command_timeout: Option<Duration>,
+    /// `health_check_interval`.
+    pub health_check_interval: Option<Duration>,
+    /// `max_lifetime`.
+    pub max_lifetime: Option<Duration>,
+    /// `idle_timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// `lease_timeout`.
+    pub lease_timeout: Option<Duration>,
 }
 
 /// The three database kinds Trellis speaks to.
@@ -119,7 +157,7 @@ impl fmt::Display for DatabaseKind {
 }
 
 /// Where a database is. Debug and Display never show the password.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum DatabaseTarget {
     /// A SQLite file (created when missing) or `:memory:`.
     Sqlite {
@@ -184,7 +222,7 @@ impl fmt::Debug for DatabaseConfig {
 }
 
 /// A secret string (password, key). Debug and Display print `***`; read it with [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Secret(String);
 
 impl Secret {
@@ -413,6 +451,16 @@ struct RawDatabase {
     password: Option<Interpolated<Secret>>,
     /// SQLite only: the file.
     path: Option<Interpolated<PathBuf>>,
+    min_connections: Option<usize>,
+    max_connections: Option<usize>,
+    health_threshold: Option<i64>,
+    pre_warm: Option<bool>,
+    acquire_timeout: Option<Interpolated<HumanDuration>>,
+    command_timeout: Option<Interpolated<HumanDuration>>,
+    health_check_interval: Option<Interpolated<HumanDuration>>,
+    max_lifetime: Option<Interpolated<HumanDuration>>,
+    idle_timeout: Option<Interpolated<HumanDuration>>,
+    lease_timeout: Option<Interpolated<HumanDuration>>,
 }
 
 /// A semantic error found after parsing, with the span of the table at fault.
@@ -456,21 +504,19 @@ impl RawConfig {
                 let target = DatabaseTarget::Sqlite {
                     path: Some(paths.data.join("trellis.db")),
                 };
-                databases.insert(name.clone(), DatabaseConfig { name, target });
+                databases.insert(name.clone(), DatabaseConfig::new(name, target));
             }
             Some(raw) => {
                 for (name, spanned) in raw {
                     let span = spanned.span();
-                    let target =
-                        spanned
-                            .into_inner()
-                            .resolve(base)
-                            .map_err(|message| ResolveError {
-                                span,
-                                key: format!("databases.{name}"),
-                                message,
-                            })?;
-                    databases.insert(name.clone(), DatabaseConfig { name, target });
+                    let mut raw = spanned.into_inner();
+                    let pool = raw.pool_settings();
+                    let target = raw.resolve(base).map_err(|message| ResolveError {
+                        span,
+                        key: format!("databases.{name}"),
+                        message,
+                    })?;
+                    databases.insert(name.clone(), DatabaseConfig { name, target, pool });
                 }
             }
         }
@@ -484,6 +530,22 @@ impl RawConfig {
 }
 
 impl RawDatabase {
+    fn pool_settings(&mut self) -> PoolSettings {
+        let d = |v: Option<Interpolated<HumanDuration>>| v.map(|d| d.0.0);
+        PoolSettings {
+            min_connections: self.min_connections,
+            max_connections: self.max_connections,
+            health_threshold: self.health_threshold,
+            pre_warm: self.pre_warm,
+            acquire_timeout: d(self.acquire_timeout.take()),
+            command_timeout: d(self.command_timeout.take()),
+            health_check_interval: d(self.health_check_interval.take()),
+            max_lifetime: d(self.max_lifetime.take()),
+            idle_timeout: d(self.idle_timeout.take()),
+            lease_timeout: d(self.lease_timeout.take()),
+        }
+    }
+
     fn resolve(self, base: &Path) -> Result<DatabaseTarget, String> {
         let discrete = self.host.is_some()
             || self.port.is_some()

@@ -14,15 +14,20 @@
 //!
 //! - [`cli`]: the `trellis` subcommands, one file each.
 //! - [`config`]: `trellis.toml`, `${VAR}` interpolation, secrets kept out of logs and errors.
-//! - [`database`]: the databases named in the configuration, opened with sqlx.
+//! - [`database`]: the databases named in the configuration, one pool each.
+//! - [`pool`]: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
+//!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
+//! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries.
 //! - [`server`]: the HTTP API (axum): health, metrics, and the routes of later modules.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
 pub mod cli;
 pub mod config;
 pub mod database;
+pub mod pool;
 pub mod server;
 pub mod shutdown;
+pub mod sql;
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -211,3 +211,29 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A name unique to this process and call, for tables and pools (`prefix_PID_N`).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most `limit`; returns whether it
+/// held. For conditions the code under test reaches on its own (a background task's work).
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

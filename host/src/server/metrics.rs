@@ -11,15 +11,21 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use super::App;
+use crate::database::Databases;
+use crate::pool::PoolStats;
 
 /// The labels of one HTTP request series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,9 +58,10 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// A registry with build info, uptime and the HTTP series.
-    pub fn new() -> Metrics {
+    /// A registry with build info, uptime, the HTTP series, and `databases`' pool figures.
+    pub fn new(databases: Databases) -> Metrics {
         let mut registry = Registry::with_prefix("trellis");
+        registry.register_collector(Box::new(PoolCollector(databases)));
         registry.register(
             "build",
             "Build information",
@@ -104,9 +111,131 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
+/// Reads every pool's statistics at scrape time.
+#[derive(Debug)]
+struct PoolCollector(Databases);
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats: Vec<PoolStats> = self.0.iter().map(|p| p.stats()).collect();
+        let mut gauge = |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, value) in rows {
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+        let pool = |s: &PoolStats| ("pool", s.pool.clone());
+        gauge(
+            "pool_connections",
+            "Pool connections now, by state",
+            stats
+                .iter()
+                .flat_map(|s| {
+                    let c = &s.connections;
+                    [
+                        ("active", c.active),
+                        ("idle", c.idle),
+                        ("total", c.total),
+                        ("opening", c.opening),
+                    ]
+                    .map(|(state, n)| (vec![pool(s), ("state", state.to_owned())], n as f64))
+                })
+                .collect(),
+        )?;
+        gauge(
+            "pool_acquire_wait_seconds",
+            "Time callers waited for a connection, by quantile",
+            stats
+                .iter()
+                .flat_map(|s| {
+                    let a = &s.acquisition;
+                    [("0.5", a.p50_ms), ("0.99", a.p99_ms)]
+                        .map(|(q, ms)| (vec![pool(s), ("quantile", q.to_owned())], ms / 1e3))
+                })
+                .collect(),
+        )?;
+        gauge(
+            "pool_waiters",
+            "Callers waiting for a connection now",
+            stats
+                .iter()
+                .map(|s| (vec![pool(s)], s.acquisition.waiters as f64))
+                .collect(),
+        )?;
+        gauge(
+            "pool_connection_health",
+            "Health score (0-100) of each open connection",
+            stats
+                .iter()
+                .flat_map(|s| {
+                    s.health.iter().map(move |h| {
+                        (
+                            vec![pool(s), ("connection", h.connection_id.to_string())],
+                            h.score as f64,
+                        )
+                    })
+                })
+                .collect(),
+        )?;
+        let mut counter = |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, u64)>| {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, value) in rows {
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+        let per_pool = |f: &dyn Fn(&PoolStats) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
+            stats.iter().map(|s| (vec![pool(s)], f(s))).collect()
+        };
+        counter(
+            "pool_connections_created",
+            "Connections opened",
+            per_pool(&|s| s.connections.created),
+        )?;
+        counter(
+            "pool_connections_recycled",
+            "Connections recycled for age or health",
+            per_pool(&|s| s.connections.recycled),
+        )?;
+        counter(
+            "pool_connect_failures",
+            "Connection attempts that failed",
+            per_pool(&|s| s.connections.failed),
+        )?;
+        counter(
+            "pool_queries",
+            "Statements run",
+            per_pool(&|s| s.queries.executed),
+        )?;
+        counter(
+            "pool_query_errors",
+            "Statements that failed",
+            per_pool(&|s| s.queries.errors),
+        )?;
+        counter(
+            "pool_acquire_timeouts",
+            "Acquires that gave up after acquire_timeout",
+            per_pool(&|s| s.acquisition.timeouts),
+        )?;
+        counter(
+            "pool_leases_reclaimed",
+            "Leases taken back after lease_timeout",
+            per_pool(&|s| s.leases.reclaimed),
+        )?;
+        counter(
+            "pool_connections_closed",
+            "Connections closed, by reason",
+            stats
+                .iter()
+                .flat_map(|s| {
+                    s.connections.closed.iter().map(move |(reason, n)| {
+                        (vec![pool(s), ("reason", (*reason).to_owned())], *n)
+                    })
+                })
+                .collect(),
+        )?;
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod health;
 mod metrics;
+mod pools;
 mod router;
 
 use std::future::Future;
@@ -34,7 +35,7 @@ impl App {
     /// Opens the databases and sets up metrics. Fails if a configured database cannot be opened.
     pub async fn start(config: Config, watch: bool) -> Result<App, StartError> {
         let databases = Databases::open_all(config.databases.values()).await?;
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(databases.clone());
         if watch {
             tracing::info!(
                 plugins = %config.paths.plugins.display(),

@@ -7,7 +7,7 @@ use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;
 
 use super::App;
-use super::{health, metrics};
+use super::{health, metrics, pools};
 
 /// The full HTTP API for `app`.
 pub fn router(app: App) -> Router {
@@ -15,6 +15,8 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/metrics", get(metrics::scrape))
+        .route("/v1/pools", get(pools::list))
+        .route("/v1/pools/{name}/stats", get(pools::stats))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

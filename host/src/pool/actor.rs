@@ -1,0 +1,183 @@
+//! The connection actor: a task that owns one driver connection and serves commands from a
+//! channel, one at a time, to completion.
+//!
+//! Because the actor finishes every command it starts, a caller that gives up (a dropped future,
+//! a timeout on its side) never leaves the connection half-way through the protocol. The actor
+//! ends when its last [`Slot`](super::slot::Slot) handle is dropped, when the connection breaks,
+//! or when a command overruns `command_timeout`; its guard then tells the pool, so the
+//! supervisor can replace it.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Shared;
+use super::connection::DriverConnection;
+use super::slot::{ConnHealth, Slot};
+use super::stats::CloseReason;
+use crate::sql::exec::{ExecError, Fetch, Output};
+use crate::sql::params::Statement;
+
+/// How long a health check may take.
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an actor can be asked to do.
+pub(crate) enum Command {
+    /// Run a statement and reply with its output.
+    Run {
+        stmt: Statement,
+        fetch: Fetch,
+        /// Overrides the pool's `command_timeout` for this statement.
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<Output, RunError>>,
+    },
+    /// Round trip to the server; reply whether it answered.
+    Ping { reply: oneshot::Sender<bool> },
+    /// Undo any transaction or session state, then hand the slot back to the pool.
+    Reset { slot: Slot },
+}
+
+/// Why a `Run` failed.
+#[derive(Debug)]
+pub(crate) enum RunError {
+    /// The statement failed; the connection is fine (or broken, see `broken`).
+    Exec { error: ExecError, broken: bool },
+    /// The statement overran `command_timeout`; the connection was closed.
+    Timeout(Duration),
+}
+
+/// Starts the actor for `conn`.
+pub(crate) fn spawn(
+    conn: DriverConnection,
+    health: Arc<ConnHealth>,
+    shared: Weak<Shared>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    command_timeout: Option<Duration>,
+) {
+    tokio::spawn(run(conn, health, shared, rx, command_timeout));
+}
+
+/// Tells the pool the actor is gone, however it ended (also on panic).
+struct ActorGuard {
+    shared: Weak<Shared>,
+    health: Arc<ConnHealth>,
+    reason: Option<CloseReason>,
+}
+
+impl Drop for ActorGuard {
+    fn drop(&mut self) {
+        self.health.mark_dead();
+        if let Some(shared) = self.shared.upgrade() {
+            shared.actor_ended(self.health.id, self.reason);
+        }
+    }
+}
+
+async fn run(
+    mut conn: DriverConnection,
+    health: Arc<ConnHealth>,
+    shared: Weak<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    command_timeout: Option<Duration>,
+) {
+    let mut guard = ActorGuard {
+        shared: shared.clone(),
+        health: health.clone(),
+        // A panic below leaves this set: the supervisor then counts the actor as died.
+        reason: Some(CloseReason::Died),
+    };
+    let mut healthy = true;
+    while let Some(command) = rx.recv().await {
+        match command {
+            Command::Run {
+                stmt,
+                fetch,
+                timeout,
+                reply,
+            } => {
+                let result = match timeout.or(command_timeout) {
+                    Some(limit) => {
+                        match tokio::time::timeout(limit, conn.run(&stmt, fetch)).await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                // The protocol state is unknown after an abandoned statement.
+                                health.query_done(false);
+                                let _ = reply.send(Err(RunError::Timeout(limit)));
+                                guard.reason = Some(CloseReason::Timeout);
+                                healthy = false;
+                                break;
+                            }
+                        }
+                    }
+                    None => conn.run(&stmt, fetch).await,
+                };
+                match result {
+                    Ok(output) => {
+                        health.query_done(true);
+                        let _ = reply.send(Ok(output));
+                    }
+                    Err(error) => {
+                        health.query_done(false);
+                        let broken = is_connection_error(&error);
+                        let _ = reply.send(Err(RunError::Exec { error, broken }));
+                        if broken {
+                            if let Some(shared) = shared.upgrade() {
+                                shared.connection_lost();
+                            }
+                            guard.reason = Some(CloseReason::Broken);
+                            healthy = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            Command::Ping { reply } => {
+                let ok = matches!(
+                    tokio::time::timeout(PING_TIMEOUT, conn.ping()).await,
+                    Ok(Ok(()))
+                );
+                health.check_done(ok);
+                let _ = reply.send(ok);
+                if !ok {
+                    guard.reason = Some(CloseReason::Broken);
+                    healthy = false;
+                    break;
+                }
+            }
+            Command::Reset { mut slot } => {
+                let reset = tokio::time::timeout(PING_TIMEOUT, conn.reset()).await;
+                if matches!(reset, Ok(Ok(()))) {
+                    slot.session_dirty = false;
+                    match shared.upgrade() {
+                        Some(shared) => shared.checkin(slot),
+                        None => break,
+                    }
+                } else {
+                    tracing::warn!(
+                        connection = slot.id(),
+                        "rollback on release failed; closing the connection"
+                    );
+                    drop(slot);
+                    guard.reason = Some(CloseReason::Broken);
+                    healthy = false;
+                    break;
+                }
+            }
+        }
+    }
+    if healthy {
+        // Every handle is gone: the pool closed this connection on purpose and counted why.
+        guard.reason = None;
+        conn.close().await;
+    }
+}
+
+/// Errors after which the connection cannot be trusted: I/O, protocol, TLS, a closed socket,
+/// and the server's connection-exception and shutdown codes.
+pub(crate) fn is_connection_error(error: &ExecError) -> bool {
+    match error {
+        ExecError::Database(e) => crate::sql::error::is_connection_error(e),
+        ExecError::Bind { .. } | ExecError::Unmapped { .. } => false,
+    }
+}

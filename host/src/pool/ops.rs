@@ -1,0 +1,226 @@
+//! The Kailash WorkflowConnectionPool operation API over a [`Pool`]: JSON requests
+//! `{"operation": "initialize" | "acquire" | "execute" | "release" | "stats", …}` and the
+//! guide's result shapes.
+//!
+//! ```json
+//! {"operation": "acquire"}
+//!   → {"connection_id": "main_pool/7", "connection": 3, "health_score": 100}
+//! {"operation": "execute", "connection_id": "main_pool/7", "query": "SELECT $1::int AS n",
+//!  "params": [5], "fetch_mode": "one"}
+//!   → {"connection_id": "main_pool/7", "data": {"n": 5}, "row_count": 1}
+//! {"operation": "release", "connection_id": "main_pool/7"}
+//!   → {"connection_id": "main_pool/7", "status": "released"}
+//! ```
+//!
+//! `params` is an array for the dialect's positional placeholders or an object for `:name`
+//! placeholders. A lease not released within `lease_timeout` is reclaimed; using its id
+//! afterwards, or an id that was released or never issued, is an error that says which.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use super::{Lease, Pool, PoolError};
+use crate::sql::ErrorKind;
+use crate::sql::exec::Fetch;
+use crate::sql::params::Params;
+
+/// The operation API of one pool.
+pub struct PoolOperations {
+    pool: Pool,
+    leases: Mutex<HashMap<u64, Arc<Lease>>>,
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Request(String),
+    /// The pool or the statement failed.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+impl OpError {
+    /// The error's class.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            OpError::Request(_) => ErrorKind::Configuration,
+            OpError::Pool(e) => e.kind(),
+        }
+    }
+
+    /// `{"error": {"kind", "message"}}`.
+    pub fn to_json(&self) -> Value {
+        json!({"error": {"kind": self.kind(), "message": self.to_string()}})
+    }
+}
+
+impl PoolOperations {
+    /// The operation API over `pool`.
+    pub fn new(pool: Pool) -> PoolOperations {
+        PoolOperations {
+            pool,
+            leases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Runs one operation.
+    pub async fn execute(&self, request: &Value) -> Result<Value, OpError> {
+        let operation = request
+            .get("operation")
+            .and_then(Value::as_str)
+            .ok_or_else(|| OpError::Request("missing `operation`: one of `initialize`, `acquire`, `execute`, `release`, `stats`".into()))?;
+        match operation {
+            "initialize" => {
+                self.pool.initialize().await?;
+                let stats = self.pool.stats();
+                Ok(json!({
+                    "status": "initialized",
+                    "pool": self.pool.name(),
+                    "min_connections": self.pool.config().min_connections,
+                    "max_connections": self.pool.config().max_connections,
+                    "connections": stats.connections.total,
+                }))
+            }
+            "acquire" => {
+                let lease = match request.get("workload").and_then(Value::as_str) {
+                    Some(workload) => self.pool.acquire_for(workload).await?,
+                    None => self.pool.acquire().await?,
+                };
+                let reply = json!({
+                    "connection_id": lease.id(),
+                    "connection": lease.connection(),
+                    "health_score": lease.health_score(),
+                });
+                let mut leases = self.lock();
+                // Forget leases the pool reclaimed meanwhile.
+                leases.retain(|_, l| l.health_score().is_some());
+                leases.insert(lease.number(), Arc::new(lease));
+                Ok(reply)
+            }
+            "execute" => {
+                let (number, id) = self.connection_id(request)?;
+                let lease = self.lookup(number, &id)?;
+                let query = request
+                    .get("query")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| OpError::Request("missing `query`".into()))?;
+                let params = Params::from_json(request.get("params"))
+                    .map_err(|e| OpError::Pool(PoolError::Query(e.into())))?;
+                let fetch = fetch_of(request)?;
+                match lease.execute(query, &params, fetch).await {
+                    Ok(output) => {
+                        let data = match fetch {
+                            Fetch::One => output
+                                .rows
+                                .into_iter()
+                                .next()
+                                .map_or(Value::Null, Value::Object),
+                            _ => Value::Array(output.rows.into_iter().map(Value::Object).collect()),
+                        };
+                        Ok(
+                            json!({"connection_id": id, "data": data, "row_count": output.row_count}),
+                        )
+                    }
+                    Err(error @ PoolError::Reclaimed { .. }) => {
+                        self.lock().remove(&number);
+                        Err(error.into())
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            }
+            "release" => {
+                let (number, id) = self.connection_id(request)?;
+                let lease = self.lock().remove(&number);
+                match lease {
+                    Some(lease) if lease.health_score().is_none() => Err(PoolError::Reclaimed {
+                        id,
+                        timeout: self.pool.config().lease_timeout,
+                    }
+                    .into()),
+                    // Dropping the last handle gives the connection back (an `execute` still
+                    // running holds another handle and releases when it finishes).
+                    Some(_) => Ok(json!({"connection_id": id, "status": "released"})),
+                    None => Err(self.missing(number, id).into()),
+                }
+            }
+            "stats" => Ok(serde_json::to_value(self.pool.stats()).unwrap_or(Value::Null)),
+            other => Err(OpError::Request(format!(
+                "unknown operation `{other}`: use `initialize`, `acquire`, `execute`, `release` or `stats`"
+            ))),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Lease>>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connection_id(&self, request: &Value) -> Result<(u64, String), OpError> {
+        let id = request
+            .get("connection_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| OpError::Request("missing `connection_id` (from `acquire`)".into()))?;
+        let number = id
+            .rsplit_once('/')
+            .filter(|(pool, _)| *pool == self.pool.name())
+            .and_then(|(_, n)| n.parse().ok())
+            .ok_or_else(|| PoolError::Unknown {
+                pool: self.pool.name().to_owned(),
+                id: id.to_owned(),
+            })?;
+        Ok((number, id.to_owned()))
+    }
+
+    fn lookup(&self, number: u64, id: &str) -> Result<Arc<Lease>, OpError> {
+        match self.lock().get(&number) {
+            Some(lease) => Ok(lease.clone()),
+            None => Err(self.missing(number, id.to_owned()).into()),
+        }
+    }
+
+    fn missing(&self, number: u64, id: String) -> PoolError {
+        let shared = self.pool.shared();
+        if shared.was_reclaimed(number) {
+            PoolError::Reclaimed {
+                id,
+                timeout: self.pool.config().lease_timeout,
+            }
+        } else if shared.lease_issued(number) {
+            PoolError::Released { id }
+        } else {
+            PoolError::Unknown {
+                pool: self.pool.name().to_owned(),
+                id,
+            }
+        }
+    }
+}
+
+fn fetch_of(request: &Value) -> Result<Fetch, OpError> {
+    let size = match request.get("fetch_size") {
+        None => 100,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                OpError::Request("`fetch_size` must be a whole number above 0".into())
+            })?,
+    };
+    match request.get("fetch_mode").and_then(Value::as_str) {
+        None | Some("all") => Ok(Fetch::All),
+        Some("one") => Ok(Fetch::One),
+        Some("many") => Ok(Fetch::Many(size)),
+        Some(other) => Err(OpError::Request(format!(
+            "unknown `fetch_mode` `{other}`: use `one`, `all` or `many`"
+        ))),
+    }
+}

@@ -1,0 +1,240 @@
+//! Pool statistics: counters kept as the pool works, and the snapshot shown by the `stats`
+//! operation, `GET /v1/pools/{name}/stats` and `/metrics`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Why a connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// Idle longer than `idle_timeout` while above `min_connections`.
+    Idle,
+    /// Older than `max_lifetime`.
+    Lifetime,
+    /// Health score below `health_threshold`.
+    Health,
+    /// The connection broke (I/O error, server shutdown, failed check or rollback).
+    Broken,
+    /// A statement overran `command_timeout`.
+    Timeout,
+    /// The actor task ended unexpectedly (panicked).
+    Died,
+    /// The pool was closed.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub(crate) const ALL: [CloseReason; 7] = [
+        CloseReason::Idle,
+        CloseReason::Lifetime,
+        CloseReason::Health,
+        CloseReason::Broken,
+        CloseReason::Timeout,
+        CloseReason::Died,
+        CloseReason::Shutdown,
+    ];
+
+    /// The label used in JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Health => "health",
+            CloseReason::Broken => "broken",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Died => "died",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    fn index(self) -> usize {
+        CloseReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
+/// Counters updated on the pool's paths.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) created: AtomicU64,
+    pub(crate) recycled: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    closed: [AtomicU64; 7],
+    pub(crate) queries: AtomicU64,
+    pub(crate) query_errors: AtomicU64,
+    pub(crate) acquisitions: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
+    acquire_total_ns: AtomicU64,
+    acquire_hist: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Counters {
+    pub(crate) fn new() -> Counters {
+        Counters {
+            created: AtomicU64::new(0),
+            recycled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            closed: Default::default(),
+            queries: AtomicU64::new(0),
+            query_errors: AtomicU64::new(0),
+            acquisitions: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+            acquire_total_ns: AtomicU64::new(0),
+            // 1 ns .. 1 hour, 3 significant figures.
+            acquire_hist: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                    .expect("valid histogram bounds"),
+            ),
+        }
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+        if matches!(reason, CloseReason::Lifetime | CloseReason::Health) {
+            self.recycled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn acquired(&self, waited: Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.acquisitions.fetch_add(1, Ordering::Relaxed);
+        self.acquire_total_ns.fetch_add(ns, Ordering::Relaxed);
+        if let Ok(mut h) = self.acquire_hist.lock() {
+            h.saturating_record(ns);
+        }
+    }
+
+    pub(crate) fn acquisition_snapshot(&self, waiters: usize) -> AcquisitionStats {
+        let count = self.acquisitions.load(Ordering::Relaxed);
+        let total = self.acquire_total_ns.load(Ordering::Relaxed);
+        let (p50, p99) = self
+            .acquire_hist
+            .lock()
+            .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+            .unwrap_or((0, 0));
+        let ms = |ns: u64| ns as f64 / 1e6;
+        AcquisitionStats {
+            count,
+            avg_ms: if count == 0 {
+                0.0
+            } else {
+                ms(total) / count as f64
+            },
+            p50_ms: ms(p50),
+            p99_ms: ms(p99),
+            waiters,
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn closed_snapshot(&self) -> Vec<(CloseReason, u64)> {
+        CloseReason::ALL
+            .iter()
+            .map(|r| (*r, self.closed[r.index()].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// A pool's figures at one instant.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStats {
+    /// The pool's name.
+    pub pool: String,
+    /// `postgresql`, `mysql` or `sqlite`.
+    pub database_type: &'static str,
+    /// `user@host:port/db` or the SQLite path (never a password).
+    pub target: String,
+    /// Connection counts.
+    pub connections: ConnectionStats,
+    /// Statement counts.
+    pub queries: QueryStats,
+    /// Acquire timings.
+    pub acquisition: AcquisitionStats,
+    /// Outstanding and reclaimed leases.
+    pub leases: LeaseStats,
+    /// Each open connection's health.
+    pub health: Vec<ConnectionHealth>,
+}
+
+/// Connection counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionStats {
+    /// Opened since the pool started.
+    pub created: u64,
+    /// Closed for age or poor health (and replaced as needed).
+    pub recycled: u64,
+    /// Connection attempts that failed.
+    pub failed: u64,
+    /// Leased now.
+    pub active: usize,
+    /// Idle now.
+    pub idle: usize,
+    /// Open now (active, idle, or being checked).
+    pub total: usize,
+    /// Being opened now.
+    pub opening: usize,
+    /// Closed since the pool started, by reason.
+    pub closed: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Statement counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryStats {
+    /// Statements run.
+    pub executed: u64,
+    /// Statements that failed.
+    pub errors: u64,
+    /// `errors / executed` (0 when nothing ran).
+    pub error_rate: f64,
+}
+
+/// Acquire timings.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcquisitionStats {
+    /// Successful acquires.
+    pub count: u64,
+    /// Mean wait, in milliseconds.
+    pub avg_ms: f64,
+    /// Median wait, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile wait, in milliseconds.
+    pub p99_ms: f64,
+    /// Callers waiting now.
+    pub waiters: usize,
+    /// Acquires that gave up after `acquire_timeout`.
+    pub timeouts: u64,
+}
+
+/// Lease counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseStats {
+    /// Held now.
+    pub active: usize,
+    /// Taken back after `lease_timeout`.
+    pub reclaimed: u64,
+}
+
+/// One connection's health record.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionHealth {
+    /// The connection's id within the pool.
+    pub connection_id: u64,
+    /// 0..=100; below `health_threshold` the connection is recycled.
+    pub score: i64,
+    /// Health checks run on it.
+    pub checks: u64,
+    /// Share of checks that passed (1 when none ran).
+    pub check_success_rate: f64,
+    /// Statements run on it.
+    pub queries: u64,
+    /// Seconds since it was opened.
+    pub age_s: f64,
+}

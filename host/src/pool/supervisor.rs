@@ -1,0 +1,145 @@
+//! The pool's supervisor: one task per pool that keeps the pool at its size and its connections
+//! healthy, without ever making a caller wait on it.
+//!
+//! Each tick (and whenever something wakes it) it: reclaims leases held past `lease_timeout`;
+//! closes idle connections that are too old (`max_lifetime`, with jitter), unhealthy (score below
+//! `health_threshold`) or idle too long (`idle_timeout`, while above `min_connections`); pings
+//! idle connections not proven within `health_check_interval`, and every idle connection at once
+//! after any connection broke; and opens connections (in the background, with backoff after
+//! failures) up to `min_connections` or the pre-warm target. Actors that died are replaced by the
+//! same refill.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::lease;
+use super::stats::CloseReason;
+use super::{Shared, Slot, ping};
+
+/// Starts the supervisor of `shared`; it ends when the pool is closed or dropped.
+pub(crate) fn spawn(shared: Weak<Shared>) {
+    let Some(strong) = shared.upgrade() else {
+        return;
+    };
+    let wake = strong.wake_supervisor.clone();
+    let tick = tick_of(&strong);
+    drop(strong);
+    tokio::spawn(async move {
+        loop {
+            {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                run_once(&shared);
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(tick) => {}
+            }
+        }
+    });
+}
+
+/// Opens one connection in a background task. The caller has counted it in `opening`.
+pub(crate) fn open_in_background(shared: Arc<Shared>) {
+    tokio::spawn(async move { shared.open_one().await });
+}
+
+fn tick_of(shared: &Shared) -> Duration {
+    let c = &shared.config;
+    [
+        Duration::from_secs(1),
+        c.health_check_interval / 2,
+        c.lease_timeout / 4,
+        c.idle_timeout / 2,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(Duration::from_secs(1))
+    .max(Duration::from_millis(10))
+}
+
+fn run_once(shared: &Arc<Shared>) {
+    let now = Instant::now();
+    lease::reclaim_expired(shared, now);
+
+    let config = &shared.config;
+    let mut to_close: Vec<(Slot, CloseReason)> = Vec::new();
+    let mut to_check: Vec<Slot> = Vec::new();
+    let spawn_opens;
+    {
+        let mut state = shared.lock_state();
+        let suspect = state.suspect_since;
+        let mut closable_idle = state.open.saturating_sub(config.min_connections);
+        let mut keep = std::collections::VecDeque::with_capacity(state.idle.len());
+        while let Some(slot) = state.idle.pop_front() {
+            if !slot.health.is_alive() {
+                continue;
+            }
+            let reason = if now >= slot.retire_at {
+                Some(CloseReason::Lifetime)
+            } else if slot.health.score() < config.health_threshold {
+                Some(CloseReason::Health)
+            } else if closable_idle > 0
+                && now.duration_since(slot.idle_since) >= config.idle_timeout
+            {
+                closable_idle -= 1;
+                Some(CloseReason::Idle)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                to_close.push((slot, reason));
+                continue;
+            }
+            let last_ok = slot.health.last_ok();
+            let due = now.duration_since(last_ok) >= config.health_check_interval
+                || suspect.is_some_and(|since| last_ok < since);
+            if due {
+                to_check.push(slot);
+            } else {
+                keep.push_back(slot);
+            }
+        }
+        state.idle = keep;
+
+        // Refill: to `min_connections`, or to the pre-warm target once.
+        let desired = config
+            .min_connections
+            .max(state.warm_target)
+            .min(config.max_connections);
+        state.warm_target = 0;
+        let have = state.open + state.opening;
+        let backing_off = state
+            .last_connect_error
+            .as_ref()
+            .is_some_and(|(at, _)| now.duration_since(*at) < Duration::from_millis(250));
+        spawn_opens = if have < desired && !backing_off {
+            let n = desired - have;
+            state.opening += n;
+            n
+        } else {
+            0
+        };
+    }
+    for (slot, reason) in to_close {
+        tracing::debug!(pool = %config.name, connection = slot.id(), reason = reason.as_str(), "closing connection");
+        shared.counters.closed(reason);
+        drop(slot);
+    }
+    for slot in to_check {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if ping(&slot).await {
+                shared.checkin(slot);
+            }
+            // A failed check ends the actor; dropping the slot finishes it.
+        });
+    }
+    for _ in 0..spawn_opens {
+        open_in_background(shared.clone());
+    }
+}

@@ -1,0 +1,838 @@
+//! Runs one prepared [`Statement`] on one driver connection: binds the JSON arguments to the
+//! types the database expects, and maps result rows to JSON.
+//!
+//! # Row mapping
+//!
+//! | database type | JSON |
+//! | --- | --- |
+//! | NULL | `null` |
+//! | booleans (`BOOL`, MySQL `TINYINT(1)`) | `true` / `false` |
+//! | integers | numbers |
+//! | floats | numbers (`NaN` and infinities become strings) |
+//! | `NUMERIC` / `DECIMAL` | strings holding the exact decimal (`"12345.6789"`): no precision lost |
+//! | text types, enums | strings |
+//! | `TIMESTAMPTZ` | RFC 3339 strings in UTC (`"2024-05-01T09:30:00Z"`) |
+//! | `TIMESTAMP`, `DATETIME` (no zone) | `"2024-05-01T09:30:00"` (RFC 3339 without offset) |
+//! | `DATE` / `TIME` | `"2024-05-01"` / `"09:30:00"` |
+//! | `UUID` | strings |
+//! | `JSON` / `JSONB` | the JSON value itself |
+//! | `BYTEA`, `BLOB`, binary | base64 strings (standard alphabet, padded) |
+//! | PostgreSQL arrays | arrays of the mapped elements |
+//! | pgvector `vector` | arrays of numbers |
+//!
+//! A type outside this table is an error naming the column and the type, with the hint to cast
+//! it to text in the query.
+//!
+//! # Parameter binding
+//!
+//! On PostgreSQL the statement is prepared first (once per connection: sqlx caches it) and each
+//! JSON value is encoded as the type PostgreSQL inferred for its placeholder, so `'2024-05-01'`
+//! binds to a `DATE` column, `"8d4…"` to a `UUID`, and `[1, 2]` to an `INT4[]` or a `vector`.
+//! MySQL and SQLite convert on their own: values bind as their JSON kind (objects and arrays as
+//! JSON text).
+
+use std::time::Instant;
+
+use base64::Engine as _;
+use futures_util::TryStreamExt;
+use serde_json::{Map, Number, Value};
+use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlRow};
+use sqlx::postgres::{PgArguments, PgConnection, PgRow, Postgres};
+use sqlx::query::Query;
+use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqliteRow};
+use sqlx::{
+    AssertSqlSafe, Column, Either, Executor, Row, SqlSafeStr, Statement as _, TypeInfo, ValueRef,
+};
+
+use super::params::Statement;
+
+/// How many rows to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// The first row as an object, or `null`.
+    One,
+    /// Every row.
+    All,
+    /// The first `n` rows; the rest are never decoded.
+    Many(usize),
+}
+
+/// What a statement returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The rows (at most one for [`Fetch::One`]).
+    pub rows: Vec<Map<String, Value>>,
+    /// Rows returned, or rows affected for a statement that returns none.
+    pub row_count: u64,
+    /// Whether the statement returns rows at all.
+    pub returns_rows: bool,
+    /// Time spent on the server round trips, for stats.
+    pub elapsed: std::time::Duration,
+}
+
+/// A failure while binding, running or decoding.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The database or the driver reported an error.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A JSON argument cannot be encoded as the placeholder's type.
+    #[error("parameter {position} cannot be bound as `{ty}`: {reason}")]
+    Bind {
+        /// 1-based placeholder position.
+        position: usize,
+        /// The database type.
+        ty: String,
+        /// Why.
+        reason: String,
+    },
+    /// A result column has a type without a JSON mapping.
+    #[error(
+        "column `{column}` has type `{ty}`, which has no JSON mapping\n\nhint: cast it in the query, e.g. `{column}::text` (PostgreSQL) or `CAST({column} AS CHAR)` (MySQL)"
+    )]
+    Unmapped {
+        /// The column name.
+        column: String,
+        /// Its type.
+        ty: String,
+    },
+}
+
+/// Runs `stmt` on PostgreSQL.
+pub async fn run_pg(
+    conn: &mut PgConnection,
+    stmt: &Statement,
+    fetch: Fetch,
+) -> Result<Output, ExecError> {
+    let start = Instant::now();
+    if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
+        return run_raw_pg(conn, stmt, fetch, start).await;
+    }
+    let prepared = (&mut *conn)
+        .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
+        .await?;
+    let returns_rows = !prepared.columns().is_empty();
+    let types: Vec<String> = match prepared.parameters() {
+        Some(Either::Left(types)) => types.iter().map(|t| t.name().to_owned()).collect(),
+        _ => Vec::new(),
+    };
+    let mut query = sqlx::query::<Postgres>(AssertSqlSafe(stmt.sql.clone()));
+    for (i, value) in stmt.args.iter().enumerate() {
+        let ty = types.get(i).map_or("TEXT", String::as_str);
+        query = bind_pg(query, value, ty).map_err(|reason| ExecError::Bind {
+            position: i + 1,
+            ty: ty.to_owned(),
+            reason,
+        })?;
+    }
+    if !returns_rows {
+        let done = query.execute(&mut *conn).await?;
+        return Ok(no_rows(fetch, done.rows_affected(), start));
+    }
+    let limit = limit_of(fetch);
+    let mut rows = Vec::new();
+    let mut stream = query.fetch(&mut *conn);
+    while rows.len() < limit {
+        match stream.try_next().await? {
+            Some(row) => rows.push(pg_row(&row)?),
+            None => break,
+        }
+    }
+    drop(stream);
+    Ok(with_rows(rows, start))
+}
+
+async fn run_raw_pg(
+    conn: &mut PgConnection,
+    stmt: &Statement,
+    fetch: Fetch,
+    start: Instant,
+) -> Result<Output, ExecError> {
+    let limit = limit_of(fetch);
+    let mut rows = Vec::new();
+    let mut affected = 0;
+    let mut returns_rows = false;
+    let mut stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
+    while let Some(item) = stream.try_next().await? {
+        match item {
+            Either::Left(done) => affected += done.rows_affected(),
+            Either::Right(row) => {
+                returns_rows = true;
+                if rows.len() < limit {
+                    rows.push(pg_row(&row)?);
+                }
+            }
+        }
+    }
+    drop(stream);
+    Ok(if returns_rows {
+        with_rows(rows, start)
+    } else {
+        no_rows(fetch, affected, start)
+    })
+}
+
+/// Runs `stmt` on MySQL or MariaDB.
+pub async fn run_mysql(
+    conn: &mut MySqlConnection,
+    stmt: &Statement,
+    fetch: Fetch,
+) -> Result<Output, ExecError> {
+    let start = Instant::now();
+    let limit = limit_of(fetch);
+    if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
+        let mut rows = Vec::new();
+        let mut affected = 0;
+        let mut returns_rows = false;
+        let mut stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
+        while let Some(item) = stream.try_next().await? {
+            match item {
+                Either::Left(done) => affected += done.rows_affected(),
+                Either::Right(row) => {
+                    returns_rows = true;
+                    if rows.len() < limit {
+                        rows.push(mysql_row(&row)?);
+                    }
+                }
+            }
+        }
+        drop(stream);
+        return Ok(if returns_rows {
+            with_rows(rows, start)
+        } else {
+            no_rows(fetch, affected, start)
+        });
+    }
+    let prepared = (&mut *conn)
+        .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
+        .await?;
+    let returns_rows = !prepared.columns().is_empty();
+    let mut query = sqlx::query::<MySql>(AssertSqlSafe(stmt.sql.clone()));
+    for value in &stmt.args {
+        query = bind_mysql(query, value);
+    }
+    if !returns_rows {
+        let done = query.execute(&mut *conn).await?;
+        return Ok(no_rows(fetch, done.rows_affected(), start));
+    }
+    let mut rows = Vec::new();
+    let mut stream = query.fetch(&mut *conn);
+    while rows.len() < limit {
+        match stream.try_next().await? {
+            Some(row) => rows.push(mysql_row(&row)?),
+            None => break,
+        }
+    }
+    drop(stream);
+    Ok(with_rows(rows, start))
+}
+
+/// Runs `stmt` on SQLite.
+pub async fn run_sqlite(
+    conn: &mut SqliteConnection,
+    stmt: &Statement,
+    fetch: Fetch,
+) -> Result<Output, ExecError> {
+    let start = Instant::now();
+    let limit = limit_of(fetch);
+    if stmt.args.is_empty() && stmt.statements > 1 {
+        let mut rows = Vec::new();
+        let mut affected = 0;
+        let mut returns_rows = false;
+        let mut stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
+        while let Some(item) = stream.try_next().await? {
+            match item {
+                Either::Left(done) => affected += done.rows_affected(),
+                Either::Right(row) => {
+                    returns_rows = true;
+                    if rows.len() < limit {
+                        rows.push(sqlite_row(&row)?);
+                    }
+                }
+            }
+        }
+        drop(stream);
+        return Ok(if returns_rows {
+            with_rows(rows, start)
+        } else {
+            no_rows(fetch, affected, start)
+        });
+    }
+    let prepared = (&mut *conn)
+        .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
+        .await?;
+    let returns_rows = !prepared.columns().is_empty();
+    let mut query = sqlx::query::<Sqlite>(AssertSqlSafe(stmt.sql.clone()));
+    for value in &stmt.args {
+        query = bind_sqlite(query, value);
+    }
+    if !returns_rows {
+        let done = query.execute(&mut *conn).await?;
+        return Ok(no_rows(fetch, done.rows_affected(), start));
+    }
+    let mut rows = Vec::new();
+    let mut stream = query.fetch(&mut *conn);
+    while rows.len() < limit {
+        match stream.try_next().await? {
+            Some(row) => rows.push(sqlite_row(&row)?),
+            None => break,
+        }
+    }
+    drop(stream);
+    Ok(with_rows(rows, start))
+}
+
+fn limit_of(fetch: Fetch) -> usize {
+    match fetch {
+        Fetch::One => 1,
+        Fetch::All => usize::MAX,
+        Fetch::Many(n) => n,
+    }
+}
+
+fn with_rows(rows: Vec<Map<String, Value>>, start: Instant) -> Output {
+    Output {
+        row_count: rows.len() as u64,
+        rows,
+        returns_rows: true,
+        elapsed: start.elapsed(),
+    }
+}
+
+fn no_rows(_fetch: Fetch, affected: u64, start: Instant) -> Output {
+    Output {
+        rows: Vec::new(),
+        row_count: affected,
+        returns_rows: false,
+        elapsed: start.elapsed(),
+    }
+}
+
+// ---- binding ----------------------------------------------------------------------------------
+
+type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+fn bind_pg<'q>(query: PgQuery<'q>, value: &Value, ty: &str) -> Result<PgQuery<'q>, String> {
+    if value.is_null() {
+        // NULL carries no data; the prepared statement already fixed the type.
+        return Ok(query.bind(None::<String>));
+    }
+    Ok(match ty {
+        "BOOL" => query.bind(as_bool(value)?),
+        "INT2" => query.bind(i16::try_from(as_i64(value)?).map_err(|_| "out of range for INT2")?),
+        "INT4" => query.bind(i32::try_from(as_i64(value)?).map_err(|_| "out of range for INT4")?),
+        "INT8" | "OID" => query.bind(as_i64(value)?),
+        "FLOAT4" => query.bind(as_f64(value)? as f32),
+        "FLOAT8" => query.bind(as_f64(value)?),
+        "NUMERIC" => query.bind(as_decimal(value)?),
+        "UUID" => query.bind(as_uuid(value)?),
+        "JSON" | "JSONB" => query.bind(sqlx::types::Json(value.clone())),
+        "BYTEA" => query.bind(as_bytes(value)?),
+        "DATE" => query.bind(as_date(value)?),
+        "TIME" => query.bind(as_time(value)?),
+        "TIMESTAMP" => query.bind(as_naive_datetime(value)?),
+        "TIMESTAMPTZ" => query.bind(as_datetime(value)?),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "UNKNOWN" | "\"CHAR\"" | "CITEXT" => {
+            query.bind(as_text(value))
+        }
+        "BOOL[]" => query.bind(as_array(value, as_bool)?),
+        "INT2[]" => query.bind(as_array(value, |v| {
+            i16::try_from(as_i64(v)?).map_err(|_| "out of range for INT2".to_owned())
+        })?),
+        "INT4[]" => query.bind(as_array(value, |v| {
+            i32::try_from(as_i64(v)?).map_err(|_| "out of range for INT4".to_owned())
+        })?),
+        "INT8[]" => query.bind(as_array(value, as_i64)?),
+        "FLOAT4[]" => query.bind(as_array(value, |v| as_f64(v).map(|f| f as f32))?),
+        "FLOAT8[]" => query.bind(as_array(value, as_f64)?),
+        "NUMERIC[]" => query.bind(as_array(value, as_decimal)?),
+        "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => {
+            query.bind(as_array(value, |v| Ok(as_text(v)))?)
+        }
+        "UUID[]" => query.bind(as_array(value, as_uuid)?),
+        "vector" => query.bind(pgvector::Vector::from(as_array(value, |v| {
+            as_f64(v).map(|f| f as f32)
+        })?)),
+        other => {
+            return Err(format!(
+                "no JSON conversion to `{other}`; cast the placeholder in SQL, e.g. `CAST(CAST(:p AS text) AS {other})`"
+            ));
+        }
+    })
+}
+
+fn bind_mysql<'q>(
+    query: Query<'q, MySql, MySqlArguments>,
+    value: &Value,
+) -> Query<'q, MySql, MySqlArguments> {
+    match value {
+        Value::Null => query.bind(None::<String>),
+        Value::Bool(b) => query.bind(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => query.bind(i),
+            (None, Some(u)) => query.bind(u),
+            _ => query.bind(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => query.bind(s.clone()),
+        other => query.bind(other.to_string()),
+    }
+}
+
+fn bind_sqlite<'q>(
+    query: Query<'q, Sqlite, SqliteArguments>,
+    value: &Value,
+) -> Query<'q, Sqlite, SqliteArguments> {
+    match value {
+        Value::Null => query.bind(None::<String>),
+        Value::Bool(b) => query.bind(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => query.bind(i),
+            None => query.bind(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => query.bind(s.clone()),
+        other => query.bind(other.to_string()),
+    }
+}
+
+fn as_bool(v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+        other => Err(format!("expected a boolean, got `{other}`")),
+    }
+}
+
+fn as_i64(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| format!("expected an integer, got `{n}`")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected an integer, got `{s}`")),
+        other => Err(format!("expected an integer, got `{other}`")),
+    }
+}
+
+fn as_f64(v: &Value) -> Result<f64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| format!("expected a number, got `{n}`")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a number, got `{s}`")),
+        other => Err(format!("expected a number, got `{other}`")),
+    }
+}
+
+fn as_decimal(v: &Value) -> Result<bigdecimal::BigDecimal, String> {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        other => return Err(format!("expected a decimal number, got `{other}`")),
+    };
+    text.parse()
+        .map_err(|_| format!("expected a decimal number, got `{text}`"))
+}
+
+fn as_uuid(v: &Value) -> Result<uuid::Uuid, String> {
+    match v {
+        Value::String(s) => s.parse().map_err(|_| format!("`{s}` is not a UUID")),
+        other => Err(format!("expected a UUID string, got `{other}`")),
+    }
+}
+
+fn as_bytes(v: &Value) -> Result<Vec<u8>, String> {
+    match v {
+        Value::String(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| format!("expected base64: {e}")),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_u64()
+                    .and_then(|b| u8::try_from(b).ok())
+                    .ok_or_else(|| "expected bytes 0..=255".to_owned())
+            })
+            .collect(),
+        other => Err(format!("expected a base64 string, got `{other}`")),
+    }
+}
+
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn as_date(v: &Value) -> Result<chrono::NaiveDate, String> {
+    let s = v
+        .as_str()
+        .ok_or("expected a date string like `2024-05-01`")?;
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|d| d.date_naive()))
+        .map_err(|_| format!("`{s}` is not a date like `2024-05-01`"))
+}
+
+fn as_time(v: &Value) -> Result<chrono::NaiveTime, String> {
+    let s = v.as_str().ok_or("expected a time string like `09:30:00`")?;
+    chrono::NaiveTime::parse_from_str(s, "%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(s, "%H:%M"))
+        .map_err(|_| format!("`{s}` is not a time like `09:30:00`"))
+}
+
+fn as_naive_datetime(v: &Value) -> Result<chrono::NaiveDateTime, String> {
+    let s = v
+        .as_str()
+        .ok_or("expected a timestamp string like `2024-05-01T09:30:00`")?;
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|d| d.naive_utc()))
+        .or_else(|_| as_date(v).map(|d| d.and_time(chrono::NaiveTime::MIN)))
+        .map_err(|_| format!("`{s}` is not a timestamp like `2024-05-01T09:30:00`"))
+}
+
+fn as_datetime(v: &Value) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let s = v
+        .as_str()
+        .ok_or("expected an RFC 3339 timestamp like `2024-05-01T09:30:00Z`")?;
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&chrono::Utc))
+        .or_else(|_| as_naive_datetime(v).map(|n| n.and_utc()))
+        .map_err(|_| format!("`{s}` is not a timestamp like `2024-05-01T09:30:00Z`"))
+}
+
+fn as_array<T>(v: &Value, item: impl Fn(&Value) -> Result<T, String>) -> Result<Vec<T>, String> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| item(v).map_err(|e| format!("element {i}: {e}")))
+            .collect(),
+        other => Err(format!("expected an array, got `{other}`")),
+    }
+}
+
+// ---- rows -------------------------------------------------------------------------------------
+
+fn float(f: f64) -> Value {
+    Number::from_f64(f).map_or_else(|| Value::String(f.to_string()), Value::Number)
+}
+
+fn base64(bytes: &[u8]) -> Value {
+    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn array<T>(items: Vec<T>, f: impl Fn(T) -> Value) -> Value {
+    Value::Array(items.into_iter().map(f).collect())
+}
+
+fn pg_row(row: &PgRow) -> Result<Map<String, Value>, ExecError> {
+    let mut out = Map::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i)?;
+        let value = if raw.is_null() {
+            Value::Null
+        } else {
+            let ty = raw.type_info().name().to_owned();
+            pg_value(row, i, &ty).map_err(|e| match e {
+                ExecError::Unmapped { ty, .. } => ExecError::Unmapped {
+                    column: column.name().to_owned(),
+                    ty,
+                },
+                other => other,
+            })?
+        };
+        out.insert(column.name().to_owned(), value);
+    }
+    Ok(out)
+}
+
+fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+    Ok(match ty {
+        "BOOL" => Value::Bool(row.try_get(i)?),
+        "INT2" => Value::from(row.try_get::<i16, _>(i)?),
+        "INT4" => Value::from(row.try_get::<i32, _>(i)?),
+        "INT8" => Value::from(row.try_get::<i64, _>(i)?),
+        "OID" => Value::from(row.try_get::<sqlx::postgres::types::Oid, _>(i)?.0),
+        "FLOAT4" => float(f64::from(row.try_get::<f32, _>(i)?)),
+        "FLOAT8" => float(row.try_get::<f64, _>(i)?),
+        "NUMERIC" => Value::String(pg_numeric(row, i)?),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "\"CHAR\"" | "UNKNOWN" | "CITEXT" => {
+            Value::String(row.try_get::<String, _>(i)?)
+        }
+        "UUID" => Value::String(row.try_get::<uuid::Uuid, _>(i)?.to_string()),
+        "JSON" | "JSONB" => row.try_get::<sqlx::types::Json<Value>, _>(i)?.0,
+        "BYTEA" => base64(&row.try_get::<Vec<u8>, _>(i)?),
+        "DATE" => Value::String(row.try_get::<NaiveDate, _>(i)?.to_string()),
+        "TIME" => Value::String(row.try_get::<NaiveTime, _>(i)?.to_string()),
+        "TIMESTAMP" => Value::String(
+            row.try_get::<NaiveDateTime, _>(i)?
+                .format("%Y-%m-%dT%H:%M:%S%.f")
+                .to_string(),
+        ),
+        "TIMESTAMPTZ" => Value::String(
+            row.try_get::<DateTime<Utc>, _>(i)?
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        ),
+        "BOOL[]" => array(row.try_get::<Vec<bool>, _>(i)?, Value::Bool),
+        "INT2[]" => array(row.try_get::<Vec<i16>, _>(i)?, Value::from),
+        "INT4[]" => array(row.try_get::<Vec<i32>, _>(i)?, Value::from),
+        "INT8[]" => array(row.try_get::<Vec<i64>, _>(i)?, Value::from),
+        "FLOAT4[]" => array(row.try_get::<Vec<f32>, _>(i)?, |f| float(f64::from(f))),
+        "FLOAT8[]" => array(row.try_get::<Vec<f64>, _>(i)?, float),
+        "NUMERIC[]" => array(row.try_get::<Vec<bigdecimal::BigDecimal>, _>(i)?, |d| {
+            Value::String(d.to_string())
+        }),
+        "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => {
+            array(row.try_get::<Vec<String>, _>(i)?, Value::String)
+        }
+        "UUID[]" => array(row.try_get::<Vec<uuid::Uuid>, _>(i)?, |u| {
+            Value::String(u.to_string())
+        }),
+        "JSONB[]" | "JSON[]" => array(row.try_get::<Vec<sqlx::types::Json<Value>>, _>(i)?, |j| j.0),
+        "TIMESTAMPTZ[]" => array(row.try_get::<Vec<DateTime<Utc>>, _>(i)?, |d| {
+            Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        }),
+        "DATE[]" => array(row.try_get::<Vec<NaiveDate>, _>(i)?, |d| {
+            Value::String(d.to_string())
+        }),
+        "vector" => array(row.try_get::<pgvector::Vector, _>(i)?.to_vec(), |f| {
+            float(f64::from(f))
+        }),
+        other => {
+            return Err(ExecError::Unmapped {
+                column: String::new(),
+                ty: other.to_owned(),
+            });
+        }
+    })
+}
+
+/// PostgreSQL `NUMERIC` as PostgreSQL itself prints it (scale kept, `NaN`, `Infinity`).
+fn pg_numeric(row: &PgRow, i: usize) -> Result<String, ExecError> {
+    let raw = row.try_get_raw(i)?;
+    let decode_err = |e: sqlx::error::BoxDynError| ExecError::Database(sqlx::Error::Decode(e));
+    match raw.format() {
+        sqlx::postgres::PgValueFormat::Text => Ok(raw.as_str().map_err(decode_err)?.to_owned()),
+        sqlx::postgres::PgValueFormat::Binary => numeric_text(raw.as_bytes().map_err(decode_err)?)
+            .ok_or_else(|| decode_err("malformed NUMERIC value".into())),
+    }
+}
+
+/// Formats PostgreSQL's binary `NUMERIC` (base-10000 digits, weight, sign, display scale).
+fn numeric_text(bytes: &[u8]) -> Option<String> {
+    let word = |i: usize| -> Option<i16> {
+        bytes
+            .get(i * 2..i * 2 + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+    };
+    let ndigits = usize::try_from(word(0)?).ok()?;
+    let weight = i32::from(word(1)?);
+    let sign = word(2)? as u16;
+    let dscale = usize::try_from(word(3)?).ok()?;
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        _ => {}
+    }
+    let digits: Vec<i16> = (0..ndigits).map(|k| word(4 + k)).collect::<Option<_>>()?;
+    let digit = |k: i32| -> i16 {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| digits.get(k).copied())
+            .unwrap_or(0)
+    };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    // Integer part: base-10000 groups 0..=weight.
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for k in 0..=weight {
+            let d = digit(k);
+            if k == 0 {
+                out.push_str(&d.to_string());
+            } else {
+                out.push_str(&format!("{d:04}"));
+            }
+        }
+    }
+    if dscale > 0 {
+        out.push('.');
+        let mut frac = String::new();
+        let mut k = weight + 1;
+        while frac.len() < dscale {
+            frac.push_str(&format!("{:04}", digit(k)));
+            k += 1;
+        }
+        frac.truncate(dscale);
+        out.push_str(&frac);
+    }
+    Some(out)
+}
+
+fn mysql_row(row: &MySqlRow) -> Result<Map<String, Value>, ExecError> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+    let mut out = Map::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            out.insert(column.name().to_owned(), Value::Null);
+            continue;
+        }
+        let ty = raw.type_info().name().to_owned();
+        let value = match ty.as_str() {
+            "BOOLEAN" => Value::Bool(row.try_get(i)?),
+            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
+                Value::from(row.try_get::<i64, _>(i)?)
+            }
+            "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "INT UNSIGNED"
+            | "BIGINT UNSIGNED" => Value::from(row.try_get::<u64, _>(i)?),
+            "FLOAT" => float(f64::from(row.try_get::<f32, _>(i)?)),
+            "DOUBLE" => float(row.try_get::<f64, _>(i)?),
+            "DECIMAL" => Value::String(row.try_get::<bigdecimal::BigDecimal, _>(i)?.to_string()),
+            "DATE" => Value::String(row.try_get::<NaiveDate, _>(i)?.to_string()),
+            "TIME" => Value::String(row.try_get::<NaiveTime, _>(i)?.to_string()),
+            "DATETIME" => Value::String(
+                row.try_get::<NaiveDateTime, _>(i)?
+                    .format("%Y-%m-%dT%H:%M:%S%.f")
+                    .to_string(),
+            ),
+            "TIMESTAMP" => Value::String(
+                row.try_get::<DateTime<Utc>, _>(i)?
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            ),
+            "JSON" => row.try_get::<sqlx::types::Json<Value>, _>(i)?.0,
+            "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT"
+            | "GEOMETRY" => base64(&row.try_get::<Vec<u8>, _>(i)?),
+            "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM"
+            | "SET" => Value::String(row.try_get::<String, _>(i)?),
+            other => {
+                return Err(ExecError::Unmapped {
+                    column: column.name().to_owned(),
+                    ty: other.to_owned(),
+                });
+            }
+        };
+        out.insert(column.name().to_owned(), value);
+    }
+    Ok(out)
+}
+
+fn sqlite_row(row: &SqliteRow) -> Result<Map<String, Value>, ExecError> {
+    let mut out = Map::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            out.insert(column.name().to_owned(), Value::Null);
+            continue;
+        }
+        // SQLite is dynamically typed: map the value's storage class, and honour a BOOLEAN
+        // declaration for integers.
+        let storage = raw.type_info().name().to_owned();
+        let declared = column.type_info().name().to_ascii_uppercase();
+        let value = match storage.as_str() {
+            "INTEGER" if declared == "BOOLEAN" => Value::Bool(row.try_get::<i64, _>(i)? != 0),
+            "INTEGER" => Value::from(row.try_get::<i64, _>(i)?),
+            "REAL" => float(row.try_get::<f64, _>(i)?),
+            "TEXT" => Value::String(row.try_get::<String, _>(i)?),
+            "BLOB" => base64(&row.try_get::<Vec<u8>, _>(i)?),
+            other => {
+                return Err(ExecError::Unmapped {
+                    column: column.name().to_owned(),
+                    ty: other.to_owned(),
+                });
+            }
+        };
+        out.insert(column.name().to_owned(), value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conversions_report_what_is_wrong() {
+        assert_eq!(as_i64(&json!("42")).unwrap(), 42);
+        assert!(
+            as_i64(&json!(1.5))
+                .unwrap_err()
+                .contains("expected an integer")
+        );
+        assert!(
+            as_uuid(&json!("nope"))
+                .unwrap_err()
+                .contains("`nope` is not a UUID")
+        );
+        assert_eq!(as_bytes(&json!("AAE=")).unwrap(), vec![0, 1]);
+        assert_eq!(
+            as_datetime(&json!("2024-05-01T09:30:00+02:00"))
+                .unwrap()
+                .to_rfc3339(),
+            "2024-05-01T07:30:00+00:00"
+        );
+        assert_eq!(
+            as_date(&json!("2024-05-01")).unwrap().to_string(),
+            "2024-05-01"
+        );
+        assert!(
+            as_array(&json!([1, "x"]), as_i64)
+                .unwrap_err()
+                .starts_with("element 1:")
+        );
+        assert_eq!(
+            as_decimal(&json!("12345678901234567890.123456789"))
+                .unwrap()
+                .to_string(),
+            "12345678901234567890.123456789"
+        );
+    }
+
+    fn numeric(
+        ndigits: i16,
+        weight: i16,
+        sign: u16,
+        dscale: i16,
+        digits: &[i16],
+    ) -> Option<String> {
+        let mut b = Vec::new();
+        for w in [ndigits, weight, sign as i16, dscale].iter().chain(digits) {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        numeric_text(&b)
+    }
+
+    #[test]
+    fn numeric_binary_form_keeps_the_scale() {
+        // 12345678901234567890.123 (scale 3): groups 1234 5678 9012 3456 7890 . 1230
+        assert_eq!(
+            numeric(6, 4, 0, 3, &[1234, 5678, 9012, 3456, 7890, 1230]).unwrap(),
+            "12345678901234567890.123"
+        );
+        assert_eq!(numeric(1, 0, 0x4000, 2, &[15]).unwrap(), "-15.00");
+        assert_eq!(numeric(1, -1, 0, 4, &[5]).unwrap(), "0.0005");
+        assert_eq!(numeric(0, 0, 0, 0, &[]).unwrap(), "0");
+        assert_eq!(numeric(1, 1, 0, 0, &[7]).unwrap(), "70000");
+        assert_eq!(numeric(0, 0, 0xC000, 0, &[]).unwrap(), "NaN");
+        assert!(numeric_text(&[0, 1]).is_none());
+    }
+
+    #[test]
+    fn non_finite_floats_become_strings() {
+        assert_eq!(float(f64::NAN), json!("NaN"));
+        assert_eq!(float(1.5), json!(1.5));
+    }
+}

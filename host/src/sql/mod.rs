@@ -1,0 +1,16 @@
+//! AsyncSQLDatabaseNode: SQL with named parameters on any configured database, through the pool.
+//!
+//! - [`params`]: the `:name` tokenizer and per-dialect translation (pure).
+//! - [`exec`]: binding JSON arguments and mapping rows to JSON, per driver.
+//! - [`error`]: classifying failures; what is transient.
+//! - [`node`]: the node itself: fetch modes, per-query timeout, retries, output shape.
+
+pub mod error;
+pub mod exec;
+pub mod node;
+pub mod params;
+
+pub use error::ErrorKind;
+pub use exec::{Fetch, Output};
+pub use node::{SqlError, SqlNode, SqlNodeConfig};
+pub use params::{Params, Statement};

@@ -1,0 +1,621 @@
+//! Named `:params` translated per dialect by a tokenizer, never by text replacement.
+//!
+//! The tokenizer walks the SQL once and recognises string literals (`'…'`, PostgreSQL `E'…'`,
+//! MySQL backslash escapes), quoted identifiers (`"…"`, `` `…` ``, `[…]` on SQLite), comments
+//! (`-- …`, `# …` on MySQL, nested `/* … */` on PostgreSQL), PostgreSQL dollar quoting
+//! (`$tag$…$tag$`) and `::casts`. Only a `:name` outside all of those is a parameter, and it
+//! ends at the first character that cannot be part of a name, so `:id` never touches `:id_type`.
+//!
+//! Named parameters become `$1, $2, …` on PostgreSQL (a repeated name reuses its number) and `?`
+//! on MySQL and SQLite (a repeated name binds its value again). A parameter the SQL names but the
+//! caller did not give, or one the caller gave but the SQL never names, is an error naming it.
+//!
+//! The same walk notes whether a statement may leave session state behind (it starts with
+//! `BEGIN`, `START`, `SAVEPOINT`, `SET`, `XA`, `LOCK` or `CALL`): the pool then resets the
+//! connection before anyone else gets it.
+
+use serde_json::{Map, Value};
+
+use crate::config::DatabaseKind;
+
+/// Parameters as the caller gave them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Params {
+    /// No parameters.
+    #[default]
+    None,
+    /// Positional values for the dialect's own placeholders (`$1` on PostgreSQL, `?` elsewhere).
+    Positional(Vec<Value>),
+    /// Values for `:name` placeholders.
+    Named(Map<String, Value>),
+}
+
+impl Params {
+    /// Reads the JSON forms: `null`/absent, an array (positional) or an object (named).
+    pub fn from_json(value: Option<&Value>) -> Result<Params, ParamError> {
+        match value {
+            None | Some(Value::Null) => Ok(Params::None),
+            Some(Value::Array(values)) => Ok(Params::Positional(values.clone())),
+            Some(Value::Object(map)) => Ok(Params::Named(map.clone())),
+            Some(other) => Err(ParamError::NotACollection {
+                found: json_kind(other),
+            }),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Params::None => true,
+            Params::Positional(v) => v.is_empty(),
+            Params::Named(m) => m.is_empty(),
+        }
+    }
+}
+
+/// SQL ready for one dialect, with its arguments in binding order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// The SQL with the dialect's placeholders.
+    pub sql: String,
+    /// The values, in the order the placeholders bind them.
+    pub args: Vec<Value>,
+    /// Whether the statement may leave a transaction or session setting open.
+    pub touches_session: bool,
+    /// How many statements the SQL holds (`SELECT 1; SELECT 2` holds two).
+    pub statements: usize,
+}
+
+/// A problem with a statement's parameters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// The SQL names a parameter the caller did not give.
+    #[error("parameter `:{name}` is used in the query but not given")]
+    Missing {
+        /// The name.
+        name: String,
+    },
+    /// The caller gave a parameter the SQL never uses.
+    #[error("parameter `{name}` is given but the query never uses `:{name}`")]
+    Unused {
+        /// The name.
+        name: String,
+    },
+    /// Positional parameters do not match the placeholders.
+    #[error(
+        "the query has {placeholders} placeholder(s) but {given} positional parameter(s) were given"
+    )]
+    Count {
+        /// Placeholders in the SQL.
+        placeholders: usize,
+        /// Values given.
+        given: usize,
+    },
+    /// The SQL has placeholders but no parameters were given.
+    #[error("the query uses `:{name}` but no parameters were given")]
+    NoParams {
+        /// The first name used.
+        name: String,
+    },
+    /// Params were neither an array nor an object.
+    #[error("`params` must be an array (positional) or an object (named), not {found}")]
+    NotACollection {
+        /// What was given.
+        found: &'static str,
+    },
+    /// The SQL mixes `:name` with positional placeholders.
+    #[error("the query mixes `:name` parameters with positional placeholders; use one style")]
+    Mixed,
+    /// A quote, comment or dollar quote is never closed.
+    #[error("unterminated {what} starting at byte {at}")]
+    Unterminated {
+        /// What kind of token.
+        what: &'static str,
+        /// Where it starts.
+        at: usize,
+    },
+}
+
+/// Translates `sql` with `params` for `dialect`.
+pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Statement, ParamError> {
+    let scan = scan(sql, dialect)?;
+    let has_named = !scan.named.is_empty();
+    match params {
+        Params::Named(values) if has_named => {
+            let mut out = String::with_capacity(sql.len() + 8);
+            let mut args = Vec::new();
+            let mut numbers: Vec<&str> = Vec::new();
+            let mut last = 0;
+            for token in &scan.named {
+                let name = &sql[token.start + 1..token.end];
+                let value = values.get(name).ok_or_else(|| ParamError::Missing {
+                    name: name.to_owned(),
+                })?;
+                out.push_str(&sql[last..token.start]);
+                match dialect {
+                    DatabaseKind::Postgres => {
+                        let n = match numbers.iter().position(|n| *n == name) {
+                            Some(i) => i + 1,
+                            None => {
+                                numbers.push(name);
+                                args.push(value.clone());
+                                numbers.len()
+                            }
+                        };
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    }
+                    DatabaseKind::Mysql | DatabaseKind::Sqlite => {
+                        out.push('?');
+                        args.push(value.clone());
+                    }
+                }
+                last = token.end;
+            }
+            out.push_str(&sql[last..]);
+            if let Some(unused) = values.keys().find(|k| {
+                !scan
+                    .named
+                    .iter()
+                    .any(|t| &sql[t.start + 1..t.end] == k.as_str())
+            }) {
+                return Err(ParamError::Unused {
+                    name: unused.clone(),
+                });
+            }
+            if scan.positional > 0 {
+                return Err(ParamError::Mixed);
+            }
+            Ok(Statement {
+                sql: out,
+                args,
+                touches_session: scan.touches_session,
+                statements: scan.statements,
+            })
+        }
+        Params::Named(values) => match values.keys().next() {
+            Some(name) => Err(ParamError::Unused { name: name.clone() }),
+            None => Ok(Statement {
+                sql: sql.to_owned(),
+                args: Vec::new(),
+                touches_session: scan.touches_session,
+                statements: scan.statements,
+            }),
+        },
+        _ if has_named => {
+            let name = sql[scan.named[0].start + 1..scan.named[0].end].to_owned();
+            if params.is_empty() {
+                Err(ParamError::NoParams { name })
+            } else {
+                Err(ParamError::Missing { name })
+            }
+        }
+        Params::Positional(values) => {
+            if scan.positional != values.len() {
+                return Err(ParamError::Count {
+                    placeholders: scan.positional,
+                    given: values.len(),
+                });
+            }
+            Ok(Statement {
+                sql: sql.to_owned(),
+                args: values.clone(),
+                touches_session: scan.touches_session,
+                statements: scan.statements,
+            })
+        }
+        Params::None => {
+            if scan.positional > 0 {
+                return Err(ParamError::Count {
+                    placeholders: scan.positional,
+                    given: 0,
+                });
+            }
+            Ok(Statement {
+                sql: sql.to_owned(),
+                args: Vec::new(),
+                touches_session: scan.touches_session,
+                statements: scan.statements,
+            })
+        }
+    }
+}
+
+/// A `:name` token: byte range including the colon.
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Default)]
+struct Scan {
+    named: Vec<Token>,
+    /// `$n` (PostgreSQL: the highest n) or `?` (others: the count).
+    positional: usize,
+    touches_session: bool,
+    statements: usize,
+}
+
+const SESSION_KEYWORDS: &[&str] = &["BEGIN", "START", "SAVEPOINT", "SET", "XA", "LOCK", "CALL"];
+
+fn is_name_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_'
+}
+
+fn is_name_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
+    let b = sql.as_bytes();
+    let mut out = Scan::default();
+    let mut i = 0;
+    // At the start of a statement: the next word decides `touches_session`.
+    let mut statement_start = true;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' => {
+                let backslash = dialect == DatabaseKind::Mysql
+                    || (dialect == DatabaseKind::Postgres
+                        && i > 0
+                        && matches!(b[i - 1], b'E' | b'e')
+                        && (i < 2 || !is_name_char(b[i - 2])));
+                i = skip_quoted(b, i, b'\'', backslash, "string literal")?;
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+            }
+            b'"' => {
+                let backslash = dialect == DatabaseKind::Mysql;
+                i = skip_quoted(b, i, b'"', backslash, "quoted identifier")?;
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+            }
+            b'`' if dialect != DatabaseKind::Postgres => {
+                i = skip_quoted(b, i, b'`', false, "quoted identifier")?;
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+            }
+            b'[' if dialect == DatabaseKind::Sqlite => {
+                let end = sql[i..].find(']').ok_or(ParamError::Unterminated {
+                    what: "quoted identifier",
+                    at: i,
+                })?;
+                i += end + 1;
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-')
+                && (dialect != DatabaseKind::Mysql
+                    || b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace())) =>
+            {
+                i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+            }
+            b'#' if dialect == DatabaseKind::Mysql => {
+                i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = skip_block_comment(b, i, dialect == DatabaseKind::Postgres)?;
+            }
+            b'$' if dialect == DatabaseKind::Postgres => {
+                // `$1` positional, or `$tag$ … $tag$` dollar quoting.
+                let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if digits > 0 {
+                    let n: usize = sql[i + 1..i + 1 + digits].parse().unwrap_or(usize::MAX);
+                    out.positional = out.positional.max(n);
+                    i += 1 + digits;
+                } else if let Some(tag_len) = dollar_tag(b, i) {
+                    let tag = &sql[i..i + tag_len];
+                    let body = i + tag_len;
+                    let close = sql[body..].find(tag).ok_or(ParamError::Unterminated {
+                        what: "dollar-quoted string",
+                        at: i,
+                    })?;
+                    i = body + close + tag_len;
+                } else {
+                    i += 1;
+                }
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+            }
+            b'?' if dialect != DatabaseKind::Postgres => {
+                out.positional += 1;
+                i += 1;
+                // SQLite `?NNN`
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+            }
+            b':' => {
+                if b.get(i + 1) == Some(&b':') {
+                    i += 2; // `::cast`
+                } else if b.get(i + 1).copied().is_some_and(is_name_start)
+                    && (i == 0 || !is_name_char(b[i - 1]))
+                    && (i == 0 || b[i - 1] != b':')
+                {
+                    let end = i + 1 + b[i + 1..].iter().take_while(|c| is_name_char(**c)).count();
+                    out.named.push(Token { start: i, end });
+                    i = end;
+                } else {
+                    i += 1;
+                }
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+            }
+            b';' => {
+                statement_start = true;
+                i += 1;
+            }
+            c if c.is_ascii_whitespace() || c == b'(' => i += 1,
+            c if is_name_start(c) => {
+                let end = i + b[i..].iter().take_while(|c| is_name_char(**c)).count();
+                if statement_start {
+                    let word = &sql[i..end];
+                    if SESSION_KEYWORDS
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(word))
+                    {
+                        out.touches_session = true;
+                    }
+                }
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+                i = end;
+            }
+            _ => {
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn skip_quoted(
+    b: &[u8],
+    start: usize,
+    quote: u8,
+    backslash: bool,
+    what: &'static str,
+) -> Result<usize, ParamError> {
+    let mut i = start + 1;
+    while i < b.len() {
+        if backslash && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2; // doubled quote
+                continue;
+            }
+            return Ok(i + 1);
+        }
+        i += 1;
+    }
+    Err(ParamError::Unterminated { what, at: start })
+}
+
+fn skip_block_comment(b: &[u8], start: usize, nested: bool) -> Result<usize, ParamError> {
+    let mut depth = 0usize;
+    let mut i = start;
+    while i + 1 < b.len() {
+        if b[i] == b'/' && b[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+            if !nested {
+                depth = 1;
+            }
+        } else if b[i] == b'*' && b[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return Ok(i);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Err(ParamError::Unterminated {
+        what: "block comment",
+        at: start,
+    })
+}
+
+/// Length of a `$tag$` opener at `i` (`$$` or `$name$`), if there is one.
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+    // A `$` right after a name character is part of an identifier, not a quote.
+    if i > 0 && is_name_char(b[i - 1]) {
+        return None;
+    }
+    let mut j = i + 1;
+    if b.get(j).copied().is_some_and(is_name_start) {
+        while b.get(j).copied().is_some_and(is_name_char) {
+            j += 1;
+        }
+    }
+    (b.get(j) == Some(&b'$')).then_some(j + 1 - i)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn named(v: Value) -> Params {
+        Params::Named(v.as_object().unwrap().clone())
+    }
+
+    const PG: DatabaseKind = DatabaseKind::Postgres;
+    const MY: DatabaseKind = DatabaseKind::Mysql;
+    const LITE: DatabaseKind = DatabaseKind::Sqlite;
+
+    #[test]
+    fn id_never_touches_id_type() {
+        let p = named(json!({"id": 7, "id_type": "x"}));
+        let s = prepare("SELECT * FROM t WHERE id = :id AND kind = :id_type", &p, PG).unwrap();
+        assert_eq!(s.sql, "SELECT * FROM t WHERE id = $1 AND kind = $2");
+        assert_eq!(s.args, vec![json!(7), json!("x")]);
+        // The reverse order of declaration changes nothing.
+        let s = prepare("SELECT :id_type, :id", &p, MY).unwrap();
+        assert_eq!(s.sql, "SELECT ?, ?");
+        assert_eq!(s.args, vec![json!("x"), json!(7)]);
+    }
+
+    #[test]
+    fn repeated_names_reuse_number_or_rebind() {
+        let p = named(json!({"a": 1}));
+        assert_eq!(
+            prepare("SELECT :a + :a", &p, PG).unwrap().sql,
+            "SELECT $1 + $1"
+        );
+        let s = prepare("SELECT :a + :a", &p, LITE).unwrap();
+        assert_eq!((s.sql.as_str(), s.args.len()), ("SELECT ? + ?", 2));
+    }
+
+    #[test]
+    fn literals_comments_casts_and_identifiers_are_left_alone() {
+        let p = named(json!({"id": 1}));
+        let sql = "SELECT ':id', E'\\':id', \"col:id\", $q$ :id $q$, x::text, '2024-01-01 10:00'::timestamp -- :id\n/* :id /* nested :id */ */ FROM t WHERE id = :id";
+        let s = prepare(sql, &p, PG).unwrap();
+        assert!(s.sql.ends_with("WHERE id = $1"), "{}", s.sql);
+        assert_eq!(s.sql.matches(":id").count(), 6, "{}", s.sql);
+        assert_eq!(s.args, vec![json!(1)]);
+
+        let sql = "SELECT ':id', 'it\\'s :id', `c:id` FROM t # :id\nWHERE id = :id -- :id";
+        let s = prepare(sql, &p, MY).unwrap();
+        assert!(s.sql.contains("WHERE id = ? --"), "{}", s.sql);
+
+        let sql = "SELECT [c:id], ':id' FROM t WHERE id = :id";
+        assert!(prepare(sql, &p, LITE).unwrap().sql.ends_with("id = ?"));
+    }
+
+    #[test]
+    fn time_literals_and_slices_are_not_parameters() {
+        let s = prepare("SELECT '10:30', arr[1:2] FROM t", &Params::None, PG).unwrap();
+        assert_eq!(s.sql, "SELECT '10:30', arr[1:2] FROM t");
+    }
+
+    #[test]
+    fn missing_unused_and_no_params_are_named() {
+        let err = prepare("SELECT :a, :b", &named(json!({"a": 1})), PG).unwrap_err();
+        assert_eq!(err, ParamError::Missing { name: "b".into() });
+        let err = prepare("SELECT :a", &named(json!({"a": 1, "zz": 2})), PG).unwrap_err();
+        assert_eq!(err, ParamError::Unused { name: "zz".into() });
+        let err = prepare("SELECT :a", &Params::None, MY).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the query uses `:a` but no parameters were given"
+        );
+        let err = prepare("SELECT 1", &named(json!({"a": 1})), LITE).unwrap_err();
+        assert_eq!(err, ParamError::Unused { name: "a".into() });
+    }
+
+    #[test]
+    fn positional_counts_are_checked() {
+        let p = Params::Positional(vec![json!(1), json!(2)]);
+        assert!(prepare("SELECT $1, $2", &p, PG).is_ok());
+        assert_eq!(
+            prepare("SELECT $1", &p, PG).unwrap_err(),
+            ParamError::Count {
+                placeholders: 1,
+                given: 2
+            }
+        );
+        assert!(prepare("SELECT ?, ?", &p, MY).is_ok());
+        assert!(prepare("SELECT '?', ?", &p, LITE).is_err());
+        assert!(prepare("SELECT ?", &Params::None, LITE).is_err());
+        // `$1` is not a placeholder on MySQL, `?` is not one on PostgreSQL (jsonb operator).
+        assert!(prepare("SELECT data ? 'k' FROM t", &Params::None, PG).is_ok());
+    }
+
+    #[test]
+    fn unterminated_tokens_are_errors() {
+        assert!(matches!(
+            prepare("SELECT 'abc", &Params::None, PG),
+            Err(ParamError::Unterminated {
+                what: "string literal",
+                at: 7
+            })
+        ));
+        assert!(prepare("SELECT $x$ abc", &Params::None, PG).is_err());
+        assert!(prepare("SELECT /* abc", &Params::None, MY).is_err());
+    }
+
+    #[test]
+    fn session_statements_are_noticed() {
+        for sql in [
+            "BEGIN",
+            "begin;",
+            "START TRANSACTION",
+            "SELECT 1; BEGIN",
+            "  SET autocommit = 0",
+            "SAVEPOINT a",
+            "/* x */ BEGIN",
+        ] {
+            assert!(
+                prepare(sql, &Params::None, MY).unwrap().touches_session,
+                "{sql}"
+            );
+        }
+        for sql in [
+            "SELECT 1",
+            "SELECT 'BEGIN'",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "UPDATE t SET a = 1",
+            "COMMIT",
+        ] {
+            assert!(
+                !prepare(sql, &Params::None, PG).unwrap().touches_session,
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn statements_are_counted_outside_literals() {
+        let count = |sql| prepare(sql, &Params::None, PG).unwrap().statements;
+        assert_eq!(count("SELECT 1"), 1);
+        assert_eq!(count("SELECT 1;"), 1);
+        assert_eq!(count("SELECT 1; SELECT 2"), 2);
+        assert_eq!(count("SELECT ';'; -- ;\n"), 1);
+        assert_eq!(count("(SELECT 1); (SELECT 2)"), 2);
+    }
+
+    #[test]
+    fn params_from_json() {
+        assert_eq!(Params::from_json(None).unwrap(), Params::None);
+        assert!(matches!(
+            Params::from_json(Some(&json!([1]))).unwrap(),
+            Params::Positional(_)
+        ));
+        assert!(matches!(
+            Params::from_json(Some(&json!({"a": 1}))).unwrap(),
+            Params::Named(_)
+        ));
+        assert!(Params::from_json(Some(&json!("x"))).is_err());
+    }
+}
