@@ -5,7 +5,7 @@
 //!
 //! | database type | JSON |
 //! | --- | --- |
-//! | NULL | `null` |
+//! | NULL, PostgreSQL `void` | `null` |
 //! | booleans (`BOOL`, MySQL `TINYINT(1)`) | `true` / `false` |
 //! | integers | numbers |
 //! | floats | numbers (`NaN` and infinities become strings) |
@@ -557,6 +557,8 @@ fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
     Ok(match ty {
         "BOOL" => Value::Bool(row.try_get(i)?),
+        // `SELECT pg_sleep(1)` and other procedures-as-functions return `void`.
+        "VOID" => Value::Null,
         "INT2" => Value::from(row.try_get::<i16, _>(i)?),
         "INT4" => Value::from(row.try_get::<i32, _>(i)?),
         "INT8" => Value::from(row.try_get::<i64, _>(i)?),

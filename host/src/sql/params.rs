@@ -502,7 +502,7 @@ mod tests {
         let sql = "SELECT ':id', E'\\':id', \"col:id\", $q$ :id $q$, x::text, '2024-01-01 10:00'::timestamp -- :id\n/* :id /* nested :id */ */ FROM t WHERE id = :id";
         let s = prepare(sql, &p, PG).unwrap();
         assert!(s.sql.ends_with("WHERE id = $1"), "{}", s.sql);
-        assert_eq!(s.sql.matches(":id").count(), 6, "{}", s.sql);
+        assert_eq!(s.sql.matches(":id").count(), 7, "{}", s.sql);
         assert_eq!(s.args, vec![json!(1)]);
 
         let sql = "SELECT ':id', 'it\\'s :id', `c:id` FROM t # :id\nWHERE id = :id -- :id";

@@ -1,0 +1,796 @@
+//! WorkflowConnectionPool guarantees against the real servers: bounded acquire, bounded size,
+//! rollback on release, lease reclaim, cancellation safety, health checks, recycling, actor
+//! restart, pre-warming, and recovery after every backend is killed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trellis_host::config::{DatabaseTarget, parse_database_url};
+use trellis_host::pool::ops::PoolOperations;
+use trellis_host::pool::{Pool, PoolConfig, PoolError};
+use trellis_host::sql::{Fetch, Params};
+use trellis_tests::{TestDb, eventually, unique};
+
+fn target(url: &str) -> DatabaseTarget {
+    parse_database_url(url).unwrap()
+}
+
+fn config(name: &str, url: &str) -> PoolConfig {
+    let mut c = PoolConfig::new(name, target(url));
+    c.min_connections = 1;
+    c.max_connections = 4;
+    c.acquire_timeout = Duration::from_secs(5);
+    c
+}
+
+async fn sql(pool: &Pool, query: &str) -> Vec<serde_json::Map<String, Value>> {
+    let lease = pool.acquire().await.unwrap();
+    lease
+        .execute(query, &Params::None, Fetch::All)
+        .await
+        .unwrap()
+        .rows
+}
+
+/// The number of server connections of pool `name`, seen from PostgreSQL.
+async fn pg_backends(monitor: &Pool, name: &str) -> i64 {
+    let lease = monitor.acquire().await.unwrap();
+    let out = lease
+        .execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = :app",
+            &Params::Named(
+                json!({"app": format!("trellis/{name}")})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+            Fetch::One,
+        )
+        .await
+        .unwrap();
+    out.rows[0]["n"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn acquire_times_out_with_pool_exhausted() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("exhaust");
+    let mut c = config(&name, &url);
+    c.max_connections = 2;
+    c.acquire_timeout = Duration::from_millis(300);
+    let pool = Pool::new(c);
+    let a = pool.acquire().await.unwrap();
+    let b = pool.acquire().await.unwrap();
+    let started = Instant::now();
+    let err = pool.acquire().await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "gave up early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited past the timeout: {waited:?}"
+    );
+    let PoolError::Exhausted {
+        pool: p,
+        size,
+        waited: reported,
+    } = &err
+    else {
+        panic!("expected PoolExhausted, got {err}");
+    };
+    assert_eq!((p.as_str(), *size), (name.as_str(), 2));
+    assert!(*reported >= Duration::from_millis(300));
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("pool `{name}` exhausted: all 2 connections")),
+        "{message}"
+    );
+    assert_eq!(err.kind(), trellis_host::sql::ErrorKind::PoolExhausted);
+    // A released lease serves the next caller at once.
+    drop(a);
+    let c = tokio::time::timeout(Duration::from_millis(200), pool.acquire()).await;
+    assert!(c.is_ok_and(|r| r.is_ok()));
+    drop(b);
+    assert_eq!(pool.stats().acquisition.timeouts, 1);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn fifty_acquirers_on_five_connections_never_exceed_five() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("fifty");
+    let mut c = config(&name, &url);
+    c.min_connections = 0;
+    c.max_connections = 5;
+    c.acquire_timeout = Duration::from_millis(250);
+    let pool = Pool::new(c);
+    let monitor = Pool::new(config(&unique("monitor"), &url));
+    let done = Arc::new(AtomicBool::new(false));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (monitor, done, max_seen, name) = (
+            monitor.clone(),
+            done.clone(),
+            max_seen.clone(),
+            name.clone(),
+        );
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let n = pg_backends(&monitor, &name).await as usize;
+                max_seen.fetch_max(n, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            match pool.acquire().await {
+                Ok(lease) => {
+                    lease
+                        .execute(
+                            "SELECT pg_sleep(0.05), :i::int AS i",
+                            &Params::Named(json!({"i": i}).as_object().unwrap().clone()),
+                            Fetch::One,
+                        )
+                        .await
+                        .unwrap();
+                    (true, started.elapsed())
+                }
+                Err(PoolError::Exhausted { .. }) => (false, started.elapsed()),
+                Err(other) => panic!("unexpected error: {other}"),
+            }
+        }));
+    }
+    let mut served = 0;
+    let mut exhausted = 0;
+    for t in tasks {
+        let (ok, waited) = t.await.unwrap();
+        if ok {
+            served += 1;
+        } else {
+            exhausted += 1;
+            assert!(
+                waited < Duration::from_millis(1500),
+                "acquire waited {waited:?}"
+            );
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+    assert_eq!(served + exhausted, 50);
+    assert!(served >= 5, "served {served}");
+    assert!(
+        exhausted > 0,
+        "a 250 ms timeout with 50 × 50 ms on 5 connections must exhaust"
+    );
+    let max = max_seen.load(Ordering::Relaxed);
+    assert!(max <= 5, "saw {max} server connections");
+    assert!(pool.stats().connections.created <= 5);
+    pool.close().await;
+    monitor.close().await;
+}
+
+/// A lease that begins a transaction and is dropped must not hand it to the next lease.
+async fn rollback_on_release(url: &str, create: &str, begin: &str) {
+    let table = unique("rb");
+    let mut c = config(&unique("rollback"), url);
+    c.min_connections = 1;
+    c.max_connections = 1; // the next lease gets the same connection
+    let pool = Pool::new(c);
+    sql(&pool, &create.replace("{t}", &table)).await;
+    let first_connection;
+    {
+        let lease = pool.acquire().await.unwrap();
+        first_connection = lease.connection();
+        lease
+            .execute(begin, &Params::None, Fetch::All)
+            .await
+            .unwrap();
+        lease
+            .execute(
+                &format!("INSERT INTO {table} (x) VALUES (1)"),
+                &Params::None,
+                Fetch::All,
+            )
+            .await
+            .unwrap();
+    }
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(
+        lease.connection(),
+        first_connection,
+        "same connection reused"
+    );
+    // Without the rollback this insert would join the open transaction and be lost with it.
+    lease
+        .execute(
+            &format!("INSERT INTO {table} (x) VALUES (2)"),
+            &Params::None,
+            Fetch::All,
+        )
+        .await
+        .unwrap();
+    drop(lease);
+    let rows = sql(&pool, &format!("SELECT x FROM {table} ORDER BY x")).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["x"], json!(2));
+    sql(&pool, &format!("DROP TABLE {table}")).await;
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn released_transaction_is_rolled_back_on_postgres() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    rollback_on_release(&url, "CREATE TABLE {t} (x INT)", "BEGIN").await;
+}
+
+#[tokio::test]
+async fn released_transaction_is_rolled_back_on_mariadb() {
+    let Some(url) = TestDb::Mysql.url() else {
+        return;
+    };
+    rollback_on_release(
+        &url,
+        "CREATE TABLE {t} (x INT) ENGINE=InnoDB",
+        "START TRANSACTION",
+    )
+    .await;
+    // `SET autocommit = 0` leaves an implicit transaction open too.
+    rollback_on_release(
+        &url,
+        "CREATE TABLE {t} (x INT) ENGINE=InnoDB",
+        "SET autocommit = 0",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn released_transaction_is_rolled_back_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rb.db").display());
+    rollback_on_release(&url, "CREATE TABLE {t} (x INTEGER)", "BEGIN").await;
+}
+
+#[tokio::test]
+async fn unreleased_lease_is_reclaimed_and_its_id_refused() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("reclaim");
+    let table = unique("reclaimed");
+    let mut c = config(&name, &url);
+    c.max_connections = 1;
+    c.lease_timeout = Duration::from_millis(200);
+    let ops = PoolOperations::new(Pool::new(c));
+    ops.execute(&json!({"operation": "initialize"}))
+        .await
+        .unwrap();
+    let acquired = ops.execute(&json!({"operation": "acquire"})).await.unwrap();
+    let id = acquired["connection_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with(&format!("{name}/")), "{id}");
+    let run = |query: &str| json!({"operation": "execute", "connection_id": id, "query": query, "fetch_mode": "all"});
+    ops.execute(&run(&format!("CREATE TABLE {table} (x INT)")))
+        .await
+        .unwrap();
+    ops.execute(&run("BEGIN")).await.unwrap();
+    ops.execute(&run(&format!("INSERT INTO {table} VALUES (1)")))
+        .await
+        .unwrap();
+    // The supervisor takes it back after 200 ms.
+    let pool = ops.pool().clone();
+    assert!(
+        eventually(Duration::from_secs(3), || pool.stats().leases.reclaimed
+            == 1)
+        .await
+    );
+    let err = ops.execute(&run("SELECT 1")).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("connection `{id}` was reclaimed")),
+        "{err}"
+    );
+    let err = ops
+        .execute(&json!({"operation": "release", "connection_id": id}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("was reclaimed"), "{err}");
+    // The reclaimed connection was rolled back and serves the next caller.
+    let next = ops.execute(&json!({"operation": "acquire"})).await.unwrap();
+    let next_id = next["connection_id"].as_str().unwrap().to_owned();
+    let count = ops
+        .execute(&json!({"operation": "execute", "connection_id": next_id,
+                         "query": format!("SELECT count(*) AS n FROM {table}"), "fetch_mode": "one"}))
+        .await
+        .unwrap();
+    assert_eq!(count["data"]["n"], json!(0));
+    ops.execute(&json!({"operation": "execute", "connection_id": next_id, "query": format!("DROP TABLE {table}")}))
+        .await
+        .unwrap();
+    let released = ops
+        .execute(&json!({"operation": "release", "connection_id": next_id}))
+        .await
+        .unwrap();
+    assert_eq!(released["status"], json!("released"));
+    let err = ops
+        .execute(&json!({"operation": "execute", "connection_id": next_id, "query": "SELECT 1"}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("was already released"), "{err}");
+    for bad in [
+        format!("{name}/999999"),
+        "other_pool/1".into(),
+        "garbage".into(),
+    ] {
+        let err = ops
+            .execute(&json!({"operation": "execute", "connection_id": bad, "query": "SELECT 1"}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("unknown connection `{bad}`")),
+            "{err}"
+        );
+    }
+    ops.pool().close().await;
+}
+
+/// `owner` is empty unless a transaction that set `trellis.owner` is still open.
+const CHECK_CLEAN: &str = "SELECT coalesce(current_setting('trellis.owner', true), '') AS owner";
+
+#[tokio::test]
+async fn ten_thousand_cancellations_never_leak_a_transaction() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let mut c = config(&unique("cancel"), &url);
+    c.min_connections = 2;
+    c.max_connections = 4;
+    let pool = Pool::new(c);
+    pool.initialize().await.unwrap();
+    let leaks = Arc::new(AtomicUsize::new(0));
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let (pool, leaks, cancelled) = (pool.clone(), leaks.clone(), cancelled.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(worker);
+            for _ in 0..1250 {
+                // Cancel at a random point: in acquire, in BEGIN, in a statement inside the
+                // transaction, or not at all.
+                let budget = Duration::from_micros(rng.u64(0..3000));
+                let step = async {
+                    let lease = pool.acquire().await?;
+                    // A fresh lease must never be inside someone's transaction: the
+                    // transaction-local marker below vanishes when a transaction ends.
+                    let out = lease
+                        .execute(CHECK_CLEAN, &Params::None, Fetch::One)
+                        .await?;
+                    if out.rows[0]["owner"] != json!("") {
+                        leaks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    lease.execute("BEGIN", &Params::None, Fetch::All).await?;
+                    lease
+                        .execute(
+                            "SELECT set_config('trellis.owner', :me, true)",
+                            &Params::Named(
+                                json!({"me": format!("{worker}")})
+                                    .as_object()
+                                    .unwrap()
+                                    .clone(),
+                            ),
+                            Fetch::All,
+                        )
+                        .await?;
+                    lease
+                        .execute("SELECT pg_sleep(0.001)", &Params::None, Fetch::All)
+                        .await?;
+                    Ok::<_, PoolError>(())
+                };
+                if tokio::time::timeout(budget, step).await.is_err() {
+                    cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let cancelled = cancelled.load(Ordering::Relaxed);
+    assert!(
+        cancelled > 1000,
+        "only {cancelled} of 10,000 steps were cancelled"
+    );
+    assert_eq!(
+        leaks.load(Ordering::Relaxed),
+        0,
+        "a lease saw another's transaction"
+    );
+    // Every connection still works and none is left in a transaction.
+    for _ in 0..8 {
+        let rows = sql(&pool, CHECK_CLEAN).await;
+        assert_eq!(rows[0]["owner"], json!(""));
+    }
+    let stats = pool.stats();
+    assert!(stats.connections.total <= 4);
+    assert_eq!(stats.leases.active, 0);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn killing_every_backend_fails_only_queries_in_flight_and_recovers_within_a_second() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("kill");
+    let mut c = config(&name, &url);
+    c.min_connections = 8;
+    c.max_connections = 8;
+    c.acquire_timeout = Duration::from_secs(5);
+    let pool = Pool::new(c);
+    pool.initialize().await.unwrap();
+    let admin = Pool::new(config(&unique("admin"), &url));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let successes = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (pool, stop, failures, successes) = (
+            pool.clone(),
+            stop.clone(),
+            failures.clone(),
+            successes.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let lease = pool.acquire().await.expect("acquire never fails here");
+                match lease
+                    .execute("SELECT pg_sleep(0.005)", &Params::None, Fetch::All)
+                    .await
+                {
+                    Ok(_) => successes.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        assert_eq!(e.kind(), trellis_host::sql::ErrorKind::Connection, "{e}");
+                        failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || successes.load(Ordering::Relaxed)
+            > 100)
+        .await
+    );
+    let killed = sql(
+        &admin,
+        &format!("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE application_name = 'trellis/{name}'"),
+    )
+    .await;
+    let killed = killed[0]["n"].as_i64().unwrap() as usize;
+    let killed_at = Instant::now();
+    assert_eq!(killed, 8);
+    // Back to full capacity: 8 healthy connections, opened after the kill, within 1 s.
+    let recovered = eventually(Duration::from_secs(1), || {
+        let s = pool.stats();
+        s.connections.created >= 16 && s.connections.total == 8
+    })
+    .await;
+    let recovery = killed_at.elapsed();
+    let before = successes.load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || successes.load(Ordering::Relaxed)
+            > before + 100)
+        .await,
+        "queries resumed"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("nothing hangs")
+            .unwrap();
+    }
+    assert!(
+        recovered,
+        "not back to 8 connections within 1 s: {:?}",
+        pool.stats().connections
+    );
+    // At most one failure per killed connection: the statement it was running (or about to run).
+    let failed = failures.load(Ordering::Relaxed);
+    assert!(
+        failed <= killed,
+        "{failed} failures for {killed} killed connections (recovery {recovery:?})"
+    );
+    assert_eq!(pg_backends(&admin, &name).await, 8);
+    pool.close().await;
+    admin.close().await;
+}
+
+#[tokio::test]
+async fn health_checks_recycling_and_dead_idle_connections() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("health");
+    let mut c = config(&name, &url);
+    c.min_connections = 2;
+    c.max_connections = 2;
+    c.health_check_interval = Duration::from_millis(50);
+    c.max_lifetime = Duration::from_millis(400);
+    let pool = Pool::new(c);
+    pool.initialize().await.unwrap();
+    // Idle connections are checked and score up to 100, never below.
+    assert!(
+        eventually(Duration::from_secs(3), || pool
+            .stats()
+            .health
+            .iter()
+            .all(|h| h.checks >= 2))
+        .await
+    );
+    for h in pool.stats().health {
+        assert_eq!(h.score, 100);
+        assert_eq!(h.check_success_rate, 1.0);
+    }
+    // Old connections are recycled and replaced without failing anyone.
+    assert!(
+        eventually(Duration::from_secs(5), || pool.stats().connections.recycled
+            >= 2)
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || pool.stats().connections.total
+            == 2)
+        .await
+    );
+    let rows = sql(&pool, "SELECT 1 AS one").await;
+    assert_eq!(rows[0]["one"], json!(1));
+    // A connection killed while idle is found by the health check and replaced.
+    let admin = Pool::new(config(&unique("admin"), &url));
+    let created = pool.stats().connections.created;
+    sql(&admin, &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'trellis/{name}'")).await;
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let s = pool.stats();
+            s.connections.created >= created + 2 && s.connections.total == 2
+        })
+        .await,
+        "{:?}",
+        pool.stats().connections
+    );
+    assert!(pool.stats().connections.closed["broken"] >= 2);
+    let rows = sql(&pool, "SELECT 2 AS two").await;
+    assert_eq!(rows[0]["two"], json!(2));
+    pool.close().await;
+    admin.close().await;
+}
+
+#[tokio::test]
+async fn failed_queries_lower_health_and_unhealthy_connections_are_recycled() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let mut c = config(&unique("score"), &url);
+    c.min_connections = 1;
+    c.max_connections = 1;
+    c.health_threshold = 75;
+    let pool = Pool::new(c);
+    let lease = pool.acquire().await.unwrap();
+    let first = lease.connection();
+    for _ in 0..3 {
+        assert!(
+            lease
+                .execute(
+                    "SELECT * FROM no_such_table_anywhere",
+                    &Params::None,
+                    Fetch::All
+                )
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(lease.health_score(), Some(70));
+    drop(lease);
+    // Below the threshold: closed on release and replaced.
+    let lease = pool.acquire().await.unwrap();
+    assert_ne!(lease.connection(), first);
+    assert_eq!(lease.health_score(), Some(100));
+    drop(lease);
+    let stats = pool.stats();
+    assert_eq!(stats.connections.closed["health"], 1);
+    assert_eq!(stats.queries.errors, 3);
+    assert!(stats.queries.error_rate > 0.0);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn pre_warm_opens_to_the_p90_of_past_peaks() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let mut c = config(&unique("warm"), &url);
+    c.min_connections = 1;
+    c.max_connections = 8;
+    c.idle_timeout = Duration::from_millis(100);
+    let pool = Pool::new(c);
+    // A burst of 6 concurrent leases for workload `report`.
+    let mut leases = Vec::new();
+    for _ in 0..6 {
+        leases.push(pool.acquire_for("report").await.unwrap());
+    }
+    drop(leases);
+    // Idle connections above the minimum are closed again.
+    assert!(
+        eventually(Duration::from_secs(3), || pool.stats().connections.total
+            == 1)
+        .await
+    );
+    // The next burst of `report` pre-warms to 6 on its first acquire.
+    let first = pool.acquire_for("report").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || pool.stats().connections.total
+            >= 6)
+        .await,
+        "{:?}",
+        pool.stats().connections
+    );
+    assert_eq!(pool.pre_warm("report"), 6);
+    assert_eq!(pool.pre_warm("unknown"), 0);
+    drop(first);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn json_operations_follow_the_guide() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let table = unique("accounts");
+    let pool_name = unique("main_pool");
+    let t = target(&url);
+    let DatabaseTarget::Server {
+        host,
+        port,
+        database,
+        user,
+        ..
+    } = &t
+    else {
+        panic!()
+    };
+    let mut c = PoolConfig::from_json(&json!({
+        "name": pool_name, "database_type": "postgresql", "host": host, "port": port,
+        "database": database, "user": user, "password": "unused-with-trust",
+        "min_connections": 2, "max_connections": 4, "health_threshold": 70, "pre_warm": true
+    }))
+    .unwrap();
+    c.acquire_timeout = Duration::from_secs(5);
+    let ops = PoolOperations::new(Pool::new(c));
+    let init = ops
+        .execute(&json!({"operation": "initialize"}))
+        .await
+        .unwrap();
+    assert_eq!(init["status"], json!("initialized"));
+    assert!(init["connections"].as_u64().unwrap() >= 2);
+    let conn = ops.execute(&json!({"operation": "acquire"})).await.unwrap();
+    let id = conn["connection_id"].clone();
+    let exec = |query: String, params: Value, fetch: &str| json!({"operation": "execute", "connection_id": id, "query": query, "params": params, "fetch_mode": fetch});
+    ops.execute(&exec(
+        format!("CREATE TABLE {table} (id INT PRIMARY KEY, balance NUMERIC(12,2))"),
+        Value::Null,
+        "all",
+    ))
+    .await
+    .unwrap();
+    ops.execute(&exec(
+        format!("INSERT INTO {table} VALUES (1, 100.00), (2, 50.00)"),
+        Value::Null,
+        "all",
+    ))
+    .await
+    .unwrap();
+    // The guide's transfer: BEGIN, two positional updates, COMMIT.
+    ops.execute(&exec("BEGIN".into(), Value::Null, "one"))
+        .await
+        .unwrap();
+    ops.execute(&exec(
+        format!("UPDATE {table} SET balance = balance - $1 WHERE id = $2"),
+        json!([25.5, 1]),
+        "one",
+    ))
+    .await
+    .unwrap();
+    ops.execute(&exec(
+        format!("UPDATE {table} SET balance = balance + $1 WHERE id = $2"),
+        json!([25.5, 2]),
+        "one",
+    ))
+    .await
+    .unwrap();
+    ops.execute(&exec("COMMIT".into(), Value::Null, "one"))
+        .await
+        .unwrap();
+    let result = ops
+        .execute(&exec(
+            format!("SELECT id, balance FROM {table} ORDER BY id"),
+            Value::Null,
+            "all",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        result["data"],
+        json!([{"id": 1, "balance": "74.50"}, {"id": 2, "balance": "75.50"}])
+    );
+    assert_eq!(result["row_count"], json!(2));
+    let one = ops
+        .execute(&exec(
+            format!("SELECT balance FROM {table} WHERE id = :id"),
+            json!({"id": 2}),
+            "one",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(one["data"], json!({"balance": "75.50"}));
+    let none = ops
+        .execute(&exec(
+            format!("SELECT balance FROM {table} WHERE id = 99"),
+            Value::Null,
+            "one",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(none["data"], Value::Null);
+    ops.execute(&exec(format!("DROP TABLE {table}"), Value::Null, "all"))
+        .await
+        .unwrap();
+    ops.execute(&json!({"operation": "release", "connection_id": id}))
+        .await
+        .unwrap();
+    let stats = ops.execute(&json!({"operation": "stats"})).await.unwrap();
+    let efficiency = stats["queries"]["executed"].as_f64().unwrap()
+        / stats["connections"]["created"].as_f64().unwrap();
+    assert!(efficiency > 1.0, "{stats}");
+    for key in [
+        "created", "recycled", "failed", "active", "idle", "total", "closed",
+    ] {
+        assert!(
+            stats["connections"].get(key).is_some(),
+            "missing connections.{key}: {stats}"
+        );
+    }
+    for key in ["avg_ms", "p50_ms", "p99_ms", "waiters", "timeouts"] {
+        assert!(
+            stats["acquisition"].get(key).is_some(),
+            "missing acquisition.{key}: {stats}"
+        );
+    }
+    assert_eq!(stats["acquisition"]["count"], json!(1));
+    assert!(
+        stats["health"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["score"] == json!(100))
+    );
+    let err = ops
+        .execute(&json!({"operation": "vacuum"}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown operation `vacuum`"), "{err}");
+    ops.pool().close().await;
+}
