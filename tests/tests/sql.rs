@@ -1,0 +1,533 @@
+//! AsyncSQLDatabaseNode against the real servers: named parameters on every dialect, the row
+//! mapping, fetch modes, error classes, and retries only on transient failures; and
+//! `trellis query` through the real binary.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use trellis_host::config::parse_database_url;
+use trellis_host::pool::{Pool, PoolConfig};
+use trellis_host::sql::{ErrorKind, Fetch, Params, SqlNode, SqlNodeConfig};
+use trellis_tests::{TestDb, run_trellis, unique};
+
+fn pool(url: &str) -> Pool {
+    let mut c = PoolConfig::new(unique("sql"), parse_database_url(url).unwrap());
+    c.min_connections = 1;
+    c.max_connections = 2;
+    Pool::new(c)
+}
+
+fn named(v: Value) -> Params {
+    Params::Named(v.as_object().unwrap().clone())
+}
+
+async fn run(
+    pool: &Pool,
+    query: &str,
+    params: Params,
+    fetch: Fetch,
+) -> Result<Value, trellis_host::sql::SqlError> {
+    let mut c = SqlNodeConfig::new(query);
+    c.params = params;
+    c.fetch = fetch;
+    SqlNode::new(pool.clone(), c).run().await
+}
+
+/// The same statements with named parameters (`:id` next to `:id_type`) on each dialect.
+async fn named_parameters(url: &str, create: &str) {
+    let pool = pool(url);
+    let table = unique("people");
+    run(
+        &pool,
+        &create.replace("{t}", &table),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    let insert =
+        format!("INSERT INTO {table} (id, id_type, note) VALUES (:id, :id_type, ':id stays')");
+    for (id, kind) in [(1, "staff"), (2, "contractor"), (3, "staff")] {
+        let out = run(
+            &pool,
+            &insert,
+            named(json!({"id": id, "id_type": kind})),
+            Fetch::All,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["result"]["row_count"], json!(1));
+    }
+    let out = run(
+        &pool,
+        &format!("SELECT id, id_type, note FROM {table} WHERE id_type = :id_type AND id >= :id ORDER BY id"),
+        named(json!({"id": 2, "id_type": "staff"})),
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out["result"]["data"],
+        json!([{"id": 3, "id_type": "staff", "note": ":id stays"}])
+    );
+    // A missing or unused parameter is named.
+    let err = run(
+        &pool,
+        &format!("SELECT * FROM {table} WHERE id = :id"),
+        named(json!({"idd": 1})),
+        Fetch::All,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration);
+    assert!(err.to_string().contains("`:id`"), "{err}");
+    run(
+        &pool,
+        &format!("DROP TABLE {table}"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn named_parameters_on_postgres() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    named_parameters(&url, "CREATE TABLE {t} (id INT, id_type TEXT, note TEXT)").await;
+}
+
+#[tokio::test]
+async fn named_parameters_on_mariadb() {
+    let Some(url) = TestDb::Mysql.url() else {
+        return;
+    };
+    named_parameters(
+        &url,
+        "CREATE TABLE {t} (id INT, id_type VARCHAR(20), note TEXT)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn named_parameters_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    named_parameters(
+        &format!("sqlite://{}", dir.path().join("p.db").display()),
+        "CREATE TABLE {t} (id INTEGER, id_type TEXT, note TEXT)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_rows_map_to_json() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let table = unique("types");
+    run(
+        &pool,
+        &format!(
+            "CREATE TABLE {table} (i2 SMALLINT, i4 INT, i8 BIGINT, f4 REAL, f8 DOUBLE PRECISION, n NUMERIC(30,10), \
+             b BOOLEAN, t TEXT, vc VARCHAR(10), u UUID, j JSON, jb JSONB, by BYTEA, d DATE, tm TIME, \
+             ts TIMESTAMP, tstz TIMESTAMPTZ, ai INT[], at TEXT[], nul TEXT)"
+        ),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    // Every value bound from JSON to the column's own type.
+    let values = json!({
+        "i2": 7, "i4": -42, "i8": 9007199254740993i64, "f4": 1.5, "f8": 2.25,
+        "n": "12345678901234567890.0123456789", "b": true, "t": "text", "vc": "short",
+        "u": "8d6f6c2e-0c6b-4a53-9a8e-3f3f8c1e2d4b", "j": {"a": [1, 2]}, "jb": {"k": "v"},
+        "by": "AAEC/w==", "d": "2024-05-01", "tm": "09:30:15", "ts": "2024-05-01T09:30:00.5",
+        "tstz": "2024-05-01T09:30:00+02:00", "ai": [1, 2, 3], "at": ["x", "y"], "nul": null
+    });
+    let columns: Vec<&str> = values
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let insert = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        columns.join(", "),
+        columns
+            .iter()
+            .map(|c| format!(":{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    run(&pool, &insert, named(values.clone()), Fetch::All)
+        .await
+        .unwrap();
+    let out = run(
+        &pool,
+        &format!("SELECT * FROM {table}"),
+        Params::None,
+        Fetch::One,
+    )
+    .await
+    .unwrap();
+    let row = &out["result"]["data"];
+    let expected = json!({
+        "i2": 7, "i4": -42, "i8": 9007199254740993i64, "f4": 1.5, "f8": 2.25,
+        "n": "12345678901234567890.0123456789", "b": true, "t": "text", "vc": "short",
+        "u": "8d6f6c2e-0c6b-4a53-9a8e-3f3f8c1e2d4b", "j": {"a": [1, 2]}, "jb": {"k": "v"},
+        "by": "AAEC/w==", "d": "2024-05-01", "tm": "09:30:15", "ts": "2024-05-01T09:30:00.500",
+        "tstz": "2024-05-01T07:30:00Z", "ai": [1, 2, 3], "at": ["x", "y"], "nul": null
+    });
+    assert_eq!(row, &expected);
+    assert_eq!(out["result"]["database_type"], json!("postgresql"));
+    // A value that does not fit its column's type says which parameter and why.
+    let err = run(
+        &pool,
+        &format!("INSERT INTO {table} (u) VALUES (:u)"),
+        named(json!({"u": "not-a-uuid"})),
+        Fetch::All,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("parameter 1 cannot be bound as `UUID`: `not-a-uuid` is not a UUID"),
+        "{err}"
+    );
+    // A type with no mapping names the column and the fix.
+    let err = run(
+        &pool,
+        "SELECT '1 day'::interval AS span",
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("column `span` has type `INTERVAL`"),
+        "{err}"
+    );
+    let ok = run(
+        &pool,
+        "SELECT '1 day'::interval::text AS span",
+        Params::None,
+        Fetch::One,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok["result"]["data"]["span"], json!("1 day"));
+    run(
+        &pool,
+        &format!("DROP TABLE {table}"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn mariadb_rows_map_to_json() {
+    let Some(url) = TestDb::Mysql.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let out = run(
+        &pool,
+        "SELECT CAST(7 AS SIGNED) AS i, CAST(18446744073709551615 AS UNSIGNED) AS u, 2.5e0 AS f, \
+         CAST(1234567890.123456789 AS DECIMAL(20,9)) AS d, 'txt' AS t, TRUE AS b, \
+         DATE '2024-05-01' AS dt, TIMESTAMP '2024-05-01 09:30:00' AS ts, X'0001' AS bin, NULL AS n, \
+         :obj AS obj",
+        named(json!({"obj": {"a": 1}})),
+        Fetch::One,
+    )
+    .await
+    .unwrap();
+    let row = &out["result"]["data"];
+    assert_eq!(row["i"], json!(7));
+    assert_eq!(row["u"], json!(18446744073709551615u64));
+    assert_eq!(row["f"], json!(2.5));
+    assert_eq!(row["d"], json!("1234567890.123456789"));
+    assert_eq!(row["t"], json!("txt"));
+    assert_eq!(row["dt"], json!("2024-05-01"));
+    assert_eq!(row["ts"], json!("2024-05-01T09:30:00"));
+    assert_eq!(row["bin"], json!("AAE="));
+    assert_eq!(row["n"], Value::Null);
+    assert_eq!(row["obj"], json!("{\"a\":1}"), "objects bind as JSON text");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_rows_map_to_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&format!("sqlite://{}", dir.path().join("t.db").display()));
+    run(
+        &pool,
+        "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, flag BOOLEAN)",
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    run(
+        &pool,
+        "INSERT INTO t VALUES (:i, :r, :s, X'0001', :flag)",
+        named(json!({"i": 5, "r": 0.25, "s": "x", "flag": true})),
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    let out = run(&pool, "SELECT * FROM t", Params::None, Fetch::One)
+        .await
+        .unwrap();
+    assert_eq!(
+        out["result"]["data"],
+        json!({"i": 5, "r": 0.25, "s": "x", "b": "AAE=", "flag": true})
+    );
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn fetch_modes_one_all_many() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let q = "SELECT g AS n FROM generate_series(1, 5) AS g";
+    let all = run(&pool, q, Params::None, Fetch::All).await.unwrap();
+    assert_eq!(all["result"]["data"].as_array().unwrap().len(), 5);
+    assert_eq!(all["result"]["row_count"], json!(5));
+    let one = run(&pool, q, Params::None, Fetch::One).await.unwrap();
+    assert_eq!(one["result"]["data"], json!({"n": 1}));
+    let none = run(&pool, "SELECT 1 AS n WHERE false", Params::None, Fetch::One)
+        .await
+        .unwrap();
+    assert_eq!(none["result"]["data"], Value::Null);
+    let many = run(&pool, q, Params::None, Fetch::Many(2)).await.unwrap();
+    assert_eq!(many["result"]["data"], json!([{"n": 1}, {"n": 2}]));
+    assert_eq!(many["result"]["row_count"], json!(2));
+    // `many` stops decoding after fetch_size rows of a large result, and the connection is
+    // usable right after.
+    let big = run(
+        &pool,
+        "SELECT g AS n FROM generate_series(1, 200000) AS g",
+        Params::None,
+        Fetch::Many(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(big["result"]["data"], json!([{"n": 1}, {"n": 2}, {"n": 3}]));
+    let after = run(&pool, "SELECT 42 AS n", Params::None, Fetch::One)
+        .await
+        .unwrap();
+    assert_eq!(after["result"]["data"], json!({"n": 42}));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn syntax_and_constraint_errors_are_not_retried() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let err = run(&pool, "SELEC 1", Params::None, Fetch::All)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Query);
+    assert_eq!(err.sqlstate(), Some("42601"));
+    assert!(!err.to_string().contains("attempts"), "{err}");
+    assert_eq!(pool.stats().queries.executed, 1, "a syntax error ran once");
+    let table = unique("uniq");
+    run(
+        &pool,
+        &format!("CREATE TABLE {table} (id INT PRIMARY KEY)"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    run(
+        &pool,
+        &format!("INSERT INTO {table} VALUES (1)"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    let before = pool.stats().queries.executed;
+    let err = run(
+        &pool,
+        &format!("INSERT INTO {table} VALUES (1)"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.sqlstate(), Some("23505"));
+    assert_eq!(
+        pool.stats().queries.executed,
+        before + 1,
+        "a constraint error ran once"
+    );
+    let json = err.to_json();
+    assert_eq!(json["kind"], json!("query"));
+    run(
+        &pool,
+        &format!("DROP TABLE {table}"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn lost_connections_are_retried() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("retry");
+    let mut c = PoolConfig::new(&name, parse_database_url(&url).unwrap());
+    c.min_connections = 1;
+    c.max_connections = 1;
+    let pool = Pool::new(c);
+    pool.initialize().await.unwrap();
+    let admin = self::pool(&url);
+    run(
+        &admin,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'trellis/{name}'"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    // The only connection is dead; the node's first attempt may hit it, and the retry succeeds.
+    let mut config = SqlNodeConfig::new("SELECT 7 AS n");
+    config.retry_delay = Duration::from_millis(10);
+    let out = SqlNode::new(pool.clone(), config).run().await.unwrap();
+    assert_eq!(out["result"]["data"], json!([{"n": 7}]));
+    pool.close().await;
+    admin.close().await;
+}
+
+#[tokio::test]
+async fn statement_timeout_is_a_timeout_error() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let mut c = SqlNodeConfig::new("SELECT pg_sleep(5)");
+    c.timeout = Some(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let err = SqlNode::new(pool.clone(), c).run().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // The pool replaces the abandoned connection.
+    let out = run(&pool, "SELECT 1 AS n", Params::None, Fetch::One)
+        .await
+        .unwrap();
+    assert_eq!(out["result"]["data"], json!({"n": 1}));
+    assert_eq!(pool.stats().connections.closed["timeout"], 1);
+    pool.close().await;
+}
+
+#[test]
+fn node_config_from_json_names_what_is_wrong() {
+    let c = SqlNodeConfig::from_json(
+        &json!({"query": "SELECT 1", "fetch_mode": "many", "fetch_size": 3, "timeout": 1.5}),
+    )
+    .unwrap();
+    assert_eq!(c.fetch, Fetch::Many(3));
+    assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
+    for (config, wanted) in [
+        (json!({}), "missing `query`"),
+        (
+            json!({"query": "x", "fetch_mode": "some"}),
+            "unknown `fetch_mode` `some`",
+        ),
+        (
+            json!({"query": "x", "fetch_size": 0}),
+            "`fetch_size` must be",
+        ),
+        (
+            json!({"query": "x", "params": "id=1"}),
+            "`params` must be an array",
+        ),
+    ] {
+        let err = SqlNodeConfig::from_json(&config).unwrap_err().to_string();
+        assert!(err.contains(wanted), "{config}: {err}");
+    }
+}
+
+#[test]
+fn trellis_query_prints_the_node_output() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stdout, stderr) = run_trellis(
+        dir.path(),
+        &[
+            "query",
+            "--url",
+            &url,
+            "SELECT :id::int AS id, :tags::text[] AS tags, :name AS name",
+            "--param",
+            "id=42",
+            "--param",
+            r#"tags=["a","b"]"#,
+            "--param",
+            "name=plain text",
+            "--fetch",
+            "one",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        out["result"]["data"],
+        json!({"id": 42, "tags": ["a", "b"], "name": "plain text"})
+    );
+    // On the embedded default (SQLite in ./data).
+    let (status, stdout, stderr) = run_trellis(
+        dir.path(),
+        &["query", "SELECT 1 + 1 AS two"],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(dir.path().join("data/trellis.db").is_file());
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(out["result"]["data"], json!([{"two": 2}]));
+    // Errors go to stderr with exit 1.
+    let (status, stdout, stderr) = run_trellis(
+        dir.path(),
+        &["query", "--url", &url, "SELEC 1"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(stdout, "");
+    assert!(
+        stderr
+            .contains("error: syntax error at or near \"SELEC\" (SQLSTATE 42601, at character 1)"),
+        "{stderr}"
+    );
+    let (status, _, stderr) = run_trellis(
+        dir.path(),
+        &["query", "--db", "nope", "SELECT 1"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("no database named `nope` in embedded default; configured: main"),
+        "{stderr}"
+    );
+}
