@@ -925,6 +925,23 @@ mod tests {
     }
 
     #[test]
+    fn pool_settings_are_read_per_database() {
+        let c = parse(
+            "[databases.pg]\nurl = \"postgres://u@h/db\"\nmax_connections = 4\nacquire_timeout = \"2s\"\nlease_timeout = \"${TRELLIS_NOPE_UNSET:-90s}\"\n",
+        )
+        .unwrap();
+        let pool = &c.database("pg").unwrap().pool;
+        assert_eq!(pool.max_connections, Some(4));
+        assert_eq!(pool.acquire_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(pool.lease_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(pool.min_connections, None);
+        let err = parse("[databases.pg]\nurl = \"postgres://u@h/db\"\nidle_timeout = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `databases.pg.idle_timeout`"), "{err}");
+    }
+
+    #[test]
     fn interpolation_rules() {
         let env = |n: &str| (n == "A").then(|| "x".to_owned());
         assert_eq!(interpolate("a${A}b", env).unwrap(), "axb");

@@ -31,6 +31,23 @@ async fn serve_in_empty_folder_health_metrics_and_sigterm() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
 
+    let get = |path: &str| http.get(format!("{}{path}", server.base_url())).send();
+    let pools: Value = get("/v1/pools").await.unwrap().json().await.unwrap();
+    assert_eq!(pools["pools"][0]["name"], "main");
+    assert_eq!(pools["pools"][0]["database_type"], "sqlite");
+    assert_eq!(pools["pools"][0]["connections"]["total"], 2);
+    let stats = get("/v1/pools/main/stats").await.unwrap();
+    assert_eq!(stats.status(), 200);
+    let stats: Value = stats.json().await.unwrap();
+    assert_eq!(stats["connections"]["created"], 2);
+    let unknown = get("/v1/pools/nope/stats").await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "no pool named `nope`; configured: main"
+    );
+
     let missing = http
         .get(format!("{}/no/such/route", server.base_url()))
         .send()
@@ -76,6 +93,22 @@ async fn serve_in_empty_folder_health_metrics_and_sigterm() {
         "{text}"
     );
     assert!(!text.contains("/no/such/route"), "{text}");
+    assert_eq!(
+        metric_value(
+            &text,
+            "trellis_pool_connections{pool=\"main\",state=\"total\"} "
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "trellis_pool_connections_created_total{pool=\"main\"} "
+        ),
+        Some(2.0),
+        "{text}"
+    );
 
     signal(&server, Signal::SIGTERM);
     let (status, stderr) = server.wait(Duration::from_secs(15));

@@ -340,6 +340,30 @@ impl Pool {
             }
         }
         let start = Instant::now();
+        // Fast path: an idle connection that needs no check, without registering as a waiter.
+        if !shared.closed.load(Ordering::Acquire) {
+            let fast = {
+                let mut state = shared.lock_state();
+                match state.take_idle() {
+                    Some(slot)
+                        if state
+                            .suspect_since
+                            .is_none_or(|since| slot.health.last_ok() >= since) =>
+                    {
+                        Some(slot)
+                    }
+                    Some(slot) => {
+                        state.idle.push_front(slot);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            if let Some(slot) = fast {
+                shared.counters.acquired(start.elapsed());
+                return Ok(Lease::new(shared.clone(), slot, workload));
+            }
+        }
         let deadline = start + shared.config.acquire_timeout;
         let mut waiting = WaiterGuard {
             shared,

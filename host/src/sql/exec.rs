@@ -105,8 +105,17 @@ pub async fn run_pg(
     fetch: Fetch,
 ) -> Result<Output, ExecError> {
     let start = Instant::now();
-    if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
-        return run_raw_pg(conn, stmt, fetch, start).await;
+    if stmt.args.is_empty() {
+        let sql = AssertSqlSafe(stmt.sql.clone());
+        // Session statements and scripts go through the simple protocol; a single statement
+        // without arguments needs no type information, so no prepare round trip either.
+        let stream = if stmt.touches_session || stmt.statements > 1 {
+            sqlx::raw_sql(sql).fetch_many(&mut *conn)
+        } else {
+            #[allow(deprecated)] // one statement: the deprecation is about several
+            sqlx::query::<Postgres>(sql).fetch_many(&mut *conn)
+        };
+        return collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await;
     }
     let prepared = (&mut *conn)
         .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
@@ -142,36 +151,6 @@ pub async fn run_pg(
     Ok(with_rows(rows, start))
 }
 
-async fn run_raw_pg(
-    conn: &mut PgConnection,
-    stmt: &Statement,
-    fetch: Fetch,
-    start: Instant,
-) -> Result<Output, ExecError> {
-    let limit = limit_of(fetch);
-    let mut rows = Vec::new();
-    let mut affected = 0;
-    let mut returns_rows = false;
-    let mut stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
-    while let Some(item) = stream.try_next().await? {
-        match item {
-            Either::Left(done) => affected += done.rows_affected(),
-            Either::Right(row) => {
-                returns_rows = true;
-                if rows.len() < limit {
-                    rows.push(pg_row(&row)?);
-                }
-            }
-        }
-    }
-    drop(stream);
-    Ok(if returns_rows {
-        with_rows(rows, start)
-    } else {
-        no_rows(fetch, affected, start)
-    })
-}
-
 /// Runs `stmt` on MySQL or MariaDB.
 pub async fn run_mysql(
     conn: &mut MySqlConnection,
@@ -180,28 +159,15 @@ pub async fn run_mysql(
 ) -> Result<Output, ExecError> {
     let start = Instant::now();
     let limit = limit_of(fetch);
-    if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
-        let mut rows = Vec::new();
-        let mut affected = 0;
-        let mut returns_rows = false;
-        let mut stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
-        while let Some(item) = stream.try_next().await? {
-            match item {
-                Either::Left(done) => affected += done.rows_affected(),
-                Either::Right(row) => {
-                    returns_rows = true;
-                    if rows.len() < limit {
-                        rows.push(mysql_row(&row)?);
-                    }
-                }
-            }
-        }
-        drop(stream);
-        return Ok(if returns_rows {
-            with_rows(rows, start)
+    if stmt.args.is_empty() {
+        let sql = AssertSqlSafe(stmt.sql.clone());
+        let stream = if stmt.touches_session || stmt.statements > 1 {
+            sqlx::raw_sql(sql).fetch_many(&mut *conn)
         } else {
-            no_rows(fetch, affected, start)
-        });
+            #[allow(deprecated)] // one statement: the deprecation is about several
+            sqlx::query::<MySql>(sql).fetch_many(&mut *conn)
+        };
+        return collect(stream, fetch, start, |d| d.rows_affected(), mysql_row).await;
     }
     let prepared = (&mut *conn)
         .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
@@ -236,27 +202,8 @@ pub async fn run_sqlite(
     let start = Instant::now();
     let limit = limit_of(fetch);
     if stmt.args.is_empty() && stmt.statements > 1 {
-        let mut rows = Vec::new();
-        let mut affected = 0;
-        let mut returns_rows = false;
-        let mut stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
-        while let Some(item) = stream.try_next().await? {
-            match item {
-                Either::Left(done) => affected += done.rows_affected(),
-                Either::Right(row) => {
-                    returns_rows = true;
-                    if rows.len() < limit {
-                        rows.push(sqlite_row(&row)?);
-                    }
-                }
-            }
-        }
-        drop(stream);
-        return Ok(if returns_rows {
-            with_rows(rows, start)
-        } else {
-            no_rows(fetch, affected, start)
-        });
+        let stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
+        return collect(stream, fetch, start, |d| d.rows_affected(), sqlite_row).await;
     }
     let prepared = (&mut *conn)
         .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
@@ -280,6 +227,39 @@ pub async fn run_sqlite(
     }
     drop(stream);
     Ok(with_rows(rows, start))
+}
+
+/// Drains a `fetch_many` stream into an [`Output`]: rows (up to the fetch limit, then it stops
+/// reading) or, for statements without rows, the rows affected.
+async fn collect<R, D>(
+    mut stream: futures_util::stream::BoxStream<'_, Result<Either<D, R>, sqlx::Error>>,
+    fetch: Fetch,
+    start: Instant,
+    affected_of: fn(&D) -> u64,
+    map: fn(&R) -> Result<Map<String, Value>, ExecError>,
+) -> Result<Output, ExecError> {
+    let limit = limit_of(fetch);
+    let mut rows = Vec::new();
+    let mut affected = 0;
+    let mut returns_rows = false;
+    while let Some(item) = stream.try_next().await? {
+        match item {
+            Either::Left(done) => affected += affected_of(&done),
+            Either::Right(row) => {
+                returns_rows = true;
+                if rows.len() == limit {
+                    break;
+                }
+                rows.push(map(&row)?);
+            }
+        }
+    }
+    drop(stream);
+    Ok(if returns_rows {
+        with_rows(rows, start)
+    } else {
+        no_rows(fetch, affected, start)
+    })
 }
 
 fn limit_of(fetch: Fetch) -> usize {

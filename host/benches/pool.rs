@@ -1,0 +1,244 @@
+//! Pool benchmark: `SELECT 1` throughput on PostgreSQL over loopback with 32 concurrent tasks and
+//! at most 8 connections, for the Trellis pool, `sqlx::PgPool` with its defaults, and
+//! `deadpool-postgres`; plus the physical ceiling (raw sqlx, one connection per task) and the
+//! cost of acquire + release without a query.
+//!
+//! Contenders run in interleaved rounds (A B C D, A B C D, …) so that the machine's noise hits
+//! them alike; the report gives each round's figures and the median ratios.
+//!
+//! ```console
+//! $ eval "$(scripts/services)"
+//! $ cargo bench -p trellis-host --bench pool -- --seconds 3 --rounds 5
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use trellis_host::config::{DatabaseTarget, parse_database_url};
+use trellis_host::pool::{Pool, PoolConfig};
+use trellis_host::sql::{Fetch, Params};
+
+const TASKS: usize = 32;
+const CONNECTIONS: usize = 8;
+
+struct Args {
+    seconds: f64,
+    rounds: usize,
+    url: String,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 3.0,
+        rounds: 5,
+        url: std::env::var("TRELLIS_BENCH_PG_URL")
+            .or_else(|_| std::env::var("TRELLIS_TEST_PG_URL"))
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
+            "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            "--url" => a.url = it.next().expect("--url URL"),
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    a
+}
+
+/// Runs `TASKS` copies of `op` for `seconds`; returns operations per second.
+async fn throughput<F, Fut>(seconds: f64, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    // Warm up each task's path before counting.
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let (op, stop, count) = (op.clone(), stop.clone(), count.clone());
+        handles.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                op(t).await;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start_count = count.load(Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let done = count.load(Ordering::Relaxed) - start_count;
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    done as f64 / elapsed
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let target = parse_database_url(&a.url).expect("a PostgreSQL URL");
+    let DatabaseTarget::Server {
+        host,
+        port,
+        database,
+        user,
+        ..
+    } = &target
+    else {
+        panic!("the benchmark needs a PostgreSQL server URL");
+    };
+    println!(
+        "# pool benchmark: SELECT 1, {TASKS} tasks, ≤{CONNECTIONS} connections, {}s × {} rounds",
+        a.seconds, a.rounds
+    );
+    println!("# server: {target}");
+
+    // Trellis pool, health checks on (default 30 s interval), 8 connections.
+    let mut config = PoolConfig::new("bench", target.clone());
+    config.min_connections = CONNECTIONS;
+    config.max_connections = CONNECTIONS;
+    let trellis = Pool::new(config);
+    trellis.initialize().await.unwrap();
+
+    // sqlx::PgPool with its defaults (test_before_acquire on), capped at 8.
+    let pg_options = PgConnectOptions::new()
+        .host(host)
+        .port(*port)
+        .database(database)
+        .username(user);
+    let sqlx_pool = PgPoolOptions::new()
+        .max_connections(CONNECTIONS as u32)
+        .connect_with(pg_options.clone())
+        .await
+        .unwrap();
+
+    // deadpool-postgres with its defaults (fast recycling), 8 connections, cached statement.
+    let mut dp = deadpool_postgres::Config::new();
+    dp.host = Some(host.clone());
+    dp.port = Some(*port);
+    dp.dbname = Some(database.clone());
+    dp.user = Some(user.clone());
+    dp.pool = Some(deadpool_postgres::PoolConfig::new(CONNECTIONS));
+    let deadpool = dp
+        .create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+        .unwrap();
+
+    // Ceiling: raw sqlx, one connection per task, no pool at all.
+    let mut raw = Vec::new();
+    for _ in 0..TASKS {
+        raw.push(tokio::sync::Mutex::new(
+            PgConnection::connect_with(&pg_options).await.unwrap(),
+        ));
+    }
+    let raw = Arc::new(raw);
+
+    let mut rows: Vec<[f64; 4]> = Vec::new();
+    for round in 1..=a.rounds {
+        let t = {
+            let p = trellis.clone();
+            throughput(a.seconds, move |_| {
+                let p = p.clone();
+                async move {
+                    let lease = p.acquire().await.unwrap();
+                    lease
+                        .execute("SELECT 1", &Params::None, Fetch::All)
+                        .await
+                        .unwrap();
+                }
+            })
+            .await
+        };
+        let s = {
+            let p = sqlx_pool.clone();
+            throughput(a.seconds, move |_| {
+                let p = p.clone();
+                async move {
+                    let mut c = p.acquire().await.unwrap();
+                    let _: (i32,) = sqlx::query_as("SELECT 1").fetch_one(&mut *c).await.unwrap();
+                }
+            })
+            .await
+        };
+        let d = {
+            let p = deadpool.clone();
+            throughput(a.seconds, move |_| {
+                let p = p.clone();
+                async move {
+                    let c = p.get().await.unwrap();
+                    let stmt = c.prepare_cached("SELECT 1").await.unwrap();
+                    let _ = c.query_one(&stmt, &[]).await.unwrap();
+                }
+            })
+            .await
+        };
+        let r = {
+            let raw = raw.clone();
+            throughput(a.seconds, move |i| {
+                let raw = raw.clone();
+                async move {
+                    let mut c = raw[i].lock().await;
+                    let _: (i32,) = sqlx::query_as("SELECT 1").fetch_one(&mut *c).await.unwrap();
+                }
+            })
+            .await
+        };
+        println!(
+            "round {round}: trellis {t:>8.0}/s  sqlx::PgPool {s:>8.0}/s  deadpool-postgres {d:>8.0}/s  raw sqlx (1 conn/task) {r:>8.0}/s"
+        );
+        rows.push([t, s, d, r]);
+    }
+    let col = |i: usize| -> Vec<f64> { rows.iter().map(|r| r[i]).collect() };
+    let ratio =
+        |i: usize| -> f64 { median(&mut rows.iter().map(|r| r[0] / r[i]).collect::<Vec<_>>()) };
+    println!(
+        "median: trellis {:.0}/s, sqlx::PgPool {:.0}/s, deadpool-postgres {:.0}/s, raw sqlx {:.0}/s",
+        median(&mut col(0)),
+        median(&mut col(1)),
+        median(&mut col(2)),
+        median(&mut col(3))
+    );
+    println!(
+        "median ratios: trellis/sqlx = {:.2}x, trellis/deadpool = {:.2}x, trellis/raw-ceiling = {:.2}x, deadpool/raw-ceiling = {:.2}x",
+        ratio(1),
+        ratio(2),
+        ratio(3),
+        median(&mut rows.iter().map(|r| r[2] / r[3]).collect::<Vec<_>>())
+    );
+
+    // Acquire + release without a query, one task, connections idle.
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for _ in 0..20_000 {
+        drop(trellis.acquire().await.unwrap());
+    }
+    for _ in 0..200_000 {
+        let start = Instant::now();
+        let lease = trellis.acquire().await.unwrap();
+        drop(lease);
+        hist.record(start.elapsed().as_nanos() as u64).unwrap();
+    }
+    println!(
+        "acquire+release (no query, 200k): p50 {:.2} µs, p99 {:.2} µs, max {:.1} µs",
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+        hist.value_at_quantile(0.99) as f64 / 1e3,
+        hist.max() as f64 / 1e3
+    );
+    trellis.close().await;
+}
