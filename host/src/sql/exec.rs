@@ -105,50 +105,35 @@ pub async fn run_pg(
     fetch: Fetch,
 ) -> Result<Output, ExecError> {
     let start = Instant::now();
-    if stmt.args.is_empty() {
-        let sql = AssertSqlSafe(stmt.sql.clone());
-        // Session statements and scripts go through the simple protocol; a single statement
-        // without arguments needs no type information, so no prepare round trip either.
-        let stream = if stmt.touches_session || stmt.statements > 1 {
-            sqlx::raw_sql(sql).fetch_many(&mut *conn)
-        } else {
-            #[allow(deprecated)] // one statement: the deprecation is about several
-            sqlx::query::<Postgres>(sql).fetch_many(&mut *conn)
-        };
+    let sql = AssertSqlSafe(stmt.sql.clone());
+    if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
+        // Session statements and scripts go through the simple protocol.
+        let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
         return collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await;
     }
-    let prepared = (&mut *conn)
-        .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
-        .await?;
-    let returns_rows = !prepared.columns().is_empty();
-    let types: Vec<String> = match prepared.parameters() {
-        Some(Either::Left(types)) => types.iter().map(|t| t.name().to_owned()).collect(),
-        _ => Vec::new(),
-    };
-    let mut query = sqlx::query::<Postgres>(AssertSqlSafe(stmt.sql.clone()));
-    for (i, value) in stmt.args.iter().enumerate() {
-        let ty = types.get(i).map_or("TEXT", String::as_str);
-        query = bind_pg(query, value, ty).map_err(|reason| ExecError::Bind {
-            position: i + 1,
-            ty: ty.to_owned(),
-            reason,
-        })?;
-    }
-    if !returns_rows {
-        let done = query.execute(&mut *conn).await?;
-        return Ok(no_rows(fetch, done.rows_affected(), start));
-    }
-    let limit = limit_of(fetch);
-    let mut rows = Vec::new();
-    let mut stream = query.fetch(&mut *conn);
-    while rows.len() < limit {
-        match stream.try_next().await? {
-            Some(row) => rows.push(pg_row(&row)?),
-            None => break,
+    let mut query = sqlx::query::<Postgres>(sql);
+    if !stmt.args.is_empty() {
+        // Bind each value as the type PostgreSQL inferred for its placeholder. The prepared
+        // statement is cached per connection, so this costs a round trip once per statement.
+        let prepared = (&mut *conn)
+            .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
+            .await?;
+        let types: Vec<String> = match prepared.parameters() {
+            Some(Either::Left(types)) => types.iter().map(|t| t.name().to_owned()).collect(),
+            _ => Vec::new(),
+        };
+        for (i, value) in stmt.args.iter().enumerate() {
+            let ty = types.get(i).map_or("TEXT", String::as_str);
+            query = bind_pg(query, value, ty).map_err(|reason| ExecError::Bind {
+                position: i + 1,
+                ty: ty.to_owned(),
+                reason,
+            })?;
         }
     }
-    drop(stream);
-    Ok(with_rows(rows, start))
+    #[allow(deprecated)] // one statement: the deprecation is about several
+    let stream = query.fetch_many(&mut *conn);
+    collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await
 }
 
 /// Runs `stmt` on MySQL or MariaDB.
@@ -158,39 +143,18 @@ pub async fn run_mysql(
     fetch: Fetch,
 ) -> Result<Output, ExecError> {
     let start = Instant::now();
-    let limit = limit_of(fetch);
-    if stmt.args.is_empty() {
-        let sql = AssertSqlSafe(stmt.sql.clone());
-        let stream = if stmt.touches_session || stmt.statements > 1 {
-            sqlx::raw_sql(sql).fetch_many(&mut *conn)
-        } else {
-            #[allow(deprecated)] // one statement: the deprecation is about several
-            sqlx::query::<MySql>(sql).fetch_many(&mut *conn)
-        };
+    let sql = AssertSqlSafe(stmt.sql.clone());
+    if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
+        let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
         return collect(stream, fetch, start, |d| d.rows_affected(), mysql_row).await;
     }
-    let prepared = (&mut *conn)
-        .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
-        .await?;
-    let returns_rows = !prepared.columns().is_empty();
-    let mut query = sqlx::query::<MySql>(AssertSqlSafe(stmt.sql.clone()));
+    let mut query = sqlx::query::<MySql>(sql);
     for value in &stmt.args {
         query = bind_mysql(query, value);
     }
-    if !returns_rows {
-        let done = query.execute(&mut *conn).await?;
-        return Ok(no_rows(fetch, done.rows_affected(), start));
-    }
-    let mut rows = Vec::new();
-    let mut stream = query.fetch(&mut *conn);
-    while rows.len() < limit {
-        match stream.try_next().await? {
-            Some(row) => rows.push(mysql_row(&row)?),
-            None => break,
-        }
-    }
-    drop(stream);
-    Ok(with_rows(rows, start))
+    #[allow(deprecated)] // one statement: the deprecation is about several
+    let stream = query.fetch_many(&mut *conn);
+    collect(stream, fetch, start, |d| d.rows_affected(), mysql_row).await
 }
 
 /// Runs `stmt` on SQLite.
@@ -200,33 +164,18 @@ pub async fn run_sqlite(
     fetch: Fetch,
 ) -> Result<Output, ExecError> {
     let start = Instant::now();
-    let limit = limit_of(fetch);
+    let sql = AssertSqlSafe(stmt.sql.clone());
     if stmt.args.is_empty() && stmt.statements > 1 {
-        let stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
+        let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
         return collect(stream, fetch, start, |d| d.rows_affected(), sqlite_row).await;
     }
-    let prepared = (&mut *conn)
-        .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
-        .await?;
-    let returns_rows = !prepared.columns().is_empty();
-    let mut query = sqlx::query::<Sqlite>(AssertSqlSafe(stmt.sql.clone()));
+    let mut query = sqlx::query::<Sqlite>(sql);
     for value in &stmt.args {
         query = bind_sqlite(query, value);
     }
-    if !returns_rows {
-        let done = query.execute(&mut *conn).await?;
-        return Ok(no_rows(fetch, done.rows_affected(), start));
-    }
-    let mut rows = Vec::new();
-    let mut stream = query.fetch(&mut *conn);
-    while rows.len() < limit {
-        match stream.try_next().await? {
-            Some(row) => rows.push(sqlite_row(&row)?),
-            None => break,
-        }
-    }
-    drop(stream);
-    Ok(with_rows(rows, start))
+    #[allow(deprecated)] // one statement: the deprecation is about several
+    let stream = query.fetch_many(&mut *conn);
+    collect(stream, fetch, start, |d| d.rows_affected(), sqlite_row).await
 }
 
 /// Drains a `fetch_many` stream into an [`Output`]: rows (up to the fetch limit, then it stops
