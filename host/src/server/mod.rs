@@ -2,6 +2,7 @@
 
 mod health;
 mod metrics;
+mod plugins;
 mod router;
 
 use std::future::Future;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::database::{DatabaseError, Databases};
+use crate::plugins::{PluginService, PluginStartError};
 
 pub use metrics::Metrics;
 pub use router::router;
@@ -26,6 +28,7 @@ struct AppInner {
     config: Config,
     databases: Databases,
     metrics: Metrics,
+    plugins: PluginService,
     started: Instant,
     watch: bool,
 }
@@ -35,6 +38,7 @@ impl App {
     pub async fn start(config: Config, watch: bool) -> Result<App, StartError> {
         let databases = Databases::open_all(config.databases.values()).await?;
         let metrics = Metrics::new();
+        let plugins = PluginService::start(&config, watch).await?;
         if watch {
             tracing::info!(
                 plugins = %config.paths.plugins.display(),
@@ -47,6 +51,7 @@ impl App {
                 config,
                 databases,
                 metrics,
+                plugins,
                 started: Instant::now(),
                 watch,
             }),
@@ -68,6 +73,11 @@ impl App {
         &self.inner.metrics
     }
 
+    /// The plugin registry (and watcher).
+    pub fn plugins(&self) -> &PluginService {
+        &self.inner.plugins
+    }
+
     /// When the host started serving.
     pub fn started(&self) -> Instant {
         self.inner.started
@@ -85,6 +95,9 @@ pub enum StartError {
     /// A configured database could not be opened.
     #[error(transparent)]
     Database(#[from] DatabaseError),
+    /// The plugin runtime could not start.
+    #[error(transparent)]
+    Plugins(#[from] PluginStartError),
 }
 
 /// Why serving stopped with an error.
@@ -96,7 +109,7 @@ pub enum ServeError {
 }
 
 /// Serves until `stop` resolves, then drains in-flight requests (bounded by
-/// `server.shutdown_timeout`) and closes the databases.
+/// `server.shutdown_timeout`), stops the plugin watcher and closes the databases.
 pub async fn serve(
     app: App,
     listener: TcpListener,
@@ -122,6 +135,7 @@ pub async fn serve(
             tracing::warn!(limit = ?drain_limit, "requests still running after the shutdown timeout; stopping anyway");
         }
     }
+    app.plugins().stop().await;
     app.databases().close().await;
     tracing::info!("stopped");
     Ok(())

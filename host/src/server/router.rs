@@ -7,7 +7,7 @@ use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;
 
 use super::App;
-use super::{health, metrics};
+use super::{health, metrics, plugins};
 
 /// The full HTTP API for `app`.
 pub fn router(app: App) -> Router {
@@ -15,6 +15,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/metrics", get(metrics::scrape))
+        .route("/v1/plugins", get(plugins::list))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
