@@ -2,6 +2,10 @@
 //! component, a batch transform of 1,000 records of ~100 bytes, and reload latency (last write to
 //! serving) with a cold compile and from the precompiled cache.
 //!
+//! The batch runs three plugins: `row-transform` (the example: parse, rename, derive, serialize),
+//! `stamp` (parse, add one field, serialize) and `echo` (no JSON work: what the runtime itself
+//! costs per record: instantiation, copying strings in and out, the host's JSON check).
+//!
 //! Needs the example plugins built (`scripts/build-plugins`). Run:
 //!
 //! ```console
@@ -130,6 +134,11 @@ fn calls(c: &mut Criterion) {
         let stamp = plugins_dir().join("testing/wasm/test_stamp.wasm");
         let (_registry, stamp) = load(&stamp, false);
         b.iter(|| stamp.transform(&batch, empty.clone()).expect("transform"))
+    });
+    group.bench_function("echo_1000_new_instance", |b| {
+        let echo = plugins_dir().join("testing/wasm/test_echo.wasm");
+        let (_registry, echo) = load(&echo, false);
+        b.iter(|| echo.transform(&batch, empty.clone()).expect("transform"))
     });
     group.finish();
 }

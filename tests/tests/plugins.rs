@@ -346,6 +346,24 @@ fn sandbox_has_no_filesystem_environment_or_network() {
             "`{key}` must fail in the sandbox: {report}"
         );
     }
+    // Its log line, stdout and stderr reach the host's tracing, tagged with name@version.
+    let logs = capture_logs(|| {
+        plugin
+            .transform_values(&[json!({})], Arc::default())
+            .unwrap();
+    });
+    for text in [
+        "probe: hello from the log import",
+        "probe: hello on stdout",
+        "probe: hello on stderr",
+    ] {
+        assert!(
+            logs.lines()
+                .any(|line| line.contains(text) && line.contains("sandbox-probe@0.1.0")),
+            "no log line with `{text}` and the plugin's name@version:\n{logs}"
+        );
+    }
+
     // A call on a plugin of the other kind is refused before anything runs.
     let err = plugin.mask(&[]).unwrap_err();
     assert!(
@@ -358,6 +376,35 @@ fn sandbox_has_no_filesystem_environment_or_network() {
         ),
         "{err}"
     );
+}
+
+/// Everything logged through `tracing` on this thread while `f` runs.
+fn capture_logs(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned()
 }
 
 // ---- loading -------------------------------------------------------------------------------
@@ -760,4 +807,89 @@ fn trellis_plugin_list_prints_each_file() {
     assert_eq!(body["plugins"].as_array().unwrap().len(), 3);
     // The second run used the precompiled cache under the data directory.
     assert!(fixture.dir.path().join("data/plugin-cache").is_dir());
+}
+
+#[test]
+fn trellis_plugin_new_scaffolds_a_crate_that_builds_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    let sdk = sdk.to_str().unwrap();
+    let (status, stdout, stderr) = run_trellis(
+        dir.path(),
+        &["plugin", "new", "hello-node", "--sdk", sdk],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("created node plugin `hello-node`"),
+        "{stdout}"
+    );
+    let (status, _, stderr) = run_trellis(
+        dir.path(),
+        &["plugin", "new", "hello-mask", "--masking", "--sdk", sdk],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+
+    // A bad name and an existing directory are refused with a hint.
+    let (status, _, stderr) = run_trellis(
+        dir.path(),
+        &["plugin", "new", "Bad_Name", "--sdk", sdk],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains("`Bad_Name` is not a valid plugin name"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: "), "{stderr}");
+    let (status, _, stderr) = run_trellis(
+        dir.path(),
+        &["plugin", "new", "hello-node", "--sdk", sdk],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("already exists"), "{stderr}");
+
+    // Both build as they are, and land in ./plugins. The builds share one target directory
+    // under this workspace's `target/`, so reruns are incremental.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-scaffold");
+    for name in ["hello-node", "hello-mask"] {
+        let output = std::process::Command::new(trellis_tests::trellis_bin())
+            .args(["plugin", "build", name])
+            .current_dir(dir.path())
+            .env("CARGO_TARGET_DIR", &target)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let plugins = dir.path().join("plugins");
+    assert!(plugins.join("hello_node.wasm").is_file());
+    let engine = PluginEngine::new(EngineOptions::default()).unwrap();
+    let registry = PluginRegistry::new(engine, &plugins, LimitsConfig::default());
+    registry.load_dir();
+    let node = registry
+        .get("hello-node")
+        .expect("the scaffolded node plugin loads");
+    let out = node
+        .transform_values(&[json!({"a": 1})], Arc::default())
+        .unwrap();
+    assert_eq!(
+        out[0].as_ref().unwrap(),
+        &json!({"a": 1, "seen_by": "hello-node"})
+    );
+    let mask = registry
+        .get("hello-mask")
+        .expect("the scaffolded masking plugin loads");
+    let out = mask.mask_or_redact(&[MaskInput {
+        field_path: "card".into(),
+        value: json!("4111111111111111"),
+        params: json!({}),
+    }]);
+    assert_eq!(out, vec![json!("************1111")]);
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
-use crate::plugins::{EngineOptions, LoadStatus, PluginEngine, PluginRegistry};
+use crate::plugins::{LoadStatus, PluginEngine, PluginRegistry, engine_options};
 
 /// Manage WebAssembly plugins.
 #[derive(Debug, Args)]
@@ -84,10 +84,7 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
     let config = Config::discover(args.config.as_deref())?;
-    let engine = PluginEngine::new(EngineOptions {
-        cache_dir: Some(config.paths.data.join("plugin-cache")),
-        ..EngineOptions::default()
-    })?;
+    let engine = PluginEngine::new(engine_options(&config))?;
     let registry = PluginRegistry::new(
         engine,
         config.paths.plugins.clone(),

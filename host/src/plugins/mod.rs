@@ -44,5 +44,5 @@ pub use plugin::{
     CallError, Description, Export, MaskInput, Plugin, PluginKind, REDACTED, WarmInstance,
 };
 pub use registry::{LoadError, LoadStatus, PluginRegistry, PluginStatus, ReloadOutcome};
-pub use service::{PluginService, PluginStartError};
+pub use service::{PluginService, PluginStartError, engine_options};
 pub use watcher::{DEFAULT_DEBOUNCE, PluginWatcher, WatchError};

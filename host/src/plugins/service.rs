@@ -19,6 +19,24 @@ pub enum PluginStartError {
     Watch(#[from] WatchError),
 }
 
+/// The engine options for `config`: the pool fits the largest configured memory cap, and the
+/// precompiled cache lives in `<data>/plugin-cache`.
+pub fn engine_options(config: &Config) -> EngineOptions {
+    let limits = &config.plugins.limits;
+    let largest = limits
+        .by_name
+        .values()
+        .map(|l| l.memory_bytes)
+        .chain([limits.default.memory_bytes])
+        .max()
+        .unwrap_or(limits.default.memory_bytes);
+    EngineOptions {
+        max_memory_bytes: largest,
+        cache_dir: Some(config.paths.data.join("plugin-cache")),
+        ..EngineOptions::default()
+    }
+}
+
 /// The registry and, in watch mode, its watcher.
 pub struct PluginService {
     registry: Arc<PluginRegistry>,
@@ -30,23 +48,11 @@ impl PluginService {
     /// `paths.plugins` (a file that fails is logged and listed, and does not stop the host), and
     /// starts watching when `watch` is set.
     pub async fn start(config: &Config, watch: bool) -> Result<PluginService, PluginStartError> {
-        let limits = config.plugins.limits.clone();
-        let largest = limits
-            .by_name
-            .values()
-            .map(|l| l.memory_bytes)
-            .chain([limits.default.memory_bytes])
-            .max()
-            .unwrap_or(limits.default.memory_bytes);
-        let engine = PluginEngine::new(EngineOptions {
-            max_memory_bytes: largest,
-            cache_dir: Some(config.paths.data.join("plugin-cache")),
-            ..EngineOptions::default()
-        })?;
+        let engine = PluginEngine::new(engine_options(config))?;
         let registry = Arc::new(PluginRegistry::new(
             engine,
             config.paths.plugins.clone(),
-            limits,
+            config.plugins.limits.clone(),
         ));
         let loading = registry.clone();
         let outcomes = tokio::task::spawn_blocking(move || loading.load_dir())

@@ -1,7 +1,7 @@
 //! Test-only node plugin `sandbox-probe`: tries to list `/`, read `/etc/passwd`, write a file,
 //! read the environment and arguments, and open a TCP connection, and reports each outcome in
-//! its output record. In Trellis's sandbox all of them must fail or be empty. It also writes to
-//! stdout and stderr, which the host captures.
+//! its output record. In Trellis's sandbox all of them must fail or be empty. It also logs, and
+//! writes to stdout and stderr, which the host captures.
 
 use trellis_sdk::{Info, Node, Value, json};
 
@@ -20,6 +20,7 @@ impl Node for SandboxProbe {
     }
 
     fn transform(_record: Value) -> Result<Value, String> {
+        trellis_sdk::log::info("probe: hello from the log import");
         println!("probe: hello on stdout");
         eprintln!("probe: hello on stderr");
         Ok(json!({
