@@ -602,6 +602,8 @@ async fn hot_swap_under_load_drops_no_call_and_frees_old_versions() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
+    // The caller announces each finished call, so the swapper can wait for progress.
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
     let caller = {
         let (registry, stop, calls) = (registry.clone(), stop.clone(), calls.clone());
         std::thread::spawn(move || {
@@ -636,7 +638,8 @@ async fn hot_swap_under_load_drops_no_call_and_frees_old_versions() {
                     }
                     Err(e) => failures.push(e.to_string()),
                 }
-                calls.fetch_add(1, Ordering::SeqCst);
+                let done = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                progress_tx.send_replace(done);
             }
             (failures, versions_seen)
         })
@@ -654,12 +657,14 @@ async fn hot_swap_under_load_drops_no_call_and_frees_old_versions() {
             r.get("stamp").is_some_and(|p| p.version() == version)
         })
         .await;
-        // Let the caller make at least one call on this version before the next swap.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while calls.load(Ordering::SeqCst) <= before + 1 {
-            assert!(Instant::now() < deadline, "the caller made no progress");
-            tokio::task::yield_now().await;
-        }
+        // Let the caller finish a call that started after this swap before the next one.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            progress.wait_for(|done| *done > before + 1),
+        )
+        .await
+        .expect("the caller made no progress")
+        .expect("the caller is running");
     }
     stop.store(true, Ordering::SeqCst);
     let (failures, versions_seen) = caller.join().unwrap();
@@ -692,9 +697,11 @@ async fn watcher_loads_new_files_skips_unchanged_and_unloads_deleted() {
 
     // Same content again: skipped, the same version keeps serving.
     std::fs::write(&file, std::fs::read(component("email_mask")).unwrap()).unwrap();
-    // A broken file next to it shows up as failed, without touching the good one.
-    std::fs::write(fixture.plugins().join("broken.wasm"), b"garbage").unwrap();
-    wait_for(&registry, "broken.wasm listed", |r| r.list().len() == 2).await;
+    // A broken file next to it shows up as failed, without touching the good one. Its name
+    // sorts after `mask.wasm` and its events come later, so once it is listed, `mask.wasm`'s
+    // rewrite has been handled too.
+    std::fs::write(fixture.plugins().join("zz_broken.wasm"), b"garbage").unwrap();
+    wait_for(&registry, "zz_broken.wasm listed", |r| r.list().len() == 2).await;
     assert!(Arc::ptr_eq(&registry.get("email-mask").unwrap(), &first));
 
     std::fs::remove_file(&file).unwrap();

@@ -6,10 +6,15 @@
 //! The [`PluginRegistry`] loads the plugins directory, validates each file off the request path
 //! and swaps versions atomically; the [`PluginWatcher`] reloads files as they change.
 //!
-//! - `bindings`: `bindgen!` over the WIT, once. - [`engine`]: the engine, linker and ticker.
-//! - `cache`: precompiled components on disk. - [`limits`]: memory cap and deadline.
-//! - `plugin`: one loaded version and calls into it. - `registry`: the versions in service.
-//! - `watcher`: hot reload. - `service`: the runtime as the server runs it. - `host/`: the imports a plugin sees (`log`, `config`).
+//! - `bindings`: `bindgen!` over the WIT, once.
+//! - [`engine`]: the one engine, the linker, the epoch ticker (and why calls are synchronous).
+//! - `cache`: precompiled components on disk, keyed by content and engine.
+//! - [`limits`]: memory cap and deadline per plugin.
+//! - `plugin`: one loaded version, and calls into it (one store per call, fail-closed masking).
+//! - `registry`: the versions in service, swapped atomically; the status of every file.
+//! - `watcher`: hot reload (debounced, off the request path).
+//! - `service`: the runtime as `trellis serve` runs it, stopped on shutdown.
+//! - `host/`: the imports a plugin sees (`log`, `config`) and its captured stdout/stderr.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -25,6 +25,9 @@ impl Node for RowTransform {
 
     /// Reads the config once per batch, not once per record.
     fn transform_batch(records: Vec<Value>) -> Vec<Result<Value, String>> {
+        if records.is_empty() {
+            return Vec::new();
+        }
         let settings = Settings::read();
         records.into_iter().map(|r| settings.apply(r)).collect()
     }
