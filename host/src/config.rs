@@ -351,6 +351,8 @@ fn hint_for(message: &str) -> Option<String> {
             "check the spelling against the commented example `trellis.toml` in the repository"
                 .into(),
         )
+    } else if message.starts_with("`max_memory_bytes` must be") {
+        Some("give a number of bytes; the default is 67108864 (64 MiB)".into())
     } else if message.contains("environment variable") {
         Some(
             "export the variable before starting trellis, or give a default as `${VAR:-value}`"

@@ -96,10 +96,12 @@ impl PluginEngine {
             reason: format!("{e:#}"),
         };
         let mut pool = PoolingAllocationConfig::new();
-        // A Rust component has a handful of core instances (the module and its shims).
+        // A Rust component has a handful of core instances (the module and its shims) and one
+        // memory. Each memory slot reserves address space (not memory) for its largest size plus
+        // guard pages, so the memory count is kept to one per instance.
         pool.total_component_instances(options.max_instances)
             .total_core_instances(options.max_instances.saturating_mul(8))
-            .total_memories(options.max_instances.saturating_mul(2))
+            .total_memories(options.max_instances)
             .total_tables(options.max_instances.saturating_mul(8))
             .total_stacks(options.max_instances)
             .max_memory_size(options.max_memory_bytes);
