@@ -32,6 +32,16 @@ pub struct Config {
     pub paths: PathsConfig,
     /// The databases, by name.
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// `[plugins]`: limits for WebAssembly plugins.
+    pub plugins: PluginsConfig,
+}
+
+/// `[plugins]`: the memory cap and call deadline of every plugin, with overrides by plugin name
+/// under `[plugins.limits.NAME]`.
+#[derive(Debug, Clone, Default)]
+pub struct PluginsConfig {
+    /// The resolved limits.
+    pub limits: crate::plugins::LimitsConfig,
 }
 
 /// Where a configuration came from.
@@ -379,6 +389,8 @@ fn hint_for(message: &str) -> Option<String> {
             "check the spelling against the commented example `trellis.toml` in the repository"
                 .into(),
         )
+    } else if message.starts_with("`max_memory_bytes` must be") {
+        Some("give a number of bytes; the default is 67108864 (64 MiB)".into())
     } else if message.contains("environment variable") {
         Some(
             "export the variable before starting trellis, or give a default as `${VAR:-value}`"
@@ -417,6 +429,22 @@ struct RawConfig {
     #[serde(default)]
     paths: RawPaths,
     databases: Option<BTreeMap<String, toml::Spanned<RawDatabase>>>,
+    plugins: Option<toml::Spanned<RawPlugins>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    max_memory_bytes: Option<usize>,
+    call_timeout: Option<Interpolated<HumanDuration>>,
+    limits: Option<BTreeMap<String, toml::Spanned<RawPluginLimits>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginLimits {
+    max_memory_bytes: Option<usize>,
+    call_timeout: Option<Interpolated<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -520,13 +548,73 @@ impl RawConfig {
                 }
             }
         }
+        let plugins = resolve_plugins(self.plugins)?;
         Ok(Config {
             source,
             server,
             paths,
             databases,
+            plugins,
         })
     }
+}
+
+/// The smallest memory cap a plugin may be given (a Rust component needs about 1 MiB to start).
+const MIN_PLUGIN_MEMORY: usize = 2 * 1024 * 1024;
+/// The largest memory cap a plugin may be given.
+const MAX_PLUGIN_MEMORY: usize = 4 * 1024 * 1024 * 1024;
+
+fn resolve_plugins(raw: Option<toml::Spanned<RawPlugins>>) -> Result<PluginsConfig, ResolveError> {
+    use crate::plugins::{Limits, LimitsConfig};
+    let (table_span, raw) = match raw {
+        Some(spanned) => (spanned.span(), spanned.into_inner()),
+        None => (0..0, RawPlugins::default()),
+    };
+    let check = |memory: Option<usize>,
+                 timeout: Option<Interpolated<HumanDuration>>,
+                 base: Limits|
+     -> Result<Limits, String> {
+        let memory_bytes = memory.unwrap_or(base.memory_bytes);
+        if !(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY).contains(&memory_bytes) {
+            return Err(format!(
+                "`max_memory_bytes` must be between {MIN_PLUGIN_MEMORY} and {MAX_PLUGIN_MEMORY}, not {memory_bytes}"
+            ));
+        }
+        let call_timeout = timeout.map_or(base.call_timeout, |t| t.0.0);
+        if call_timeout.is_zero() {
+            return Err("`call_timeout` must be more than zero".into());
+        }
+        Ok(Limits {
+            memory_bytes,
+            call_timeout,
+        })
+    };
+    let default =
+        check(raw.max_memory_bytes, raw.call_timeout, Limits::default()).map_err(|message| {
+            ResolveError {
+                span: table_span.clone(),
+                key: "plugins".into(),
+                message,
+            }
+        })?;
+    let mut limits = LimitsConfig {
+        default,
+        by_name: BTreeMap::new(),
+    };
+    for (name, spanned) in raw.limits.unwrap_or_default() {
+        let span = spanned.span();
+        let one = spanned.into_inner();
+        let resolved =
+            check(one.max_memory_bytes, one.call_timeout, default).map_err(|message| {
+                ResolveError {
+                    span,
+                    key: format!("plugins.limits.{name}"),
+                    message,
+                }
+            })?;
+        limits.by_name.insert(name, resolved);
+    }
+    Ok(PluginsConfig { limits })
 }
 
 impl RawDatabase {
@@ -891,6 +979,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`nowhere` is not an address"), "{err}");
+    }
+
+    #[test]
+    fn plugin_limits_with_overrides_and_checks() {
+        let c = parse(
+            "[plugins]\nmax_memory_bytes = 33554432\ncall_timeout = \"250ms\"\n\n[plugins.limits.big]\nmax_memory_bytes = 134217728\n",
+        )
+        .unwrap();
+        let limits = &c.plugins.limits;
+        assert_eq!(limits.default.memory_bytes, 32 << 20);
+        assert_eq!(limits.default.call_timeout, Duration::from_millis(250));
+        let big = limits.for_plugin("big");
+        assert_eq!(big.memory_bytes, 128 << 20);
+        assert_eq!(
+            big.call_timeout,
+            Duration::from_millis(250),
+            "inherits the default"
+        );
+        assert_eq!(
+            parse("").unwrap().plugins.limits.default,
+            crate::plugins::Limits::default()
+        );
+
+        let err = parse("[plugins.limits.tiny]\nmax_memory_bytes = 1024\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trellis.toml:1:"), "{err}");
+        assert!(err.contains("key `plugins.limits.tiny`"), "{err}");
+        assert!(err.contains("`max_memory_bytes` must be between"), "{err}");
+        let err = parse("[plugins]\ncall_timeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`call_timeout` must be more than zero"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! - [`pool`]: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
 //!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
 //! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries.
+//! - [`plugins`]: WebAssembly plugins: engine, sandbox, registry and hot reload.
 //! - [`server`]: the HTTP API (axum): health, metrics, and the routes of later modules.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod database;
 pub mod pool;
+pub mod plugins;
 pub mod server;
 pub mod shutdown;
 pub mod sql;

@@ -49,7 +49,42 @@
 //! Build it with `trellis plugin build DIR` (or `cargo build --release --target wasm32-wasip2`)
 //! and drop the `.wasm` into the plugins directory.
 //!
-//! A masking plugin implements [`Masker`] instead and is exported with [`export_masker!`].
+//! A masking plugin implements [`Masker`] instead and is exported with [`export_masker!`]:
+//!
+//! ```ignore
+//! use trellis_sdk::{Info, Masker, Value};
+//!
+//! struct LastFour;
+//!
+//! impl Masker for LastFour {
+//!     fn info() -> Info {
+//!         Info::new("last-four", env!("CARGO_PKG_VERSION"))
+//!     }
+//!
+//!     fn mask(field_path: &str, value: Value, _params: &Value) -> Result<Value, String> {
+//!         let text = trellis_sdk::json::as_str(&value, field_path)?;
+//!         let keep = text.chars().count().saturating_sub(4);
+//!         Ok(Value::String(text.chars().enumerate().map(|(i, c)| if i < keep { '*' } else { c }).collect()))
+//!     }
+//! }
+//!
+//! trellis_sdk::export_masker!(LastFour);
+//! ```
+//!
+//! # The contract
+//!
+//! - `transform` gets a batch and returns **one result per record, in order**; an `Err` fails
+//!   that record only. Work across records (an aggregation) overrides [`Node::transform_batch`]
+//!   and still answers per record: the example `sum-by-key` adds each record's group total to the
+//!   record (a window aggregation, like SQL's `SUM(x) OVER (PARTITION BY key)`).
+//! - A masking `Err`, a panic, a deadline or a memory limit makes the host redact the value
+//!   (`"[REDACTED]"`): masking fails closed.
+//! - A panic traps the instance; the host reports the panic message with the plugin's name,
+//!   version and export. Each call runs in a fresh instance, so no state survives between calls.
+//! - The sandbox has no filesystem, network or environment. `println!`/`eprintln!` output is
+//!   captured (capped) and logged by the host; prefer [`log`], whose lines carry the plugin's
+//!   name and version. The node's config is read with [`config::get`].
+//! - Limits: 64 MiB of memory and 1 s per call by default (the host's `[plugins]` config).
 
 pub use serde_json::{self, Map, Value, json};
 
@@ -157,6 +192,73 @@ pub mod config {
     pub fn get(key: &str) -> Option<Value> {
         crate::bindings::trellis::plugin::config::get(key)
             .and_then(|text| serde_json::from_str(&text).ok())
+    }
+}
+
+/// Small helpers for reading JSON records, with error messages fit to return as a record's
+/// error.
+pub mod json {
+    use crate::{Map, Value};
+
+    /// The record as an object.
+    pub fn as_object(record: &Value) -> Result<&Map<String, Value>, String> {
+        record
+            .as_object()
+            .ok_or_else(|| "a record must be a JSON object".to_owned())
+    }
+
+    /// The record as a mutable object.
+    pub fn as_object_mut(record: &mut Value) -> Result<&mut Map<String, Value>, String> {
+        record
+            .as_object_mut()
+            .ok_or_else(|| "a record must be a JSON object".to_owned())
+    }
+
+    /// `value` as a string; `what` names it in the error.
+    pub fn as_str<'a>(value: &'a Value, what: &str) -> Result<&'a str, String> {
+        value
+            .as_str()
+            .ok_or_else(|| format!("`{what}` is {value}, not a string"))
+    }
+
+    /// The string field `key` of `record`.
+    pub fn str_field<'a>(record: &'a Value, key: &str) -> Result<&'a str, String> {
+        match record.get(key) {
+            Some(value) => as_str(value, key),
+            None => Err(format!("`{key}` is missing")),
+        }
+    }
+
+    /// The numeric field `key` of `record`.
+    pub fn f64_field(record: &Value, key: &str) -> Result<f64, String> {
+        match record.get(key) {
+            Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("`{key}` is out of range")),
+            Some(other) => Err(format!("`{key}` is {other}, not a number")),
+            None => Err(format!("`{key}` is missing")),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::json;
+
+        #[test]
+        fn fields_and_their_errors() {
+            let record = json!({"name": "Ada", "age": 36, "tags": []});
+            assert_eq!(str_field(&record, "name"), Ok("Ada"));
+            assert_eq!(f64_field(&record, "age"), Ok(36.0));
+            assert_eq!(
+                str_field(&record, "age").unwrap_err(),
+                "`age` is 36, not a string"
+            );
+            assert_eq!(
+                f64_field(&record, "tags").unwrap_err(),
+                "`tags` is [], not a number"
+            );
+            assert_eq!(str_field(&record, "nope").unwrap_err(), "`nope` is missing");
+            assert!(as_object(&json!([1])).is_err());
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `trellis` command line: one module per subcommand, each with a `run` function.
 
 mod query;
+mod plugin;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -11,7 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(after_help = "Examples:
   $ trellis serve --watch                      serve ./trellis.toml (or the embedded default)
   $ trellis serve --config trellis.toml --listen 127.0.0.1:0
-  $ RUST_LOG=trellis_host=debug trellis --log-format json serve")]
+  $ RUST_LOG=trellis_host=debug trellis --log-format json serve
+  $ trellis plugin list")]
 pub struct Cli {
     /// How log lines on stderr look: `pretty` for people, `json` for collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "TRELLIS_LOG_FORMAT")]
@@ -37,6 +39,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run one SQL statement and print its JSON output.
     Query(query::QueryArgs),
+    /// Manage WebAssembly plugins: list, new, build.
+    Plugin(plugin::PluginArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -44,5 +48,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Query(args) => query::run(args).await,
+        Command::Plugin(args) => plugin::run(args).await,
     }
 }

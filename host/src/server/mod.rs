@@ -3,6 +3,7 @@
 mod health;
 mod metrics;
 mod pools;
+mod plugins;
 mod router;
 
 use std::future::Future;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::database::{DatabaseError, Databases};
+use crate::plugins::{PluginService, PluginStartError};
 
 pub use metrics::Metrics;
 pub use router::router;
@@ -27,6 +29,7 @@ struct AppInner {
     config: Config,
     databases: Databases,
     metrics: Metrics,
+    plugins: PluginService,
     started: Instant,
     watch: bool,
 }
@@ -36,6 +39,7 @@ impl App {
     pub async fn start(config: Config, watch: bool) -> Result<App, StartError> {
         let databases = Databases::open_all(config.databases.values()).await?;
         let metrics = Metrics::new(databases.clone());
+        let plugins = PluginService::start(&config, watch).await?;
         if watch {
             tracing::info!(
                 plugins = %config.paths.plugins.display(),
@@ -48,6 +52,7 @@ impl App {
                 config,
                 databases,
                 metrics,
+                plugins,
                 started: Instant::now(),
                 watch,
             }),
@@ -69,6 +74,11 @@ impl App {
         &self.inner.metrics
     }
 
+    /// The plugin registry (and watcher).
+    pub fn plugins(&self) -> &PluginService {
+        &self.inner.plugins
+    }
+
     /// When the host started serving.
     pub fn started(&self) -> Instant {
         self.inner.started
@@ -86,6 +96,9 @@ pub enum StartError {
     /// A configured database could not be opened.
     #[error(transparent)]
     Database(#[from] DatabaseError),
+    /// The plugin runtime could not start.
+    #[error(transparent)]
+    Plugins(#[from] PluginStartError),
 }
 
 /// Why serving stopped with an error.
@@ -97,7 +110,7 @@ pub enum ServeError {
 }
 
 /// Serves until `stop` resolves, then drains in-flight requests (bounded by
-/// `server.shutdown_timeout`) and closes the databases.
+/// `server.shutdown_timeout`), stops the plugin watcher and closes the databases.
 pub async fn serve(
     app: App,
     listener: TcpListener,
@@ -123,6 +136,7 @@ pub async fn serve(
             tracing::warn!(limit = ?drain_limit, "requests still running after the shutdown timeout; stopping anyway");
         }
     }
+    app.plugins().stop().await;
     app.databases().close().await;
     tracing::info!("stopped");
     Ok(())

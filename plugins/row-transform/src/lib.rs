@@ -20,22 +20,50 @@ impl Node for RowTransform {
     }
 
     fn transform(record: Value) -> Result<Value, String> {
+        Settings::read().apply(record)
+    }
+
+    /// Reads the config once per batch, not once per record.
+    fn transform_batch(records: Vec<Value>) -> Vec<Result<Value, String>> {
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let settings = Settings::read();
+        records.into_iter().map(|r| settings.apply(r)).collect()
+    }
+}
+
+/// The node config, read once.
+struct Settings {
+    rename: Option<Value>,
+    full_name_from: Option<Value>,
+}
+
+impl Settings {
+    fn read() -> Settings {
+        Settings {
+            rename: config::get("rename"),
+            full_name_from: config::get("full_name_from"),
+        }
+    }
+
+    fn apply(&self, record: Value) -> Result<Value, String> {
         let Value::Object(mut fields) = record else {
             return Err("a record must be a JSON object".into());
         };
-        if let Some(Value::Object(rename)) = config::get("rename") {
+        if let Some(Value::Object(rename)) = &self.rename {
             for (old, new) in rename {
                 let new = new
                     .as_str()
                     .ok_or_else(|| format!("rename target for `{old}` is not a string"))?;
-                if let Some(value) = fields.remove(&old) {
+                if let Some(value) = fields.remove(old) {
                     fields.insert(new.to_owned(), value);
                 }
             }
         }
-        if let Some(Value::Array(parts)) = config::get("full_name_from") {
+        if let Some(Value::Array(parts)) = &self.full_name_from {
             let mut words = Vec::with_capacity(parts.len());
-            for part in &parts {
+            for part in parts {
                 let key = part
                     .as_str()
                     .ok_or("`full_name_from` must list field names")?;

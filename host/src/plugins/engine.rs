@@ -1,0 +1,225 @@
+//! The one wasmtime engine every plugin runs on, its linker, and the epoch ticker.
+//!
+//! - **Pooling allocator.** Instance slots, memories and tables are reserved once and reused, so
+//!   a new instance per call costs a few microseconds (see `BENCHMARKS.md`).
+//! - **Epoch interruption.** A ticker thread advances the epoch every `tick`; a call's store gets
+//!   a deadline in ticks, and traps when it passes. The ticker belongs to the engine: it stops
+//!   when [`PluginEngine::shutdown`] is called (the server's shutdown path does) or when the last
+//!   handle to the engine is dropped.
+//! - **Synchronous calls, `concurrency_support` off.** The WIT has no `async func`, so nothing
+//!   needs wasmtime's async machinery: calls run synchronously on the calling thread (callers in
+//!   async code use `tokio::task::spawn_blocking`). This avoids a fiber stack switch per call and
+//!   the per-store concurrency state that `concurrency_support` sets up; `component-model-async`
+//!   is not compiled in by default. `BENCHMARKS.md` has the figures with it on and off (the
+//!   `wasm-concurrency` cargo feature compiles it in for that comparison).
+//! - **No fuel.** Deadlines come from epochs, which cost far less per instruction.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings;
+use super::cache::ComponentCache;
+use super::host::CallState;
+
+/// The default epoch tick.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How often the epoch advances; deadlines are counted in ticks.
+    pub tick: Duration,
+    /// The largest memory any plugin may be given (the pool reserves slots this big).
+    pub max_memory_bytes: usize,
+    /// How many plugin instances may be alive at once (calls in flight, across plugins).
+    pub max_instances: u32,
+    /// Where precompiled components are kept; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Turn wasmtime's `concurrency_support` on (only takes effect with the `wasm-concurrency`
+    /// feature; used to measure its cost).
+    pub concurrency_support: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            tick: DEFAULT_TICK,
+            max_memory_bytes: 256 * 1024 * 1024,
+            max_instances: 128,
+            cache_dir: None,
+            concurrency_support: false,
+        }
+    }
+}
+
+/// Why the engine could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime refused the configuration.
+    #[error("cannot set up the WebAssembly engine: {reason}")]
+    Config {
+        /// wasmtime's reason.
+        reason: String,
+    },
+    /// The ticker thread could not be started.
+    #[error("cannot start the plugin epoch ticker")]
+    Ticker(#[source] std::io::Error),
+}
+
+/// The engine, the linker with the host imports, the component cache and the ticker. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct PluginEngine {
+    inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<CallState>,
+    pub(crate) tick: Duration,
+    pub(crate) cache: Option<ComponentCache>,
+    ticker: Mutex<Option<EpochTicker>>,
+}
+
+impl PluginEngine {
+    /// Creates the engine and starts its ticker.
+    pub fn new(options: EngineOptions) -> Result<PluginEngine, EngineError> {
+        let config_error = |e: wasmtime::Error| EngineError::Config {
+            reason: format!("{e:#}"),
+        };
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust component has a handful of core instances (the module and its shims) and one
+        // memory. Each memory slot reserves address space (not memory) for its largest size plus
+        // guard pages, so the memory count is kept to one per instance.
+        pool.total_component_instances(options.max_instances)
+            .total_core_instances(options.max_instances.saturating_mul(8))
+            .total_memories(options.max_instances)
+            .total_tables(options.max_instances.saturating_mul(8))
+            .total_stacks(options.max_instances)
+            .max_memory_size(options.max_memory_bytes);
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .wasm_component_model(true);
+        if cfg!(feature = "wasm-concurrency") {
+            config.concurrency_support(options.concurrency_support);
+        }
+        let engine = Engine::new(&config).map_err(config_error)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(config_error)?;
+        bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(config_error)?;
+        let cache = options
+            .cache_dir
+            .map(|dir| ComponentCache::new(dir, compatibility_hash(&engine)));
+        let ticker =
+            EpochTicker::start(engine.clone(), options.tick).map_err(EngineError::Ticker)?;
+        Ok(PluginEngine {
+            inner: Arc::new(EngineInner {
+                engine,
+                linker,
+                tick: options.tick,
+                cache,
+                ticker: Mutex::new(Some(ticker)),
+            }),
+        })
+    }
+
+    /// The epoch tick.
+    pub fn tick(&self) -> Duration {
+        self.inner.tick
+    }
+
+    /// Stops the epoch ticker and waits for its thread. Calls made afterwards have no deadline:
+    /// call this when the host stops, after the last request.
+    pub fn shutdown(&self) {
+        let ticker = self
+            .inner
+            .ticker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(ticker) = ticker {
+            ticker.stop();
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &EngineInner {
+        &self.inner
+    }
+}
+
+/// A hex digest of the engine's precompile compatibility hash: two engines that may share
+/// precompiled code have the same one.
+fn compatibility_hash(engine: &Engine) -> String {
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut hasher = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex(&hasher.0.finalize()[..8])
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The thread that advances the engine's epoch every tick until stopped.
+struct EpochTicker {
+    stop: mpsc::Sender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> std::io::Result<EpochTicker> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("trellis-epoch".into())
+            .spawn(move || {
+                // A message or a dropped sender both mean stop.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(EpochTicker { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        if let Some(ticker) = self
+            .ticker
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            ticker.stop();
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! One loaded, validated plugin version, and calls into it: a new instance in its own `Store` per
+//! call, with a memory cap and a deadline, dropped when the call returns (after an error too: a
+//! trapped instance is never entered again).
+//!
+//! Calls are synchronous; from async code run them on `tokio::task::spawn_blocking`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use super::bindings::{self, PluginPre};
+use super::cache::CacheOutcome;
+use super::engine::{PluginEngine, hex};
+use super::host::output::panic_message;
+use super::host::{CallConfig, CallState};
+use super::limits::{Limits, MemoryLimitHit, deadline_ticks};
+
+/// What a plugin is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// A node: transforms batches of records.
+    Node,
+    /// A masking transform: masks field values.
+    Masking,
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PluginKind::Node => "node",
+            PluginKind::Masking => "masking",
+        })
+    }
+}
+
+/// What a plugin said about itself at load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Description {
+    /// Unique name.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// Node or masking.
+    pub kind: PluginKind,
+    /// Host capabilities it asks for.
+    pub capabilities: Vec<String>,
+    /// A JSON Schema for its node config, if it gave one.
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// The export a call went to, for errors and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Export {
+    /// `meta.describe`.
+    Describe,
+    /// `transform.transform`.
+    Transform,
+    /// `mask.mask`.
+    Mask,
+}
+
+impl fmt::Display for Export {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Export::Describe => "describe",
+            Export::Transform => "transform",
+            Export::Mask => "mask",
+        })
+    }
+}
+
+/// Why a call into a plugin failed. The instance it ran in has been dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its deadline and was stopped.
+    #[error(
+        "plugin `{plugin}` export `{export}` ran past its deadline of {limit:?} and was stopped\n\nhint: raise `call_timeout` for this plugin, or make it do less per batch"
+    )]
+    Deadline {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        export: Export,
+        /// The deadline.
+        limit: Duration,
+    },
+    /// The instance tried to grow its memory past its cap.
+    #[error(
+        "plugin `{plugin}` export `{export}` exceeded its memory limit of {limit} bytes\n\nhint: raise `max_memory_bytes` for this plugin, or send smaller batches"
+    )]
+    MemoryLimit {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        export: Export,
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// The plugin trapped (a Rust panic is one); `message` is the panic message when there was one.
+    #[error("plugin `{plugin}` export `{export}` trapped: {message}")]
+    Trap {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        export: Export,
+        /// The panic message, or wasmtime's trap description.
+        message: String,
+    },
+    /// The plugin returned something that breaks the interface's contract.
+    #[error("plugin `{plugin}` export `{export}` returned malformed output: {reason}")]
+    Malformed {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        export: Export,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The export does not fit the plugin's kind (a transform on a masking plugin).
+    #[error("plugin `{plugin}` is a {kind} plugin; it has no `{export}`")]
+    WrongKind {
+        /// `name@version`.
+        plugin: String,
+        /// What the plugin is.
+        kind: PluginKind,
+        /// The export asked for.
+        export: Export,
+    },
+    /// The instance could not be created (e.g. every pooled instance slot is in use).
+    #[error("plugin `{plugin}` could not be instantiated: {reason}")]
+    Instantiate {
+        /// `name@version`.
+        plugin: String,
+        /// wasmtime's reason.
+        reason: String,
+    },
+}
+
+/// One value for a masking plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskInput {
+    /// Where the value sits, e.g. `employees[].email`.
+    pub field_path: String,
+    /// The value.
+    pub value: serde_json::Value,
+    /// The masking rule's `params` object.
+    pub params: serde_json::Value,
+}
+
+/// The text masking plugins' failures are replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// A compiled component before validation: what the registry hands to [`Plugin::validate`].
+pub(crate) struct Compiled {
+    pub(crate) component: Component,
+    pub(crate) sha256: String,
+    pub(crate) cache: CacheOutcome,
+}
+
+/// One loaded plugin version. Requests hold an `Arc<Plugin>` for their whole duration, so a
+/// version stays alive until its last request ends, even after a newer one replaced it.
+pub struct Plugin {
+    engine: PluginEngine,
+    pre: PluginPre<CallState>,
+    description: Description,
+    label: Arc<str>,
+    file: PathBuf,
+    sha256: String,
+    loaded_at: SystemTime,
+    limits: Limits,
+    cache: CacheOutcome,
+    live: Arc<AtomicUsize>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("plugin", &self.label)
+            .field("file", &self.file)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a component could not become a plugin (the registry adds the file).
+#[derive(Debug)]
+pub(crate) enum ValidateError {
+    /// An import or export does not match the interface; the reason names the item.
+    Interface(String),
+    /// `describe` trapped or misbehaved.
+    Describe(CallError),
+    /// The description is not acceptable.
+    Description(String),
+}
+
+impl Plugin {
+    /// Compiles `wasm` (through the cache when there is one).
+    pub(crate) fn compile(engine: &PluginEngine, wasm: &[u8]) -> wasmtime::Result<Compiled> {
+        let sha256 = sha256_hex(wasm);
+        let inner = engine.inner();
+        let (component, cache) = match &inner.cache {
+            Some(cache) => cache.load_or_compile(&inner.engine, wasm, &sha256)?,
+            None => (Component::new(&inner.engine, wasm)?, CacheOutcome::Disabled),
+        };
+        Ok(Compiled {
+            component,
+            sha256,
+            cache,
+        })
+    }
+
+    /// Links the component against the host's imports, instantiates it and asks it to describe
+    /// itself. `limits` picks the limits from the described name.
+    pub(crate) fn validate(
+        engine: &PluginEngine,
+        compiled: Compiled,
+        file: &Path,
+        limits: impl Fn(&str) -> Limits,
+        live: Arc<AtomicUsize>,
+    ) -> Result<Plugin, ValidateError> {
+        let inner = engine.inner();
+        let instance_pre = inner
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| ValidateError::Interface(format!("{e:#}")))?;
+        let pre =
+            PluginPre::new(instance_pre).map_err(|e| ValidateError::Interface(format!("{e:#}")))?;
+        let file_label: Arc<str> = Arc::from(
+            file.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| file.display().to_string()),
+        );
+        let describe_limits = Limits::default();
+        let raw = call(
+            engine,
+            &pre,
+            &file_label,
+            describe_limits,
+            Arc::default(),
+            Export::Describe,
+            |plugin, store| plugin.trellis_plugin_meta().call_describe(store),
+        )
+        .map_err(ValidateError::Describe)?;
+        let description = check_description(raw).map_err(ValidateError::Description)?;
+        let label: Arc<str> = Arc::from(format!("{}@{}", description.name, description.version));
+        live.fetch_add(1, Ordering::SeqCst);
+        Ok(Plugin {
+            engine: engine.clone(),
+            pre,
+            limits: limits(&description.name),
+            description,
+            label,
+            file: file.to_owned(),
+            sha256: compiled.sha256,
+            loaded_at: SystemTime::now(),
+            cache: compiled.cache,
+            live,
+        })
+    }
+
+    /// What the plugin said about itself.
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.description.name
+    }
+
+    /// Its own version.
+    pub fn version(&self) -> &str {
+        &self.description.version
+    }
+
+    /// Node or masking.
+    pub fn kind(&self) -> PluginKind {
+        self.description.kind
+    }
+
+    /// `name@version`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The file it was loaded from.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// SHA-256 of the file's content, hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// When it was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Its memory cap and deadline.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether the compiled code came from the cache.
+    pub fn cache_outcome(&self) -> &CacheOutcome {
+        &self.cache
+    }
+
+    /// Transforms a batch of JSON records (as text), one result per record in order: the output
+    /// record as JSON text, or that record's error. `config` is what the `config` import reads.
+    pub fn transform(
+        &self,
+        records: &[String],
+        config: Arc<CallConfig>,
+    ) -> Result<Vec<Result<String, String>>, CallError> {
+        self.expect_kind(PluginKind::Node, Export::Transform)?;
+        let results = call(
+            &self.engine,
+            &self.pre,
+            &self.label,
+            self.limits,
+            config,
+            Export::Transform,
+            |plugin, store| {
+                plugin
+                    .trellis_plugin_transform()
+                    .call_transform(store, records)
+            },
+        )?;
+        self.check_batch(records.len(), results, Export::Transform)
+    }
+
+    /// Transforms JSON values; see [`Plugin::transform`].
+    pub fn transform_values(
+        &self,
+        records: &[serde_json::Value],
+        config: Arc<CallConfig>,
+    ) -> Result<Vec<Result<serde_json::Value, String>>, CallError> {
+        let texts: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+        let results = self.transform(&texts, config)?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.map(|text| serde_json::from_str(&text).unwrap_or_default()))
+            .collect())
+    }
+
+    /// Masks a batch of values, one result per value in order: the masked value, or that value's
+    /// error. Callers that show the result should use [`Plugin::mask_or_redact`].
+    pub fn mask(
+        &self,
+        inputs: &[MaskInput],
+    ) -> Result<Vec<Result<serde_json::Value, String>>, CallError> {
+        self.expect_kind(PluginKind::Masking, Export::Mask)?;
+        let requests: Vec<bindings::MaskRequest> = inputs
+            .iter()
+            .map(|i| bindings::MaskRequest {
+                field_path: i.field_path.clone(),
+                value: i.value.to_string(),
+                params: i.params.to_string(),
+            })
+            .collect();
+        let results = call(
+            &self.engine,
+            &self.pre,
+            &self.label,
+            self.limits,
+            Arc::default(),
+            Export::Mask,
+            |plugin, store| plugin.trellis_plugin_mask().call_mask(store, &requests),
+        )?;
+        let results = self.check_batch(inputs.len(), results, Export::Mask)?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.map(|text| serde_json::from_str(&text).unwrap_or_default()))
+            .collect())
+    }
+
+    /// Masks a batch, failing closed: every value whose masking failed (and every value, when the
+    /// call itself failed: trap, deadline, memory limit, malformed output) becomes
+    /// [`REDACTED`]. The input is never passed through. Failures are logged.
+    pub fn mask_or_redact(&self, inputs: &[MaskInput]) -> Vec<serde_json::Value> {
+        let redacted = || serde_json::Value::String(REDACTED.to_owned());
+        match self.mask(inputs) {
+            Ok(results) => results
+                .into_iter()
+                .zip(inputs)
+                .map(|(result, input)| {
+                    result.unwrap_or_else(|error| {
+                        tracing::warn!(plugin = %self.label, field = %input.field_path, %error, "masking failed; value redacted");
+                        redacted()
+                    })
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(plugin = %self.label, error = %error, values = inputs.len(), "masking call failed; values redacted");
+                inputs.iter().map(|_| redacted()).collect()
+            }
+        }
+    }
+
+    fn expect_kind(&self, kind: PluginKind, export: Export) -> Result<(), CallError> {
+        if self.description.kind == kind {
+            Ok(())
+        } else {
+            Err(CallError::WrongKind {
+                plugin: self.label.to_string(),
+                kind: self.description.kind,
+                export,
+            })
+        }
+    }
+
+    /// One result per input, each `Ok` valid JSON.
+    fn check_batch(
+        &self,
+        expected: usize,
+        results: Vec<Result<String, String>>,
+        export: Export,
+    ) -> Result<Vec<Result<String, String>>, CallError> {
+        if results.len() != expected {
+            return Err(CallError::Malformed {
+                plugin: self.label.to_string(),
+                export,
+                reason: format!("{} results for {expected} inputs", results.len()),
+            });
+        }
+        for (i, result) in results.iter().enumerate() {
+            if let Ok(text) = result
+                && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text)
+            {
+                return Err(CallError::Malformed {
+                    plugin: self.label.to_string(),
+                    export,
+                    reason: format!("result {i} is not JSON: {e}"),
+                });
+            }
+        }
+        Ok(results)
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        tracing::debug!(plugin = %self.label, "plugin version freed");
+    }
+}
+
+/// One call: a fresh store and instance, the export, then everything dropped.
+fn call<R>(
+    engine: &PluginEngine,
+    pre: &PluginPre<CallState>,
+    label: &Arc<str>,
+    limits: Limits,
+    config: Arc<CallConfig>,
+    export: Export,
+    f: impl FnOnce(&bindings::Plugin, &mut Store<CallState>) -> wasmtime::Result<R>,
+) -> Result<R, CallError> {
+    let inner = engine.inner();
+    let state = CallState::new(label.clone(), config, limits.memory_bytes);
+    let mut store = Store::new(&inner.engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(deadline_ticks(limits.call_timeout, inner.tick));
+    let result = match pre.instantiate(&mut store) {
+        Ok(plugin) => {
+            f(&plugin, &mut store).map_err(|e| classify(e, &store, label, export, limits))
+        }
+        Err(e) if is_runtime_failure(&e) => Err(classify(e, &store, label, export, limits)),
+        Err(e) => Err(CallError::Instantiate {
+            plugin: label.to_string(),
+            reason: format!("{e:#}"),
+        }),
+    };
+    store.data().log_output();
+    result
+}
+
+fn is_runtime_failure(e: &wasmtime::Error) -> bool {
+    e.downcast_ref::<wasmtime::Trap>().is_some() || e.downcast_ref::<MemoryLimitHit>().is_some()
+}
+
+fn classify(
+    e: wasmtime::Error,
+    store: &Store<CallState>,
+    label: &Arc<str>,
+    export: Export,
+    limits: Limits,
+) -> CallError {
+    let plugin = label.to_string();
+    if e.downcast_ref::<MemoryLimitHit>().is_some() {
+        return CallError::MemoryLimit {
+            plugin,
+            export,
+            limit: limits.memory_bytes,
+        };
+    }
+    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+        return CallError::Deadline {
+            plugin,
+            export,
+            limit: limits.call_timeout,
+        };
+    }
+    let (stderr, _) = store.data().stderr.text();
+    let message =
+        panic_message(&stderr).unwrap_or_else(|| match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => format!("{trap}"),
+            None => format!("{e:#}"),
+        });
+    CallError::Trap {
+        plugin,
+        export,
+        message,
+    }
+}
+
+/// The capabilities a plugin may ask for today: every plugin has them.
+const KNOWN_CAPABILITIES: [&str; 2] = ["log", "config"];
+
+fn check_description(raw: bindings::Description) -> Result<Description, String> {
+    let name_ok = !raw.name.is_empty()
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(format!(
+            "plugin name `{}` must be non-empty ASCII letters, digits, `-` or `_`",
+            raw.name
+        ));
+    }
+    if raw.version.trim().is_empty() {
+        return Err(format!("plugin `{}` gave an empty version", raw.name));
+    }
+    if let Some(unknown) = raw
+        .capabilities
+        .iter()
+        .find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
+    {
+        return Err(format!(
+            "plugin `{}` asks for the unknown capability `{unknown}` (this host grants {})",
+            raw.name,
+            KNOWN_CAPABILITIES.map(|c| format!("`{c}`")).join(", ")
+        ));
+    }
+    let config_schema = match raw.config_schema {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str(&text)
+                .map_err(|e| format!("plugin `{}` config schema is not JSON: {e}", raw.name))?,
+        ),
+    };
+    Ok(Description {
+        name: raw.name,
+        version: raw.version,
+        kind: match raw.kind {
+            bindings::Kind::Node => PluginKind::Node,
+            bindings::Kind::Masking => PluginKind::Masking,
+        },
+        capabilities: raw.capabilities,
+        config_schema,
+    })
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(bytes))
+}
+
+/// An instance kept across calls, for benchmarks and tools only: requests always get a fresh
+/// instance per call, because a trapped instance must never be entered again. A call that fails
+/// here consumes it.
+#[doc(hidden)]
+pub struct WarmInstance {
+    store: Store<CallState>,
+    instance: bindings::Plugin,
+    ticks: u64,
+    label: Arc<str>,
+    limits: Limits,
+    poisoned: bool,
+}
+
+impl Plugin {
+    /// Instantiates the plugin once, for repeated calls ([`WarmInstance`]).
+    #[doc(hidden)]
+    pub fn warm_instance(&self, config: Arc<CallConfig>) -> Result<WarmInstance, CallError> {
+        let inner = self.engine.inner();
+        let state = CallState::new(self.label.clone(), config, self.limits.memory_bytes);
+        let mut store = Store::new(&inner.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let ticks = deadline_ticks(self.limits.call_timeout, inner.tick);
+        store.set_epoch_deadline(ticks);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, &self.label, Export::Transform, self.limits))?;
+        Ok(WarmInstance {
+            store,
+            instance,
+            ticks,
+            label: self.label.clone(),
+            limits: self.limits,
+            poisoned: false,
+        })
+    }
+}
+
+impl WarmInstance {
+    /// Calls `transform` on this instance, without the output checks of [`Plugin::transform`].
+    /// After an error the instance refuses further calls.
+    pub fn transform(
+        &mut self,
+        records: &[String],
+    ) -> Result<Vec<Result<String, String>>, CallError> {
+        if self.poisoned {
+            return Err(CallError::Instantiate {
+                plugin: self.label.to_string(),
+                reason: "this instance failed earlier and cannot be entered again".into(),
+            });
+        }
+        self.store.set_epoch_deadline(self.ticks);
+        self.instance
+            .trellis_plugin_transform()
+            .call_transform(&mut self.store, records)
+            .map_err(|e| {
+                self.poisoned = true;
+                classify(e, &self.store, &self.label, Export::Transform, self.limits)
+            })
+    }
+}

@@ -1,0 +1,436 @@
+//! The plugins in service, by name, and the state of every file in the plugins directory.
+//!
+//! Loading (read, compile through the cache, link, instantiate, `describe`) happens before any
+//! lock is taken; only the swap itself is serialized. The set of plugins is one immutable
+//! snapshot behind an `ArcSwap`: a request takes an `Arc<Plugin>` from it and keeps that version
+//! for its whole duration, while a reload publishes a new snapshot. An old version is freed when
+//! the last request holding it ends. A file that fails to load never replaces a working version:
+//! the old one keeps serving and the file's entry records the error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::engine::PluginEngine;
+use super::limits::LimitsConfig;
+use super::plugin::{CallError, Plugin, PluginKind, ValidateError, sha256_hex};
+
+/// Why a plugin file could not be loaded. Each names the file; the registry keeps the message.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("plugin file `{file}` cannot be read: {source}", file = file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a WebAssembly component wasmtime can compile.
+    #[error("plugin file `{file}` is not a valid WebAssembly component: {reason}\n\nhint: build it with `trellis plugin build DIR` (cargo build --release --target wasm32-wasip2)", file = file.display())]
+    Compile {
+        /// The file.
+        file: PathBuf,
+        /// wasmtime's reason.
+        reason: String,
+    },
+    /// The component's imports or exports do not match the plugin interface.
+    #[error("plugin file `{file}` does not implement `trellis:plugin@0.1.0`: {reason}\n\nhint: rebuild it against the current trellis-sdk", file = file.display())]
+    Interface {
+        /// The file.
+        file: PathBuf,
+        /// wasmtime's reason, naming the missing or mismatched item.
+        reason: String,
+    },
+    /// `describe` failed.
+    #[error("plugin file `{file}`: {source}", file = file.display())]
+    Describe {
+        /// The file.
+        file: PathBuf,
+        /// The call error.
+        source: CallError,
+    },
+    /// The description is not acceptable.
+    #[error("plugin file `{file}`: {reason}", file = file.display())]
+    Description {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another file already provides a plugin of this name.
+    #[error("plugin file `{file}`: plugin `{name}` is already loaded from `{other}`\n\nhint: remove one of the two files, or give one plugin another name", file = file.display(), other = other.display())]
+    NameTaken {
+        /// The file.
+        file: PathBuf,
+        /// The name.
+        name: String,
+        /// The file that has it.
+        other: PathBuf,
+    },
+}
+
+/// What happened to one file on (re)load.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// A new version is serving.
+    Loaded(Arc<Plugin>),
+    /// The content is the same as last time: nothing was done.
+    Unchanged,
+    /// It failed; any previous version keeps serving.
+    Failed(LoadError),
+    /// The file is gone and its plugin was unloaded (or there was none).
+    Unloaded,
+}
+
+/// `loaded` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadStatus {
+    /// A version from this file is serving.
+    Loaded,
+    /// Nothing from this file is serving.
+    Failed,
+}
+
+/// One file's row in `trellis plugin list` and `GET /v1/plugins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginStatus {
+    /// The file name in the plugins directory.
+    pub file: String,
+    /// The serving plugin's name, if any.
+    pub name: Option<String>,
+    /// Its version.
+    pub version: Option<String>,
+    /// Its kind.
+    pub kind: Option<PluginKind>,
+    /// `loaded` when a version from this file is serving.
+    pub status: LoadStatus,
+    /// SHA-256 of the serving version's file content (of the failed content when none serves).
+    pub sha256: String,
+    /// When the serving version was loaded (RFC 3339), if any.
+    pub loaded_at: Option<String>,
+    /// Why the latest content of the file failed to load, if it did.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Snapshot {
+    by_name: HashMap<String, Arc<Plugin>>,
+    files: BTreeMap<PathBuf, FileEntry>,
+}
+
+#[derive(Clone)]
+struct FileEntry {
+    active: Option<Arc<Plugin>>,
+    /// The content last tried, loaded or not.
+    last_sha256: String,
+    last_error: Option<String>,
+}
+
+/// The plugins in service. Share it as `Arc<PluginRegistry>`.
+pub struct PluginRegistry {
+    engine: PluginEngine,
+    dir: PathBuf,
+    limits: LimitsConfig,
+    state: ArcSwap<Snapshot>,
+    swap: Mutex<()>,
+    changes: watch::Sender<u64>,
+    live: Arc<AtomicUsize>,
+}
+
+impl PluginRegistry {
+    /// An empty registry for the plugins in `dir`.
+    pub fn new(engine: PluginEngine, dir: impl Into<PathBuf>, limits: LimitsConfig) -> Self {
+        PluginRegistry {
+            engine,
+            dir: dir.into(),
+            limits,
+            state: ArcSwap::from_pointee(Snapshot::default()),
+            swap: Mutex::new(()),
+            changes: watch::channel(0).0,
+            live: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The watched directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The engine plugins run on.
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    /// Loads every `*.wasm` in the directory (a missing directory holds none) and unloads the
+    /// plugins whose file is gone. Returns what happened per file; failures are also logged.
+    pub fn load_dir(&self) -> Vec<(PathBuf, ReloadOutcome)> {
+        let mut present = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if is_plugin_file(&path) && path.is_file() {
+                    present.push(path);
+                }
+            }
+        }
+        present.sort();
+        let mut outcomes = Vec::new();
+        let known: Vec<PathBuf> = self.state.load().files.keys().cloned().collect();
+        for path in known {
+            if !present.contains(&path) {
+                outcomes.push((path.clone(), self.unload_file(&path)));
+            }
+        }
+        for path in present {
+            let outcome = self.load_file(&path);
+            outcomes.push((path, outcome));
+        }
+        outcomes
+    }
+
+    /// Loads (or reloads) one file; a missing file unloads its plugin. Compilation and
+    /// validation run on the calling thread: call it off the request path.
+    pub fn load_file(&self, path: &Path) -> ReloadOutcome {
+        let wasm = match std::fs::read(path) {
+            Ok(wasm) => wasm,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.unload_file(path),
+            Err(source) => {
+                return self.record_failure(
+                    path,
+                    String::new(),
+                    LoadError::Read {
+                        file: path.to_owned(),
+                        source,
+                    },
+                );
+            }
+        };
+        let sha256 = sha256_hex(&wasm);
+        if self
+            .state
+            .load()
+            .files
+            .get(path)
+            .is_some_and(|entry| entry.last_sha256 == sha256)
+        {
+            return ReloadOutcome::Unchanged;
+        }
+        let started = std::time::Instant::now();
+        if let Err(reason) = check_header(&wasm) {
+            let error = LoadError::Compile {
+                file: path.to_owned(),
+                reason: reason.into(),
+            };
+            return self.record_failure(path, sha256, error);
+        }
+        let compiled = match Plugin::compile(&self.engine, &wasm) {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                let error = LoadError::Compile {
+                    file: path.to_owned(),
+                    reason: one_line(&format!("{e:#}")),
+                };
+                return self.record_failure(path, sha256, error);
+            }
+        };
+        let cache = compiled.cache.clone();
+        let validated = Plugin::validate(
+            &self.engine,
+            compiled,
+            path,
+            |name| self.limits.for_plugin(name),
+            self.live.clone(),
+        );
+        let plugin = match validated {
+            Ok(plugin) => Arc::new(plugin),
+            Err(e) => {
+                let file = path.to_owned();
+                let error = match e {
+                    ValidateError::Interface(reason) => LoadError::Interface {
+                        file,
+                        reason: one_line(&reason),
+                    },
+                    ValidateError::Describe(source) => LoadError::Describe { file, source },
+                    ValidateError::Description(reason) => LoadError::Description { file, reason },
+                };
+                return self.record_failure(path, sha256, error);
+            }
+        };
+        // Publish: only this part is serialized.
+        let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = Snapshot::clone(&self.state.load());
+        if let Some(other) = next.by_name.get(plugin.name())
+            && other.file() != path
+        {
+            let error = LoadError::NameTaken {
+                file: path.to_owned(),
+                name: plugin.name().to_owned(),
+                other: other.file().to_owned(),
+            };
+            drop(_guard);
+            return self.record_failure(path, sha256, error);
+        }
+        let previous = next.files.insert(
+            path.to_owned(),
+            FileEntry {
+                active: Some(plugin.clone()),
+                last_sha256: sha256,
+                last_error: None,
+            },
+        );
+        if let Some(old) = previous.and_then(|p| p.active)
+            && old.name() != plugin.name()
+        {
+            next.by_name.remove(old.name());
+        }
+        next.by_name
+            .insert(plugin.name().to_owned(), plugin.clone());
+        self.state.store(Arc::new(next));
+        self.changes.send_modify(|generation| *generation += 1);
+        tracing::info!(
+            plugin = %plugin.label(),
+            file = %path.display(),
+            sha256 = %plugin.sha256(),
+            cache = ?cache,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugin loaded"
+        );
+        ReloadOutcome::Loaded(plugin)
+    }
+
+    /// Unloads the plugin loaded from `path`, if any. Requests holding it finish on it.
+    pub fn unload_file(&self, path: &Path) -> ReloadOutcome {
+        let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = Snapshot::clone(&self.state.load());
+        let Some(entry) = next.files.remove(path) else {
+            return ReloadOutcome::Unloaded;
+        };
+        if let Some(plugin) = entry.active {
+            if next
+                .by_name
+                .get(plugin.name())
+                .is_some_and(|p| Arc::ptr_eq(p, &plugin))
+            {
+                next.by_name.remove(plugin.name());
+            }
+            tracing::info!(plugin = %plugin.label(), file = %path.display(), "plugin unloaded");
+        }
+        self.state.store(Arc::new(next));
+        self.changes.send_modify(|generation| *generation += 1);
+        ReloadOutcome::Unloaded
+    }
+
+    fn record_failure(&self, path: &Path, sha256: String, error: LoadError) -> ReloadOutcome {
+        let message = error.to_string();
+        let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = Snapshot::clone(&self.state.load());
+        let entry = next.files.entry(path.to_owned()).or_insert(FileEntry {
+            active: None,
+            last_sha256: String::new(),
+            last_error: None,
+        });
+        entry.last_sha256 = sha256;
+        entry.last_error = Some(message.clone());
+        let serving = entry.active.as_ref().map(|p| p.label().to_owned());
+        self.state.store(Arc::new(next));
+        self.changes.send_modify(|generation| *generation += 1);
+        match serving {
+            Some(plugin) => {
+                tracing::error!(file = %path.display(), %plugin, error = %message, "plugin file failed to load; the loaded version keeps serving")
+            }
+            None => {
+                tracing::error!(file = %path.display(), error = %message, "plugin file failed to load")
+            }
+        }
+        ReloadOutcome::Failed(error)
+    }
+
+    /// The serving version of the plugin called `name`. Keep the `Arc` for the whole request:
+    /// the version it points to stays alive until it is dropped.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.state.load().by_name.get(name).cloned()
+    }
+
+    /// Every file's status, sorted by file name.
+    pub fn list(&self) -> Vec<PluginStatus> {
+        let snapshot = self.state.load();
+        snapshot
+            .files
+            .iter()
+            .map(|(path, entry)| {
+                let active = entry.active.as_ref();
+                PluginStatus {
+                    file: path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    ),
+                    name: active.map(|p| p.name().to_owned()),
+                    version: active.map(|p| p.version().to_owned()),
+                    kind: active.map(|p| p.kind()),
+                    status: if active.is_some() {
+                        LoadStatus::Loaded
+                    } else {
+                        LoadStatus::Failed
+                    },
+                    sha256: active
+                        .map_or_else(|| entry.last_sha256.clone(), |p| p.sha256().to_owned()),
+                    loaded_at: active
+                        .map(|p| humantime::format_rfc3339_millis(p.loaded_at()).to_string()),
+                    error: entry.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// A receiver that sees a new generation number after every change (load, failure, unload).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// How many plugin versions are alive: serving, or still held by a request.
+    pub fn live_versions(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Stops the engine's epoch ticker. Call when the host stops.
+    pub fn shutdown(&self) {
+        self.engine.shutdown();
+    }
+}
+
+/// A component starts with `\0asm` and the component layer's version; a core module (built for
+/// `wasm32-unknown-unknown` or `wasm32-wasip1`) has the same magic and another version.
+fn check_header(wasm: &[u8]) -> Result<(), &'static str> {
+    match wasm.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0x00, 0x01, 0x00]) => Ok(()),
+        Some([0, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00]) => Err(
+            "it is a core WebAssembly module, not a component (was it built for `wasm32-wasip2`?)",
+        ),
+        _ => Err("it does not start with the WebAssembly header `\\0asm`"),
+    }
+}
+
+/// wasmtime's multi-line messages, on one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `*.wasm`, not hidden (editors and `build-plugins` write hidden temporary files beside).
+pub(crate) fn is_plugin_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "wasm")
+        && path
+            .file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+}
+
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<PluginRegistry>();
+};

@@ -1,0 +1,27 @@
+//! `GET /v1/plugins`: every file in the plugins directory with its status (name, version, kind,
+//! loaded|failed, sha256, loaded_at, last error).
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use super::App;
+use crate::plugins::PluginStatus;
+
+/// The body of `GET /v1/plugins`.
+#[derive(Debug, Serialize)]
+pub struct PluginList {
+    /// The watched directory.
+    pub dir: String,
+    /// One entry per `*.wasm` file, sorted by file name.
+    pub plugins: Vec<PluginStatus>,
+}
+
+/// Lists the plugins.
+pub async fn list(State(app): State<App>) -> Json<PluginList> {
+    let registry = app.plugins().registry();
+    Json(PluginList {
+        dir: registry.dir().display().to_string(),
+        plugins: registry.list(),
+    })
+}

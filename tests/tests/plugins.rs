@@ -1,0 +1,902 @@
+//! The plugin runtime against real components built from `plugins/` (`scripts/build-plugins`,
+//! which the test command runs): the example plugins' output, the sandbox's limits, load errors,
+//! the precompiled cache, hot swap under load, fail-closed masking, and `GET /v1/plugins` and
+//! `trellis plugin list` on the real binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use trellis_host::plugins::{
+    CacheOutcome, CallConfig, CallError, EngineOptions, Limits, LimitsConfig, LoadError,
+    LoadStatus, MaskInput, Plugin, PluginEngine, PluginKind, PluginRegistry, PluginWatcher,
+    REDACTED, ReloadOutcome,
+};
+use trellis_tests::{Server, run_trellis};
+
+/// A built component: `plugins/NAME.wasm` for the examples, `plugins/testing/wasm/NAME.wasm` for
+/// the test-only ones (`test_*`).
+fn component(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let path = if name.starts_with("test_") {
+        root.join("testing/wasm").join(format!("{name}.wasm"))
+    } else {
+        root.join(format!("{name}.wasm"))
+    };
+    assert!(
+        path.is_file(),
+        "`{}` is missing: run `scripts/build-plugins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A plugins directory of its own, holding copies of `names`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(names: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        let fixture = Fixture { dir };
+        for name in names {
+            fixture.install(name, &format!("{name}.wasm"));
+        }
+        fixture
+    }
+
+    fn plugins(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Copies the component `name` into the plugins directory as `file` (in place, not atomic).
+    fn install(&self, name: &str, file: &str) -> PathBuf {
+        let dest = self.plugins().join(file);
+        std::fs::write(&dest, std::fs::read(component(name)).unwrap()).unwrap();
+        dest
+    }
+
+    fn registry(&self, options: EngineOptions, limits: LimitsConfig) -> Arc<PluginRegistry> {
+        let engine = PluginEngine::new(EngineOptions {
+            cache_dir: Some(self.cache()),
+            ..options
+        })
+        .unwrap();
+        Arc::new(PluginRegistry::new(engine, self.plugins(), limits))
+    }
+
+    fn default_registry(&self) -> Arc<PluginRegistry> {
+        self.registry(EngineOptions::default(), LimitsConfig::default())
+    }
+}
+
+fn loaded(outcome: ReloadOutcome) -> Arc<Plugin> {
+    match outcome {
+        ReloadOutcome::Loaded(plugin) => plugin,
+        other => panic!("expected a loaded plugin, got {other:?}"),
+    }
+}
+
+fn config(value: Value) -> Arc<CallConfig> {
+    Arc::new(value.as_object().expect("an object").clone())
+}
+
+fn texts(values: &[Value]) -> Vec<String> {
+    values.iter().map(Value::to_string).collect()
+}
+
+// ---- the example plugins -----------------------------------------------------------------
+
+#[test]
+fn row_transform_renames_and_derives_full_name() {
+    let fixture = Fixture::new(&["row_transform"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let plugin = registry.get("row-transform").expect("loaded");
+    assert_eq!(plugin.kind(), PluginKind::Node);
+    assert!(plugin.description().config_schema.is_some());
+    let out = plugin
+        .transform_values(
+            &[
+                json!({"first": "Ada", "last": "Lovelace", "dept": "eng"}),
+                json!({"first": "Alan", "last": null, "dept": "math"}),
+                json!([1, 2]),
+            ],
+            config(json!({"rename": {"dept": "department"}, "full_name_from": ["first", "last"]})),
+        )
+        .unwrap();
+    assert_eq!(
+        out[0].as_ref().unwrap(),
+        &json!({"first": "Ada", "last": "Lovelace", "department": "eng", "full_name": "Ada Lovelace"})
+    );
+    assert_eq!(
+        out[1].as_ref().unwrap(),
+        &json!({"first": "Alan", "last": null, "department": "math", "full_name": "Alan"})
+    );
+    assert_eq!(
+        out[2].as_ref().unwrap_err(),
+        "a record must be a JSON object"
+    );
+}
+
+#[test]
+fn sum_by_key_adds_each_groups_total_and_count() {
+    let fixture = Fixture::new(&["sum_by_key"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let plugin = registry.get("sum-by-key").expect("loaded");
+    let records = [
+        json!({"name": "a", "department": "eng", "salary": 100}),
+        json!({"name": "b", "department": "ops", "salary": 50}),
+        json!({"name": "c", "department": "eng", "salary": 25}),
+        json!({"name": "d", "department": "eng", "salary": "lots"}),
+        json!({"name": "e", "salary": 7}),
+    ];
+    let out = plugin.transform_values(&records, Arc::default()).unwrap();
+    let total = |i: usize| out[i].as_ref().unwrap()["salary_total"].clone();
+    let count = |i: usize| out[i].as_ref().unwrap()["salary_count"].clone();
+    assert_eq!((total(0), count(0)), (json!(125), json!(2)));
+    assert_eq!((total(1), count(1)), (json!(50), json!(1)));
+    assert_eq!((total(2), count(2)), (json!(125), json!(2)));
+    assert!(
+        out[3]
+            .as_ref()
+            .unwrap_err()
+            .contains("`salary` is \"lots\", not a number"),
+        "{:?}",
+        out[3]
+    );
+    assert_eq!((total(4), count(4)), (json!(7), json!(1)));
+    assert_eq!(out[0].as_ref().unwrap()["name"], "a");
+
+    // Configurable key, field and output name.
+    let out = plugin
+        .transform_values(
+            &[
+                json!({"team": "x", "hours": 1.5}),
+                json!({"team": "x", "hours": 2}),
+            ],
+            config(json!({"key": "team", "field": "hours", "as": "team_hours"})),
+        )
+        .unwrap();
+    assert_eq!(out[1].as_ref().unwrap()["team_hours"], json!(3.5));
+}
+
+#[test]
+fn email_mask_keeps_the_domain_and_fails_closed_on_non_addresses() {
+    let fixture = Fixture::new(&["email_mask"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let plugin = registry.get("email-mask").expect("loaded");
+    assert_eq!(plugin.kind(), PluginKind::Masking);
+    let input = |value: Value, params: Value| MaskInput {
+        field_path: "employees[].email".into(),
+        value,
+        params,
+    };
+    let inputs = [
+        input(json!("alice.smith@example.com"), json!({})),
+        input(json!("bob@corp.example"), json!({"keep": 2, "mask": "…"})),
+        input(json!("x@y.org"), json!({"keep": 5})),
+        input(json!("not-an-address"), json!({})),
+        input(json!(42), json!({})),
+    ];
+    let out = plugin.mask_or_redact(&inputs);
+    assert_eq!(
+        out,
+        vec![
+            json!("a***@example.com"),
+            json!("bo…@corp.example"),
+            json!("***@y.org"),
+            json!(REDACTED),
+            json!(REDACTED),
+        ]
+    );
+    // A node call on a masking plugin is refused, not attempted.
+    let err = plugin.transform(&[], Arc::default()).unwrap_err();
+    assert!(matches!(err, CallError::WrongKind { .. }), "{err}");
+}
+
+// ---- the sandbox ---------------------------------------------------------------------------
+
+#[test]
+fn infinite_loop_stops_within_deadline_plus_two_ticks_and_next_call_succeeds() {
+    let fixture = Fixture::new(&["test_infinite_loop"]);
+    let tick = Duration::from_millis(50);
+    let deadline = Duration::from_millis(500);
+    let mut limits = LimitsConfig::default();
+    limits.by_name.insert(
+        "infinite-loop".into(),
+        Limits {
+            call_timeout: deadline,
+            ..Limits::default()
+        },
+    );
+    let registry = fixture.registry(
+        EngineOptions {
+            tick,
+            ..EngineOptions::default()
+        },
+        limits,
+    );
+    registry.load_dir();
+    let plugin = registry.get("infinite-loop").expect("loaded");
+
+    let started = Instant::now();
+    let err = plugin
+        .transform(&texts(&[json!({"spin": true})]), Arc::default())
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, CallError::Deadline { limit, .. } if limit == deadline),
+        "{err}"
+    );
+    assert!(
+        elapsed <= deadline + 2 * tick,
+        "stopped after {elapsed:?}, limit {deadline:?} + 2 ticks of {tick:?}"
+    );
+    assert!(elapsed >= deadline - tick, "stopped too early: {elapsed:?}");
+    let message = err.to_string();
+    assert!(message.contains("infinite-loop@0.1.0"), "{message}");
+    assert!(message.contains("`transform`"), "{message}");
+
+    let ok = plugin
+        .transform_values(&[json!({"spin": false})], Arc::default())
+        .unwrap();
+    assert_eq!(ok[0].as_ref().unwrap(), &json!({"spin": false}));
+}
+
+#[test]
+fn panic_error_names_plugin_version_export_and_message() {
+    let fixture = Fixture::new(&["test_panic"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let plugin = registry.get("panic").expect("loaded");
+    let err = plugin
+        .transform(&texts(&[json!({"id": 7})]), Arc::default())
+        .unwrap_err();
+    let CallError::Trap {
+        plugin: label,
+        export,
+        message,
+    } = &err
+    else {
+        panic!("expected a trap, got {err}");
+    };
+    assert_eq!(label, "panic@0.1.0");
+    assert_eq!(export.to_string(), "transform");
+    assert!(
+        message.contains("deliberate panic on record {\"id\":7}"),
+        "{message}"
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("plugin `panic@0.1.0` export `transform` trapped: panicked at "),
+        "{shown}"
+    );
+}
+
+#[test]
+fn malformed_output_is_an_error_not_data() {
+    let fixture = Fixture::new(&["test_malformed"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let plugin = registry.get("malformed").expect("loaded");
+    let records = texts(&[json!({"a": 1}), json!({"a": 2})]);
+    let err = plugin.transform(&records, Arc::default()).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Malformed { reason, .. } if reason.starts_with("result 0 is not JSON")),
+        "{err}"
+    );
+    let err = plugin
+        .transform(&records, config(json!({"mode": "count"})))
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Malformed { reason, .. } if reason == "3 results for 2 inputs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn masking_plugin_that_traps_yields_redacted_values_never_the_input() {
+    let fixture = Fixture::new(&["test_mask_trap"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let plugin = registry.get("mask-trap").expect("loaded");
+    let secret = "alice@example.com";
+    let inputs = vec![
+        MaskInput {
+            field_path: "email".into(),
+            value: json!(secret),
+            params: json!({}),
+        };
+        3
+    ];
+    let err = plugin.mask(&inputs).unwrap_err();
+    assert!(matches!(err, CallError::Trap { .. }), "{err}");
+    let out = plugin.mask_or_redact(&inputs);
+    assert_eq!(out, vec![json!(REDACTED); 3]);
+    assert!(!out.iter().any(|v| v.to_string().contains(secret)));
+}
+
+#[test]
+fn sandbox_has_no_filesystem_environment_or_network() {
+    let fixture = Fixture::new(&["test_sandbox_probe"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let plugin = registry.get("sandbox-probe").expect("loaded");
+    let out = plugin
+        .transform_values(&[json!({})], Arc::default())
+        .unwrap();
+    let report = out[0].as_ref().unwrap();
+    assert_eq!(report["env_vars"], json!(0), "{report}");
+    assert_eq!(report["args"], json!(0), "{report}");
+    for key in ["read_root", "read_etc_passwd", "write_tmp", "tcp_connect"] {
+        assert!(
+            report[key].as_str().is_some_and(|s| s.starts_with("error")),
+            "`{key}` must fail in the sandbox: {report}"
+        );
+    }
+    // Its log line, stdout and stderr reach the host's tracing, tagged with name@version.
+    let logs = capture_logs(|| {
+        plugin
+            .transform_values(&[json!({})], Arc::default())
+            .unwrap();
+    });
+    for text in [
+        "probe: hello from the log import",
+        "probe: hello on stdout",
+        "probe: hello on stderr",
+    ] {
+        assert!(
+            logs.lines()
+                .any(|line| line.contains(text) && line.contains("sandbox-probe@0.1.0")),
+            "no log line with `{text}` and the plugin's name@version:\n{logs}"
+        );
+    }
+
+    // A call on a plugin of the other kind is refused before anything runs.
+    let err = plugin.mask(&[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::WrongKind {
+                kind: PluginKind::Node,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Everything logged through `tracing` on this thread while `f` runs.
+fn capture_logs(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned()
+}
+
+// ---- loading -------------------------------------------------------------------------------
+
+#[test]
+fn wrong_interface_is_rejected_naming_the_missing_item_and_old_version_keeps_serving() {
+    let fixture = Fixture::new(&[]);
+    let file = fixture.install("row_transform", "row.wasm");
+    let registry = fixture.default_registry();
+    let good = loaded(registry.load_file(&file));
+
+    fixture.install("test_wrong_version", "row.wasm");
+    let err = match registry.load_file(&file) {
+        ReloadOutcome::Failed(err) => err,
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    assert!(matches!(err, LoadError::Interface { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("row.wasm"), "{message}");
+    assert!(
+        message.contains("`trellis:plugin/meta@0.1.0`"),
+        "the missing export is named: {message}"
+    );
+
+    // The old version keeps serving, and the listing shows both facts.
+    let serving = registry.get("row-transform").expect("still serving");
+    assert!(Arc::ptr_eq(&serving, &good));
+    let out = serving
+        .transform_values(&[json!({"x": 1})], Arc::default())
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &json!({"x": 1}));
+    let rows = registry.list();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, LoadStatus::Loaded);
+    assert_eq!(rows[0].sha256, good.sha256());
+    assert!(rows[0].error.as_deref().unwrap().contains("meta@0.1.0"));
+
+    // Reloading the same broken content is skipped.
+    assert!(matches!(
+        registry.load_file(&file),
+        ReloadOutcome::Unchanged
+    ));
+}
+
+#[test]
+fn not_wasm_core_module_and_name_clash_are_reported_per_file() {
+    let fixture = Fixture::new(&["test_stamp"]);
+    std::fs::write(fixture.plugins().join("junk.wasm"), b"not wasm at all").unwrap();
+    // A core module header (what wasm32-unknown-unknown produces).
+    std::fs::write(
+        fixture.plugins().join("core.wasm"),
+        [0, b'a', b's', b'm', 1, 0, 0, 0],
+    )
+    .unwrap();
+    fixture.install("test_stamp_next", "zz_stamp_again.wasm");
+    std::fs::write(fixture.plugins().join(".hidden.wasm"), b"ignored").unwrap();
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let rows = registry.list();
+    let files: Vec<&str> = rows.iter().map(|r| r.file.as_str()).collect();
+    assert_eq!(
+        files,
+        [
+            "core.wasm",
+            "junk.wasm",
+            "test_stamp.wasm",
+            "zz_stamp_again.wasm"
+        ]
+    );
+    let error = |i: usize| rows[i].error.clone().unwrap_or_default();
+    assert_eq!(rows[0].status, LoadStatus::Failed);
+    assert!(
+        error(0).contains("core WebAssembly module, not a component"),
+        "{}",
+        error(0)
+    );
+    assert!(
+        error(1).contains("does not start with the WebAssembly header"),
+        "{}",
+        error(1)
+    );
+    assert!(!error(1).contains('\n') || error(1).contains("\n\nhint: "));
+    assert_eq!(rows[2].status, LoadStatus::Loaded);
+    assert_eq!(rows[2].version.as_deref(), Some("1.0.0"));
+    assert_eq!(rows[3].status, LoadStatus::Failed);
+    assert!(
+        error(3).contains("plugin `stamp` is already loaded from"),
+        "{}",
+        error(3)
+    );
+}
+
+#[test]
+fn cache_hits_and_rebuilds_corrupt_or_foreign_entries() {
+    let fixture = Fixture::new(&[]);
+    let file = fixture.install("test_stamp", "stamp.wasm");
+    let registry = fixture.default_registry();
+    let first = loaded(registry.load_file(&file));
+    assert_eq!(first.cache_outcome(), &CacheOutcome::Miss);
+    let entries: Vec<PathBuf> = std::fs::read_dir(fixture.cache())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    assert!(
+        entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(first.sha256())
+    );
+
+    // A second engine (a restart) loads from the cache.
+    let again = fixture.default_registry();
+    assert_eq!(
+        loaded(again.load_file(&file)).cache_outcome(),
+        &CacheOutcome::Hit
+    );
+
+    // A corrupt entry (one byte flipped) is detected, rebuilt and rewritten.
+    let mut bytes = std::fs::read(entry).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(entry, &bytes).unwrap();
+    let rebuilt = loaded(fixture.default_registry().load_file(&file));
+    assert!(
+        matches!(rebuilt.cache_outcome(), CacheOutcome::Rebuilt(reason) if reason.contains("checksum")),
+        "{:?}",
+        rebuilt.cache_outcome()
+    );
+    assert_eq!(
+        loaded(fixture.default_registry().load_file(&file)).cache_outcome(),
+        &CacheOutcome::Hit,
+        "the entry was rewritten"
+    );
+
+    // A foreign entry (intact, but compiled by another wasmtime version: here the version in
+    // its `.wasmtime.engine` section is changed from 48 to 47 and the checksum redone) is caught
+    // by wasmtime's compatibility check, rebuilt and rewritten.
+    let bytes = std::fs::read(entry).unwrap();
+    let (head, payload) = bytes.split_at(12 + 32);
+    let mut payload = payload.to_vec();
+    let at = payload
+        .windows(4)
+        .position(|w| w == b"\x00\x0248")
+        .expect("the engine section's version");
+    payload[at + 3] = b'7';
+    let mut foreign = head[..12].to_vec();
+    foreign.extend_from_slice(&Sha256::digest(&payload));
+    foreign.extend_from_slice(&payload);
+    std::fs::write(entry, foreign).unwrap();
+    let rebuilt = loaded(fixture.default_registry().load_file(&file));
+    assert!(
+        matches!(rebuilt.cache_outcome(), CacheOutcome::Rebuilt(reason) if reason.contains("incompatible")),
+        "{:?}",
+        rebuilt.cache_outcome()
+    );
+    assert_eq!(
+        loaded(fixture.default_registry().load_file(&file)).cache_outcome(),
+        &CacheOutcome::Hit
+    );
+}
+
+// ---- hot reload ----------------------------------------------------------------------------
+
+/// Waits (up to 10 s) until `check` holds, re-checking after every registry change.
+async fn wait_for(registry: &PluginRegistry, what: &str, check: impl Fn(&PluginRegistry) -> bool) {
+    let mut changes = registry.changes();
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            changes.borrow_and_update();
+            if check(registry) {
+                return;
+            }
+            changes.changed().await.expect("registry alive");
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "timed out waiting for {what}: {:?}",
+        registry.list()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load_drops_no_call_and_frees_old_versions() {
+    let fixture = Fixture::new(&[]);
+    let file = fixture.install("test_stamp", "stamp.wasm");
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    assert_eq!(registry.get("stamp").unwrap().version(), "1.0.0");
+    let watcher = PluginWatcher::start(registry.clone(), Duration::from_millis(20)).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    // The caller announces each finished call, so the swapper can wait for progress.
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
+    let caller = {
+        let (registry, stop, calls) = (registry.clone(), stop.clone(), calls.clone());
+        std::thread::spawn(move || {
+            let batch = texts(&[json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
+            let mut failures = Vec::new();
+            let mut versions_seen = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                // The request pins one version for its whole duration.
+                let Some(plugin) = registry.get("stamp") else {
+                    failures.push("no `stamp` plugin".to_owned());
+                    continue;
+                };
+                match plugin.transform(&batch, Arc::default()) {
+                    Ok(results) => {
+                        for result in results {
+                            let record: Value = match result {
+                                Ok(text) => serde_json::from_str(&text).unwrap(),
+                                Err(e) => {
+                                    failures.push(e);
+                                    continue;
+                                }
+                            };
+                            if record["served_by"] != plugin.version() {
+                                failures.push(format!(
+                                    "record served by {} in a call pinned to {}",
+                                    record["served_by"],
+                                    plugin.version()
+                                ));
+                            }
+                        }
+                        versions_seen.insert(plugin.version().to_owned());
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+                let done = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                progress_tx.send_replace(done);
+            }
+            (failures, versions_seen)
+        })
+    };
+
+    for i in 0..50 {
+        let (name, version) = if i % 2 == 0 {
+            ("test_stamp_next", "2.0.0")
+        } else {
+            ("test_stamp", "1.0.0")
+        };
+        let before = calls.load(Ordering::SeqCst);
+        std::fs::write(&file, std::fs::read(component(name)).unwrap()).unwrap();
+        wait_for(&registry, &format!("stamp {version} (swap {i})"), |r| {
+            r.get("stamp").is_some_and(|p| p.version() == version)
+        })
+        .await;
+        // Let the caller finish a call that started after this swap before the next one.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            progress.wait_for(|done| *done > before + 1),
+        )
+        .await
+        .expect("the caller made no progress")
+        .expect("the caller is running");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (failures, versions_seen) = caller.join().unwrap();
+    watcher.stop().await;
+
+    assert_eq!(failures, Vec::<String>::new(), "failed calls");
+    assert!(calls.load(Ordering::SeqCst) >= 50);
+    assert_eq!(
+        versions_seen.into_iter().collect::<Vec<_>>(),
+        ["1.0.0", "2.0.0"]
+    );
+    // Only the serving version is alive: every replaced one was freed.
+    assert_eq!(registry.live_versions(), 1);
+    assert_eq!(registry.list()[0].error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_loads_new_files_skips_unchanged_and_unloads_deleted() {
+    let fixture = Fixture::new(&[]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let watcher = PluginWatcher::start(registry.clone(), Duration::from_millis(20)).unwrap();
+
+    let file = fixture.install("email_mask", "mask.wasm");
+    wait_for(&registry, "email-mask loaded", |r| {
+        r.get("email-mask").is_some()
+    })
+    .await;
+    let first = registry.get("email-mask").unwrap();
+
+    // Same content again: skipped, the same version keeps serving.
+    std::fs::write(&file, std::fs::read(component("email_mask")).unwrap()).unwrap();
+    // A broken file next to it shows up as failed, without touching the good one. Its name
+    // sorts after `mask.wasm` and its events come later, so once it is listed, `mask.wasm`'s
+    // rewrite has been handled too.
+    std::fs::write(fixture.plugins().join("zz_broken.wasm"), b"garbage").unwrap();
+    wait_for(&registry, "zz_broken.wasm listed", |r| r.list().len() == 2).await;
+    assert!(Arc::ptr_eq(&registry.get("email-mask").unwrap(), &first));
+
+    std::fs::remove_file(&file).unwrap();
+    wait_for(&registry, "email-mask unloaded", |r| {
+        r.get("email-mask").is_none()
+    })
+    .await;
+    drop(first);
+    assert_eq!(registry.live_versions(), 0);
+    assert_eq!(registry.list().len(), 1);
+    watcher.stop().await;
+}
+
+// ---- the binary ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn get_v1_plugins_lists_status_and_follows_watch() {
+    let fixture = Fixture::new(&["row_transform"]);
+    std::fs::write(fixture.plugins().join("junk.wasm"), b"junk").unwrap();
+    let server = Server::start(fixture.dir.path(), &["--watch"]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/plugins", server.base_url());
+    let list = || async {
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()
+    };
+    let body = list().await;
+    let rows = body["plugins"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{body}");
+    assert_eq!(rows[0]["file"], "junk.wasm");
+    assert_eq!(rows[0]["status"], "failed");
+    assert!(
+        rows[0]["error"].as_str().unwrap().contains("junk.wasm"),
+        "{body}"
+    );
+    assert_eq!(rows[1]["name"], "row-transform");
+    assert_eq!(rows[1]["version"], "0.1.0");
+    assert_eq!(rows[1]["kind"], "node");
+    assert_eq!(rows[1]["status"], "loaded");
+    assert_eq!(rows[1]["sha256"].as_str().unwrap().len(), 64);
+    assert!(rows[1]["loaded_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(rows[1]["error"], Value::Null);
+
+    // Dropped in while serving: picked up by the watcher.
+    fixture.install("email_mask", "email_mask.wasm");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = list().await;
+        if body["plugins"].as_array().unwrap().len() == 3 {
+            assert_eq!(body["plugins"][0]["name"], "email-mask");
+            assert_eq!(body["plugins"][0]["status"], "loaded");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "email_mask.wasm not picked up: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, stderr) = server.wait(Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("plugin watcher stopped"), "{stderr}");
+}
+
+#[test]
+fn trellis_plugin_list_prints_each_file() {
+    let fixture = Fixture::new(&["row_transform", "email_mask"]);
+    std::fs::write(fixture.plugins().join("junk.wasm"), b"junk").unwrap();
+    let (status, stdout, stderr) = run_trellis(
+        fixture.dir.path(),
+        &["plugin", "list"],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].starts_with("FILE"), "{stdout}");
+    assert!(
+        lines[1].starts_with("email_mask.wasm")
+            && lines[1].contains("email-mask")
+            && lines[1].contains("masking")
+            && lines[1].contains("loaded"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("junk.wasm")
+            && lines[2].contains("failed")
+            && lines[2].contains("WebAssembly header"),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].starts_with("row_transform.wasm") && lines[3].contains("0.1.0"),
+        "{stdout}"
+    );
+
+    let (status, stdout, stderr) = run_trellis(
+        fixture.dir.path(),
+        &["plugin", "list", "--json"],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+    let body: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(body["plugins"].as_array().unwrap().len(), 3);
+    // The second run used the precompiled cache under the data directory.
+    assert!(fixture.dir.path().join("data/plugin-cache").is_dir());
+}
+
+#[test]
+fn trellis_plugin_new_scaffolds_a_crate_that_builds_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    let sdk = sdk.to_str().unwrap();
+    let (status, stdout, stderr) = run_trellis(
+        dir.path(),
+        &["plugin", "new", "hello-node", "--sdk", sdk],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("created node plugin `hello-node`"),
+        "{stdout}"
+    );
+    let (status, _, stderr) = run_trellis(
+        dir.path(),
+        &["plugin", "new", "hello-mask", "--masking", "--sdk", sdk],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+
+    // A bad name and an existing directory are refused with a hint.
+    let (status, _, stderr) = run_trellis(
+        dir.path(),
+        &["plugin", "new", "Bad_Name", "--sdk", sdk],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains("`Bad_Name` is not a valid plugin name"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: "), "{stderr}");
+    let (status, _, stderr) = run_trellis(
+        dir.path(),
+        &["plugin", "new", "hello-node", "--sdk", sdk],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("already exists"), "{stderr}");
+
+    // Both build as they are, and land in ./plugins. The builds share one target directory
+    // under this workspace's `target/`, so reruns are incremental.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-scaffold");
+    for name in ["hello-node", "hello-mask"] {
+        let output = std::process::Command::new(trellis_tests::trellis_bin())
+            .args(["plugin", "build", name])
+            .current_dir(dir.path())
+            .env("CARGO_TARGET_DIR", &target)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let plugins = dir.path().join("plugins");
+    assert!(plugins.join("hello_node.wasm").is_file());
+    let engine = PluginEngine::new(EngineOptions::default()).unwrap();
+    let registry = PluginRegistry::new(engine, &plugins, LimitsConfig::default());
+    registry.load_dir();
+    let node = registry
+        .get("hello-node")
+        .expect("the scaffolded node plugin loads");
+    let out = node
+        .transform_values(&[json!({"a": 1})], Arc::default())
+        .unwrap();
+    assert_eq!(
+        out[0].as_ref().unwrap(),
+        &json!({"a": 1, "seen_by": "hello-node"})
+    );
+    let mask = registry
+        .get("hello-mask")
+        .expect("the scaffolded masking plugin loads");
+    let out = mask.mask_or_redact(&[MaskInput {
+        field_path: "card".into(),
+        value: json!("4111111111111111"),
+        params: json!({}),
+    }]);
+    assert_eq!(out, vec![json!("************1111")]);
+}
