@@ -8,7 +8,7 @@
 //!   handle to the engine is dropped.
 //! - **Synchronous calls, `concurrency_support` off.** The WIT has no `async func`, so nothing
 //!   needs wasmtime's async machinery: calls run synchronously on the calling thread (callers in
-//!   async code use `tokio::task::spawn_blocking`). This avoids a fiber stack switch per call and
+//!   async code use the `*_async` forms, which run on tokio's blocking pool). This avoids a fiber stack switch per call and
 //!   the per-store concurrency state that `concurrency_support` sets up; `component-model-async`
 //!   is not compiled in by default. `BENCHMARKS.md` has the figures with it on and off (the
 //!   `wasm-concurrency` cargo feature compiles it in for that comparison).
