@@ -10,8 +10,9 @@
 //!   needs wasmtime's async machinery: calls run synchronously on the calling thread (async
 //!   callers use the `*_async` forms, which run on tokio's blocking pool). This avoids a fiber
 //!   stack switch per call and the per-store concurrency state that `concurrency_support` sets
-//!   up; `component-model-async` is not compiled in by default. `BENCHMARKS.md` has the figures with it on and off (the
-//!   `wasm-concurrency` cargo feature compiles it in for that comparison).
+//!   up; `component-model-async` is not compiled in by default. `BENCHMARKS.md` has the figures
+//!   with it on and off (the `wasm-concurrency` cargo feature compiles it in for that
+//!   comparison).
 //! - **No fuel.** Deadlines come from epochs, which cost far less per instruction.
 
 use std::hash::{Hash, Hasher};
