@@ -407,6 +407,45 @@ fn capture_logs(f: impl FnOnce()) -> String {
     String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_work_from_async_code_and_from_worker_threads() {
+    // The probe writes to stdout and stderr, which WASI's sync bindings handle by blocking on
+    // the ambient tokio runtime: done naively on a worker thread, that panics.
+    let fixture = Fixture::new(&["test_sandbox_probe", "email_mask"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let probe = registry.get("sandbox-probe").expect("loaded");
+    let out = probe
+        .clone()
+        .transform_async(vec!["{}".into()], Arc::default())
+        .await
+        .unwrap();
+    assert!(out[0].as_ref().unwrap().contains("env_vars"), "{out:?}");
+    let mask = registry.get("email-mask").expect("loaded");
+    let masked = mask
+        .mask_or_redact_async(vec![MaskInput {
+            field_path: "email".into(),
+            value: json!("carol@example.org"),
+            params: json!({}),
+        }])
+        .await;
+    assert_eq!(masked, vec![json!("c***@example.org")]);
+
+    // The synchronous form, called right on this worker thread.
+    let out = probe.transform(&["{}".into()], Arc::default()).unwrap();
+    assert!(out[0].as_ref().unwrap().contains("env_vars"), "{out:?}");
+
+    // And on a current-thread runtime.
+    let on_current_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { probe.transform(&["{}".into()], Arc::default()).is_ok() })
+    });
+    assert!(on_current_thread.join().unwrap());
+}
+
 // ---- loading -------------------------------------------------------------------------------
 
 #[test]

@@ -7,11 +7,12 @@
 //!   when [`PluginEngine::shutdown`] is called (the server's shutdown path does) or when the last
 //!   handle to the engine is dropped.
 //! - **Synchronous calls, `concurrency_support` off.** The WIT has no `async func`, so nothing
-//!   needs wasmtime's async machinery: calls run synchronously on the calling thread (callers in
-//!   async code use `tokio::task::spawn_blocking`). This avoids a fiber stack switch per call and
-//!   the per-store concurrency state that `concurrency_support` sets up; `component-model-async`
-//!   is not compiled in by default. `BENCHMARKS.md` has the figures with it on and off (the
-//!   `wasm-concurrency` cargo feature compiles it in for that comparison).
+//!   needs wasmtime's async machinery: calls run synchronously on the calling thread (async
+//!   callers use the `*_async` forms, which run on tokio's blocking pool). This avoids a fiber
+//!   stack switch per call and the per-store concurrency state that `concurrency_support` sets
+//!   up; `component-model-async` is not compiled in by default. `BENCHMARKS.md` has the figures
+//!   with it on and off (the `wasm-concurrency` cargo feature compiles it in for that
+//!   comparison).
 //! - **No fuel.** Deadlines come from epochs, which cost far less per instruction.
 
 use std::hash::{Hash, Hasher};

@@ -2,7 +2,8 @@
 //! call, with a memory cap and a deadline, dropped when the call returns (after an error too: a
 //! trapped instance is never entered again).
 //!
-//! Calls are synchronous; from async code run them on `tokio::task::spawn_blocking`.
+//! Calls are synchronous and safe from any thread; from async code prefer the `*_async` forms,
+//! which run on tokio's blocking pool.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -407,6 +408,36 @@ impl Plugin {
         }
     }
 
+    /// [`Plugin::transform`] from async code: runs on tokio's blocking pool, so no worker thread
+    /// is held up for the call.
+    pub async fn transform_async(
+        self: Arc<Self>,
+        records: Vec<String>,
+        config: Arc<CallConfig>,
+    ) -> Result<Vec<Result<String, String>>, CallError> {
+        let label = self.label.to_string();
+        tokio::task::spawn_blocking(move || self.transform(&records, config))
+            .await
+            .unwrap_or_else(|e| {
+                Err(CallError::Instantiate {
+                    plugin: label,
+                    reason: format!("the call's thread failed: {e}"),
+                })
+            })
+    }
+
+    /// [`Plugin::mask_or_redact`] from async code: runs on tokio's blocking pool. Fails closed
+    /// here too: if the blocking task itself fails, every value is redacted.
+    pub async fn mask_or_redact_async(
+        self: Arc<Self>,
+        inputs: Vec<MaskInput>,
+    ) -> Vec<serde_json::Value> {
+        let count = inputs.len();
+        tokio::task::spawn_blocking(move || self.mask_or_redact(&inputs))
+            .await
+            .unwrap_or_else(|_| vec![serde_json::Value::String(REDACTED.to_owned()); count])
+    }
+
     fn expect_kind(&self, kind: PluginKind, export: Export) -> Result<(), CallError> {
         if self.description.kind == kind {
             Ok(())
@@ -456,32 +487,52 @@ impl Drop for Plugin {
 }
 
 /// One call: a fresh store and instance, the export, then everything dropped.
-fn call<R>(
+fn call<R: Send>(
     engine: &PluginEngine,
     pre: &PluginPre<CallState>,
     label: &Arc<str>,
     limits: Limits,
     config: Arc<CallConfig>,
     export: Export,
-    f: impl FnOnce(&bindings::Plugin, &mut Store<CallState>) -> wasmtime::Result<R>,
+    f: impl FnOnce(&bindings::Plugin, &mut Store<CallState>) -> wasmtime::Result<R> + Send,
 ) -> Result<R, CallError> {
-    let inner = engine.inner();
-    let state = CallState::new(label.clone(), config, limits.memory_bytes);
-    let mut store = Store::new(&inner.engine, state);
-    store.limiter(|state| &mut state.limiter);
-    store.set_epoch_deadline(deadline_ticks(limits.call_timeout, inner.tick));
-    let result = match pre.instantiate(&mut store) {
-        Ok(plugin) => {
-            f(&plugin, &mut store).map_err(|e| classify(e, &store, label, export, limits))
-        }
-        Err(e) if is_runtime_failure(&e) => Err(classify(e, &store, label, export, limits)),
-        Err(e) => Err(CallError::Instantiate {
-            plugin: label.to_string(),
-            reason: format!("{e:#}"),
+    off_the_runtime(move || {
+        let inner = engine.inner();
+        let state = CallState::new(label.clone(), config, limits.memory_bytes);
+        let mut store = Store::new(&inner.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(deadline_ticks(limits.call_timeout, inner.tick));
+        let result = match pre.instantiate(&mut store) {
+            Ok(plugin) => {
+                f(&plugin, &mut store).map_err(|e| classify(e, &store, label, export, limits))
+            }
+            Err(e) if is_runtime_failure(&e) => Err(classify(e, &store, label, export, limits)),
+            Err(e) => Err(CallError::Instantiate {
+                plugin: label.to_string(),
+                reason: format!("{e:#}"),
+            }),
+        };
+        store.data().log_output();
+        result
+    })
+}
+
+/// Runs `f` where WASI's synchronous host functions may block on tokio: WASI's stdio is async
+/// inside, and its sync bindings `block_on` the ambient runtime, which panics on an async worker
+/// thread. On a multi-thread runtime's worker this hands the worker's queue off for the call
+/// (`block_in_place`); on a current-thread runtime the call runs on a scoped thread; elsewhere
+/// (a blocking-pool thread, a plain thread) it runs as is. Prefer the `*_async` methods, which
+/// run on the blocking pool and never hold up a worker.
+fn off_the_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => f(),
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|scope| match scope.spawn(f).join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
         }),
-    };
-    store.data().log_output();
-    result
+    }
 }
 
 fn is_runtime_failure(e: &wasmtime::Error) -> bool {
