@@ -25,8 +25,8 @@
 pub mod cli;
 pub mod config;
 pub mod database;
-pub mod pool;
 pub mod plugins;
+pub mod pool;
 pub mod server;
 pub mod shutdown;
 pub mod sql;

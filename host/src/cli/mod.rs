@@ -1,7 +1,7 @@
 //! The `trellis` command line: one module per subcommand, each with a `run` function.
 
-mod query;
 mod plugin;
+mod query;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -2,8 +2,8 @@
 
 mod health;
 mod metrics;
-mod pools;
 mod plugins;
+mod pools;
 mod router;
 
 use std::future::Future;
