@@ -15,12 +15,14 @@
 //! - [`cli`]: the `trellis` subcommands, one file each.
 //! - [`config`]: `trellis.toml`, `${VAR}` interpolation, secrets kept out of logs and errors.
 //! - [`database`]: the databases named in the configuration, opened with sqlx.
+//! - [`policy`]: Kailash-style rules compiled to Cedar, native Cedar policies, masking, audit.
 //! - [`server`]: the HTTP API (axum): health, metrics, and the routes of later modules.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
 pub mod cli;
 pub mod config;
 pub mod database;
+pub mod policy;
 pub mod server;
 pub mod shutdown;
 

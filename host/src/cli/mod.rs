@@ -1,5 +1,6 @@
 //! The `trellis` command line: one module per subcommand, each with a `run` function.
 
+mod policy;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -34,11 +35,14 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the HTTP API until SIGINT or SIGTERM.
     Serve(serve::ServeArgs),
+    /// Check, compile and try out policies: `check`, `compile`, `decide`, `mask`, `explain`.
+    Policy(policy::PolicyArgs),
 }
 
 /// Runs the chosen subcommand.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Policy(args) => policy::run(args),
     }
 }
