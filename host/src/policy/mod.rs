@@ -28,3 +28,6 @@ pub use generation::{LoadError, PolicyGeneration};
 pub use mask::{ExternalMasker, Masker};
 pub use rules::{Problem, ResourceType};
 pub use user::{PreparedUser, UserContext};
+
+#[cfg(test)]
+mod tests;

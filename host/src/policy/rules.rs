@@ -636,9 +636,12 @@ impl Parser<'_> {
     }
 
     /// The location of serde error `e` inside raw value `raw`.
+    /// A missing field is reported where the object starts, other errors where they are.
     fn loc_in(&self, raw: &RawValue, e: &serde_json::Error) -> SourceLoc {
         let mut loc = self.loc(raw);
-        loc.line += e.line().saturating_sub(1);
+        if !e.to_string().starts_with("missing field") {
+            loc.line += e.line().saturating_sub(1);
+        }
         loc
     }
 
