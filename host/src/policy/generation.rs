@@ -414,7 +414,8 @@ impl PolicyGeneration {
                             Some(&id),
                             format!("duplicate policy id, first used at {first}"),
                         )
-                        .with_hint(Some("give every policy a unique `@id(\"…\")`".into())),
+                        .with_hint(Some("give every policy a unique `@id(\"…\")`".into()))
+                        .native(),
                     );
                     continue;
                 }
@@ -686,17 +687,26 @@ fn diagnostic_problems(
         text[..l.offset().min(text.len())].matches('\n').count() + 1
     });
     let mut message = format!("{what}: {d}");
+    // Cedar names the policy by its parse-time id (`policy3`); the location says which it is.
+    if let Some(start) = message.find("for policy `policy")
+        && let Some(end) = message[start..].find("`, ")
+    {
+        message.replace_range(start..start + end + 3, "");
+    }
     if let Some(help) = d.help() {
         message.push_str(&format!(" ({help})"));
     }
-    vec![Problem::new(
-        SourceLoc {
-            file: Arc::from(file),
-            line,
-        },
-        id,
-        message,
-    )]
+    vec![
+        Problem::new(
+            SourceLoc {
+                file: Arc::from(file),
+                line,
+            },
+            id,
+            message,
+        )
+        .native(),
+    ]
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct Problem {
     pub message: String,
     /// What to do about it.
     pub hint: Option<String>,
+    /// `rule` for `*.rules.json`, `policy` for native Cedar policies.
+    pub kind: &'static str,
 }
 
 impl Problem {
@@ -47,7 +49,13 @@ impl Problem {
             rule: rule.map(str::to_owned),
             message: message.into(),
             hint: None,
+            kind: "rule",
         }
+    }
+
+    pub(crate) fn native(mut self) -> Self {
+        self.kind = "policy";
+        self
     }
 
     pub(crate) fn with_hint(mut self, hint: Option<String>) -> Self {
@@ -59,8 +67,10 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.loc)?;
-        if let Some(rule) = &self.rule {
-            write!(f, "rule `{rule}`: ")?;
+        match &self.rule {
+            Some(label) if label.starts_with("masking[") => write!(f, "{label}: ")?,
+            Some(id) => write!(f, "{} `{id}`: ", self.kind)?,
+            None => {}
         }
         f.write_str(&self.message)?;
         if let Some(hint) = &self.hint {
@@ -953,7 +963,7 @@ impl Parser<'_> {
             )),
             other => Err(p(                format!("unknown condition `{other}`"),
                 Some(match suggest(other, CONDITION_TYPES) {
-                    Some(s) => format!("{s} `trellis policy check` lists every problem at once"),
+                    Some(s) => s,
                     None => format!("a condition type is one of `{}`", CONDITION_TYPES.join("`, `")),
                 }),
             )),
