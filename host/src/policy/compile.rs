@@ -238,6 +238,19 @@ pub struct DerivedLeaf {
     pub name: String,
     /// The condition, evaluated with [`super::derive::eval_condition`].
     pub condition: AttrCondition,
+    /// For `matches`: the pattern, compiled once (anchored at the start, as Python's `re.match`).
+    regex: Option<regex::Regex>,
+}
+
+impl DerivedLeaf {
+    /// The condition's value for attribute value `value` (`None`: missing).
+    pub fn eval(&self, value: Option<&Value>) -> bool {
+        match (&self.regex, value) {
+            (Some(re), Some(Value::String(s))) => re.is_match(s),
+            (Some(_), _) => false,
+            (None, value) => super::derive::eval_condition(&self.condition, value),
+        }
+    }
 }
 
 /// What a compiled condition needs at request time.
@@ -417,9 +430,19 @@ impl Compiler {
                 let index = self.derived.len();
                 let name = format!("d:{index}");
                 let text = format!("(context has {n} && context[{n}])", n = lit(&name));
+                let regex = match (&c.operator, &c.value) {
+                    (Operator::Matches, Value::String(re)) => {
+                        regex::RegexBuilder::new(&format!("^(?:{re})"))
+                            .case_insensitive(!c.case_sensitive)
+                            .build()
+                            .ok()
+                    }
+                    _ => None,
+                };
                 self.derived.push(DerivedLeaf {
                     name,
                     condition: c.clone(),
+                    regex,
                 });
                 needs.derived.push(index);
                 text

@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::audit::{AuditLog, AuditRecord};
 use super::cache::{BoundedCache, DecisionKey, EntityCache};
 use super::compile::MASK_ACTION;
-use super::derive::{eval_condition, lookup};
+use super::derive::lookup;
 use super::generation::{LoadError, PolicyGeneration, PolicyKind, Slice, SliceEntry};
 use super::mask::Masker;
 use super::rules::{Effect, ResourceType};
@@ -318,10 +318,7 @@ impl PolicyEngine {
                             " (case-insensitive)"
                         }
                     ),
-                    value: eval_condition(
-                        &d.condition,
-                        lookup(&d.condition.path, req.user.view(), req.runtime),
-                    ),
+                    value: d.eval(lookup(&d.condition.path, req.user.view(), req.runtime)),
                 }
             })
             .collect();
@@ -641,10 +638,7 @@ impl PolicyEngine {
         }
         for &i in &slice.needs.derived {
             let d = &generation.derived[i];
-            let value = eval_condition(
-                &d.condition,
-                lookup(&d.condition.path, user.view(), runtime),
-            );
+            let value = d.eval(lookup(&d.condition.path, user.view(), runtime));
             pairs.push((d.name.clone(), RestrictedExpression::new_bool(value)));
         }
         Context::from_pairs(pairs).map_err(|e| e.to_string())

@@ -72,7 +72,8 @@ pub(crate) struct Slice {
 pub struct PolicyGeneration {
     id: u64,
     dir: PathBuf,
-    pub(crate) slices: HashMap<SliceKey, Slice>,
+    /// Action → resource → slice: looked up without allocating.
+    pub(crate) slices: HashMap<String, HashMap<String, Slice>>,
     pub(crate) fallback: Slice,
     pub(crate) user_slots: Vec<Slot>,
     pub(crate) derived: Vec<DerivedLeaf>,
@@ -532,7 +533,13 @@ impl PolicyGeneration {
         Ok(PolicyGeneration {
             id: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             dir: dir.to_owned(),
-            slices,
+            slices: {
+                let mut by_action: HashMap<String, HashMap<String, Slice>> = HashMap::new();
+                for ((action, resource), slice) in slices {
+                    by_action.entry(action).or_default().insert(resource, slice);
+                }
+                by_action
+            },
             fallback,
             user_slots: user_slots.into_iter().collect(),
             derived: compiler.derived,
@@ -570,7 +577,8 @@ impl PolicyGeneration {
 
     pub(crate) fn slice(&self, action: &str, resource: &str) -> &Slice {
         self.slices
-            .get(&(action.to_owned(), resource.to_owned()))
+            .get(action)
+            .and_then(|by_resource| by_resource.get(resource))
             .unwrap_or(&self.fallback)
     }
 }

@@ -583,7 +583,17 @@ pub fn parse_rules_file(file: &str, text: &str) -> (RuleFile, Vec<Problem>) {
     let file: Arc<str> = Arc::from(file);
     let mut out = RuleFile::default();
     let mut problems = Vec::new();
-    let parser = Parser { file: &file, text };
+    let newlines = text
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    let parser = Parser {
+        file: &file,
+        text,
+        newlines,
+    };
     let raw: RawFile = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -625,6 +635,8 @@ fn clean_serde(message: &str) -> String {
 struct Parser<'a> {
     file: &'a Arc<str>,
     text: &'a str,
+    /// Byte offsets of every `\n` in `text`.
+    newlines: Vec<usize>,
 }
 
 type Parsed<T> = Result<T, Vec<Problem>>;
@@ -642,7 +654,8 @@ impl Parser<'_> {
         let start = raw.get().as_ptr() as usize;
         let base = self.text.as_ptr() as usize;
         let offset = start.saturating_sub(base).min(self.text.len());
-        self.loc_line(self.text[..offset].matches('\n').count() + 1)
+        // Newlines before `offset`: a binary search, so that big files stay linear.
+        self.loc_line(self.newlines.partition_point(|&nl| nl < offset) + 1)
     }
 
     /// The location of serde error `e` inside raw value `raw`.
@@ -657,13 +670,13 @@ impl Parser<'_> {
 
     fn rule(&self, raw: &RawValue) -> Parsed<PermissionRule> {
         let loc = self.loc(raw);
-        let id_guess: Option<String> =
-            serde_json::from_str::<serde_json::Map<String, Value>>(raw.get())
-                .ok()
-                .and_then(|m| m.get("id").and_then(Value::as_str).map(str::to_owned));
         let r: RawRule = serde_json::from_str(raw.get()).map_err(|e| {
             let message = clean_serde(&e.to_string());
             let hint = unknown_field_hint(&message, RULE_FIELDS);
+            let id_guess: Option<String> =
+                serde_json::from_str::<serde_json::Map<String, Value>>(raw.get())
+                    .ok()
+                    .and_then(|m| m.get("id").and_then(Value::as_str).map(str::to_owned));
             vec![Problem::new(self.loc_in(raw, &e), id_guess.as_deref(), message).with_hint(hint)]
         })?;
         let id = r.id.clone();
