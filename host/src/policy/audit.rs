@@ -1,6 +1,7 @@
 //! The audit trail: one record per decision (time, user, action, resource, decision, deciding
-//! policies, generation, errors, latency, masks applied), written as JSON lines by a background
-//! thread so that deciding never waits on a disk. Records that cannot be queued are counted in
+//! policies, generation, errors, latency, masks applied), written as JSON lines to a file by a
+//! background thread, or into the SQLite table `policy_audit` by a background task, so that
+//! deciding never waits on a disk. Records that cannot be queued or written are counted in
 //! [`AuditLog::dropped`], never silently lost.
 
 use std::io::Write;
@@ -42,11 +43,35 @@ pub struct AuditRecord {
 
 /// Why the audit log could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the audit log `{path}`", path = path.display())]
-pub struct AuditError {
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
+pub enum AuditError {
+    /// The file could not be opened.
+    #[error("cannot open the audit log `{path}`", path = path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The table could not be created.
+    #[error("cannot create the audit table `policy_audit` in database `{database}`")]
+    Table {
+        /// The database's configured name.
+        database: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database is not SQLite.
+    #[error(
+        "the audit table needs a SQLite database; `{database}` is {kind}\n\nhint: write the audit trail to a file, or name a SQLite database"
+    )]
+    Unsupported {
+        /// The database's configured name.
+        database: String,
+        /// Its kind.
+        kind: String,
+    },
 }
 
 enum Message {
@@ -70,7 +95,7 @@ impl AuditLog {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| AuditError {
+            .map_err(|source| AuditError::File {
                 path: path.to_owned(),
                 source,
             })?;
@@ -104,8 +129,72 @@ impl AuditLog {
                     }
                 }
             })
-            .map_err(|source| AuditError {
+            .map_err(|source| AuditError::File {
                 path: path.to_owned(),
+                source,
+            })?;
+        Ok(AuditLog {
+            tx: Some(tx),
+            dropped,
+            written,
+            writer: Some(writer),
+        })
+    }
+
+    /// Writes into the table `policy_audit` of SQLite database `db` (created if missing), with
+    /// room for `capacity` queued records. Must be called inside a Tokio runtime.
+    pub async fn open_database(
+        db: &crate::database::Database,
+        capacity: usize,
+    ) -> Result<AuditLog, AuditError> {
+        let crate::database::DriverPool::Sqlite(pool) = db.pool().clone() else {
+            return Err(AuditError::Unsupported {
+                database: db.name().to_owned(),
+                kind: db.kind().to_string(),
+            });
+        };
+        sqlx::query(CREATE_TABLE)
+            .execute(&pool)
+            .await
+            .map_err(|source| AuditError::Table {
+                database: db.name().to_owned(),
+                source,
+            })?;
+        let (tx, rx) = mpsc::sync_channel::<Message>(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let (d, w) = (dropped.clone(), written.clone());
+        let handle = tokio::runtime::Handle::current();
+        // A plain thread receives (so `record` never needs a runtime) and drives the inserts.
+        let writer = std::thread::Builder::new()
+            .name("trellis-audit-db".into())
+            .spawn(move || {
+                while let Ok(msg) = rx.recv() {
+                    let mut batch = vec![msg];
+                    batch.extend(rx.try_iter());
+                    let mut flushes = Vec::new();
+                    let mut records = Vec::new();
+                    for msg in batch {
+                        match msg {
+                            Message::Record(r) => records.push(r),
+                            Message::Flush(done) => flushes.push(done),
+                        }
+                    }
+                    let n = records.len() as u64;
+                    match handle.block_on(insert(&pool, &records)) {
+                        Ok(()) => w.fetch_add(n, Ordering::Relaxed),
+                        Err(e) => {
+                            tracing::error!("cannot write the audit table: {e}");
+                            d.fetch_add(n, Ordering::Relaxed)
+                        }
+                    };
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .map_err(|source| AuditError::File {
+                path: PathBuf::from("policy_audit"),
                 source,
             })?;
         Ok(AuditLog {
@@ -145,6 +234,46 @@ impl AuditLog {
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
+}
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS policy_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    policies TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    errors TEXT NOT NULL,
+    latency_us INTEGER NOT NULL,
+    cached INTEGER NOT NULL,
+    masks TEXT NOT NULL
+)";
+
+/// Inserts a batch in one transaction.
+async fn insert(pool: &sqlx::SqlitePool, records: &[Box<AuditRecord>]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for r in records {
+        sqlx::query(
+            "INSERT INTO policy_audit (time, user_id, action, resource, decision, policies, generation, errors, latency_us, cached, masks) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.time)
+        .bind(&r.user_id)
+        .bind(&r.action)
+        .bind(&r.resource)
+        .bind(r.decision)
+        .bind(serde_json::to_string(&r.policies).unwrap_or_default())
+        .bind(r.generation as i64)
+        .bind(serde_json::to_string(&r.errors).unwrap_or_default())
+        .bind(r.latency_us as i64)
+        .bind(r.cached)
+        .bind(serde_json::to_string(&r.masks).unwrap_or_default())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 impl Drop for AuditLog {

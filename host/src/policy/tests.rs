@@ -1302,3 +1302,86 @@ fn the_watcher_reloads_on_change_and_keeps_the_old_set_on_a_bad_file() {
         e.last_error().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
+    use crate::config::{DatabaseConfig, DatabaseTarget};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = DatabaseConfig {
+        name: "audit".into(),
+        target: DatabaseTarget::Sqlite {
+            path: Some(tmp.path().join("audit.db")),
+        },
+    };
+    let db = crate::database::Database::open(&config).await.unwrap();
+    let audit = AuditLog::open_database(&db, 1024).await.unwrap();
+    let e = Arc::new(engine(&[("finance.rules.json", GUIDE)]).with_audit(audit));
+    let e2 = e.clone();
+    tokio::task::spawn_blocking(move || {
+        let fin = user(json!({"user_id": "fin", "attributes": {"department": "finance"}}));
+        let eng = user(json!({"user_id": "eng", "attributes": {"department": "engineering"}}));
+        for _ in 0..3 {
+            decide(
+                &e2,
+                &fin,
+                ResourceType::Workflow,
+                "finance_report",
+                "execute",
+                "2026-01-05T10:00:00Z",
+            );
+        }
+        decide(
+            &e2,
+            &eng,
+            ResourceType::Workflow,
+            "finance_report",
+            "execute",
+            "2026-01-05T10:00:00Z",
+        );
+        e2.mask(
+            &fin,
+            "employee_data",
+            &json!({"ssn": "1", "salary": 5}),
+            at("2026-01-05T10:00:00Z"),
+            &Value::Null,
+        );
+        e2.audit().unwrap().flush();
+    })
+    .await
+    .unwrap();
+    let crate::database::DriverPool::Sqlite(pool) = db.pool() else {
+        unreachable!()
+    };
+    let rows: Vec<(String, String, String, String, i64, String)> = sqlx::query_as(
+        "SELECT user_id, action, decision, policies, cached, masks FROM policy_audit ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(
+        rows[0],
+        (
+            "fin".into(),
+            "workflow:execute".into(),
+            "allow".into(),
+            "[\"finance-workflow-access\"]".into(),
+            0,
+            "[]".into()
+        )
+    );
+    assert_eq!(
+        rows[1].4, 1,
+        "the second identical decision came from the cache"
+    );
+    assert_eq!(
+        (rows[3].0.as_str(), rows[3].2.as_str(), rows[3].3.as_str()),
+        ("eng", "deny", "[]")
+    );
+    assert_eq!(
+        (rows[4].1.as_str(), rows[4].5.as_str()),
+        ("mask", "[\"ssn:redact\",\"salary:partial\"]")
+    );
+    assert_eq!(e.audit().unwrap().dropped(), 0);
+    assert_eq!(e.audit().unwrap().written(), 5);
+}
