@@ -293,6 +293,8 @@ impl Needs {
 pub struct Compiler {
     /// Every derived leaf, indexed by `d:N`.
     pub derived: Vec<DerivedLeaf>,
+    /// Compiled patterns by (pattern, case-sensitive): each compiled once per generation.
+    regexes: std::collections::HashMap<(String, bool), regex::Regex>,
 }
 
 impl Compiler {
@@ -432,10 +434,20 @@ impl Compiler {
                 let text = format!("(context has {n} && context[{n}])", n = lit(&name));
                 let regex = match (&c.operator, &c.value) {
                     (Operator::Matches, Value::String(re)) => {
-                        regex::RegexBuilder::new(&format!("^(?:{re})"))
-                            .case_insensitive(!c.case_sensitive)
-                            .build()
-                            .ok()
+                        let key = (re.clone(), c.case_sensitive);
+                        match self.regexes.get(&key) {
+                            Some(r) => Some(r.clone()),
+                            None => {
+                                let r = regex::RegexBuilder::new(&format!("^(?:{re})"))
+                                    .case_insensitive(!c.case_sensitive)
+                                    .build()
+                                    .ok();
+                                if let Some(r) = &r {
+                                    self.regexes.insert(key, r.clone());
+                                }
+                                r
+                            }
+                        }
                     }
                     _ => None,
                 };

@@ -1204,7 +1204,7 @@ fn check_value(op: Operator, value: &Value) -> Result<(), (String, Option<String
     }
     if op == Operator::Matches
         && let Some(re) = value.as_str()
-        && let Err(e) = regex::Regex::new(re)
+        && let Err(e) = regex_syntax::Parser::new().parse(re)
     {
         return Err((
             format!(
