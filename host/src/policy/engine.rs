@@ -7,7 +7,6 @@
 //! makes it a deny and is recorded.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -761,34 +760,38 @@ fn fingerprint(v: &Value) -> u128 {
 }
 
 /// Which side of each time boundary `now` is on, for the slice's time conditions and expiries;
-/// 0 when the slice reads no time. Two instants with the same signature get the same decision.
+/// 0 when the slice reads no time. Exact, not hashed: two instants with the same signature get
+/// the same decision. With more boundaries than fit in 60 bits the signature is the second
+/// itself (the context holds the time in whole seconds, so that is exact too).
 fn time_signature(slice: &Slice, now: Timestamp, tz: &TimeZone) -> u64 {
     let n = &slice.needs;
     if n.windows.is_empty() && !n.day && n.expiries.is_empty() {
         return 0;
+    }
+    if n.windows.len() + n.expiries.len() > 56 {
+        return (1 << 63) | (now.as_second() as u64 & ((1 << 62) - 1));
     }
     let zoned = now.to_zoned(tz.clone());
     let t = zoned.time();
     let seconds = u32::try_from(t.hour()).unwrap_or(0) * 3600
         + u32::try_from(t.minute()).unwrap_or(0) * 60
         + u32::try_from(t.second()).unwrap_or(0);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    1u8.hash(&mut h);
+    let mut bits: u64 = 1;
+    let mut push = |b: bool| bits = (bits << 1) | u64::from(b);
     for &(start, end) in &n.windows {
-        let inside = if start <= end {
+        push(if start <= end {
             seconds >= start && seconds <= end
         } else {
             seconds >= start || seconds <= end
-        };
-        inside.hash(&mut h);
-    }
-    if n.day {
-        zoned.weekday().to_monday_zero_offset().hash(&mut h);
+        });
     }
     for &e in &n.expiries {
-        (now.as_second() < e).hash(&mut h);
+        push(now.as_second() < e);
     }
-    h.finish() | 1
+    if n.day {
+        bits = (bits << 3) | u64::from(zoned.weekday().to_monday_zero_offset() as u8);
+    }
+    bits
 }
 
 /// Watches a policy directory and reloads the engine after changes settle.
