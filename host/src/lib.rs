@@ -19,6 +19,7 @@
 //!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
 //! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries.
 //! - [`plugins`]: WebAssembly plugins: engine, sandbox, registry and hot reload.
+//! - [`policy`]: Kailash-style rules compiled to Cedar, native Cedar policies, masking, audit.
 //! - [`server`]: the HTTP API (axum): health, metrics, and the routes of later modules.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod database;
 pub mod plugins;
+pub mod policy;
 pub mod pool;
 pub mod server;
 pub mod shutdown;

@@ -98,6 +98,40 @@ pub fn run_trellis(dir: &Path, args: &[&str], timeout: Duration) -> (ExitStatus,
     (status, join(out), join(err))
 }
 
+/// Like [`run_trellis`], with `stdin` written to the process's standard input.
+pub fn run_trellis_with_stdin(
+    dir: &Path,
+    args: &[&str],
+    stdin: &str,
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
+    let mut child = Command::new(trellis_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start trellis");
+    let mut input = child.stdin.take().expect("stdin");
+    let text = stdin.to_owned();
+    let writer = thread::spawn(move || {
+        use std::io::Write;
+        let _ = input.write_all(text.as_bytes());
+    });
+    let out = drain(child.stdout.take().expect("stdout"));
+    let err = drain(child.stderr.take().expect("stderr"));
+    let status = wait_with_deadline(&mut child, timeout).unwrap_or_else(|| {
+        panic!(
+            "`trellis {}` did not finish within {timeout:?}",
+            args.join(" ")
+        )
+    });
+    let _ = writer.join();
+    (status, join(out), join(err))
+}
+
 /// A running `trellis serve`, killed on drop if still running.
 pub struct Server {
     child: Child,

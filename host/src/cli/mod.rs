@@ -1,6 +1,7 @@
 //! The `trellis` command line: one module per subcommand, each with a `run` function.
 
 mod plugin;
+mod policy;
 mod query;
 mod serve;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Query(query::QueryArgs),
     /// Manage WebAssembly plugins: list, new, build.
     Plugin(plugin::PluginArgs),
+    /// Check, compile and try out policies: `check`, `compile`, `decide`, `mask`, `explain`.
+    Policy(policy::PolicyArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -49,5 +52,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Query(args) => query::run(args).await,
         Command::Plugin(args) => plugin::run(args).await,
+        Command::Policy(args) => policy::run(args),
     }
 }

@@ -1,0 +1,241 @@
+//! `trellis policy`: check, compile, decide, mask and explain with a policy directory.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::policy::{
+    AccessRequest, EngineSettings, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
+    UserContext,
+};
+
+/// Check, compile and try out policies.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  $ trellis policy check policies
+  $ trellis policy compile policies/finance.rules.json
+  $ echo '{\"user\": {\"user_id\": \"u1\", \"attributes\": {\"department\": \"finance.ap\"}}, \"resource_type\": \"workflow\", \"resource_id\": \"finance_report\", \"permission\": \"execute\"}' | trellis policy decide --policies policies")]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory; print every problem with file:line and exit 1 if any.
+    Check {
+        /// The policy directory.
+        dir: PathBuf,
+    },
+    /// Print the Cedar policies a `*.rules.json` file compiles to.
+    Compile {
+        /// The rules file.
+        file: PathBuf,
+        /// Also print the generated Cedar schema.
+        #[arg(long)]
+        schema: bool,
+    },
+    /// Decide JSON-lines requests from stdin; print one JSON line per request.
+    Decide(DecideArgs),
+    /// Mask a JSON object or array from stdin as the masking rules say for a user.
+    Mask {
+        /// The policy directory.
+        #[arg(long)]
+        policies: PathBuf,
+        /// The node whose output this is.
+        #[arg(long)]
+        resource: String,
+        /// A JSON file with the user (`{"user_id", "roles", "attributes", …}`).
+        #[arg(long)]
+        user: PathBuf,
+        /// The time to decide for (RFC 3339) [default: now].
+        #[arg(long)]
+        now: Option<String>,
+        /// The zone time conditions are read in.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+    },
+    /// Like `decide`, and print why: the deciding policies with their source, and every rule
+    /// considered with whether its condition held.
+    Explain(DecideArgs),
+}
+
+#[derive(Debug, Args)]
+struct DecideArgs {
+    /// The policy directory.
+    #[arg(long)]
+    policies: PathBuf,
+    /// The zone `time_of_day` and `day_of_week` are read in (IANA name).
+    #[arg(long, default_value = "UTC")]
+    timezone: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideRequest {
+    user: UserContext,
+    resource_type: String,
+    resource_id: String,
+    permission: String,
+    now: Option<String>,
+    #[serde(default)]
+    runtime: Value,
+}
+
+/// Runs `trellis policy …`.
+pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
+    match args.command {
+        PolicyCommand::Check { dir } => {
+            let generation = PolicyGeneration::load(&dir)?;
+            println!(
+                "{}: ok, {} policies",
+                dir.display(),
+                generation.policy_count()
+            );
+            Ok(())
+        }
+        PolicyCommand::Compile { file, schema } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?;
+            let dir = file.parent().unwrap_or(Path::new("."));
+            let generation = PolicyGeneration::from_sources(dir, &[(file.clone(), text)])?;
+            print!("{}", generation.cedar_text());
+            if schema {
+                print!("\n{}", generation.schema_text());
+            }
+            Ok(())
+        }
+        PolicyCommand::Decide(args) => decide(args, false),
+        PolicyCommand::Explain(args) => decide(args, true),
+        PolicyCommand::Mask {
+            policies,
+            resource,
+            user,
+            now,
+            timezone,
+        } => {
+            let engine = engine(&policies, &timezone)?;
+            let text = std::fs::read_to_string(&user)
+                .with_context(|| format!("cannot read `{}`", user.display()))?;
+            let user: UserContext = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "`{}` is not a user like `{{\"user_id\": \"u1\", \"attributes\": {{}}}}`",
+                    user.display()
+                )
+            })?;
+            let now = parse_now(now.as_deref())?;
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+            let data: Value = serde_json::from_str(&input).context("stdin is not JSON")?;
+            let out = engine.mask(
+                &PreparedUser::new(user),
+                &resource,
+                &data,
+                now,
+                &Value::Null,
+            );
+            for e in &out.errors {
+                eprintln!("warning: {e}");
+            }
+            println!("{}", out.value);
+            Ok(())
+        }
+    }
+}
+
+fn engine(dir: &Path, timezone: &str) -> anyhow::Result<PolicyEngine> {
+    let tz = jiff::tz::TimeZone::get(timezone).with_context(|| {
+        format!(
+            "unknown time zone `{timezone}`\n\nhint: use an IANA name like `UTC` or `Europe/Berlin`"
+        )
+    })?;
+    let settings = EngineSettings {
+        timezone: tz,
+        ..EngineSettings::default()
+    };
+    Ok(PolicyEngine::load(dir, settings)?)
+}
+
+fn parse_now(now: Option<&str>) -> anyhow::Result<jiff::Timestamp> {
+    match now {
+        None => Ok(jiff::Timestamp::now()),
+        Some(s) => s.parse().with_context(|| {
+            format!("`now` `{s}` is not an RFC 3339 time like `2026-01-05T09:30:00Z`")
+        }),
+    }
+}
+
+fn decide(args: DecideArgs, explain: bool) -> anyhow::Result<()> {
+    let engine = engine(&args.policies, &args.timezone)?;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request: DecideRequest = serde_json::from_str(&line)
+            .with_context(|| format!("stdin line {}: not a request", n + 1))?;
+        let Some(rt) = ResourceType::parse(&request.resource_type) else {
+            bail!(
+                "stdin line {}: unknown resource_type `{}`\n\nhint: use `node` or `workflow`",
+                n + 1,
+                request.resource_type
+            );
+        };
+        let now =
+            parse_now(request.now.as_deref()).with_context(|| format!("stdin line {}", n + 1))?;
+        let user = PreparedUser::new(request.user);
+        let req = AccessRequest {
+            user: &user,
+            resource_type: rt,
+            resource_id: &request.resource_id,
+            permission: &request.permission,
+            now,
+            runtime: &request.runtime,
+        };
+        if explain {
+            let e = engine.explain(&req);
+            writeln!(
+                out,
+                "decision: {} ({})",
+                if e.decision.allowed { "allow" } else { "deny" },
+                e.decision.reason
+            )?;
+            for p in &e.deciding {
+                writeln!(out, "deciding: {} ({}) at {}", p.id, p.kind, p.source)?;
+            }
+            for p in &e.considered {
+                let held = match p.held {
+                    Some(true) => "held",
+                    Some(false) => "did not hold",
+                    None => "could not be evaluated",
+                };
+                writeln!(
+                    out,
+                    "considered: {} ({}) at {}: {held}",
+                    p.id, p.kind, p.source
+                )?;
+            }
+            for d in &e.derived {
+                writeln!(out, "derived: {} = {} ({})", d.name, d.value, d.condition)?;
+            }
+            for err in &e.decision.errors {
+                writeln!(out, "error: {err}")?;
+            }
+        } else {
+            let d = engine.decide(&req);
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"allowed": d.allowed, "reason": d.reason, "policies": d.policies})
+            )?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

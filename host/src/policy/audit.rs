@@ -1,0 +1,300 @@
+//! The audit trail: one record per decision (time, user, action, resource, decision, deciding
+//! policies, generation, errors, latency, masks applied), written as JSON lines to a file by a
+//! background thread, or into the SQLite table `policy_audit` by a background task, so that
+//! deciding never waits on a disk. Records that cannot be queued or written are counted in
+//! [`AuditLog::dropped`], never silently lost.
+
+use crate::sql::{Fetch, Params};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+
+/// One decision, as recorded.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditRecord {
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// The user's id.
+    pub user_id: String,
+    /// The Cedar action (`node:execute`, `mask`, …).
+    pub action: String,
+    /// `node:ID` or `workflow:ID`.
+    pub resource: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The deciding policy ids.
+    pub policies: Vec<String>,
+    /// The policy generation that decided.
+    pub generation: u64,
+    /// Evaluation errors (any makes the decision a deny).
+    pub errors: Vec<String>,
+    /// Time spent deciding, in microseconds.
+    pub latency_us: u64,
+    /// Whether the decision came from the cache.
+    pub cached: bool,
+    /// For masking: `field_path:mask_type` of each mask applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub masks: Vec<String>,
+}
+
+/// Why the audit log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The file could not be opened.
+    #[error("cannot open the audit log `{path}`", path = path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The table could not be created.
+    #[error("cannot create the audit table `policy_audit` in database `{database}`")]
+    Table {
+        /// The database's configured name.
+        database: String,
+        /// The pool's error.
+        #[source]
+        source: crate::pool::PoolError,
+    },
+    /// The database is not SQLite.
+    #[error(
+        "the audit table needs a SQLite database; `{database}` is {kind}\n\nhint: write the audit trail to a file, or name a SQLite database"
+    )]
+    Unsupported {
+        /// The database's configured name.
+        database: String,
+        /// Its kind.
+        kind: String,
+    },
+}
+
+enum Message {
+    Record(Box<AuditRecord>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// A JSON-lines audit file fed through a bounded queue.
+#[derive(Debug)]
+pub struct AuditLog {
+    tx: Option<SyncSender<Message>>,
+    dropped: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl AuditLog {
+    /// Appends to `path` (created if missing), with room for `capacity` queued records.
+    pub fn open(path: &Path, capacity: usize) -> Result<AuditLog, AuditError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| AuditError::File {
+                path: path.to_owned(),
+                source,
+            })?;
+        let (tx, rx) = mpsc::sync_channel::<Message>(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let (d, w) = (dropped.clone(), written.clone());
+        let writer = std::thread::Builder::new()
+            .name("trellis-audit".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(file);
+                while let Ok(msg) = rx.recv() {
+                    let mut batch = vec![msg];
+                    batch.extend(rx.try_iter());
+                    let mut flushes = Vec::new();
+                    for msg in batch {
+                        match msg {
+                            Message::Record(r) => {
+                                let ok = serde_json::to_writer(&mut out, &r).is_ok()
+                                    && out.write_all(b"\n").is_ok();
+                                if ok { &w } else { &d }.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Message::Flush(done) => flushes.push(done),
+                        }
+                    }
+                    if out.flush().is_err() {
+                        tracing::error!("cannot write the audit log");
+                    }
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .map_err(|source| AuditError::File {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(AuditLog {
+            tx: Some(tx),
+            dropped,
+            written,
+            writer: Some(writer),
+        })
+    }
+
+    /// Writes into the table `policy_audit` of SQLite database `db` (created if missing), with
+    /// room for `capacity` queued records. Must be called inside a Tokio runtime.
+    pub async fn open_database(
+        pool: &crate::pool::Pool,
+        capacity: usize,
+    ) -> Result<AuditLog, AuditError> {
+        if pool.kind() != crate::config::DatabaseKind::Sqlite {
+            return Err(AuditError::Unsupported {
+                database: pool.name().to_owned(),
+                kind: pool.kind().to_string(),
+            });
+        }
+        let table_error = |source| AuditError::Table {
+            database: pool.name().to_owned(),
+            source,
+        };
+        let lease = pool.acquire().await.map_err(table_error)?;
+        lease
+            .execute(CREATE_TABLE, &Params::None, Fetch::All)
+            .await
+            .map_err(table_error)?;
+        drop(lease);
+        let pool = pool.clone();
+        let (tx, rx) = mpsc::sync_channel::<Message>(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let (d, w) = (dropped.clone(), written.clone());
+        let handle = tokio::runtime::Handle::current();
+        // A plain thread receives (so `record` never needs a runtime) and drives the inserts.
+        let writer = std::thread::Builder::new()
+            .name("trellis-audit-db".into())
+            .spawn(move || {
+                while let Ok(msg) = rx.recv() {
+                    let mut batch = vec![msg];
+                    batch.extend(rx.try_iter());
+                    let mut flushes = Vec::new();
+                    let mut records = Vec::new();
+                    for msg in batch {
+                        match msg {
+                            Message::Record(r) => records.push(r),
+                            Message::Flush(done) => flushes.push(done),
+                        }
+                    }
+                    let n = records.len() as u64;
+                    match handle.block_on(insert(&pool, &records)) {
+                        Ok(()) => w.fetch_add(n, Ordering::Relaxed),
+                        Err(e) => {
+                            tracing::error!("cannot write the audit table: {e}");
+                            d.fetch_add(n, Ordering::Relaxed)
+                        }
+                    };
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                }
+            })
+            .map_err(|source| AuditError::File {
+                path: PathBuf::from("policy_audit"),
+                source,
+            })?;
+        Ok(AuditLog {
+            tx: Some(tx),
+            dropped,
+            written,
+            writer: Some(writer),
+        })
+    }
+
+    /// Queues `record`; when the queue is full the record is counted as dropped.
+    pub fn record(&self, record: AuditRecord) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until every record queued so far is written.
+    pub fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (done_tx, done_rx) = mpsc::channel();
+        if tx.send(Message::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv();
+        }
+    }
+
+    /// Records that could not be queued or written.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records written.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS policy_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    policies TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    errors TEXT NOT NULL,
+    latency_us INTEGER NOT NULL,
+    cached INTEGER NOT NULL,
+    masks TEXT NOT NULL
+)";
+
+/// Inserts a batch in one transaction, on one lease.
+async fn insert(
+    pool: &crate::pool::Pool,
+    records: &[Box<AuditRecord>],
+) -> Result<(), crate::pool::PoolError> {
+    let lease = pool.acquire().await?;
+    lease.execute("BEGIN", &Params::None, Fetch::All).await?;
+    for r in records {
+        let params = serde_json::json!({
+            "time": r.time, "user_id": r.user_id, "action": r.action, "resource": r.resource,
+            "decision": r.decision,
+            "policies": serde_json::to_string(&r.policies).unwrap_or_default(),
+            "generation": r.generation,
+            "errors": serde_json::to_string(&r.errors).unwrap_or_default(),
+            "latency_us": r.latency_us, "cached": r.cached,
+            "masks": serde_json::to_string(&r.masks).unwrap_or_default(),
+        });
+        let serde_json::Value::Object(params) = params else {
+            unreachable!("a json! object literal is an object")
+        };
+        lease
+            .execute(
+                "INSERT INTO policy_audit (time, user_id, action, resource, decision, policies, generation, errors, latency_us, cached, masks) \
+                 VALUES (:time, :user_id, :action, :resource, :decision, :policies, :generation, :errors, :latency_us, :cached, :masks)",
+                &Params::Named(params),
+                Fetch::All,
+            )
+            .await?;
+    }
+    // A failed insert leaves the transaction open: dropping the lease rolls it back.
+    lease.execute("COMMIT", &Params::None, Fetch::All).await?;
+    Ok(())
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,866 @@
+//! The policy engine: the current [`PolicyGeneration`] behind an atomic pointer, the caches, and
+//! the calls the rest of the host makes: [`PolicyEngine::decide`], [`PolicyEngine::explain`],
+//! [`PolicyEngine::mask`], [`PolicyEngine::reload`] and [`PolicyEngine::watch`].
+//!
+//! A decision loads the current generation once and uses it throughout, so a reload can never
+//! mix two generations in one decision. Every decision is made by Cedar; any evaluation error
+//! makes it a deny and is recorded.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use cedar_policy::{Authorizer, Context, PolicyId, PolicySet, RestrictedExpression};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::audit::{AuditLog, AuditRecord};
+use super::cache::{BoundedCache, DecisionKey, EntityCache};
+use super::compile::MASK_ACTION;
+use super::derive::lookup;
+use super::generation::{LoadError, PolicyGeneration, PolicyKind, Slice, SliceEntry};
+use super::mask::Masker;
+use super::rules::{Effect, ResourceType};
+use super::user::{PreparedUser, uid};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// The zone `time_of_day` and `day_of_week` are read in (default UTC).
+    pub timezone: TimeZone,
+    /// How many decisions (and user entity sets) to keep.
+    pub cache_capacity: usize,
+    /// Applies mask types (holds the `hmac` key and any masking plugins).
+    pub masker: Masker,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            timezone: TimeZone::UTC,
+            cache_capacity: 100_000,
+            masker: Masker::from_env(),
+        }
+    }
+}
+
+/// One access question.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRequest<'a> {
+    /// Who asks.
+    pub user: &'a PreparedUser,
+    /// Node or workflow.
+    pub resource_type: ResourceType,
+    /// Its id.
+    pub resource_id: &'a str,
+    /// The permission asked for (`execute`, `read_output`, …).
+    pub permission: &'a str,
+    /// The time the decision is made for (time conditions and expiry read it).
+    pub now: Timestamp,
+    /// Request data `runtime.…` paths read.
+    pub runtime: &'a Value,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Whether access is granted.
+    pub allowed: bool,
+    /// Why, in one line.
+    pub reason: String,
+    /// The deciding policy ids (empty when nothing decided and the default deny applies).
+    pub policies: Vec<String>,
+    /// The generation that decided.
+    #[serde(skip)]
+    pub generation: u64,
+    /// Evaluation errors; any makes the decision a deny.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Whether it came from the cache.
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+/// A decision with what led to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// The decision.
+    pub decision: Decision,
+    /// The deciding policies, with where they were written.
+    pub deciding: Vec<ExplainedPolicy>,
+    /// Every policy considered, in decision order, and whether its condition held.
+    pub considered: Vec<ExplainedPolicy>,
+    /// Values the host computed for Cedar (`d:N`), with the condition each stands for.
+    pub derived: Vec<DerivedValue>,
+}
+
+/// One policy in an [`Explanation`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedPolicy {
+    /// Its id.
+    pub id: String,
+    /// `allow`/`deny` rule, `permit`/`forbid` native policy, or `mask`.
+    pub kind: String,
+    /// `file:line`.
+    pub source: String,
+    /// Whether its condition held (`None`: it could not be evaluated).
+    pub held: Option<bool>,
+}
+
+/// A value computed by the host for a policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct DerivedValue {
+    /// `d:N`.
+    pub name: String,
+    /// The condition it stands for.
+    pub condition: String,
+    /// Its value for this request.
+    pub value: bool,
+}
+
+/// A masked output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskOutcome {
+    /// The masked copy.
+    pub value: Value,
+    /// `field_path:mask_type` of each mask applied.
+    pub applied: Vec<String>,
+    /// Masks that failed (their fields were redacted) and evaluation errors.
+    pub errors: Vec<String>,
+}
+
+/// Cedar's verdict on one slice.
+#[derive(Debug, Clone)]
+struct Verdict {
+    allowed: bool,
+    /// Satisfied policies that determined it, in decision order.
+    reasons: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// The policy engine. Cheap to share behind an `Arc`.
+pub struct PolicyEngine {
+    current: ArcSwap<PolicyGeneration>,
+    entities: EntityCache,
+    decisions: BoundedCache<DecisionKey, Arc<Verdict>>,
+    settings: EngineSettings,
+    authorizer: Authorizer,
+    audit: Option<AuditLog>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("generation", &self.current.load().id())
+            .finish()
+    }
+}
+
+impl PolicyEngine {
+    /// Loads `dir` and starts an engine on it.
+    pub fn load(dir: &Path, settings: EngineSettings) -> Result<PolicyEngine, LoadError> {
+        Ok(PolicyEngine::new(PolicyGeneration::load(dir)?, settings))
+    }
+
+    /// An engine on `generation`.
+    pub fn new(generation: PolicyGeneration, settings: EngineSettings) -> PolicyEngine {
+        PolicyEngine {
+            current: ArcSwap::from_pointee(generation),
+            entities: BoundedCache::new(settings.cache_capacity / 4 + 16),
+            decisions: BoundedCache::new(settings.cache_capacity + 16),
+            settings,
+            authorizer: Authorizer::new(),
+            audit: None,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Records every decision in `audit`.
+    pub fn with_audit(mut self, audit: AuditLog) -> PolicyEngine {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The audit log, if any.
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
+    }
+
+    /// The generation in force.
+    pub fn generation(&self) -> Arc<PolicyGeneration> {
+        self.current.load_full()
+    }
+
+    /// The problems of the last failed reload, if the last reload failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reloads the directory: everything is loaded and validated first, then swapped in at once.
+    /// On any problem the current generation stays in force and the problems are returned.
+    pub fn reload(&self) -> Result<u64, LoadError> {
+        let dir = self.current.load().dir().to_owned();
+        match PolicyGeneration::load(&dir) {
+            Ok(generation) => {
+                let id = generation.id();
+                self.current.store(Arc::new(generation));
+                self.entities.clear();
+                self.decisions.clear();
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(generation = id, dir = %dir.display(), "policies reloaded");
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), "policy reload failed, keeping the last good policies: {e}");
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Decides `req`.
+    pub fn decide(&self, req: &AccessRequest<'_>) -> Decision {
+        let started = Instant::now();
+        let generation = self.current.load_full();
+        let action = super::compile::action_id(req.resource_type, req.permission);
+        let resource = format!("{}:{}", req.resource_type, req.resource_id);
+        let (verdict, cached) = self.verdict(
+            &generation,
+            req.user,
+            &action,
+            req.resource_type,
+            req.resource_id,
+            req.now,
+            req.runtime,
+        );
+        let slice = generation.slice(&action, &resource);
+        let decision = describe(&verdict, slice, generation.id(), cached);
+        self.audit_decision(req.user, &action, &resource, &decision, started, Vec::new());
+        decision
+    }
+
+    /// Decides `req` and says why: the deciding policies, and for every policy considered
+    /// whether its condition held.
+    pub fn explain(&self, req: &AccessRequest<'_>) -> Explanation {
+        let generation = self.current.load_full();
+        let decision = {
+            let action = super::compile::action_id(req.resource_type, req.permission);
+            let resource = format!("{}:{}", req.resource_type, req.resource_id);
+            let (verdict, _) = self.verdict(
+                &generation,
+                req.user,
+                &action,
+                req.resource_type,
+                req.resource_id,
+                req.now,
+                req.runtime,
+            );
+            describe(
+                &verdict,
+                generation.slice(&action, &resource),
+                generation.id(),
+                false,
+            )
+        };
+        let action = super::compile::action_id(req.resource_type, req.permission);
+        let resource = format!("{}:{}", req.resource_type, req.resource_id);
+        let slice = generation.slice(&action, &resource);
+        let held = self.probe(
+            &generation,
+            slice,
+            req.user,
+            &action,
+            req.resource_type,
+            req.resource_id,
+            req.now,
+            req.runtime,
+        );
+        let by_id: HashMap<&str, &SliceEntry> =
+            slice.entries.iter().map(|e| (e.id.as_str(), e)).collect();
+        let explained = |e: &SliceEntry| ExplainedPolicy {
+            id: e.id.clone(),
+            kind: kind_name(&e.kind).to_owned(),
+            source: e.loc.to_string(),
+            held: held.get(&e.id).copied().flatten(),
+        };
+        let deciding = decision
+            .policies
+            .iter()
+            .filter_map(|id| by_id.get(id.as_str()))
+            .map(|e| explained(e))
+            .collect();
+        let considered = slice.entries.iter().map(explained).collect();
+        let derived = slice
+            .needs
+            .derived
+            .iter()
+            .map(|&i| {
+                let d = &generation.derived[i];
+                DerivedValue {
+                    name: d.name.clone(),
+                    condition: format!(
+                        "{} {} {}{}",
+                        d.condition.path,
+                        d.condition.operator,
+                        d.condition.value,
+                        if d.condition.case_sensitive {
+                            ""
+                        } else {
+                            " (case-insensitive)"
+                        }
+                    ),
+                    value: d.eval(lookup(&d.condition.path, req.user.view(), req.runtime)),
+                }
+            })
+            .collect();
+        Explanation {
+            decision,
+            deciding,
+            considered,
+            derived,
+        }
+    }
+
+    /// Masks `data` (an object, or an array of rows) from node `resource_id` for `user`.
+    pub fn mask(
+        &self,
+        user: &PreparedUser,
+        resource_id: &str,
+        data: &Value,
+        now: Timestamp,
+        runtime: &Value,
+    ) -> MaskOutcome {
+        let started = Instant::now();
+        let generation = self.current.load_full();
+        let Some(masks) = generation.masks.get(resource_id) else {
+            return MaskOutcome {
+                value: data.clone(),
+                applied: Vec::new(),
+                errors: Vec::new(),
+            };
+        };
+        let (verdict, cached) = self.verdict(
+            &generation,
+            user,
+            MASK_ACTION,
+            ResourceType::Node,
+            resource_id,
+            now,
+            runtime,
+        );
+        let mut errors = verdict.errors.clone();
+        let mut value = data.clone();
+        let mut applied = Vec::new();
+        for (id, rule) in masks {
+            // On an evaluation error every mask applies: masking fails closed.
+            let applies =
+                !verdict.errors.is_empty() || (verdict.allowed && verdict.reasons.contains(id));
+            if !applies {
+                continue;
+            }
+            let (masked, count, mut failed) =
+                self.settings
+                    .masker
+                    .mask_field(&value, &rule.field_path, &rule.mask);
+            value = masked;
+            errors.append(&mut failed);
+            if count > 0 {
+                applied.push(format!(
+                    "{}:{}",
+                    rule.field_path.text,
+                    mask_type_name(&rule.mask)
+                ));
+            }
+        }
+        let decision = Decision {
+            allowed: true,
+            reason: format!("{} mask(s) applied", applied.len()),
+            policies: verdict.reasons.clone(),
+            generation: generation.id(),
+            errors: errors.clone(),
+            cached,
+        };
+        self.audit_decision(
+            user,
+            MASK_ACTION,
+            &format!("node:{resource_id}"),
+            &decision,
+            started,
+            applied.clone(),
+        );
+        MaskOutcome {
+            value,
+            applied,
+            errors,
+        }
+    }
+
+    /// Watches the policy directory and reloads on every change (debounced). Dropping the
+    /// returned watcher stops it.
+    pub fn watch(self: &Arc<Self>) -> Result<PolicyWatcher, notify::Error> {
+        PolicyWatcher::start(self.clone())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn verdict(
+        &self,
+        generation: &PolicyGeneration,
+        user: &PreparedUser,
+        action: &str,
+        rt: ResourceType,
+        resource_id: &str,
+        now: Timestamp,
+        runtime: &Value,
+    ) -> (Arc<Verdict>, bool) {
+        let resource = format!("{rt}:{resource_id}");
+        let slice = generation.slice(action, &resource);
+        let key = DecisionKey {
+            generation: generation.id(),
+            user: user.fingerprint(),
+            action: action.to_owned(),
+            resource,
+            runtime: if slice.uses_runtime {
+                fingerprint(runtime)
+            } else {
+                0
+            },
+            time: time_signature(slice, now, &self.settings.timezone),
+        };
+        if let Some(v) = self.decisions.get(&key) {
+            return (v, true);
+        }
+        let verdict = Arc::new(self.evaluate(
+            generation,
+            slice,
+            &slice.pset,
+            user,
+            action,
+            rt,
+            resource_id,
+            now,
+            runtime,
+        ));
+        self.decisions.insert(key, verdict.clone());
+        (verdict, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        generation: &PolicyGeneration,
+        slice: &Slice,
+        pset: &PolicySet,
+        user: &PreparedUser,
+        action: &str,
+        rt: ResourceType,
+        resource_id: &str,
+        now: Timestamp,
+        runtime: &Value,
+    ) -> Verdict {
+        let deny = |error: String| Verdict {
+            allowed: false,
+            reasons: Vec::new(),
+            errors: vec![error],
+        };
+        let entities = match self.user_entities(generation, user) {
+            Ok(e) => e,
+            Err(e) => return deny(format!("cannot build the user entity: {e}")),
+        };
+        let context = match self.context(generation, slice, user, now, runtime) {
+            Ok(c) => c,
+            Err(e) => return deny(format!("cannot build the request context: {e}")),
+        };
+        let resource = uid(
+            if rt == ResourceType::Node {
+                "Node"
+            } else {
+                "Workflow"
+            },
+            resource_id,
+        );
+        let request = match cedar_policy::Request::new(
+            user.uid(),
+            action_uid(action),
+            resource,
+            context,
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return deny(format!("invalid request: {e}")),
+        };
+        let response = self.authorizer.is_authorized(&request, pset, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let satisfied: Vec<&PolicyId> = response.diagnostics().reason().collect();
+        let reasons = slice
+            .entries
+            .iter()
+            .filter(|e| satisfied.iter().any(|s| s.as_ref() == e.id))
+            .map(|e| e.id.clone())
+            .collect();
+        Verdict {
+            // A forbid that errors is skipped by Cedar: never let that grant access.
+            allowed: response.decision() == cedar_policy::Decision::Allow && errors.is_empty(),
+            reasons,
+            errors,
+        }
+    }
+
+    /// For `explain`: whether each policy's own condition held, evaluated by Cedar.
+    #[allow(clippy::too_many_arguments)]
+    fn probe(
+        &self,
+        generation: &PolicyGeneration,
+        slice: &Slice,
+        user: &PreparedUser,
+        action: &str,
+        rt: ResourceType,
+        resource_id: &str,
+        now: Timestamp,
+        runtime: &Value,
+    ) -> HashMap<String, Option<bool>> {
+        let mut out = HashMap::new();
+        let mut rules = PolicySet::new();
+        for e in &slice.entries {
+            if let Some(holds) = &e.holds {
+                let text = format!("permit (principal, action, resource) when {{ {holds} }};");
+                if let Ok(p) = cedar_policy::Policy::parse(Some(PolicyId::new(&e.id)), text) {
+                    let _ = rules.add(p);
+                }
+            }
+        }
+        let v = self.evaluate(
+            generation,
+            slice,
+            &rules,
+            user,
+            action,
+            rt,
+            resource_id,
+            now,
+            runtime,
+        );
+        for e in slice.entries.iter().filter(|e| e.holds.is_some()) {
+            let held = v.reasons.contains(&e.id);
+            let failed = v
+                .errors
+                .iter()
+                .any(|err| err.contains(&format!("`{}`", e.id)));
+            out.insert(e.id.clone(), if failed { None } else { Some(held) });
+        }
+        for e in slice.entries.iter().filter(|e| e.holds.is_none()) {
+            let Some(policy) = slice.pset.policy(&PolicyId::new(&e.id)) else {
+                continue;
+            };
+            let mut one = PolicySet::new();
+            let _ = one.add(policy.clone());
+            let v = self.evaluate(
+                generation,
+                slice,
+                &one,
+                user,
+                action,
+                rt,
+                resource_id,
+                now,
+                runtime,
+            );
+            out.insert(
+                e.id.clone(),
+                if v.errors.is_empty() {
+                    Some(v.reasons.contains(&e.id))
+                } else {
+                    None
+                },
+            );
+        }
+        out
+    }
+
+    fn user_entities(
+        &self,
+        generation: &PolicyGeneration,
+        user: &PreparedUser,
+    ) -> Result<Arc<cedar_policy::Entities>, String> {
+        let key = (generation.id(), user.fingerprint());
+        if let Some(e) = self.entities.get(&key) {
+            return Ok(e);
+        }
+        let e = Arc::new(user.entities(&generation.user_slots)?);
+        self.entities.insert(key, e.clone());
+        Ok(e)
+    }
+
+    fn context(
+        &self,
+        generation: &PolicyGeneration,
+        slice: &Slice,
+        user: &PreparedUser,
+        now: Timestamp,
+        runtime: &Value,
+    ) -> Result<Context, String> {
+        let zoned = now.to_zoned(self.settings.timezone.clone());
+        let time = zoned.time();
+        let seconds = i64::from(time.hour()) * 3600
+            + i64::from(time.minute()) * 60
+            + i64::from(time.second());
+        let mut pairs: Vec<(String, RestrictedExpression)> = vec![
+            (
+                "now".into(),
+                RestrictedExpression::new_long(now.as_second()),
+            ),
+            (
+                "time_of_day".into(),
+                RestrictedExpression::new_long(seconds),
+            ),
+            (
+                "day_of_week".into(),
+                RestrictedExpression::new_string(day_name(zoned.weekday()).into()),
+            ),
+        ];
+        let null = Value::Null;
+        for s in &slice.runtime_slots {
+            if let Some(v) = s.project(lookup(&s.path, &null, runtime)) {
+                pairs.push((s.name(), v));
+            }
+        }
+        for &i in &slice.needs.derived {
+            let d = &generation.derived[i];
+            let value = d.eval(lookup(&d.condition.path, user.view(), runtime));
+            pairs.push((d.name.clone(), RestrictedExpression::new_bool(value)));
+        }
+        Context::from_pairs(pairs).map_err(|e| e.to_string())
+    }
+
+    fn audit_decision(
+        &self,
+        user: &PreparedUser,
+        action: &str,
+        resource: &str,
+        d: &Decision,
+        started: Instant,
+        masks: Vec<String>,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        audit.record(AuditRecord {
+            time: Timestamp::now().to_string(),
+            user_id: user.context().user_id.clone(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            decision: if d.allowed { "allow" } else { "deny" },
+            policies: d.policies.clone(),
+            generation: d.generation,
+            errors: d.errors.clone(),
+            latency_us: started.elapsed().as_micros() as u64,
+            cached: d.cached,
+            masks,
+        });
+    }
+}
+
+fn action_uid(action: &str) -> cedar_policy::EntityUid {
+    uid("Action", action)
+}
+
+fn day_name(d: jiff::civil::Weekday) -> &'static str {
+    use jiff::civil::Weekday::*;
+    match d {
+        Monday => "monday",
+        Tuesday => "tuesday",
+        Wednesday => "wednesday",
+        Thursday => "thursday",
+        Friday => "friday",
+        Saturday => "saturday",
+        Sunday => "sunday",
+    }
+}
+
+fn kind_name(kind: &PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::Rule {
+            effect: Effect::Allow,
+            ..
+        } => "allow rule",
+        PolicyKind::Rule {
+            effect: Effect::Deny,
+            ..
+        } => "deny rule",
+        PolicyKind::Native { forbid: false } => "native permit",
+        PolicyKind::Native { forbid: true } => "native forbid",
+        PolicyKind::Mask => "mask",
+    }
+}
+
+fn mask_type_name(m: &super::rules::MaskType) -> String {
+    use super::rules::MaskType::*;
+    match m {
+        Redact => "redact".into(),
+        Partial => "partial".into(),
+        Hash => "hash".into(),
+        Replace(_) => "replace".into(),
+        Null => "null".into(),
+        Email => "email".into(),
+        Last4 => "last4".into(),
+        First4 => "first4".into(),
+        Hmac => "hmac".into(),
+        DateYear => "date_year".into(),
+        Plugin(name) => format!("plugin:{name}"),
+    }
+}
+
+/// The decision and its one-line reason from Cedar's verdict.
+fn describe(v: &Verdict, slice: &Slice, generation: u64, cached: bool) -> Decision {
+    let first = v
+        .reasons
+        .first()
+        .and_then(|id| slice.entries.iter().find(|e| &e.id == id));
+    let reason = if !v.errors.is_empty() {
+        format!("denied: policy evaluation failed: {}", v.errors.join("; "))
+    } else {
+        match (v.allowed, first.map(|e| &e.kind)) {
+            (true, Some(PolicyKind::Rule { .. })) => {
+                format!("rule `{}` granted access", v.reasons[0])
+            }
+            (true, _) => format!(
+                "policy `{}` permits access",
+                v.reasons.first().map_or("", String::as_str)
+            ),
+            (false, Some(PolicyKind::Rule { .. })) => {
+                format!("rule `{}` denied access", v.reasons[0])
+            }
+            (false, Some(_)) => format!("policy `{}` forbids access", v.reasons[0]),
+            (false, None) => "no rule granted access".to_owned(),
+        }
+    };
+    Decision {
+        allowed: v.allowed,
+        reason,
+        policies: v.reasons.clone(),
+        generation,
+        errors: v.errors.clone(),
+        cached,
+    }
+}
+
+fn fingerprint(v: &Value) -> u128 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(v.to_string().as_bytes());
+    u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
+}
+
+/// Which side of each time boundary `now` is on, for the slice's time conditions and expiries;
+/// 0 when the slice reads no time. Exact, not hashed: two instants with the same signature get
+/// the same decision. With more boundaries than fit in 60 bits the signature is the second
+/// itself (the context holds the time in whole seconds, so that is exact too).
+fn time_signature(slice: &Slice, now: Timestamp, tz: &TimeZone) -> u64 {
+    let n = &slice.needs;
+    if n.windows.is_empty() && !n.day && n.expiries.is_empty() {
+        return 0;
+    }
+    if n.windows.len() + n.expiries.len() > 56 {
+        return (1 << 63) | (now.as_second() as u64 & ((1 << 62) - 1));
+    }
+    let zoned = now.to_zoned(tz.clone());
+    let t = zoned.time();
+    let seconds = u32::try_from(t.hour()).unwrap_or(0) * 3600
+        + u32::try_from(t.minute()).unwrap_or(0) * 60
+        + u32::try_from(t.second()).unwrap_or(0);
+    let mut bits: u64 = 1;
+    let mut push = |b: bool| bits = (bits << 1) | u64::from(b);
+    for &(start, end) in &n.windows {
+        push(if start <= end {
+            seconds >= start && seconds <= end
+        } else {
+            seconds >= start || seconds <= end
+        });
+    }
+    for &e in &n.expiries {
+        push(now.as_second() < e);
+    }
+    if n.day {
+        bits = (bits << 3) | u64::from(zoned.weekday().to_monday_zero_offset() as u8);
+    }
+    bits
+}
+
+/// Watches a policy directory and reloads the engine after changes settle.
+pub struct PolicyWatcher {
+    _watcher: notify::RecommendedWatcher,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PolicyWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyWatcher")
+    }
+}
+
+/// How long the directory must be quiet before a reload.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+impl PolicyWatcher {
+    fn start(engine: Arc<PolicyEngine>) -> Result<PolicyWatcher, notify::Error> {
+        use notify::Watcher;
+        let dir: PathBuf = engine.generation().dir().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel::<Option<()>>();
+        let events = tx.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(event) = res
+                    && !event.kind.is_access()
+                {
+                    let _ = events.send(Some(()));
+                }
+            })?;
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("trellis-policy-watch".into())
+            .spawn(move || {
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(_) => {
+                            // Wait until the directory is quiet, then reload once.
+                            while rx.recv_timeout(DEBOUNCE).is_ok() {}
+                            let _ = engine.reload();
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(_) => break,
+                    }
+                    if stop_rx.try_recv().is_ok() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| notify::Error::generic(&e.to_string()))?;
+        drop(tx);
+        Ok(PolicyWatcher {
+            _watcher: watcher,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for PolicyWatcher {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,729 @@
+//! One loaded policy directory: every rule compiled, every native policy parsed with its id,
+//! everything validated, and the policies sliced by (action, resource) so that a decision only
+//! looks at the policies that can apply to it. A generation never changes once built.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cedar_policy::{
+    ActionConstraint, Policy, PolicyId, PolicySet, ResourceConstraint, Schema, SchemaFragment,
+    ValidationMode, Validator,
+};
+
+use super::compile::{self, Compiler, DerivedLeaf, MASK_ACTION, Needs, Slot};
+use super::rules::{self, Effect, MaskingRule, PermissionRule, Problem, SourceLoc};
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// The name of the schema file in a policy directory.
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+
+/// `(action id, "node:ID" | "workflow:ID")`.
+pub(crate) type SliceKey = (String, String);
+
+/// What one policy in a slice is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyKind {
+    /// A compiled permission rule.
+    Rule {
+        /// Its effect.
+        effect: Effect,
+        /// Its priority.
+        priority: i64,
+    },
+    /// A native Cedar policy.
+    Native {
+        /// `permit` or `forbid`.
+        forbid: bool,
+    },
+    /// A masking rule's condition.
+    Mask,
+}
+
+/// One policy of a slice, in decision order.
+#[derive(Debug, Clone)]
+pub struct SliceEntry {
+    /// The policy id.
+    pub id: String,
+    /// What it is.
+    pub kind: PolicyKind,
+    /// Where it was written.
+    pub loc: SourceLoc,
+    /// For rules and masks: the condition alone (`H`), for `explain`.
+    pub holds: Option<String>,
+}
+
+/// The policies for one (action, resource).
+#[derive(Debug)]
+pub(crate) struct Slice {
+    pub(crate) pset: PolicySet,
+    pub(crate) entries: Vec<SliceEntry>,
+    pub(crate) needs: Needs,
+    pub(crate) uses_runtime: bool,
+    /// Runtime slots to put in the context.
+    pub(crate) runtime_slots: Vec<Slot>,
+}
+
+/// A loaded, validated policy directory.
+#[derive(Debug)]
+pub struct PolicyGeneration {
+    id: u64,
+    dir: PathBuf,
+    /// Action → resource → slice: looked up without allocating.
+    pub(crate) slices: HashMap<String, HashMap<String, Slice>>,
+    pub(crate) fallback: Slice,
+    pub(crate) user_slots: Vec<Slot>,
+    pub(crate) derived: Vec<DerivedLeaf>,
+    pub(crate) masks: HashMap<String, Vec<(String, MaskingRule)>>,
+    compiled: String,
+    schema: String,
+    policy_count: usize,
+}
+
+/// Every problem found while loading a policy directory.
+#[derive(Debug, thiserror::Error)]
+#[error("{}\n\nhint: fix these and run `trellis policy check` again; the last good policies stay in force", render(.problems))]
+pub struct LoadError {
+    /// Each problem, with file and line.
+    pub problems: Vec<Problem>,
+}
+
+fn render(problems: &[Problem]) -> String {
+    let n = problems.len();
+    let mut out = format!(
+        "{n} problem{} in the policy directory",
+        if n == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&p.to_string().replace('\n', "\n  "));
+    }
+    out
+}
+
+struct Native {
+    policy: Policy,
+    id: String,
+    forbid: bool,
+    loc: SourceLoc,
+    key: Option<SliceKey>,
+}
+
+impl PolicyGeneration {
+    /// Loads `dir`: `schema.cedarschema`, `*.cedar` and `*.rules.json`, in file-name order.
+    pub fn load(dir: &Path) -> Result<PolicyGeneration, LoadError> {
+        let io = |path: &Path, e: std::io::Error| LoadError {
+            problems: vec![Problem::new(
+                SourceLoc {
+                    file: Arc::from(path.display().to_string()),
+                    line: 1,
+                },
+                None,
+                format!("cannot read: {e}"),
+            )],
+        };
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        names.sort();
+        let mut files = Vec::new();
+        for path in names {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if name == SCHEMA_FILE || name.ends_with(".cedar") || rules::is_rules_file(&path) {
+                let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+                files.push((path, text));
+            }
+        }
+        Self::from_sources(dir, &files)
+    }
+
+    /// Builds a generation from `(path, text)` pairs, as if read from `dir`.
+    pub fn from_sources(
+        dir: &Path,
+        files: &[(PathBuf, String)],
+    ) -> Result<PolicyGeneration, LoadError> {
+        let mut problems = Vec::new();
+        let mut rules_list: Vec<PermissionRule> = Vec::new();
+        let mut masks: Vec<MaskingRule> = Vec::new();
+        let mut natives_src = Vec::new();
+        let mut user_schema = None;
+        for (path, text) in files {
+            let shown = path.display().to_string();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name == SCHEMA_FILE {
+                user_schema = Some((shown, text.clone()));
+            } else if name.ends_with(".cedar") {
+                natives_src.push((shown, text.clone()));
+            } else {
+                let (file, mut p) = rules::parse_rules_file(&shown, text);
+                problems.append(&mut p);
+                rules_list.extend(file.rules);
+                masks.extend(file.masking);
+            }
+        }
+        // Duplicate rule ids would make decisions ambiguous.
+        let mut seen: HashMap<&str, &SourceLoc> = HashMap::new();
+        for r in &rules_list {
+            if let Some(first) = seen.insert(&r.id, &r.loc) {
+                problems.push(
+                    Problem::new(
+                        r.loc.clone(),
+                        Some(&r.id),
+                        format!("duplicate rule id, first used at {first}"),
+                    )
+                    .with_hint(Some("give every rule a unique `id`".into())),
+                );
+            }
+        }
+
+        // Compile rules, slice by slice, in decision order.
+        let mut order: Vec<(SliceKey, Vec<usize>)> = Vec::new();
+        let mut index: HashMap<SliceKey, usize> = HashMap::new();
+        for (i, r) in rules_list.iter().enumerate() {
+            let key = (
+                compile::action_id(r.resource_type, &r.permission),
+                format!("{}:{}", r.resource_type, r.resource_id),
+            );
+            let slot = *index.entry(key.clone()).or_insert_with(|| {
+                order.push((key, Vec::new()));
+                order.len() - 1
+            });
+            order[slot].1.push(i);
+        }
+        let mut compiler = Compiler::default();
+        let mut compiled_text = String::new();
+        let mut slices: HashMap<SliceKey, Slice> = HashMap::new();
+        let mut all_compiled = PolicySet::new();
+        let mut loc_of: HashMap<String, (SourceLoc, String)> = HashMap::new();
+        for (key, mut members) in order {
+            // Priority first (highest wins), then file order (a stable sort keeps it).
+            members.sort_by_key(|&i| std::cmp::Reverse(rules_list[i].priority));
+            let mut needs = Needs::default();
+            let mut entries = Vec::new();
+            let mut holds_list: Vec<(Effect, String)> = Vec::new();
+            let mut pset = PolicySet::new();
+            for &i in &members {
+                let rule = &rules_list[i];
+                let mut rule_needs = Needs::default();
+                let holds = compiler.holds(rule, &mut rule_needs);
+                needs.merge(&rule_needs);
+                let earlier: Vec<&str> = holds_list
+                    .iter()
+                    .filter(|(e, _)| *e != rule.effect)
+                    .map(|(_, h)| h.as_str())
+                    .collect();
+                let text = compile::rule_policy(rule, &key.0, &holds, &earlier);
+                holds_list.push((rule.effect, holds.clone()));
+                compiled_text.push_str(&text);
+                compiled_text.push('\n');
+                match Policy::parse(Some(PolicyId::new(&rule.id)), &text) {
+                    Ok(policy) => {
+                        let _ = all_compiled.add(policy.clone());
+                        let _ = pset.add(policy);
+                        loc_of.insert(rule.id.clone(), (rule.loc.clone(), rule.id.clone()));
+                    }
+                    Err(e) => problems.push(Problem::new(
+                        rule.loc.clone(),
+                        Some(&rule.id),
+                        format!("compiled to invalid Cedar (a Trellis bug): {e}"),
+                    )),
+                }
+                entries.push(SliceEntry {
+                    id: rule.id.clone(),
+                    kind: PolicyKind::Rule {
+                        effect: rule.effect,
+                        priority: rule.priority,
+                    },
+                    loc: rule.loc.clone(),
+                    holds: Some(holds),
+                });
+            }
+            slices.insert(
+                key,
+                Slice {
+                    pset,
+                    entries,
+                    needs,
+                    uses_runtime: false,
+                    runtime_slots: Vec::new(),
+                },
+            );
+        }
+
+        // Masking conditions: one permit each, under the `mask` action.
+        let mut mask_map: HashMap<String, Vec<(String, MaskingRule)>> = HashMap::new();
+        for m in masks {
+            let id = format!("mask:{}:{}", file_name(&m.loc.file), m.index);
+            let mut needs = Needs::default();
+            let holds = match &m.condition {
+                Some(c) => compiler.condition(c, &mut needs),
+                None => "true".to_owned(),
+            };
+            let text = format!(
+                "@id({})\n// {} ({} on `{}`)\npermit (\n  principal,\n  action == Trellis::Action::{},\n  resource == Trellis::Node::{}\n)\nwhen {{ {holds} }};\n",
+                compile::lit(&id),
+                m.loc,
+                mask_name(&m),
+                m.field_path.text,
+                compile::lit(MASK_ACTION),
+                compile::lit(&m.resource_id)
+            );
+            compiled_text.push_str(&text);
+            compiled_text.push('\n');
+            let key = (MASK_ACTION.to_owned(), format!("node:{}", m.resource_id));
+            let slice = slices.entry(key).or_insert_with(|| Slice {
+                pset: PolicySet::new(),
+                entries: Vec::new(),
+                needs: Needs::default(),
+                uses_runtime: false,
+                runtime_slots: Vec::new(),
+            });
+            match Policy::parse(Some(PolicyId::new(&id)), &text) {
+                Ok(policy) => {
+                    let _ = all_compiled.add(policy.clone());
+                    let _ = slice.pset.add(policy);
+                    loc_of.insert(id.clone(), (m.loc.clone(), format!("masking[{}]", m.index)));
+                }
+                Err(e) => problems.push(Problem::new(
+                    m.loc.clone(),
+                    None,
+                    format!("compiled to invalid Cedar (a Trellis bug): {e}"),
+                )),
+            }
+            slice.needs.merge(&needs);
+            slice.entries.push(SliceEntry {
+                id: id.clone(),
+                kind: PolicyKind::Mask,
+                loc: m.loc.clone(),
+                holds: Some(holds),
+            });
+            mask_map
+                .entry(m.resource_id.clone())
+                .or_default()
+                .push((id, m));
+        }
+
+        // Slots: what the rules read, plus what the user's schema declares for native policies.
+        let mut user_slots: BTreeSet<Slot> = BTreeSet::new();
+        let mut context_slots: BTreeSet<Slot> = BTreeSet::new();
+        for slice in slices.values() {
+            for s in &slice.needs.slots {
+                if s.path.is_runtime() {
+                    context_slots.insert(s.clone())
+                } else {
+                    user_slots.insert(s.clone())
+                };
+            }
+        }
+        let mut native_schema = None;
+        if let Some((file, text)) = &user_schema {
+            match Schema::from_cedarschema_str(text) {
+                Ok((schema, _)) => {
+                    user_slots.extend(declared_user_slots(text));
+                    native_schema = Some(schema);
+                }
+                Err(e) => {
+                    problems.extend(diagnostic_problems(file, text, None, &e, "invalid schema"))
+                }
+            }
+        }
+        let schema_text = compile::schema_text(&user_slots, &context_slots, &compiler.derived);
+        let generated = match Schema::from_cedarschema_str(&schema_text) {
+            Ok((s, _)) => Some(s),
+            Err(e) => {
+                problems.push(Problem::new(
+                    SourceLoc {
+                        file: Arc::from("<generated schema>"),
+                        line: 1,
+                    },
+                    None,
+                    format!("the generated schema is invalid (a Trellis bug): {e}"),
+                ));
+                None
+            }
+        };
+        if let Some(schema) = &generated {
+            let result =
+                Validator::new(schema.clone()).validate(&all_compiled, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let (loc, rule) = loc_of
+                    .get(&e.policy_id().to_string())
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        (
+                            SourceLoc {
+                                file: Arc::from("<compiled>"),
+                                line: 1,
+                            },
+                            e.policy_id().to_string(),
+                        )
+                    });
+                problems.push(Problem::new(
+                    loc,
+                    Some(&rule),
+                    format!("compiled policy fails strict validation (a Trellis bug): {e}"),
+                ));
+            }
+        }
+
+        // Native policies: ids from `@id`, else `file:index`.
+        let mut natives: Vec<Native> = Vec::new();
+        let mut native_ids: HashMap<String, SourceLoc> = loc_of
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        for (file, text) in &natives_src {
+            let parsed = match PolicySet::from_str(text) {
+                Ok(p) => p,
+                Err(e) => {
+                    for err in e.iter() {
+                        problems.extend(diagnostic_problems(file, text, None, err, "cannot parse"));
+                    }
+                    continue;
+                }
+            };
+            let starts = statement_lines(text);
+            let mut file_set = PolicySet::new();
+            for i in 0.. {
+                let Some(p) = parsed.policy(&PolicyId::new(format!("policy{i}"))) else {
+                    break;
+                };
+                let line = starts.get(i).copied().unwrap_or(1);
+                let loc = SourceLoc {
+                    file: Arc::from(file.as_str()),
+                    line,
+                };
+                let id = p
+                    .annotation("id")
+                    .map_or_else(|| format!("{}:{i}", file_name(file)), str::to_owned);
+                if let Some(first) = native_ids.insert(id.clone(), loc.clone()) {
+                    problems.push(
+                        Problem::new(
+                            loc.clone(),
+                            Some(&id),
+                            format!("duplicate policy id, first used at {first}"),
+                        )
+                        .with_hint(Some("give every policy a unique `@id(\"…\")`".into()))
+                        .native(),
+                    );
+                    continue;
+                }
+                let policy = p.new_id(PolicyId::new(&id));
+                let key = match (policy.action_constraint(), policy.resource_constraint()) {
+                    (ActionConstraint::Eq(a), ResourceConstraint::Eq(r)) => {
+                        slice_key_of(a.id().unescaped(), &r.to_string())
+                    }
+                    _ => None,
+                };
+                let _ = file_set.add(p.clone());
+                natives.push(Native {
+                    forbid: policy.effect() == cedar_policy::Effect::Forbid,
+                    policy,
+                    id,
+                    loc,
+                    key,
+                });
+            }
+            let schema = native_schema.as_ref().or(generated.as_ref());
+            if let Some(schema) = schema {
+                let result =
+                    Validator::new(schema.clone()).validate(&file_set, ValidationMode::Strict);
+                for e in result.validation_errors() {
+                    let i: usize = e
+                        .policy_id()
+                        .to_string()
+                        .trim_start_matches("policy")
+                        .parse()
+                        .unwrap_or(0);
+                    let id = natives
+                        .iter()
+                        .rev()
+                        .find(|n| {
+                            n.loc.file.as_ref() == file && statement_index(&starts, n.loc.line) == i
+                        })
+                        .map(|n| n.id.clone());
+                    problems.extend(diagnostic_problems(
+                        file,
+                        text,
+                        id.as_deref(),
+                        e,
+                        "fails strict validation",
+                    ));
+                }
+            }
+        }
+        for n in &natives {
+            compiled_text.push_str(&format!(
+                "// native policy `{}` from {}\n{}\n\n",
+                n.id, n.loc, n.policy
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(LoadError { problems });
+        }
+
+        // Attach natives: bound ones to their slice, the rest to every access slice.
+        let mut fallback = Slice {
+            pset: PolicySet::new(),
+            entries: Vec::new(),
+            needs: Needs::default(),
+            uses_runtime: false,
+            runtime_slots: Vec::new(),
+        };
+        for n in &natives {
+            let entry = SliceEntry {
+                id: n.id.clone(),
+                kind: PolicyKind::Native { forbid: n.forbid },
+                loc: n.loc.clone(),
+                holds: None,
+            };
+            match &n.key {
+                Some(key) => {
+                    let slice = slices.entry(key.clone()).or_insert_with(|| Slice {
+                        pset: PolicySet::new(),
+                        entries: Vec::new(),
+                        needs: Needs::default(),
+                        uses_runtime: false,
+                        runtime_slots: Vec::new(),
+                    });
+                    let _ = slice.pset.add(n.policy.clone());
+                    slice.entries.push(entry);
+                }
+                None => {
+                    let _ = fallback.pset.add(n.policy.clone());
+                    fallback.entries.push(entry);
+                }
+            }
+        }
+        for (key, slice) in slices.iter_mut() {
+            if key.0 != MASK_ACTION {
+                for (n, e) in natives
+                    .iter()
+                    .filter(|n| n.key.is_none())
+                    .zip(fallback.entries.iter())
+                {
+                    let _ = slice.pset.add(n.policy.clone());
+                    slice.entries.push(e.clone());
+                }
+            }
+            slice.uses_runtime = slice.needs.uses_runtime(&compiler.derived);
+            slice.runtime_slots = slice
+                .needs
+                .slots
+                .iter()
+                .filter(|s| s.path.is_runtime())
+                .cloned()
+                .collect();
+            slice.needs.derived.sort_unstable();
+            slice.needs.derived.dedup();
+        }
+        let policy_count = all_compiled.policies().count() + natives.len();
+        Ok(PolicyGeneration {
+            id: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            dir: dir.to_owned(),
+            slices: {
+                let mut by_action: HashMap<String, HashMap<String, Slice>> = HashMap::new();
+                for ((action, resource), slice) in slices {
+                    by_action.entry(action).or_default().insert(resource, slice);
+                }
+                by_action
+            },
+            fallback,
+            user_slots: user_slots.into_iter().collect(),
+            derived: compiler.derived,
+            masks: mask_map,
+            compiled: compiled_text,
+            schema: schema_text,
+            policy_count,
+        })
+    }
+
+    /// This generation's number; every reload takes a higher one.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The directory it was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// All compiled policies (and the native ones), as Cedar text.
+    pub fn cedar_text(&self) -> &str {
+        &self.compiled
+    }
+
+    /// The schema the compiled policies were validated against.
+    pub fn schema_text(&self) -> &str {
+        &self.schema
+    }
+
+    /// How many Cedar policies it holds.
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+
+    pub(crate) fn slice(&self, action: &str, resource: &str) -> &Slice {
+        self.slices
+            .get(action)
+            .and_then(|by_resource| by_resource.get(resource))
+            .unwrap_or(&self.fallback)
+    }
+}
+
+/// The last component of a shown path, for policy ids that do not depend on the working directory.
+fn file_name(shown: &str) -> &str {
+    Path::new(shown)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(shown)
+}
+
+fn mask_name(m: &MaskingRule) -> String {
+    match &m.mask {
+        rules::MaskType::Plugin(name) => format!("plugin:{name}"),
+        other => format!("{other:?}")
+            .split('(')
+            .next()
+            .unwrap_or("")
+            .to_lowercase(),
+    }
+}
+
+/// The slice a native policy bound to one action and one resource belongs to.
+fn slice_key_of(action: &str, resource_uid: &str) -> Option<SliceKey> {
+    let (ty, id) = resource_uid.split_once("::\"")?;
+    let id = id.strip_suffix('"')?;
+    let rt = match ty {
+        "Trellis::Node" => "node",
+        "Trellis::Workflow" => "workflow",
+        _ => return None,
+    };
+    Some((
+        action.to_owned(),
+        format!("{rt}:{}", id.replace("\\\"", "\"").replace("\\\\", "\\")),
+    ))
+}
+
+/// Slots a user's `schema.cedarschema` declares on `Trellis::User` (e.g. `"str:user.attributes.region"?: String`).
+fn declared_user_slots(text: &str) -> Vec<Slot> {
+    let Ok((fragment, _)) = SchemaFragment::from_cedarschema_str(text) else {
+        return Vec::new();
+    };
+    let Ok(json) = fragment.to_json_value() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(namespaces) = json.as_object() {
+        for ns in namespaces.values() {
+            if let Some(attrs) = ns
+                .pointer("/entityTypes/User/shape/attributes")
+                .and_then(|a| a.as_object())
+            {
+                out.extend(attrs.keys().filter_map(|k| Slot::parse(k)));
+            }
+        }
+    }
+    out
+}
+
+/// The 1-based line where each policy statement starts (skipping comments and blank lines).
+fn statement_lines(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let (mut line, mut at_start, mut in_str, mut escaped) = (1, true, false, false);
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+        } else if b == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        } else if !b.is_ascii_whitespace() {
+            if at_start {
+                out.push(line);
+                at_start = false;
+            }
+            if b == b'"' {
+                in_str = true;
+            } else if b == b';' {
+                at_start = true;
+            }
+        }
+        if b == b'\n' {
+            line += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn statement_index(starts: &[usize], line: usize) -> usize {
+    starts.iter().position(|&l| l == line).unwrap_or(usize::MAX)
+}
+
+/// Problems from a Cedar diagnostic, each at the line of one of its labels.
+fn diagnostic_problems(
+    file: &str,
+    text: &str,
+    id: Option<&str>,
+    d: &dyn miette::Diagnostic,
+    what: &str,
+) -> Vec<Problem> {
+    let line = d.labels().and_then(|mut l| l.next()).map_or(1, |l| {
+        text[..l.offset().min(text.len())].matches('\n').count() + 1
+    });
+    let mut message = format!("{what}: {d}");
+    // Cedar names the policy by its parse-time id (`policy3`); the location says which it is.
+    if let Some(start) = message.find("for policy `policy")
+        && let Some(end) = message[start..].find("`, ")
+    {
+        message.replace_range(start..start + end + 3, "");
+    }
+    if let Some(help) = d.help() {
+        message.push_str(&format!(" ({help})"));
+    }
+    vec![
+        Problem::new(
+            SourceLoc {
+                file: Arc::from(file),
+                line,
+            },
+            id,
+            message,
+        )
+        .native(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_lines_skip_comments_and_strings() {
+        let text = "// c\n@id(\"a;b\")\npermit(principal, action, resource);\n\nforbid(principal, action, resource)\nwhen { true };\n";
+        assert_eq!(statement_lines(text), [2, 5]);
+    }
+}
