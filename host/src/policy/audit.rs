@@ -61,7 +61,7 @@ pub enum AuditError {
         database: String,
         /// The pool's error.
         #[source]
-        source: crate::pool::PoolError,
+        source: Box<crate::pool::PoolError>,
     },
     /// The database is not SQLite.
     #[error(
@@ -156,7 +156,7 @@ impl AuditLog {
         }
         let table_error = |source| AuditError::Table {
             database: pool.name().to_owned(),
-            source,
+            source: Box::new(source),
         };
         let lease = pool.acquire().await.map_err(table_error)?;
         lease
