@@ -1,5 +1,6 @@
 //! The `trellis` command line: one module per subcommand, each with a `run` function.
 
+mod migrate;
 mod query;
 mod serve;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run one SQL statement and print its JSON output.
     Query(query::QueryArgs),
+    /// Create, inspect, apply and roll back database migrations.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -44,5 +47,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Query(args) => query::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
     }
 }
