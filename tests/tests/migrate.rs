@@ -1001,3 +1001,143 @@ fn cli_new_plan_apply_status_rollback() {
         "{err}"
     );
 }
+
+/// The guide's `CreateUserProfileTable` as a Rust migration registered with the runner, next to
+/// a directory migration that depends on it.
+struct CreateUserProfileTable;
+
+impl trellis_host::migrate::Migration for CreateUserProfileTable {
+    fn id(&self) -> &str {
+        "001_create_user_profile"
+    }
+
+    fn description(&self) -> &str {
+        "Create user profile table"
+    }
+
+    fn dependencies(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn reversible(&self) -> bool {
+        true
+    }
+
+    fn up<'a>(
+        &'a self,
+        db: &'a trellis_host::migrate::Step<'a>,
+    ) -> trellis_host::migrate::StepFuture<'a> {
+        Box::pin(async move {
+            let (up, _) = user_profiles(db.kind());
+            db.script(up).await?;
+            let seed = json!({"user_id": 1, "bio": "seeded by code"});
+            db.query(
+                "INSERT INTO user_profiles (user_id, bio) VALUES (:user_id, :bio)",
+                &Params::Named(seed.as_object().unwrap().clone()),
+                Fetch::All,
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn down<'a>(
+        &'a self,
+        db: &'a trellis_host::migrate::Step<'a>,
+    ) -> trellis_host::migrate::StepFuture<'a> {
+        Box::pin(async move {
+            let (_, down) = user_profiles(db.kind());
+            db.script(down).await?;
+            Ok(())
+        })
+    }
+}
+
+async fn rust_migration(kind: DatabaseKind) {
+    let Some(db) = Fresh::new(kind).await else {
+        return;
+    };
+    let pool = db.pool();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "002_avatar_index",
+        &["001_create_user_profile"],
+        "CREATE INDEX idx_profile_avatar ON user_profiles(avatar_url);",
+        Some(if kind == DatabaseKind::Mysql {
+            "DROP INDEX idx_profile_avatar ON user_profiles;"
+        } else {
+            "DROP INDEX idx_profile_avatar;"
+        }),
+        true,
+    );
+    let set = || {
+        let mut set = MigrationSet::from_dir(dir.path()).unwrap();
+        set.register(Arc::new(CreateUserProfileTable)).unwrap();
+        set
+    };
+    let runner = Runner::new(pool.clone(), set());
+    let applied = runner.apply(None, &mut ()).await.unwrap();
+    let ids: Vec<&str> = applied.ran.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["001_create_user_profile", "002_avatar_index"]);
+    let rows = exec(&pool, "SELECT bio FROM user_profiles").await;
+    assert_eq!(rows[0]["bio"], json!("seeded by code"));
+    let back = runner.rollback(RollbackTarget::All, &mut ()).await.unwrap();
+    let ids: Vec<&str> = back.ran.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["002_avatar_index", "001_create_user_profile"]);
+    assert!(!has_table(&catalog(&pool, kind).await, "user_profiles"));
+    // Registering the same id twice is refused.
+    let mut twice = set();
+    assert!(twice.register(Arc::new(CreateUserProfileTable)).is_err());
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn rust_migration_registered_with_the_runner_mariadb() {
+    rust_migration(DatabaseKind::Mysql).await;
+}
+
+#[tokio::test]
+async fn rust_migration_registered_with_the_runner_sqlite() {
+    rust_migration(DatabaseKind::Sqlite).await;
+}
+
+/// A run cancelled in the middle of a step (its future dropped) rolls the step back and gives
+/// the lock up, so the next runner applies the migration.
+#[tokio::test]
+async fn cancelled_run_rolls_back_and_releases_the_lock_postgres() {
+    let Some(db) = Fresh::new(DatabaseKind::Postgres).await else {
+        return;
+    };
+    let pool = db.pool();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "001_slow",
+        &[],
+        "CREATE TABLE slow_t (x INTEGER);\nSELECT pg_sleep(1);",
+        None,
+        true,
+    );
+    let first = runner(&pool, dir.path());
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(300), first.apply(None, &mut ())).await;
+    assert!(cancelled.is_err(), "the step should still be running");
+    let other = db.pool();
+    let applied = runner(&other, dir.path())
+        .lock_wait(Duration::from_secs(20))
+        .apply(None, &mut ())
+        .await
+        .unwrap();
+    assert_eq!(applied.ran.len(), 1, "{applied:?}");
+    let rows = exec(
+        &other,
+        "SELECT COUNT(*) AS n FROM trellis_migrations WHERE success",
+    )
+    .await;
+    assert_eq!(rows[0]["n"], json!(1));
+    pool.close().await;
+    other.close().await;
+    db.drop_db().await;
+}

@@ -7,7 +7,8 @@
 //! step instead, so [`DbLock::acquire`] holds nothing there.
 //!
 //! [`DbLock::release`] unlocks and gives the connection back; a lock dropped without it (a
-//! cancelled run) unlocks from a spawned task before the connection returns to the pool.
+//! cancelled run) rolls back and unlocks from a spawned task before the connection returns to
+//! the pool.
 
 use std::time::Duration;
 
@@ -148,6 +149,9 @@ impl Drop for DbLock {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
                     handle.spawn(async move {
+                        // End the interrupted step's transaction before another runner can
+                        // take the lock (a warning only, when none is open).
+                        let _ = lease.execute("ROLLBACK", &Params::None, Fetch::All).await;
                         if let Err(e) = unlock(&lease, kind).await {
                             tracing::warn!(error = %e, "cannot release the migration lock");
                         }
