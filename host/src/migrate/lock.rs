@@ -26,7 +26,7 @@ pub enum LockError {
     )]
     Timeout(Duration),
     /// The database failed.
-    #[error("cannot take the migration lock: {0}")]
+    #[error("cannot take the migration lock")]
     Database(#[source] PoolError),
 }
 

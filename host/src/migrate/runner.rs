@@ -26,7 +26,7 @@ pub enum MigrateError {
     #[error(transparent)]
     Lock(#[from] LockError),
     /// The database failed outside a migration step.
-    #[error("{during}: {cause}")]
+    #[error("{during}")]
     Database {
         /// What the runner was doing.
         during: &'static str,
