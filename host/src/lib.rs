@@ -15,6 +15,7 @@
 //! - [`cli`]: the `trellis` subcommands, one file each.
 //! - [`config`]: `trellis.toml`, `${VAR}` interpolation, secrets kept out of logs and errors.
 //! - [`database`]: the databases named in the configuration, one pool each.
+//! - [`migrate`]: migrations: dependency-ordered, locked, checksummed, reversible.
 //! - [`pool`]: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
 //!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
 //! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries.
@@ -26,6 +27,7 @@
 pub mod cli;
 pub mod config;
 pub mod database;
+pub mod migrate;
 pub mod plugins;
 pub mod policy;
 pub mod pool;

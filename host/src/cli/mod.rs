@@ -1,5 +1,6 @@
 //! The `trellis` command line: one module per subcommand, each with a `run` function.
 
+mod migrate;
 mod plugin;
 mod policy;
 mod query;
@@ -44,6 +45,8 @@ pub enum Command {
     Plugin(plugin::PluginArgs),
     /// Check, compile and try out policies: `check`, `compile`, `decide`, `mask`, `explain`.
     Policy(policy::PolicyArgs),
+    /// Create, inspect, apply and roll back database migrations.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -53,5 +56,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(args) => query::run(args).await,
         Command::Plugin(args) => plugin::run(args).await,
         Command::Policy(args) => policy::run(args),
+        Command::Migrate(args) => migrate::run(args).await,
     }
 }
