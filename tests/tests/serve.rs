@@ -247,3 +247,29 @@ fn metric_value(text: &str, prefix: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(prefix))
         .and_then(|v| v.trim().parse().ok())
 }
+
+#[test]
+fn a_request_in_flight_at_sigterm_is_answered_before_exit() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.base_url().trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Half a request: the server has started reading it when the stop signal arrives.
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: trellis\r\n")
+        .unwrap();
+    conn.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // let the server read the partial head
+    signal(&server, Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200)); // the server is now draining
+    conn.write_all(b"Connection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"status\":\"ok\""), "{response}");
+    let (status, stderr) = server.wait(Duration::from_secs(15));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("draining in-flight requests"), "{stderr}");
+}
