@@ -18,6 +18,8 @@
 //! - [`pool`]: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
 //!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
 //! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries.
+//! - [`vector`]: AsyncPostgreSQLVectorNode: pgvector tables, indexes, batch inserts, filtered
+//!   search; exact search on the embedded SQLite.
 //! - [`server`]: the HTTP API (axum): health, metrics, and the routes of later modules.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
@@ -28,6 +30,7 @@ pub mod pool;
 pub mod server;
 pub mod shutdown;
 pub mod sql;
+pub mod vector;
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
