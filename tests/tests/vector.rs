@@ -678,3 +678,96 @@ async fn sqlite_exact_top10_equals_pgvector_exact_search() {
     pg.pool().close().await;
     lite.pool().close().await;
 }
+
+#[test]
+fn cli_ingest_then_search_on_sqlite_and_pgvector() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docs.jsonl");
+    let mut lines = String::new();
+    for i in 0..2500 {
+        let kind = if i % 10 == 0 { "article" } else { "note" };
+        lines.push_str(
+            &json!({"vector": [1.0, i as f32, 0.5], "metadata": {"type": kind, "i": i}})
+                .to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::write(&file, lines).unwrap();
+    let mut urls = vec![format!("sqlite://{}", dir.path().join("cli.db").display())];
+    urls.extend(TestDb::PgVector.url());
+    for url in urls {
+        let t = unique("vec_cli");
+        let (status, out, err) = trellis_tests::run_trellis(
+            dir.path(),
+            &[
+                "vector",
+                "ingest",
+                "--url",
+                &url,
+                "--table",
+                &t,
+                "--batch-size",
+                "1000",
+                "docs.jsonl",
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(status.success(), "{url}: {err}");
+        let out: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(out["inserted"], json!(2500));
+        assert!(err.contains("100% 2500 rows"), "no progress shown: {err}");
+        let (status, out, err) = trellis_tests::run_trellis(
+            dir.path(),
+            &[
+                "vector",
+                "search",
+                "--url",
+                &url,
+                "--table",
+                &t,
+                "--vector",
+                "[1, 40.2, 0.5]",
+                "--metric",
+                "l2",
+                "--limit",
+                "2",
+                "--filter",
+                r#"{"type": "article"}"#,
+                "--ef-search",
+                "64",
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(status.success(), "{url}: {err}");
+        let out: Value = serde_json::from_str(&out).unwrap();
+        let found: Vec<i64> = out["result"]["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["metadata"]["i"].as_i64().unwrap())
+            .collect();
+        assert_eq!(found, vec![40, 50], "{url}");
+        // A SQL filter is refused with the JSON form, and the exit status says so.
+        let (status, _, err) = trellis_tests::run_trellis(
+            dir.path(),
+            &[
+                "vector",
+                "search",
+                "--url",
+                &url,
+                "--table",
+                &t,
+                "--vector",
+                "[1, 2, 3]",
+                "--filter",
+                "metadata->>'type' = 'article'",
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(!status.success());
+        assert!(
+            err.contains(r#"hint: write it as JSON: {"type":"article"}"#),
+            "{err}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 mod query;
 mod serve;
+mod vector;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -37,6 +38,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run one SQL statement and print its JSON output.
     Query(query::QueryArgs),
+    /// Load vectors from a JSONL file into a vector table, or search one.
+    Vector(vector::VectorArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -44,5 +47,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Query(args) => query::run(args).await,
+        Command::Vector(args) => vector::run(args).await,
     }
 }
