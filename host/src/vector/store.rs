@@ -607,9 +607,10 @@ impl VectorStore {
                 vec![Value::String(doc)],
             )
         } else {
+            // Bound as `vector[]`: sent in pgvector's binary form, no text parsing on the server.
             let vectors: Vec<Value> = rows
                 .iter()
-                .map(|r| Value::String(vector_text(&r.vector)))
+                .map(|r| Value::Array(r.vector.iter().map(|x| Value::from(*x)).collect()))
                 .collect();
             let metadata: Vec<Value> = rows
                 .iter()
@@ -625,7 +626,7 @@ impl VectorStore {
                 stmt(
                     format!(
                         "INSERT INTO {t} (id, embedding, metadata) \
-                         SELECT i, e::vector, m::jsonb FROM unnest($1::int8[], $2::text[], $3::text[]) AS u(i, e, m)\
+                         SELECT i, e, m::jsonb FROM unnest($1::int8[], $2::vector[], $3::text[]) AS u(i, e, m)\
                          {conflict} RETURNING id"
                     ),
                     vec![
@@ -638,7 +639,7 @@ impl VectorStore {
                 stmt(
                     format!(
                         "INSERT INTO {t} (embedding, metadata) \
-                         SELECT e::vector, m::jsonb FROM unnest($1::text[], $2::text[]) AS u(e, m) RETURNING id"
+                         SELECT e, m::jsonb FROM unnest($1::vector[], $2::text[]) AS u(e, m) RETURNING id"
                     ),
                     vec![Value::Array(vectors), Value::Array(metadata)],
                 )
