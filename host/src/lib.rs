@@ -21,6 +21,8 @@
 //! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries.
 //! - [`plugins`]: WebAssembly plugins: engine, sandbox, registry and hot reload.
 //! - [`policy`]: Kailash-style rules compiled to Cedar, native Cedar policies, masking, audit.
+//! - [`vector`]: AsyncPostgreSQLVectorNode: pgvector tables, indexes, batch inserts, filtered
+//!   search; exact search on the embedded SQLite.
 //! - [`server`]: the HTTP API (axum): health, metrics, and the routes of later modules.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
@@ -34,6 +36,7 @@ pub mod pool;
 pub mod server;
 pub mod shutdown;
 pub mod sql;
+pub mod vector;
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,6 +5,7 @@ mod plugin;
 mod policy;
 mod query;
 mod serve;
+mod vector;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -47,6 +48,8 @@ pub enum Command {
     Policy(policy::PolicyArgs),
     /// Create, inspect, apply and roll back database migrations.
     Migrate(migrate::MigrateArgs),
+    /// Load vectors from a JSONL file into a vector table, or search one.
+    Vector(vector::VectorArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -57,5 +60,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(args) => plugin::run(args).await,
         Command::Policy(args) => policy::run(args),
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Vector(args) => vector::run(args).await,
     }
 }

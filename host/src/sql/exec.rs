@@ -282,6 +282,9 @@ fn bind_pg<'q>(query: PgQuery<'q>, value: &Value, ty: &str) -> Result<PgQuery<'q
         "vector" => query.bind(pgvector::Vector::from(as_array(value, |v| {
             as_f64(v).map(|f| f as f32)
         })?)),
+        "vector[]" | "_vector" => query.bind(as_array(value, |row| {
+            as_array(row, |v| as_f64(v).map(|f| f as f32)).map(pgvector::Vector::from)
+        })?),
         other => {
             return Err(format!(
                 "no JSON conversion to `{other}`; cast the placeholder in SQL, e.g. `CAST(CAST(:p AS text) AS {other})`"
