@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use crate::config::{Config, DatabaseConfig, parse_database_url};
 use crate::migrate::{MigrationSet, Progress, RollbackTarget, Runner, StatusState, new_migration};
 use crate::pool::{Pool, PoolConfig};
 
@@ -236,27 +235,12 @@ async fn print_plan(runner: &Runner, to: Option<&str>, with_sql: bool) -> anyhow
 }
 
 fn open_pool(args: &MigrateArgs) -> anyhow::Result<Pool> {
-    let database = match &args.url {
-        Some(url) => DatabaseConfig::new(
-            "migrate",
-            parse_database_url(url).map_err(|e| anyhow::anyhow!("invalid `--url`: {e}"))?,
-        ),
-        None => {
-            let config = Config::discover(args.config.as_deref())?;
-            match config.database(&args.db) {
-                Some(db) => db.clone(),
-                None => {
-                    let known: Vec<&str> = config.databases.keys().map(String::as_str).collect();
-                    bail!(
-                        "no database named `{}` in {}; configured: {}",
-                        args.db,
-                        config.source,
-                        known.join(", ")
-                    );
-                }
-            }
-        }
-    };
+    let database = super::database_arg::resolve(
+        &args.db,
+        args.url.as_deref(),
+        args.config.as_deref(),
+        "migrate",
+    )?;
     let mut pool_config = PoolConfig::from_database(&database)?;
     pool_config.min_connections = 1;
     pool_config.max_connections = 2;

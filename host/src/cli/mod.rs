@@ -1,5 +1,6 @@
 //! The `trellis` command line: one module per subcommand, each with a `run` function.
 
+mod database_arg;
 mod migrate;
 mod plugin;
 mod policy;

@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value};
 
-use crate::config::{Config, DatabaseConfig, parse_database_url};
 use crate::pool::{Pool, PoolConfig};
 use crate::sql::{Fetch, Params, SqlNode, SqlNodeConfig};
 
@@ -61,27 +60,8 @@ pub enum FetchArg {
 }
 
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
-    let database = match &args.url {
-        Some(url) => DatabaseConfig::new(
-            "cli",
-            parse_database_url(url).map_err(|e| anyhow::anyhow!("invalid `--url`: {e}"))?,
-        ),
-        None => {
-            let config = Config::discover(args.config.as_deref())?;
-            match config.database(&args.db) {
-                Some(db) => db.clone(),
-                None => {
-                    let known: Vec<&str> = config.databases.keys().map(String::as_str).collect();
-                    bail!(
-                        "no database named `{}` in {}; configured: {}",
-                        args.db,
-                        config.source,
-                        known.join(", ")
-                    );
-                }
-            }
-        }
-    };
+    let database =
+        super::database_arg::resolve(&args.db, args.url.as_deref(), args.config.as_deref(), "cli")?;
     let mut pool_config = PoolConfig::from_database(&database)?;
     pool_config.min_connections = 1;
     pool_config.max_connections = 1;

@@ -4,11 +4,10 @@ use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::config::{Config, DatabaseConfig, parse_database_url};
 use crate::pool::{Pool, PoolConfig};
 use crate::vector::{Filter, Metric, NewVector, TableName, VectorNode, VectorStore};
 
@@ -111,27 +110,12 @@ pub async fn run(args: VectorArgs) -> anyhow::Result<()> {
 
 fn open(target: &Target) -> anyhow::Result<(VectorStore, TableName)> {
     let table = TableName::parse(&target.table)?;
-    let database = match &target.url {
-        Some(url) => DatabaseConfig::new(
-            "cli",
-            parse_database_url(url).map_err(|e| anyhow::anyhow!("invalid `--url`: {e}"))?,
-        ),
-        None => {
-            let config = Config::discover(target.config.as_deref())?;
-            match config.database(&target.db) {
-                Some(db) => db.clone(),
-                None => {
-                    let known: Vec<&str> = config.databases.keys().map(String::as_str).collect();
-                    bail!(
-                        "no database named `{}` in {}; configured: {}",
-                        target.db,
-                        config.source,
-                        known.join(", ")
-                    );
-                }
-            }
-        }
-    };
+    let database = super::database_arg::resolve(
+        &target.db,
+        target.url.as_deref(),
+        target.config.as_deref(),
+        "cli",
+    )?;
     let mut pool_config = PoolConfig::from_database(&database)?;
     pool_config.min_connections = 1;
     pool_config.max_connections = 1;
