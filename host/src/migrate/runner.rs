@@ -490,19 +490,8 @@ impl Runner {
                 .await
                 .map_err(db("cannot begin the migration's transaction"))?;
             let body = async {
-                let row = history::read_one(lease, id)
-                    .await
-                    .map_err(db("cannot read the migration history"))?;
-                if let Some(row) = row {
-                    if row.dirty {
-                        return Err(MigrateError::Dirty {
-                            id: row.id,
-                            error: row.error.unwrap_or_default(),
-                        });
-                    }
-                    if row.is_applied() {
-                        return Ok(None);
-                    }
+                if already_applied(lease, id).await? {
+                    return Ok(None);
                 }
                 let started = Instant::now();
                 if let Err(e) = m.up(&step).await {
@@ -582,19 +571,8 @@ impl Runner {
                     .map_err(db("cannot begin a transaction"))?;
             }
             let marked = async {
-                let row = history::read_one(lease, id)
-                    .await
-                    .map_err(db("cannot read the migration history"))?;
-                if let Some(row) = row {
-                    if row.dirty {
-                        return Err(MigrateError::Dirty {
-                            id: row.id,
-                            error: row.error.unwrap_or_default(),
-                        });
-                    }
-                    if row.is_applied() {
-                        return Ok(false);
-                    }
+                if already_applied(lease, id).await? {
+                    return Ok::<bool, MigrateError>(false);
                 }
                 history::put(
                     lease,
@@ -854,4 +832,20 @@ fn millis(d: Duration) -> i64 {
 
 fn short(checksum: &str) -> String {
     checksum.chars().take(12).collect()
+}
+
+/// Reads `id`'s history row under the lock: whether it is applied already; a dirty row is an
+/// error naming it.
+async fn already_applied(lease: &Lease, id: &str) -> Result<bool, MigrateError> {
+    let row = history::read_one(lease, id)
+        .await
+        .map_err(db("cannot read the migration history"))?;
+    match row {
+        Some(row) if row.dirty => Err(MigrateError::Dirty {
+            id: row.id,
+            error: row.error.unwrap_or_default(),
+        }),
+        Some(row) => Ok(row.is_applied()),
+        None => Ok(false),
+    }
 }
