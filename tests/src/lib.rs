@@ -271,3 +271,19 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Compares `actual` with the expected output stored at `expected_path` (a UI test's `.err`
+/// file). With `TRELLIS_BLESS=1` it writes `actual` there instead. Returns a readable mismatch.
+pub fn expect_output(name: &str, expected_path: &Path, actual: &str) -> Option<String> {
+    if std::env::var_os("TRELLIS_BLESS").is_some() {
+        std::fs::write(expected_path, actual).expect("write the expected output");
+        return None;
+    }
+    let expected = std::fs::read_to_string(expected_path).unwrap_or_else(|_| {
+        panic!(
+            "missing {}: run with TRELLIS_BLESS=1",
+            expected_path.display()
+        )
+    });
+    (actual != expected).then(|| format!("{name}:\n--- expected\n{expected}--- got\n{actual}"))
+}

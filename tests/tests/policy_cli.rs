@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_tests::{run_trellis, run_trellis_with_stdin};
+use trellis_tests::{expect_output, run_trellis, run_trellis_with_stdin};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -21,7 +21,6 @@ fn repo() -> PathBuf {
 #[test]
 fn bad_policy_directories_print_the_expected_problems() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/policy");
-    let bless = std::env::var_os("TRELLIS_BLESS").is_some();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -39,22 +38,11 @@ fn bad_policy_directories_print_the_expected_problems() {
         let (status, stdout, stderr) = run_trellis(&dir, &["policy", "check", name], T);
         assert_eq!(status.code(), Some(1), "{name}: {stderr}");
         assert_eq!(stdout, "", "{name}");
-        let expected_path = dir.join(format!("{name}.err"));
-        if bless {
-            std::fs::write(&expected_path, &stderr).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
-            panic!(
-                "missing {}: run with TRELLIS_BLESS=1",
-                expected_path.display()
-            )
-        });
-        if stderr != expected {
-            failures.push(format!(
-                "{name}:\n--- expected\n{expected}--- got\n{stderr}"
-            ));
-        }
+        failures.extend(expect_output(
+            name,
+            &dir.join(format!("{name}.err")),
+            &stderr,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
