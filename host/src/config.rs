@@ -34,6 +34,47 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseConfig>,
     /// `[plugins]`: limits for WebAssembly plugins.
     pub plugins: PluginsConfig,
+    /// `[policy]`: the policy engine's settings and the audit trail.
+    pub policy: PolicyConfig,
+    /// `[migrations]`: migrations applied when the server starts.
+    pub migrations: MigrationsConfig,
+}
+
+/// `[policy]`: the zone time conditions are read in, the `hmac` mask key, the decision cache,
+/// and where every decision is recorded.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// An IANA time zone name (default `UTC`).
+    pub timezone: String,
+    /// The key of the `hmac` mask (default: the `TRELLIS_MASK_HMAC_KEY` environment variable).
+    pub hmac_key: Option<Secret>,
+    /// How many decisions to cache (default 100000).
+    pub cache_capacity: usize,
+    /// Where decisions are recorded.
+    pub audit: AuditTarget,
+    /// How many recent decisions `GET /v1/audit` can show (default 10000).
+    pub audit_recent: usize,
+}
+
+/// Where the audit trail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    /// JSON lines appended to a file (default `<data>/audit.jsonl`).
+    File(PathBuf),
+    /// The `policy_audit` table of a configured database.
+    Database(String),
+    /// Nowhere (only the in-memory recent list).
+    Off,
+}
+
+/// `[migrations]`: a directory of migrations applied to one database when `trellis serve`
+/// starts (off unless `dir` is set).
+#[derive(Debug, Clone, Default)]
+pub struct MigrationsConfig {
+    /// The migrations directory.
+    pub dir: Option<PathBuf>,
+    /// The database they apply to (default `main`).
+    pub database: String,
 }
 
 /// `[plugins]`: the memory cap and call deadline of every plugin, with overrides by plugin name
@@ -430,6 +471,28 @@ struct RawConfig {
     paths: RawPaths,
     databases: Option<BTreeMap<String, toml::Spanned<RawDatabase>>>,
     plugins: Option<toml::Spanned<RawPlugins>>,
+    policy: Option<toml::Spanned<RawPolicy>>,
+    #[serde(default)]
+    migrations: RawMigrations,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    timezone: Option<Interpolated<String>>,
+    hmac_key: Option<Interpolated<Secret>>,
+    cache_capacity: Option<usize>,
+    audit: Option<bool>,
+    audit_file: Option<Interpolated<PathBuf>>,
+    audit_database: Option<Interpolated<String>>,
+    audit_recent: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigrations {
+    dir: Option<Interpolated<PathBuf>>,
+    database: Option<Interpolated<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -491,6 +554,63 @@ struct RawDatabase {
     lease_timeout: Option<Interpolated<HumanDuration>>,
 }
 
+fn resolve_policy(
+    raw: Option<toml::Spanned<RawPolicy>>,
+    base: &Path,
+    paths: &PathsConfig,
+    databases: &BTreeMap<String, DatabaseConfig>,
+) -> Result<PolicyConfig, ResolveError> {
+    let (span, raw) = match raw {
+        Some(s) => (s.span(), s.into_inner()),
+        None => (0..0, RawPolicy::default()),
+    };
+    let error = |key: &str, message: String| ResolveError {
+        span: span.clone(),
+        key: format!("policy.{key}"),
+        message,
+    };
+    let timezone = raw.timezone.map_or_else(|| "UTC".to_owned(), |t| t.0);
+    jiff::tz::TimeZone::get(&timezone).map_err(|e| {
+        error(
+            "timezone",
+            format!("unknown time zone `{timezone}` ({e}); use an IANA name such as `Europe/Berlin`"),
+        )
+    })?;
+    let audit = match (raw.audit, raw.audit_file, raw.audit_database) {
+        (Some(false), None, None) => AuditTarget::Off,
+        (Some(false), _, _) => {
+            return Err(error(
+                "audit",
+                "`audit = false` turns the audit trail off; remove `audit_file`/`audit_database` or the switch".into(),
+            ));
+        }
+        (_, Some(_), Some(_)) => {
+            return Err(error(
+                "audit_file",
+                "give `audit_file` or `audit_database`, not both".into(),
+            ));
+        }
+        (_, Some(file), None) => AuditTarget::File(relative_to(base, file.0)),
+        (_, None, Some(db)) => {
+            if !databases.contains_key(&db.0) {
+                return Err(error(
+                    "audit_database",
+                    format!("`{}` is not a configured database", db.0),
+                ));
+            }
+            AuditTarget::Database(db.0)
+        }
+        (_, None, None) => AuditTarget::File(paths.data.join("audit.jsonl")),
+    };
+    Ok(PolicyConfig {
+        timezone,
+        hmac_key: raw.hmac_key.map(|k| k.0),
+        cache_capacity: raw.cache_capacity.unwrap_or(100_000),
+        audit,
+        audit_recent: raw.audit_recent.unwrap_or(10_000),
+    })
+}
+
 /// A semantic error found after parsing, with the span of the table at fault.
 #[derive(Debug)]
 struct ResolveError {
@@ -549,12 +669,32 @@ impl RawConfig {
             }
         }
         let plugins = resolve_plugins(self.plugins)?;
+        let policy = resolve_policy(self.policy, base, &paths, &databases)?;
+        let migrations = MigrationsConfig {
+            dir: self.migrations.dir.map(|d| relative_to(base, d.0)),
+            database: self
+                .migrations
+                .database
+                .map_or_else(|| "main".to_owned(), |d| d.0),
+        };
+        if migrations.dir.is_some() && !databases.contains_key(&migrations.database) {
+            return Err(ResolveError {
+                span: 0..0,
+                key: "migrations.database".into(),
+                message: format!(
+                    "`{}` is not a configured database",
+                    migrations.database
+                ),
+            });
+        }
         Ok(Config {
             source,
             server,
             paths,
             databases,
             plugins,
+            policy,
+            migrations,
         })
     }
 }

@@ -23,7 +23,9 @@
 //! - [`policy`]: Kailash-style rules compiled to Cedar, native Cedar policies, masking, audit.
 //! - [`vector`]: AsyncPostgreSQLVectorNode: pgvector tables, indexes, batch inserts, filtered
 //!   search; exact search on the embedded SQLite.
-//! - [`server`]: the HTTP API (axum): health, metrics, and the routes of later modules.
+//! - [`workflow`]: workflow files and the builder, the DAG runtime, the access-controlled
+//!   runtime (policy before, masking after), the watched workflows directory.
+//! - [`server`]: the HTTP API (axum): health, metrics, pools, plugins, workflows, policy.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
 pub mod cli;
@@ -37,6 +39,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sql;
 pub mod vector;
+pub mod workflow;
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

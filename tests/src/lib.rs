@@ -287,3 +287,43 @@ pub fn expect_output(name: &str, expected_path: &Path, actual: &str) -> Option<S
     });
     (actual != expected).then(|| format!("{name}:\n--- expected\n{expected}--- got\n{actual}"))
 }
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create a directory");
+    for entry in std::fs::read_dir(from).expect("read a directory") {
+        let path = entry.expect("a directory entry").path();
+        let dest = to.join(path.file_name().expect("a file name"));
+        if path.is_dir() {
+            copy_tree(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).expect("copy a file");
+        }
+    }
+}
+
+/// A temporary copy of the repository's example (what `trellis serve` serves in the
+/// repository): `trellis.toml`, `policies/`, `workflows/`, `migrations/` and the built example
+/// plugins (`plugins/*.wasm`, from `scripts/build-plugins`).
+pub fn example_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let root = repo();
+    std::fs::copy(root.join("trellis.toml"), dir.path().join("trellis.toml"))
+        .expect("copy trellis.toml");
+    for sub in ["policies", "workflows", "migrations"] {
+        copy_tree(&root.join(sub), &dir.path().join(sub));
+    }
+    std::fs::create_dir_all(dir.path().join("plugins")).expect("create plugins/");
+    for entry in std::fs::read_dir(root.join("plugins")).expect("read plugins/") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            std::fs::copy(&path, dir.path().join("plugins").join(path.file_name().expect("name")))
+                .expect("copy a plugin");
+        }
+    }
+    dir
+}

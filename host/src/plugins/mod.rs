@@ -13,6 +13,7 @@
 //! - `plugin`: one loaded version, and calls into it (one store per call, fail-closed masking).
 //! - `registry`: the versions in service, swapped atomically; the status of every file.
 //! - `watcher`: hot reload (debounced, off the request path).
+//! - `masker`: masking plugins as the policy engine's `plugin:<name>` mask type.
 //! - `service`: the runtime as `trellis serve` runs it, stopped on shutdown.
 //! - `host/`: the imports a plugin sees (`log`, `config`) and its captured stdout/stderr.
 //!
@@ -36,6 +37,7 @@ mod cache;
 pub mod engine;
 mod host;
 pub mod limits;
+mod masker;
 mod plugin;
 mod registry;
 mod service;
@@ -45,6 +47,7 @@ pub use cache::CacheOutcome;
 pub use engine::{EngineError, EngineOptions, PluginEngine};
 pub use host::CallConfig;
 pub use limits::{Limits, LimitsConfig};
+pub use masker::RegistryMasker;
 pub use plugin::{
     CallError, Description, Export, MaskInput, Plugin, PluginKind, REDACTED, WarmInstance,
 };

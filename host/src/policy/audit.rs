@@ -87,6 +87,8 @@ pub struct AuditLog {
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
     writer: Option<JoinHandle<()>>,
+    recent: std::sync::Mutex<std::collections::VecDeque<AuditRecord>>,
+    recent_capacity: usize,
 }
 
 impl AuditLog {
@@ -139,6 +141,8 @@ impl AuditLog {
             dropped,
             written,
             writer: Some(writer),
+            recent: Default::default(),
+            recent_capacity: 0,
         })
     }
 
@@ -207,11 +211,20 @@ impl AuditLog {
             dropped,
             written,
             writer: Some(writer),
+            recent: Default::default(),
+            recent_capacity: 0,
         })
     }
 
     /// Queues `record`; when the queue is full the record is counted as dropped.
     pub fn record(&self, record: AuditRecord) {
+        if self.recent_capacity > 0 {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() >= self.recent_capacity {
+                recent.pop_front();
+            }
+            recent.push_back(record.clone());
+        }
         let Some(tx) = &self.tx else { return };
         match tx.try_send(Message::Record(Box::new(record))) {
             Ok(()) => {}
@@ -219,6 +232,31 @@ impl AuditLog {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// An audit log that only keeps the `capacity` most recent records in memory (no file or
+    /// table): for `[policy] audit = false`.
+    pub fn memory_only(capacity: usize) -> AuditLog {
+        AuditLog {
+            tx: None,
+            dropped: Arc::default(),
+            written: Arc::default(),
+            writer: None,
+            recent: Default::default(),
+            recent_capacity: capacity,
+        }
+    }
+
+    /// Also keeps the `capacity` most recent records in memory, for [`AuditLog::recent`].
+    pub fn with_recent(mut self, capacity: usize) -> AuditLog {
+        self.recent_capacity = capacity;
+        self
+    }
+
+    /// The `limit` most recent records, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<AuditRecord> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().take(limit).cloned().collect()
     }
 
     /// Waits until every record queued so far is written.

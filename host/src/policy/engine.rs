@@ -226,14 +226,19 @@ impl PolicyEngine {
         }
     }
 
-    /// Decides `req`.
+    /// Decides `req` with the generation in force.
     pub fn decide(&self, req: &AccessRequest<'_>) -> Decision {
+        self.decide_in(&self.current.load_full(), req)
+    }
+
+    /// Decides `req` with `generation` (from [`PolicyEngine::generation`]): a workflow run pins
+    /// one generation for all its decisions, so a reload never splits a run across two.
+    pub fn decide_in(&self, generation: &Arc<PolicyGeneration>, req: &AccessRequest<'_>) -> Decision {
         let started = Instant::now();
-        let generation = self.current.load_full();
         let action = super::compile::action_id(req.resource_type, req.permission);
         let resource = format!("{}:{}", req.resource_type, req.resource_id);
         let (verdict, cached) = self.verdict(
-            &generation,
+            generation,
             req.user,
             &action,
             req.resource_type,
@@ -338,8 +343,20 @@ impl PolicyEngine {
         now: Timestamp,
         runtime: &Value,
     ) -> MaskOutcome {
+        self.mask_in(&self.current.load_full(), user, resource_id, data, now, runtime)
+    }
+
+    /// [`PolicyEngine::mask`] with a pinned `generation` (see [`PolicyEngine::decide_in`]).
+    pub fn mask_in(
+        &self,
+        generation: &Arc<PolicyGeneration>,
+        user: &PreparedUser,
+        resource_id: &str,
+        data: &Value,
+        now: Timestamp,
+        runtime: &Value,
+    ) -> MaskOutcome {
         let started = Instant::now();
-        let generation = self.current.load_full();
         let Some(masks) = generation.masks.get(resource_id) else {
             return MaskOutcome {
                 value: data.clone(),

@@ -35,6 +35,13 @@ struct RequestLabels {
     status: u16,
 }
 
+/// The labels of one workflow-run series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    workflow: String,
+    outcome: &'static str,
+}
+
 /// The labels of one route's latency series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -50,6 +57,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     uptime: Gauge<f64, AtomicU64>,
+    runs: Family<RunLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -59,9 +67,18 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     /// A registry with build info, uptime, the HTTP series, and `databases`' pool figures.
-    pub fn new(databases: Databases) -> Metrics {
+    pub fn new(databases: Databases, host: Option<super::host_metrics::HostCollector>) -> Metrics {
         let mut registry = Registry::with_prefix("trellis");
         registry.register_collector(Box::new(PoolCollector(databases)));
+        if let Some(host) = host {
+            registry.register_collector(Box::new(host));
+        }
+        let runs = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "workflow_runs",
+            "Workflow runs, by workflow and outcome (ok, denied, invalid, failed)",
+            runs.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -99,7 +116,18 @@ impl Metrics {
             latency,
             in_flight,
             uptime,
+            runs,
         }
+    }
+
+    /// Counts one run of `workflow` ending in `outcome` (`ok`, `denied`, `invalid`, `failed`).
+    pub fn record_run(&self, workflow: &str, outcome: &'static str) {
+        self.runs
+            .get_or_create(&RunLabels {
+                workflow: workflow.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// The registry in the Prometheus text format.

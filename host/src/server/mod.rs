@@ -1,10 +1,14 @@
 //! The HTTP API: the application state, the router, and serving until the stop signal.
 
+mod admin;
+mod error;
 mod health;
+mod host_metrics;
 mod metrics;
 mod plugins;
 mod pools;
 mod router;
+mod workflows;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,9 +16,13 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{AuditTarget, Config};
 use crate::database::{DatabaseError, Databases};
-use crate::plugins::{PluginService, PluginStartError};
+use crate::plugins::{PluginService, PluginStartError, RegistryMasker};
+use crate::policy::{AuditLog, EngineSettings, Masker, PolicyEngine, PolicyWatcher};
+use crate::workflow::{
+    AccessControlledRuntime, HostNames, Runtime, WorkflowSet, WorkflowWatcher,
+};
 
 pub use metrics::Metrics;
 pub use router::router;
@@ -30,29 +38,85 @@ struct AppInner {
     databases: Databases,
     metrics: Metrics,
     plugins: PluginService,
+    policy: Arc<PolicyEngine>,
+    workflows: Arc<WorkflowSet>,
+    runtime: AccessControlledRuntime,
+    watchers: std::sync::Mutex<Watchers>,
     started: Instant,
     watch: bool,
 }
 
+/// The policy and workflow watchers of `--watch` (the plugin watcher lives in [`PluginService`]).
+#[derive(Default)]
+struct Watchers {
+    policy: Option<PolicyWatcher>,
+    workflows: Option<WorkflowWatcher>,
+}
+
 impl App {
-    /// Opens the databases and sets up metrics. Fails if a configured database cannot be opened.
+    /// Opens the databases (applying `[migrations]`), starts the plugin runtime, loads the
+    /// policies (a broken policy directory stops the start: the host never serves without
+    /// policy) and the workflows, and in watch mode starts their watchers.
     pub async fn start(config: Config, watch: bool) -> Result<App, StartError> {
         let databases = Databases::open_all(config.databases.values()).await?;
-        let metrics = Metrics::new(databases.clone());
+        migrate_on_start(&config, &databases).await?;
         let plugins = PluginService::start(&config, watch).await?;
+        let policy = Arc::new(start_policy(&config, &databases, &plugins, watch).await?);
+        let known = Arc::new(HostNames {
+            plugins: plugins.registry().clone(),
+            databases: databases.names().map(str::to_owned).collect(),
+        });
+        let dir = config.paths.workflows.clone();
+        let workflows = Arc::new(
+            tokio::task::spawn_blocking(move || WorkflowSet::load(dir, known))
+                .await
+                .map_err(|e| StartError::Workflows(e.to_string()))?,
+        );
+        let mut watchers = Watchers::default();
         if watch {
+            watchers.policy = Some(policy.watch().map_err(|e| StartError::Watch {
+                what: "policies",
+                dir: config.paths.policies.clone(),
+                reason: e.to_string(),
+            })?);
+            watchers.workflows = Some(
+                WorkflowWatcher::start(workflows.clone(), plugins.registry().changes()).map_err(
+                    |e| StartError::Watch {
+                        what: "workflows",
+                        dir: config.paths.workflows.clone(),
+                        reason: e.to_string(),
+                    },
+                )?,
+            );
             tracing::info!(
                 plugins = %config.paths.plugins.display(),
                 policies = %config.paths.policies.display(),
+                workflows = %config.paths.workflows.display(),
                 "watch mode on"
             );
         }
+        let metrics = Metrics::new(
+            databases.clone(),
+            Some(host_metrics::HostCollector {
+                policy: policy.clone(),
+                workflows: workflows.clone(),
+                plugins: plugins.registry().clone(),
+            }),
+        );
+        let runtime = AccessControlledRuntime::new(
+            Runtime::new(databases.clone(), plugins.registry().clone()),
+            policy.clone(),
+        );
         Ok(App {
             inner: Arc::new(AppInner {
                 config,
                 databases,
                 metrics,
                 plugins,
+                policy,
+                workflows,
+                runtime,
+                watchers: std::sync::Mutex::new(watchers),
                 started: Instant::now(),
                 watch,
             }),
@@ -79,6 +143,37 @@ impl App {
         &self.inner.plugins
     }
 
+    /// The policy engine.
+    pub fn policy(&self) -> &Arc<PolicyEngine> {
+        &self.inner.policy
+    }
+
+    /// The loaded workflows.
+    pub fn workflows(&self) -> &Arc<WorkflowSet> {
+        &self.inner.workflows
+    }
+
+    /// The access-controlled workflow runtime.
+    pub fn runtime(&self) -> &AccessControlledRuntime {
+        &self.inner.runtime
+    }
+
+    /// Stops the policy and workflow watchers.
+    async fn stop_watchers(&self) {
+        let (policy, workflows) = {
+            let mut w = self
+                .inner
+                .watchers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (w.policy.take(), w.workflows.take())
+        };
+        drop(policy);
+        if let Some(workflows) = workflows {
+            workflows.stop().await;
+        }
+    }
+
     /// When the host started serving.
     pub fn started(&self) -> Instant {
         self.inner.started
@@ -90,6 +185,14 @@ impl App {
     }
 }
 
+/// The authenticated caller of a request.
+fn authenticate(
+    _app: &App,
+    headers: &axum::http::HeaderMap,
+) -> Result<crate::policy::UserContext, error::ApiError> {
+    workflows::dev_user(headers)
+}
+
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -99,6 +202,129 @@ pub enum StartError {
     /// The plugin runtime could not start.
     #[error(transparent)]
     Plugins(#[from] PluginStartError),
+    /// The policies could not be loaded.
+    #[error("cannot load the policies\n{0}\n\nhint: `trellis policy check` shows every problem; the host does not start without valid policies")]
+    Policy(String),
+    /// The audit trail could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::policy::audit::AuditError),
+    /// The migrations could not be applied.
+    #[error("cannot apply the migrations in `{dir}` to database `{database}`: {reason}\n\nhint: `trellis migrate status --dir {dir}` shows where it stopped", dir = dir.display())]
+    Migrations {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The database.
+        database: String,
+        /// Why.
+        reason: String,
+    },
+    /// The workflows could not be loaded.
+    #[error("cannot load the workflows: {0}")]
+    Workflows(String),
+    /// A watcher could not start.
+    #[error("cannot watch the {what} directory `{dir}`: {reason}", dir = dir.display())]
+    Watch {
+        /// What is watched.
+        what: &'static str,
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Applies `[migrations]`, if configured, before anything serves.
+async fn migrate_on_start(config: &Config, databases: &Databases) -> Result<(), StartError> {
+    let Some(dir) = &config.migrations.dir else {
+        return Ok(());
+    };
+    let database = config.migrations.database.clone();
+    let fail = |reason: String| StartError::Migrations {
+        dir: dir.clone(),
+        database: database.clone(),
+        reason,
+    };
+    let pool = databases
+        .get(&database)
+        .ok_or_else(|| fail("the database is not configured".into()))?;
+    let set = crate::migrate::MigrationSet::from_dir(dir).map_err(|e| fail(e.to_string()))?;
+    let runner = crate::migrate::Runner::new(pool.clone(), set).by("trellis serve");
+    runner.init().await.map_err(|e| fail(e.to_string()))?;
+    struct Quiet;
+    impl crate::migrate::Progress for Quiet {}
+    let applied = runner
+        .apply(None, &mut Quiet)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    for (id, took) in &applied.ran {
+        tracing::info!(migration = %id, database = %database, took_ms = took.as_millis() as u64, "migration applied");
+    }
+    Ok(())
+}
+
+/// Loads the policy directory with `[policy]`'s settings and audit trail; masking plugins serve
+/// `plugin:<name>` masks.
+async fn start_policy(
+    config: &Config,
+    databases: &Databases,
+    plugins: &PluginService,
+    watch: bool,
+) -> Result<PolicyEngine, StartError> {
+    let p = &config.policy;
+    let timezone = jiff::tz::TimeZone::get(&p.timezone)
+        .map_err(|e| StartError::Policy(format!("time zone `{}`: {e}", p.timezone)))?;
+    let masker = match &p.hmac_key {
+        Some(key) => Masker::new(Some(key.clone())),
+        None => Masker::from_env(),
+    }
+    .with_external(Arc::new(RegistryMasker::new(plugins.registry().clone())));
+    let settings = EngineSettings {
+        timezone,
+        cache_capacity: p.cache_capacity,
+        masker,
+    };
+    let dir = config.paths.policies.clone();
+    let watching = watch;
+    let engine = tokio::task::spawn_blocking(move || {
+        if !dir.exists() {
+            if watching {
+                let _ = std::fs::create_dir_all(&dir);
+            }
+            tracing::warn!(dir = %dir.display(), "no policies directory: every access is denied until policies are added");
+            if !dir.exists() {
+                return crate::policy::PolicyGeneration::from_sources(&dir, &[])
+                    .map(|g| PolicyEngine::new(g, settings));
+            }
+        }
+        PolicyEngine::load(&dir, settings)
+    })
+        .await
+        .map_err(|e| StartError::Policy(e.to_string()))?
+        .map_err(|e| StartError::Policy(e.to_string()))?;
+    let audit = match &p.audit {
+        AuditTarget::Off => AuditLog::memory_only(p.audit_recent),
+        AuditTarget::File(path) => {
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            AuditLog::open(path, 65_536)?.with_recent(p.audit_recent)
+        }
+        AuditTarget::Database(name) => {
+            let pool = databases
+                .get(name)
+                .ok_or_else(|| StartError::Policy(format!("audit database `{name}` is not configured")))?;
+            AuditLog::open_database(pool, 65_536)
+                .await?
+                .with_recent(p.audit_recent)
+        }
+    };
+    tracing::info!(
+        dir = %config.paths.policies.display(),
+        generation = engine.generation().id(),
+        policies = engine.generation().policy_count(),
+        "policies loaded"
+    );
+    Ok(engine.with_audit(audit))
 }
 
 /// Why serving stopped with an error.
@@ -136,7 +362,11 @@ pub async fn serve(
             tracing::warn!(limit = ?drain_limit, "requests still running after the shutdown timeout; stopping anyway");
         }
     }
+    app.stop_watchers().await;
     app.plugins().stop().await;
+    if let Some(audit) = app.policy().audit() {
+        audit.flush();
+    }
     app.databases().close().await;
     tracing::info!("stopped");
     Ok(())

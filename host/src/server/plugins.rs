@@ -13,6 +13,8 @@ use crate::plugins::PluginStatus;
 pub struct PluginList {
     /// The watched directory.
     pub dir: String,
+    /// Changes to the set of plugins in service since start.
+    pub generation: u64,
     /// One entry per `*.wasm` file, sorted by file name.
     pub plugins: Vec<PluginStatus>,
 }
@@ -22,6 +24,7 @@ pub async fn list(State(app): State<App>) -> Json<PluginList> {
     let registry = app.plugins().registry();
     Json(PluginList {
         dir: registry.dir().display().to_string(),
+        generation: *registry.changes().borrow(),
         plugins: registry.list(),
     })
 }

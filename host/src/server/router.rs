@@ -3,11 +3,11 @@
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 
 use super::App;
-use super::{health, metrics, plugins, pools};
+use super::{admin, health, metrics, plugins, pools, workflows};
 
 /// The full HTTP API for `app`.
 pub fn router(app: App) -> Router {
@@ -18,6 +18,11 @@ pub fn router(app: App) -> Router {
         .route("/v1/pools", get(pools::list))
         .route("/v1/pools/{name}/stats", get(pools::stats))
         .route("/v1/plugins", get(plugins::list))
+        .route("/v1/workflows", get(workflows::list))
+        .route("/v1/workflows/{name}/run", post(workflows::run))
+        .route("/v1/authorize", post(admin::authorize))
+        .route("/v1/audit", get(admin::audit))
+        .route("/v1/policies", get(admin::policies))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

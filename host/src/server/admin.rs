@@ -1,0 +1,149 @@
+//! The admin endpoints, allowed by policy (`admin` on workflow `trellis:api`):
+//! `POST /v1/authorize` (decide or explain one access question), `GET /v1/audit?limit=N` (the
+//! most recent decisions), `GET /v1/policies` (the generation in force and the last reload error).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::App;
+use super::error::{ApiError, parse_body};
+use crate::policy::{AccessRequest, PreparedUser, ResourceType, UserContext};
+use crate::workflow::{ADMIN_RESOURCE, Denial};
+
+/// Authenticates the caller and requires `admin` on [`ADMIN_RESOURCE`].
+fn admin(app: &App, headers: &HeaderMap) -> Result<PreparedUser, ApiError> {
+    let user = PreparedUser::new(super::authenticate(app, headers)?);
+    if app.runtime().is_admin(&user) {
+        Ok(user)
+    } else {
+        Err(super::workflows::denied(
+            app,
+            &user,
+            &Denial {
+                resource_type: "workflow",
+                resource_id: ADMIN_RESOURCE.to_owned(),
+                permission: "admin",
+                reason: String::new(),
+                policies: Vec::new(),
+                generation: 0,
+            },
+        ))
+    }
+}
+
+/// The body of `POST /v1/authorize`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizeRequest {
+    /// The user asked about (default: the caller).
+    user: Option<UserContext>,
+    /// `node` or `workflow`.
+    resource_type: String,
+    resource_id: String,
+    permission: String,
+    /// What `runtime.…` paths read.
+    #[serde(default)]
+    runtime: Value,
+    /// Also list every policy considered and the values the host derived.
+    #[serde(default)]
+    explain: bool,
+}
+
+/// Decides (or explains) one access question.
+pub async fn authorize(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = admin(&app, &headers)?;
+    let request: AuthorizeRequest = parse_body(&body)?;
+    let resource_type = match request.resource_type.as_str() {
+        "node" => ResourceType::Node,
+        "workflow" => ResourceType::Workflow,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown resource_type `{other}`: use `node` or `workflow`"),
+            ));
+        }
+    };
+    if !resource_type
+        .permissions()
+        .contains(&request.permission.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown permission `{}` for a {}; the permissions are {}",
+                request.permission,
+                resource_type.as_str(),
+                resource_type.permissions().join(", ")
+            ),
+        ));
+    }
+    let user = request.user.map(PreparedUser::new).unwrap_or(caller);
+    let runtime = if request.runtime.is_null() {
+        json!({})
+    } else {
+        request.runtime
+    };
+    let access = AccessRequest {
+        user: &user,
+        resource_type,
+        resource_id: &request.resource_id,
+        permission: &request.permission,
+        now: jiff::Timestamp::now(),
+        runtime: &runtime,
+    };
+    let policy = app.policy();
+    let mut answer = if request.explain {
+        serde_json::to_value(policy.explain(&access)).unwrap_or_default()
+    } else {
+        json!({"decision": policy.decide(&access)})
+    };
+    answer["policy_generation"] = json!(policy.generation().id());
+    answer["user_id"] = json!(user.context().user_id);
+    Ok(Json(answer))
+}
+
+/// `?limit=N`.
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    limit: Option<usize>,
+}
+
+/// The most recent decisions, newest first.
+pub async fn audit(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers)?;
+    let limit = query.limit.unwrap_or(100).min(app.config().policy.audit_recent);
+    let records = app
+        .policy()
+        .audit()
+        .map(|a| a.recent(limit))
+        .unwrap_or_default();
+    Ok(Json(json!({"count": records.len(), "records": records})))
+}
+
+/// The policy generation in force, its size, and the last reload error.
+pub async fn policies(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers)?;
+    let policy = app.policy();
+    let generation = policy.generation();
+    Ok(Json(json!({
+        "dir": generation.dir().display().to_string(),
+        "generation": generation.id(),
+        "policies": generation.policy_count(),
+        "last_error": policy.last_error(),
+    })))
+}

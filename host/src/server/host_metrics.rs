@@ -1,0 +1,106 @@
+//! Prometheus figures of the policy engine, the workflows and the plugins, read at scrape time:
+//! generations, counts, reload errors, audit records written and dropped.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::plugins::{LoadStatus, PluginRegistry};
+use crate::policy::PolicyEngine;
+use crate::workflow::WorkflowSet;
+
+/// Reads the engine, the workflow set and the plugin registry on every scrape.
+pub struct HostCollector {
+    /// The policy engine.
+    pub policy: Arc<PolicyEngine>,
+    /// The workflows.
+    pub workflows: Arc<WorkflowSet>,
+    /// The plugins.
+    pub plugins: Arc<PluginRegistry>,
+}
+
+impl std::fmt::Debug for HostCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for HostCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut gauge = |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, value) in rows {
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+        let generation = self.policy.generation();
+        gauge(
+            "policy_generation",
+            "The policy generation in force",
+            vec![(vec![], generation.id() as f64)],
+        )?;
+        gauge(
+            "policy_policies",
+            "Cedar policies in force (compiled rules and native policies)",
+            vec![(vec![], generation.policy_count() as f64)],
+        )?;
+        gauge(
+            "policy_reload_failing",
+            "1 when the last policy reload failed (the previous generation serves)",
+            vec![(vec![], f64::from(u8::from(self.policy.last_error().is_some())))],
+        )?;
+        let loaded = self.workflows.current();
+        gauge(
+            "workflows_generation",
+            "The workflows directory's generation in force",
+            vec![(vec![], loaded.generation as f64)],
+        )?;
+        gauge(
+            "workflows_loaded",
+            "Workflows in service",
+            vec![(vec![], loaded.workflows.len() as f64)],
+        )?;
+        gauge(
+            "workflow_files_failing",
+            "Workflow files whose latest content failed to load",
+            vec![(vec![], loaded.errors.len() as f64)],
+        )?;
+        let plugins = self.plugins.list();
+        let count = |status: LoadStatus| plugins.iter().filter(|p| p.status == status).count();
+        gauge(
+            "plugin_files",
+            "Files in the plugins directory, by status",
+            vec![
+                (vec![("status", "loaded".to_owned())], count(LoadStatus::Loaded) as f64),
+                (vec![("status", "failed".to_owned())], count(LoadStatus::Failed) as f64),
+            ],
+        )?;
+        gauge(
+            "plugin_generation",
+            "Changes to the set of plugins in service since start",
+            vec![(vec![], *self.plugins.changes().borrow() as f64)],
+        )?;
+        if let Some(audit) = self.policy.audit() {
+            let mut counter = |name: &str, help: &str, value: u64| {
+                let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(value).encode(family)
+            };
+            counter(
+                "audit_records_written",
+                "Access decisions written to the audit trail",
+                audit.written(),
+            )?;
+            counter(
+                "audit_records_dropped",
+                "Access decisions the audit trail could not keep up with or write",
+                audit.dropped(),
+            )?;
+        }
+        Ok(())
+    }
+}

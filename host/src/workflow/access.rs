@@ -1,0 +1,253 @@
+//! The access-controlled runtime (Kailash's `AccessControlledRuntime`): every run is decided by
+//! the policy engine before anything runs, on one pinned policy generation.
+//!
+//! 1. workflow `execute`: denied → the run is refused.
+//! 2. per node, before the run: `skip` allowed → the node is skipped for this user; else `execute`
+//!    denied → the run is refused naming the node, unless the node is `optional` (then skipped).
+//!    Nodes downstream of a skipped node are skipped too.
+//! 3. per node, after the run: `read_output` denied → its output is withheld from the response;
+//!    else the node's masking rules are applied to its rows before they leave the host.
+//!
+//! Downstream nodes see clear values unless the node is marked `mask_downstream` in the
+//! workflow (then they see exactly what the user would). Every decision goes to the audit log.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::runtime::{OutputFilter, Plan, RunError, Runtime};
+use super::spec::{NodeSpec, Workflow};
+use crate::policy::{AccessRequest, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType};
+
+/// The policy resource (a workflow id no workflow can have) guarding the admin endpoints:
+/// `/v1/authorize` and `/v1/audit` need permission `admin` on it.
+pub const ADMIN_RESOURCE: &str = "trellis:api";
+
+/// What a run returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The run's id (also in the logs and the audit trail's timing).
+    pub run_id: String,
+    /// The workflow.
+    pub workflow: String,
+    /// The policy generation every decision of this run was made with.
+    pub policy_generation: u64,
+    /// Output per node the user may read, masked.
+    pub results: Map<String, Value>,
+    /// Masks applied: `{"node", "fields": ["ssn:redact", …]}`.
+    pub masked: Vec<Value>,
+    /// Nodes not run: `{"node", "reason"}`.
+    pub skipped: Vec<Value>,
+    /// Nodes that ran but whose output this user may not read.
+    pub withheld: Vec<String>,
+    /// Masks that failed (their fields were redacted, never passed through).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mask_errors: Vec<String>,
+}
+
+/// A refusal.
+#[derive(Debug, Clone, Serialize)]
+pub struct Denial {
+    /// `workflow` or `node`.
+    pub resource_type: &'static str,
+    /// Its id.
+    pub resource_id: String,
+    /// The permission refused.
+    pub permission: &'static str,
+    /// The engine's one-line reason (names policies: shown to admins only).
+    pub reason: String,
+    /// The deciding policy ids (shown to admins only).
+    pub policies: Vec<String>,
+    /// The generation that decided.
+    pub generation: u64,
+}
+
+/// Why a run did not produce a report.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// Policy refused the run.
+    #[error("access denied: `{}` on {} `{}`", .0.permission, .0.resource_type, .0.resource_id)]
+    Denied(Denial),
+    /// The inputs do not fit the workflow.
+    #[error("invalid inputs: {}", .0.join("; "))]
+    Inputs(Vec<String>),
+    /// A node failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// The runtime with policy in front.
+#[derive(Clone)]
+pub struct AccessControlledRuntime {
+    runtime: Runtime,
+    policy: Arc<PolicyEngine>,
+}
+
+impl AccessControlledRuntime {
+    /// Guards `runtime` with `policy`.
+    pub fn new(runtime: Runtime, policy: Arc<PolicyEngine>) -> AccessControlledRuntime {
+        AccessControlledRuntime { runtime, policy }
+    }
+
+    /// The policy engine.
+    pub fn policy(&self) -> &Arc<PolicyEngine> {
+        &self.policy
+    }
+
+    /// The runtime underneath.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Whether `user` may use the admin endpoints (`admin` on workflow [`ADMIN_RESOURCE`]).
+    pub fn is_admin(&self, user: &PreparedUser) -> bool {
+        let runtime = json!({});
+        self.policy
+            .decide(&AccessRequest {
+                user,
+                resource_type: ResourceType::Workflow,
+                resource_id: ADMIN_RESOURCE,
+                permission: "admin",
+                now: Timestamp::now(),
+                runtime: &runtime,
+            })
+            .allowed
+    }
+
+    /// Runs `workflow` for `user` with `inputs`.
+    pub async fn run(
+        &self,
+        workflow: &Arc<Workflow>,
+        user: &PreparedUser,
+        inputs: &Map<String, Value>,
+        run_id: String,
+    ) -> Result<RunReport, AccessError> {
+        let generation = self.policy.generation();
+        let now = Timestamp::now();
+        let ask = |ctx: &Value, resource_type, id: &str, permission: &'static str| {
+            let decision = self.policy.decide_in(
+                &generation,
+                &AccessRequest {
+                    user,
+                    resource_type,
+                    resource_id: id,
+                    permission,
+                    now,
+                    runtime: ctx,
+                },
+            );
+            (decision.allowed, decision)
+        };
+        let deny = |resource_type: &'static str,
+                    id: &str,
+                    permission: &'static str,
+                    d: crate::policy::Decision| {
+            AccessError::Denied(Denial {
+                resource_type,
+                resource_id: id.to_owned(),
+                permission,
+                reason: d.reason,
+                policies: d.policies,
+                generation: d.generation,
+            })
+        };
+        let ctx = json!({"workflow": workflow.name, "run_id": run_id});
+        let (allowed, d) = ask(&ctx, ResourceType::Workflow, &workflow.name, "execute");
+        if !allowed {
+            return Err(deny("workflow", &workflow.name, "execute", d));
+        }
+        let inputs = workflow.bind_inputs(inputs).map_err(AccessError::Inputs)?;
+        let ctx = json!({"workflow": workflow.name, "run_id": run_id, "inputs": inputs});
+
+        let mut skip = vec![None; workflow.nodes.len()];
+        for (i, node) in workflow.nodes.iter().enumerate() {
+            if ask(&ctx, ResourceType::Node, &node.id, "skip").0 {
+                skip[i] = Some("policy skips this node for you".to_owned());
+                continue;
+            }
+            let (allowed, d) = ask(&ctx, ResourceType::Node, &node.id, "execute");
+            if !allowed {
+                if node.optional {
+                    skip[i] = Some("execute denied (optional node)".to_owned());
+                } else {
+                    return Err(deny("node", &node.id, "execute", d));
+                }
+            }
+        }
+
+        let masked_downstream: Vec<bool> = workflow.nodes.iter().map(|n| n.mask_downstream).collect();
+        let downstream_filter = masked_downstream.iter().any(|&m| m).then(|| {
+            let policy = self.policy.clone();
+            let generation = generation.clone();
+            let user = user.clone();
+            let ctx = ctx.clone();
+            let filter: OutputFilter = Arc::new(move |node: &NodeSpec, output: Value| {
+                mask_output(&policy, &generation, &user, node, output, now, &ctx).0
+            });
+            (masked_downstream, filter)
+        });
+        let plan = Plan {
+            skip,
+            downstream_filter,
+        };
+        let run = self.runtime.run(workflow, &inputs, &plan).await?;
+
+        let mut report = RunReport {
+            run_id,
+            workflow: workflow.name.clone(),
+            policy_generation: generation.id(),
+            results: Map::new(),
+            masked: Vec::new(),
+            skipped: run
+                .skipped
+                .iter()
+                .map(|(node, reason)| json!({"node": node, "reason": reason}))
+                .collect(),
+            withheld: Vec::new(),
+            mask_errors: Vec::new(),
+        };
+        for (node, output) in workflow.nodes.iter().zip(run.outputs) {
+            let Some(output) = output else { continue };
+            if !ask(&ctx, ResourceType::Node, &node.id, "read_output").0 {
+                report.withheld.push(node.id.clone());
+                continue;
+            }
+            let (output, applied, errors) =
+                mask_output(&self.policy, &generation, user, node, output, now, &ctx);
+            if !applied.is_empty() {
+                report
+                    .masked
+                    .push(json!({"node": node.id, "fields": applied}));
+            }
+            report
+                .mask_errors
+                .extend(errors.into_iter().map(|e| format!("node `{}`: {e}", node.id)));
+            report.results.insert(node.id.clone(), output);
+        }
+        Ok(report)
+    }
+}
+
+/// Applies `node`'s masking rules to the rows of `output` (see
+/// [`super::NodeKind::records_pointer`]; the whole output when it has no rows there).
+fn mask_output(
+    policy: &PolicyEngine,
+    generation: &Arc<PolicyGeneration>,
+    user: &PreparedUser,
+    node: &NodeSpec,
+    mut output: Value,
+    now: Timestamp,
+    ctx: &Value,
+) -> (Value, Vec<String>, Vec<String>) {
+    let pointer = node.kind.records_pointer();
+    let target = if output.pointer(pointer).is_some() {
+        output.pointer_mut(pointer).expect("checked")
+    } else {
+        &mut output
+    };
+    let outcome = policy.mask_in(generation, user, &node.id, target, now, ctx);
+    *target = outcome.value;
+    (output, outcome.applied, outcome.errors)
+}

@@ -1,0 +1,65 @@
+//! Workflows: definitions (`workflows/*.toml` or [`WorkflowBuilder`]), the DAG [`Runtime`], the
+//! [`AccessControlledRuntime`] that puts policy in front of it, and the watched [`WorkflowSet`].
+//!
+//! Data flows one way: the server hands a request to the access-controlled runtime, which asks
+//! the policy engine, runs the nodes (SQL, pool operations, vector, plugins) through the runtime,
+//! and masks what leaves the host. The file format is documented in `workflows/README.md`.
+
+pub mod access;
+pub mod builder;
+pub mod runtime;
+pub mod set;
+pub mod spec;
+
+use std::sync::Arc;
+
+pub use access::{ADMIN_RESOURCE, AccessControlledRuntime, AccessError, Denial, RunReport};
+pub use builder::WorkflowBuilder;
+pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
+pub use set::{Loaded, WorkflowSet, WorkflowWatcher};
+pub use spec::{
+    AnyName, Connection, InputSpec, InputType, Known, NodeKind, NodeSpec, SpecError, Workflow,
+};
+
+use crate::plugins::{PluginKind, PluginRegistry};
+
+/// Checks names against the running host: loaded node plugins and configured databases.
+pub struct HostNames {
+    /// The plugin registry.
+    pub plugins: Arc<PluginRegistry>,
+    /// Configured database names.
+    pub databases: Vec<String>,
+}
+
+impl Known for HostNames {
+    fn plugin(&self, name: &str) -> Result<(), String> {
+        match self.plugins.get(name) {
+            Some(p) if p.kind() == PluginKind::Node => Ok(()),
+            Some(p) => Err(format!(
+                "plugin `{}` is a masking plugin, not a node plugin",
+                p.label()
+            )),
+            None => {
+                let loaded: Vec<String> = self
+                    .plugins
+                    .list()
+                    .into_iter()
+                    .filter_map(|s| s.name)
+                    .map(|n| format!("`{n}`"))
+                    .collect();
+                Err(format!(
+                    "unknown plugin `{name}` (loaded: {})",
+                    if loaded.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        loaded.join(", ")
+                    }
+                ))
+            }
+        }
+    }
+
+    fn database(&self, name: &str) -> bool {
+        self.databases.iter().any(|d| d == name)
+    }
+}

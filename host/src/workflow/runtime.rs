@@ -1,0 +1,515 @@
+//! The workflow runtime: runs a validated [`Workflow`] as a DAG. A node starts as soon as every
+//! node it reads from has finished, so independent nodes run concurrently; each node has a time
+//! limit; the first node that fails (or times out) fails the run, naming the node and the cause,
+//! and the nodes still running are cancelled (the pool rolls back whatever they held open).
+//!
+//! Policy is not checked here: [`super::AccessControlledRuntime`] decides which nodes run and what
+//! of their output leaves the host, and calls [`Runtime::run`] with that plan.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio::task::JoinSet;
+
+use super::spec::{INPUT_PREFIX, NodeKind, NodeSpec, Workflow};
+use crate::database::Databases;
+use crate::plugins::{CallError, PluginRegistry};
+use crate::pool::ops::{OpError, PoolOperations};
+use crate::sql::{SqlError, SqlNode, SqlNodeConfig};
+use crate::vector::{VectorError, VectorNode, VectorStore};
+
+/// Rewrites a node's output before downstream nodes read it (masking for nodes marked so).
+pub type OutputFilter = Arc<dyn Fn(&NodeSpec, Value) -> Value + Send + Sync>;
+
+/// What the caller decided before the run.
+#[derive(Clone, Default)]
+pub struct Plan {
+    /// Per node (by index): `Some(reason)` to skip it.
+    pub skip: Vec<Option<String>>,
+    /// Applied to the outputs of the nodes whose index is listed, before downstream nodes see
+    /// them.
+    pub downstream_filter: Option<(Vec<bool>, OutputFilter)>,
+}
+
+/// What one run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Per node (by index): its output, if it ran.
+    pub outputs: Vec<Option<Value>>,
+    /// Nodes skipped, with why, in workflow order.
+    pub skipped: Vec<(String, String)>,
+    /// Per node (by index): how long it ran.
+    pub durations: Vec<Option<Duration>>,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A node failed.
+    #[error("{location}: {source}")]
+    Node {
+        /// The node's id.
+        node: String,
+        /// `file:line: node `id`` (or the workflow name).
+        location: String,
+        /// Why.
+        #[source]
+        source: NodeError,
+    },
+    /// A node ran past its time limit.
+    #[error("{location}: did not finish within {limit:?}")]
+    Timeout {
+        /// The node's id.
+        node: String,
+        /// Where it is defined.
+        location: String,
+        /// Its limit.
+        limit: Duration,
+    },
+}
+
+impl RunError {
+    /// The failing node's id.
+    pub fn node(&self) -> &str {
+        match self {
+            RunError::Node { node, .. } | RunError::Timeout { node, .. } => node,
+        }
+    }
+}
+
+/// Why one node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Its config (after inputs and connections were filled in) is invalid.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A connection into it could not be read.
+    #[error("{0}")]
+    Connection(String),
+    /// The SQL node failed.
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    /// The pool operation failed.
+    #[error(transparent)]
+    Pool(#[from] OpError),
+    /// The vector operation failed.
+    #[error(transparent)]
+    Vector(#[from] VectorError),
+    /// The plugin is not loaded (any more).
+    #[error(
+        "plugin `{0}` is not loaded\n\nhint: put its .wasm file in the plugins directory; `GET /v1/plugins` lists what is loaded"
+    )]
+    PluginMissing(String),
+    /// The plugin call failed.
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    /// The plugin refused one record.
+    #[error("plugin `{plugin}` failed on record {index}: {message}")]
+    Record {
+        /// `name@version`.
+        plugin: String,
+        /// The record's position in the batch.
+        index: usize,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The database is not configured (any more).
+    #[error("unknown database `{0}`")]
+    Database(String),
+}
+
+/// Runs workflows on the host's databases and plugins.
+#[derive(Clone)]
+pub struct Runtime {
+    databases: Databases,
+    plugins: Arc<PluginRegistry>,
+    vectors: Arc<HashMap<String, VectorStore>>,
+}
+
+impl Runtime {
+    /// A runtime over `databases` and the plugin registry.
+    pub fn new(databases: Databases, plugins: Arc<PluginRegistry>) -> Runtime {
+        let vectors = databases
+            .names()
+            .filter_map(|name| {
+                databases
+                    .get(name)
+                    .map(|pool| (name.to_owned(), VectorStore::new(pool.clone())))
+            })
+            .collect();
+        Runtime {
+            databases,
+            plugins,
+            vectors: Arc::new(vectors),
+        }
+    }
+
+    /// The databases.
+    pub fn databases(&self) -> &Databases {
+        &self.databases
+    }
+
+    /// The plugin registry.
+    pub fn plugins(&self) -> &Arc<PluginRegistry> {
+        &self.plugins
+    }
+
+    /// Runs `workflow` with `inputs` (already checked by [`Workflow::bind_inputs`]).
+    pub async fn run(
+        &self,
+        workflow: &Arc<Workflow>,
+        inputs: &Map<String, Value>,
+        plan: &Plan,
+    ) -> Result<RunOutput, RunError> {
+        let n = workflow.nodes.len();
+        let mut outputs: Vec<Option<Value>> = vec![None; n];
+        let mut downstream_view: Vec<Option<Arc<Value>>> = vec![None; n];
+        let mut durations = vec![None; n];
+        let mut skipped: Vec<Option<String>> = (0..n)
+            .map(|i| plan.skip.get(i).cloned().flatten())
+            .collect();
+        let mut waiting: Vec<usize> = workflow.upstream.iter().map(Vec::len).collect();
+        let mut downstream = vec![Vec::new(); n];
+        for (to, froms) in workflow.upstream.iter().enumerate() {
+            for &from in froms {
+                downstream[from].push(to);
+            }
+        }
+        // Pool operations of one run share their leases (acquire → execute → release).
+        let ops: Arc<HashMap<String, PoolOperations>> = Arc::new(
+            workflow
+                .nodes
+                .iter()
+                .filter(|node| node.kind == NodeKind::PoolOperation)
+                .filter_map(|node| node.database.clone())
+                .filter_map(|db| {
+                    let pool = self.databases.get(&db)?.clone();
+                    Some((db, PoolOperations::new(pool)))
+                })
+                .collect(),
+        );
+
+        let mut ready: Vec<usize> = workflow
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| waiting[i] == 0)
+            .collect();
+        let mut running = JoinSet::new();
+        let mut done = 0;
+        while done < n {
+            // Start (or skip) everything ready.
+            while let Some(i) = ready.pop() {
+                let node = &workflow.nodes[i];
+                let upstream_skipped = workflow.upstream[i]
+                    .iter()
+                    .find(|&&u| skipped[u].is_some())
+                    .map(|&u| workflow.nodes[u].id.clone());
+                if skipped[i].is_none()
+                    && let Some(up) = upstream_skipped
+                {
+                    skipped[i] = Some(format!("upstream node `{up}` was skipped"));
+                }
+                if skipped[i].is_some() {
+                    done += 1;
+                    for &d in &downstream[i] {
+                        waiting[d] -= 1;
+                        if waiting[d] == 0 {
+                            ready.push(d);
+                        }
+                    }
+                    continue;
+                }
+                let config = match self.fill(workflow, i, inputs, &downstream_view) {
+                    Ok(config) => config,
+                    Err(source) => {
+                        return Err(RunError::Node {
+                            node: node.id.clone(),
+                            location: workflow.locate(node),
+                            source,
+                        });
+                    }
+                };
+                let limit = node.timeout.unwrap_or(workflow.node_timeout);
+                let this = self.clone();
+                let spec = node.clone();
+                let ops = ops.clone();
+                running.spawn(async move {
+                    let started = Instant::now();
+                    let result =
+                        tokio::time::timeout(limit, this.run_node(&spec, config, &ops)).await;
+                    (i, started.elapsed(), result.map_err(|_| limit))
+                });
+            }
+            if done == n {
+                break;
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (i, elapsed, result) = match joined {
+                Ok(r) => r,
+                Err(e) => {
+                    // A node task panicked: report it as the node's failure, never crash.
+                    let panic = e.to_string();
+                    return Err(RunError::Node {
+                        node: "(unknown)".into(),
+                        location: format!("workflow `{}`", workflow.name),
+                        source: NodeError::Config(format!("a node task failed: {panic}")),
+                    });
+                }
+            };
+            let node = &workflow.nodes[i];
+            let output = match result {
+                Ok(Ok(output)) => output,
+                Ok(Err(source)) => {
+                    return Err(RunError::Node {
+                        node: node.id.clone(),
+                        location: workflow.locate(node),
+                        source,
+                    });
+                }
+                Err(limit) => {
+                    return Err(RunError::Timeout {
+                        node: node.id.clone(),
+                        location: workflow.locate(node),
+                        limit,
+                    });
+                }
+            };
+            durations[i] = Some(elapsed);
+            let view = match &plan.downstream_filter {
+                Some((which, filter)) if which.get(i).copied().unwrap_or(false) => {
+                    filter(node, output.clone())
+                }
+                _ => output.clone(),
+            };
+            downstream_view[i] = Some(Arc::new(view));
+            outputs[i] = Some(output);
+            done += 1;
+            for &d in &downstream[i] {
+                waiting[d] -= 1;
+                if waiting[d] == 0 {
+                    ready.push(d);
+                }
+            }
+        }
+        let skipped = workflow
+            .nodes
+            .iter()
+            .zip(skipped)
+            .filter_map(|(node, reason)| reason.map(|r| (node.id.clone(), r)))
+            .collect();
+        Ok(RunOutput {
+            outputs,
+            skipped,
+            durations,
+        })
+    }
+
+    /// Node `i`'s config with `$inputs.NAME` replaced and its connections filled in.
+    fn fill(
+        &self,
+        workflow: &Workflow,
+        i: usize,
+        inputs: &Map<String, Value>,
+        views: &[Option<Arc<Value>>],
+    ) -> Result<Value, NodeError> {
+        let node = &workflow.nodes[i];
+        let mut config = node.config.clone();
+        substitute_inputs(&mut config, inputs);
+        for c in workflow.connections.iter().filter(|c| c.to == node.id) {
+            let from = workflow
+                .nodes
+                .iter()
+                .position(|n| n.id == c.from)
+                .expect("validated connection");
+            let Some(view) = &views[from] else {
+                return Err(NodeError::Connection(format!(
+                    "upstream node `{}` has no output",
+                    c.from
+                )));
+            };
+            let mut value: &Value = view;
+            for key in &c.output {
+                value = match value {
+                    Value::Object(map) => map.get(key),
+                    Value::Array(items) => key.parse::<usize>().ok().and_then(|k| items.get(k)),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    NodeError::Connection(format!(
+                        "the output of `{}` has no `{}` (connection `{}` → `{}.{}`)",
+                        c.from,
+                        c.output.join("."),
+                        [c.from.as_str()]
+                            .into_iter()
+                            .chain(c.output.iter().map(String::as_str))
+                            .collect::<Vec<_>>()
+                            .join("."),
+                        c.to,
+                        c.input.join(".")
+                    ))
+                })?;
+            }
+            set_path(&mut config, &c.input, value.clone())?;
+        }
+        Ok(config)
+    }
+
+    async fn run_node(
+        &self,
+        node: &NodeSpec,
+        config: Value,
+        ops: &HashMap<String, PoolOperations>,
+    ) -> Result<Value, NodeError> {
+        let database = || node.database.clone().unwrap_or_else(|| "main".into());
+        match &node.kind {
+            NodeKind::Sql => {
+                let db = database();
+                let pool = self
+                    .databases
+                    .get(&db)
+                    .ok_or_else(|| NodeError::Database(db.clone()))?;
+                let sql = SqlNodeConfig::from_json(&config)?;
+                Ok(SqlNode::new(pool.clone(), sql).run().await?)
+            }
+            NodeKind::PoolOperation => {
+                let db = database();
+                let ops = ops.get(&db).ok_or(NodeError::Database(db))?;
+                Ok(ops.execute(&config).await?)
+            }
+            NodeKind::Vector => {
+                let db = database();
+                let store = self
+                    .vectors
+                    .get(&db)
+                    .ok_or_else(|| NodeError::Database(db.clone()))?;
+                let mut config = config;
+                if let Some(map) = config.as_object_mut() {
+                    // The node's `database` is the workflow's; the vector config's own key is
+                    // the same thing.
+                    map.remove("database");
+                }
+                let vector = VectorNode::from_json(&config)?;
+                Ok(vector.run(store).await?)
+            }
+            NodeKind::Plugin(name) => {
+                let plugin = self
+                    .plugins
+                    .get(name)
+                    .ok_or_else(|| NodeError::PluginMissing(name.clone()))?;
+                let Value::Object(mut config) = config else {
+                    return Err(NodeError::Config("the config must be a table".into()));
+                };
+                let records = match config.remove("records") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Array(items)) => items,
+                    Some(other) => {
+                        return Err(NodeError::Config(format!(
+                            "`records` must be an array of records, not {}",
+                            other
+                        )));
+                    }
+                };
+                let texts: Vec<String> = records.iter().map(Value::to_string).collect();
+                let label = format!("{}@{}", plugin.name(), plugin.version());
+                let results = plugin.transform_async(texts, Arc::new(config)).await?;
+                let mut data = Vec::with_capacity(results.len());
+                for (index, result) in results.into_iter().enumerate() {
+                    match result {
+                        Ok(text) => data.push(serde_json::from_str(&text).map_err(|e| {
+                            NodeError::Record {
+                                plugin: label.clone(),
+                                index,
+                                message: format!("returned invalid JSON: {e}"),
+                            }
+                        })?),
+                        Err(message) => {
+                            return Err(NodeError::Record {
+                                plugin: label,
+                                index,
+                                message,
+                            });
+                        }
+                    }
+                }
+                Ok(json!({"data": data, "count": data.len(), "plugin": label}))
+            }
+        }
+    }
+}
+
+/// Replaces every string that is exactly `$inputs.NAME` with the input's value.
+fn substitute_inputs(value: &mut Value, inputs: &Map<String, Value>) {
+    match value {
+        Value::String(s) => {
+            if let Some(input) = s
+                .strip_prefix(INPUT_PREFIX)
+                .and_then(|name| inputs.get(name))
+            {
+                *value = input.clone();
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| substitute_inputs(v, inputs)),
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|v| substitute_inputs(v, inputs)),
+        _ => {}
+    }
+}
+
+/// Sets `path` in `config` (an object), creating objects on the way.
+fn set_path(config: &mut Value, path: &[String], value: Value) -> Result<(), NodeError> {
+    let Some((last, parents)) = path.split_last() else {
+        *config = value;
+        return Ok(());
+    };
+    let mut at = config;
+    for key in parents {
+        let map = at.as_object_mut().ok_or_else(|| {
+            NodeError::Connection(format!("cannot fill `{}`: `{key}` is not a table", path.join(".")))
+        })?;
+        at = map
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    let map = at.as_object_mut().ok_or_else(|| {
+        NodeError::Connection(format!("cannot fill `{}`: its parent is not a table", path.join(".")))
+    })?;
+    map.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_substituted_only_as_whole_values() {
+        let mut config = json!({
+            "query": "SELECT '$inputs.x' AS literal",
+            "params": {"x": "$inputs.x", "list": ["$inputs.y", "$inputs.missing"]}
+        });
+        let inputs = json!({"x": 5, "y": "why"});
+        substitute_inputs(&mut config, inputs.as_object().unwrap());
+        assert_eq!(
+            config,
+            json!({
+                "query": "SELECT '$inputs.x' AS literal",
+                "params": {"x": 5, "list": ["why", "$inputs.missing"]}
+            })
+        );
+    }
+
+    #[test]
+    fn set_path_creates_tables() {
+        let mut config = json!({"query": "q"});
+        set_path(&mut config, &["params".into(), "a".into()], json!(1)).unwrap();
+        assert_eq!(config, json!({"query": "q", "params": {"a": 1}}));
+        let err = set_path(&mut config, &["query".into(), "a".into()], json!(1)).unwrap_err();
+        assert!(err.to_string().contains("`query` is not a table"));
+    }
+}

@@ -1,0 +1,883 @@
+//! A workflow definition: its inputs, its nodes and the connections between them, read from a
+//! `workflows/*.toml` file (or built with [`super::WorkflowBuilder`]) and validated once: unknown
+//! node types or plugins, duplicate ids, dangling connections and cycles are errors that name the
+//! file, the line and the node.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The node types a workflow may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    /// `AsyncSQLDatabaseNode`: one SQL statement on a database's pool.
+    Sql,
+    /// `WorkflowConnectionPool`: one of the pool's JSON operations (`execute`, `stats`, …).
+    PoolOperation,
+    /// `AsyncPostgreSQLVectorNode`: a vector table operation.
+    Vector,
+    /// `plugin:<name>`: a node plugin's batch transform.
+    Plugin(String),
+}
+
+/// The type names accepted in `type = "…"`.
+pub const NODE_TYPES: &[&str] = &[
+    "AsyncSQLDatabaseNode",
+    "WorkflowConnectionPool",
+    "AsyncPostgreSQLVectorNode",
+    "plugin:<name>",
+];
+
+impl NodeKind {
+    /// Parses a `type` value.
+    pub fn parse(text: &str) -> Result<NodeKind, String> {
+        match text {
+            "AsyncSQLDatabaseNode" => Ok(NodeKind::Sql),
+            "WorkflowConnectionPool" => Ok(NodeKind::PoolOperation),
+            "AsyncPostgreSQLVectorNode" => Ok(NodeKind::Vector),
+            _ => match text.strip_prefix("plugin:") {
+                Some(name) if !name.is_empty() => Ok(NodeKind::Plugin(name.to_owned())),
+                Some(_) => Err("`plugin:` needs a plugin name, e.g. `plugin:sum-by-key`".into()),
+                None => {
+                    let close = NODE_TYPES
+                        .iter()
+                        .map(|t| (strsim::jaro_winkler(t, text), *t))
+                        .filter(|(score, _)| *score > 0.85)
+                        .max_by(|a, b| a.0.total_cmp(&b.0));
+                    let mut msg = format!(
+                        "unknown node type `{text}`; the types are {}",
+                        NODE_TYPES
+                            .iter()
+                            .map(|t| format!("`{t}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    if let Some((_, t)) = close {
+                        msg.push_str(&format!(" (did you mean `{t}`?)"));
+                    }
+                    Err(msg)
+                }
+            },
+        }
+    }
+
+    /// Whether the node runs on a database (and so takes `database`).
+    pub fn uses_database(&self) -> bool {
+        !matches!(self, NodeKind::Plugin(_))
+    }
+
+    /// Where a node of this kind keeps its rows in its output (a JSON pointer): masking rules'
+    /// field paths are read from there.
+    pub fn records_pointer(&self) -> &'static str {
+        match self {
+            NodeKind::Sql => "/result/data",
+            NodeKind::Vector => "/result/matches",
+            NodeKind::PoolOperation | NodeKind::Plugin(_) => "/data",
+        }
+    }
+}
+
+impl fmt::Display for NodeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeKind::Sql => f.write_str("AsyncSQLDatabaseNode"),
+            NodeKind::PoolOperation => f.write_str("WorkflowConnectionPool"),
+            NodeKind::Vector => f.write_str("AsyncPostgreSQLVectorNode"),
+            NodeKind::Plugin(name) => write!(f, "plugin:{name}"),
+        }
+    }
+}
+
+/// The JSON type a workflow input must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    /// A JSON string.
+    String,
+    /// A whole number.
+    Integer,
+    /// Any JSON number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// A JSON array.
+    Array,
+    /// A JSON object.
+    Object,
+    /// Anything.
+    Any,
+}
+
+impl InputType {
+    /// Whether `value` has this type.
+    pub fn accepts(self, value: &Value) -> bool {
+        match self {
+            InputType::String => value.is_string(),
+            InputType::Integer => value.is_i64() || value.is_u64(),
+            InputType::Number => value.is_number(),
+            InputType::Boolean => value.is_boolean(),
+            InputType::Array => value.is_array(),
+            InputType::Object => value.is_object(),
+            InputType::Any => true,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            InputType::String => "a string",
+            InputType::Integer => "a whole number",
+            InputType::Number => "a number",
+            InputType::Boolean => "true or false",
+            InputType::Array => "an array",
+            InputType::Object => "an object",
+            InputType::Any => "any value",
+        }
+    }
+}
+
+/// One declared input of a workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    /// Its type.
+    pub kind: InputType,
+    /// The value used when the caller gives none; without one the input is required.
+    pub default: Option<Value>,
+    /// What it is for (shown by `GET /v1/workflows`).
+    pub description: Option<String>,
+}
+
+/// One node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    /// Unique within the workflow; also the policy resource id (`Trellis::Node::"id"`).
+    pub id: String,
+    /// What it runs.
+    pub kind: NodeKind,
+    /// Its configuration (the node type's JSON config). Strings `"$inputs.NAME"` are replaced by
+    /// the run's input `NAME`; connections fill further keys at run time.
+    pub config: Value,
+    /// The database it runs on (database nodes only; default: the workflow's, else `main`).
+    pub database: Option<String>,
+    /// The longest it may run (default: the workflow's `node_timeout`).
+    pub timeout: Option<Duration>,
+    /// Whether the run goes on without it when policy denies `execute` (it is then skipped).
+    pub optional: bool,
+    /// Whether downstream nodes see its output masked for the user (default: clear values;
+    /// the response is masked either way).
+    pub mask_downstream: bool,
+    /// 1-based line of its definition, when read from a file.
+    pub line: Option<usize>,
+}
+
+/// Data from one node's output into another node's config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    /// The upstream node.
+    pub from: String,
+    /// Dotted path into its output (empty: the whole output).
+    pub output: Vec<String>,
+    /// The downstream node.
+    pub to: String,
+    /// Dotted path of the config key it fills.
+    pub input: Vec<String>,
+    /// 1-based line, when read from a file.
+    pub line: Option<usize>,
+}
+
+/// A validated workflow.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    /// Its name (the file stem unless `name` is given); the policy resource id.
+    pub name: String,
+    /// What it does.
+    pub description: Option<String>,
+    /// The file it came from.
+    pub source: Option<PathBuf>,
+    /// Declared inputs.
+    pub inputs: BTreeMap<String, InputSpec>,
+    /// Nodes, in definition order.
+    pub nodes: Vec<NodeSpec>,
+    /// Connections.
+    pub connections: Vec<Connection>,
+    /// The default per-node time limit.
+    pub node_timeout: Duration,
+    /// Node indices in a dependency order.
+    pub(crate) order: Vec<usize>,
+    /// For each node, the indices of the nodes it reads from.
+    pub(crate) upstream: Vec<Vec<usize>>,
+}
+
+/// The default per-node time limit.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A problem with a workflow definition.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{location}: {message}{}", hint.as_ref().map(|h| format!("\n\nhint: {h}")).unwrap_or_default())]
+pub struct SpecError {
+    /// `file:line` (or the workflow name for built workflows), and the node when one is at fault.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+    /// What to do.
+    pub hint: Option<String>,
+}
+
+/// What the validator checks names against.
+pub trait Known {
+    /// Whether a node plugin called `name` is loaded.
+    fn plugin(&self, name: &str) -> Result<(), String>;
+    /// Whether a database called `name` is configured.
+    fn database(&self, name: &str) -> bool;
+}
+
+/// Accepts every plugin and database (for tests and offline checks).
+pub struct AnyName;
+
+impl Known for AnyName {
+    fn plugin(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn database(&self, _: &str) -> bool {
+        true
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: Option<String>,
+    description: Option<String>,
+    database: Option<String>,
+    node_timeout: Option<String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, RawInput>,
+    #[serde(default)]
+    nodes: Vec<toml::Spanned<RawNode>>,
+    #[serde(default)]
+    connections: Vec<toml::Spanned<RawConnection>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    #[serde(rename = "type", default = "any")]
+    kind: InputType,
+    default: Option<Value>,
+    description: Option<String>,
+}
+
+fn any() -> InputType {
+    InputType::Any
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    config: Option<Value>,
+    database: Option<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    optional: bool,
+    #[serde(default)]
+    mask_downstream: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnection {
+    from: String,
+    to: String,
+}
+
+/// Builds [`Workflow`]s; [`Workflow::parse`] and [`super::WorkflowBuilder`] both end here.
+pub(crate) struct Draft {
+    pub name: String,
+    pub description: Option<String>,
+    pub source: Option<PathBuf>,
+    pub database: Option<String>,
+    pub node_timeout: Duration,
+    pub inputs: BTreeMap<String, InputSpec>,
+    pub nodes: Vec<NodeSpec>,
+    pub connections: Vec<Connection>,
+}
+
+impl Workflow {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path, known: &dyn Known) -> Result<Workflow, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            location: path.display().to_string(),
+            message: format!("cannot read the workflow file: {e}"),
+            hint: None,
+        })?;
+        Workflow::parse(&text, path, known)
+    }
+
+    /// Parses `text` as the workflow file `path` and validates it.
+    pub fn parse(text: &str, path: &Path, known: &dyn Known) -> Result<Workflow, SpecError> {
+        let at = |offset: usize| format!("{}:{}", path.display(), line_of(text, offset));
+        let raw: RawWorkflow = toml::from_str(text).map_err(|e| SpecError {
+            location: at(e.span().map_or(0, |s| s.start)),
+            message: e.message().trim().to_owned(),
+            hint: e
+                .message()
+                .starts_with("unknown field")
+                .then(|| "see the workflow format in workflows/README.md".to_owned()),
+        })?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("workflow")
+            .to_owned();
+        let file_err = |message: String| SpecError {
+            location: path.display().to_string(),
+            message,
+            hint: None,
+        };
+        let node_timeout = match &raw.node_timeout {
+            None => DEFAULT_NODE_TIMEOUT,
+            Some(t) => parse_duration(t).map_err(|m| file_err(format!("`node_timeout`: {m}")))?,
+        };
+        let mut inputs = BTreeMap::new();
+        for (name, input) in raw.inputs {
+            inputs.insert(
+                name,
+                InputSpec {
+                    kind: input.kind,
+                    default: input.default,
+                    description: input.description,
+                },
+            );
+        }
+        let mut nodes = Vec::new();
+        for spanned in raw.nodes {
+            let line = line_of(text, spanned.span().start);
+            let node = spanned.into_inner();
+            let located = |message: String| SpecError {
+                location: format!("{}:{line}: node `{}`", path.display(), node.id),
+                message,
+                hint: None,
+            };
+            let kind = NodeKind::parse(&node.kind).map_err(located)?;
+            let timeout = node
+                .timeout
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|m| located(format!("`timeout`: {m}")))?;
+            nodes.push(NodeSpec {
+                id: node.id,
+                kind,
+                config: node.config.unwrap_or_else(|| Value::Object(Default::default())),
+                database: node.database,
+                timeout,
+                optional: node.optional,
+                mask_downstream: node.mask_downstream,
+                line: Some(line),
+            });
+        }
+        let mut connections = Vec::new();
+        for spanned in raw.connections {
+            let line = line_of(text, spanned.span().start);
+            let c = spanned.into_inner();
+            let (from, output) = split_path(&c.from);
+            let (to, input) = split_path(&c.to);
+            connections.push(Connection {
+                from,
+                output,
+                to,
+                input,
+                line: Some(line),
+            });
+        }
+        Draft {
+            name: raw.name.unwrap_or(stem),
+            description: raw.description,
+            source: Some(path.to_owned()),
+            database: raw.database,
+            node_timeout,
+            inputs,
+            nodes,
+            connections,
+        }
+        .validate(known)
+    }
+
+    /// The node with `id`.
+    pub fn node(&self, id: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Checks `inputs` against the declared inputs and fills in defaults. Every problem is
+    /// reported at once.
+    pub fn bind_inputs(
+        &self,
+        given: &serde_json::Map<String, Value>,
+    ) -> Result<serde_json::Map<String, Value>, Vec<String>> {
+        let mut problems = Vec::new();
+        for name in given.keys() {
+            if !self.inputs.contains_key(name) {
+                let known: Vec<_> = self.inputs.keys().map(|k| format!("`{k}`")).collect();
+                problems.push(format!(
+                    "unknown input `{name}`; this workflow takes {}",
+                    if known.is_empty() {
+                        "no inputs".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+        let mut bound = serde_json::Map::new();
+        for (name, spec) in &self.inputs {
+            match given.get(name).or(spec.default.as_ref()) {
+                Some(v) if spec.kind.accepts(v) => {
+                    bound.insert(name.clone(), v.clone());
+                }
+                Some(v) => problems.push(format!(
+                    "input `{name}` must be {}, not {}",
+                    spec.kind.name(),
+                    json_kind(v)
+                )),
+                None => problems.push(format!("missing input `{name}` ({})", spec.kind.name())),
+            }
+        }
+        if problems.is_empty() {
+            Ok(bound)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// `file:line: node `id`` for messages about a node.
+    pub fn locate(&self, node: &NodeSpec) -> String {
+        match (&self.source, node.line) {
+            (Some(path), Some(line)) => format!("{}:{line}: node `{}`", path.display(), node.id),
+            _ => format!("workflow `{}`: node `{}`", self.name, node.id),
+        }
+    }
+}
+
+impl Draft {
+    fn location(&self, line: Option<usize>, node: Option<&str>) -> String {
+        let mut s = match (&self.source, line) {
+            (Some(path), Some(line)) => format!("{}:{line}", path.display()),
+            (Some(path), None) => path.display().to_string(),
+            (None, _) => format!("workflow `{}`", self.name),
+        };
+        if let Some(node) = node {
+            s.push_str(&format!(": node `{node}`"));
+        }
+        s
+    }
+
+    /// Validates the draft.
+    pub(crate) fn validate(mut self, known: &dyn Known) -> Result<Workflow, SpecError> {
+        let err = |location: String, message: String, hint: Option<&str>| SpecError {
+            location,
+            message,
+            hint: hint.map(str::to_owned),
+        };
+        if !valid_id(&self.name) {
+            return Err(err(
+                self.location(None, None),
+                format!("invalid workflow name `{}`", self.name),
+                Some("use letters, digits, `_` and `-` only"),
+            ));
+        }
+        if self.nodes.is_empty() {
+            return Err(err(
+                self.location(None, None),
+                "the workflow has no nodes".into(),
+                Some("add a `[[nodes]]` table with `id` and `type`"),
+            ));
+        }
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let at = self.location(node.line, Some(&node.id));
+            if !valid_id(&node.id) {
+                return Err(err(
+                    at,
+                    "invalid node id".into(),
+                    Some("use letters, digits, `_` and `-` only (dots separate paths)"),
+                ));
+            }
+            if let Some(first) = index.insert(node.id.clone(), i) {
+                let first_line = self.nodes[first]
+                    .line
+                    .map(|l| format!(" (first defined at line {l})"))
+                    .unwrap_or_default();
+                return Err(err(at, format!("duplicate node id{first_line}"), None));
+            }
+            if !node.config.is_object() {
+                return Err(err(at, "`config` must be a table".into(), None));
+            }
+            if let NodeKind::Plugin(name) = &node.kind {
+                known.plugin(name).map_err(|m| {
+                    err(
+                        at.clone(),
+                        m,
+                        Some("build it into the plugins directory (`scripts/build-plugins`)"),
+                    )
+                })?;
+                if node.database.is_some() {
+                    return Err(err(at, "a plugin node takes no `database`".into(), None));
+                }
+            } else {
+                let db = node
+                    .database
+                    .clone()
+                    .or_else(|| self.database.clone())
+                    .unwrap_or_else(|| "main".to_owned());
+                if !known.database(&db) {
+                    return Err(err(
+                        at,
+                        format!("unknown database `{db}`"),
+                        Some("name a database from `[databases]` in trellis.toml"),
+                    ));
+                }
+            }
+            let mut refs = Vec::new();
+            input_refs(&node.config, &mut refs);
+            for r in refs {
+                if !self.inputs.contains_key(&r) {
+                    return Err(err(
+                        at,
+                        format!("`$inputs.{r}` names an input the workflow does not declare"),
+                        Some(&format!("declare it: `[inputs.{r}]` with a `type`")),
+                    ));
+                }
+            }
+        }
+        // Database defaults are resolved here so the runtime needs no fallbacks.
+        let default_db = self.database.clone().unwrap_or_else(|| "main".to_owned());
+        for node in &mut self.nodes {
+            if node.kind.uses_database() && node.database.is_none() {
+                node.database = Some(default_db.clone());
+            }
+        }
+        let mut upstream = vec![Vec::new(); self.nodes.len()];
+        let mut filled: HashSet<(usize, Vec<String>)> = HashSet::new();
+        for c in &mut self.connections {
+            let at = self.location_for_connection(c);
+            let from = *index.get(&c.from).ok_or_else(|| {
+                err(
+                    at.clone(),
+                    format!("connection from unknown node `{}`", c.from),
+                    Some(&known_nodes(&self.nodes)),
+                )
+            })?;
+            let to = *index.get(&c.to).ok_or_else(|| {
+                err(
+                    at.clone(),
+                    format!("connection to unknown node `{}`", c.to),
+                    Some(&known_nodes(&self.nodes)),
+                )
+            })?;
+            if from == to {
+                return Err(err(
+                    at,
+                    format!("node `{}` is connected to itself", c.to),
+                    None,
+                ));
+            }
+            if c.input.is_empty() {
+                match self.nodes[to].kind {
+                    NodeKind::Plugin(_) => c.input = vec!["records".to_owned()],
+                    _ => {
+                        return Err(err(
+                            at,
+                            format!(
+                                "the connection into `{}` must name the config key it fills",
+                                c.to
+                            ),
+                            Some("e.g. `to = \"report.params.start_date\"` or `to = \"search.vector\"`"),
+                        ));
+                    }
+                }
+            }
+            if !filled.insert((to, c.input.clone())) {
+                return Err(err(
+                    at,
+                    format!(
+                        "`{}.{}` is filled by two connections",
+                        c.to,
+                        c.input.join(".")
+                    ),
+                    None,
+                ));
+            }
+            if !upstream[to].contains(&from) {
+                upstream[to].push(from);
+            }
+        }
+        let order = topological_order(&upstream).map_err(|cycle| {
+            let names: Vec<&str> = cycle.iter().map(|&i| self.nodes[i].id.as_str()).collect();
+            let first = &self.nodes[cycle[0]];
+            err(
+                self.location(first.line, Some(&first.id)),
+                format!("the connections form a cycle: {}", names.join(" → ")),
+                Some("a workflow is a DAG: remove one of these connections"),
+            )
+        })?;
+        Ok(Workflow {
+            name: self.name,
+            description: self.description,
+            source: self.source,
+            inputs: self.inputs,
+            nodes: self.nodes,
+            connections: self.connections,
+            node_timeout: self.node_timeout,
+            order,
+            upstream,
+        })
+    }
+
+    fn location_for_connection(&self, c: &Connection) -> String {
+        format!(
+            "{}: connection `{}` → `{}`",
+            self.location(c.line, None),
+            c.from,
+            c.to
+        )
+    }
+}
+
+fn known_nodes(nodes: &[NodeSpec]) -> String {
+    let ids: Vec<String> = nodes.iter().map(|n| format!("`{}`", n.id)).collect();
+    format!("the nodes are {}", ids.join(", "))
+}
+
+/// Kahn's algorithm; on a cycle, returns the nodes on one cycle (in order, first repeated).
+fn topological_order(upstream: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = upstream.len();
+    let mut pending: Vec<usize> = upstream.iter().map(Vec::len).collect();
+    let mut downstream = vec![Vec::new(); n];
+    for (to, froms) in upstream.iter().enumerate() {
+        for &from in froms {
+            downstream[from].push(to);
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&i| pending[i] == 0).rev().collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &d in &downstream[i] {
+            pending[d] -= 1;
+            if pending[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk upstream from a node still pending until a node repeats: that is a cycle.
+    let start = (0..n).find(|&i| pending[i] > 0).expect("a pending node");
+    let mut path = vec![start];
+    let mut at = start;
+    loop {
+        let next = *upstream[at]
+            .iter()
+            .find(|&&u| pending[u] > 0)
+            .expect("a pending node has a pending upstream");
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cycle: Vec<usize> = path[pos..].to_vec();
+            cycle.reverse();
+            cycle.push(cycle[0]);
+            return Err(cycle);
+        }
+        path.push(next);
+        at = next;
+    }
+}
+
+/// `node.a.b` → (`node`, [`a`, `b`]).
+fn split_path(text: &str) -> (String, Vec<String>) {
+    let mut parts = text.split('.');
+    let head = parts.next().unwrap_or_default().to_owned();
+    (head, parts.map(str::to_owned).collect())
+}
+
+/// Every `$inputs.NAME` referenced anywhere in `value`.
+fn input_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => {
+            if let Some(name) = s.strip_prefix(INPUT_PREFIX) {
+                out.push(name.to_owned());
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| input_refs(v, out)),
+        Value::Object(map) => map.values().for_each(|v| input_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// A config string that is exactly `$inputs.NAME` stands for the run's input `NAME`.
+pub const INPUT_PREFIX: &str = "$inputs.";
+
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e}); e.g. `30s`"))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Workflow, String> {
+        Workflow::parse(text, Path::new("workflows/w.toml"), &AnyName).map_err(|e| e.to_string())
+    }
+
+    const TWO: &str = r#"
+[inputs.since]
+type = "string"
+default = "2024-01-01"
+
+[[nodes]]
+id = "rows"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 1", params = { since = "$inputs.since" } }
+
+[[nodes]]
+id = "sum"
+type = "plugin:sum-by-key"
+
+[[connections]]
+from = "rows.result.data"
+to = "sum"
+"#;
+
+    #[test]
+    fn reads_nodes_connections_and_defaults() {
+        let w = parse(TWO).unwrap();
+        assert_eq!(w.name, "w");
+        assert_eq!(w.nodes[0].kind, NodeKind::Sql);
+        assert_eq!(w.nodes[0].database.as_deref(), Some("main"));
+        assert_eq!(w.nodes[0].line, Some(6));
+        assert_eq!(w.nodes[1].kind, NodeKind::Plugin("sum-by-key".into()));
+        assert_eq!(w.connections[0].output, vec!["result", "data"]);
+        assert_eq!(w.connections[0].input, vec!["records"]);
+        assert_eq!(w.order, vec![0, 1]);
+        assert_eq!(w.upstream, vec![vec![], vec![0]]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_node() {
+        let e = parse("[[nodes]]\nid = \"a\"\ntype = \"AsyncSQLDatabaseNod\"\n").unwrap_err();
+        assert!(
+            e.starts_with("workflows/w.toml:1: node `a`: unknown node type `AsyncSQLDatabaseNod`"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `AsyncSQLDatabaseNode`"), "{e}");
+
+        let e = parse(&TWO.replace("to = \"sum\"", "to = \"summ\"")).unwrap_err();
+        assert!(
+            e.starts_with("workflows/w.toml:14: connection `rows` → `summ`: connection to unknown node `summ`"),
+            "{e}"
+        );
+        let e = parse(&TWO.replace("$inputs.since", "$inputs.sine")).unwrap_err();
+        assert!(e.contains("node `rows`: `$inputs.sine` names an input"), "{e}");
+        let e = parse(&TWO.replace("id = \"sum\"", "id = \"rows\"")).unwrap_err();
+        assert!(e.contains("duplicate node id (first defined at line 6)"), "{e}");
+        let e = parse("nodes = []\nbogus = 1\n").unwrap_err();
+        assert!(e.starts_with("workflows/w.toml:2: unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn cycles_are_named() {
+        let text = r#"
+[[nodes]]
+id = "a"
+type = "plugin:p"
+[[nodes]]
+id = "b"
+type = "plugin:p"
+[[nodes]]
+id = "c"
+type = "plugin:p"
+[[connections]]
+from = "a"
+to = "b"
+[[connections]]
+from = "b"
+to = "c.records"
+[[connections]]
+from = "c"
+to = "b.extra"
+"#;
+        let e = parse(text).unwrap_err();
+        assert!(e.contains("the connections form a cycle: b → c → b"), "{e}");
+    }
+
+    #[test]
+    fn unknown_plugin_and_database_are_errors() {
+        struct Only;
+        impl Known for Only {
+            fn plugin(&self, name: &str) -> Result<(), String> {
+                Err(format!("plugin `{name}` is not loaded"))
+            }
+            fn database(&self, name: &str) -> bool {
+                name == "main"
+            }
+        }
+        let e = Workflow::parse(TWO, Path::new("w.toml"), &Only)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("w.toml:12: node `sum`: plugin `sum-by-key` is not loaded"), "{e}");
+        let text = TWO.replace("type = \"AsyncSQLDatabaseNode\"", "type = \"AsyncSQLDatabaseNode\"\ndatabase = \"dw\"");
+        let e = parse_with(&text, &Only);
+        assert!(e.contains("node `rows`: unknown database `dw`"), "{e}");
+    }
+
+    fn parse_with(text: &str, known: &dyn Known) -> String {
+        Workflow::parse(text, Path::new("w.toml"), known)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn inputs_are_checked_all_at_once() {
+        let w = parse(
+            &TWO.replace("default = \"2024-01-01\"", "")
+                .replace("[inputs.since]", "[inputs.limit]\ntype = \"integer\"\n[inputs.since]"),
+        );
+        // `$inputs.since` is still declared; `limit` is unused, which is allowed.
+        let w = w.unwrap();
+        let given = serde_json::json!({"limit": "ten", "other": 1});
+        let problems = w.bind_inputs(given.as_object().unwrap()).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("unknown input `other`"));
+        assert_eq!(problems[1], "input `limit` must be a whole number, not a string");
+        assert_eq!(problems[2], "missing input `since` (a string)");
+    }
+}

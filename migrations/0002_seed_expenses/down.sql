@@ -1,0 +1,2 @@
+DELETE FROM expenses;
+DELETE FROM employees;

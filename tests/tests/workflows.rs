@@ -1,0 +1,430 @@
+//! Workflows end to end, over HTTP against the real binary: the shipped secure-pipeline example
+//! (allowed, masked, withheld, denied), node-level denial, skip and optional nodes, failing and
+//! timed-out nodes, concurrency of independent nodes, bad requests, and the admin endpoints.
+
+use serde_json::{Value, json};
+use trellis_tests::{Server, TestDb, example_dir as example};
+
+async fn run(server: &Server, workflow: &str, user: &Value, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/workflows/{workflow}/run", server.base_url()))
+        .header("x-trellis-user", user.to_string())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn analyst() -> Value {
+    json!({"user_id": "fin001", "tenant_id": "acme", "email": "finance.analyst@acme.com",
+           "attributes": {"department": "finance.analysis", "clearance": "confidential"}})
+}
+
+fn hr_manager() -> Value {
+    json!({"user_id": "hr001", "tenant_id": "acme", "roles": ["hr_manager"],
+           "attributes": {"department": "hr", "is_manager": true}})
+}
+
+fn engineer() -> Value {
+    json!({"user_id": "eng001", "tenant_id": "acme",
+           "attributes": {"department": "engineering.backend"}})
+}
+
+fn admin() -> Value {
+    json!({"user_id": "root", "roles": ["admin"]})
+}
+
+fn employee<'a>(rows: &'a Value, name: &str) -> &'a Value {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no row for {name} in {rows}"))
+}
+
+#[tokio::test]
+async fn shipped_example_masks_for_the_analyst_and_not_for_hr_and_refuses_engineering() {
+    let dir = example();
+    let server = Server::start(dir.path(), &[]);
+
+    // The analyst: allowed; SSN redacted, salary partially masked, intermediate rows withheld.
+    let (status, body) = run(&server, "finance_report", &analyst(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["run_id"].as_str().unwrap().len() == 36, "{body}");
+    let by_department = &body["results"]["financial_query"]["result"]["data"];
+    let finance = by_department
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["department"] == "finance")
+        .unwrap();
+    // 2024 only: six expenses (the 2023 dinner is before start_date).
+    assert!((finance["total_expenses"].as_f64().unwrap() - 2575.65).abs() < 1e-9, "{finance}");
+    assert_eq!(finance["transaction_count"], 6);
+    let rows = &body["results"]["employee_data"]["data"];
+    let ada = employee(rows, "Ada Byron");
+    assert_eq!(ada["ssn"], "[REDACTED]");
+    assert_eq!(ada["salary"], "98*00");
+    assert_eq!(ada["email"], "ada.byron@acme.example");
+    // Added by the sum-by-key plugin.
+    assert_eq!(ada["department_employees"], 1);
+    assert_eq!(body["withheld"], json!(["employee_expenses"]));
+    assert!(body["results"].get("employee_expenses").is_none());
+    assert_eq!(
+        body["masked"],
+        json!([{"node": "employee_data", "fields": ["ssn:redact", "salary:partial"]}])
+    );
+    assert_eq!(body["skipped"], json!([]));
+
+    // HR manager: allowed, everything in clear.
+    let (status, body) = run(&server, "finance_report", &hr_manager(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let ada = employee(&body["results"]["employee_data"]["data"], "Ada Byron");
+    assert_eq!(ada["ssn"], "123-45-6789");
+    assert_eq!(ada["salary"], 98000);
+    assert_eq!(body["masked"], json!([]));
+
+    // Engineering: refused before anything runs, without policy detail.
+    let (status, body) = run(&server, "finance_report", &engineer(), json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["denied"],
+        json!({"resource_type": "workflow", "resource_id": "finance_report", "permission": "execute"})
+    );
+    assert!(body.get("policies").is_none(), "{body}");
+    assert_eq!(body["error"]["kind"], "forbidden");
+
+    // Inputs are typed and checked.
+    let (status, body) = run(
+        &server,
+        "finance_report",
+        &analyst(),
+        json!({"inputs": {"start_date": 2024, "region": "eu"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["problems"],
+        json!([
+            "unknown input `region`; this workflow takes `start_date`",
+            "input `start_date` must be a string, not a number"
+        ])
+    );
+    // An input changes the result.
+    let (status, body) = run(
+        &server,
+        "finance_report",
+        &analyst(),
+        json!({"inputs": {"start_date": "2023-01-01"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let finance = body["results"]["financial_query"]["result"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["department"] == "finance")
+        .unwrap()
+        .clone();
+    assert_eq!(finance["transaction_count"], 7);
+}
+
+#[tokio::test]
+async fn bad_requests_are_400_401_404_with_the_reason() {
+    let dir = example();
+    let server = Server::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/workflows/finance_report/run", server.base_url());
+
+    let r = http
+        .post(&url)
+        .header("x-trellis-user", analyst().to_string())
+        .body("{\"inputs\": {\"start_date\": }")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("invalid request body: expected value at line 1 column 26"), "{message}");
+
+    let r = http
+        .post(&url)
+        .header("x-trellis-user", analyst().to_string())
+        .body("{\"input\": {}}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown field `input`"), "{body}");
+
+    let r = http.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let r = http
+        .post(format!("{}/v1/workflows/nope/run", server.base_url()))
+        .header("x-trellis-user", analyst().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "unknown workflow `nope`");
+    assert_eq!(body["workflows"], json!(["finance_report"]));
+
+    // Over the body limit.
+    let big = format!("{{\"inputs\": {{\"start_date\": \"{}\"}}}}", "x".repeat(2 << 20));
+    let r = http
+        .post(&url)
+        .header("x-trellis-user", analyst().to_string())
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    let list: Value = http
+        .get(format!("{}/v1/workflows", server.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["generation"], 1);
+    assert_eq!(list["workflows"][0]["name"], "finance_report");
+    assert_eq!(list["workflows"][0]["inputs"]["start_date"]["required"], false);
+    assert_eq!(list["errors"], json!([]));
+}
+
+#[tokio::test]
+async fn admin_endpoints_are_for_admins_only() {
+    let dir = example();
+    let server = Server::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let (status, _) = run(&server, "finance_report", &analyst(), json!({})).await;
+    assert_eq!(status, 200);
+
+    let authorize = |caller: Value, body: Value| {
+        http.post(format!("{}/v1/authorize", server.base_url()))
+            .header("x-trellis-user", caller.to_string())
+            .json(&body)
+            .send()
+    };
+    let question = json!({"user": engineer(), "resource_type": "workflow",
+                          "resource_id": "finance_report", "permission": "execute"});
+    let r = authorize(analyst(), question.clone()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = authorize(admin(), question.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["decision"]["allowed"], false);
+    assert_eq!(body["decision"]["reason"], "no rule granted access");
+    let mut explain = question.clone();
+    explain["user"] = analyst();
+    explain["explain"] = json!(true);
+    let body: Value = authorize(admin(), explain).await.unwrap().json().await.unwrap();
+    assert_eq!(body["decision"]["allowed"], true);
+    assert_eq!(body["deciding"][0]["id"], "finance-workflow-access");
+    let r = authorize(admin(), json!({"resource_type": "table", "resource_id": "x", "permission": "execute"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let audit = |caller: Value| {
+        http.get(format!("{}/v1/audit?limit=50", server.base_url()))
+            .header("x-trellis-user", caller.to_string())
+            .send()
+    };
+    assert_eq!(audit(analyst()).await.unwrap().status(), 403);
+    let body: Value = audit(admin()).await.unwrap().json().await.unwrap();
+    let records = body["records"].as_array().unwrap();
+    for expected in [
+        ("workflow:execute", "workflow:finance_report", "allow"),
+        ("node:execute", "node:employee_data", "allow"),
+        ("node:read_output", "node:employee_expenses", "deny"),
+    ] {
+        assert!(
+            records.iter().any(|r| r["user_id"] == "fin001"
+                && r["action"] == expected.0
+                && r["resource"] == expected.1
+                && r["decision"] == expected.2),
+            "no audit record {expected:?} in {body}"
+        );
+    }
+    // The same trail is on disk.
+    let on_disk = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(on_disk.contains("\"resource\":\"node:employee_expenses\""));
+
+    let policies: Value = http
+        .get(format!("{}/v1/policies", server.base_url()))
+        .header("x-trellis-user", admin().to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(policies["last_error"], Value::Null);
+}
+
+const OPEN_POLICY: &str = r#"{"rules": [
+  {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
+  {"id": "a", "resource_type": "node", "resource_id": "a", "permission": "execute", "effect": "allow"},
+  {"id": "c", "resource_type": "node", "resource_id": "c", "permission": "execute", "effect": "allow"},
+  {"id": "s", "resource_type": "node", "resource_id": "a", "permission": "skip", "effect": "allow",
+   "conditions": {"type": "attribute_expression", "value": {"attribute_path": "user.attributes.level", "operator": "equals", "value": "intern"}}},
+  {"id": "ra", "resource_type": "node", "resource_id": "a", "permission": "read_output", "effect": "allow"},
+  {"id": "rc", "resource_type": "node", "resource_id": "c", "permission": "read_output", "effect": "allow"}
+]}"#;
+
+fn custom(workflow: &str, rules: &str, extra_config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trellis.toml"),
+        format!("[auth]\nmode = \"dev\"\n{extra_config}"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(dir.path().join("workflows/w.toml"), workflow).unwrap();
+    std::fs::write(dir.path().join("policies/test.rules.json"), rules).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn denied_node_optional_node_and_skip() {
+    let workflow = r#"
+[[nodes]]
+id = "a"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 1 AS one" }
+[[nodes]]
+id = "b"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 2 AS two" }
+[[nodes]]
+id = "c"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 3 AS three" }
+"#;
+    let dir = custom(workflow, OPEN_POLICY, "");
+    let server = Server::start(dir.path(), &[]);
+    let user = json!({"user_id": "u"});
+    // `b` has no execute rule: the run is refused, naming the node.
+    let (status, body) = run(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["node"], "b");
+    assert_eq!(body["denied"]["permission"], "execute");
+    assert_eq!(
+        body["error"]["message"],
+        "access denied: no policy grants you `execute` on node `b`"
+    );
+
+    // Optional `b` (and `d`, downstream of it) are skipped instead.
+    let optional = workflow.replace(
+        "config = { query = \"SELECT 2 AS two\" }\n",
+        "config = { query = \"SELECT 2 AS two\" }\noptional = true\n",
+    ) + r#"
+[[nodes]]
+id = "d"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT :x AS x" }
+[[connections]]
+from = "b.result.data"
+to = "d.params.x"
+"#;
+    std::fs::write(dir.path().join("workflows/w.toml"), optional).unwrap();
+    drop(server);
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["skipped"],
+        json!([
+            {"node": "b", "reason": "execute denied (optional node)"},
+            {"node": "d", "reason": "upstream node `b` was skipped"}
+        ]),
+        "{body}"
+    );
+    assert_eq!(body["results"]["a"]["result"]["data"], json!([{"one": 1}]));
+    assert_eq!(body["results"]["c"]["result"]["data"], json!([{"three": 3}]));
+
+    // An intern is skipped past `a` by policy.
+    let intern = json!({"user_id": "i", "attributes": {"level": "intern"}});
+    let (status, body) = run(&server, "w", &intern, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["skipped"][0], json!({"node": "a", "reason": "policy skips this node for you"}));
+    assert!(body["results"].get("a").is_none());
+}
+
+#[tokio::test]
+async fn failing_and_slow_nodes_fail_the_run_naming_the_node() {
+    let Some(pg) = TestDb::Postgres.url() else {
+        return;
+    };
+    let workflow = r#"
+database = "pg"
+node_timeout = "300ms"
+
+[[nodes]]
+id = "a"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT pid, (SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%trellis-overlap-marker%' AND state = 'active') AS active FROM (SELECT pg_backend_pid() AS pid, pg_sleep(0.2)) s -- trellis-overlap-marker" }
+timeout = "5s"
+[[nodes]]
+id = "c"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT pid, (SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%trellis-overlap-marker%' AND state = 'active') AS active FROM (SELECT pg_sleep(0.1), pg_backend_pid() AS pid) s -- trellis-overlap-marker" }
+timeout = "5s"
+"#;
+    let config = format!("[databases.pg]\nurl = \"{pg}\"\n");
+    let dir = custom(workflow, OPEN_POLICY, &config);
+    let server = Server::start(dir.path(), &[]);
+    let user = json!({"user_id": "u"});
+    // `a` and `c` are independent: they run at the same time, on two connections.
+    let (status, body) = run(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let a = &body["results"]["a"]["result"]["data"][0];
+    let c = &body["results"]["c"]["result"]["data"][0];
+    assert_ne!(a["pid"], c["pid"]);
+    assert!(a["active"].as_i64().unwrap() >= 2 || c["active"].as_i64().unwrap() >= 2, "{body}");
+
+    // A failing statement fails the run with the node and the database's reason.
+    std::fs::write(
+        dir.path().join("workflows/w.toml"),
+        workflow.replace("SELECT pg_sleep(0.1), pg_backend_pid() AS pid", "SELEC oops"),
+    )
+    .unwrap();
+    drop(server);
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["node"], "c");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("w.toml:12: node `c`"), "{message}");
+    assert!(message.contains("syntax error"), "{message}");
+
+    // A node past its limit: 504 naming it.
+    std::fs::write(
+        dir.path().join("workflows/w.toml"),
+        workflow.replace("pg_sleep(0.2)", "pg_sleep(3)").replace("timeout = \"5s\"\n[[nodes]]", "[[nodes]]"),
+    )
+    .unwrap();
+    drop(server);
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["node"], "a");
+    assert!(body["error"]["message"].as_str().unwrap().contains("did not finish within 300ms"), "{body}");
+    // The cancelled statement did not leave the pool broken: the next run works.
+    std::fs::write(dir.path().join("workflows/w.toml"), workflow).unwrap();
+    drop(server);
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+}
