@@ -1,5 +1,6 @@
 //! The HTTP API: the application state, the router, and serving until the stop signal.
 
+pub mod auth;
 mod health;
 mod metrics;
 mod plugins;
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::Config;
 use crate::database::{DatabaseError, Databases};
 use crate::plugins::{PluginService, PluginStartError};
@@ -32,11 +34,14 @@ struct AppInner {
     plugins: PluginService,
     started: Instant,
     watch: bool,
+    auth: Authenticator,
 }
 
 impl App {
     /// Opens the databases and sets up metrics. Fails if a configured database cannot be opened.
     pub async fn start(config: Config, watch: bool) -> Result<App, StartError> {
+        // First: a refused auth mode (dev mode off loopback, a bad key) opens nothing.
+        let auth = Authenticator::new(&config.auth, config.server.listen)?;
         let databases = Databases::open_all(config.databases.values()).await?;
         let metrics = Metrics::new(databases.clone());
         let plugins = PluginService::start(&config, watch).await?;
@@ -55,6 +60,7 @@ impl App {
                 plugins,
                 started: Instant::now(),
                 watch,
+                auth,
             }),
         })
     }
@@ -88,6 +94,11 @@ impl App {
     pub fn watching(&self) -> bool {
         self.inner.watch
     }
+
+    /// Who is calling: the configured auth mode.
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
 }
 
 /// Why the host could not start.
@@ -99,6 +110,9 @@ pub enum StartError {
     /// The plugin runtime could not start.
     #[error(transparent)]
     Plugins(#[from] PluginStartError),
+    /// The configured auth mode cannot start.
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
 }
 
 /// Why serving stopped with an error.

@@ -7,7 +7,7 @@ use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;
 
 use super::App;
-use super::{health, metrics, plugins, pools};
+use super::{auth, health, metrics, plugins, pools};
 
 /// The full HTTP API for `app`.
 pub fn router(app: App) -> Router {
@@ -18,6 +18,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/pools", get(pools::list))
         .route("/v1/pools/{name}/stats", get(pools::stats))
         .route("/v1/plugins", get(plugins::list))
+        .route("/v1/whoami", get(auth::whoami))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
