@@ -34,6 +34,8 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseConfig>,
     /// `[plugins]`: limits for WebAssembly plugins.
     pub plugins: PluginsConfig,
+    /// `[auth]`: how callers are identified.
+    pub auth: crate::auth::AuthConfig,
     /// `[policy]`: the policy engine's settings and the audit trail.
     pub policy: PolicyConfig,
     /// `[migrations]`: migrations applied when the server starts.
@@ -409,7 +411,7 @@ impl Config {
 fn scrub(key: Option<&str>, message: &str) -> String {
     let secret_key = key.is_some_and(|k| {
         let last = k.rsplit('.').next().unwrap_or(k);
-        matches!(last, "url" | "password")
+        matches!(last, "url" | "password" | "key")
     });
     // serde's own "invalid type: string \"…\"" quotes the value; for these keys it may be a secret.
     // Our parsers' messages never repeat a secret, so they pass through.
@@ -432,6 +434,11 @@ fn hint_for(message: &str) -> Option<String> {
         )
     } else if message.starts_with("`max_memory_bytes` must be") {
         Some("give a number of bytes; the default is 67108864 (64 MiB)".into())
+    } else if message.starts_with("`mode = \"jwt\"` needs") {
+        Some(
+            "see the commented `[auth]` section of the example `trellis.toml` in the repository"
+                .into(),
+        )
     } else if message.contains("environment variable") {
         Some(
             "export the variable before starting trellis, or give a default as `${VAR:-value}`"
@@ -471,6 +478,7 @@ struct RawConfig {
     paths: RawPaths,
     databases: Option<BTreeMap<String, toml::Spanned<RawDatabase>>>,
     plugins: Option<toml::Spanned<RawPlugins>>,
+    auth: Option<toml::Spanned<RawAuth>>,
     policy: Option<toml::Spanned<RawPolicy>>,
     #[serde(default)]
     migrations: RawMigrations,
@@ -611,6 +619,39 @@ fn resolve_policy(
     })
 }
 
+/// `[auth]` as written; which keys apply depends on `mode`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    mode: Option<RawAuthMode>,
+    algorithm: Option<crate::auth::JwtAlgorithm>,
+    key: Option<Interpolated<Secret>>,
+    key_file: Option<Interpolated<PathBuf>>,
+    audience: Option<Interpolated<String>>,
+    issuer: Option<Interpolated<String>>,
+    leeway: Option<Interpolated<HumanDuration>>,
+    claims: Option<RawClaimNames>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawAuthMode {
+    #[default]
+    None,
+    Dev,
+    Jwt,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimNames {
+    user_id: Option<String>,
+    tenant_id: Option<String>,
+    email: Option<String>,
+    roles: Option<String>,
+    attributes: Option<String>,
+}
+
 /// A semantic error found after parsing, with the span of the table at fault.
 #[derive(Debug)]
 struct ResolveError {
@@ -687,6 +728,7 @@ impl RawConfig {
                 ),
             });
         }
+        let auth = resolve_auth(self.auth, base, &source)?;
         Ok(Config {
             source,
             server,
@@ -695,6 +737,7 @@ impl RawConfig {
             plugins,
             policy,
             migrations,
+            auth,
         })
     }
 }
@@ -755,6 +798,99 @@ fn resolve_plugins(raw: Option<toml::Spanned<RawPlugins>>) -> Result<PluginsConf
         limits.by_name.insert(name, resolved);
     }
     Ok(PluginsConfig { limits })
+}
+
+/// The largest `auth.leeway`: more would let expired tokens live on.
+const MAX_AUTH_LEEWAY: Duration = Duration::from_secs(300);
+
+fn resolve_auth(
+    raw: Option<toml::Spanned<RawAuth>>,
+    base: &Path,
+    source: &ConfigSource,
+) -> Result<crate::auth::AuthConfig, ResolveError> {
+    use crate::auth::{AuthConfig, AuthMode, ClaimNames, JwtConfig, KeySource};
+    let Some(spanned) = raw else {
+        return Ok(AuthConfig::default());
+    };
+    let span = spanned.span();
+    let raw = spanned.into_inner();
+    let fail = |message: String| ResolveError {
+        span: span.clone(),
+        key: "auth".into(),
+        message,
+    };
+    // Keys of the other modes are ignored, so switching `mode` back and forth needs no other edit.
+    let mode = match raw.mode.unwrap_or_default() {
+        RawAuthMode::None => AuthMode::None,
+        RawAuthMode::Dev => AuthMode::Dev,
+        RawAuthMode::Jwt => {
+            let algorithm = raw.algorithm.ok_or_else(|| {
+                fail("`mode = \"jwt\"` needs `algorithm` (`HS256`, `RS256` or `EdDSA`)".into())
+            })?;
+            let key = match (raw.key, raw.key_file) {
+                (Some(key), None) => KeySource::Inline {
+                    key: key.0,
+                    origin: format!("`auth.key` in {source}"),
+                },
+                (None, Some(file)) => KeySource::File(relative_to(base, file.0)),
+                (None, None) => {
+                    return Err(fail(
+                        "`mode = \"jwt\"` needs `key` (the HS256 key or a PEM public key) or \
+                         `key_file` (a file holding it)"
+                            .into(),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(fail("give either `key` or `key_file`, not both".into()));
+                }
+            };
+            let audience = raw
+                .audience
+                .map(|a| a.0)
+                .filter(|a| !a.trim().is_empty())
+                .ok_or_else(|| {
+                    fail(
+                        "`mode = \"jwt\"` needs `audience`: the `aud` value every token must \
+                         carry for this server"
+                            .into(),
+                    )
+                })?;
+            let leeway = raw.leeway.map_or(Duration::from_secs(30), |l| l.0.0);
+            if leeway > MAX_AUTH_LEEWAY {
+                return Err(fail(format!(
+                    "`leeway` must be at most {}s, not {}s",
+                    MAX_AUTH_LEEWAY.as_secs(),
+                    leeway.as_secs()
+                )));
+            }
+            let mut claims = ClaimNames::default();
+            if let Some(names) = raw.claims {
+                for (given, slot, key) in [
+                    (names.user_id, &mut claims.user_id, "user_id"),
+                    (names.tenant_id, &mut claims.tenant_id, "tenant_id"),
+                    (names.email, &mut claims.email, "email"),
+                    (names.roles, &mut claims.roles, "roles"),
+                    (names.attributes, &mut claims.attributes, "attributes"),
+                ] {
+                    if let Some(name) = given {
+                        if name.is_empty() {
+                            return Err(fail(format!("`claims.{key}` must name a claim")));
+                        }
+                        *slot = name;
+                    }
+                }
+            }
+            AuthMode::Jwt(Box::new(JwtConfig {
+                algorithm,
+                key,
+                audience,
+                issuer: raw.issuer.map(|i| i.0).filter(|i| !i.is_empty()),
+                leeway,
+                claims,
+            }))
+        }
+    };
+    Ok(AuthConfig { mode })
 }
 
 impl RawDatabase {
@@ -1203,6 +1339,104 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("key `databases.pg.idle_timeout`"), "{err}");
+    }
+
+    #[test]
+    fn auth_modes_keys_and_claim_names() {
+        use crate::auth::{AuthMode, JwtAlgorithm, KeySource};
+        assert!(matches!(parse("").unwrap().auth.mode, AuthMode::None));
+        assert!(matches!(
+            parse("[auth]\nmode = \"dev\"\n").unwrap().auth.mode,
+            AuthMode::Dev
+        ));
+        // SAFETY: tests in this module are the only users of this variable.
+        unsafe { std::env::set_var("TRELLIS_TEST_CONFIG_JWT_KEY", "hs256-key-for-tests") };
+        let c = parse(
+            "[auth]\nmode = \"jwt\"\nalgorithm = \"HS256\"\nkey = \"${TRELLIS_TEST_CONFIG_JWT_KEY}\"\n\
+             audience = \"trellis\"\nissuer = \"https://id.example\"\nleeway = \"5s\"\n\n\
+             [auth.claims]\nuser_id = \"uid\"\nroles = \"groups\"\n",
+        )
+        .unwrap();
+        let AuthMode::Jwt(jwt) = &c.auth.mode else {
+            panic!("not jwt: {:?}", c.auth)
+        };
+        assert_eq!(jwt.algorithm, JwtAlgorithm::Hs256);
+        assert!(
+            matches!(&jwt.key, KeySource::Inline { key, origin } if key.expose() == "hs256-key-for-tests" && origin == "`auth.key` in conf/trellis.toml")
+        );
+        assert_eq!(jwt.audience, "trellis");
+        assert_eq!(jwt.issuer.as_deref(), Some("https://id.example"));
+        assert_eq!(jwt.leeway, Duration::from_secs(5));
+        assert_eq!(
+            (jwt.claims.user_id.as_str(), jwt.claims.roles.as_str()),
+            ("uid", "groups")
+        );
+        assert_eq!(jwt.claims.tenant_id, "tenant", "unset names keep defaults");
+        assert!(!format!("{c:?}").contains("hs256-key-for-tests"));
+
+        let c = parse(
+            "[auth]\nmode = \"jwt\"\nalgorithm = \"EdDSA\"\nkey_file = \"keys/ed.pem\"\naudience = \"a\"\n",
+        )
+        .unwrap();
+        let AuthMode::Jwt(jwt) = &c.auth.mode else {
+            panic!("not jwt")
+        };
+        assert!(matches!(&jwt.key, KeySource::File(p) if p == Path::new("conf/keys/ed.pem")));
+        assert_eq!(jwt.leeway, Duration::from_secs(30), "default leeway");
+    }
+
+    #[test]
+    fn auth_errors_name_line_key_and_what_is_missing() {
+        let jwt = "[server]\n\n[auth]\nmode = \"jwt\"\n";
+        let err = parse(&format!("{jwt}algorithm = \"HS256\"\nkey = \"k\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("conf/trellis.toml:3:1: key `auth`: "),
+            "{err}"
+        );
+        assert!(err.contains("needs `audience`"), "{err}");
+        assert!(
+            err.contains("hint: see the commented `[auth]` section"),
+            "{err}"
+        );
+        let err = parse(&format!("{jwt}key = \"k\"\naudience = \"a\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs `algorithm`"), "{err}");
+        let err = parse(&format!("{jwt}algorithm = \"RS256\"\naudience = \"a\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs `key`"), "{err}");
+        let err = parse(&format!(
+            "{jwt}algorithm = \"RS256\"\naudience = \"a\"\nkey = \"k\"\nkey_file = \"f\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("either `key` or `key_file`"), "{err}");
+        let err = parse(&format!(
+            "{jwt}algorithm = \"HS256\"\naudience = \"a\"\nkey = \"k\"\nleeway = \"1h\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`leeway` must be at most 300s"), "{err}");
+        let err = parse(&format!("{jwt}algorithm = \"HS512\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("conf/trellis.toml:5:"), "{err}");
+        assert!(err.contains("key `auth.algorithm`"), "{err}");
+        assert!(err.contains("`HS256`, `RS256`, `EdDSA`"), "{err}");
+        let err = parse("[auth]\nmode = \"open\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown variant `open`"), "{err}");
+        let err = parse("[auth]\nmode = \"jwt\"\nkey = 123456789\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `auth.key`"), "{err}");
+        assert!(!err.contains("123456789"), "{err}");
+        let err = parse("[auth.claims]\nuser = \"uid\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `user`"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!
 //! Data flows one way: server → workflow runtime → policy → node → masking → response.
 //!
+//! - [`auth`]: who is calling: JWT bearer tokens, or a trusted header in dev mode (loopback only).
 //! - [`cli`]: the `trellis` subcommands, one file each.
 //! - [`config`]: `trellis.toml`, `${VAR}` interpolation, secrets kept out of logs and errors.
 //! - [`database`]: the databases named in the configuration, one pool each.
@@ -28,6 +29,7 @@
 //! - [`server`]: the HTTP API (axum): health, metrics, pools, plugins, workflows, policy.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod database;

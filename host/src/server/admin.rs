@@ -5,18 +5,19 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::App;
+use super::auth::CurrentUser;
 use super::error::{ApiError, parse_body};
 use crate::policy::{AccessRequest, PreparedUser, ResourceType, UserContext};
 use crate::workflow::{ADMIN_RESOURCE, Denial};
 
-/// Authenticates the caller and requires `admin` on [`ADMIN_RESOURCE`].
-fn admin(app: &App, headers: &HeaderMap) -> Result<PreparedUser, ApiError> {
-    let user = PreparedUser::new(super::authenticate(app, headers)?);
+/// Requires `admin` on [`ADMIN_RESOURCE`] for the caller.
+fn admin(app: &App, caller: UserContext) -> Result<PreparedUser, ApiError> {
+    let user = PreparedUser::new(caller);
     if app.runtime().is_admin(&user) {
         Ok(user)
     } else {
@@ -56,10 +57,10 @@ struct AuthorizeRequest {
 /// Decides (or explains) one access question.
 pub async fn authorize(
     State(app): State<App>,
-    headers: HeaderMap,
+    CurrentUser(caller): CurrentUser,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = admin(&app, &headers)?;
+    let caller = admin(&app, caller)?;
     let request: AuthorizeRequest = parse_body(&body)?;
     let resource_type = match request.resource_type.as_str() {
         "node" => ResourceType::Node,
@@ -119,10 +120,10 @@ pub struct AuditQuery {
 /// The most recent decisions, newest first.
 pub async fn audit(
     State(app): State<App>,
-    headers: HeaderMap,
+    CurrentUser(caller): CurrentUser,
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, caller)?;
     let limit = query.limit.unwrap_or(100).min(app.config().policy.audit_recent);
     let records = app
         .policy()
@@ -135,9 +136,9 @@ pub async fn audit(
 /// The policy generation in force, its size, and the last reload error.
 pub async fn policies(
     State(app): State<App>,
-    headers: HeaderMap,
+    CurrentUser(caller): CurrentUser,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, caller)?;
     let policy = app.policy();
     let generation = policy.generation();
     Ok(Json(json!({

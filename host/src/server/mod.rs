@@ -2,6 +2,7 @@
 
 mod admin;
 mod error;
+pub mod auth;
 mod health;
 mod host_metrics;
 mod metrics;
@@ -16,6 +17,7 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{AuditTarget, Config};
 use crate::database::{DatabaseError, Databases};
 use crate::plugins::{PluginService, PluginStartError, RegistryMasker};
@@ -44,6 +46,7 @@ struct AppInner {
     watchers: std::sync::Mutex<Watchers>,
     started: Instant,
     watch: bool,
+    auth: Authenticator,
 }
 
 /// The policy and workflow watchers of `--watch` (the plugin watcher lives in [`PluginService`]).
@@ -58,6 +61,8 @@ impl App {
     /// policies (a broken policy directory stops the start: the host never serves without
     /// policy) and the workflows, and in watch mode starts their watchers.
     pub async fn start(config: Config, watch: bool) -> Result<App, StartError> {
+        // First: a refused auth mode (dev mode off loopback, a bad key) opens nothing.
+        let auth = Authenticator::new(&config.auth, config.server.listen)?;
         let databases = Databases::open_all(config.databases.values()).await?;
         migrate_on_start(&config, &databases).await?;
         let plugins = PluginService::start(&config, watch).await?;
@@ -119,6 +124,7 @@ impl App {
                 watchers: std::sync::Mutex::new(watchers),
                 started: Instant::now(),
                 watch,
+                auth,
             }),
         })
     }
@@ -183,14 +189,11 @@ impl App {
     pub fn watching(&self) -> bool {
         self.inner.watch
     }
-}
 
-/// The authenticated caller of a request.
-fn authenticate(
-    _app: &App,
-    headers: &axum::http::HeaderMap,
-) -> Result<crate::policy::UserContext, error::ApiError> {
-    workflows::dev_user(headers)
+    /// Who is calling: the configured auth mode.
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
 }
 
 /// Why the host could not start.
@@ -202,6 +205,9 @@ pub enum StartError {
     /// The plugin runtime could not start.
     #[error(transparent)]
     Plugins(#[from] PluginStartError),
+    /// The configured auth mode cannot start.
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
     /// The policies could not be loaded.
     #[error("cannot load the policies\n{0}\n\nhint: `trellis policy check` shows every problem; the host does not start without valid policies")]
     Policy(String),

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 
 use super::App;
-use super::{admin, health, metrics, plugins, pools, workflows};
+use super::{admin, auth, health, metrics, plugins, pools, workflows};
 
 /// The full HTTP API for `app`.
 pub fn router(app: App) -> Router {
@@ -23,6 +23,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/authorize", post(admin::authorize))
         .route("/v1/audit", get(admin::audit))
         .route("/v1/policies", get(admin::policies))
+        .route("/v1/whoami", get(auth::whoami))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -7,13 +7,14 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::App;
+use super::auth::CurrentUser;
 use super::error::{ApiError, parse_body};
-use crate::policy::{PreparedUser, UserContext};
+use crate::policy::PreparedUser;
 use crate::workflow::{AccessError, Denial, RunError, Workflow};
 
 /// Lists the workflows in service and the files that failed to load.
@@ -88,10 +89,9 @@ struct RunRequest {
 pub async fn run(
     State(app): State<App>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    CurrentUser(user): CurrentUser,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let user = super::authenticate(&app, &headers)?;
     let Some(workflow) = app.workflows().get(&name) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -186,17 +186,4 @@ fn new_run_id() -> String {
     uuid::Builder::from_random_bytes(bytes)
         .into_uuid()
         .to_string()
-}
-
-/// The caller, until authentication lands: `X-Trellis-User`. (Replaced by `server::auth`.)
-pub(super) fn dev_user(headers: &HeaderMap) -> Result<UserContext, ApiError> {
-    let header = headers
-        .get("x-trellis-user")
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no credentials"))?;
-    serde_json::from_slice(header.as_bytes()).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!("invalid X-Trellis-User header: {e}"),
-        )
-    })
 }
