@@ -148,7 +148,7 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("invalid request body: expected value at line 1 column 26"), "{message}");
+    assert!(message.starts_with("invalid request body: expected value at line 1 column 27"), "{message}");
 
     let r = http
         .post(&url)
@@ -406,7 +406,7 @@ timeout = "5s"
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["node"], "c");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("w.toml:12: node `c`"), "{message}");
+    assert!(message.contains("w.toml:10: node `c`"), "{message}");
     assert!(message.contains("syntax error"), "{message}");
 
     // A node past its limit: 504 naming it.
@@ -427,4 +427,29 @@ timeout = "5s"
     let server = Server::start(dir.path(), &[]);
     let (status, body) = run(&server, "w", &user, json!({})).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn trellis_run_prints_the_report_and_refuses_denied_users() {
+    let dir = example();
+    let (status, stdout, stderr) = trellis_tests::run_trellis(
+        dir.path(),
+        &["run", "finance_report", "--user", &analyst().to_string()],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(status.success(), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let ada = employee(&report["results"]["employee_data"]["data"], "Ada Byron");
+    assert_eq!(ada["ssn"], "[REDACTED]");
+
+    let (status, _, stderr) = trellis_tests::run_trellis(
+        dir.path(),
+        &["run", "finance_report", "--user", &engineer().to_string()],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("access denied: `execute` on workflow `finance_report`: no rule granted access"),
+        "{stderr}"
+    );
 }

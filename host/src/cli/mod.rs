@@ -5,6 +5,7 @@ mod migrate;
 mod plugin;
 mod policy;
 mod query;
+mod run;
 mod serve;
 mod vector;
 
@@ -41,6 +42,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the HTTP API until SIGINT or SIGTERM.
     Serve(serve::ServeArgs),
+    /// Run one workflow as a user and print its (masked) results.
+    Run(run::RunArgs),
     /// Run one SQL statement and print its JSON output.
     Query(query::QueryArgs),
     /// Manage WebAssembly plugins: list, new, build.
@@ -57,6 +60,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Run(args) => run::run(args).await,
         Command::Query(args) => query::run(args).await,
         Command::Plugin(args) => plugin::run(args).await,
         Command::Policy(args) => policy::run(args),

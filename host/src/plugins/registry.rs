@@ -195,9 +195,22 @@ impl PluginRegistry {
         outcomes
     }
 
+    /// The one name a file in the plugins directory is known by: the directory as configured
+    /// joined with the file name. The watcher reports absolute paths and the directory listing
+    /// relative ones; without this one file would count as two (and its plugin as a duplicate).
+    fn key(&self, path: &Path) -> PathBuf {
+        match path.file_name() {
+            Some(name) if path.parent().is_some_and(|p| same_dir(p, &self.dir)) => {
+                self.dir.join(name)
+            }
+            _ => path.to_owned(),
+        }
+    }
+
     /// Loads (or reloads) one file; a missing file unloads its plugin. Compilation and
     /// validation run on the calling thread: call it off the request path.
     pub fn load_file(&self, path: &Path) -> ReloadOutcome {
+        let path = &self.key(path);
         let wasm = match std::fs::read(path) {
             Ok(wasm) => wasm,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.unload_file(path),
@@ -307,6 +320,7 @@ impl PluginRegistry {
 
     /// Unloads the plugin loaded from `path`, if any. Requests holding it finish on it.
     pub fn unload_file(&self, path: &Path) -> ReloadOutcome {
+        let path = &self.key(path);
         let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = Snapshot::clone(&self.state.load());
         let Some(entry) = next.files.remove(path) else {
@@ -434,3 +448,12 @@ const _: fn() = || {
     fn shared<T: Send + Sync>() {}
     shared::<PluginRegistry>();
 };
+
+/// Whether `a` and `b` name the same directory (comparing canonical forms when both exist).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b
+        || match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+}

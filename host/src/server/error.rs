@@ -42,10 +42,6 @@ impl ApiError {
         self
     }
 
-    /// The status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl IntoResponse for ApiError {

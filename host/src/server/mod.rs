@@ -164,6 +164,17 @@ impl App {
         &self.inner.runtime
     }
 
+    /// Stops the watchers and the plugin runtime, writes out the audit trail and closes the
+    /// databases (what `serve` does after draining; for embedders and `trellis run`).
+    pub async fn shutdown(&self) {
+        self.stop_watchers().await;
+        self.plugins().stop().await;
+        if let Some(audit) = self.policy().audit() {
+            audit.flush();
+        }
+        self.databases().close().await;
+    }
+
     /// Stops the policy and workflow watchers.
     async fn stop_watchers(&self) {
         let (policy, workflows) = {
@@ -368,12 +379,7 @@ pub async fn serve(
             tracing::warn!(limit = ?drain_limit, "requests still running after the shutdown timeout; stopping anyway");
         }
     }
-    app.stop_watchers().await;
-    app.plugins().stop().await;
-    if let Some(audit) = app.policy().audit() {
-        audit.flush();
-    }
-    app.databases().close().await;
+    app.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -15,7 +15,7 @@ use super::App;
 use super::auth::CurrentUser;
 use super::error::{ApiError, parse_body};
 use crate::policy::PreparedUser;
-use crate::workflow::{AccessError, Denial, RunError, Workflow};
+use crate::workflow::{AccessError, Denial, RunError, Workflow, new_run_id};
 
 /// Lists the workflows in service and the files that failed to load.
 pub async fn list(State(app): State<App>) -> Json<Value> {
@@ -179,11 +179,3 @@ pub(super) fn denied(app: &App, user: &PreparedUser, d: &Denial) -> ApiError {
     error
 }
 
-/// A random (version 4) UUID.
-fn new_run_id() -> String {
-    let mut bytes = [0u8; 16];
-    bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .to_string()
-}

@@ -25,6 +25,15 @@ use crate::policy::{AccessRequest, PolicyEngine, PolicyGeneration, PreparedUser,
 /// `/v1/authorize` and `/v1/audit` need permission `admin` on it.
 pub const ADMIN_RESOURCE: &str = "trellis:api";
 
+/// A new run id: a random (version 4) UUID.
+pub fn new_run_id() -> String {
+    let mut bytes = [0u8; 16];
+    bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
 /// What a run returns.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -161,8 +170,17 @@ impl AccessControlledRuntime {
         let inputs = workflow.bind_inputs(inputs).map_err(AccessError::Inputs)?;
         let ctx = json!({"workflow": workflow.name, "run_id": run_id, "inputs": inputs});
 
-        let mut skip = vec![None; workflow.nodes.len()];
-        for (i, node) in workflow.nodes.iter().enumerate() {
+        let mut skip: Vec<Option<String>> = vec![None; workflow.nodes.len()];
+        for &i in &workflow.order {
+            let node = &workflow.nodes[i];
+            // A node downstream of a skipped node is skipped: it is not asked about.
+            if let Some(&up) = workflow.upstream[i].iter().find(|&&u| skip[u].is_some()) {
+                skip[i] = Some(format!(
+                    "upstream node `{}` was skipped",
+                    workflow.nodes[up].id
+                ));
+                continue;
+            }
             if ask(&ctx, ResourceType::Node, &node.id, "skip").0 {
                 skip[i] = Some("policy skips this node for you".to_owned());
                 continue;

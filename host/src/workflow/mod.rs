@@ -13,7 +13,9 @@ pub mod spec;
 
 use std::sync::Arc;
 
-pub use access::{ADMIN_RESOURCE, AccessControlledRuntime, AccessError, Denial, RunReport};
+pub use access::{
+    ADMIN_RESOURCE, AccessControlledRuntime, AccessError, Denial, RunReport, new_run_id,
+};
 pub use builder::WorkflowBuilder;
 pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
 pub use set::{Loaded, WorkflowSet, WorkflowWatcher};

@@ -417,7 +417,7 @@ impl Runtime {
                 let texts: Vec<String> = records.iter().map(Value::to_string).collect();
                 let label = format!("{}@{}", plugin.name(), plugin.version());
                 let results = plugin.transform_async(texts, Arc::new(config)).await?;
-                let mut data = Vec::with_capacity(results.len());
+                let mut data: Vec<Value> = Vec::with_capacity(results.len());
                 for (index, result) in results.into_iter().enumerate() {
                     match result {
                         Ok(text) => data.push(serde_json::from_str(&text).map_err(|e| {
@@ -467,18 +467,20 @@ fn set_path(config: &mut Value, path: &[String], value: Value) -> Result<(), Nod
         *config = value;
         return Ok(());
     };
+    let name = |p: Option<&String>| p.map_or_else(|| "the config".to_owned(), |k| format!("`{k}`"));
+    let not_a_table = |p: Option<&String>| {
+        NodeError::Connection(format!("cannot fill `{}`: {} is not a table", path.join("."), name(p)))
+    };
     let mut at = config;
+    let mut parent = None;
     for key in parents {
-        let map = at.as_object_mut().ok_or_else(|| {
-            NodeError::Connection(format!("cannot fill `{}`: `{key}` is not a table", path.join(".")))
-        })?;
+        let map = at.as_object_mut().ok_or_else(|| not_a_table(parent))?;
         at = map
             .entry(key.clone())
             .or_insert_with(|| Value::Object(Map::new()));
+        parent = Some(key);
     }
-    let map = at.as_object_mut().ok_or_else(|| {
-        NodeError::Connection(format!("cannot fill `{}`: its parent is not a table", path.join(".")))
-    })?;
+    let map = at.as_object_mut().ok_or_else(|| not_a_table(parent))?;
     map.insert(last.clone(), value);
     Ok(())
 }

@@ -214,6 +214,7 @@ impl WorkflowWatcher {
         let task = tokio::spawn(async move {
             let _watcher = watcher;
             let mut due: Option<tokio::time::Instant> = None;
+            let mut plugins_alive = true;
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
@@ -221,12 +222,13 @@ impl WorkflowWatcher {
                         Some(_) => due = Some(tokio::time::Instant::now() + DEBOUNCE),
                         None => break,
                     },
-                    changed = plugin_changes.changed() => {
+                    changed = plugin_changes.changed(), if plugins_alive => {
                         if changed.is_err() {
                             // The registry is gone: keep watching files only.
-                            plugin_changes = watch::channel(0).1;
+                            plugins_alive = false;
+                        } else {
+                            due = Some(tokio::time::Instant::now() + DEBOUNCE);
                         }
-                        due = Some(tokio::time::Instant::now() + DEBOUNCE);
                     }
                     () = async {
                         match due {

