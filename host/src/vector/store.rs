@@ -35,9 +35,12 @@
 //!
 //! The embedded backend searches exactly: it reads the table's vectors and computes every
 //! distance in Rust, with pgvector's formulas, and evaluates the metadata filter in Rust with
-//! the same meaning as the compiled SQL. `sqlite-vec` is not used: exact search needs no C
-//! extension and its top-k equals pgvector's exact search by construction (tested); it costs a
-//! full read of the table per query, which suits the embedded default's small tables.
+//! the same meaning as the compiled SQL. Its top-k equals pgvector's exact search by
+//! construction (tested); it costs a full read of the table per query, which suits the embedded
+//! default's small tables. `sqlite-vec` 0.1.9 is not used (not clearly better): its `vec0` KNN
+//! also scans every row (no ANN index), applies `k` before any metadata filter, and would add a C
+//! build plus a process-wide `unsafe` `sqlite3_auto_extension` registration for a constant-factor
+//! gain on parsing and distance arithmetic.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -191,10 +194,11 @@ impl IndexSpec {
     ///
     /// pgvector's defaults favour build speed. On 384-dimensional clustered embeddings (the
     /// vector bench, 100k rows) they give recall@10 of about 0.90–0.93 at pgvector's default
-    /// `ef_search` 40 and 0.97–0.98 at 100; `m` 24 / `ef_construction` 128 give 0.97 and 0.996–0.999
-    /// (three builds), for an index of the same size built about 2.7× slower (about 50 s instead
-    /// of 19 s on two cores). `m` 32 / `ef_construction` 160 reached 0.99 / 1.00 at 3.6× the build
-    /// time. Pass `m` and `ef_construction` to trade differently; BENCHMARKS.md has the figures.
+    /// `ef_search` 40 and 0.97–0.98 at 100, below the 0.95 / 0.99 Trellis aims for; `m` 24 /
+    /// `ef_construction` 128 give 0.97 and 0.996–0.999 (four builds) for an index of the same
+    /// size, built 1.6–2.7× slower (31 s instead of 19 s in the bench on two cores). `m` 32 /
+    /// `ef_construction` 160 reached 0.99 / 1.00 at 3.6× pgvector's build time. Pass `m` and
+    /// `ef_construction` to trade differently; BENCHMARKS.md has the figures.
     pub fn hnsw(metric: Metric) -> IndexSpec {
         IndexSpec {
             index_type: IndexType::Hnsw,
