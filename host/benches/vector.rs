@@ -1,7 +1,8 @@
-//! Vector benchmark on pgvector: batch ingest with JSONB metadata, HNSW (cosine) build,
-//! recall@10 at `ef_search` 40 and 100, filtered recall (a filter matching 10% of rows), and
-//! queries per second through the vector store against hand-written SQL through sqlx in the same
-//! run. Data: seeded synthetic clustered vectors; ground truth by exact search in Rust.
+//! Vector benchmark on pgvector: batch ingest with JSONB metadata, HNSW (cosine) build with
+//! Trellis's default `m` / `ef_construction`, recall@10 at `ef_search` 40 and 100, filtered
+//! recall (a filter matching 10% of rows), and queries per second through the vector store
+//! against hand-written SQL through sqlx in the same run. Data: seeded synthetic clustered
+//! vectors; ground truth by exact search in Rust.
 //!
 //! ```console
 //! $ eval "$(scripts/services)"
@@ -139,12 +140,15 @@ async fn main() {
         a.rows as f64 / ingest.as_secs_f64()
     );
 
+    // Trellis's defaults (`IndexSpec::hnsw`), as a workflow's `create_index` gets them.
     let mut spec = IndexSpec::hnsw(Metric::Cosine);
     spec.maintenance_work_mem_mb = Some(1024);
     let started = Instant::now();
     let report = store.create_index(&table, &spec).await.unwrap();
     println!(
-        "hnsw build (m 16, ef_construction 64, maintenance_work_mem 1024MB): {} in {:.2?}",
+        "hnsw build (defaults: m {}, ef_construction {}; maintenance_work_mem 1024MB): {} in {:.2?}",
+        spec.m,
+        spec.ef_construction,
         report.name,
         started.elapsed()
     );

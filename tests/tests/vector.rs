@@ -608,6 +608,174 @@ async fn dimension_and_length_mismatches_name_the_row() {
     }
 }
 
+/// Statements the store's pool has run so far.
+fn statements(store: &VectorStore) -> u64 {
+    store.pool().stats().queries.executed
+}
+
+#[tokio::test]
+async fn query_dimension_is_checked_against_the_table_without_a_round_trip() {
+    let Some(url) = TestDb::PgVector.url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (store, pg) in [
+        (pg_store(&unique("vec_qdim"), &url, 2), true),
+        (sqlite_store(&dir), false),
+    ] {
+        let t = table("vec_qdim");
+        store.create_table(&t, 3).await.unwrap();
+        store
+            .insert(
+                &t,
+                &[NewVector {
+                    id: Some(1),
+                    vector: vec![1.0, 0.0, 0.0],
+                    metadata: json!({}),
+                }],
+            )
+            .await
+            .unwrap();
+
+        // A wrong-sized query vector is refused before the search runs: the only statement is
+        // the look-up confirming the kept dimension (the table might have been recreated).
+        let before = statements(&store);
+        let err = store
+            .search(&t, &SearchQuery::new(vec![1.0, 0.0, 0.0, 0.0]))
+            .await
+            .unwrap_err();
+        assert_eq!(statements(&store), before + 1, "{err}");
+        assert!(
+            matches!(
+                &err,
+                VectorError::Dimension { table, row: None, expected: 3, found: 4 } if *table == t.to_string()
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("the vector has 4 dimensions but table `{t}` holds vectors of 3")
+        );
+        // Also with per-query settings (which open a transaction on PostgreSQL).
+        let mut q = SearchQuery::new(vec![1.0, 0.0]);
+        q.ef_search = Some(40);
+        q.filter = Filter::from_json(&json!({"k": 1})).unwrap();
+        let err = store.search(&t, &q).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VectorError::Dimension {
+                    expected: 3,
+                    found: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(statements(&store), before + 2, "no BEGIN, no SET LOCAL");
+
+        // A right-sized search runs only its own statement (no dimension look-up), and so does
+        // an insert.
+        let before = statements(&store);
+        let hits = store
+            .search(&t, &SearchQuery::new(vec![1.0, 0.0, 0.0]))
+            .await
+            .unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(statements(&store), before + 1);
+        store
+            .insert(
+                &t,
+                &[NewVector {
+                    id: Some(2),
+                    vector: vec![0.0, 1.0, 0.0],
+                    metadata: json!({}),
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(statements(&store), before + 2);
+
+        // A store that has not seen the table reads the dimension once, then keeps it.
+        let other = if pg {
+            pg_store(&unique("vec_qdim"), &url, 1)
+        } else {
+            sqlite_store(&dir)
+        };
+        let err = other
+            .search(&t, &SearchQuery::new(vec![1.0; 5]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VectorError::Dimension {
+                    expected: 3,
+                    found: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let read = statements(&other);
+        other
+            .search(&t, &SearchQuery::new(vec![1.0; 3]))
+            .await
+            .unwrap();
+        assert_eq!(statements(&other), read + 1);
+
+        // The table recreated with another dimension through the other store: the first store's
+        // kept dimension (3) is confirmed against the database before it refuses, so a vector of
+        // the new size passes and the old size is refused with the new dimension.
+        let lease = other.pool().acquire().await.unwrap();
+        lease
+            .execute(
+                &format!("DROP TABLE {}", t.quoted()),
+                &Params::None,
+                Fetch::All,
+            )
+            .await
+            .unwrap();
+        drop(lease);
+        other.create_table(&t, 4).await.unwrap();
+        store
+            .insert(
+                &t,
+                &[NewVector {
+                    id: Some(7),
+                    vector: vec![0.0, 0.0, 0.0, 1.0],
+                    metadata: json!({}),
+                }],
+            )
+            .await
+            .unwrap();
+        let hits = store
+            .search(&t, &SearchQuery::new(vec![0.0, 0.0, 0.0, 1.0]))
+            .await
+            .unwrap();
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![7]);
+        let err = store
+            .search(&t, &SearchQuery::new(vec![1.0, 0.0, 0.0]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("the vector has 3 dimensions but table `{t}` holds vectors of 4")
+        );
+        // An unknown table is still named as such.
+        let err = store
+            .search(
+                &TableName::parse("vec_nowhere").unwrap(),
+                &SearchQuery::new(vec![1.0]),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VectorError::NoTable { .. }), "{err}");
+        other.pool().close().await;
+        store.pool().close().await;
+    }
+}
+
 /// Seeded points around a few centres.
 fn clustered(rng: &mut fastrand::Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
     let centres: Vec<Vec<f32>> = (0..8)

@@ -8,7 +8,7 @@
 //! | `operation` | fields | output `result` |
 //! | --- | --- | --- |
 //! | `create_table` | `dimension` | `{table, dimension}` |
-//! | `create_index` | `index_type` (`hnsw` default, `ivfflat`, `metadata`), `distance_metric`, `m`, `ef_construction`, `lists`, `maintenance_work_mem_mb` | `{index_name, created}` |
+//! | `create_index` | `index_type` (`hnsw` default, `ivfflat`, `metadata`), `distance_metric`, `m` (default 24), `ef_construction` (default 128; both above pgvector's defaults for recall, see `IndexSpec::hnsw`), `lists`, `maintenance_work_mem_mb` | `{index_name, created}` |
 //! | `insert` | `vector` + `metadata` (object) [+ `id`], or `vectors` + `metadata` (list) [+ `ids`] | `{inserted, ids}` |
 //! | `upsert` | as `insert`, ids required | `{upserted, ids}` |
 //! | `search` | `vector`, `distance_metric` (default `cosine`), `limit` (default 10), `metadata_filter`, `ef_search`, `probes` | `{matches: [{id, distance, metadata}], count, distance_metric}` |
