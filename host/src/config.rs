@@ -581,7 +581,9 @@ fn resolve_policy(
     jiff::tz::TimeZone::get(&timezone).map_err(|e| {
         error(
             "timezone",
-            format!("unknown time zone `{timezone}` ({e}); use an IANA name such as `Europe/Berlin`"),
+            format!(
+                "unknown time zone `{timezone}` ({e}); use an IANA name such as `Europe/Berlin`"
+            ),
         )
     })?;
     let audit = match (raw.audit, raw.audit_file, raw.audit_database) {
@@ -722,10 +724,7 @@ impl RawConfig {
             return Err(ResolveError {
                 span: 0..0,
                 key: "migrations.database".into(),
-                message: format!(
-                    "`{}` is not a configured database",
-                    migrations.database
-                ),
+                message: format!("`{}` is not a configured database", migrations.database),
             });
         }
         let auth = resolve_auth(self.auth, base, &source)?;

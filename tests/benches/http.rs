@@ -117,7 +117,9 @@ async fn load(url: &str, post: bool, concurrency: usize, seconds: f64) -> Figure
 
 async fn postgres_database() -> Option<String> {
     let url = TestDb::Postgres.url()?;
-    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect to PostgreSQL");
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect to PostgreSQL");
     sqlx::raw_sql("DROP DATABASE IF EXISTS trellis_http_bench WITH (FORCE)")
         .execute(&mut conn)
         .await
@@ -126,7 +128,10 @@ async fn postgres_database() -> Option<String> {
         .execute(&mut conn)
         .await
         .expect("create the bench database");
-    let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("a database URL");
+    let base = url
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .expect("a database URL");
     Some(format!("{base}/trellis_http_bench"))
 }
 
@@ -161,7 +166,14 @@ async fn main() {
         println!("\n{backend}:");
         println!(
             "{:>11} | {:>10} {:>9} {:>9} {:>6} | {:>10} {:>9} | {:>8}",
-            "concurrency", "run req/s", "p50 ms", "p99 ms", "errors", "health r/s", "p50 ms", "run/health"
+            "concurrency",
+            "run req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "health r/s",
+            "p50 ms",
+            "run/health"
         );
         for &c in &args.concurrency {
             let run = load(&run_url, true, c, args.seconds).await;

@@ -321,8 +321,13 @@ pub fn example_dir() -> tempfile::TempDir {
     for entry in std::fs::read_dir(root.join("plugins")).expect("read plugins/") {
         let path = entry.expect("a directory entry").path();
         if path.extension().is_some_and(|e| e == "wasm") {
-            std::fs::copy(&path, dir.path().join("plugins").join(path.file_name().expect("name")))
-                .expect("copy a plugin");
+            std::fs::copy(
+                &path,
+                dir.path()
+                    .join("plugins")
+                    .join(path.file_name().expect("name")),
+            )
+            .expect("copy a plugin");
         }
     }
     dir

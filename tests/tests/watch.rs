@@ -124,12 +124,23 @@ async fn plugin_swapped_20_times_under_20_clients_fails_no_request() {
     let clients = load(server.base_url(), 20, stop.clone());
     let plugins_url = format!("{}/v1/plugins", server.base_url());
     for i in 0..20 {
-        let (bytes, version) = if i % 2 == 0 { (&v2, "2.0.0") } else { (&v1, "1.0.0") };
+        let (bytes, version) = if i % 2 == 0 {
+            (&v2, "2.0.0")
+        } else {
+            (&v1, "1.0.0")
+        };
         replace(&target, bytes);
         // Wait until the new version serves before the next swap.
         let mut served = false;
         for _ in 0..500 {
-            let list: Value = http.get(&plugins_url).send().await.unwrap().json().await.unwrap();
+            let list: Value = http
+                .get(&plugins_url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if list["plugins"][0]["version"] == version {
                 served = true;
                 break;
@@ -225,10 +236,15 @@ async fn policy_changed_20_times_each_run_sees_one_generation() {
     let mut runs = 0;
     for client in clients {
         for result in client.await.unwrap() {
-            let body = result.unwrap_or_else(|e| panic!("a request failed during the reloads: {e}"));
+            let body =
+                result.unwrap_or_else(|e| panic!("a request failed during the reloads: {e}"));
             let letters: Vec<&str> = ["x", "y", "z"]
                 .iter()
-                .map(|n| body["results"][n]["result"]["data"][0]["v"].as_str().unwrap())
+                .map(|n| {
+                    body["results"][n]["result"]["data"][0]["v"]
+                        .as_str()
+                        .unwrap()
+                })
                 .collect();
             assert!(
                 letters.iter().all(|l| *l == letters[0]),
@@ -251,7 +267,10 @@ async fn policy_changed_20_times_each_run_sees_one_generation() {
 async fn broken_files_keep_the_last_good_version_and_show_the_error() {
     let dir = setup(STAMP_WORKFLOW);
     let d = dir.path();
-    replace(&d.join("plugins/stamp.wasm"), &std::fs::read(test_plugin("test_stamp.wasm")).unwrap());
+    replace(
+        &d.join("plugins/stamp.wasm"),
+        &std::fs::read(test_plugin("test_stamp.wasm")).unwrap(),
+    );
     let server = Server::start(d, &["--watch"]);
     let base = server.base_url();
     let http = reqwest::Client::new();
@@ -260,7 +279,10 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
         let url = format!("{base}{path}");
         async move {
             http.get(url)
-                .header("x-trellis-user", r#"{"user_id": "root", "roles": ["admin"]}"#)
+                .header(
+                    "x-trellis-user",
+                    r#"{"user_id": "root", "roles": ["admin"]}"#,
+                )
                 .send()
                 .await
                 .unwrap()
@@ -276,7 +298,12 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
     let mut listed = Value::Null;
     for _ in 0..500 {
         listed = get("/v1/plugins").await;
-        if listed["plugins"].as_array().unwrap().iter().any(|r| r["error"].is_string()) {
+        if listed["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["error"].is_string())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -285,11 +312,15 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
     let rows = listed["plugins"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{listed}");
     assert!(
-        rows.iter().any(|r| r["error"].as_str().unwrap_or_default().contains("not a valid WebAssembly component")),
+        rows.iter().any(|r| r["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a valid WebAssembly component")),
         "{listed}"
     );
     assert!(
-        rows.iter().any(|r| r["status"] == "loaded" && r["version"] == "1.0.0"),
+        rows.iter()
+            .any(|r| r["status"] == "loaded" && r["version"] == "1.0.0"),
         "{listed}"
     );
     let body = run(&http, &base).await.unwrap();
@@ -297,7 +328,11 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
 
     // A broken policy file: the generation in force stays; the error is shown to admins.
     let generation = get("/v1/policies").await["generation"].clone();
-    std::fs::write(d.join("policies/broken.rules.json"), "{\"rules\": [{\"id\": 1}]}").unwrap();
+    std::fs::write(
+        d.join("policies/broken.rules.json"),
+        "{\"rules\": [{\"id\": 1}]}",
+    )
+    .unwrap();
     let mut policies = Value::Null;
     for _ in 0..500 {
         policies = get("/v1/policies").await;
@@ -307,14 +342,21 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        policies["last_error"].as_str().unwrap_or_default().contains("broken.rules.json"),
+        policies["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("broken.rules.json"),
         "{policies}"
     );
     assert_eq!(policies["generation"], generation);
     assert!(run(&http, &base).await.is_ok());
 
     // A broken workflow file: the last good version serves; the error is listed.
-    std::fs::write(d.join("workflows/w.toml"), STAMP_WORKFLOW.replace("plugin:stamp", "plugin:stmp")).unwrap();
+    std::fs::write(
+        d.join("workflows/w.toml"),
+        STAMP_WORKFLOW.replace("plugin:stamp", "plugin:stmp"),
+    )
+    .unwrap();
     let mut workflows = Value::Null;
     for _ in 0..500 {
         workflows = get("/v1/workflows").await;
@@ -324,7 +366,10 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let error = workflows["errors"][0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("w.toml:6: node `stamp`: unknown plugin `stmp`"), "{workflows}");
+    assert!(
+        error.contains("w.toml:6: node `stamp`: unknown plugin `stmp`"),
+        "{workflows}"
+    );
     assert_eq!(workflows["workflows"][0]["name"], "w");
     let body = run(&http, &base).await.unwrap();
     assert_eq!(body["results"]["stamp"]["data"][0]["served_by"], "1.0.0");

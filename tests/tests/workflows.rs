@@ -61,7 +61,10 @@ async fn shipped_example_masks_for_the_analyst_and_not_for_hr_and_refuses_engine
         .find(|r| r["department"] == "finance")
         .unwrap();
     // 2024 only: six expenses (the 2023 dinner is before start_date).
-    assert!((finance["total_expenses"].as_f64().unwrap() - 2575.65).abs() < 1e-9, "{finance}");
+    assert!(
+        (finance["total_expenses"].as_f64().unwrap() - 2575.65).abs() < 1e-9,
+        "{finance}"
+    );
     assert_eq!(finance["transaction_count"], 6);
     let rows = &body["results"]["employee_data"]["data"];
     let ada = employee(rows, "Ada Byron");
@@ -148,7 +151,10 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("invalid request body: expected value at line 1 column 27"), "{message}");
+    assert!(
+        message.starts_with("invalid request body: expected value at line 1 column 27"),
+        "{message}"
+    );
 
     let r = http
         .post(&url)
@@ -159,7 +165,13 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("unknown field `input`"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `input`"),
+        "{body}"
+    );
 
     let r = http.post(&url).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -176,7 +188,10 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
     assert_eq!(body["workflows"], json!(["finance_report"]));
 
     // Over the body limit.
-    let big = format!("{{\"inputs\": {{\"start_date\": \"{}\"}}}}", "x".repeat(2 << 20));
+    let big = format!(
+        "{{\"inputs\": {{\"start_date\": \"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
     let r = http
         .post(&url)
         .header("x-trellis-user", analyst().to_string())
@@ -196,7 +211,10 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
         .unwrap();
     assert_eq!(list["generation"], 1);
     assert_eq!(list["workflows"][0]["name"], "finance_report");
-    assert_eq!(list["workflows"][0]["inputs"]["start_date"]["required"], false);
+    assert_eq!(
+        list["workflows"][0]["inputs"]["start_date"]["required"],
+        false
+    );
     assert_eq!(list["errors"], json!([]));
 }
 
@@ -226,12 +244,20 @@ async fn admin_endpoints_are_for_admins_only() {
     let mut explain = question.clone();
     explain["user"] = analyst();
     explain["explain"] = json!(true);
-    let body: Value = authorize(admin(), explain).await.unwrap().json().await.unwrap();
-    assert_eq!(body["decision"]["allowed"], true);
-    assert_eq!(body["deciding"][0]["id"], "finance-workflow-access");
-    let r = authorize(admin(), json!({"resource_type": "table", "resource_id": "x", "permission": "execute"}))
+    let body: Value = authorize(admin(), explain)
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
+    assert_eq!(body["decision"]["allowed"], true);
+    assert_eq!(body["deciding"][0]["id"], "finance-workflow-access");
+    let r = authorize(
+        admin(),
+        json!({"resource_type": "table", "resource_id": "x", "permission": "execute"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
 
     let audit = |caller: Value| {
@@ -352,13 +378,19 @@ to = "d.params.x"
         "{body}"
     );
     assert_eq!(body["results"]["a"]["result"]["data"], json!([{"one": 1}]));
-    assert_eq!(body["results"]["c"]["result"]["data"], json!([{"three": 3}]));
+    assert_eq!(
+        body["results"]["c"]["result"]["data"],
+        json!([{"three": 3}])
+    );
 
     // An intern is skipped past `a` by policy.
     let intern = json!({"user_id": "i", "attributes": {"level": "intern"}});
     let (status, body) = run(&server, "w", &intern, json!({})).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["skipped"][0], json!({"node": "a", "reason": "policy skips this node for you"}));
+    assert_eq!(
+        body["skipped"][0],
+        json!({"node": "a", "reason": "policy skips this node for you"})
+    );
     assert!(body["results"].get("a").is_none());
 }
 
@@ -392,12 +424,18 @@ timeout = "5s"
     let a = &body["results"]["a"]["result"]["data"][0];
     let c = &body["results"]["c"]["result"]["data"][0];
     assert_ne!(a["pid"], c["pid"]);
-    assert!(a["active"].as_i64().unwrap() >= 2 || c["active"].as_i64().unwrap() >= 2, "{body}");
+    assert!(
+        a["active"].as_i64().unwrap() >= 2 || c["active"].as_i64().unwrap() >= 2,
+        "{body}"
+    );
 
     // A failing statement fails the run with the node and the database's reason.
     std::fs::write(
         dir.path().join("workflows/w.toml"),
-        workflow.replace("SELECT pg_sleep(0.1), pg_backend_pid() AS pid", "SELEC oops"),
+        workflow.replace(
+            "SELECT pg_sleep(0.1), pg_backend_pid() AS pid",
+            "SELEC oops",
+        ),
     )
     .unwrap();
     drop(server);
@@ -412,7 +450,9 @@ timeout = "5s"
     // A node past its limit: 504 naming it.
     std::fs::write(
         dir.path().join("workflows/w.toml"),
-        workflow.replace("pg_sleep(0.2)", "pg_sleep(3)").replace("timeout = \"5s\"\n[[nodes]]", "[[nodes]]"),
+        workflow
+            .replace("pg_sleep(0.2)", "pg_sleep(3)")
+            .replace("timeout = \"5s\"\n[[nodes]]", "[[nodes]]"),
     )
     .unwrap();
     drop(server);
@@ -420,7 +460,13 @@ timeout = "5s"
     let (status, body) = run(&server, "w", &user, json!({})).await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["node"], "a");
-    assert!(body["error"]["message"].as_str().unwrap().contains("did not finish within 300ms"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 300ms"),
+        "{body}"
+    );
     // The cancelled statement did not leave the pool broken: the next run works.
     std::fs::write(dir.path().join("workflows/w.toml"), workflow).unwrap();
     drop(server);
@@ -449,7 +495,9 @@ fn trellis_run_prints_the_report_and_refuses_denied_users() {
     );
     assert_eq!(status.code(), Some(1));
     assert!(
-        stderr.contains("access denied: `execute` on workflow `finance_report`: no rule granted access"),
+        stderr.contains(
+            "access denied: `execute` on workflow `finance_report`: no rule granted access"
+        ),
         "{stderr}"
     );
 }

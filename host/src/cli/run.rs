@@ -43,8 +43,9 @@ fn json_arg(text: &str, flag: &str) -> anyhow::Result<Value> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let user: UserContext = serde_json::from_value(json_arg(&args.user, "--user")?)
-        .context("--user must be {\"user_id\", \"tenant_id\", \"email\", \"roles\", \"attributes\"}")?;
+    let user: UserContext = serde_json::from_value(json_arg(&args.user, "--user")?).context(
+        "--user must be {\"user_id\", \"tenant_id\", \"email\", \"roles\", \"attributes\"}",
+    )?;
     let inputs: Map<String, Value> = match json_arg(&args.inputs, "--inputs")? {
         Value::Object(map) => map,
         _ => bail!("--inputs must be a JSON object"),

@@ -34,7 +34,9 @@ impl ExternalMasker for RegistryMasker {
             value: value.clone(),
             params: Value::Object(Default::default()),
         };
-        let mut results = p.mask(std::slice::from_ref(&input)).map_err(|e| e.to_string())?;
+        let mut results = p
+            .mask(std::slice::from_ref(&input))
+            .map_err(|e| e.to_string())?;
         results
             .pop()
             .unwrap_or_else(|| Err("the plugin returned no result".into()))

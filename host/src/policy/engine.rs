@@ -233,7 +233,11 @@ impl PolicyEngine {
 
     /// Decides `req` with `generation` (from [`PolicyEngine::generation`]): a workflow run pins
     /// one generation for all its decisions, so a reload never splits a run across two.
-    pub fn decide_in(&self, generation: &Arc<PolicyGeneration>, req: &AccessRequest<'_>) -> Decision {
+    pub fn decide_in(
+        &self,
+        generation: &Arc<PolicyGeneration>,
+        req: &AccessRequest<'_>,
+    ) -> Decision {
         let started = Instant::now();
         let action = super::compile::action_id(req.resource_type, req.permission);
         let resource = format!("{}:{}", req.resource_type, req.resource_id);
@@ -343,7 +347,14 @@ impl PolicyEngine {
         now: Timestamp,
         runtime: &Value,
     ) -> MaskOutcome {
-        self.mask_in(&self.current.load_full(), user, resource_id, data, now, runtime)
+        self.mask_in(
+            &self.current.load_full(),
+            user,
+            resource_id,
+            data,
+            now,
+            runtime,
+        )
     }
 
     /// [`PolicyEngine::mask`] with a pinned `generation` (see [`PolicyEngine::decide_in`]).
@@ -365,7 +376,7 @@ impl PolicyEngine {
             };
         };
         let (verdict, cached) = self.verdict(
-            &generation,
+            generation,
             user,
             MASK_ACTION,
             ResourceType::Node,

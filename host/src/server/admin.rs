@@ -124,7 +124,10 @@ pub async fn audit(
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, caller)?;
-    let limit = query.limit.unwrap_or(100).min(app.config().policy.audit_recent);
+    let limit = query
+        .limit
+        .unwrap_or(100)
+        .min(app.config().policy.audit_recent);
     let records = app
         .policy()
         .audit()

@@ -41,7 +41,6 @@ impl ApiError {
         }
         self
     }
-
 }
 
 impl IntoResponse for ApiError {

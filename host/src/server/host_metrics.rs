@@ -52,7 +52,10 @@ impl Collector for HostCollector {
         gauge(
             "policy_reload_failing",
             "1 when the last policy reload failed (the previous generation serves)",
-            vec![(vec![], f64::from(u8::from(self.policy.last_error().is_some())))],
+            vec![(
+                vec![],
+                f64::from(u8::from(self.policy.last_error().is_some())),
+            )],
         )?;
         let loaded = self.workflows.current();
         gauge(
@@ -76,8 +79,14 @@ impl Collector for HostCollector {
             "plugin_files",
             "Files in the plugins directory, by status",
             vec![
-                (vec![("status", "loaded".to_owned())], count(LoadStatus::Loaded) as f64),
-                (vec![("status", "failed".to_owned())], count(LoadStatus::Failed) as f64),
+                (
+                    vec![("status", "loaded".to_owned())],
+                    count(LoadStatus::Loaded) as f64,
+                ),
+                (
+                    vec![("status", "failed".to_owned())],
+                    count(LoadStatus::Failed) as f64,
+                ),
             ],
         )?;
         gauge(

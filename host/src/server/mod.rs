@@ -1,8 +1,8 @@
 //! The HTTP API: the application state, the router, and serving until the stop signal.
 
 mod admin;
-mod error;
 pub mod auth;
+mod error;
 mod health;
 mod host_metrics;
 mod metrics;
@@ -22,9 +22,7 @@ use crate::config::{AuditTarget, Config};
 use crate::database::{DatabaseError, Databases};
 use crate::plugins::{PluginService, PluginStartError, RegistryMasker};
 use crate::policy::{AuditLog, EngineSettings, Masker, PolicyEngine, PolicyWatcher};
-use crate::workflow::{
-    AccessControlledRuntime, HostNames, Runtime, WorkflowSet, WorkflowWatcher,
-};
+use crate::workflow::{AccessControlledRuntime, HostNames, Runtime, WorkflowSet, WorkflowWatcher};
 
 pub use metrics::Metrics;
 pub use router::router;
@@ -220,7 +218,9 @@ pub enum StartError {
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
     /// The policies could not be loaded.
-    #[error("cannot load the policies\n{0}\n\nhint: `trellis policy check` shows every problem; the host does not start without valid policies")]
+    #[error(
+        "cannot load the policies\n{0}\n\nhint: `trellis policy check` shows every problem; the host does not start without valid policies"
+    )]
     Policy(String),
     /// The audit trail could not be opened.
     #[error(transparent)]
@@ -327,9 +327,9 @@ async fn start_policy(
             AuditLog::open(path, 65_536)?.with_recent(p.audit_recent)
         }
         AuditTarget::Database(name) => {
-            let pool = databases
-                .get(name)
-                .ok_or_else(|| StartError::Policy(format!("audit database `{name}` is not configured")))?;
+            let pool = databases.get(name).ok_or_else(|| {
+                StartError::Policy(format!("audit database `{name}` is not configured"))
+            })?;
             AuditLog::open_database(pool, 65_536)
                 .await?
                 .with_recent(p.audit_recent)

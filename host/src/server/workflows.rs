@@ -93,19 +93,17 @@ pub async fn run(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Some(workflow) = app.workflows().get(&name) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("unknown workflow `{name}`"),
-        )
-        .with(
-            "workflows",
-            app.workflows()
-                .current()
-                .workflows
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>(),
-        ));
+        return Err(
+            ApiError::new(StatusCode::NOT_FOUND, format!("unknown workflow `{name}`")).with(
+                "workflows",
+                app.workflows()
+                    .current()
+                    .workflows
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+        );
     };
     let request: RunRequest = parse_body(&body)?;
     let started = Instant::now();
@@ -153,7 +151,10 @@ pub async fn run(
 
 /// A 403 naming what was denied; admins also see the deciding policies and the reason.
 pub(super) fn denied(app: &App, user: &PreparedUser, d: &Denial) -> ApiError {
-    let what = format!("`{}` on {} `{}`", d.permission, d.resource_type, d.resource_id);
+    let what = format!(
+        "`{}` on {} `{}`",
+        d.permission, d.resource_type, d.resource_id
+    );
     let message = if d.policies.is_empty() {
         format!("access denied: no policy grants you {what}")
     } else {
@@ -178,4 +179,3 @@ pub(super) fn denied(app: &App, user: &PreparedUser, d: &Denial) -> ApiError {
     }
     error
 }
-

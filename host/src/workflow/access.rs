@@ -195,7 +195,8 @@ impl AccessControlledRuntime {
             }
         }
 
-        let masked_downstream: Vec<bool> = workflow.nodes.iter().map(|n| n.mask_downstream).collect();
+        let masked_downstream: Vec<bool> =
+            workflow.nodes.iter().map(|n| n.mask_downstream).collect();
         let downstream_filter = masked_downstream.iter().any(|&m| m).then(|| {
             let policy = self.policy.clone();
             let generation = generation.clone();
@@ -239,9 +240,11 @@ impl AccessControlledRuntime {
                     .masked
                     .push(json!({"node": node.id, "fields": applied}));
             }
-            report
-                .mask_errors
-                .extend(errors.into_iter().map(|e| format!("node `{}`: {e}", node.id)));
+            report.mask_errors.extend(
+                errors
+                    .into_iter()
+                    .map(|e| format!("node `{}`: {e}", node.id)),
+            );
             report.results.insert(node.id.clone(), output);
         }
         Ok(report)

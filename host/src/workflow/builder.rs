@@ -75,7 +75,12 @@ impl WorkflowBuilder {
     }
 
     /// Declares an input; without a default it is required.
-    pub fn input(mut self, name: impl Into<String>, kind: InputType, default: Option<Value>) -> Self {
+    pub fn input(
+        mut self,
+        name: impl Into<String>,
+        kind: InputType,
+        default: Option<Value>,
+    ) -> Self {
         self.inputs.insert(
             name.into(),
             InputSpec {
@@ -229,7 +234,10 @@ to = "t"
             .build(&AnyName)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("workflow `w`: node `a`: unknown node type `Nope`"), "{e}");
+        assert!(
+            e.starts_with("workflow `w`: node `a`: unknown node type `Nope`"),
+            "{e}"
+        );
         let e = WorkflowBuilder::new("w")
             .add_node("plugin:p", "a", json!({}))
             .connect("a", "b")

@@ -454,9 +454,7 @@ fn substitute_inputs(value: &mut Value, inputs: &Map<String, Value>) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|v| substitute_inputs(v, inputs)),
-        Value::Object(map) => map
-            .values_mut()
-            .for_each(|v| substitute_inputs(v, inputs)),
+        Value::Object(map) => map.values_mut().for_each(|v| substitute_inputs(v, inputs)),
         _ => {}
     }
 }
@@ -469,7 +467,11 @@ fn set_path(config: &mut Value, path: &[String], value: Value) -> Result<(), Nod
     };
     let name = |p: Option<&String>| p.map_or_else(|| "the config".to_owned(), |k| format!("`{k}`"));
     let not_a_table = |p: Option<&String>| {
-        NodeError::Connection(format!("cannot fill `{}`: {} is not a table", path.join("."), name(p)))
+        NodeError::Connection(format!(
+            "cannot fill `{}`: {} is not a table",
+            path.join("."),
+            name(p)
+        ))
     };
     let mut at = config;
     let mut parent = None;

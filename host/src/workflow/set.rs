@@ -80,7 +80,10 @@ impl WorkflowSet {
     /// Re-reads every `*.toml` file; swaps in a new generation if anything changed. Returns the
     /// generation in force afterwards.
     pub fn reload(&self) -> u64 {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let previous = self.current.load_full();
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries
@@ -297,7 +300,11 @@ mod tests {
         assert_eq!(set.reload(), 2);
         let now = set.current();
         assert!(Arc::ptr_eq(&first, &now.workflows["report"]));
-        assert!(now.errors[&file].contains("unknown node type `Bogus`"), "{:?}", now.errors);
+        assert!(
+            now.errors[&file].contains("unknown node type `Bogus`"),
+            "{:?}",
+            now.errors
+        );
         std::fs::remove_file(&file).unwrap();
         assert_eq!(set.reload(), 3);
         assert!(set.get("report").is_none());

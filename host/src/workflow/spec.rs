@@ -375,7 +375,9 @@ impl Workflow {
             nodes.push(NodeSpec {
                 id: node.id,
                 kind,
-                config: node.config.unwrap_or_else(|| Value::Object(Default::default())),
+                config: node
+                    .config
+                    .unwrap_or_else(|| Value::Object(Default::default())),
                 database: node.database,
                 timeout,
                 optional: node.optional,
@@ -599,7 +601,9 @@ impl Draft {
                                 "the connection into `{}` must name the config key it fills",
                                 c.to
                             ),
-                            Some("e.g. `to = \"report.params.start_date\"` or `to = \"search.vector\"`"),
+                            Some(
+                                "e.g. `to = \"report.params.start_date\"` or `to = \"search.vector\"`",
+                            ),
                         ));
                     }
                 }
@@ -734,7 +738,8 @@ pub(crate) fn valid_id(id: &str) -> bool {
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e}); e.g. `30s`"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); e.g. `30s`"))
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -804,15 +809,26 @@ to = "sum"
 
         let e = parse(&TWO.replace("to = \"sum\"", "to = \"summ\"")).unwrap_err();
         assert!(
-            e.starts_with("workflows/w.toml:15: connection `rows` → `summ`: connection to unknown node `summ`"),
+            e.starts_with(
+                "workflows/w.toml:15: connection `rows` → `summ`: connection to unknown node `summ`"
+            ),
             "{e}"
         );
         let e = parse(&TWO.replace("$inputs.since", "$inputs.sine")).unwrap_err();
-        assert!(e.contains("node `rows`: `$inputs.sine` names an input"), "{e}");
+        assert!(
+            e.contains("node `rows`: `$inputs.sine` names an input"),
+            "{e}"
+        );
         let e = parse(&TWO.replace("id = \"sum\"", "id = \"rows\"")).unwrap_err();
-        assert!(e.contains("duplicate node id (first defined at line 6)"), "{e}");
+        assert!(
+            e.contains("duplicate node id (first defined at line 6)"),
+            "{e}"
+        );
         let e = parse("nodes = []\nbogus = 1\n").unwrap_err();
-        assert!(e.starts_with("workflows/w.toml:2: unknown field `bogus`"), "{e}");
+        assert!(
+            e.starts_with("workflows/w.toml:2: unknown field `bogus`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -855,8 +871,14 @@ to = "b.extra"
         let e = Workflow::parse(TWO, Path::new("w.toml"), &Only)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("w.toml:11: node `sum`: plugin `sum-by-key` is not loaded"), "{e}");
-        let text = TWO.replace("type = \"AsyncSQLDatabaseNode\"", "type = \"AsyncSQLDatabaseNode\"\ndatabase = \"dw\"");
+        assert!(
+            e.starts_with("w.toml:11: node `sum`: plugin `sum-by-key` is not loaded"),
+            "{e}"
+        );
+        let text = TWO.replace(
+            "type = \"AsyncSQLDatabaseNode\"",
+            "type = \"AsyncSQLDatabaseNode\"\ndatabase = \"dw\"",
+        );
         let e = parse_with(&text, &Only);
         assert!(e.contains("node `rows`: unknown database `dw`"), "{e}");
     }
@@ -869,17 +891,20 @@ to = "b.extra"
 
     #[test]
     fn inputs_are_checked_all_at_once() {
-        let w = parse(
-            &TWO.replace("default = \"2024-01-01\"", "")
-                .replace("[inputs.since]", "[inputs.limit]\ntype = \"integer\"\n[inputs.since]"),
-        );
+        let w = parse(&TWO.replace("default = \"2024-01-01\"", "").replace(
+            "[inputs.since]",
+            "[inputs.limit]\ntype = \"integer\"\n[inputs.since]",
+        ));
         // `$inputs.since` is still declared; `limit` is unused, which is allowed.
         let w = w.unwrap();
         let given = serde_json::json!({"limit": "ten", "other": 1});
         let problems = w.bind_inputs(given.as_object().unwrap()).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("unknown input `other`"));
-        assert_eq!(problems[1], "input `limit` must be a whole number, not a string");
+        assert_eq!(
+            problems[1],
+            "input `limit` must be a whole number, not a string"
+        );
         assert_eq!(problems[2], "missing input `since` (a string)");
     }
 }
