@@ -1023,6 +1023,27 @@ fn native_forbid_beats_a_holding_allow_rule() {
 }
 
 #[test]
+fn a_native_policy_reading_the_time_is_never_served_stale() {
+    let morning = r#"@id("mornings")
+permit (principal, action == Trellis::Action::"node:execute", resource == Trellis::Node::"n")
+when { context.time_of_day < 43200 };
+@id("anywhere-mornings")
+permit (principal, action, resource) when { context.time_of_day < 3600 };
+"#;
+    let e = engine(&[("m.cedar", morning)]);
+    let u = user(json!({"user_id": "u"}));
+    let at = |id: &str, t: &str| decide(&e, &u, ResourceType::Node, id, "execute", t);
+    assert!(at("n", "2026-01-05T10:00:00Z").allowed);
+    let again = at("n", "2026-01-05T10:00:00Z");
+    assert!(again.allowed && again.cached, "the same second: cached");
+    let afternoon = at("n", "2026-01-05T13:00:00Z");
+    assert!(!afternoon.allowed && !afternoon.cached, "{afternoon:?}");
+    // An unbound native policy lands in the fallback slice: the same holds there.
+    assert!(at("other", "2026-01-05T00:30:00Z").allowed);
+    assert!(!at("other", "2026-01-05T02:00:00Z").allowed);
+}
+
+#[test]
 fn guide_masking_ssn_for_non_hr_and_salary_for_non_managers() {
     let e = engine(&[("finance.rules.json", GUIDE)]);
     let row = json!({"name": "Jane", "ssn": "123-45-6789", "salary": 85000});
