@@ -295,6 +295,9 @@ pub struct Compiler {
     pub derived: Vec<DerivedLeaf>,
     /// Compiled patterns by (pattern, case-sensitive): each compiled once per generation.
     regexes: std::collections::HashMap<(String, bool), regex::Regex>,
+    /// Derived leaves by their condition, so that the same condition in many rules is one
+    /// `d:N` (one context attribute, one evaluation per request, a smaller schema).
+    derived_by_condition: std::collections::HashMap<(AttrPath, Operator, String, bool), usize>,
 }
 
 impl Compiler {
@@ -429,9 +432,22 @@ impl Compiler {
                 text
             }
             None => {
+                // `Value`'s text is injective (`1` and `1.0` differ), so equal keys mean equal
+                // conditions; equal conditions written differently merely stay apart.
+                let key = (
+                    c.path.clone(),
+                    c.operator,
+                    c.value.to_string(),
+                    c.case_sensitive,
+                );
+                if let Some(&index) = self.derived_by_condition.get(&key) {
+                    needs.derived.push(index);
+                    return derived_text(&self.derived[index].name);
+                }
                 let index = self.derived.len();
+                self.derived_by_condition.insert(key, index);
                 let name = format!("d:{index}");
-                let text = format!("(context has {n} && context[{n}])", n = lit(&name));
+                let text = derived_text(&name);
                 let regex = match (&c.operator, &c.value) {
                     (Operator::Matches, Value::String(re)) => {
                         let key = (re.clone(), c.case_sensitive);
@@ -461,6 +477,11 @@ impl Compiler {
             }
         }
     }
+}
+
+/// How a policy reads derived boolean `name`.
+fn derived_text(name: &str) -> String {
+    format!("(context has {n} && context[{n}])", n = lit(name))
 }
 
 fn group(parts: Vec<String>, sep: &str) -> String {

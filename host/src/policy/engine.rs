@@ -142,6 +142,10 @@ struct Verdict {
     errors: Vec<String>,
 }
 
+/// The fewest user entity sets kept, however small the decision cache: building one costs more
+/// than a decision, and a few thousand take a few megabytes.
+const ENTITY_CACHE_MIN: usize = 4096;
+
 /// The policy engine. Cheap to share behind an `Arc`.
 pub struct PolicyEngine {
     current: ArcSwap<PolicyGeneration>,
@@ -171,7 +175,7 @@ impl PolicyEngine {
     pub fn new(generation: PolicyGeneration, settings: EngineSettings) -> PolicyEngine {
         PolicyEngine {
             current: ArcSwap::from_pointee(generation),
-            entities: BoundedCache::new(settings.cache_capacity / 4 + 16),
+            entities: BoundedCache::new((settings.cache_capacity / 4).max(ENTITY_CACHE_MIN)),
             decisions: BoundedCache::new(settings.cache_capacity + 16),
             settings,
             authorizer: Authorizer::new(),
@@ -506,21 +510,23 @@ impl PolicyEngine {
             Ok(c) => c,
             Err(e) => return deny(format!("cannot build the request context: {e}")),
         };
-        let resource = uid(
-            if rt == ResourceType::Node {
-                "Node"
-            } else {
-                "Workflow"
-            },
-            resource_id,
-        );
-        let request = match cedar_policy::Request::new(
-            user.uid(),
-            action_uid(action),
-            resource,
-            context,
-            None,
-        ) {
+        // A slice's action and resource are built once, with the generation.
+        let resource = slice.resource_uid.clone().unwrap_or_else(|| {
+            uid(
+                if rt == ResourceType::Node {
+                    "Node"
+                } else {
+                    "Workflow"
+                },
+                resource_id,
+            )
+        });
+        let action = slice
+            .action_uid
+            .clone()
+            .unwrap_or_else(|| action_uid(action));
+        let request = match cedar_policy::Request::new(user.uid(), action, resource, context, None)
+        {
             Ok(r) => r,
             Err(e) => return deny(format!("invalid request: {e}")),
         };
@@ -789,14 +795,15 @@ fn fingerprint(v: &Value) -> u128 {
 
 /// Which side of each time boundary `now` is on, for the slice's time conditions and expiries;
 /// 0 when the slice reads no time. Exact, not hashed: two instants with the same signature get
-/// the same decision. With more boundaries than fit in 60 bits the signature is the second
-/// itself (the context holds the time in whole seconds, so that is exact too).
+/// the same decision. With more boundaries than fit in 60 bits, or a native policy that may read
+/// the time in ways the compiler cannot see, the signature is the second itself (the context
+/// holds the time in whole seconds, so that is exact too).
 fn time_signature(slice: &Slice, now: Timestamp, tz: &TimeZone) -> u64 {
     let n = &slice.needs;
-    if n.windows.is_empty() && !n.day && n.expiries.is_empty() {
+    if n.windows.is_empty() && !n.day && n.expiries.is_empty() && !slice.reads_clock {
         return 0;
     }
-    if n.windows.len() + n.expiries.len() > 56 {
+    if slice.reads_clock || n.windows.len() + n.expiries.len() > 56 {
         return (1 << 63) | (now.as_second() as u64 & ((1 << 62) - 1));
     }
     let zoned = now.to_zoned(tz.clone());

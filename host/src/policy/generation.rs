@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cedar_policy::{
-    ActionConstraint, Policy, PolicyId, PolicySet, ResourceConstraint, Schema, SchemaFragment,
-    ValidationMode, Validator,
+    ActionConstraint, EntityUid, Policy, PolicyId, PolicySet, ResourceConstraint, Schema,
+    SchemaFragment, ValidationMode, Validator,
 };
 
 use super::compile::{self, Compiler, DerivedLeaf, MASK_ACTION, Needs, Slot};
 use super::rules::{self, Effect, MaskingRule, PermissionRule, Problem, SourceLoc};
+use super::user::uid;
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -65,6 +66,28 @@ pub(crate) struct Slice {
     pub(crate) uses_runtime: bool,
     /// Runtime slots to put in the context.
     pub(crate) runtime_slots: Vec<Slot>,
+    /// Whether a native policy here may read the time beyond the windows and expiries in
+    /// `needs`: decisions are then cached per second only.
+    pub(crate) reads_clock: bool,
+    /// `Trellis::Action::"…"`, parsed once (`None` for the fallback slice).
+    pub(crate) action_uid: Option<EntityUid>,
+    /// `Trellis::Node::"…"` or `Trellis::Workflow::"…"`, built once (`None` for the fallback).
+    pub(crate) resource_uid: Option<EntityUid>,
+}
+
+impl Slice {
+    fn new(pset: PolicySet, entries: Vec<SliceEntry>, needs: Needs) -> Slice {
+        Slice {
+            pset,
+            entries,
+            needs,
+            uses_runtime: false,
+            runtime_slots: Vec::new(),
+            reads_clock: false,
+            action_uid: None,
+            resource_uid: None,
+        }
+    }
 }
 
 /// A loaded, validated policy directory.
@@ -106,10 +129,143 @@ fn render(problems: &[Problem]) -> String {
 
 struct Native {
     policy: Policy,
+    /// Whether it may read the context (the time): its decisions are then cached per second.
+    reads_context: bool,
     id: String,
     forbid: bool,
     loc: SourceLoc,
     key: Option<SliceKey>,
+}
+
+/// One compiled policy, as text, before it is parsed.
+struct Compiled {
+    id: String,
+    text: String,
+    loc: SourceLoc,
+    /// The rule id problems name (`None` for masking conditions).
+    label: Option<String>,
+}
+
+/// A slice before its policies are parsed.
+struct SliceBuild {
+    key: SliceKey,
+    texts: Vec<Compiled>,
+    entries: Vec<SliceEntry>,
+    needs: Needs,
+}
+
+impl SliceBuild {
+    fn new(key: SliceKey) -> SliceBuild {
+        SliceBuild {
+            key,
+            texts: Vec::new(),
+            entries: Vec::new(),
+            needs: Needs::default(),
+        }
+    }
+}
+
+/// Below this many policies one thread does it all (spawning costs more than it saves).
+const PARALLEL_MIN: usize = 256;
+
+/// Parses every compiled policy into its slice's set and validates each set strictly against
+/// the generated schema (`None`: the schema is invalid, already reported), splitting the slices
+/// into contiguous runs, one per core. Strict validation looks at one policy at a time, so
+/// validating every slice is validating the whole set. Problems come back in slice order.
+fn parse_and_validate(
+    builds: Vec<SliceBuild>,
+    validator: Option<&Validator>,
+    loc_of: &HashMap<String, (SourceLoc, String)>,
+) -> (HashMap<SliceKey, Slice>, Vec<Problem>, usize) {
+    let total: usize = builds.iter().map(|b| b.texts.len()).sum();
+    let threads = if total < PARALLEL_MIN {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    };
+    // Contiguous runs of slices with about the same number of policies each.
+    let mut runs: Vec<Vec<SliceBuild>> = Vec::with_capacity(threads);
+    let per_run = total.div_ceil(threads).max(1);
+    let mut current = Vec::new();
+    let mut in_current = 0;
+    for b in builds {
+        in_current += b.texts.len();
+        current.push(b);
+        if in_current >= per_run && runs.len() + 1 < threads {
+            runs.push(std::mem::take(&mut current));
+            in_current = 0;
+        }
+    }
+    runs.push(current);
+    let work = |run: Vec<SliceBuild>| -> (Vec<(SliceKey, Slice)>, Vec<Problem>, usize) {
+        let mut problems = Vec::new();
+        let mut count = 0;
+        let mut out = Vec::with_capacity(run.len());
+        for build in run {
+            let mut pset = PolicySet::new();
+            for c in build.texts {
+                match Policy::parse(Some(PolicyId::new(&c.id)), c.text) {
+                    Ok(policy) => {
+                        if pset.add(policy).is_ok() {
+                            count += 1;
+                        }
+                    }
+                    Err(e) => problems.push(Problem::new(
+                        c.loc,
+                        c.label.as_deref(),
+                        format!("compiled to invalid Cedar (a Trellis bug): {e}"),
+                    )),
+                }
+            }
+            if let Some(validator) = validator {
+                let result = validator.validate(&pset, ValidationMode::Strict);
+                for e in result.validation_errors() {
+                    let (loc, rule) = loc_of
+                        .get(&e.policy_id().to_string())
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            (
+                                SourceLoc {
+                                    file: Arc::from("<compiled>"),
+                                    line: 1,
+                                },
+                                e.policy_id().to_string(),
+                            )
+                        });
+                    problems.push(Problem::new(
+                        loc,
+                        Some(&rule),
+                        format!("compiled policy fails strict validation (a Trellis bug): {e}"),
+                    ));
+                }
+            }
+            out.push((build.key, Slice::new(pset, build.entries, build.needs)));
+        }
+        (out, problems, count)
+    };
+    let results: Vec<_> = if runs.len() == 1 {
+        runs.into_iter().map(work).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .into_iter()
+                .map(|run| scope.spawn(move || work(run)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    };
+    let mut slices = HashMap::with_capacity(results.iter().map(|r| r.0.len()).sum());
+    let mut problems = Vec::new();
+    let mut count = 0;
+    for (out, mut p, n) in results {
+        slices.extend(out);
+        problems.append(&mut p);
+        count += n;
+    }
+    (slices, problems, count)
 }
 
 impl PolicyGeneration {
@@ -204,43 +360,36 @@ impl PolicyGeneration {
         }
         let mut compiler = Compiler::default();
         let mut compiled_text = String::new();
-        let mut slices: HashMap<SliceKey, Slice> = HashMap::new();
-        let mut all_compiled = PolicySet::new();
+        // Every compiled policy, as text, grouped by slice: parsed and validated below.
+        let mut builds: Vec<SliceBuild> = Vec::with_capacity(order.len());
         let mut loc_of: HashMap<String, (SourceLoc, String)> = HashMap::new();
         for (key, mut members) in order {
             // Priority first (highest wins), then file order (a stable sort keeps it).
             members.sort_by_key(|&i| std::cmp::Reverse(rules_list[i].priority));
-            let mut needs = Needs::default();
-            let mut entries = Vec::new();
+            let mut build = SliceBuild::new(key);
             let mut holds_list: Vec<(Effect, String)> = Vec::new();
-            let mut pset = PolicySet::new();
             for &i in &members {
                 let rule = &rules_list[i];
                 let mut rule_needs = Needs::default();
                 let holds = compiler.holds(rule, &mut rule_needs);
-                needs.merge(&rule_needs);
+                build.needs.merge(&rule_needs);
                 let earlier: Vec<&str> = holds_list
                     .iter()
                     .filter(|(e, _)| *e != rule.effect)
                     .map(|(_, h)| h.as_str())
                     .collect();
-                let text = compile::rule_policy(rule, &key.0, &holds, &earlier);
+                let text = compile::rule_policy(rule, &build.key.0, &holds, &earlier);
                 holds_list.push((rule.effect, holds.clone()));
                 compiled_text.push_str(&text);
                 compiled_text.push('\n');
-                match Policy::parse(Some(PolicyId::new(&rule.id)), &text) {
-                    Ok(policy) => {
-                        let _ = all_compiled.add(policy.clone());
-                        let _ = pset.add(policy);
-                        loc_of.insert(rule.id.clone(), (rule.loc.clone(), rule.id.clone()));
-                    }
-                    Err(e) => problems.push(Problem::new(
-                        rule.loc.clone(),
-                        Some(&rule.id),
-                        format!("compiled to invalid Cedar (a Trellis bug): {e}"),
-                    )),
-                }
-                entries.push(SliceEntry {
+                loc_of.insert(rule.id.clone(), (rule.loc.clone(), rule.id.clone()));
+                build.texts.push(Compiled {
+                    id: rule.id.clone(),
+                    text,
+                    loc: rule.loc.clone(),
+                    label: Some(rule.id.clone()),
+                });
+                build.entries.push(SliceEntry {
                     id: rule.id.clone(),
                     kind: PolicyKind::Rule {
                         effect: rule.effect,
@@ -250,20 +399,12 @@ impl PolicyGeneration {
                     holds: Some(holds),
                 });
             }
-            slices.insert(
-                key,
-                Slice {
-                    pset,
-                    entries,
-                    needs,
-                    uses_runtime: false,
-                    runtime_slots: Vec::new(),
-                },
-            );
+            builds.push(build);
         }
 
         // Masking conditions: one permit each, under the `mask` action.
         let mut mask_map: HashMap<String, Vec<(String, MaskingRule)>> = HashMap::new();
+        let mut mask_builds: HashMap<String, usize> = HashMap::new();
         for m in masks {
             let id = format!("mask:{}:{}", file_name(&m.loc.file), m.index);
             let mut needs = Needs::default();
@@ -282,28 +423,23 @@ impl PolicyGeneration {
             );
             compiled_text.push_str(&text);
             compiled_text.push('\n');
-            let key = (MASK_ACTION.to_owned(), format!("node:{}", m.resource_id));
-            let slice = slices.entry(key).or_insert_with(|| Slice {
-                pset: PolicySet::new(),
-                entries: Vec::new(),
-                needs: Needs::default(),
-                uses_runtime: false,
-                runtime_slots: Vec::new(),
+            let slot = *mask_builds.entry(m.resource_id.clone()).or_insert_with(|| {
+                builds.push(SliceBuild::new((
+                    MASK_ACTION.to_owned(),
+                    format!("node:{}", m.resource_id),
+                )));
+                builds.len() - 1
             });
-            match Policy::parse(Some(PolicyId::new(&id)), &text) {
-                Ok(policy) => {
-                    let _ = all_compiled.add(policy.clone());
-                    let _ = slice.pset.add(policy);
-                    loc_of.insert(id.clone(), (m.loc.clone(), format!("masking[{}]", m.index)));
-                }
-                Err(e) => problems.push(Problem::new(
-                    m.loc.clone(),
-                    None,
-                    format!("compiled to invalid Cedar (a Trellis bug): {e}"),
-                )),
-            }
-            slice.needs.merge(&needs);
-            slice.entries.push(SliceEntry {
+            let build = &mut builds[slot];
+            loc_of.insert(id.clone(), (m.loc.clone(), format!("masking[{}]", m.index)));
+            build.texts.push(Compiled {
+                id: id.clone(),
+                text,
+                loc: m.loc.clone(),
+                label: None,
+            });
+            build.needs.merge(&needs);
+            build.entries.push(SliceEntry {
                 id: id.clone(),
                 kind: PolicyKind::Mask,
                 loc: m.loc.clone(),
@@ -318,8 +454,8 @@ impl PolicyGeneration {
         // Slots: what the rules read, plus what the user's schema declares for native policies.
         let mut user_slots: BTreeSet<Slot> = BTreeSet::new();
         let mut context_slots: BTreeSet<Slot> = BTreeSet::new();
-        for slice in slices.values() {
-            for s in &slice.needs.slots {
+        for build in &builds {
+            for s in &build.needs.slots {
                 if s.path.is_runtime() {
                     context_slots.insert(s.clone())
                 } else {
@@ -354,29 +490,12 @@ impl PolicyGeneration {
                 None
             }
         };
-        if let Some(schema) = &generated {
-            let result =
-                Validator::new(schema.clone()).validate(&all_compiled, ValidationMode::Strict);
-            for e in result.validation_errors() {
-                let (loc, rule) = loc_of
-                    .get(&e.policy_id().to_string())
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        (
-                            SourceLoc {
-                                file: Arc::from("<compiled>"),
-                                line: 1,
-                            },
-                            e.policy_id().to_string(),
-                        )
-                    });
-                problems.push(Problem::new(
-                    loc,
-                    Some(&rule),
-                    format!("compiled policy fails strict validation (a Trellis bug): {e}"),
-                ));
-            }
-        }
+
+        // Parse and strictly validate every compiled policy, slice by slice, on all cores.
+        let validator = generated.clone().map(Validator::new);
+        let (mut slices, mut compiled_problems, compiled_count) =
+            parse_and_validate(builds, validator.as_ref(), &loc_of);
+        problems.append(&mut compiled_problems);
 
         // Native policies: ids from `@id`, else `file:index`.
         let mut natives: Vec<Native> = Vec::new();
@@ -430,6 +549,8 @@ impl PolicyGeneration {
                 let _ = file_set.add(p.clone());
                 natives.push(Native {
                     forbid: policy.effect() == cedar_policy::Effect::Forbid,
+                    // Conservative: a mention anywhere (even in a comment) counts.
+                    reads_context: policy.to_string().contains("context"),
                     policy,
                     id,
                     loc,
@@ -475,13 +596,7 @@ impl PolicyGeneration {
         }
 
         // Attach natives: bound ones to their slice, the rest to every access slice.
-        let mut fallback = Slice {
-            pset: PolicySet::new(),
-            entries: Vec::new(),
-            needs: Needs::default(),
-            uses_runtime: false,
-            runtime_slots: Vec::new(),
-        };
+        let mut fallback = Slice::new(PolicySet::new(), Vec::new(), Needs::default());
         for n in &natives {
             let entry = SliceEntry {
                 id: n.id.clone(),
@@ -491,19 +606,17 @@ impl PolicyGeneration {
             };
             match &n.key {
                 Some(key) => {
-                    let slice = slices.entry(key.clone()).or_insert_with(|| Slice {
-                        pset: PolicySet::new(),
-                        entries: Vec::new(),
-                        needs: Needs::default(),
-                        uses_runtime: false,
-                        runtime_slots: Vec::new(),
+                    let slice = slices.entry(key.clone()).or_insert_with(|| {
+                        Slice::new(PolicySet::new(), Vec::new(), Needs::default())
                     });
                     let _ = slice.pset.add(n.policy.clone());
                     slice.entries.push(entry);
+                    slice.reads_clock |= n.reads_context;
                 }
                 None => {
                     let _ = fallback.pset.add(n.policy.clone());
                     fallback.entries.push(entry);
+                    fallback.reads_clock |= n.reads_context;
                 }
             }
         }
@@ -516,8 +629,15 @@ impl PolicyGeneration {
                 {
                     let _ = slice.pset.add(n.policy.clone());
                     slice.entries.push(e.clone());
+                    slice.reads_clock |= n.reads_context;
                 }
             }
+            slice.action_uid = Some(uid("Action", &key.0));
+            slice.resource_uid = key.1.split_once(':').and_then(|(rt, id)| match rt {
+                "node" => Some(uid("Node", id)),
+                "workflow" => Some(uid("Workflow", id)),
+                _ => None,
+            });
             slice.uses_runtime = slice.needs.uses_runtime(&compiler.derived);
             slice.runtime_slots = slice
                 .needs
@@ -529,7 +649,7 @@ impl PolicyGeneration {
             slice.needs.derived.sort_unstable();
             slice.needs.derived.dedup();
         }
-        let policy_count = all_compiled.policies().count() + natives.len();
+        let policy_count = compiled_count + natives.len();
         Ok(PolicyGeneration {
             id: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             dir: dir.to_owned(),

@@ -1023,6 +1023,27 @@ fn native_forbid_beats_a_holding_allow_rule() {
 }
 
 #[test]
+fn a_native_policy_reading_the_time_is_never_served_stale() {
+    let morning = r#"@id("mornings")
+permit (principal, action == Trellis::Action::"node:execute", resource == Trellis::Node::"n")
+when { context.time_of_day < 43200 };
+@id("anywhere-mornings")
+permit (principal, action, resource) when { context.time_of_day < 3600 };
+"#;
+    let e = engine(&[("m.cedar", morning)]);
+    let u = user(json!({"user_id": "u"}));
+    let at = |id: &str, t: &str| decide(&e, &u, ResourceType::Node, id, "execute", t);
+    assert!(at("n", "2026-01-05T10:00:00Z").allowed);
+    let again = at("n", "2026-01-05T10:00:00Z");
+    assert!(again.allowed && again.cached, "the same second: cached");
+    let afternoon = at("n", "2026-01-05T13:00:00Z");
+    assert!(!afternoon.allowed && !afternoon.cached, "{afternoon:?}");
+    // An unbound native policy lands in the fallback slice: the same holds there.
+    assert!(at("other", "2026-01-05T00:30:00Z").allowed);
+    assert!(!at("other", "2026-01-05T02:00:00Z").allowed);
+}
+
+#[test]
 fn guide_masking_ssn_for_non_hr_and_salary_for_non_managers() {
     let e = engine(&[("finance.rules.json", GUIDE)]);
     let row = json!({"name": "Jane", "ssn": "123-45-6789", "salary": 85000});
@@ -1303,23 +1324,17 @@ fn the_watcher_reloads_on_change_and_keeps_the_old_set_on_a_bad_file() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
-    use crate::config::{DatabaseConfig, DatabaseTarget};
-    let tmp = tempfile::tempdir().unwrap();
-    let config = DatabaseConfig::new(
-        "audit",
-        DatabaseTarget::Sqlite {
-            path: Some(tmp.path().join("audit.db")),
-        },
-    );
-    let db = crate::database::open(&config).await.unwrap();
+/// Decides and masks through an engine auditing into `db`'s table, then reads the rows back.
+/// The user ids carry `tag`, so runs sharing a server only read their own rows.
+async fn audit_roundtrip(db: crate::pool::Pool, tag: &str) {
     let audit = AuditLog::open_database(&db, 1024).await.unwrap();
     let e = Arc::new(engine(&[("finance.rules.json", GUIDE)]).with_audit(audit));
     let e2 = e.clone();
+    let (fin_id, eng_id) = (format!("fin-{tag}"), format!("eng-{tag}"));
+    let (f, g) = (fin_id.clone(), eng_id.clone());
     tokio::task::spawn_blocking(move || {
-        let fin = user(json!({"user_id": "fin", "attributes": {"department": "finance"}}));
-        let eng = user(json!({"user_id": "eng", "attributes": {"department": "engineering"}}));
+        let fin = user(json!({"user_id": f, "attributes": {"department": "finance"}}));
+        let eng = user(json!({"user_id": g, "attributes": {"department": "engineering"}}));
         for _ in 0..3 {
             decide(
                 &e2,
@@ -1350,10 +1365,14 @@ async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
     .await
     .unwrap();
     let lease = db.acquire().await.unwrap();
+    let mut params = serde_json::Map::new();
+    params.insert("fin".into(), json!(fin_id));
+    params.insert("eng".into(), json!(eng_id));
     let out = lease
         .execute(
-            "SELECT user_id, action, decision, policies, cached, masks FROM policy_audit ORDER BY id",
-            &crate::sql::Params::None,
+            "SELECT user_id, action, decision, policies, generation, cached, masks FROM policy_audit \
+             WHERE user_id IN (:fin, :eng) ORDER BY id",
+            &crate::sql::Params::Named(params),
             crate::sql::Fetch::All,
         )
         .await
@@ -1363,6 +1382,7 @@ async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
         .iter()
         .map(|r| {
             let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            assert!(r["generation"].as_i64().unwrap() > 0, "{r:?}");
             (
                 s("user_id"),
                 s("action"),
@@ -1377,7 +1397,7 @@ async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
     assert_eq!(
         rows[0],
         (
-            "fin".into(),
+            fin_id.clone(),
             "workflow:execute".into(),
             "allow".into(),
             "[\"finance-workflow-access\"]".into(),
@@ -1391,7 +1411,7 @@ async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
     );
     assert_eq!(
         (rows[3].0.as_str(), rows[3].2.as_str(), rows[3].3.as_str()),
-        ("eng", "deny", "[]")
+        (eng_id.as_str(), "deny", "[]")
     );
     assert_eq!(
         (rows[4].1.as_str(), rows[4].5.as_str()),
@@ -1399,4 +1419,58 @@ async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
     );
     assert_eq!(e.audit().unwrap().dropped(), 0);
     assert_eq!(e.audit().unwrap().written(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
+    use crate::config::{DatabaseConfig, DatabaseTarget};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = DatabaseConfig::new(
+        "audit",
+        DatabaseTarget::Sqlite {
+            path: Some(tmp.path().join("audit.db")),
+        },
+    );
+    let db = crate::database::open(&config).await.unwrap();
+    audit_roundtrip(db, "sqlite").await;
+}
+
+/// The server database in `var` (exported by `scripts/services`), or `None` after saying so;
+/// under `CI=true` a missing URL fails the test instead.
+async fn server_db(var: &str) -> Option<crate::pool::Pool> {
+    let url = match std::env::var(var) {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("`{var}` is not set and CI=true: run `eval \"$(scripts/services)\"` first")
+        }
+        _ => {
+            eprintln!("skipped: `{var}` is not set (run `eval \"$(scripts/services)\"` first)");
+            return None;
+        }
+    };
+    let target = crate::config::parse_database_url(&url).unwrap();
+    let config = crate::config::DatabaseConfig::new("audit", target);
+    Some(crate::database::open(&config).await.unwrap())
+}
+
+/// A tag no other run uses, so that concurrent runs on one server read only their own rows.
+fn run_tag(dialect: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{dialect}-{}-{nanos}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_masks_are_audited_in_a_postgres_table() {
+    if let Some(db) = server_db("TRELLIS_TEST_PG_URL").await {
+        audit_roundtrip(db, &run_tag("pg")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_masks_are_audited_in_a_mariadb_table() {
+    if let Some(db) = server_db("TRELLIS_TEST_MYSQL_URL").await {
+        audit_roundtrip(db, &run_tag("mysql")).await;
+    }
 }
