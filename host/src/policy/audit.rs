@@ -102,6 +102,9 @@ impl AuditLog {
                 let mut out = std::io::BufWriter::new(file);
                 while let Ok(msg) = rx.recv() {
                     let mut batch = vec![msg];
+                    // Let a burst gather: one wake-up per batch, not one per decision (a
+                    // sender only wakes this thread while it waits in `recv`).
+                    std::thread::sleep(COALESCE);
                     batch.extend(rx.try_iter());
                     let mut flushes = Vec::new();
                     for msg in batch {
@@ -165,6 +168,9 @@ impl AuditLog {
             .spawn(move || {
                 while let Ok(msg) = rx.recv() {
                     let mut batch = vec![msg];
+                    // Let a burst gather: one wake-up per batch, not one per decision (a
+                    // sender only wakes this thread while it waits in `recv`).
+                    std::thread::sleep(COALESCE);
                     batch.extend(rx.try_iter());
                     let mut flushes = Vec::new();
                     let mut records = Vec::new();
@@ -273,6 +279,9 @@ fn create_table(kind: crate::config::DatabaseKind) -> &'static str {
         DatabaseKind::Mysql => CREATE_TABLE_MYSQL,
     }
 }
+
+/// How long the writer lets records gather after the first one of a batch.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 
 const CREATE_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS policy_audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

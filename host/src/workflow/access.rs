@@ -262,6 +262,9 @@ fn mask_output(
     now: Timestamp,
     ctx: &Value,
 ) -> (Value, Vec<String>, Vec<String>) {
+    if !generation.masks.contains_key(&node.id) {
+        return (output, Vec::new(), Vec::new());
+    }
     let pointer = node.kind.records_pointer();
     let target = if output.pointer(pointer).is_some() {
         output.pointer_mut(pointer).expect("checked")
