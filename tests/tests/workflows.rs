@@ -501,3 +501,138 @@ fn trellis_run_prints_the_report_and_refuses_denied_users() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn vector_nodes_run_in_workflows_and_masks_can_reach_downstream_nodes() {
+    let workflow = r#"
+[[nodes]]
+id = "create"
+type = "AsyncPostgreSQLVectorNode"
+config = { operation = "create_table", table_name = "docs", dimension = 3 }
+[[nodes]]
+id = "insert"
+type = "AsyncPostgreSQLVectorNode"
+config = { operation = "insert", vectors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.9, 0.1, 0.0]], metadata = [{ title = "a" }, { title = "b" }, { title = "c" }] }
+[[nodes]]
+id = "search"
+type = "AsyncPostgreSQLVectorNode"
+config = { operation = "search", vector = "$inputs.query", limit = 2 }
+[[connections]]
+from = "create.result.table"
+to = "insert.table_name"
+[[connections]]
+from = "create.result.table"
+to = "search.table_name"
+# Only to run `search` after `insert`: the insert count as the search's `ef_search`.
+[[connections]]
+from = "insert.result.inserted"
+to = "search.ef_search"
+
+[inputs.query]
+type = "array"
+"#;
+    let rules = r#"{"rules": [
+      {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
+      {"id": "c", "resource_type": "node", "resource_id": "create", "permission": "execute", "effect": "allow"},
+      {"id": "i", "resource_type": "node", "resource_id": "insert", "permission": "execute", "effect": "allow"},
+      {"id": "s", "resource_type": "node", "resource_id": "search", "permission": "execute", "effect": "allow"},
+      {"id": "r", "resource_type": "node", "resource_id": "search", "permission": "read_output", "effect": "allow"}
+    ], "masking": [
+      {"resource_id": "search", "field_path": "metadata.title", "mask_type": "replace", "mask_value": "hidden"}
+    ]}"#;
+    let dir = custom(workflow, rules, "");
+    let server = Server::start(dir.path(), &[]);
+    let user = json!({"user_id": "u"});
+    let (status, body) = run(
+        &server,
+        "w",
+        &user,
+        json!({"inputs": {"query": [1.0, 0.0, 0.0]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let matches = &body["results"]["search"]["result"]["matches"];
+    assert_eq!(matches.as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(matches[0]["distance"], 0.0);
+    // Masks apply to the search's rows; only `search` may be read.
+    assert_eq!(matches[0]["metadata"]["title"], "hidden");
+    assert_eq!(body["withheld"], json!(["create", "insert"]));
+    assert_eq!(
+        body["masked"],
+        json!([{"node": "search", "fields": ["metadata.title:replace"]}])
+    );
+    // A wrong query dimension is the node's error, named.
+    let (status, body) = run(
+        &server,
+        "w",
+        &user,
+        json!({"inputs": {"query": [1.0, 0.0]}}),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["node"], "search");
+
+    // Downstream nodes see clear values unless the node says `mask_downstream`.
+    let chain = |mask_downstream: bool| {
+        format!(
+            r#"
+[[nodes]]
+id = "a"
+type = "AsyncSQLDatabaseNode"
+config = {{ query = "SELECT 'secret' AS v" }}
+mask_downstream = {mask_downstream}
+[[nodes]]
+id = "b"
+type = "AsyncSQLDatabaseNode"
+config = {{ query = "SELECT :v AS seen" }}
+[[connections]]
+from = "a.result.data.0.v"
+to = "b.params.v"
+"#
+        )
+    };
+    let rules = r#"{"rules": [
+      {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
+      {"id": "a", "resource_type": "node", "resource_id": "a", "permission": "execute", "effect": "allow"},
+      {"id": "b", "resource_type": "node", "resource_id": "b", "permission": "execute", "effect": "allow"},
+      {"id": "rb", "resource_type": "node", "resource_id": "b", "permission": "read_output", "effect": "allow"}
+    ], "masking": [
+      {"resource_id": "a", "field_path": "v", "mask_type": "redact"}
+    ]}"#;
+    for (flag, seen) in [(false, "secret"), (true, "[REDACTED]")] {
+        let dir = custom(&chain(flag), rules, "");
+        let server = Server::start(dir.path(), &[]);
+        let (status, body) = run(&server, "w", &user, json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["results"]["b"]["result"]["data"][0]["seen"], seen,
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_cover_runs_policy_workflows_and_plugins() {
+    let dir = example();
+    let server = Server::start(dir.path(), &[]);
+    let (status, _) = run(&server, "finance_report", &analyst(), json!({})).await;
+    assert_eq!(status, 200);
+    let (status, _) = run(&server, "finance_report", &engineer(), json!({})).await;
+    assert_eq!(status, 403);
+    let text = reqwest::get(format!("{}/metrics", server.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "trellis_workflow_runs_total{workflow=\"finance_report\",outcome=\"ok\"} 1",
+        "trellis_workflow_runs_total{workflow=\"finance_report\",outcome=\"denied\"} 1",
+        "trellis_policy_generation 1",
+        "trellis_workflows_loaded 1",
+        "trellis_plugin_files{status=\"loaded\"}",
+        "trellis_http_requests_total{method=\"POST\",route=\"/v1/workflows/{name}/run\",status=\"403\"} 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in /metrics:\n{text}");
+    }
+}
