@@ -137,6 +137,11 @@ async fn shipped_example_masks_for_the_analyst_and_not_for_hr_and_refuses_engine
 #[tokio::test]
 async fn bad_requests_are_400_401_404_with_the_reason() {
     let dir = example();
+    std::fs::write(
+        dir.path().join("workflows/nope.toml"),
+        "[[nodes]]\nid = \"x\"\n",
+    )
+    .unwrap();
     let server = Server::start(dir.path(), &[]);
     let http = reqwest::Client::new();
     let url = format!("{}/v1/workflows/finance_report/run", server.base_url());
@@ -186,6 +191,10 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["message"], "unknown workflow `nope`");
     assert_eq!(body["workflows"], json!(["finance_report"]));
+    assert_eq!(
+        body["hint"],
+        "1 workflow file(s) failed to load: GET /v1/workflows lists their errors"
+    );
 
     // Over the body limit.
     let big = format!(
@@ -215,7 +224,11 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
         list["workflows"][0]["inputs"]["start_date"]["required"],
         false
     );
-    assert_eq!(list["errors"], json!([]));
+    let error = list["errors"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("nope.toml:1: missing field `type`"),
+        "{list}"
+    );
 }
 
 #[tokio::test]

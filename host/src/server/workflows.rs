@@ -93,17 +93,20 @@ pub async fn run(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Some(workflow) = app.workflows().get(&name) else {
-        return Err(
-            ApiError::new(StatusCode::NOT_FOUND, format!("unknown workflow `{name}`")).with(
-                "workflows",
-                app.workflows()
-                    .current()
-                    .workflows
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            ),
-        );
+        let loaded = app.workflows().current();
+        let names: Vec<String> = loaded.workflows.keys().cloned().collect();
+        let mut error = ApiError::new(StatusCode::NOT_FOUND, format!("unknown workflow `{name}`"))
+            .with("workflows", names);
+        if !loaded.errors.is_empty() {
+            error = error.with(
+                "hint",
+                format!(
+                    "{} workflow file(s) failed to load: GET /v1/workflows lists their errors",
+                    loaded.errors.len()
+                ),
+            );
+        }
+        return Err(error);
     };
     let request: RunRequest = parse_body(&body)?;
     let started = Instant::now();
