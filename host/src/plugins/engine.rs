@@ -110,10 +110,7 @@ impl PluginEngine {
             // and no cross-core TLB flush for them). Linear memories are left to madvise: a
             // plugin's first megabyte is mostly its untouched stack, and a 1 MiB memset per
             // call cost more than it saved on the HTTP benchmark.
-            .table_keep_resident(1 << 16)
-            // Return freed slots' pages to the kernel in batches: fewer madvise calls and
-            // cross-core TLB flushes per plugin call.
-            .decommit_batch_size(32);
+            .table_keep_resident(1 << 16);
         let mut config = Config::new();
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
