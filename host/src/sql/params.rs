@@ -449,7 +449,8 @@ fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
     (b.get(j) == Some(&b'$')).then_some(j + 1 - i)
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// "a string", "an array", …: a JSON value's type, for messages.
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -24,6 +24,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
+use crate::sql::params::json_kind as kind;
+
 /// Deepest `$and`/`$or` nesting accepted.
 const MAX_DEPTH: usize = 16;
 /// Most conditions in one filter.
@@ -169,17 +171,6 @@ impl Filter {
     /// Whether `metadata` passes the filter, with the same meaning as [`Filter::to_postgres`].
     pub fn matches(&self, metadata: &Value) -> bool {
         eval(&self.root, metadata)
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::sql::params::json_kind;
+
 /// The node types a workflow may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKind {
@@ -740,17 +742,6 @@ pub(crate) fn valid_id(id: &str) -> bool {
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration ({e}); e.g. `30s`"))
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
