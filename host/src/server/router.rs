@@ -4,6 +4,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use super::App;
@@ -25,6 +26,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/policies", get(admin::policies))
         .route("/v1/whoami", get(auth::whoami))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        // A declared length over the limit is answered 413 at once, before any body is read.
+        .layer(RequestBodyLimitLayer::new(server.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             server.request_timeout,
