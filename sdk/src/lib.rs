@@ -88,6 +88,9 @@
 
 pub use serde_json::{self, Map, Value, json};
 
+mod record;
+pub use record::Record;
+
 #[doc(hidden)]
 pub mod bindings {
     //! The generated WIT bindings. Plugin code uses the traits above instead.
@@ -146,6 +149,43 @@ pub trait Node {
     fn transform_batch(records: Vec<Value>) -> Vec<Result<Value, String>> {
         records.into_iter().map(Self::transform).collect()
     }
+
+    /// The batch as it crosses the interface: one JSON text per record in, one JSON text (or
+    /// error) per record out, in order. The default parses each record into a [`Value`], calls
+    /// [`Node::transform_batch`] and serializes the results.
+    ///
+    /// Building and re-serializing a whole [`Value`] per record is most of a simple plugin's
+    /// time. A plugin that renames, drops or adds top-level fields can override this with
+    /// [`Record`], which leaves every value it does not touch as JSON text (the example
+    /// `row-transform` does; several times faster on ~100-byte records).
+    fn transform_json(records: Vec<String>) -> Vec<Result<String, String>>
+    where
+        Self: Sized,
+    {
+        transform_as_values::<Self>(records)
+    }
+}
+
+/// [`Node::transform_json`]'s default: records parsed into [`Value`]s, handed to
+/// [`Node::transform_batch`], the results serialized.
+pub fn transform_as_values<N: Node>(records: Vec<String>) -> Vec<Result<String, String>> {
+    let mut parsed = Vec::with_capacity(records.len());
+    let mut bad = Vec::new();
+    for (i, text) in records.iter().enumerate() {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => parsed.push(v),
+            Err(e) => bad.push((i, format!("record {i} is not JSON: {e}"))),
+        }
+    }
+    if !bad.is_empty() {
+        // The host always sends JSON; if it did not, fail every record rather than guess.
+        let reason = bad.remove(0).1;
+        return records.iter().map(|_| Err(reason.clone())).collect();
+    }
+    N::transform_batch(parsed)
+        .into_iter()
+        .map(|r| r.map(|v| v.to_string()))
+        .collect()
 }
 
 /// A masking plugin: masks field values.
@@ -287,23 +327,7 @@ pub enum PluginKind {
 
 #[doc(hidden)]
 pub fn __transform<N: Node>(records: Vec<String>) -> Vec<Result<String, String>> {
-    let mut parsed = Vec::with_capacity(records.len());
-    let mut bad = Vec::new();
-    for (i, text) in records.iter().enumerate() {
-        match serde_json::from_str::<Value>(text) {
-            Ok(v) => parsed.push(v),
-            Err(e) => bad.push((i, format!("record {i} is not JSON: {e}"))),
-        }
-    }
-    if !bad.is_empty() {
-        // The host always sends JSON; if it did not, fail every record rather than guess.
-        let reason = bad.remove(0).1;
-        return records.iter().map(|_| Err(reason.clone())).collect();
-    }
-    N::transform_batch(parsed)
-        .into_iter()
-        .map(|r| r.map(|v| v.to_string()))
-        .collect()
+    N::transform_json(records)
 }
 
 #[doc(hidden)]

@@ -128,6 +128,63 @@ fn row_transform_renames_and_derives_full_name() {
     );
 }
 
+/// `row-transform` works on JSON text (`trellis_sdk::Record`), not on parsed values: its output
+/// must still be what the map-based version gave, for escapes, nesting, duplicates and renames
+/// onto existing fields, and untouched values must come back byte for byte.
+#[test]
+fn row_transform_on_json_text_keeps_map_semantics() {
+    let fixture = Fixture::new(&["row_transform"]);
+    let registry = fixture.default_registry();
+    registry.load_dir();
+    let plugin = registry.get("row-transform").expect("loaded");
+    let records = [
+        // Escapes in keys and values, a nested value, a number kept exactly as written.
+        r#"{"first":"Jos\u00e9 \"Pepe\"","last":"N\\u00fa\u00f1ez","tags":[1, {"a":null}],"dept":"x","n":1.50}"#,
+        // A duplicate key (the last one wins), a rename onto an existing field.
+        r#"{"first":"A","first":"B","last":"C","dept":"old","department":"lost"}"#,
+        // Non-string parts are joined as compact JSON; null and missing ones are skipped.
+        r#"{"first":[1, 2],"last":7}"#,
+        r#"{"first":null,"last":"Only"}"#,
+        r#"{}"#,
+        // Not objects.
+        r#""text""#,
+        r#"[{"first":"A"}]"#,
+    ];
+    let out = plugin
+        .transform(
+            &records.map(str::to_owned),
+            config(json!({"rename": {"dept": "department"}, "full_name_from": ["first", "last"]})),
+        )
+        .unwrap();
+    let parsed: Vec<Value> = out[..5]
+        .iter()
+        .map(|r| serde_json::from_str(r.as_ref().expect("a record")).expect("JSON"))
+        .collect();
+    assert_eq!(
+        parsed[0],
+        json!({"first": "José \"Pepe\"", "last": "N\\u00fañez", "tags": [1, {"a": null}], "department": "x", "n": 1.50, "full_name": "José \"Pepe\" N\\u00fañez"})
+    );
+    let first = out[0].as_ref().unwrap();
+    assert!(first.contains(r#""tags":[1, {"a":null}]"#), "{first}");
+    assert!(first.contains(r#""n":1.50"#), "{first}");
+    assert_eq!(
+        parsed[1],
+        json!({"first": "B", "last": "C", "department": "old", "full_name": "B C"})
+    );
+    assert_eq!(
+        parsed[2],
+        json!({"first": [1, 2], "last": 7, "full_name": "[1,2] 7"})
+    );
+    assert_eq!(
+        parsed[3],
+        json!({"first": null, "last": "Only", "full_name": "Only"})
+    );
+    assert_eq!(parsed[4], json!({"full_name": ""}));
+    for bad in &out[5..] {
+        assert_eq!(bad.as_ref().unwrap_err(), "a record must be a JSON object");
+    }
+}
+
 #[test]
 fn sum_by_key_adds_each_groups_total_and_count() {
     let fixture = Fixture::new(&["sum_by_key"]);

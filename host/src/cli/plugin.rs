@@ -302,7 +302,7 @@ trellis-sdk = {{ path = "{sdk}" }}
 [workspace]
 
 [profile.release]
-opt-level = "s"
+opt-level = 3
 lto = true
 strip = true
 codegen-units = 1

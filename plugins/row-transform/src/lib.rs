@@ -4,7 +4,7 @@
 //! - `rename`: an object mapping old field names to new ones (default: none);
 //! - `full_name_from`: two field names joined with a space into `full_name` (default: none).
 
-use trellis_sdk::{Info, Node, Value, config, json};
+use trellis_sdk::{Info, Node, Record, Value, config, json, serde_json};
 
 struct RowTransform;
 
@@ -20,62 +20,92 @@ impl Node for RowTransform {
     }
 
     fn transform(record: Value) -> Result<Value, String> {
-        Settings::read().apply(record)
+        let text = record.to_string();
+        let out = Settings::read()?.apply(&text)?;
+        serde_json::from_str(&out).map_err(|e| e.to_string())
     }
 
-    /// Reads the config once per batch, not once per record.
-    fn transform_batch(records: Vec<Value>) -> Vec<Result<Value, String>> {
+    /// The fast path: each record stays JSON text except the fields this plugin reads or
+    /// writes ([`Record`]), and the config is read once per batch.
+    fn transform_json(records: Vec<String>) -> Vec<Result<String, String>> {
         if records.is_empty() {
             return Vec::new();
         }
-        let settings = Settings::read();
-        records.into_iter().map(|r| settings.apply(r)).collect()
+        match Settings::read() {
+            Ok(settings) => records.iter().map(|r| settings.apply(r)).collect(),
+            Err(e) => records.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 }
 
-/// The node config, read once.
+/// The node config, read once and checked.
 struct Settings {
-    rename: Option<Value>,
-    full_name_from: Option<Value>,
+    rename: Vec<(String, String)>,
+    full_name_from: Vec<String>,
 }
 
 impl Settings {
-    fn read() -> Settings {
-        Settings {
-            rename: config::get("rename"),
-            full_name_from: config::get("full_name_from"),
+    fn read() -> Result<Settings, String> {
+        let mut rename = Vec::new();
+        match config::get("rename") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (old, new) in map {
+                    let Value::String(new) = new else {
+                        return Err(format!("rename target for `{old}` is not a string"));
+                    };
+                    rename.push((old, new));
+                }
+            }
+            Some(_) => return Err("`rename` must be an object of field names".into()),
         }
+        let full_name_from = match config::get("full_name_from") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(parts)) => parts
+                .into_iter()
+                .map(|p| match p {
+                    Value::String(s) => Ok(s),
+                    _ => Err("`full_name_from` must list field names".to_owned()),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err("`full_name_from` must list field names".into()),
+        };
+        Ok(Settings {
+            rename,
+            full_name_from,
+        })
     }
 
-    fn apply(&self, record: Value) -> Result<Value, String> {
-        let Value::Object(mut fields) = record else {
-            return Err("a record must be a JSON object".into());
-        };
-        if let Some(Value::Object(rename)) = &self.rename {
-            for (old, new) in rename {
-                let new = new
-                    .as_str()
-                    .ok_or_else(|| format!("rename target for `{old}` is not a string"))?;
-                if let Some(value) = fields.remove(old) {
-                    fields.insert(new.to_owned(), value);
-                }
+    fn apply(&self, text: &str) -> Result<String, String> {
+        let mut record = Record::parse(text).map_err(|e| {
+            if text.trim_start().starts_with('{') {
+                format!("the record is not JSON: {e}")
+            } else {
+                "a record must be a JSON object".to_owned()
             }
+        })?;
+        for (old, new) in &self.rename {
+            record.rename(old, new);
         }
-        if let Some(Value::Array(parts)) = &self.full_name_from {
-            let mut words = Vec::with_capacity(parts.len());
-            for part in parts {
-                let key = part
-                    .as_str()
-                    .ok_or("`full_name_from` must list field names")?;
-                match fields.get(key) {
-                    Some(Value::String(s)) => words.push(s.clone()),
-                    Some(Value::Null) | None => {}
-                    Some(other) => words.push(other.to_string()),
+        if !self.full_name_from.is_empty() {
+            let mut name = String::new();
+            let mut first = true;
+            for key in &self.full_name_from {
+                let word = match record.raw(key) {
+                    None | Some("null") => continue,
+                    Some(json) if json.starts_with('"') => record.str(key)?.unwrap_or_default(),
+                    // Numbers, booleans, arrays and objects are joined as compact JSON.
+                    Some(_) => record.get(key).unwrap_or_default().to_string().into(),
+                };
+                if !first {
+                    name.push(' ');
                 }
+                first = false;
+                name.push_str(&word);
             }
-            fields.insert("full_name".into(), Value::String(words.join(" ")));
+            record.insert_str("full_name", &name);
         }
-        Ok(Value::Object(fields))
+        Ok(record.to_json())
     }
 }
 
