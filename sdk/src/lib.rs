@@ -71,6 +71,14 @@
 //! trellis_sdk::export_masker!(LastFour);
 //! ```
 //!
+//! # Speed: records as JSON text
+//!
+//! [`Node::transform`] gets each record as a parsed [`Value`], which is simple and, for ~100-byte
+//! records, costs most of a plugin's time (building the tree and serializing it again). A plugin
+//! that renames, drops or adds top-level fields can override [`Node::transform_json`] and work on
+//! a [`Record`] instead: untouched fields stay JSON text and are copied out verbatim. The example
+//! `plugins/row-transform` does this and runs at more than twice the records per second.
+//!
 //! # The contract
 //!
 //! - `transform` gets a batch and returns **one result per record, in order**; an `Err` fails
