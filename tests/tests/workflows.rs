@@ -520,6 +520,105 @@ fn trellis_run_prints_the_report_and_refuses_denied_users() {
     );
 }
 
+/// `WorkflowConnectionPool` nodes: the guide's JSON operations in a workflow file, chained by
+/// `connection_id` (acquire → execute → release, then stats), on the real binary; a statement on
+/// a released connection fails the run naming its node.
+#[tokio::test]
+async fn pool_operation_nodes_run_in_workflows() {
+    let workflow = r#"
+[[nodes]]
+id = "acquire"
+type = "WorkflowConnectionPool"
+config = { operation = "acquire" }
+[[nodes]]
+id = "query"
+type = "WorkflowConnectionPool"
+config = { operation = "execute", query = "SELECT :n + 1 AS answer", params = { n = 41 }, fetch_mode = "one" }
+[[nodes]]
+id = "release"
+type = "WorkflowConnectionPool"
+config = { operation = "release" }
+[[nodes]]
+id = "stats"
+type = "WorkflowConnectionPool"
+config = { operation = "stats" }
+[[connections]]
+from = "acquire.connection_id"
+to = "query.connection_id"
+[[connections]]
+from = "query.connection_id"
+to = "release.connection_id"
+# Only to order `stats` after `release`.
+[[connections]]
+from = "release.status"
+to = "stats.after"
+"#;
+    let late = r#"
+[[nodes]]
+id = "acquire"
+type = "WorkflowConnectionPool"
+config = { operation = "acquire" }
+[[nodes]]
+id = "release"
+type = "WorkflowConnectionPool"
+config = { operation = "release" }
+[[nodes]]
+id = "late"
+type = "WorkflowConnectionPool"
+config = { operation = "execute", query = "SELECT 1" }
+[[connections]]
+from = "acquire.connection_id"
+to = "release.connection_id"
+[[connections]]
+from = "release.connection_id"
+to = "late.connection_id"
+"#;
+    let allow = |workflow: &str, nodes: &[&str]| {
+        let mut rules = vec![
+            json!({"id": format!("{workflow}-run"), "resource_type": "workflow", "resource_id": workflow, "permission": "execute", "effect": "allow"}),
+        ];
+        for node in nodes {
+            for permission in ["execute", "read_output"] {
+                rules.push(json!({"id": format!("{workflow}-{node}-{permission}"), "resource_type": "node", "resource_id": node, "permission": permission, "effect": "allow"}));
+            }
+        }
+        rules
+    };
+    let mut rules = allow("w", &["acquire", "query", "release", "stats"]);
+    rules.extend(allow("late", &["late"]));
+    let dir = custom(workflow, &json!({"rules": rules}).to_string(), "");
+    std::fs::write(dir.path().join("workflows/late.toml"), late).unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let user = json!({"user_id": "u"});
+
+    let (status, body) = run(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let results = &body["results"];
+    let id = results["acquire"]["connection_id"].as_str().expect("an id");
+    assert_eq!(results["query"]["connection_id"], id, "{body}");
+    assert_eq!(results["query"]["data"], json!({"answer": 42}), "{body}");
+    assert_eq!(
+        results["release"],
+        json!({"connection_id": id, "status": "released"})
+    );
+    let stats = &results["stats"];
+    assert_eq!(stats["database_type"], "sqlite", "{body}");
+    assert_eq!(stats["leases"]["active"], 0, "{body}");
+    assert!(
+        stats["queries"]["executed"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
+
+    let (status, body) = run(&server, "late", &user, json!({})).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["node"], "late", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("released") || message.contains("unknown"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn vector_nodes_run_in_workflows_and_masks_can_reach_downstream_nodes() {
     let workflow = r#"
