@@ -237,6 +237,79 @@ fn mask_applies_the_guide_masks_for_the_user() {
     assert_eq!(run(&hr), serde_json::from_str::<Value>(&rows).unwrap());
 }
 
+/// `policy mask --runtime` feeds mask conditions on `runtime.…`; `--plugins` runs `plugin:`
+/// masks with the real `email-mask` component; without `--plugins` such a mask fails closed.
+#[test]
+fn mask_takes_the_runtime_context_and_masking_plugins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = tmp.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("masks.rules.json"),
+        json!({"rules": [], "masking": [
+            {"resource_id": "n", "field_path": "email", "mask_type": "plugin:email-mask"},
+            {"resource_id": "n", "field_path": "ssn", "mask_type": "redact",
+             "condition": {"type": "attribute_expression", "value": {"attribute_path": "runtime.channel", "operator": "equals", "value": "external"}}}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let user = tmp.path().join("user.json");
+    std::fs::write(&user, json!({"user_id": "u1"}).to_string()).unwrap();
+    let row = json!({"email": "alice.smith@example.com", "ssn": "123-45-6789"}).to_string();
+    let plugins = repo().join("plugins");
+    let mask = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "mask",
+            "--policies",
+            policies.to_str().unwrap(),
+            "--resource",
+            "n",
+            "--user",
+            user.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run_trellis_with_stdin(tmp.path(), &args, &row, T)
+    };
+
+    let plugins_arg = ["--plugins", plugins.to_str().unwrap()];
+    let (status, stdout, stderr) = mask(&plugins_arg);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!({"email": "a***@example.com", "ssn": "123-45-6789"})
+    );
+
+    let external = [
+        &plugins_arg[..],
+        &["--runtime", r#"{"channel": "external"}"#],
+    ]
+    .concat();
+    let (status, stdout, stderr) = mask(&external);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!({"email": "a***@example.com", "ssn": "[REDACTED]"})
+    );
+
+    // No plugins: the plugin mask redacts, with a warning naming it.
+    let (status, stdout, stderr) = mask(&[]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!({"email": "[REDACTED]", "ssn": "123-45-6789"})
+    );
+    assert!(stderr.contains("email-mask"), "{stderr}");
+
+    let (status, _, stderr) = mask(&["--runtime", "[1]"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("--runtime must be a JSON object"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn compile_prints_the_cedar_policies() {
     let (status, stdout, stderr) = run_trellis(

@@ -2,12 +2,16 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::plugins::{
+    EngineOptions, LimitsConfig, PluginEngine, PluginRegistry, RegistryMasker, ReloadOutcome,
+};
 use crate::policy::{
     AccessRequest, EngineSettings, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
     UserContext,
@@ -58,6 +62,13 @@ enum PolicyCommand {
         /// The zone time conditions are read in.
         #[arg(long, default_value = "UTC")]
         timezone: String,
+        /// The request's runtime context, a JSON object, for mask conditions on `runtime.…`
+        /// (e.g. `{"ip_address": "10.0.0.7"}`) [default: none].
+        #[arg(long, value_name = "JSON")]
+        runtime: Option<String>,
+        /// A plugins directory, for `plugin:<name>` masks [default: none: such masks redact].
+        #[arg(long, value_name = "DIR")]
+        plugins: Option<PathBuf>,
     },
     /// Like `decide`, and print why: the deciding policies with their source, and every rule
     /// considered with whether its condition held.
@@ -117,8 +128,26 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
             user,
             now,
             timezone,
+            runtime,
+            plugins,
         } => {
-            let engine = engine(&policies, &timezone)?;
+            let runtime = match runtime.as_deref() {
+                None => Value::Null,
+                Some(text) => match serde_json::from_str::<Value>(text) {
+                    Ok(value @ Value::Object(_)) => value,
+                    Ok(_) => bail!(
+                        "--runtime must be a JSON object like `{{\"ip_address\": \"10.0.0.7\"}}`"
+                    ),
+                    Err(e) => bail!("--runtime is not JSON: {e}"),
+                },
+            };
+            let mut settings = settings(&timezone)?;
+            if let Some(dir) = plugins {
+                settings.masker = settings
+                    .masker
+                    .with_external(Arc::new(RegistryMasker::new(plugin_registry(&dir)?)));
+            }
+            let engine = PolicyEngine::load(&policies, settings)?;
             let text = std::fs::read_to_string(&user)
                 .with_context(|| format!("cannot read `{}`", user.display()))?;
             let user: UserContext = serde_json::from_str(&text).with_context(|| {
@@ -131,13 +160,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
             let mut input = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
             let data: Value = serde_json::from_str(&input).context("stdin is not JSON")?;
-            let out = engine.mask(
-                &PreparedUser::new(user),
-                &resource,
-                &data,
-                now,
-                &Value::Null,
-            );
+            let out = engine.mask(&PreparedUser::new(user), &resource, &data, now, &runtime);
             for e in &out.errors {
                 eprintln!("warning: {e}");
             }
@@ -148,16 +171,34 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
 }
 
 fn engine(dir: &Path, timezone: &str) -> anyhow::Result<PolicyEngine> {
+    Ok(PolicyEngine::load(dir, settings(timezone)?)?)
+}
+
+fn settings(timezone: &str) -> anyhow::Result<EngineSettings> {
     let tz = jiff::tz::TimeZone::get(timezone).with_context(|| {
         format!(
             "unknown time zone `{timezone}`\n\nhint: use an IANA name like `UTC` or `Europe/Berlin`"
         )
     })?;
-    let settings = EngineSettings {
+    Ok(EngineSettings {
         timezone: tz,
         ..EngineSettings::default()
-    };
-    Ok(PolicyEngine::load(dir, settings)?)
+    })
+}
+
+/// The plugins in `dir`, loaded once (no watching); a file that fails to load is a warning.
+fn plugin_registry(dir: &Path) -> anyhow::Result<Arc<PluginRegistry>> {
+    if !dir.is_dir() {
+        bail!("--plugins `{}` is not a directory", dir.display());
+    }
+    let engine = PluginEngine::new(EngineOptions::default())?;
+    let registry = PluginRegistry::new(engine, dir, LimitsConfig::default());
+    for (path, outcome) in registry.load_dir() {
+        if let ReloadOutcome::Failed(error) = outcome {
+            eprintln!("warning: {}: {error}", path.display());
+        }
+    }
+    Ok(Arc::new(registry))
 }
 
 fn parse_now(now: Option<&str>) -> anyhow::Result<jiff::Timestamp> {
