@@ -11,9 +11,13 @@
 //!
 //! Rule order is encoded into the policies: with the slice's rules sorted (priority, then file
 //! order) and `H_i` meaning "rule i applies and its condition holds", allow rule i compiles to
-//! `permit when { H_i && !H_j for every earlier deny rule j }` and deny rule j to
-//! `forbid when { H_j && !H_i for every earlier allow rule i }`. Exactly the first rule that holds
-//! is satisfied among permits and forbids together, so Cedar's own decision is Kailash's.
+//! `permit when { H_i }` and deny rule j to `forbid when { H_j && !H_i for every earlier allow
+//! rule i }`. A forbid is satisfied exactly when its rule is the first that holds, and then it
+//! overrides every permit (Cedar's forbid-overrides); otherwise a permit is satisfied exactly when
+//! some allow holds, and the earliest satisfied permit is the first rule that holds. So Cedar's
+//! own decision is Kailash's, and the engine reports the earliest satisfied policy as the
+//! deciding one. (Permits carry no guards against earlier denies: forbid-overrides makes them
+//! redundant, and every guard is evaluated again on each decision.)
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -699,7 +703,8 @@ impl Stars for String {
 
 /// The policy text of rule `rule` at its place in a slice.
 ///
-/// `earlier_opposite` holds `H` of the earlier rules with the other effect.
+/// `earlier_opposite` holds, for a deny rule, `H` of the earlier allow rules (empty for an allow
+/// rule: see the module docs).
 pub fn rule_policy(
     rule: &PermissionRule,
     action: &str,

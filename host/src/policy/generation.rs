@@ -373,9 +373,11 @@ impl PolicyGeneration {
                 let mut rule_needs = Needs::default();
                 let holds = compiler.holds(rule, &mut rule_needs);
                 build.needs.merge(&rule_needs);
+                // Only a deny needs guards (against the earlier allows that hold): a permit
+                // never does, since any forbid that holds overrides it in Cedar anyway.
                 let earlier: Vec<&str> = holds_list
                     .iter()
-                    .filter(|(e, _)| *e != rule.effect)
+                    .filter(|(e, _)| rule.effect == Effect::Deny && *e == Effect::Allow)
                     .map(|(_, h)| h.as_str())
                     .collect();
                 let text = compile::rule_policy(rule, &build.key.0, &holds, &earlier);
