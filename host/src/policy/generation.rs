@@ -380,14 +380,14 @@ impl PolicyGeneration {
                     .filter(|(e, _)| rule.effect == Effect::Deny && *e == Effect::Allow)
                     .map(|(_, h)| h.as_str())
                     .collect();
-                let text = compile::rule_policy(rule, &build.key.0, &holds, &earlier);
+                let texts = compile::rule_policy(rule, &build.key.0, &holds, &earlier);
                 holds_list.push((rule.effect, holds.clone()));
-                compiled_text.push_str(&text);
+                compiled_text.push_str(&texts.shown);
                 compiled_text.push('\n');
                 loc_of.insert(rule.id.clone(), (rule.loc.clone(), rule.id.clone()));
                 build.texts.push(Compiled {
                     id: rule.id.clone(),
-                    text,
+                    text: texts.evaluated,
                     loc: rule.loc.clone(),
                     label: Some(rule.id.clone()),
                 });
@@ -414,16 +414,15 @@ impl PolicyGeneration {
                 Some(c) => compiler.condition(c, &mut needs),
                 None => "true".to_owned(),
             };
-            let text = format!(
-                "@id({})\n// {} ({} on `{}`)\npermit (\n  principal,\n  action == Trellis::Action::{},\n  resource == Trellis::Node::{}\n)\nwhen {{ {holds} }};\n",
-                compile::lit(&id),
-                m.loc,
-                mask_name(&m),
-                m.field_path.text,
-                compile::lit(MASK_ACTION),
-                compile::lit(&m.resource_id)
+            let texts = compile::SliceTexts::new(
+                &id,
+                &format!("{} ({} on `{}`)", m.loc, mask_name(&m), m.field_path.text),
+                "permit",
+                MASK_ACTION,
+                &format!("Trellis::Node::{}", compile::lit(&m.resource_id)),
+                &holds,
             );
-            compiled_text.push_str(&text);
+            compiled_text.push_str(&texts.shown);
             compiled_text.push('\n');
             let slot = *mask_builds.entry(m.resource_id.clone()).or_insert_with(|| {
                 builds.push(SliceBuild::new((
@@ -436,7 +435,7 @@ impl PolicyGeneration {
             loc_of.insert(id.clone(), (m.loc.clone(), format!("masking[{}]", m.index)));
             build.texts.push(Compiled {
                 id: id.clone(),
-                text,
+                text: texts.evaluated,
                 loc: m.loc.clone(),
                 label: None,
             });

@@ -853,6 +853,49 @@ fn scoped_rules_apply_only_to_their_user_role_or_tenant() {
     assert!(!d(&alice, "delete"));
 }
 
+/// Compiled policies are evaluated without their scope (`compile::SliceTexts`): a rule must
+/// still only ever grant its own action on its own resource, never another resource, another
+/// permission, a workflow with the node's id, or a resource that has no rules at all; and the
+/// printed form keeps the scope.
+#[test]
+fn compiled_rules_grant_only_their_own_action_and_resource() {
+    let text = json!({"rules": [
+        {"id": "a-exec", "resource_type": "node", "resource_id": "a", "permission": "execute", "effect": "allow"},
+        {"id": "b-deny", "resource_type": "node", "resource_id": "b", "permission": "execute", "effect": "deny"},
+        {"id": "b-read", "resource_type": "node", "resource_id": "b", "permission": "read_output", "effect": "allow"},
+    ], "masking": [
+        {"resource_id": "a", "field_path": "ssn", "mask_type": "redact"}
+    ]});
+    let e = engine(&[("s.rules.json", &text.to_string())]);
+    let u = user(json!({"user_id": "u"}));
+    let d = |rt: ResourceType, id: &str, p: &str| {
+        decide(&e, &u, rt, id, p, "2026-01-05T10:00:00Z").allowed
+    };
+    assert!(d(ResourceType::Node, "a", "execute"));
+    assert!(!d(ResourceType::Node, "a", "read_output"));
+    assert!(!d(ResourceType::Node, "a", "skip"));
+    assert!(!d(ResourceType::Workflow, "a", "execute"));
+    assert!(!d(ResourceType::Node, "b", "execute"));
+    assert!(d(ResourceType::Node, "b", "read_output"));
+    assert!(!d(ResourceType::Node, "c", "execute"));
+    assert!(!d(ResourceType::Node, "c", "read_output"));
+
+    let now = at("2026-01-05T10:00:00Z");
+    let row = json!({"ssn": "1", "name": "x"});
+    let masked = e.mask(&u, "a", &row, now, &Value::Null).value;
+    assert_eq!(masked, json!({"ssn": "[REDACTED]", "name": "x"}));
+    assert_eq!(e.mask(&u, "b", &row, now, &Value::Null).value, row);
+
+    let generation = generation(&[("s.rules.json", &text.to_string())]);
+    let shown = generation.cedar_text();
+    assert!(
+        shown.contains(
+            "action == Trellis::Action::\"node:execute\",\n  resource == Trellis::Node::\"a\""
+        ),
+        "{shown}"
+    );
+}
+
 #[test]
 fn expired_rules_never_apply() {
     let text = json!({"rules": [
