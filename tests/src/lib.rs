@@ -195,6 +195,21 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// `GET path` (e.g. `/v1/plugins`), as the dev-auth user `user` when given; the body as JSON.
+    /// Panics when the server does not answer or the body is not JSON.
+    pub async fn get_json(
+        &self,
+        path: &str,
+        user: Option<&serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.base_url()));
+        if let Some(user) = user {
+            request = request.header("x-trellis-user", user.to_string());
+        }
+        let response = request.send().await.expect("the server answers");
+        response.json().await.expect("a JSON body")
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

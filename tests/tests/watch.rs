@@ -122,7 +122,6 @@ async fn plugin_swapped_20_times_under_20_clients_fails_no_request() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(server.base_url(), 20, stop.clone());
-    let plugins_url = format!("{}/v1/plugins", server.base_url());
     for i in 0..20 {
         let (bytes, version) = if i % 2 == 0 {
             (&v2, "2.0.0")
@@ -133,14 +132,7 @@ async fn plugin_swapped_20_times_under_20_clients_fails_no_request() {
         // Wait until the new version serves before the next swap.
         let mut served = false;
         for _ in 0..500 {
-            let list: Value = http
-                .get(&plugins_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list = server.get_json("/v1/plugins", None).await;
             if list["plugins"][0]["version"] == version {
                 served = true;
                 break;
@@ -274,23 +266,8 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
     let server = Server::start(d, &["--watch"]);
     let base = server.base_url();
     let http = reqwest::Client::new();
-    let get = |path: &str| {
-        let http = http.clone();
-        let url = format!("{base}{path}");
-        async move {
-            http.get(url)
-                .header(
-                    "x-trellis-user",
-                    r#"{"user_id": "root", "roles": ["admin"]}"#,
-                )
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
+    let root = json!({"user_id": "root", "roles": ["admin"]});
+    let get = |path: &'static str| server.get_json(path, Some(&root));
     assert!(run(&http, &base).await.is_ok());
 
     // A broken plugin file: the loaded version keeps serving; the error is listed.
