@@ -189,7 +189,10 @@ fn settings(timezone: &str) -> anyhow::Result<EngineSettings> {
 /// The plugins in `dir`, loaded once (no watching); a file that fails to load is a warning.
 fn plugin_registry(dir: &Path) -> anyhow::Result<Arc<PluginRegistry>> {
     if !dir.is_dir() {
-        bail!("--plugins `{}` is not a directory", dir.display());
+        bail!(
+            "--plugins `{}` is not a directory\n\nhint: pass the directory `trellis serve` loads plugins from (`paths.plugins` in trellis.toml, `plugins` by default)",
+            dir.display()
+        );
     }
     let engine = PluginEngine::new(EngineOptions::default())?;
     let registry = PluginRegistry::new(engine, dir, LimitsConfig::default());
