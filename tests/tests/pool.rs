@@ -794,3 +794,37 @@ async fn json_operations_follow_the_guide() {
     assert!(err.contains("unknown operation `vacuum`"), "{err}");
     ops.pool().close().await;
 }
+
+/// Many connections opening a new SQLite file at once all connect, and the file ends in WAL
+/// mode. (Asking for WAL at connect, as sqlx's `journal_mode` option does, takes a lock SQLite's
+/// busy timeout does not wait for: with writers racing the switch, this failed with "database is
+/// locked" in one run of three before the fix.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_opening_a_new_sqlite_file_at_once_all_connect() {
+    for round in 0..30 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("new.db").display());
+        let start = Arc::new(tokio::sync::Barrier::new(12));
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let mut c = config(&unique("wal"), &url);
+            c.min_connections = 0;
+            c.max_connections = 1;
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                let pool = Pool::new(c);
+                start.wait().await;
+                // Each one writes at once too, as concurrent migration runners do.
+                sql(&pool, "CREATE TABLE IF NOT EXISTS t (x INTEGER)").await;
+                sql(&pool, "INSERT INTO t VALUES (1)").await;
+                let mode = sql(&pool, "PRAGMA journal_mode").await;
+                pool.close().await;
+                mode
+            }));
+        }
+        for task in tasks {
+            let rows = task.await.unwrap();
+            assert_eq!(rows[0]["journal_mode"], "wal", "round {round}");
+        }
+    }
+}

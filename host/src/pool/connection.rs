@@ -2,16 +2,58 @@
 //!
 //! Only the connection actor owns a [`DriverConnection`]; everything else talks to the actor.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::config::{DatabaseKind, DatabaseTarget};
 use crate::sql::exec::{self, ExecError, Fetch, Output};
 use crate::sql::params::Statement;
+
+/// How long a SQLite connection waits for another one's lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Puts a SQLite database file in WAL mode (readers never block the writer), once.
+///
+/// WAL is a property of the file, and switching to it takes an exclusive lock that SQLite's busy
+/// timeout does not wait for: with sqlx's `journal_mode` connect option every new connection asks
+/// for it, so several connections opening a new database at once failed with "database is
+/// locked". Here a connection only asks when the file is not in WAL yet, and retries while
+/// another connection holds the lock. A file system without WAL support keeps its mode.
+async fn ensure_wal(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
+    loop {
+        let attempt = async {
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                let _: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+                    .fetch_one(&mut *conn)
+                    .await?;
+            }
+            Ok::<(), sqlx::Error>(())
+        };
+        match attempt.await {
+            Err(e) if is_sqlite_busy(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`, extended codes included.
+fn is_sqlite_busy(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+}
 
 /// An open connection to PostgreSQL, MySQL/MariaDB or SQLite.
 pub(crate) enum DriverConnection {
@@ -44,14 +86,17 @@ impl DriverConnection {
                             SqliteConnectOptions::new()
                                 .filename(path)
                                 .create_if_missing(true)
-                                .journal_mode(SqliteJournalMode::Wal)
                         }
                         None => SqliteConnectOptions::new().in_memory(true),
                     }
-                    .busy_timeout(Duration::from_secs(5))
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .foreign_keys(true)
                     .disable_statement_logging();
-                    DriverConnection::Sqlite(options.connect().await?)
+                    let mut conn = options.connect().await?;
+                    if path.is_some() {
+                        ensure_wal(&mut conn).await?;
+                    }
+                    DriverConnection::Sqlite(conn)
                 }
                 DatabaseTarget::Server {
                     kind: DatabaseKind::Postgres,
