@@ -354,10 +354,16 @@ async fn concurrent_runners(kind: DatabaseKind) {
     }
     let mut ran = Vec::new();
     for t in tasks {
-        let applied = t
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("a runner failed: {e}"));
+        let applied = t.await.unwrap().unwrap_or_else(|e| {
+            // The whole chain: "cannot connect" alone does not say why.
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            panic!("a runner failed: {message}")
+        });
         ran.extend(applied.ran.into_iter().map(|(id, _)| id));
     }
     ran.sort();
