@@ -1,10 +1,13 @@
 //! Pool benchmark: `SELECT 1` throughput on PostgreSQL over loopback with 32 concurrent tasks and
-//! at most 8 connections, for the Trellis pool, `sqlx::PgPool` with its defaults, and
-//! `deadpool-postgres`; plus the physical ceiling (raw sqlx, one connection per task) and the
-//! cost of acquire + release without a query.
+//! at most 8 connections, for the Trellis pool (`Pool::execute`, and a lease per statement),
+//! `sqlx::PgPool` with its defaults, and `deadpool-postgres`; plus the physical ceilings (raw
+//! sqlx connections behind a mutex each: 8 shared by the tasks, and one per task) and the cost
+//! of acquire + release without a query. Everything runs in one process with the allocator the
+//! `trellis` binary ships with (mimalloc).
 //!
-//! Contenders run in interleaved rounds (A B C D, A B C D, …) so that the machine's noise hits
-//! them alike; the report gives each round's figures and the median ratios.
+//! Contenders run in interleaved rounds (A B C …, A B C …) so that the machine's noise hits
+//! them alike; the report gives each round's figures and the median of the per-round ratios.
+//! `--only NAME` runs one contender (for a profiler).
 //!
 //! ```console
 //! $ eval "$(scripts/services)"
@@ -21,6 +24,10 @@ use trellis_host::config::{DatabaseTarget, parse_database_url};
 use trellis_host::pool::{Pool, PoolConfig};
 use trellis_host::sql::{Fetch, Params};
 
+/// The allocator the `trellis` binary ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TASKS: usize = 32;
 const CONNECTIONS: usize = 8;
 
@@ -28,6 +35,14 @@ struct Args {
     seconds: f64,
     rounds: usize,
     url: String,
+    /// Run only this contender (trellis, sqlx, deadpool, raw), e.g. under a profiler.
+    only: Option<String>,
+}
+
+impl Args {
+    fn runs(&self, contender: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == contender)
+    }
 }
 
 fn args() -> Args {
@@ -37,6 +52,7 @@ fn args() -> Args {
         url: std::env::var("TRELLIS_BENCH_PG_URL")
             .or_else(|_| std::env::var("TRELLIS_TEST_PG_URL"))
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,6 +60,12 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             "--url" => a.url = it.next().expect("--url URL"),
+            "--only" => {
+                a.only = Some(
+                    it.next()
+                        .expect("--only trellis|lease|sqlx|deadpool|raw8|raw32|acquire"),
+                )
+            }
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -84,7 +106,7 @@ where
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
@@ -150,80 +172,130 @@ async fn main() {
     }
     let raw = Arc::new(raw);
 
-    let mut rows: Vec<[f64; 4]> = Vec::new();
+    // Contenders, run in this order in every round.
+    const NAMES: [&str; 6] = ["trellis", "lease", "sqlx", "deadpool", "raw8", "raw32"];
+    const LABELS: [&str; 6] = [
+        "trellis Pool::execute",
+        "trellis lease per statement",
+        "sqlx::PgPool",
+        "deadpool-postgres",
+        "raw sqlx, 8 connections (ceiling at ≤8)",
+        "raw sqlx, 1 connection per task (32)",
+    ];
+    let mut rows: Vec<[f64; 6]> = Vec::new();
     for round in 1..=a.rounds {
-        let t = {
-            let p = trellis.clone();
-            throughput(a.seconds, move |_| {
-                let p = p.clone();
-                async move {
-                    let lease = p.acquire().await.unwrap();
-                    lease
-                        .execute("SELECT 1", &Params::None, Fetch::All)
-                        .await
-                        .unwrap();
+        let mut row = [f64::NAN; 6];
+        for (i, name) in NAMES.iter().enumerate() {
+            if !a.runs(name) {
+                continue;
+            }
+            row[i] = match *name {
+                "trellis" => {
+                    let p = trellis.clone();
+                    throughput(a.seconds, move |_| {
+                        let p = p.clone();
+                        async move {
+                            p.execute("SELECT 1", &Params::None, Fetch::All)
+                                .await
+                                .unwrap();
+                        }
+                    })
+                    .await
                 }
-            })
-            .await
-        };
-        let s = {
-            let p = sqlx_pool.clone();
-            throughput(a.seconds, move |_| {
-                let p = p.clone();
-                async move {
-                    let mut c = p.acquire().await.unwrap();
-                    let _: (i32,) = sqlx::query_as("SELECT 1").fetch_one(&mut *c).await.unwrap();
+                "lease" => {
+                    let p = trellis.clone();
+                    throughput(a.seconds, move |_| {
+                        let p = p.clone();
+                        async move {
+                            let lease = p.acquire().await.unwrap();
+                            lease
+                                .execute("SELECT 1", &Params::None, Fetch::All)
+                                .await
+                                .unwrap();
+                        }
+                    })
+                    .await
                 }
-            })
-            .await
-        };
-        let d = {
-            let p = deadpool.clone();
-            throughput(a.seconds, move |_| {
-                let p = p.clone();
-                async move {
-                    let c = p.get().await.unwrap();
-                    let stmt = c.prepare_cached("SELECT 1").await.unwrap();
-                    let _ = c.query_one(&stmt, &[]).await.unwrap();
+                "sqlx" => {
+                    let p = sqlx_pool.clone();
+                    throughput(a.seconds, move |_| {
+                        let p = p.clone();
+                        async move {
+                            let mut c = p.acquire().await.unwrap();
+                            let _: (i32,) =
+                                sqlx::query_as("SELECT 1").fetch_one(&mut *c).await.unwrap();
+                        }
+                    })
+                    .await
                 }
-            })
-            .await
-        };
-        let r = {
-            let raw = raw.clone();
-            throughput(a.seconds, move |i| {
-                let raw = raw.clone();
-                async move {
-                    let mut c = raw[i].lock().await;
-                    let _: (i32,) = sqlx::query_as("SELECT 1").fetch_one(&mut *c).await.unwrap();
+                "deadpool" => {
+                    let p = deadpool.clone();
+                    throughput(a.seconds, move |_| {
+                        let p = p.clone();
+                        async move {
+                            let c = p.get().await.unwrap();
+                            let stmt = c.prepare_cached("SELECT 1").await.unwrap();
+                            let _ = c.query_one(&stmt, &[]).await.unwrap();
+                        }
+                    })
+                    .await
                 }
-            })
-            .await
-        };
-        println!(
-            "round {round}: trellis {t:>8.0}/s  sqlx::PgPool {s:>8.0}/s  deadpool-postgres {d:>8.0}/s  raw sqlx (1 conn/task) {r:>8.0}/s"
-        );
-        rows.push([t, s, d, r]);
+                _ => {
+                    // Raw connections behind a mutex each: 8 shared by the 32 tasks (the most
+                    // any pool of 8 can do), or one per task (no pool limit at all).
+                    let per = if *name == "raw8" { CONNECTIONS } else { TASKS };
+                    let raw = raw.clone();
+                    throughput(a.seconds, move |i| {
+                        let raw = raw.clone();
+                        async move {
+                            let mut c = raw[i % per].lock().await;
+                            let _: (i32,) =
+                                sqlx::query_as("SELECT 1").fetch_one(&mut *c).await.unwrap();
+                        }
+                    })
+                    .await
+                }
+            };
+        }
+        let line: Vec<String> = NAMES
+            .iter()
+            .zip(row)
+            .map(|(n, v)| format!("{n} {v:>7.0}/s"))
+            .collect();
+        println!("round {round}: {}", line.join("  "));
+        rows.push(row);
     }
     let col = |i: usize| -> Vec<f64> { rows.iter().map(|r| r[i]).collect() };
-    let ratio =
-        |i: usize| -> f64 { median(&mut rows.iter().map(|r| r[0] / r[i]).collect::<Vec<_>>()) };
+    for (i, label) in LABELS.iter().enumerate() {
+        println!("median {label}: {:.0}/s", median(&mut col(i)));
+    }
+    // Ratios are taken per round (same moment, same noise), then the median of the rounds.
+    let ratio = |x: usize, y: usize| -> f64 {
+        median(&mut rows.iter().map(|r| r[x] / r[y]).collect::<Vec<_>>())
+    };
     println!(
-        "median: trellis {:.0}/s, sqlx::PgPool {:.0}/s, deadpool-postgres {:.0}/s, raw sqlx {:.0}/s",
-        median(&mut col(0)),
-        median(&mut col(1)),
-        median(&mut col(2)),
-        median(&mut col(3))
+        "median ratios: trellis/sqlx = {:.2}x, trellis/deadpool = {:.2}x, trellis/raw8-ceiling = {:.2}x, \
+         raw8-ceiling/sqlx = {:.2}x, lease/sqlx = {:.2}x, lease/deadpool = {:.2}x",
+        ratio(0, 2),
+        ratio(0, 3),
+        ratio(0, 4),
+        ratio(4, 2),
+        ratio(1, 2),
+        ratio(1, 3),
     );
     println!(
-        "median ratios: trellis/sqlx = {:.2}x, trellis/deadpool = {:.2}x, trellis/raw-ceiling = {:.2}x, deadpool/raw-ceiling = {:.2}x",
-        ratio(1),
-        ratio(2),
-        ratio(3),
-        median(&mut rows.iter().map(|r| r[2] / r[3]).collect::<Vec<_>>())
+        "per-round trellis/sqlx: {}",
+        rows.iter()
+            .map(|r| format!("{:.2}", r[0] / r[2]))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     // Acquire + release without a query, one task, connections idle.
+    if !a.runs("acquire") {
+        trellis.close().await;
+        return;
+    }
     let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for _ in 0..20_000 {
         drop(trellis.acquire().await.unwrap());

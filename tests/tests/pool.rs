@@ -828,3 +828,240 @@ async fn connections_opening_a_new_sqlite_file_at_once_all_connect() {
         }
     }
 }
+
+// ---- Pool::execute: statements queued for the first free connection --------------------------
+
+#[tokio::test]
+async fn execute_queues_for_the_first_free_connection_and_never_exceeds_max() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("execq");
+    let mut c = config(&name, &url);
+    c.min_connections = 1;
+    c.max_connections = 3;
+    let pool = Pool::new(c);
+    let monitor = Pool::new(config(&unique("execq-mon"), &url));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (monitor, done, name) = (monitor.clone(), done.clone(), name.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(Ordering::Relaxed) {
+                most = most.max(pg_backends(&monitor, &name).await);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..40i64 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let params = Params::Named(json!({"i": i}).as_object().unwrap().clone());
+            pool.execute("SELECT :i::int AS i, pg_sleep(0.02)", &params, Fetch::One)
+                .await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let out = t.await.unwrap().unwrap();
+        assert_eq!(
+            out.rows[0]["i"],
+            json!(i),
+            "each caller gets its own answer"
+        );
+    }
+    done.store(true, Ordering::Relaxed);
+    let most = watcher.await.unwrap();
+    assert!((1..=3).contains(&most), "{most} server connections");
+    let stats = pool.stats();
+    assert_eq!(stats.acquisition.waiters, 0);
+    assert_eq!(stats.connections.active, 0);
+    assert!(stats.connections.total <= 3);
+    assert_eq!(stats.queries.executed, 40);
+    assert_eq!(stats.acquisition.count, 40, "{:?}", stats.acquisition);
+    pool.close().await;
+    monitor.close().await;
+}
+
+#[tokio::test]
+async fn queued_statement_times_out_with_pool_exhausted_and_never_runs() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let table = unique("exto");
+    let name = unique("exec-timeout");
+    let mut c = config(&name, &url);
+    c.max_connections = 1;
+    c.acquire_timeout = Duration::from_millis(300);
+    let pool = Pool::new(c);
+    pool.execute(
+        &format!("CREATE TABLE {table} (x INT)"),
+        &Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} (x) VALUES (1)");
+    let held = pool.acquire().await.unwrap();
+    let started = Instant::now();
+    let err = pool
+        .execute(&insert, &Params::None, Fetch::All)
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(300)..Duration::from_secs(2)).contains(&waited),
+        "{waited:?}"
+    );
+    assert!(
+        matches!(&err, PoolError::Exhausted { pool: p, size: 1, .. } if *p == name),
+        "{err}"
+    );
+    assert_eq!(err.kind(), trellis_host::sql::ErrorKind::PoolExhausted);
+    // Statements whose callers went away while queued are withdrawn too.
+    for _ in 0..10 {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(5),
+            pool.execute(&insert, &Params::None, Fetch::All),
+        )
+        .await;
+    }
+    assert_eq!(pool.stats().acquisition.waiters, 0);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let count = format!("SELECT count(*) AS n FROM {table}");
+    let out = pool
+        .execute(&count, &Params::None, Fetch::One)
+        .await
+        .unwrap();
+    assert_eq!(out.rows[0]["n"], json!(0), "a withdrawn statement ran");
+    pool.execute(&insert, &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    let out = pool
+        .execute(&count, &Params::None, Fetch::One)
+        .await
+        .unwrap();
+    assert_eq!(out.rows[0]["n"], json!(1));
+    assert_eq!(pool.stats().acquisition.timeouts, 1);
+    pool.execute(&format!("DROP TABLE {table}"), &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn leases_are_served_while_statements_keep_the_pool_busy() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let mut c = config(&unique("exec-fair"), &url);
+    c.min_connections = 2;
+    c.max_connections = 2;
+    let pool = Pool::new(c);
+    pool.initialize().await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..16 {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        flood.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                pool.execute("SELECT pg_sleep(0.002)", &Params::None, Fetch::All)
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let lease = pool.acquire().await.unwrap();
+        slowest = slowest.max(started.elapsed());
+        lease
+            .execute("SELECT 1", &Params::None, Fetch::All)
+            .await
+            .unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut statements = 0;
+    for t in flood {
+        statements += t.await.unwrap();
+    }
+    assert!(statements > 100, "only {statements} statements ran");
+    // Served in turn with the queue: a lease waits about one statement, not the whole queue.
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a lease waited {slowest:?}"
+    );
+    pool.close().await;
+}
+
+/// A statement run through `Pool::execute` that opens a transaction (or turns autocommit off)
+/// is rolled back before the connection serves the next one.
+async fn execute_leaves_no_transaction_open(url: &str, create: &str, begin: &str) {
+    let table = unique("exrb");
+    let mut c = config(&unique("exec-rb"), url);
+    c.max_connections = 1; // every statement runs on the same connection
+    let pool = Pool::new(c);
+    let run = |sql: String| {
+        let pool = pool.clone();
+        async move { pool.execute(&sql, &Params::None, Fetch::All).await.unwrap() }
+    };
+    run(create.replace("{t}", &table)).await;
+    run(begin.to_owned()).await;
+    run(format!("INSERT INTO {table} (x) VALUES (1)")).await;
+    // Another connection sees the row only if it was committed: had the transaction stayed
+    // open, the insert would sit in it.
+    let other = Pool::new(config(&unique("exec-rb-other"), url));
+    let rows = sql(&other, &format!("SELECT x FROM {table}")).await;
+    assert_eq!(rows.len(), 1, "after `{begin}`: {rows:?}");
+    other.close().await;
+    run(format!("DROP TABLE {table}")).await;
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn execute_rolls_back_what_a_statement_leaves_open_on_every_database() {
+    if let Some(url) = TestDb::Postgres.url() {
+        execute_leaves_no_transaction_open(&url, "CREATE TABLE {t} (x INT)", "BEGIN").await;
+    }
+    if let Some(url) = TestDb::Mysql.url() {
+        let create = "CREATE TABLE {t} (x INT) ENGINE=InnoDB";
+        execute_leaves_no_transaction_open(&url, create, "START TRANSACTION").await;
+        execute_leaves_no_transaction_open(&url, create, "SET autocommit = 0").await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("exrb.db").display());
+    execute_leaves_no_transaction_open(&url, "CREATE TABLE {t} (x INTEGER)", "BEGIN").await;
+}
+
+#[tokio::test]
+async fn queued_statements_fail_fast_when_the_database_cannot_be_reached() {
+    // Nothing listens on port 1.
+    let mut c = config(&unique("exec-down"), "postgres://postgres@127.0.0.1:1/test");
+    c.min_connections = 0;
+    c.acquire_timeout = Duration::from_secs(20);
+    let pool = Pool::new(c);
+    let started = Instant::now();
+    let err = pool
+        .execute("SELECT 1", &Params::None, Fetch::All)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        err.kind(),
+        trellis_host::sql::ErrorKind::Connection,
+        "{err}"
+    );
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    pool.close().await;
+}

@@ -125,7 +125,7 @@ pub(crate) fn script(sql: &str, kind: DatabaseKind) -> Statement {
         .map(|s| s.statements)
         .unwrap_or(2);
     Statement {
-        sql: sql.to_owned(),
+        sql: sql.into(),
         args: Vec::new(),
         touches_session: true,
         // SQLite prepares a single statement; several go through `raw_sql`.

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use super::connection::DriverConnection;
+use super::job::{Job, Running};
 use super::slot::{ConnHealth, Slot};
 use super::stats::CloseReason;
 use crate::sql::exec::{ExecError, Fetch, Output};
@@ -36,6 +37,14 @@ pub(crate) enum Command {
     Ping { reply: oneshot::Sender<bool> },
     /// Undo any transaction or session state, then hand the slot back to the pool.
     Reset { slot: Slot },
+    /// Run a statement queued on the pool (not on a lease), reply, and hand the slot back
+    /// (rolled back first if the statement may have left a transaction or session setting).
+    Job {
+        job: Job,
+        slot: Slot,
+        /// Counts the statement as running until it is done (or dropped with the actor).
+        running: Running,
+    },
 }
 
 /// Why a `Run` failed.
@@ -45,6 +54,8 @@ pub(crate) enum RunError {
     Exec { error: ExecError, broken: bool },
     /// The statement overran `command_timeout`; the connection was closed.
     Timeout(Duration),
+    /// No connection could be opened for a queued statement.
+    Unavailable(String),
 }
 
 /// Starts the actor for `conn`.
@@ -96,40 +107,53 @@ async fn run(
                 timeout,
                 reply,
             } => {
-                let result = match timeout.or(command_timeout) {
-                    Some(limit) => {
-                        match tokio::time::timeout(limit, conn.run(&stmt, fetch)).await {
-                            Ok(result) => result,
-                            Err(_) => {
-                                // The protocol state is unknown after an abandoned statement.
-                                health.query_done(false);
-                                let _ = reply.send(Err(RunError::Timeout(limit)));
-                                guard.reason = Some(CloseReason::Timeout);
-                                healthy = false;
-                                break;
-                            }
-                        }
-                    }
-                    None => conn.run(&stmt, fetch).await,
+                let (result, stop) = execute(
+                    &mut conn,
+                    &health,
+                    &shared,
+                    &stmt,
+                    fetch,
+                    timeout.or(command_timeout),
+                )
+                .await;
+                let _ = reply.send(result);
+                if let Some(reason) = stop {
+                    guard.reason = Some(reason);
+                    healthy = false;
+                    break;
+                }
+            }
+            Command::Job { job, slot, running } => {
+                let (result, stop) = execute(
+                    &mut conn,
+                    &health,
+                    &shared,
+                    &job.stmt,
+                    job.fetch,
+                    job.timeout.or(command_timeout),
+                )
+                .await;
+                let _ = job.reply.send(result);
+                drop(running);
+                if let Some(reason) = stop {
+                    drop(slot);
+                    guard.reason = Some(reason);
+                    healthy = false;
+                    break;
+                }
+                // Hand the connection back; a queued statement may come straight back to us.
+                let handed_back = if job.stmt.touches_session || slot.session_dirty {
+                    reset_and_checkin(&mut conn, &shared, slot).await
+                } else if let Some(shared) = shared.upgrade() {
+                    shared.checkin(slot);
+                    true
+                } else {
+                    false
                 };
-                match result {
-                    Ok(output) => {
-                        health.query_done(true);
-                        let _ = reply.send(Ok(output));
-                    }
-                    Err(error) => {
-                        health.query_done(false);
-                        let broken = is_connection_error(&error);
-                        let _ = reply.send(Err(RunError::Exec { error, broken }));
-                        if broken {
-                            if let Some(shared) = shared.upgrade() {
-                                shared.connection_lost();
-                            }
-                            guard.reason = Some(CloseReason::Broken);
-                            healthy = false;
-                            break;
-                        }
-                    }
+                if !handed_back {
+                    guard.reason = Some(CloseReason::Broken);
+                    healthy = false;
+                    break;
                 }
             }
             Command::Ping { reply } => {
@@ -145,20 +169,8 @@ async fn run(
                     break;
                 }
             }
-            Command::Reset { mut slot } => {
-                let reset = tokio::time::timeout(PING_TIMEOUT, conn.reset()).await;
-                if matches!(reset, Ok(Ok(()))) {
-                    slot.session_dirty = false;
-                    match shared.upgrade() {
-                        Some(shared) => shared.checkin(slot),
-                        None => break,
-                    }
-                } else {
-                    tracing::warn!(
-                        connection = slot.id(),
-                        "rollback on release failed; closing the connection"
-                    );
-                    drop(slot);
+            Command::Reset { slot } => {
+                if !reset_and_checkin(&mut conn, &shared, slot).await {
                     guard.reason = Some(CloseReason::Broken);
                     healthy = false;
                     break;
@@ -170,6 +182,72 @@ async fn run(
         // Every handle is gone: the pool closed this connection on purpose and counted why.
         guard.reason = None;
         conn.close().await;
+    }
+}
+
+/// Runs one statement under its time limit. Returns the reply and, when the connection cannot
+/// be used any more, why the actor must end.
+async fn execute(
+    conn: &mut DriverConnection,
+    health: &ConnHealth,
+    shared: &Weak<Shared>,
+    stmt: &Statement,
+    fetch: Fetch,
+    limit: Option<Duration>,
+) -> (Result<Output, RunError>, Option<CloseReason>) {
+    let result = match limit {
+        Some(limit) => match tokio::time::timeout(limit, conn.run(stmt, fetch)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The protocol state is unknown after an abandoned statement.
+                health.query_done(false);
+                return (Err(RunError::Timeout(limit)), Some(CloseReason::Timeout));
+            }
+        },
+        None => conn.run(stmt, fetch).await,
+    };
+    match result {
+        Ok(output) => {
+            health.query_done(true);
+            (Ok(output), None)
+        }
+        Err(error) => {
+            health.query_done(false);
+            let broken = is_connection_error(&error);
+            if broken && let Some(shared) = shared.upgrade() {
+                shared.connection_lost();
+            }
+            (
+                Err(RunError::Exec { error, broken }),
+                broken.then_some(CloseReason::Broken),
+            )
+        }
+    }
+}
+
+/// Undoes any transaction or session state, then hands the slot back to the pool. `false` when
+/// the rollback failed (the slot is dropped: the connection must close) or the pool is gone.
+async fn reset_and_checkin(
+    conn: &mut DriverConnection,
+    shared: &Weak<Shared>,
+    mut slot: Slot,
+) -> bool {
+    let reset = tokio::time::timeout(PING_TIMEOUT, conn.reset()).await;
+    if matches!(reset, Ok(Ok(()))) {
+        slot.session_dirty = false;
+        match shared.upgrade() {
+            Some(shared) => {
+                shared.checkin(slot);
+                true
+            }
+            None => false,
+        }
+    } else {
+        tracing::warn!(
+            connection = slot.id(),
+            "rollback on release failed; closing the connection"
+        );
+        false
     }
 }
 

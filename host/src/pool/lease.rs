@@ -141,24 +141,7 @@ impl Lease {
         }
         let result = match answer.await {
             Ok(Ok(output)) => return Ok(output),
-            Ok(Err(RunError::Exec { error, broken })) => {
-                let (message, sqlstate, transient) = match &error {
-                    crate::sql::exec::ExecError::Database(e) => (
-                        crate::sql::error::describe(e),
-                        crate::sql::error::sqlstate(e),
-                        crate::sql::error::is_transient(e),
-                    ),
-                    other => (other.to_string(), None, false),
-                };
-                QueryError::Database {
-                    message,
-                    sqlstate,
-                    connection_lost: broken,
-                    transient,
-                    error,
-                }
-            }
-            Ok(Err(RunError::Timeout(limit))) => QueryError::Timeout(limit),
+            Ok(Err(error)) => query_error(error),
             Err(_) => QueryError::ConnectionGone,
         };
         counters.query_errors.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +170,32 @@ impl Drop for Lease {
         if let Some(slot) = slot {
             release(&self.shared, slot);
         }
+    }
+}
+
+/// What a caller sees of an actor's failure.
+pub(crate) fn query_error(error: RunError) -> QueryError {
+    match error {
+        RunError::Exec { error, broken } => {
+            let (message, sqlstate, transient) = match &error {
+                crate::sql::exec::ExecError::Database(e) => (
+                    crate::sql::error::describe(e),
+                    crate::sql::error::sqlstate(e),
+                    crate::sql::error::is_transient(e),
+                ),
+                other => (other.to_string(), None, false),
+            };
+            QueryError::Database {
+                message,
+                sqlstate,
+                connection_lost: broken,
+                transient,
+                error,
+            }
+        }
+        RunError::Timeout(limit) => QueryError::Timeout(limit),
+        // Only queued statements are answered so; a lease always has its connection.
+        RunError::Unavailable(_) => QueryError::ConnectionGone,
     }
 }
 

@@ -3,13 +3,15 @@
 //! Each connection is owned by an actor task ([`actor`]) that runs one command at a time to
 //! completion. Callers [`Pool::acquire`] a [`Lease`], run statements on it, and drop it; a lease
 //! that may have left a transaction open is rolled back by its actor before the connection is
-//! reused. The supervisor ([`supervisor`]) keeps between `min_connections` and
+//! reused. [`Pool::execute`] runs a single statement without a lease: it waits in the pool's
+//! queue, and an actor that finishes a statement takes the next queued one straight away (see
+//! [`job`]), so a busy pool never idles a connection between statements. The supervisor ([`supervisor`]) keeps between `min_connections` and
 //! `max_connections` open, opens new ones in the background when demand rises (callers only ever
 //! wait on the pool), health-checks idle connections, recycles old or unhealthy ones, replaces
 //! actors that died, reclaims leases held past `lease_timeout`, and pre-warms for known
 //! workloads.
 //!
-//! Guarantees: `acquire` never waits past `acquire_timeout` ([`PoolError::Exhausted`] names the
+//! Guarantees: `acquire` and `execute` never wait past `acquire_timeout` ([`PoolError::Exhausted`] names the
 //! pool, its size and the wait); at most `max_connections` connections are ever open; no lease
 //! sees another's transaction, also when acquires, statements or `BEGIN`s are cancelled.
 //!
@@ -19,6 +21,7 @@
 mod actor;
 mod config;
 mod connection;
+mod job;
 mod lease;
 pub mod manager;
 pub mod ops;
@@ -28,7 +31,7 @@ mod supervisor;
 mod workload;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -209,6 +212,9 @@ pub(crate) struct Shared {
     reclaimed_ids: Mutex<VecDeque<u64>>,
     next_lease: AtomicU64,
     next_connection: AtomicU64,
+    next_job: AtomicU64,
+    /// Statements from [`Pool::execute`] handed to an actor and not finished yet.
+    running: Arc<AtomicUsize>,
     /// Health records of open connections.
     connections: Mutex<HashMap<u64, Arc<ConnHealth>>>,
     closed: AtomicBool,
@@ -227,6 +233,11 @@ struct State {
     opening: usize,
     /// Callers waiting in `acquire`.
     waiters: usize,
+    /// Statements from [`Pool::execute`] waiting for a connection, oldest first.
+    jobs: VecDeque<job::Job>,
+    /// The last connection handed back went to a queued statement: the next goes to a waiting
+    /// `acquire`, if there is one.
+    last_to_job: bool,
     /// Connections open before this instant must be checked before use (one broke).
     suspect_since: Option<Instant>,
     /// The last failed connect, for callers waiting on a pool that cannot connect.
@@ -251,6 +262,8 @@ impl Pool {
             reclaimed_ids: Mutex::new(VecDeque::new()),
             next_lease: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
+            next_job: AtomicU64::new(1),
+            running: Arc::new(AtomicUsize::new(0)),
             connections: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             workloads: workload::Workloads::default(),
@@ -462,7 +475,14 @@ impl Pool {
     pub async fn close(&self) {
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
-        let idle: Vec<Slot> = shared.lock_state().idle.drain(..).collect();
+        let (idle, jobs): (Vec<Slot>, Vec<job::Job>) = {
+            let mut state = shared.lock_state();
+            (
+                state.idle.drain(..).collect(),
+                state.jobs.drain(..).collect(),
+            )
+        };
+        drop(jobs); // their callers are told the pool closed
         for _ in &idle {
             shared.counters.closed(CloseReason::Shutdown);
         }
@@ -476,7 +496,8 @@ impl Pool {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let open = shared.lock_state().open;
-            let leased = shared.leases.lock().map(|l| l.len()).unwrap_or(0);
+            let leased = shared.leases.lock().map(|l| l.len()).unwrap_or(0)
+                + shared.running.load(Ordering::Relaxed);
             if open <= leased || tokio::time::timeout_at(deadline, notified).await.is_err() {
                 break;
             }
@@ -494,6 +515,8 @@ impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         if self.counted {
             self.shared.lock_state().waiters -= 1;
+            // Idle connections kept for waiting acquires may now serve queued statements.
+            self.shared.pump();
         }
     }
 }
@@ -556,19 +579,45 @@ impl Shared {
             return;
         }
         slot.idle_since = now;
-        self.lock_state().idle.push_front(slot);
+        let mut state = self.lock_state();
+        let proven = state
+            .suspect_since
+            .is_none_or(|since| slot.health.last_ok() >= since);
+        if proven
+            && (state.waiters == 0 || !state.last_to_job)
+            && let Some(job) = state.jobs.pop_front()
+        {
+            state.last_to_job = true;
+            drop(state);
+            self.dispatch(slot, job);
+            return;
+        }
+        state.last_to_job = false;
+        state.idle.push_front(slot);
+        drop(state);
         self.available.notify_one();
     }
 
     /// An actor ended: one connection fewer.
-    pub(crate) fn actor_ended(&self, connection: u64, reason: Option<CloseReason>) {
+    pub(crate) fn actor_ended(self: &Arc<Self>, connection: u64, reason: Option<CloseReason>) {
         if let Some(reason) = reason {
             self.counters.closed(reason);
         }
         self.forget_connection(connection);
-        {
+        let replace = {
             let mut state = self.lock_state();
             state.open = state.open.saturating_sub(1);
+            // Queued statements have no caller of their own to open a replacement.
+            let replace = !self.closed.load(Ordering::Acquire)
+                && state.jobs.len() > state.opening
+                && state.open + state.opening < self.config.max_connections;
+            if replace {
+                state.opening += 1;
+            }
+            replace
+        };
+        if replace {
+            supervisor::open_in_background(self.clone());
         }
         // Capacity freed: a waiter may now open a new connection.
         self.available.notify_one();
@@ -643,10 +692,14 @@ impl Shared {
                 let cause = error.to_string();
                 tracing::warn!(pool = %self.config.name, target = %self.config.target, %cause, "cannot open a connection");
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                {
+                let none_left = {
                     let mut state = self.lock_state();
                     state.opening -= 1;
-                    state.last_connect_error = Some((Instant::now(), cause));
+                    state.last_connect_error = Some((Instant::now(), cause.clone()));
+                    state.open == 0 && state.opening == 0
+                };
+                if none_left {
+                    self.fail_queued(&cause);
                 }
                 self.available.notify_waiters();
             }
@@ -691,9 +744,15 @@ impl Shared {
     fn stats(&self) -> PoolStats {
         let (idle, open, opening, waiters) = {
             let state = self.lock_state();
-            (state.idle.len(), state.open, state.opening, state.waiters)
+            (
+                state.idle.len(),
+                state.open,
+                state.opening,
+                state.waiters + state.jobs.len(),
+            )
         };
-        let active = self.leases.lock().map(|l| l.len()).unwrap_or(0);
+        let leased = self.leases.lock().map(|l| l.len()).unwrap_or(0);
+        let active = leased + self.running.load(Ordering::Relaxed);
         let queries = self.counters.queries.load(Ordering::Relaxed);
         let errors = self.counters.query_errors.load(Ordering::Relaxed);
         let mut health: Vec<stats::ConnectionHealth> = self
@@ -753,7 +812,7 @@ impl Shared {
             },
             acquisition: self.counters.acquisition_snapshot(waiters),
             leases: stats::LeaseStats {
-                active,
+                active: leased,
                 reclaimed: self.counters.reclaimed.load(Ordering::Relaxed),
             },
             health,

@@ -142,4 +142,5 @@ fn run_once(shared: &Arc<Shared>) {
     for _ in 0..spawn_opens {
         open_in_background(shared.clone());
     }
+    shared.pump();
 }

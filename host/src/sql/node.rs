@@ -188,13 +188,10 @@ impl SqlNode {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = async {
-                let lease = self.pool.acquire().await?;
-                lease
-                    .run_with_timeout(stmt.clone(), self.config.fetch, self.config.timeout)
-                    .await
-            }
-            .await;
+            let result = self
+                .pool
+                .run(stmt.clone(), self.config.fetch, self.config.timeout)
+                .await;
             match result {
                 Ok(output) => {
                     let data = match self.config.fetch {

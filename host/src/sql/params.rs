@@ -55,8 +55,8 @@ impl Params {
 /// SQL ready for one dialect, with its arguments in binding order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
-    /// The SQL with the dialect's placeholders.
-    pub sql: String,
+    /// The SQL with the dialect's placeholders (shared: a statement run again is not copied).
+    pub sql: std::sync::Arc<str>,
     /// The values, in the order the placeholders bind them.
     pub args: Vec<Value>,
     /// Whether the statement may leave a transaction or session setting open.
@@ -166,7 +166,7 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
                 return Err(ParamError::Mixed);
             }
             Ok(Statement {
-                sql: out,
+                sql: out.into(),
                 args,
                 touches_session: scan.touches_session,
                 statements: scan.statements,
@@ -175,7 +175,7 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
         Params::Named(values) => match values.keys().next() {
             Some(name) => Err(ParamError::Unused { name: name.clone() }),
             None => Ok(Statement {
-                sql: sql.to_owned(),
+                sql: sql.into(),
                 args: Vec::new(),
                 touches_session: scan.touches_session,
                 statements: scan.statements,
@@ -197,7 +197,7 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
                 });
             }
             Ok(Statement {
-                sql: sql.to_owned(),
+                sql: sql.into(),
                 args: values.clone(),
                 touches_session: scan.touches_session,
                 statements: scan.statements,
@@ -211,7 +211,7 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
                 });
             }
             Ok(Statement {
-                sql: sql.to_owned(),
+                sql: sql.into(),
                 args: Vec::new(),
                 touches_session: scan.touches_session,
                 statements: scan.statements,
@@ -478,11 +478,11 @@ mod tests {
     fn id_never_touches_id_type() {
         let p = named(json!({"id": 7, "id_type": "x"}));
         let s = prepare("SELECT * FROM t WHERE id = :id AND kind = :id_type", &p, PG).unwrap();
-        assert_eq!(s.sql, "SELECT * FROM t WHERE id = $1 AND kind = $2");
+        assert_eq!(&*s.sql, "SELECT * FROM t WHERE id = $1 AND kind = $2");
         assert_eq!(s.args, vec![json!(7), json!("x")]);
         // The reverse order of declaration changes nothing.
         let s = prepare("SELECT :id_type, :id", &p, MY).unwrap();
-        assert_eq!(s.sql, "SELECT ?, ?");
+        assert_eq!(&*s.sql, "SELECT ?, ?");
         assert_eq!(s.args, vec![json!("x"), json!(7)]);
     }
 
@@ -490,11 +490,11 @@ mod tests {
     fn repeated_names_reuse_number_or_rebind() {
         let p = named(json!({"a": 1}));
         assert_eq!(
-            prepare("SELECT :a + :a", &p, PG).unwrap().sql,
+            &*prepare("SELECT :a + :a", &p, PG).unwrap().sql,
             "SELECT $1 + $1"
         );
         let s = prepare("SELECT :a + :a", &p, LITE).unwrap();
-        assert_eq!((s.sql.as_str(), s.args.len()), ("SELECT ? + ?", 2));
+        assert_eq!((&*s.sql, s.args.len()), ("SELECT ? + ?", 2));
     }
 
     #[test]
@@ -517,7 +517,7 @@ mod tests {
     #[test]
     fn time_literals_and_slices_are_not_parameters() {
         let s = prepare("SELECT '10:30', arr[1:2] FROM t", &Params::None, PG).unwrap();
-        assert_eq!(s.sql, "SELECT '10:30', arr[1:2] FROM t");
+        assert_eq!(&*s.sql, "SELECT '10:30', arr[1:2] FROM t");
     }
 
     #[test]

@@ -304,7 +304,7 @@ type Res<T> = std::result::Result<T, VectorError>;
 
 fn stmt(sql: String, args: Vec<Value>) -> Statement {
     Statement {
-        sql,
+        sql: sql.into(),
         args,
         touches_session: false,
         statements: 1,
@@ -314,7 +314,7 @@ fn stmt(sql: String, args: Vec<Value>) -> Statement {
 fn script(sql: String) -> Statement {
     let statements = sql.split(';').filter(|s| !s.trim().is_empty()).count();
     Statement {
-        sql,
+        sql: sql.into(),
         args: Vec::new(),
         touches_session: true,
         statements,

@@ -1,0 +1,240 @@
+//! Statements run on whichever connection frees up first, without a lease: [`Pool::execute`].
+//!
+//! A statement that finds no idle connection waits in the pool's queue. When an actor finishes
+//! a statement it hands its connection straight to the oldest queued one and runs it without
+//! going back through the pool's idle set or waking the caller first, so a saturated pool keeps
+//! every connection busy; the caller is woken once, with the answer. Lease waiters are served in
+//! turn with queued statements, so neither starves the other.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::actor::{Command, RunError};
+use super::lease::query_error;
+use super::slot::Slot;
+use super::{Pool, PoolError, QueryError, Shared, State, supervisor};
+use crate::sql::exec::{Fetch, Output};
+use crate::sql::params::{self, Params, Statement};
+
+/// A statement waiting for (or running on) a connection.
+pub(crate) struct Job {
+    pub(crate) id: u64,
+    pub(crate) stmt: Statement,
+    pub(crate) fetch: Fetch,
+    /// Overrides the pool's `command_timeout` for this statement.
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) reply: oneshot::Sender<Result<Output, RunError>>,
+    pub(crate) queued_at: Instant,
+}
+
+/// Counts a dispatched statement as running (an active connection) until dropped.
+pub(crate) struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    /// Translates `sql` with `params` for the pool's dialect and runs it on the first free
+    /// connection, which goes back to the pool as soon as the statement is done (rolled back
+    /// first if the statement may have opened a transaction or changed a session setting).
+    ///
+    /// Waits at most `acquire_timeout` for a connection ([`PoolError::Exhausted`]); the
+    /// statement then runs under `command_timeout`. Use a [`Lease`](super::Lease) for several
+    /// statements on one connection (a transaction).
+    ///
+    /// Cancellation-safe: dropping the future before a connection is found withdraws the
+    /// statement; after that the actor still finishes it.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &Params,
+        fetch: Fetch,
+    ) -> Result<Output, PoolError> {
+        let stmt = params::prepare(sql, params, self.shared.config.target.kind())
+            .map_err(QueryError::from)?;
+        self.run(stmt, fetch, None).await
+    }
+
+    /// Runs an already translated statement like [`Pool::execute`], with a time limit for this
+    /// statement instead of the pool's `command_timeout` when `timeout` is set.
+    pub async fn run(
+        &self,
+        stmt: Statement,
+        fetch: Fetch,
+        timeout: Option<Duration>,
+    ) -> Result<Output, PoolError> {
+        let shared = &self.shared;
+        let start = Instant::now();
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(PoolError::Closed {
+                pool: shared.config.name.clone(),
+            });
+        }
+        shared.counters.queries.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            id: shared.next_job.fetch_add(1, Ordering::Relaxed),
+            stmt,
+            fetch,
+            timeout,
+            reply,
+            queued_at: start,
+        };
+        let id = job.id;
+        let (ready, queued) = {
+            let mut state = shared.lock_state();
+            match state.jobs.is_empty().then(|| state.take_proven()).flatten() {
+                Some(slot) => (vec![(slot, job)], false),
+                None => {
+                    state.jobs.push_back(job);
+                    let demand = state.waiters + state.jobs.len();
+                    if state.open + state.opening < shared.config.max_connections
+                        && state.opening < demand
+                    {
+                        state.opening += 1;
+                        supervisor::open_in_background(shared.clone());
+                    }
+                    (state.pump(), true)
+                }
+            }
+        };
+        let mut queued = queued;
+        for (slot, job) in ready {
+            // An actor that ended just now sends the job back to the queue.
+            queued |= !shared.dispatch(slot, job);
+        }
+        let mut guard = Queued { shared, id, queued };
+        let answer = if queued {
+            let deadline = start + shared.config.acquire_timeout;
+            tokio::pin!(answer);
+            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+                Ok(answer) => answer,
+                Err(_) if guard.withdraw() => {
+                    shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    shared.counters.query_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(PoolError::Exhausted {
+                        pool: shared.config.name.clone(),
+                        size: shared.config.max_connections,
+                        waited: start.elapsed(),
+                    });
+                }
+                // A connection took it just now: it runs to the end.
+                Err(_) => answer.await,
+            }
+        } else {
+            answer.await
+        };
+        guard.queued = false;
+        let error = match answer {
+            Ok(Ok(output)) => return Ok(output),
+            Ok(Err(RunError::Unavailable(cause))) => shared.connect_error(cause),
+            Ok(Err(error)) => query_error(error).into(),
+            Err(_) if shared.closed.load(Ordering::Acquire) => PoolError::Closed {
+                pool: shared.config.name.clone(),
+            },
+            Err(_) => QueryError::ConnectionGone.into(),
+        };
+        shared.counters.query_errors.fetch_add(1, Ordering::Relaxed);
+        Err(error)
+    }
+}
+
+/// Withdraws a queued statement however the caller stops waiting (a timeout, a dropped future).
+struct Queued<'a> {
+    shared: &'a Arc<Shared>,
+    id: u64,
+    queued: bool,
+}
+
+impl Queued<'_> {
+    /// Takes the statement out of the queue; `false` when a connection already took it.
+    fn withdraw(&mut self) -> bool {
+        if !self.queued {
+            return false;
+        }
+        self.queued = false;
+        let mut state = self.shared.lock_state();
+        match state.jobs.iter().position(|j| j.id == self.id) {
+            Some(at) => {
+                state.jobs.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+impl State {
+    /// An idle connection that needs no check first (none broke since it last proved itself).
+    pub(super) fn take_proven(&mut self) -> Option<Slot> {
+        self.idle.retain(|slot| slot.health.is_alive());
+        let suspect = self.suspect_since;
+        let at = self
+            .idle
+            .iter()
+            .position(|slot| suspect.is_none_or(|since| slot.health.last_ok() >= since))?;
+        self.idle.remove(at)
+    }
+
+    /// Pairs idle connections with queued statements while no lease caller is waiting (those
+    /// are woken for idle connections instead). The caller dispatches the pairs after unlocking.
+    pub(super) fn pump(&mut self) -> Vec<(Slot, Job)> {
+        let mut ready = Vec::new();
+        while self.waiters == 0 && !self.jobs.is_empty() {
+            let Some(slot) = self.take_proven() else {
+                break;
+            };
+            if let Some(job) = self.jobs.pop_front() {
+                ready.push((slot, job));
+            }
+        }
+        ready
+    }
+}
+
+impl Shared {
+    /// Sends `job` to the actor behind `slot`, which hands the slot back when done. If the actor
+    /// is gone the job goes back to the front of the queue (and `false` is returned).
+    pub(crate) fn dispatch(&self, slot: Slot, job: Job) -> bool {
+        self.counters.acquired(job.queued_at.elapsed());
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let running = Running(self.running.clone());
+        let tx = slot.tx.clone();
+        if let Err(returned) = tx.send(Command::Job { job, slot, running }) {
+            if let Command::Job { job, .. } = returned.0 {
+                self.lock_state().jobs.push_front(job);
+            }
+            self.wake_supervisor.notify_one();
+            return false;
+        }
+        true
+    }
+
+    /// Dispatches queued statements to idle connections, if any can be paired.
+    pub(crate) fn pump(&self) {
+        let ready = self.lock_state().pump();
+        for (slot, job) in ready {
+            self.dispatch(slot, job);
+        }
+    }
+
+    /// No connection can be opened: queued statements fail with `cause` instead of waiting.
+    pub(crate) fn fail_queued(&self, cause: &str) {
+        let jobs: Vec<Job> = self.lock_state().jobs.drain(..).collect();
+        for job in jobs {
+            let _ = job.reply.send(Err(RunError::Unavailable(cause.to_owned())));
+        }
+    }
+}
