@@ -195,7 +195,7 @@ async fn main() {
                     throughput(a.seconds, move |_| {
                         let p = p.clone();
                         async move {
-                            p.execute("SELECT 1", &Params::None, Fetch::All)
+                            p.execute("SELECT 1", &Params::None, Fetch::One)
                                 .await
                                 .unwrap();
                         }
@@ -209,7 +209,7 @@ async fn main() {
                         async move {
                             let lease = p.acquire().await.unwrap();
                             lease
-                                .execute("SELECT 1", &Params::None, Fetch::All)
+                                .execute("SELECT 1", &Params::None, Fetch::One)
                                 .await
                                 .unwrap();
                         }

@@ -332,6 +332,54 @@ async fn fetch_modes_one_all_many() {
 }
 
 #[tokio::test]
+async fn fetch_one_gives_rows_affected_or_the_first_returned_row() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let t = unique("one");
+    let one = |sql: String, params: Params| {
+        let pool = pool.clone();
+        async move { run(&pool, &sql, params, Fetch::One).await.unwrap() }
+    };
+    one(format!("CREATE TABLE {t} (id INT, v TEXT)"), Params::None).await;
+    let insert = one(
+        format!("INSERT INTO {t} SELECT g, 'x' FROM generate_series(1, 3) AS g"),
+        Params::None,
+    )
+    .await;
+    assert_eq!(insert["result"]["data"], Value::Null);
+    assert_eq!(insert["result"]["row_count"], json!(3), "rows affected");
+    let update = one(
+        format!("UPDATE {t} SET v = :v WHERE id >= :from RETURNING id"),
+        named(json!({"v": "y", "from": 2})),
+    )
+    .await;
+    assert_eq!(update["result"]["row_count"], json!(1));
+    assert!(
+        [json!({"id": 2}), json!({"id": 3})].contains(&update["result"]["data"]),
+        "{update}"
+    );
+    let changed = one(
+        format!("SELECT count(*) AS n FROM {t} WHERE v = 'y'"),
+        Params::None,
+    )
+    .await;
+    assert_eq!(
+        changed["result"]["data"],
+        json!({"n": 2}),
+        "every row updated"
+    );
+    let none = one(format!("SELECT id FROM {t} WHERE id > 10"), Params::None).await;
+    assert_eq!(
+        (&none["result"]["data"], &none["result"]["row_count"]),
+        (&Value::Null, &json!(0))
+    );
+    one(format!("DROP TABLE {t}"), Params::None).await;
+    pool.close().await;
+}
+
+#[tokio::test]
 async fn syntax_and_constraint_errors_are_not_retried() {
     let Some(url) = TestDb::Postgres.url() else {
         return;
@@ -530,4 +578,170 @@ fn trellis_query_prints_the_node_output() {
         stderr.contains("no database named `nope` in embedded default; configured: main"),
         "{stderr}"
     );
+}
+
+/// `fetch_mode = "many"` makes the server produce only `fetch_size` rows: the side effect
+/// counted per produced row (a sequence, a user variable) stops at `fetch_size`.
+#[tokio::test]
+async fn fetch_many_never_produces_the_rest_on_postgres() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let seq = unique("many_seq");
+    let t = unique("many_t");
+    let lease = pool.acquire().await.unwrap();
+    let exec = |sql: String, params: Params, fetch: Fetch| {
+        let lease = &lease;
+        async move { lease.execute(&sql, &params, fetch).await }
+    };
+    exec(format!("CREATE SEQUENCE {seq}"), Params::None, Fetch::All)
+        .await
+        .unwrap();
+    exec(
+        format!("CREATE TABLE {t} (x INT)"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    let produced = format!("SELECT last_value FROM {seq}");
+    let last = |out: trellis_host::sql::Output| out.rows[0]["last_value"].clone();
+    let query = format!(
+        "SELECT g, nextval('{seq}') AS s FROM generate_series(1, :upto) AS g WHERE g > :above ORDER BY g"
+    );
+    let params = named(json!({"upto": 100000, "above": 10}));
+    // Outside a transaction.
+    let out = exec(query.clone(), params.clone(), Fetch::Many(3))
+        .await
+        .unwrap();
+    let gs: Vec<Value> = out.rows.iter().map(|r| r["g"].clone()).collect();
+    assert_eq!(gs, [json!(11), json!(12), json!(13)]);
+    assert_eq!(out.row_count, 3);
+    let n = last(
+        exec(produced.clone(), Params::None, Fetch::One)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(n, json!(3), "the server produced more rows than asked for");
+    // Inside the caller's transaction: the transaction stays the caller's.
+    exec("BEGIN".into(), Params::None, Fetch::All)
+        .await
+        .unwrap();
+    exec(
+        format!("INSERT INTO {t} VALUES (1)"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    let out = exec(query.clone(), params.clone(), Fetch::Many(2))
+        .await
+        .unwrap();
+    assert_eq!(out.rows.len(), 2);
+    let n = last(
+        exec(produced.clone(), Params::None, Fetch::One)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(n, json!(5));
+    let seen = exec(
+        format!("SELECT count(*) AS n FROM {t}"),
+        Params::None,
+        Fetch::One,
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen.rows[0]["n"], json!(1));
+    exec("ROLLBACK".into(), Params::None, Fetch::All)
+        .await
+        .unwrap();
+    let kept = exec(
+        format!("SELECT count(*) AS n FROM {t}"),
+        Params::None,
+        Fetch::One,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        kept.rows[0]["n"],
+        json!(0),
+        "fetch many committed the caller's transaction"
+    );
+    // What a cursor cannot run still runs: a data-modifying WITH, a bad column's own error.
+    exec(
+        format!("INSERT INTO {t} VALUES (1), (2), (3)"),
+        Params::None,
+        Fetch::All,
+    )
+    .await
+    .unwrap();
+    let deleted = exec(
+        format!("WITH d AS (DELETE FROM {t} RETURNING x) SELECT x FROM d ORDER BY x"),
+        Params::None,
+        Fetch::Many(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted.rows.len(), 2);
+    let err = exec(
+        format!("SELECT nope FROM {t}"),
+        Params::None,
+        Fetch::Many(2),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("42703"), "{err}");
+    let after = exec("SELECT 7 AS n".into(), Params::None, Fetch::Many(5))
+        .await
+        .unwrap();
+    assert_eq!(after.rows[0]["n"], json!(7));
+    exec(format!("DROP TABLE {t}"), Params::None, Fetch::All)
+        .await
+        .unwrap();
+    exec(format!("DROP SEQUENCE {seq}"), Params::None, Fetch::All)
+        .await
+        .unwrap();
+    drop(lease);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn fetch_many_never_produces_the_rest_on_mariadb() {
+    let Some(url) = TestDb::Mysql.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let lease = pool.acquire().await.unwrap();
+    lease
+        .execute("SET @n = 0", &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    let out = lease
+        .execute(
+            "SELECT seq, (@n := @n + 1) AS k FROM seq_1_to_100000 WHERE seq > :above",
+            &named(json!({"above": 10})),
+            Fetch::Many(3),
+        )
+        .await
+        .unwrap();
+    let seqs: Vec<Value> = out.rows.iter().map(|r| r["seq"].clone()).collect();
+    assert_eq!(seqs, [json!(11), json!(12), json!(13)]);
+    let n = lease
+        .execute("SELECT @n AS n", &Params::None, Fetch::One)
+        .await
+        .unwrap();
+    assert_eq!(
+        n.rows[0]["n"],
+        json!(3),
+        "the server produced more rows than asked for"
+    );
+    // The limit is for that statement only.
+    let all = lease
+        .execute("SELECT seq FROM seq_1_to_10", &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    assert_eq!(all.rows.len(), 10);
+    drop(lease);
+    pool.close().await;
 }

@@ -57,8 +57,17 @@ fn is_sqlite_busy(error: &sqlx::Error) -> bool {
 
 /// An open connection to PostgreSQL, MySQL/MariaDB or SQLite.
 pub(crate) enum DriverConnection {
-    Postgres(PgConnection),
-    Mysql(MySqlConnection),
+    Postgres {
+        conn: PgConnection,
+        /// A session statement (`BEGIN`, `SET`, …) ran since the last reset: a transaction
+        /// may be open.
+        touched: bool,
+    },
+    Mysql {
+        conn: MySqlConnection,
+        /// The server is MariaDB (it has `SET STATEMENT … FOR`).
+        mariadb: bool,
+    },
     Sqlite(SqliteConnection),
 }
 
@@ -116,7 +125,10 @@ impl DriverConnection {
                     if let Some(password) = password {
                         options = options.password(password.expose());
                     }
-                    DriverConnection::Postgres(options.connect().await?)
+                    DriverConnection::Postgres {
+                        conn: options.connect().await?,
+                        touched: false,
+                    }
                 }
                 DatabaseTarget::Server {
                     host,
@@ -135,7 +147,14 @@ impl DriverConnection {
                     if let Some(password) = password {
                         options = options.password(password.expose());
                     }
-                    DriverConnection::Mysql(options.connect().await?)
+                    let mut conn = options.connect().await?;
+                    let version: String = sqlx::query_scalar("SELECT VERSION()")
+                        .fetch_one(&mut conn)
+                        .await?;
+                    DriverConnection::Mysql {
+                        conn,
+                        mariadb: version.contains("MariaDB"),
+                    }
                 }
             })
         };
@@ -151,8 +170,20 @@ impl DriverConnection {
         fetch: Fetch,
     ) -> Result<Output, ExecError> {
         match self {
-            DriverConnection::Postgres(c) => exec::run_pg(c, stmt, fetch).await,
-            DriverConnection::Mysql(c) => exec::run_mysql(c, stmt, fetch).await,
+            DriverConnection::Postgres { conn, touched } => {
+                if stmt.touches_session {
+                    *touched = true;
+                }
+                if let Fetch::Many(n) = fetch
+                    && let Some(output) = exec::run_pg_many(conn, stmt, n, *touched).await?
+                {
+                    return Ok(output);
+                }
+                exec::run_pg(conn, stmt, fetch).await
+            }
+            DriverConnection::Mysql { conn, mariadb } => {
+                exec::run_mysql(conn, stmt, fetch, *mariadb).await
+            }
             DriverConnection::Sqlite(c) => exec::run_sqlite(c, stmt, fetch).await,
         }
     }
@@ -160,8 +191,8 @@ impl DriverConnection {
     /// A round trip to the server.
     pub(crate) async fn ping(&mut self) -> Result<(), sqlx::Error> {
         match self {
-            DriverConnection::Postgres(c) => c.ping().await,
-            DriverConnection::Mysql(c) => c.ping().await,
+            DriverConnection::Postgres { conn, .. } => conn.ping().await,
+            DriverConnection::Mysql { conn, .. } => conn.ping().await,
             DriverConnection::Sqlite(c) => c.ping().await,
         }
     }
@@ -173,11 +204,12 @@ impl DriverConnection {
     pub(crate) async fn reset(&mut self) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
         match self {
-            DriverConnection::Postgres(c) => {
-                c.execute(sqlx::raw_sql("ROLLBACK")).await?;
+            DriverConnection::Postgres { conn, touched } => {
+                conn.execute(sqlx::raw_sql("ROLLBACK")).await?;
+                *touched = false;
             }
-            DriverConnection::Mysql(c) => {
-                c.execute(sqlx::raw_sql("ROLLBACK; SET autocommit = 1"))
+            DriverConnection::Mysql { conn, .. } => {
+                conn.execute(sqlx::raw_sql("ROLLBACK; SET autocommit = 1"))
                     .await?;
             }
             DriverConnection::Sqlite(c) => {
@@ -196,8 +228,8 @@ impl DriverConnection {
     /// Closes the connection politely.
     pub(crate) async fn close(self) {
         let _ = match self {
-            DriverConnection::Postgres(c) => c.close().await,
-            DriverConnection::Mysql(c) => c.close().await,
+            DriverConnection::Postgres { conn, .. } => conn.close().await,
+            DriverConnection::Mysql { conn, .. } => conn.close().await,
             DriverConnection::Sqlite(c) => c.close().await,
         };
     }

@@ -53,7 +53,10 @@ pub enum Fetch {
     One,
     /// Every row.
     All,
-    /// The first `n` rows; the rest are never decoded.
+    /// The first `n` rows. The server produces only those for a query that reads rows: on
+    /// PostgreSQL through a cursor, on MariaDB with `sql_select_limit`, on SQLite by stepping no
+    /// further; elsewhere (MySQL, statements a cursor cannot run) the rest are read but never
+    /// decoded.
     Many(usize),
 }
 
@@ -111,36 +114,150 @@ pub async fn run_pg(
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
         return collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await;
     }
-    let mut query = sqlx::query::<Postgres>(sql);
-    if !stmt.args.is_empty() {
-        // Bind each value as the type PostgreSQL inferred for its placeholder. The prepared
-        // statement is cached per connection, so this costs a round trip once per statement.
-        let prepared = (&mut *conn)
-            .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
-            .await?;
-        let types: Vec<String> = match prepared.parameters() {
-            Some(Either::Left(types)) => types.iter().map(|t| t.name().to_owned()).collect(),
-            _ => Vec::new(),
-        };
-        for (i, value) in stmt.args.iter().enumerate() {
-            let ty = types.get(i).map_or("TEXT", String::as_str);
-            query = bind_pg(query, value, ty).map_err(|reason| ExecError::Bind {
-                position: i + 1,
-                ty: ty.to_owned(),
-                reason,
-            })?;
-        }
-    }
+    let query = bind_pg_args(conn, stmt, sqlx::query::<Postgres>(sql)).await?;
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = query.fetch_many(&mut *conn);
     collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await
 }
 
+/// Binds `stmt`'s arguments to `query`, each as the type PostgreSQL inferred for its placeholder
+/// in `stmt.sql`. The prepared statement is cached per connection, so this costs a round trip
+/// once per statement.
+async fn bind_pg_args<'q>(
+    conn: &mut PgConnection,
+    stmt: &Statement,
+    mut query: PgQuery<'q>,
+) -> Result<PgQuery<'q>, ExecError> {
+    if stmt.args.is_empty() {
+        return Ok(query);
+    }
+    let prepared = (&mut *conn)
+        .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
+        .await?;
+    let types: Vec<String> = match prepared.parameters() {
+        Some(Either::Left(types)) => types.iter().map(|t| t.name().to_owned()).collect(),
+        _ => Vec::new(),
+    };
+    for (i, value) in stmt.args.iter().enumerate() {
+        let ty = types.get(i).map_or("TEXT", String::as_str);
+        query = bind_pg(query, value, ty).map_err(|reason| ExecError::Bind {
+            position: i + 1,
+            ty: ty.to_owned(),
+            reason,
+        })?;
+    }
+    Ok(query)
+}
+
+/// The cursor `fetch_mode = "many"` reads from on PostgreSQL.
+const MANY_CURSOR: &str = "trellis_fetch_many";
+
+/// `fetch_mode = "many"` on PostgreSQL: the query runs behind a cursor and only `FETCH n` rows
+/// are produced and sent, however large the result would be. The cursor lives in a transaction
+/// of its own (committed, as autocommit would), or in a savepoint when the caller has a
+/// transaction open (`maybe_in_transaction`: a session statement ran on the connection; a
+/// `SAVEPOINT` tells). `None` when the statement cannot run behind a cursor (it does not read
+/// rows, several statements, a data-modifying `WITH`, n = 0, an aborted transaction): the caller
+/// runs it plainly and stops decoding after `n` rows.
+pub async fn run_pg_many(
+    conn: &mut PgConnection,
+    stmt: &Statement,
+    n: usize,
+    maybe_in_transaction: bool,
+) -> Result<Option<Output>, ExecError> {
+    if n == 0 || stmt.statements != 1 || stmt.touches_session || !reads_rows(&stmt.sql) {
+        return Ok(None);
+    }
+    let start = Instant::now();
+    let nested = if maybe_in_transaction {
+        match conn
+            .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                "SAVEPOINT {MANY_CURSOR}"
+            ))))
+            .await
+        {
+            Ok(_) => true,
+            // 25P01: no transaction is open.
+            Err(e) if super::error::sqlstate(&e).as_deref() == Some("25P01") => false,
+            Err(_) => return Ok(None),
+        }
+    } else {
+        false
+    };
+    if !nested {
+        conn.execute(sqlx::raw_sql("BEGIN")).await?;
+    }
+    let declare = format!("DECLARE {MANY_CURSOR} NO SCROLL CURSOR FOR {}", stmt.sql);
+    let declared = match bind_pg_args(
+        conn,
+        stmt,
+        sqlx::query::<Postgres>(AssertSqlSafe(declare)).persistent(false),
+    )
+    .await
+    {
+        Ok(query) => query.execute(&mut *conn).await.map_err(ExecError::from),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = declared {
+        let undo = if nested {
+            format!("ROLLBACK TO SAVEPOINT {MANY_CURSOR}; RELEASE SAVEPOINT {MANY_CURSOR}")
+        } else {
+            "ROLLBACK".to_owned()
+        };
+        conn.execute(sqlx::raw_sql(AssertSqlSafe(undo))).await?;
+        return match error {
+            // The plain run reports the statement's own errors.
+            ExecError::Database(_) => Ok(None),
+            other => Err(other),
+        };
+    }
+    let finish = if nested {
+        format!("CLOSE {MANY_CURSOR}; RELEASE SAVEPOINT {MANY_CURSOR}")
+    } else {
+        "COMMIT".to_owned()
+    };
+    let script = format!("FETCH {n} FROM {MANY_CURSOR}; {finish}");
+    let stream = sqlx::raw_sql(AssertSqlSafe(script)).fetch_many(&mut *conn);
+    let fetched = collect(stream, Fetch::All, start, |_| 0, pg_row).await;
+    if fetched.is_err() && !nested {
+        conn.execute(sqlx::raw_sql("ROLLBACK")).await?;
+    }
+    fetched.map(Some)
+}
+
+/// Whether `sql` is a query that reads rows (`SELECT`, `WITH`, `VALUES`, `TABLE`, possibly in
+/// parentheses, after any comments): what a cursor or a select limit applies to.
+fn reads_rows(sql: &str) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    matches!(word.as_str(), "select" | "with" | "values" | "table")
+}
+
 /// Runs `stmt` on MySQL or MariaDB.
+///
+/// `fetch_mode = "many"` on MariaDB runs a query that reads rows as
+/// `SET STATEMENT sql_select_limit = n FOR …`, so the server sends only `n` rows (an explicit
+/// `LIMIT` in the query still wins). MySQL has no `SET STATEMENT`: there the rows past `n` are
+/// read and dropped by the driver.
 pub async fn run_mysql(
     conn: &mut MySqlConnection,
     stmt: &Statement,
     fetch: Fetch,
+    mariadb: bool,
 ) -> Result<Output, ExecError> {
     let start = Instant::now();
     let sql = AssertSqlSafe(stmt.sql.clone());
@@ -148,6 +265,12 @@ pub async fn run_mysql(
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
         return collect(stream, fetch, start, |d| d.rows_affected(), mysql_row).await;
     }
+    let sql = match fetch {
+        Fetch::Many(n) if mariadb && reads_rows(&stmt.sql) => {
+            AssertSqlSafe(format!("SET STATEMENT sql_select_limit = {n} FOR {}", stmt.sql).into())
+        }
+        _ => sql,
+    };
     let mut query = sqlx::query::<MySql>(sql);
     for value in &stmt.args {
         query = bind_mysql(query, value);
@@ -697,6 +820,32 @@ fn sqlite_row(row: &SqliteRow) -> Result<Map<String, Value>, ExecError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn queries_that_read_rows_are_told_apart() {
+        for sql in [
+            "SELECT 1",
+            "  select * from t",
+            "-- report\nWITH x AS (SELECT 1) SELECT * FROM x",
+            "/* a */ /* b */ (SELECT 1) UNION (SELECT 2)",
+            "VALUES (1), (2)",
+            "TABLE t",
+        ] {
+            assert!(reads_rows(sql), "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t SELECT 1",
+            "UPDATE t SET x = 1 RETURNING x",
+            "DELETE FROM t",
+            "SHOW TABLES",
+            "selected",
+            "-- only a comment",
+            "/* unterminated",
+            "",
+        ] {
+            assert!(!reads_rows(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn conversions_report_what_is_wrong() {
