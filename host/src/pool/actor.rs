@@ -56,6 +56,8 @@ pub(crate) enum RunError {
     Timeout(Duration),
     /// No connection could be opened for a queued statement.
     Unavailable(String),
+    /// A queued statement waited `acquire_timeout` for a connection.
+    Expired,
 }
 
 /// Starts the actor for `conn`.
@@ -124,34 +126,42 @@ async fn run(
                 }
             }
             Command::Job { job, slot, running } => {
-                let (result, stop) = execute(
-                    &mut conn,
-                    &health,
-                    &shared,
-                    &job.stmt,
-                    job.fetch,
-                    job.timeout.or(command_timeout),
-                )
-                .await;
-                let _ = job.reply.send(result);
-                drop(running);
-                if let Some(reason) = stop {
-                    drop(slot);
-                    guard.reason = Some(reason);
-                    healthy = false;
-                    break;
+                // Run it, then the queued statements this connection takes on check-in, without
+                // going back through the channel.
+                let mut next = Some((job, slot, running));
+                let mut ended = None;
+                while let Some((job, slot, running)) = next.take() {
+                    let (result, stop) = execute(
+                        &mut conn,
+                        &health,
+                        &shared,
+                        &job.stmt,
+                        job.fetch,
+                        job.timeout.or(command_timeout),
+                    )
+                    .await;
+                    let _ = job.reply.send(result);
+                    drop(running);
+                    if let Some(reason) = stop {
+                        drop(slot);
+                        ended = Some(reason);
+                        break;
+                    }
+                    if job.stmt.touches_session || slot.session_dirty {
+                        if !reset_and_checkin(&mut conn, &shared, slot).await {
+                            ended = Some(CloseReason::Broken);
+                        }
+                    } else if let Some(shared) = shared.upgrade() {
+                        next = shared.checkin_or_next(slot).map(|(slot, job)| {
+                            let running = shared.start(&job);
+                            (job, slot, running)
+                        });
+                    } else {
+                        ended = Some(CloseReason::Broken);
+                    }
                 }
-                // Hand the connection back; a queued statement may come straight back to us.
-                let handed_back = if job.stmt.touches_session || slot.session_dirty {
-                    reset_and_checkin(&mut conn, &shared, slot).await
-                } else if let Some(shared) = shared.upgrade() {
-                    shared.checkin(slot);
-                    true
-                } else {
-                    false
-                };
-                if !handed_back {
-                    guard.reason = Some(CloseReason::Broken);
+                if let Some(reason) = ended {
+                    guard.reason = Some(reason);
                     healthy = false;
                     break;
                 }

@@ -92,6 +92,10 @@ impl Pool {
             match state.jobs.is_empty().then(|| state.take_proven()).flatten() {
                 Some(slot) => (vec![(slot, job)], false),
                 None => {
+                    if state.jobs.is_empty() {
+                        // The supervisor fails queued statements at their deadline.
+                        shared.wake_supervisor.notify_one();
+                    }
                     state.jobs.push_back(job);
                     let demand = state.waiters + state.jobs.len();
                     if state.open + state.opening < shared.config.max_connections
@@ -110,29 +114,20 @@ impl Pool {
             queued |= !shared.dispatch(slot, job);
         }
         let mut guard = Queued { shared, id, queued };
-        let answer = if queued {
-            let deadline = start + shared.config.acquire_timeout;
-            tokio::pin!(answer);
-            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
-                Ok(answer) => answer,
-                Err(_) if guard.withdraw() => {
-                    shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                    shared.counters.query_errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(PoolError::Exhausted {
-                        pool: shared.config.name.clone(),
-                        size: shared.config.max_connections,
-                        waited: start.elapsed(),
-                    });
-                }
-                // A connection took it just now: it runs to the end.
-                Err(_) => answer.await,
-            }
-        } else {
-            answer.await
-        };
+        // A queued statement is answered by a connection, or failed by the supervisor once it
+        // has waited `acquire_timeout` (one timer per pool, not one per statement).
+        let answer = answer.await;
         guard.queued = false;
         let error = match answer {
             Ok(Ok(output)) => return Ok(output),
+            Ok(Err(RunError::Expired)) => {
+                shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                PoolError::Exhausted {
+                    pool: shared.config.name.clone(),
+                    size: shared.config.max_connections,
+                    waited: start.elapsed(),
+                }
+            }
             Ok(Err(RunError::Unavailable(cause))) => shared.connect_error(cause),
             Ok(Err(error)) => query_error(error).into(),
             Err(_) if shared.closed.load(Ordering::Acquire) => PoolError::Closed {
@@ -208,9 +203,7 @@ impl Shared {
     /// Sends `job` to the actor behind `slot`, which hands the slot back when done. If the actor
     /// is gone the job goes back to the front of the queue (and `false` is returned).
     pub(crate) fn dispatch(&self, slot: Slot, job: Job) -> bool {
-        self.counters.acquired(job.queued_at.elapsed());
-        self.running.fetch_add(1, Ordering::Relaxed);
-        let running = Running(self.running.clone());
+        let running = self.start(&job);
         let tx = slot.tx.clone();
         if let Err(returned) = tx.send(Command::Job { job, slot, running }) {
             if let Command::Job { job, .. } = returned.0 {
@@ -222,12 +215,41 @@ impl Shared {
         true
     }
 
+    /// Counts `job` as acquired and running.
+    pub(crate) fn start(&self, job: &Job) -> Running {
+        self.counters.acquired(job.queued_at.elapsed());
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Running(self.running.clone())
+    }
+
     /// Dispatches queued statements to idle connections, if any can be paired.
     pub(crate) fn pump(&self) {
         let ready = self.lock_state().pump();
         for (slot, job) in ready {
             self.dispatch(slot, job);
         }
+    }
+
+    /// Fails the queued statements that have waited `acquire_timeout`; returns when the next
+    /// one will have (the queue is in arrival order, and every statement waits as long).
+    pub(crate) fn expire_queued(&self, now: Instant) -> Option<Instant> {
+        let timeout = self.config.acquire_timeout;
+        let mut expired = Vec::new();
+        let next = {
+            let mut state = self.lock_state();
+            while state
+                .jobs
+                .front()
+                .is_some_and(|job| now.saturating_duration_since(job.queued_at) >= timeout)
+            {
+                expired.extend(state.jobs.pop_front());
+            }
+            state.jobs.front().map(|job| job.queued_at + timeout)
+        };
+        for job in expired {
+            let _ = job.reply.send(Err(RunError::Expired));
+        }
+        next
     }
 
     /// No connection can be opened: queued statements fail with `cause` instead of waiting.

@@ -195,7 +195,7 @@ pub(crate) fn query_error(error: RunError) -> QueryError {
         }
         RunError::Timeout(limit) => QueryError::Timeout(limit),
         // Only queued statements are answered so; a lease always has its connection.
-        RunError::Unavailable(_) => QueryError::ConnectionGone,
+        RunError::Unavailable(_) | RunError::Expired => QueryError::ConnectionGone,
     }
 }
 

@@ -558,9 +558,18 @@ impl Shared {
 
     /// Takes a slot back from a lease or a reset: idle again, or closed if it is too old,
     /// unhealthy, dead, or the pool is closing.
-    pub(crate) fn checkin(&self, mut slot: Slot) {
+    pub(crate) fn checkin(&self, slot: Slot) {
+        if let Some((slot, job)) = self.checkin_or_next(slot) {
+            self.dispatch(slot, job);
+        }
+    }
+
+    /// Like [`Shared::checkin`], but when a queued statement should run on the slot, returns
+    /// the pair instead of sending it to the slot's actor (the actor checking its own slot in
+    /// runs it straight away).
+    pub(crate) fn checkin_or_next(&self, mut slot: Slot) -> Option<(Slot, job::Job)> {
         if !slot.health.is_alive() {
-            return;
+            return None;
         }
         let now = Instant::now();
         let reason = if self.closed.load(Ordering::Acquire) {
@@ -576,7 +585,7 @@ impl Shared {
             self.counters.closed(reason);
             drop(slot); // the actor closes the connection
             self.wake_supervisor.notify_one();
-            return;
+            return None;
         }
         slot.idle_since = now;
         let mut state = self.lock_state();
@@ -588,14 +597,13 @@ impl Shared {
             && let Some(job) = state.jobs.pop_front()
         {
             state.last_to_job = true;
-            drop(state);
-            self.dispatch(slot, job);
-            return;
+            return Some((slot, job));
         }
         state.last_to_job = false;
         state.idle.push_front(slot);
         drop(state);
         self.available.notify_one();
+        None
     }
 
     /// An actor ended: one connection fewer.

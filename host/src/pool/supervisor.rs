@@ -7,7 +7,8 @@
 //! idle connections not proven within `health_check_interval`, and every idle connection at once
 //! after any connection broke; and opens connections (in the background, with backoff after
 //! failures) up to `min_connections` or the pre-warm target. Actors that died are replaced by the
-//! same refill.
+//! same refill. It also fails statements queued by `Pool::execute` once they have waited
+//! `acquire_timeout`, waking at the oldest one's deadline.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ pub(crate) fn spawn(shared: Weak<Shared>) {
     drop(strong);
     tokio::spawn(async move {
         loop {
-            {
+            let next_expiry = {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
@@ -34,10 +35,13 @@ pub(crate) fn spawn(shared: Weak<Shared>) {
                     return;
                 }
                 run_once(&shared);
-            }
+                shared.expire_queued(Instant::now())
+            };
+            let until =
+                next_expiry.map_or(Instant::now() + tick, |at| at.min(Instant::now() + tick));
             tokio::select! {
                 () = wake.notified() => {}
-                () = tokio::time::sleep(tick) => {}
+                () = tokio::time::sleep_until(until.into()) => {}
             }
         }
     });

@@ -115,6 +115,16 @@ pub async fn run_pg(
         return collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await;
     }
     let query = bind_pg_args(conn, stmt, sqlx::query::<Postgres>(sql)).await?;
+    if matches!(fetch, Fetch::One) && is_select(&stmt.sql) {
+        // One row of a query that always returns a result set: the driver's single-row path,
+        // which skips the row stream (on a short query that stream costs as much as the rest
+        // of the call). Rows affected do not apply.
+        let rows = match query.fetch_optional(&mut *conn).await? {
+            Some(row) => vec![pg_row(&row)?],
+            None => Vec::new(),
+        };
+        return Ok(with_rows(rows, start));
+    }
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = query.fetch_many(&mut *conn);
     collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await
@@ -228,6 +238,23 @@ pub async fn run_pg_many(
 /// Whether `sql` is a query that reads rows (`SELECT`, `WITH`, `VALUES`, `TABLE`, possibly in
 /// parentheses, after any comments): what a cursor or a select limit applies to.
 fn reads_rows(sql: &str) -> bool {
+    let word = first_word(sql);
+    ["select", "with", "values", "table"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Whether `sql` is a `SELECT`, `VALUES` or `TABLE` query: one that always returns a result set
+/// (a `WITH` may end in a data-modifying statement without `RETURNING`).
+fn is_select(sql: &str) -> bool {
+    let word = first_word(sql);
+    ["select", "values", "table"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// The first keyword of `sql`, after comments and opening parentheses.
+fn first_word(sql: &str) -> &str {
     let mut rest = sql;
     loop {
         rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
@@ -239,12 +266,10 @@ fn reads_rows(sql: &str) -> bool {
             break;
         }
     }
-    let word: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    matches!(word.as_str(), "select" | "with" | "values" | "table")
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    &rest[..end]
 }
 
 /// Runs `stmt` on MySQL or MariaDB.
@@ -594,8 +619,8 @@ fn pg_row(row: &PgRow) -> Result<Map<String, Value>, ExecError> {
         let value = if raw.is_null() {
             Value::Null
         } else {
-            let ty = raw.type_info().name().to_owned();
-            pg_value(row, i, &ty).map_err(|e| match e {
+            let info = raw.type_info();
+            pg_value(row, i, info.name()).map_err(|e| match e {
                 ExecError::Unmapped { ty, .. } => ExecError::Unmapped {
                     column: column.name().to_owned(),
                     ty,
