@@ -1065,3 +1065,40 @@ async fn queued_statements_fail_fast_when_the_database_cannot_be_reached() {
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     pool.close().await;
 }
+
+#[tokio::test]
+async fn closing_the_pool_answers_queued_statements() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("exec-close");
+    let mut c = config(&name, &url);
+    c.max_connections = 1;
+    let pool = Pool::new(c);
+    let held = pool.acquire().await.unwrap();
+    let queued = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.execute("SELECT 1", &Params::None, Fetch::All).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(2), || pool.stats().acquisition.waiters
+            == 1)
+        .await
+    );
+    pool.close().await;
+    let err = tokio::time::timeout(Duration::from_secs(2), queued)
+        .await
+        .expect("a queued statement was left waiting")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, PoolError::Closed { pool: p } if *p == name),
+        "{err}"
+    );
+    let err = pool
+        .execute("SELECT 1", &Params::None, Fetch::All)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::Closed { .. }), "{err}");
+    drop(held);
+}

@@ -76,7 +76,6 @@ impl Pool {
                 pool: shared.config.name.clone(),
             });
         }
-        shared.counters.queries.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let job = Job {
             id: shared.next_job.fetch_add(1, Ordering::Relaxed),
@@ -89,6 +88,13 @@ impl Pool {
         let id = job.id;
         let (ready, queued) = {
             let mut state = shared.lock_state();
+            // Checked again under the lock: `close` drains the queue under it after setting
+            // the flag, so a statement queued now would never be answered.
+            if shared.closed.load(Ordering::Acquire) {
+                return Err(PoolError::Closed {
+                    pool: shared.config.name.clone(),
+                });
+            }
             match state.jobs.is_empty().then(|| state.take_proven()).flatten() {
                 Some(slot) => (vec![(slot, job)], false),
                 None => {
@@ -108,6 +114,7 @@ impl Pool {
                 }
             }
         };
+        shared.counters.queries.fetch_add(1, Ordering::Relaxed);
         let mut queued = queued;
         for (slot, job) in ready {
             // An actor that ended just now sends the job back to the queue.
