@@ -1102,3 +1102,44 @@ async fn closing_the_pool_answers_queued_statements() {
     assert!(matches!(err, PoolError::Closed { .. }), "{err}");
     drop(held);
 }
+
+#[tokio::test]
+async fn session_settings_and_roles_do_not_reach_the_next_caller_on_postgres() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let role = unique("role");
+    let mut c = config(&unique("reset"), &url);
+    c.max_connections = 1; // every caller gets the same connection
+    let pool = Pool::new(c);
+    sql(&pool, &format!("CREATE ROLE {role}")).await;
+    let check = "SELECT current_user AS who, current_setting('search_path') AS path, \
+                 current_setting('application_name') AS app";
+    let before = sql(&pool, check).await;
+    {
+        let lease = pool.acquire().await.unwrap();
+        for set in ["SET search_path = nowhere", &format!("SET ROLE {role}")] {
+            lease.execute(set, &Params::None, Fetch::All).await.unwrap();
+        }
+        let inside = lease
+            .execute(check, &Params::None, Fetch::All)
+            .await
+            .unwrap();
+        assert_eq!(inside.rows[0]["who"], json!(role));
+    }
+    assert_eq!(sql(&pool, check).await, before, "after a lease");
+    // The same through Pool::execute, one statement at a time.
+    pool.execute("SET search_path = nowhere", &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    pool.execute(&format!("SET ROLE {role}"), &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    let after = pool
+        .execute(check, &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    assert_eq!(after.rows, before, "after Pool::execute");
+    sql(&pool, &format!("DROP ROLE {role}")).await;
+    pool.close().await;
+}

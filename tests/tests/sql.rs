@@ -745,3 +745,110 @@ async fn fetch_many_never_produces_the_rest_on_mariadb() {
     drop(lease);
     pool.close().await;
 }
+
+/// Rows read through the cursor map like any other rows (binary, extension types included), a
+/// fetch size beyond what `FETCH` takes still works, and neither an error while fetching nor a
+/// success leaves a transaction, a cursor or a savepoint behind.
+#[tokio::test]
+async fn fetch_many_maps_every_type_and_leaves_nothing_open() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("many-open");
+    let mut c = PoolConfig::new(&name, parse_database_url(&url).unwrap());
+    c.min_connections = 1;
+    c.max_connections = 1;
+    let monitor = pool(&url);
+    let pool = Pool::new(c);
+    // What the server says of the pool's one connection, seen from another connection.
+    let state = || {
+        let (monitor, name) = (monitor.clone(), name.clone());
+        async move {
+            let out = run(
+                &monitor,
+                "SELECT state FROM pg_stat_activity WHERE application_name = :app",
+                named(json!({"app": format!("trellis/{name}")})),
+                Fetch::All,
+            )
+            .await
+            .unwrap();
+            out["result"]["data"].clone()
+        }
+    };
+    let idle = json!([{"state": "idle"}]);
+    let lease = pool.acquire().await.unwrap();
+    let run = |sql: &'static str, fetch: Fetch| {
+        let lease = &lease;
+        async move { lease.execute(sql, &Params::None, fetch).await }
+    };
+    let typed = "SELECT timestamptz '2024-05-01 09:30:00+00' AS at, '\\x0102'::bytea AS b, \
+                 '{\"k\": [1]}'::jsonb AS j, 12345.6789::numeric AS n, ARRAY[1, 2] AS a \
+                 FROM generate_series(1, 5)";
+    let all = run(typed, Fetch::All).await.unwrap();
+    let many = run(typed, Fetch::Many(2)).await.unwrap();
+    assert_eq!(many.rows, all.rows[..2].to_vec());
+    assert_eq!(
+        Value::Object(many.rows[0].clone()),
+        json!({"at": "2024-05-01T09:30:00Z", "b": "AQI=", "j": {"k": [1]}, "n": "12345.6789", "a": [1, 2]})
+    );
+    assert_eq!(state().await, idle);
+    // Larger than FETCH takes: read the plain way.
+    let huge = run(
+        "SELECT g FROM generate_series(1, 3) AS g",
+        Fetch::Many(usize::MAX),
+    )
+    .await
+    .unwrap();
+    assert_eq!(huge.rows.len(), 3);
+    // The query fails at the fourth row: three asked for, no error; five asked for, the error.
+    let failing = "SELECT 1 / (4 - g) AS x FROM generate_series(1, 10) AS g";
+    assert_eq!(run(failing, Fetch::Many(3)).await.unwrap().rows.len(), 3);
+    let err = run(failing, Fetch::Many(5)).await.unwrap_err();
+    assert!(err.to_string().contains("22012"), "{err}");
+    assert_eq!(state().await, idle);
+    // Inside the caller's transaction: no cursor left, and the transaction is still theirs.
+    run("BEGIN", Fetch::All).await.unwrap();
+    assert_eq!(run(typed, Fetch::Many(1)).await.unwrap().rows.len(), 1);
+    let cursors = "SELECT count(*) AS n FROM pg_cursors WHERE name = 'trellis_fetch_many'";
+    assert_eq!(
+        run(cursors, Fetch::One).await.unwrap().rows[0]["n"],
+        json!(0)
+    );
+    assert_eq!(state().await, json!([{"state": "idle in transaction"}]));
+    let err = run(failing, Fetch::Many(5)).await.unwrap_err();
+    assert!(err.to_string().contains("22012"), "{err}");
+    // As after any failed statement, the transaction is aborted until the caller ends it.
+    let aborted = run("SELECT 1", Fetch::All).await.unwrap_err();
+    assert!(aborted.to_string().contains("25P02"), "{aborted}");
+    run("ROLLBACK", Fetch::All).await.unwrap();
+    assert_eq!(state().await, idle);
+    drop(lease);
+    pool.close().await;
+    monitor.close().await;
+}
+
+#[tokio::test]
+async fn fetch_many_reads_pgvector_columns() {
+    let Some(url) = TestDb::PgVector.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let lease = pool.acquire().await.unwrap();
+    lease
+        .execute(
+            "CREATE EXTENSION IF NOT EXISTS vector",
+            &Params::None,
+            Fetch::All,
+        )
+        .await
+        .unwrap();
+    let q = "SELECT g, ARRAY[g, 0.5]::vector AS v FROM generate_series(1, 4) AS g";
+    let many = lease
+        .execute(q, &Params::None, Fetch::Many(2))
+        .await
+        .unwrap();
+    let vs: Vec<Value> = many.rows.iter().map(|r| r["v"].clone()).collect();
+    assert_eq!(vs, [json!([1.0, 0.5]), json!([2.0, 0.5])]);
+    drop(lease);
+    pool.close().await;
+}

@@ -140,8 +140,8 @@ async fn run(
                         job.timeout.or(command_timeout),
                     )
                     .await;
-                    let _ = job.reply.send(result);
                     drop(running);
+                    let _ = job.reply.send(result);
                     if let Some(reason) = stop {
                         drop(slot);
                         ended = Some(reason);

@@ -199,13 +199,18 @@ impl DriverConnection {
 
     /// Ends whatever transaction or session state a caller left behind.
     ///
-    /// PostgreSQL: `ROLLBACK` (a warning, not an error, outside a transaction). MySQL/MariaDB:
+    /// PostgreSQL: `ROLLBACK` (a warning, not an error, outside a transaction), then
+    /// `RESET ALL` and `RESET ROLE`, so a `SET search_path` or `SET ROLE` never reaches the next
+    /// caller. MySQL/MariaDB:
     /// `ROLLBACK` and `SET autocommit = 1`. SQLite: `ROLLBACK` only when a transaction is open.
     pub(crate) async fn reset(&mut self) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
         match self {
             DriverConnection::Postgres { conn, touched } => {
-                conn.execute(sqlx::raw_sql("ROLLBACK")).await?;
+                // `RESET ALL` returns every setting to its connect-time value (the startup
+                // parameters, `application_name` among them, stay); it leaves the role alone.
+                conn.execute(sqlx::raw_sql("ROLLBACK; RESET ALL; RESET ROLE"))
+                    .await?;
                 *touched = false;
             }
             DriverConnection::Mysql { conn, .. } => {

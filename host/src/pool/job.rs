@@ -95,7 +95,10 @@ impl Pool {
                     pool: shared.config.name.clone(),
                 });
             }
-            match state.jobs.is_empty().then(|| state.take_proven()).flatten() {
+            // The fast path only when nobody waits: not the queue, not a lease caller (who was
+            // woken for the idle connection this would take).
+            let free = state.jobs.is_empty() && state.waiters == 0;
+            match free.then(|| state.take_proven()).flatten() {
                 Some(slot) => (vec![(slot, job)], false),
                 None => {
                     if state.jobs.is_empty() {
@@ -214,7 +217,11 @@ impl Shared {
         let tx = slot.tx.clone();
         if let Err(returned) = tx.send(Command::Job { job, slot, running }) {
             if let Command::Job { job, .. } = returned.0 {
-                self.lock_state().jobs.push_front(job);
+                let mut state = self.lock_state();
+                // Once closed, nothing serves the queue: dropping the job tells its caller.
+                if !self.closed.load(Ordering::Acquire) {
+                    state.jobs.push_front(job);
+                }
             }
             self.wake_supervisor.notify_one();
             return false;
@@ -259,9 +266,9 @@ impl Shared {
         next
     }
 
-    /// No connection can be opened: queued statements fail with `cause` instead of waiting.
-    pub(crate) fn fail_queued(&self, cause: &str) {
-        let jobs: Vec<Job> = self.lock_state().jobs.drain(..).collect();
+    /// No connection can be opened: `jobs` (taken from the queue in the same critical section
+    /// that saw no connection open or opening) fail with `cause` instead of waiting.
+    pub(crate) fn fail_queued(jobs: Vec<Job>, cause: &str) {
         for job in jobs {
             let _ = job.reply.send(Err(RunError::Unavailable(cause.to_owned())));
         }

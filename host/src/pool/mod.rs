@@ -601,7 +601,12 @@ impl Shared {
         }
         state.last_to_job = false;
         state.idle.push_front(slot);
+        // An unproven connection serves no queued statement until the supervisor checks it.
+        let check_now = !proven && !state.jobs.is_empty();
         drop(state);
+        if check_now {
+            self.wake_supervisor.notify_one();
+        }
         self.available.notify_one();
         None
     }
@@ -700,15 +705,17 @@ impl Shared {
                 let cause = error.to_string();
                 tracing::warn!(pool = %self.config.name, target = %self.config.target, %cause, "cannot open a connection");
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                let none_left = {
+                let failed: Vec<job::Job> = {
                     let mut state = self.lock_state();
                     state.opening -= 1;
                     state.last_connect_error = Some((Instant::now(), cause.clone()));
-                    state.open == 0 && state.opening == 0
+                    if state.open == 0 && state.opening == 0 {
+                        state.jobs.drain(..).collect()
+                    } else {
+                        Vec::new()
+                    }
                 };
-                if none_left {
-                    self.fail_queued(&cause);
-                }
+                Self::fail_queued(failed, &cause);
                 self.available.notify_waiters();
             }
         }

@@ -115,9 +115,10 @@ pub async fn run_pg(
         return collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await;
     }
     let query = bind_pg_args(conn, stmt, sqlx::query::<Postgres>(sql)).await?;
-    if matches!(fetch, Fetch::One) && is_select(&stmt.sql) {
-        // One row of a query that always returns a result set: the driver's single-row path,
-        // which skips the row stream (on a short query that stream costs as much as the rest
+    if matches!(fetch, Fetch::One) && is_select(&stmt.sql) && !has_word(&stmt.sql, "into") {
+        // One row of a query that always returns a result set (`SELECT … INTO` creates a table
+        // instead): the driver's single-row path, which decodes only the first row and skips
+        // the wrapper stream `fetch_many` adds (on a short query that costs as much as the rest
         // of the call). Rows affected do not apply.
         let rows = match query.fetch_optional(&mut *conn).await? {
             Some(row) => vec![pg_row(&row)?],
@@ -167,15 +168,17 @@ const MANY_CURSOR: &str = "trellis_fetch_many";
 /// of its own (committed, as autocommit would), or in a savepoint when the caller has a
 /// transaction open (`maybe_in_transaction`: a session statement ran on the connection; a
 /// `SAVEPOINT` tells). `None` when the statement cannot run behind a cursor (it does not read
-/// rows, several statements, a data-modifying `WITH`, n = 0, an aborted transaction): the caller
-/// runs it plainly and stops decoding after `n` rows.
+/// rows, several statements, a data-modifying `WITH`, n = 0 or above `i32::MAX`, an aborted
+/// transaction): the caller runs it plainly and stops decoding after `n` rows.
 pub async fn run_pg_many(
     conn: &mut PgConnection,
     stmt: &Statement,
     n: usize,
     maybe_in_transaction: bool,
 ) -> Result<Option<Output>, ExecError> {
-    if n == 0 || stmt.statements != 1 || stmt.touches_session || !reads_rows(&stmt.sql) {
+    // `FETCH` takes a 32-bit count; a larger fetch size reads the plain way.
+    let fits = i32::try_from(n).is_ok_and(|n| n > 0);
+    if !fits || stmt.statements != 1 || stmt.touches_session || !reads_rows(&stmt.sql) {
         return Ok(None);
     }
     let start = Instant::now();
@@ -221,16 +224,37 @@ pub async fn run_pg_many(
             other => Err(other),
         };
     }
-    let finish = if nested {
-        format!("CLOSE {MANY_CURSOR}; RELEASE SAVEPOINT {MANY_CURSOR}")
-    } else {
-        "COMMIT".to_owned()
-    };
-    let script = format!("FETCH {n} FROM {MANY_CURSOR}; {finish}");
-    let stream = sqlx::raw_sql(AssertSqlSafe(script)).fetch_many(&mut *conn);
+    // The rows come through the extended protocol: binary, with every column type resolved
+    // (pgvector and the other extension types decode as in a plain run). Preparing the query
+    // itself (cached per connection) has the driver know its column types before `FETCH` is
+    // described: looking one up then would reuse the unnamed statement `FETCH` runs in.
+    if stmt.args.is_empty() {
+        (&mut *conn)
+            .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
+            .await?;
+    }
+    let fetch_sql = format!("FETCH {n} FROM {MANY_CURSOR}");
+    #[allow(deprecated)] // one statement: the deprecation is about several
+    let stream = sqlx::query::<Postgres>(AssertSqlSafe(fetch_sql))
+        .persistent(false)
+        .fetch_many(&mut *conn);
     let fetched = collect(stream, Fetch::All, start, |_| 0, pg_row).await;
-    if fetched.is_err() && !nested {
-        conn.execute(sqlx::raw_sql("ROLLBACK")).await?;
+    let finish = match (&fetched, nested) {
+        (Ok(_), false) => Some("COMMIT".to_owned()),
+        (Err(_), false) => Some("ROLLBACK".to_owned()),
+        (Ok(_), true) => Some(format!(
+            "CLOSE {MANY_CURSOR}; RELEASE SAVEPOINT {MANY_CURSOR}"
+        )),
+        // The server failed the query: the caller's transaction is aborted, as a plain failing
+        // statement leaves it (their rollback ends the savepoint and the cursor too).
+        (Err(ExecError::Database(_)), true) => None,
+        // A row that did not decode: leave nothing behind in the caller's transaction.
+        (Err(_), true) => Some(format!(
+            "ROLLBACK TO SAVEPOINT {MANY_CURSOR}; RELEASE SAVEPOINT {MANY_CURSOR}"
+        )),
+    };
+    if let Some(finish) = finish {
+        conn.execute(sqlx::raw_sql(AssertSqlSafe(finish))).await?;
     }
     fetched.map(Some)
 }
@@ -251,6 +275,22 @@ fn is_select(sql: &str) -> bool {
     ["select", "values", "table"]
         .iter()
         .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Whether `word` appears in `sql` as a whole word, in any case (literals and comments too: a
+/// false positive only costs the caller a faster path).
+fn has_word(sql: &str, word: &str) -> bool {
+    let b = sql.as_bytes();
+    let w = word.len();
+    (0..b.len().saturating_sub(w - 1)).any(|i| {
+        b[i..i + w].eq_ignore_ascii_case(word.as_bytes())
+            && (i == 0 || !is_word_byte(b[i - 1]))
+            && b.get(i + w).is_none_or(|&c| !is_word_byte(c))
+    })
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
 }
 
 /// The first keyword of `sql`, after comments and opening parentheses.
@@ -845,6 +885,17 @@ fn sqlite_row(row: &SqliteRow) -> Result<Map<String, Value>, ExecError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn whole_words_are_found_in_any_case() {
+        assert!(has_word("SELECT x INTO t FROM y", "into"));
+        assert!(has_word("select x\ninto t", "into"));
+        assert!(has_word("into", "into"));
+        assert!(!has_word("SELECT into_col FROM t", "into"));
+        assert!(!has_word("SELECT x FROM intox", "into"));
+        assert!(!has_word("SELECT 1", "into"));
+        assert!(!has_word("", "into"));
+    }
 
     #[test]
     fn queries_that_read_rows_are_told_apart() {
