@@ -150,34 +150,23 @@ impl Pool {
     }
 }
 
-/// Withdraws a queued statement however the caller stops waiting (a timeout, a dropped future).
+/// Withdraws a queued statement when its caller stops waiting (the future is dropped), so it
+/// never runs.
 struct Queued<'a> {
     shared: &'a Arc<Shared>,
     id: u64,
     queued: bool,
 }
 
-impl Queued<'_> {
-    /// Takes the statement out of the queue; `false` when a connection already took it.
-    fn withdraw(&mut self) -> bool {
-        if !self.queued {
-            return false;
-        }
-        self.queued = false;
-        let mut state = self.shared.lock_state();
-        match state.jobs.iter().position(|j| j.id == self.id) {
-            Some(at) => {
-                state.jobs.remove(at);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        self.withdraw();
+        if self.queued {
+            let mut state = self.shared.lock_state();
+            // Not found: a connection took it already, and runs it to the end.
+            if let Some(at) = state.jobs.iter().position(|j| j.id == self.id) {
+                state.jobs.remove(at);
+            }
+        }
     }
 }
 
