@@ -103,7 +103,7 @@ impl Pool {
                 None => {
                     if state.jobs.is_empty() {
                         // The supervisor fails queued statements at their deadline.
-                        shared.wake_supervisor.notify_one();
+                        shared.queue_armed.notify_one();
                     }
                     state.jobs.push_back(job);
                     let demand = state.waiters + state.jobs.len();

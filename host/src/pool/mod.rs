@@ -205,6 +205,8 @@ pub(crate) struct Shared {
     available: Notify,
     /// Woken when the supervisor has work: demand, a lost connection, a closed actor.
     wake_supervisor: Arc<Notify>,
+    /// Woken when a statement is queued into an empty queue: the supervisor arms its expiry.
+    queue_armed: Arc<Notify>,
     pub(crate) counters: Counters,
     /// Outstanding leases, for the reaper and the JSON API.
     leases: Mutex<HashMap<u64, Arc<LeaseCell>>>,
@@ -257,6 +259,7 @@ impl Pool {
             state: Mutex::new(State::default()),
             available: Notify::new(),
             wake_supervisor: Arc::new(Notify::new()),
+            queue_armed: Arc::new(Notify::new()),
             counters: Counters::new(),
             leases: Mutex::new(HashMap::new()),
             reclaimed_ids: Mutex::new(VecDeque::new()),

@@ -23,9 +23,12 @@ pub(crate) fn spawn(shared: Weak<Shared>) {
         return;
     };
     let wake = strong.wake_supervisor.clone();
+    let armed = strong.queue_armed.clone();
     let tick = tick_of(&strong);
     drop(strong);
     tokio::spawn(async move {
+        let mut sweep = true;
+        let mut next_sweep = Instant::now();
         loop {
             let next_expiry = {
                 let Some(shared) = shared.upgrade() else {
@@ -34,15 +37,19 @@ pub(crate) fn spawn(shared: Weak<Shared>) {
                 if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
                     return;
                 }
-                run_once(&shared);
+                if sweep || Instant::now() >= next_sweep {
+                    run_once(&shared);
+                    next_sweep = Instant::now() + tick;
+                }
                 shared.expire_queued(Instant::now())
             };
-            let until =
-                next_expiry.map_or(Instant::now() + tick, |at| at.min(Instant::now() + tick));
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep_until(until.into()) => {}
-            }
+            let until = next_expiry.map_or(next_sweep, |at| at.min(next_sweep));
+            // A statement queued into an empty queue only (re)arms the expiry timer.
+            sweep = tokio::select! {
+                () = wake.notified() => true,
+                () = armed.notified() => false,
+                () = tokio::time::sleep_until(until.into()) => false,
+            };
         }
     });
 }
