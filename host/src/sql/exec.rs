@@ -182,6 +182,15 @@ pub async fn run_pg_many(
         return Ok(None);
     }
     let start = Instant::now();
+    // Preparing the query itself (cached per connection; with arguments `bind_pg_args` does it)
+    // has the driver know its column types before `FETCH` is described: looking one up then
+    // would reuse the unnamed statement `FETCH` runs in. Done first, so that its failure leaves
+    // no transaction behind.
+    if stmt.args.is_empty() {
+        (&mut *conn)
+            .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
+            .await?;
+    }
     let nested = if maybe_in_transaction {
         match conn
             .execute(sqlx::raw_sql(AssertSqlSafe(format!(
@@ -225,14 +234,7 @@ pub async fn run_pg_many(
         };
     }
     // The rows come through the extended protocol: binary, with every column type resolved
-    // (pgvector and the other extension types decode as in a plain run). Preparing the query
-    // itself (cached per connection) has the driver know its column types before `FETCH` is
-    // described: looking one up then would reuse the unnamed statement `FETCH` runs in.
-    if stmt.args.is_empty() {
-        (&mut *conn)
-            .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
-            .await?;
-    }
+    // (pgvector and the other extension types decode as in a plain run).
     let fetch_sql = format!("FETCH {n} FROM {MANY_CURSOR}");
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = sqlx::query::<Postgres>(AssertSqlSafe(fetch_sql))
