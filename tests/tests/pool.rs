@@ -1143,3 +1143,50 @@ async fn session_settings_and_roles_do_not_reach_the_next_caller_on_postgres() {
     sql(&pool, &format!("DROP ROLE {role}")).await;
     pool.close().await;
 }
+
+/// Session locks (`pg_advisory_lock`, `GET_LOCK`) taken on a lease are released with it: the
+/// next caller of that pooled connection does not inherit them, and nobody else waits on them.
+async fn session_locks_are_released_with_the_lease(url: &str, take: &str, free: &str) {
+    let mut c = config(&unique("locks"), url);
+    c.max_connections = 1;
+    let pool = Pool::new(c);
+    let other = Pool::new(config(&unique("locks-other"), url));
+    let held = |pool: Pool| async move {
+        let out = sql(&pool, free).await;
+        out[0]["free"] != json!(true) && out[0]["free"] != json!(1)
+    };
+    {
+        let lease = pool.acquire().await.unwrap();
+        lease
+            .execute(take, &Params::None, Fetch::All)
+            .await
+            .unwrap();
+        assert!(held(other.clone()).await, "the lock was not taken");
+    }
+    assert!(!held(other.clone()).await, "the lock outlived its lease");
+    // Through Pool::execute the lock ends with the statement.
+    pool.execute(take, &Params::None, Fetch::All).await.unwrap();
+    assert!(
+        !held(other.clone()).await,
+        "the lock outlived its statement"
+    );
+    other.close().await;
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn session_locks_are_released_with_the_lease_on_postgres_and_mariadb() {
+    let key = fastrand::i64(1..i64::MAX);
+    if let Some(url) = TestDb::Postgres.url() {
+        let take = format!("SELECT pg_advisory_lock({key})");
+        // Free when another session can take it (and give it back at once).
+        let free =
+            format!("SELECT pg_try_advisory_lock({key}) AND pg_advisory_unlock({key}) AS free");
+        session_locks_are_released_with_the_lease(&url, &take, &free).await;
+    }
+    if let Some(url) = TestDb::Mysql.url() {
+        let take = format!("SELECT GET_LOCK('trellis-test-{key}', 1)");
+        let free = format!("SELECT IS_FREE_LOCK('trellis-test-{key}') AS free");
+        session_locks_are_released_with_the_lease(&url, &take, &free).await;
+    }
+}

@@ -201,21 +201,26 @@ impl DriverConnection {
     ///
     /// PostgreSQL: `ROLLBACK` (a warning, not an error, outside a transaction), then
     /// `RESET ALL` and `RESET ROLE`, so a `SET search_path` or `SET ROLE` never reaches the next
-    /// caller. MySQL/MariaDB:
-    /// `ROLLBACK` and `SET autocommit = 1`. SQLite: `ROLLBACK` only when a transaction is open.
+    /// caller, and `pg_advisory_unlock_all()` for session advisory locks. MySQL/MariaDB:
+    /// `ROLLBACK`, `SET autocommit = 1` and `RELEASE_ALL_LOCKS()` (`GET_LOCK` locks). SQLite:
+    /// `ROLLBACK` only when a transaction is open.
     pub(crate) async fn reset(&mut self) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
         match self {
             DriverConnection::Postgres { conn, touched } => {
                 // `RESET ALL` returns every setting to its connect-time value (the startup
                 // parameters, `application_name` among them, stay); it leaves the role alone.
-                conn.execute(sqlx::raw_sql("ROLLBACK; RESET ALL; RESET ROLE"))
-                    .await?;
+                conn.execute(sqlx::raw_sql(
+                    "ROLLBACK; RESET ALL; RESET ROLE; SELECT pg_advisory_unlock_all()",
+                ))
+                .await?;
                 *touched = false;
             }
             DriverConnection::Mysql { conn, .. } => {
-                conn.execute(sqlx::raw_sql("ROLLBACK; SET autocommit = 1"))
-                    .await?;
+                conn.execute(sqlx::raw_sql(
+                    "ROLLBACK; SET autocommit = 1; SELECT RELEASE_ALL_LOCKS()",
+                ))
+                .await?;
             }
             DriverConnection::Sqlite(c) => {
                 // `ROLLBACK` without a transaction is an error on SQLite: ask first.

@@ -238,6 +238,16 @@ struct Scan {
 
 const SESSION_KEYWORDS: &[&str] = &["BEGIN", "START", "SAVEPOINT", "SET", "XA", "LOCK", "CALL"];
 
+/// Functions that take a lock held by the session past the statement (and its transaction):
+/// a statement calling one is reset on release like `BEGIN`, which frees the locks.
+const SESSION_LOCK_FUNCTIONS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "get_lock",
+];
+
 fn is_name_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_'
 }
@@ -358,14 +368,10 @@ fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
             c if c.is_ascii_whitespace() || c == b'(' => i += 1,
             c if is_name_start(c) => {
                 let end = i + b[i..].iter().take_while(|c| is_name_char(**c)).count();
-                if statement_start {
-                    let word = &sql[i..end];
-                    if SESSION_KEYWORDS
-                        .iter()
-                        .any(|k| k.eq_ignore_ascii_case(word))
-                    {
-                        out.touches_session = true;
-                    }
+                let word = &sql[i..end];
+                let is = |list: &[&str]| list.iter().any(|k| k.eq_ignore_ascii_case(word));
+                if (statement_start && is(SESSION_KEYWORDS)) || is(SESSION_LOCK_FUNCTIONS) {
+                    out.touches_session = true;
                 }
                 if std::mem::take(&mut statement_start) {
                     out.statements += 1;
@@ -576,6 +582,9 @@ mod tests {
             "  SET autocommit = 0",
             "SAVEPOINT a",
             "/* x */ BEGIN",
+            "SELECT pg_advisory_lock(1)",
+            "select Pg_Try_Advisory_Lock_Shared(1) AS got",
+            "SELECT GET_LOCK('name', 1)",
         ] {
             assert!(
                 prepare(sql, &Params::None, MY).unwrap().touches_session,
@@ -588,6 +597,10 @@ mod tests {
             "DO $$ BEGIN PERFORM 1; END $$",
             "UPDATE t SET a = 1",
             "COMMIT",
+            "SELECT pg_advisory_unlock(1)",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT 'pg_advisory_lock(1)'",
+            "SELECT get_locks FROM t",
         ] {
             assert!(
                 !prepare(sql, &Params::None, PG).unwrap().touches_session,
