@@ -1163,9 +1163,13 @@ async fn session_locks_are_released_with_the_lease(url: &str, take: &str, free: 
             .unwrap();
         assert!(held(other.clone()).await, "the lock was not taken");
     }
+    // The reset runs on the connection's actor after the release: the pool's one connection
+    // is handed out again only once it is done.
+    drop(pool.acquire().await.unwrap());
     assert!(!held(other.clone()).await, "the lock outlived its lease");
     // Through Pool::execute the lock ends with the statement.
     pool.execute(take, &Params::None, Fetch::All).await.unwrap();
+    drop(pool.acquire().await.unwrap());
     assert!(
         !held(other.clone()).await,
         "the lock outlived its statement"
