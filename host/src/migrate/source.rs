@@ -130,6 +130,7 @@ pub(crate) fn script(sql: &str, kind: DatabaseKind) -> Statement {
         touches_session: true,
         // SQLite prepares a single statement; several go through `raw_sql`.
         statements,
+        shape: params::Shape::Other,
     }
 }
 

@@ -202,7 +202,8 @@ impl Shared {
     /// Sends `job` to the actor behind `slot`, which hands the slot back when done. If the actor
     /// is gone the job goes back to the front of the queue (and `false` is returned).
     pub(crate) fn dispatch(&self, slot: Slot, job: Job) -> bool {
-        let running = self.start(&job);
+        let waited = job.queued_at.elapsed();
+        let running = self.running();
         let tx = slot.tx.clone();
         if let Err(returned) = tx.send(Command::Job { job, slot, running }) {
             if let Command::Job { job, .. } = returned.0 {
@@ -215,12 +216,18 @@ impl Shared {
             self.wake_supervisor.notify_one();
             return false;
         }
+        self.counters.acquired(waited);
         true
     }
 
     /// Counts `job` as acquired and running.
     pub(crate) fn start(&self, job: &Job) -> Running {
         self.counters.acquired(job.queued_at.elapsed());
+        self.running()
+    }
+
+    /// A token counting one more statement as running.
+    fn running(&self) -> Running {
         self.running.fetch_add(1, Ordering::Relaxed);
         Running(self.running.clone())
     }

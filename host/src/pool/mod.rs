@@ -5,15 +5,16 @@
 //! that may have left a transaction open is rolled back by its actor before the connection is
 //! reused. [`Pool::execute`] runs a single statement without a lease: it waits in the pool's
 //! queue, and an actor that finishes a statement takes the next queued one straight away (see
-//! [`job`]), so a busy pool never idles a connection between statements. The supervisor ([`supervisor`]) keeps between `min_connections` and
-//! `max_connections` open, opens new ones in the background when demand rises (callers only ever
-//! wait on the pool), health-checks idle connections, recycles old or unhealthy ones, replaces
-//! actors that died, reclaims leases held past `lease_timeout`, and pre-warms for known
-//! workloads.
+//! [`job`]), so a busy pool never idles a connection between statements. The supervisor
+//! ([`supervisor`]) keeps between `min_connections` and `max_connections` open, opens new ones
+//! in the background when demand rises (callers only ever wait on the pool), health-checks idle
+//! connections, recycles old or unhealthy ones, replaces actors that died, reclaims leases held
+//! past `lease_timeout`, and pre-warms for known workloads.
 //!
-//! Guarantees: `acquire` and `execute` never wait past `acquire_timeout` ([`PoolError::Exhausted`] names the
-//! pool, its size and the wait); at most `max_connections` connections are ever open; no lease
-//! sees another's transaction, also when acquires, statements or `BEGIN`s are cancelled.
+//! Guarantees: `acquire` and `execute` never wait past `acquire_timeout`
+//! ([`PoolError::Exhausted`] names the pool, its size and the wait); at most `max_connections`
+//! connections are ever open; no lease sees another's transaction, also when acquires,
+//! statements or `BEGIN`s are cancelled.
 //!
 //! [`ops`] is the Kailash JSON operation API over the same pool; [`manager`] keeps pools per
 //! tenant and database.

@@ -44,7 +44,7 @@ use sqlx::{
     AssertSqlSafe, Column, Either, Executor, Row, SqlSafeStr, Statement as _, TypeInfo, ValueRef,
 };
 
-use super::params::Statement;
+use super::params::{Shape, Statement};
 
 /// How many rows to return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,7 @@ pub async fn run_pg(
         return collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await;
     }
     let query = bind_pg_args(conn, stmt, sqlx::query::<Postgres>(sql)).await?;
-    if matches!(fetch, Fetch::One) && is_select(&stmt.sql) && !has_word(&stmt.sql, "into") {
+    if matches!(fetch, Fetch::One) && stmt.shape == Shape::Query {
         // One row of a query that always returns a result set (`SELECT … INTO` creates a table
         // instead): the driver's single-row path, which decodes only the first row and skips
         // the wrapper stream `fetch_many` adds (on a short query that costs as much as the rest
@@ -178,7 +178,7 @@ pub async fn run_pg_many(
 ) -> Result<Option<Output>, ExecError> {
     // `FETCH` takes a 32-bit count; a larger fetch size reads the plain way.
     let fits = i32::try_from(n).is_ok_and(|n| n > 0);
-    if !fits || stmt.statements != 1 || stmt.touches_session || !reads_rows(&stmt.sql) {
+    if !fits || stmt.statements != 1 || stmt.touches_session || !stmt.shape.reads_rows() {
         return Ok(None);
     }
     let start = Instant::now();
@@ -261,59 +261,6 @@ pub async fn run_pg_many(
     fetched.map(Some)
 }
 
-/// Whether `sql` is a query that reads rows (`SELECT`, `WITH`, `VALUES`, `TABLE`, possibly in
-/// parentheses, after any comments): what a cursor or a select limit applies to.
-fn reads_rows(sql: &str) -> bool {
-    let word = first_word(sql);
-    ["select", "with", "values", "table"]
-        .iter()
-        .any(|k| word.eq_ignore_ascii_case(k))
-}
-
-/// Whether `sql` is a `SELECT`, `VALUES` or `TABLE` query: one that always returns a result set
-/// (a `WITH` may end in a data-modifying statement without `RETURNING`).
-fn is_select(sql: &str) -> bool {
-    let word = first_word(sql);
-    ["select", "values", "table"]
-        .iter()
-        .any(|k| word.eq_ignore_ascii_case(k))
-}
-
-/// Whether `word` appears in `sql` as a whole word, in any case (literals and comments too: a
-/// false positive only costs the caller a faster path).
-fn has_word(sql: &str, word: &str) -> bool {
-    let b = sql.as_bytes();
-    let w = word.len();
-    (0..b.len().saturating_sub(w - 1)).any(|i| {
-        b[i..i + w].eq_ignore_ascii_case(word.as_bytes())
-            && (i == 0 || !is_word_byte(b[i - 1]))
-            && b.get(i + w).is_none_or(|&c| !is_word_byte(c))
-    })
-}
-
-fn is_word_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
-}
-
-/// The first keyword of `sql`, after comments and opening parentheses.
-fn first_word(sql: &str) -> &str {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
-        } else {
-            break;
-        }
-    }
-    let end = rest
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    &rest[..end]
-}
-
 /// Runs `stmt` on MySQL or MariaDB.
 ///
 /// `fetch_mode = "many"` on MariaDB runs a query that reads rows as
@@ -333,7 +280,7 @@ pub async fn run_mysql(
         return collect(stream, fetch, start, |d| d.rows_affected(), mysql_row).await;
     }
     let sql = match fetch {
-        Fetch::Many(n) if mariadb && reads_rows(&stmt.sql) => {
+        Fetch::Many(n) if mariadb && stmt.shape.reads_rows() => {
             AssertSqlSafe(format!("SET STATEMENT sql_select_limit = {n} FOR {}", stmt.sql).into())
         }
         _ => sql,
@@ -887,43 +834,6 @@ fn sqlite_row(row: &SqliteRow) -> Result<Map<String, Value>, ExecError> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn whole_words_are_found_in_any_case() {
-        assert!(has_word("SELECT x INTO t FROM y", "into"));
-        assert!(has_word("select x\ninto t", "into"));
-        assert!(has_word("into", "into"));
-        assert!(!has_word("SELECT into_col FROM t", "into"));
-        assert!(!has_word("SELECT x FROM intox", "into"));
-        assert!(!has_word("SELECT 1", "into"));
-        assert!(!has_word("", "into"));
-    }
-
-    #[test]
-    fn queries_that_read_rows_are_told_apart() {
-        for sql in [
-            "SELECT 1",
-            "  select * from t",
-            "-- report\nWITH x AS (SELECT 1) SELECT * FROM x",
-            "/* a */ /* b */ (SELECT 1) UNION (SELECT 2)",
-            "VALUES (1), (2)",
-            "TABLE t",
-        ] {
-            assert!(reads_rows(sql), "{sql}");
-        }
-        for sql in [
-            "INSERT INTO t SELECT 1",
-            "UPDATE t SET x = 1 RETURNING x",
-            "DELETE FROM t",
-            "SHOW TABLES",
-            "selected",
-            "-- only a comment",
-            "/* unterminated",
-            "",
-        ] {
-            assert!(!reads_rows(sql), "{sql}");
-        }
-    }
 
     #[test]
     fn conversions_report_what_is_wrong() {

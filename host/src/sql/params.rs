@@ -63,6 +63,28 @@ pub struct Statement {
     pub touches_session: bool,
     /// How many statements the SQL holds (`SELECT 1; SELECT 2` holds two).
     pub statements: usize,
+    /// What the (first) statement is, by its first keyword.
+    pub shape: Shape,
+}
+
+/// What a statement is, as far as running it needs to know (read off its first keyword by the
+/// tokenizer, after comments and opening parentheses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// `SELECT` (not `SELECT … INTO`), `VALUES`, `TABLE`: always returns a result set.
+    Query,
+    /// `WITH …`: reads rows, but may end in a data-modifying statement without `RETURNING`.
+    With,
+    /// Anything else.
+    #[default]
+    Other,
+}
+
+impl Shape {
+    /// A query that reads rows: what a cursor or a select limit applies to.
+    pub fn reads_rows(self) -> bool {
+        matches!(self, Shape::Query | Shape::With)
+    }
 }
 
 /// A problem with a statement's parameters.
@@ -170,6 +192,7 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
                 args,
                 touches_session: scan.touches_session,
                 statements: scan.statements,
+                shape: scan.shape(sql),
             })
         }
         Params::Named(values) => match values.keys().next() {
@@ -179,6 +202,7 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
                 args: Vec::new(),
                 touches_session: scan.touches_session,
                 statements: scan.statements,
+                shape: scan.shape(sql),
             }),
         },
         _ if has_named => {
@@ -201,6 +225,7 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
                 args: values.clone(),
                 touches_session: scan.touches_session,
                 statements: scan.statements,
+                shape: scan.shape(sql),
             })
         }
         Params::None => {
@@ -215,6 +240,7 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
                 args: Vec::new(),
                 touches_session: scan.touches_session,
                 statements: scan.statements,
+                shape: scan.shape(sql),
             })
         }
     }
@@ -234,6 +260,27 @@ struct Scan {
     positional: usize,
     touches_session: bool,
     statements: usize,
+    /// The first word of the first statement.
+    first_word: Option<Token>,
+    /// The word `INTO` appears outside literals and comments.
+    into: bool,
+}
+
+impl Scan {
+    fn shape(&self, sql: &str) -> Shape {
+        let Some(word) = self.first_word else {
+            return Shape::Other;
+        };
+        let word = &sql[word.start..word.end];
+        let is = |k: &str| word.eq_ignore_ascii_case(k);
+        if is("WITH") {
+            Shape::With
+        } else if (is("SELECT") && !self.into) || is("VALUES") || is("TABLE") {
+            Shape::Query
+        } else {
+            Shape::Other
+        }
+    }
 }
 
 const SESSION_KEYWORDS: &[&str] = &["BEGIN", "START", "SAVEPOINT", "SET", "XA", "LOCK", "CALL"];
@@ -373,6 +420,10 @@ fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
                 if (statement_start && is(SESSION_KEYWORDS)) || is(SESSION_LOCK_FUNCTIONS) {
                     out.touches_session = true;
                 }
+                if statement_start && out.statements == 0 {
+                    out.first_word = Some(Token { start: i, end });
+                }
+                out.into |= word.eq_ignore_ascii_case("INTO");
                 if std::mem::take(&mut statement_start) {
                     out.statements += 1;
                 }
@@ -570,6 +621,38 @@ mod tests {
         ));
         assert!(prepare("SELECT $x$ abc", &Params::None, PG).is_err());
         assert!(prepare("SELECT /* abc", &Params::None, MY).is_err());
+    }
+
+    #[test]
+    fn statements_are_told_apart_by_their_first_keyword() {
+        let shape = |sql: &str| prepare(sql, &Params::None, PG).unwrap().shape;
+        for sql in [
+            "SELECT 1",
+            "  select * from t",
+            "/* a */ /* b */ (SELECT 1) UNION (SELECT 2)",
+            "-- report\nVALUES (1), (2)",
+            "TABLE t",
+            "SELECT 'INTO' AS word",
+            "SELECT into_col FROM t",
+        ] {
+            assert_eq!(shape(sql), Shape::Query, "{sql}");
+        }
+        assert_eq!(shape("WITH x AS (SELECT 1) SELECT * FROM x"), Shape::With);
+        for sql in [
+            "SELECT x INTO t FROM y",
+            "select x\ninto t",
+            "INSERT INTO t SELECT 1",
+            "UPDATE t SET x = 1 RETURNING x",
+            "SHOW TABLES",
+            "selected",
+            "-- only a comment",
+            "",
+            "'literal'",
+        ] {
+            assert_eq!(shape(sql), Shape::Other, "{sql}");
+        }
+        assert!(Shape::With.reads_rows() && Shape::Query.reads_rows());
+        assert!(!Shape::Other.reads_rows());
     }
 
     #[test]

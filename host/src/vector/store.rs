@@ -52,7 +52,7 @@ use super::{TableName, VectorError, in_range};
 use crate::config::DatabaseKind;
 use crate::pool::{Lease, Pool};
 use crate::sql::exec::{Fetch, Output};
-use crate::sql::params::Statement;
+use crate::sql::params::{Shape, Statement};
 
 /// The largest dimension pgvector's `vector` type holds.
 pub const MAX_DIMENSION: u64 = 16_000;
@@ -308,6 +308,7 @@ fn stmt(sql: String, args: Vec<Value>) -> Statement {
         args,
         touches_session: false,
         statements: 1,
+        shape: Shape::Other,
     }
 }
 
@@ -318,6 +319,7 @@ fn script(sql: String) -> Statement {
         args: Vec::new(),
         touches_session: true,
         statements,
+        shape: Shape::Other,
     }
 }
 
