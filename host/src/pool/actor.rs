@@ -8,7 +8,7 @@
 //! supervisor can replace it.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -109,13 +109,14 @@ async fn run(
                 timeout,
                 reply,
             } => {
-                let (result, stop) = execute(
+                let (result, stop, _) = execute(
                     &mut conn,
                     &health,
                     &shared,
                     &stmt,
                     fetch,
                     timeout.or(command_timeout),
+                    Instant::now(),
                 )
                 .await;
                 let _ = reply.send(result);
@@ -130,16 +131,20 @@ async fn run(
                 // going back through the channel.
                 let mut next = Some((job, slot, running));
                 let mut ended = None;
+                // One clock reading per statement: when it ended is when the next one starts.
+                let mut started = Instant::now();
                 while let Some((job, slot, running)) = next.take() {
-                    let (result, stop) = execute(
+                    let (result, stop, ended_at) = execute(
                         &mut conn,
                         &health,
                         &shared,
                         &job.stmt,
                         job.fetch,
                         job.timeout.or(command_timeout),
+                        started,
                     )
                     .await;
+                    started = ended_at;
                     drop(running);
                     let _ = job.reply.send(result);
                     if let Some(reason) = stop {
@@ -152,8 +157,8 @@ async fn run(
                             ended = Some(CloseReason::Broken);
                         }
                     } else if let Some(shared) = shared.upgrade() {
-                        next = shared.checkin_or_next(slot).map(|(slot, job)| {
-                            let running = shared.start(&job);
+                        next = shared.checkin_or_next(slot, started).map(|(slot, job)| {
+                            let running = shared.start(&job, started);
                             (job, slot, running)
                         });
                     } else {
@@ -195,8 +200,8 @@ async fn run(
     }
 }
 
-/// Runs one statement under its time limit. Returns the reply and, when the connection cannot
-/// be used any more, why the actor must end.
+/// Runs one statement, which started at `started`, under its time limit. Returns the reply,
+/// why the actor must end when the connection cannot be used any more, and when it ended.
 async fn execute(
     conn: &mut DriverConnection,
     health: &ConnHealth,
@@ -204,25 +209,33 @@ async fn execute(
     stmt: &Statement,
     fetch: Fetch,
     limit: Option<Duration>,
-) -> (Result<Output, RunError>, Option<CloseReason>) {
+    started: Instant,
+) -> (Result<Output, RunError>, Option<CloseReason>, Instant) {
     let result = match limit {
         Some(limit) => match tokio::time::timeout(limit, conn.run(stmt, fetch)).await {
             Ok(result) => result,
             Err(_) => {
                 // The protocol state is unknown after an abandoned statement.
-                health.query_done(false);
-                return (Err(RunError::Timeout(limit)), Some(CloseReason::Timeout));
+                let now = Instant::now();
+                health.query_done(false, now);
+                return (
+                    Err(RunError::Timeout(limit)),
+                    Some(CloseReason::Timeout),
+                    now,
+                );
             }
         },
         None => conn.run(stmt, fetch).await,
     };
+    let now = Instant::now();
     match result {
-        Ok(output) => {
-            health.query_done(true);
-            (Ok(output), None)
+        Ok(mut output) => {
+            health.query_done(true, now);
+            output.elapsed = now.saturating_duration_since(started);
+            (Ok(output), None, now)
         }
         Err(error) => {
-            health.query_done(false);
+            health.query_done(false, now);
             let broken = is_connection_error(&error);
             if broken && let Some(shared) = shared.upgrade() {
                 shared.connection_lost();
@@ -230,6 +243,7 @@ async fn execute(
             (
                 Err(RunError::Exec { error, broken }),
                 broken.then_some(CloseReason::Broken),
+                now,
             )
         }
     }

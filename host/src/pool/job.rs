@@ -220,9 +220,10 @@ impl Shared {
         true
     }
 
-    /// Counts `job` as acquired and running.
-    pub(crate) fn start(&self, job: &Job) -> Running {
-        self.counters.acquired(job.queued_at.elapsed());
+    /// Counts `job` as acquired (at `now`) and running.
+    pub(crate) fn start(&self, job: &Job, now: Instant) -> Running {
+        self.counters
+            .acquired(now.saturating_duration_since(job.queued_at));
         self.running()
     }
 

@@ -563,19 +563,18 @@ impl Shared {
     /// Takes a slot back from a lease or a reset: idle again, or closed if it is too old,
     /// unhealthy, dead, or the pool is closing.
     pub(crate) fn checkin(&self, slot: Slot) {
-        if let Some((slot, job)) = self.checkin_or_next(slot) {
+        if let Some((slot, job)) = self.checkin_or_next(slot, Instant::now()) {
             self.dispatch(slot, job);
         }
     }
 
     /// Like [`Shared::checkin`], but when a queued statement should run on the slot, returns
     /// the pair instead of sending it to the slot's actor (the actor checking its own slot in
-    /// runs it straight away).
-    pub(crate) fn checkin_or_next(&self, mut slot: Slot) -> Option<(Slot, job::Job)> {
+    /// runs it straight away). `now` is the time of the check-in (the caller has read the clock).
+    pub(crate) fn checkin_or_next(&self, mut slot: Slot, now: Instant) -> Option<(Slot, job::Job)> {
         if !slot.health.is_alive() {
             return None;
         }
-        let now = Instant::now();
         let reason = if self.closed.load(Ordering::Acquire) {
             Some(CloseReason::Shutdown)
         } else if now >= slot.retire_at {

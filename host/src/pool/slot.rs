@@ -56,10 +56,11 @@ impl ConnHealth {
             });
     }
 
-    pub(crate) fn query_done(&self, ok: bool) {
+    /// A statement ended at `now`.
+    pub(crate) fn query_done(&self, ok: bool, now: Instant) {
         self.queries.fetch_add(1, Ordering::Relaxed);
         if ok {
-            self.proved_ok();
+            self.proved_ok(now);
         } else {
             self.query_errors.fetch_add(1, Ordering::Relaxed);
             self.adjust(HEALTH_QUERY_FAILED);
@@ -71,14 +72,15 @@ impl ConnHealth {
         if ok {
             self.checks_passed.fetch_add(1, Ordering::Relaxed);
             self.adjust(HEALTH_CHECK_PASSED);
-            self.proved_ok();
+            self.proved_ok(Instant::now());
         } else {
             self.adjust(HEALTH_CHECK_FAILED);
         }
     }
 
-    fn proved_ok(&self) {
-        let nanos = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    fn proved_ok(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.created);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
         self.last_ok.store(nanos, Ordering::Relaxed);
     }
 

@@ -31,8 +31,6 @@
 //! MySQL and SQLite convert on their own: values bind as their JSON kind (objects and arrays as
 //! JSON text).
 
-use std::time::Instant;
-
 use base64::Engine as _;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Number, Value};
@@ -69,7 +67,8 @@ pub struct Output {
     pub row_count: u64,
     /// Whether the statement returns rows at all.
     pub returns_rows: bool,
-    /// Time spent on the server round trips, for stats.
+    /// Time the connection spent on the statement (set by the pool's connection actor, which
+    /// reads the clock once per statement for this, the health record and the next wait).
     pub elapsed: std::time::Duration,
 }
 
@@ -107,12 +106,11 @@ pub async fn run_pg(
     stmt: &Statement,
     fetch: Fetch,
 ) -> Result<Output, ExecError> {
-    let start = Instant::now();
     let sql = AssertSqlSafe(stmt.sql.clone());
     if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
         // Session statements and scripts go through the simple protocol.
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
-        return collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await;
+        return collect(stream, fetch, |d| d.rows_affected(), pg_row).await;
     }
     let query = bind_pg_args(conn, stmt, sqlx::query::<Postgres>(sql)).await?;
     if matches!(fetch, Fetch::One) && stmt.shape == Shape::Query {
@@ -124,11 +122,11 @@ pub async fn run_pg(
             Some(row) => vec![pg_row(&row)?],
             None => Vec::new(),
         };
-        return Ok(with_rows(rows, start));
+        return Ok(with_rows(rows));
     }
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = query.fetch_many(&mut *conn);
-    collect(stream, fetch, start, |d| d.rows_affected(), pg_row).await
+    collect(stream, fetch, |d| d.rows_affected(), pg_row).await
 }
 
 /// Binds `stmt`'s arguments to `query`, each as the type PostgreSQL inferred for its placeholder
@@ -181,7 +179,6 @@ pub async fn run_pg_many(
     if !fits || stmt.statements != 1 || stmt.touches_session || !stmt.shape.reads_rows() {
         return Ok(None);
     }
-    let start = Instant::now();
     // Preparing the query itself (cached per connection; with arguments `bind_pg_args` does it)
     // has the driver know its column types before `FETCH` is described: looking one up then
     // would reuse the unnamed statement `FETCH` runs in. Done first, so that its failure leaves
@@ -240,7 +237,7 @@ pub async fn run_pg_many(
     let stream = sqlx::query::<Postgres>(AssertSqlSafe(fetch_sql))
         .persistent(false)
         .fetch_many(&mut *conn);
-    let fetched = collect(stream, Fetch::All, start, |_| 0, pg_row).await;
+    let fetched = collect(stream, Fetch::All, |_| 0, pg_row).await;
     let finish = match (&fetched, nested) {
         (Ok(_), false) => Some("COMMIT".to_owned()),
         (Err(_), false) => Some("ROLLBACK".to_owned()),
@@ -273,11 +270,10 @@ pub async fn run_mysql(
     fetch: Fetch,
     mariadb: bool,
 ) -> Result<Output, ExecError> {
-    let start = Instant::now();
     let sql = AssertSqlSafe(stmt.sql.clone());
     if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
-        return collect(stream, fetch, start, |d| d.rows_affected(), mysql_row).await;
+        return collect(stream, fetch, |d| d.rows_affected(), mysql_row).await;
     }
     let sql = match fetch {
         Fetch::Many(n) if mariadb && stmt.shape.reads_rows() => {
@@ -291,7 +287,7 @@ pub async fn run_mysql(
     }
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = query.fetch_many(&mut *conn);
-    collect(stream, fetch, start, |d| d.rows_affected(), mysql_row).await
+    collect(stream, fetch, |d| d.rows_affected(), mysql_row).await
 }
 
 /// Runs `stmt` on SQLite.
@@ -300,11 +296,10 @@ pub async fn run_sqlite(
     stmt: &Statement,
     fetch: Fetch,
 ) -> Result<Output, ExecError> {
-    let start = Instant::now();
     let sql = AssertSqlSafe(stmt.sql.clone());
     if stmt.args.is_empty() && stmt.statements > 1 {
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
-        return collect(stream, fetch, start, |d| d.rows_affected(), sqlite_row).await;
+        return collect(stream, fetch, |d| d.rows_affected(), sqlite_row).await;
     }
     let mut query = sqlx::query::<Sqlite>(sql);
     for value in &stmt.args {
@@ -312,7 +307,7 @@ pub async fn run_sqlite(
     }
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = query.fetch_many(&mut *conn);
-    collect(stream, fetch, start, |d| d.rows_affected(), sqlite_row).await
+    collect(stream, fetch, |d| d.rows_affected(), sqlite_row).await
 }
 
 /// Drains a `fetch_many` stream into an [`Output`]: rows (up to the fetch limit, then it stops
@@ -320,7 +315,6 @@ pub async fn run_sqlite(
 async fn collect<R, D>(
     mut stream: futures_util::stream::BoxStream<'_, Result<Either<D, R>, sqlx::Error>>,
     fetch: Fetch,
-    start: Instant,
     affected_of: fn(&D) -> u64,
     map: fn(&R) -> Result<Map<String, Value>, ExecError>,
 ) -> Result<Output, ExecError> {
@@ -342,9 +336,9 @@ async fn collect<R, D>(
     }
     drop(stream);
     Ok(if returns_rows {
-        with_rows(rows, start)
+        with_rows(rows)
     } else {
-        no_rows(fetch, affected, start)
+        no_rows(affected)
     })
 }
 
@@ -356,21 +350,21 @@ fn limit_of(fetch: Fetch) -> usize {
     }
 }
 
-fn with_rows(rows: Vec<Map<String, Value>>, start: Instant) -> Output {
+fn with_rows(rows: Vec<Map<String, Value>>) -> Output {
     Output {
         row_count: rows.len() as u64,
         rows,
         returns_rows: true,
-        elapsed: start.elapsed(),
+        elapsed: std::time::Duration::ZERO,
     }
 }
 
-fn no_rows(_fetch: Fetch, affected: u64, start: Instant) -> Output {
+fn no_rows(affected: u64) -> Output {
     Output {
         rows: Vec::new(),
         row_count: affected,
         returns_rows: false,
-        elapsed: start.elapsed(),
+        elapsed: std::time::Duration::ZERO,
     }
 }
 

@@ -14,6 +14,11 @@
 //! `BEGIN`, `START`, `SAVEPOINT`, `SET`, `XA`, `LOCK` or `CALL`): the pool then resets the
 //! connection before anyone else gets it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::config::DatabaseKind;
@@ -56,7 +61,7 @@ impl Params {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
     /// The SQL with the dialect's placeholders (shared: a statement run again is not copied).
-    pub sql: std::sync::Arc<str>,
+    pub sql: Arc<str>,
     /// The values, in the order the placeholders bind them.
     pub args: Vec<Value>,
     /// Whether the statement may leave a transaction or session setting open.
@@ -138,29 +143,58 @@ pub enum ParamError {
 }
 
 /// Translates `sql` with `params` for `dialect`.
+///
+/// The translation depends only on the text and the dialect, so it is kept per thread (a
+/// statement run again is not tokenized again); the parameters are checked against it on every
+/// call.
 pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Statement, ParamError> {
-    let scan = scan(sql, dialect)?;
-    let has_named = !scan.named.is_empty();
-    match params {
-        Params::Named(values) if has_named => {
+    TEMPLATES
+        .with(|cache| cache.borrow_mut().get(sql, dialect))?
+        .bind(params)
+}
+
+/// What the tokenizer found in one statement's text: its translation for one dialect, without
+/// the values.
+#[derive(Debug)]
+struct Template {
+    /// The text as given.
+    sql: Arc<str>,
+    /// With `:name` tokens replaced by the dialect's placeholders (when there are any).
+    translated: Option<Arc<str>>,
+    /// The name bound to each placeholder of `translated`, in order (PostgreSQL: each name once,
+    /// numbered by first use; MySQL and SQLite: once per token).
+    binds: Vec<Box<str>>,
+    /// Every distinct name, in order of first use.
+    names: Vec<Box<str>>,
+    /// `$n` (PostgreSQL: the highest n) or `?` (others: the count).
+    positional: usize,
+    touches_session: bool,
+    statements: usize,
+    shape: Shape,
+}
+
+impl Template {
+    fn parse(sql: &str, dialect: DatabaseKind) -> Result<Template, ParamError> {
+        let scan = scan(sql, dialect)?;
+        let mut names: Vec<Box<str>> = Vec::new();
+        let mut binds = Vec::new();
+        let translated = (!scan.named.is_empty()).then(|| {
             let mut out = String::with_capacity(sql.len() + 8);
-            let mut args = Vec::new();
-            let mut numbers: Vec<&str> = Vec::new();
             let mut last = 0;
             for token in &scan.named {
                 let name = &sql[token.start + 1..token.end];
-                let value = values.get(name).ok_or_else(|| ParamError::Missing {
-                    name: name.to_owned(),
-                })?;
                 out.push_str(&sql[last..token.start]);
+                let known = names.iter().position(|n| &**n == name);
+                if known.is_none() {
+                    names.push(name.into());
+                }
                 match dialect {
                     DatabaseKind::Postgres => {
-                        let n = match numbers.iter().position(|n| *n == name) {
+                        let n = match known {
                             Some(i) => i + 1,
                             None => {
-                                numbers.push(name);
-                                args.push(value.clone());
-                                numbers.len()
+                                binds.push(name.into());
+                                names.len()
                             }
                         };
                         out.push('$');
@@ -168,81 +202,124 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
                     }
                     DatabaseKind::Mysql | DatabaseKind::Sqlite => {
                         out.push('?');
-                        args.push(value.clone());
+                        binds.push(name.into());
                     }
                 }
                 last = token.end;
             }
             out.push_str(&sql[last..]);
-            if let Some(unused) = values.keys().find(|k| {
-                !scan
-                    .named
-                    .iter()
-                    .any(|t| &sql[t.start + 1..t.end] == k.as_str())
-            }) {
-                return Err(ParamError::Unused {
-                    name: unused.clone(),
-                });
+            Arc::from(out)
+        });
+        Ok(Template {
+            sql: Arc::from(sql),
+            translated,
+            binds,
+            names,
+            positional: scan.positional,
+            touches_session: scan.touches_session,
+            statements: scan.statements,
+            shape: scan.shape(sql),
+        })
+    }
+
+    /// The statement with `params` bound, or what is wrong with them.
+    fn bind(&self, params: &Params) -> Result<Statement, ParamError> {
+        let statement = |sql: &Arc<str>, args| Statement {
+            sql: sql.clone(),
+            args,
+            touches_session: self.touches_session,
+            statements: self.statements,
+            shape: self.shape,
+        };
+        match (params, &self.translated) {
+            (Params::Named(values), Some(translated)) => {
+                let mut args = Vec::with_capacity(self.binds.len());
+                for name in &self.binds {
+                    let value = values.get(&**name).ok_or_else(|| ParamError::Missing {
+                        name: name.to_string(),
+                    })?;
+                    args.push(value.clone());
+                }
+                if let Some(unused) = values
+                    .keys()
+                    .find(|k| !self.names.iter().any(|n| **n == ***k))
+                {
+                    return Err(ParamError::Unused {
+                        name: unused.clone(),
+                    });
+                }
+                if self.positional > 0 {
+                    return Err(ParamError::Mixed);
+                }
+                Ok(statement(translated, args))
             }
-            if scan.positional > 0 {
-                return Err(ParamError::Mixed);
+            (Params::Named(values), None) => match values.keys().next() {
+                Some(name) => Err(ParamError::Unused { name: name.clone() }),
+                None => Ok(statement(&self.sql, Vec::new())),
+            },
+            (_, Some(_)) => {
+                let name = self.names[0].to_string();
+                if params.is_empty() {
+                    Err(ParamError::NoParams { name })
+                } else {
+                    Err(ParamError::Missing { name })
+                }
             }
-            Ok(Statement {
-                sql: out.into(),
-                args,
-                touches_session: scan.touches_session,
-                statements: scan.statements,
-                shape: scan.shape(sql),
-            })
+            (Params::Positional(values), None) => {
+                if self.positional != values.len() {
+                    return Err(ParamError::Count {
+                        placeholders: self.positional,
+                        given: values.len(),
+                    });
+                }
+                Ok(statement(&self.sql, values.clone()))
+            }
+            (Params::None, None) => {
+                if self.positional > 0 {
+                    return Err(ParamError::Count {
+                        placeholders: self.positional,
+                        given: 0,
+                    });
+                }
+                Ok(statement(&self.sql, Vec::new()))
+            }
         }
-        Params::Named(values) => match values.keys().next() {
-            Some(name) => Err(ParamError::Unused { name: name.clone() }),
-            None => Ok(Statement {
-                sql: sql.into(),
-                args: Vec::new(),
-                touches_session: scan.touches_session,
-                statements: scan.statements,
-                shape: scan.shape(sql),
-            }),
-        },
-        _ if has_named => {
-            let name = sql[scan.named[0].start + 1..scan.named[0].end].to_owned();
-            if params.is_empty() {
-                Err(ParamError::NoParams { name })
-            } else {
-                Err(ParamError::Missing { name })
-            }
+    }
+}
+
+/// Statements longer than this are tokenized on every call instead of kept.
+const TEMPLATE_MAX_SQL: usize = 16 * 1024;
+/// Translations kept per thread and dialect; the set starts over when it is full.
+const TEMPLATE_MAX_ENTRIES: usize = 256;
+
+thread_local! {
+    static TEMPLATES: RefCell<Templates> = RefCell::new(Templates::default());
+}
+
+/// The translations one thread has made, by dialect and text.
+#[derive(Default)]
+struct Templates {
+    by_dialect: [HashMap<Box<str>, Rc<Template>, foldhash::fast::RandomState>; 3],
+}
+
+impl Templates {
+    fn get(&mut self, sql: &str, dialect: DatabaseKind) -> Result<Rc<Template>, ParamError> {
+        let map = &mut self.by_dialect[match dialect {
+            DatabaseKind::Postgres => 0,
+            DatabaseKind::Mysql => 1,
+            DatabaseKind::Sqlite => 2,
+        }];
+        if let Some(template) = map.get(sql) {
+            return Ok(template.clone());
         }
-        Params::Positional(values) => {
-            if scan.positional != values.len() {
-                return Err(ParamError::Count {
-                    placeholders: scan.positional,
-                    given: values.len(),
-                });
+        let template = Rc::new(Template::parse(sql, dialect)?);
+        if sql.len() <= TEMPLATE_MAX_SQL {
+            if map.len() >= TEMPLATE_MAX_ENTRIES {
+                map.clear();
             }
-            Ok(Statement {
-                sql: sql.into(),
-                args: values.clone(),
-                touches_session: scan.touches_session,
-                statements: scan.statements,
-                shape: scan.shape(sql),
-            })
+            map.insert(sql.into(), template.clone());
         }
-        Params::None => {
-            if scan.positional > 0 {
-                return Err(ParamError::Count {
-                    placeholders: scan.positional,
-                    given: 0,
-                });
-            }
-            Ok(Statement {
-                sql: sql.into(),
-                args: Vec::new(),
-                touches_session: scan.touches_session,
-                statements: scan.statements,
-                shape: scan.shape(sql),
-            })
-        }
+        Ok(template)
     }
 }
 
@@ -530,6 +607,67 @@ mod tests {
     const PG: DatabaseKind = DatabaseKind::Postgres;
     const MY: DatabaseKind = DatabaseKind::Mysql;
     const LITE: DatabaseKind = DatabaseKind::Sqlite;
+
+    #[test]
+    fn a_kept_translation_checks_each_call_s_parameters_again() {
+        let sql = "SELECT :a, :b, :a WHERE x = :b";
+        // Same text, three dialects: each its own translation.
+        let pg = prepare(sql, &named(json!({"a": 1, "b": 2})), PG).unwrap();
+        assert_eq!(&*pg.sql, "SELECT $1, $2, $1 WHERE x = $2");
+        assert_eq!(pg.args, vec![json!(1), json!(2)]);
+        let my = prepare(sql, &named(json!({"a": 1, "b": 2})), MY).unwrap();
+        assert_eq!(&*my.sql, "SELECT ?, ?, ? WHERE x = ?");
+        assert_eq!(my.args, vec![json!(1), json!(2), json!(1), json!(2)]);
+        // Kept now: new values bind, and wrong ones are still refused, naming the parameter.
+        let again = prepare(sql, &named(json!({"b": "y", "a": "x"})), PG).unwrap();
+        assert_eq!(again.args, vec![json!("x"), json!("y")]);
+        assert!(
+            Arc::ptr_eq(&pg.sql, &again.sql),
+            "the translation is shared"
+        );
+        assert_eq!(
+            prepare(sql, &named(json!({"a": 1})), PG),
+            Err(ParamError::Missing { name: "b".into() })
+        );
+        assert_eq!(
+            prepare(sql, &named(json!({"a": 1, "b": 2, "c": 3})), PG),
+            Err(ParamError::Unused { name: "c".into() })
+        );
+        assert_eq!(
+            prepare(sql, &Params::None, PG),
+            Err(ParamError::NoParams { name: "a".into() })
+        );
+        assert_eq!(
+            prepare("SELECT $1", &Params::None, PG),
+            Err(ParamError::Count {
+                placeholders: 1,
+                given: 0
+            })
+        );
+        let one = prepare("SELECT $1", &Params::Positional(vec![json!(5)]), PG).unwrap();
+        assert_eq!(one.args, vec![json!(5)]);
+        // Text that does not tokenize is refused every time, never kept.
+        for _ in 0..2 {
+            assert!(matches!(
+                prepare("SELECT 'open", &Params::None, PG),
+                Err(ParamError::Unterminated { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn the_kept_translations_stay_bounded() {
+        for i in 0..(TEMPLATE_MAX_ENTRIES * 2 + 7) {
+            let sql = format!("SELECT {i}");
+            assert_eq!(&*prepare(&sql, &Params::None, LITE).unwrap().sql, sql);
+        }
+        let kept = TEMPLATES.with(|t| t.borrow().by_dialect[2].len());
+        assert!(kept <= TEMPLATE_MAX_ENTRIES, "{kept} kept");
+        // Too long to keep: translated, not kept.
+        let long = format!("SELECT '{}'", "x".repeat(TEMPLATE_MAX_SQL));
+        prepare(&long, &Params::None, LITE).unwrap();
+        assert!(TEMPLATES.with(|t| !t.borrow().by_dialect[2].contains_key(long.as_str())));
+    }
 
     #[test]
     fn id_never_touches_id_type() {
