@@ -157,15 +157,13 @@ pub fn prepare(sql: &str, params: &Params, dialect: DatabaseKind) -> Result<Stat
 /// the values.
 #[derive(Debug)]
 struct Template {
-    /// The text as given.
+    /// The text to run: `:name` tokens replaced by the dialect's placeholders, if it has any.
     sql: Arc<str>,
-    /// With `:name` tokens replaced by the dialect's placeholders (when there are any).
-    translated: Option<Arc<str>>,
-    /// The name bound to each placeholder of `translated`, in order (PostgreSQL: each name once,
-    /// numbered by first use; MySQL and SQLite: once per token).
-    binds: Vec<Box<str>>,
-    /// Every distinct name, in order of first use.
+    /// Every distinct `:name`, in order of first use (empty: the text has none).
     names: Vec<Box<str>>,
+    /// The name (an index into `names`) each placeholder of `sql` binds, in order (PostgreSQL:
+    /// each name once, numbered by first use; MySQL and SQLite: once per token).
+    binds: Vec<usize>,
     /// `$n` (PostgreSQL: the highest n) or `?` (others: the count).
     positional: usize,
     touches_session: bool,
@@ -185,24 +183,21 @@ impl Template {
                 let name = &sql[token.start + 1..token.end];
                 out.push_str(&sql[last..token.start]);
                 let known = names.iter().position(|n| &**n == name);
-                if known.is_none() {
+                let index = known.unwrap_or_else(|| {
                     names.push(name.into());
-                }
+                    names.len() - 1
+                });
                 match dialect {
                     DatabaseKind::Postgres => {
-                        let n = match known {
-                            Some(i) => i + 1,
-                            None => {
-                                binds.push(name.into());
-                                names.len()
-                            }
-                        };
+                        if known.is_none() {
+                            binds.push(index);
+                        }
                         out.push('$');
-                        out.push_str(&n.to_string());
+                        out.push_str(&(index + 1).to_string());
                     }
                     DatabaseKind::Mysql | DatabaseKind::Sqlite => {
                         out.push('?');
-                        binds.push(name.into());
+                        binds.push(index);
                     }
                 }
                 last = token.end;
@@ -211,10 +206,9 @@ impl Template {
             Arc::from(out)
         });
         Ok(Template {
-            sql: Arc::from(sql),
-            translated,
-            binds,
+            sql: translated.unwrap_or_else(|| Arc::from(sql)),
             names,
+            binds,
             positional: scan.positional,
             touches_session: scan.touches_session,
             statements: scan.statements,
@@ -224,17 +218,19 @@ impl Template {
 
     /// The statement with `params` bound, or what is wrong with them.
     fn bind(&self, params: &Params) -> Result<Statement, ParamError> {
-        let statement = |sql: &Arc<str>, args| Statement {
-            sql: sql.clone(),
+        let statement = |args| Statement {
+            sql: self.sql.clone(),
             args,
             touches_session: self.touches_session,
             statements: self.statements,
             shape: self.shape,
         };
-        match (params, &self.translated) {
-            (Params::Named(values), Some(translated)) => {
+        let has_named = !self.names.is_empty();
+        match params {
+            Params::Named(values) if has_named => {
                 let mut args = Vec::with_capacity(self.binds.len());
-                for name in &self.binds {
+                for &index in &self.binds {
+                    let name = &self.names[index];
                     let value = values.get(&**name).ok_or_else(|| ParamError::Missing {
                         name: name.to_string(),
                     })?;
@@ -251,13 +247,13 @@ impl Template {
                 if self.positional > 0 {
                     return Err(ParamError::Mixed);
                 }
-                Ok(statement(translated, args))
+                Ok(statement(args))
             }
-            (Params::Named(values), None) => match values.keys().next() {
+            Params::Named(values) => match values.keys().next() {
                 Some(name) => Err(ParamError::Unused { name: name.clone() }),
-                None => Ok(statement(&self.sql, Vec::new())),
+                None => Ok(statement(Vec::new())),
             },
-            (_, Some(_)) => {
+            _ if has_named => {
                 let name = self.names[0].to_string();
                 if params.is_empty() {
                     Err(ParamError::NoParams { name })
@@ -265,23 +261,23 @@ impl Template {
                     Err(ParamError::Missing { name })
                 }
             }
-            (Params::Positional(values), None) => {
+            Params::Positional(values) => {
                 if self.positional != values.len() {
                     return Err(ParamError::Count {
                         placeholders: self.positional,
                         given: values.len(),
                     });
                 }
-                Ok(statement(&self.sql, values.clone()))
+                Ok(statement(values.clone()))
             }
-            (Params::None, None) => {
+            Params::None => {
                 if self.positional > 0 {
                     return Err(ParamError::Count {
                         placeholders: self.positional,
                         given: 0,
                     });
                 }
-                Ok(statement(&self.sql, Vec::new()))
+                Ok(statement(Vec::new()))
             }
         }
     }
@@ -653,6 +649,7 @@ mod tests {
                 Err(ParamError::Unterminated { .. })
             ));
         }
+        assert!(TEMPLATES.with(|t| !t.borrow().by_dialect[0].contains_key("SELECT 'open")));
     }
 
     #[test]
