@@ -1194,3 +1194,181 @@ async fn session_locks_are_released_with_the_lease_on_postgres_and_mariadb() {
         session_locks_are_released_with_the_lease(&url, &take, &free).await;
     }
 }
+
+/// Session state a caller leaves behind never reaches the next caller: the statements in
+/// `leave` run on a lease (where `present` shows their state is there), then `check` gives the
+/// same answer as before they ran, on the next lease and after each of them runs through
+/// `Pool::execute`. `reused`: the connection is reset and kept (PostgreSQL), or closed because no
+/// reset can undo what was left (MySQL/MariaDB user variables and settings, SQLite pragmas).
+async fn session_state_stays_with_its_caller(
+    url: &str,
+    leave: &[String],
+    present: &str,
+    check: &str,
+    reused: bool,
+) {
+    let mut c = config(&unique("state"), url);
+    c.min_connections = 1;
+    c.max_connections = 1; // every caller gets the same connection unless it is closed
+    let pool = Pool::new(c);
+    let before = sql(&pool, check).await;
+    let first_connection;
+    {
+        let lease = pool.acquire().await.unwrap();
+        first_connection = lease.connection();
+        for statement in leave {
+            lease
+                .execute(statement, &Params::None, Fetch::All)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        let inside = lease
+            .execute(present, &Params::None, Fetch::One)
+            .await
+            .unwrap();
+        let shown = &inside.rows[0]["present"];
+        assert!(shown == &json!(true) || shown == &json!(1), "{inside:?}");
+    }
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(lease.connection() == first_connection, reused);
+    let after = lease
+        .execute(check, &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    assert_eq!(after.rows, before, "after a lease");
+    drop(lease);
+    for statement in leave {
+        pool.execute(statement, &Params::None, Fetch::All)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        let after = pool
+            .execute(check, &Params::None, Fetch::All)
+            .await
+            .unwrap();
+        assert_eq!(after.rows, before, "after Pool::execute({statement})");
+    }
+    let closed = pool.stats().connections.closed["session"];
+    if reused {
+        assert_eq!(closed, 0);
+    } else {
+        assert!(
+            closed > leave.len() as u64,
+            "closed for session state: {closed}"
+        );
+    }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn listen_prepare_cursors_temp_tables_and_authorization_are_reset_on_postgres() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let (table, role) = (unique("tmp"), unique("auth"));
+    let admin = Pool::new(config(&unique("state-admin"), &url));
+    sql(&admin, &format!("CREATE ROLE {role}")).await;
+    let leave = [
+        "LISTEN trellis_test".to_owned(),
+        "PREPARE trellis_q AS SELECT 1".to_owned(),
+        format!("CREATE TEMP TABLE {table} (a int)"),
+        "DECLARE trellis_c CURSOR WITH HOLD FOR SELECT 1".to_owned(),
+        format!("SET SESSION AUTHORIZATION {role}"),
+    ];
+    let present = format!(
+        "SELECT (SELECT count(*) FROM pg_listening_channels()) = 1 \
+         AND (SELECT count(*) FROM pg_prepared_statements WHERE from_sql) = 1 \
+         AND (SELECT count(*) FROM pg_cursors WHERE name <> '') = 1 \
+         AND to_regclass('pg_temp.{table}') IS NOT NULL AND session_user = '{role}' AS present"
+    );
+    // Run through the driver's cached prepared statement each time: the reset must not drop it.
+    let check = format!(
+        "SELECT (SELECT count(*) FROM pg_listening_channels()) AS listening, \
+         (SELECT count(*) FROM pg_prepared_statements WHERE from_sql) AS prepared, \
+         (SELECT count(*) FROM pg_cursors WHERE name <> '') AS cursors, \
+         to_regclass('pg_temp.{table}') IS NULL AS no_temp, session_user AS who"
+    );
+    session_state_stays_with_its_caller(&url, &leave, &present, &check, true).await;
+    sql(&admin, &format!("DROP ROLE {role}")).await;
+    admin.close().await;
+}
+
+#[tokio::test]
+async fn user_variables_settings_and_temp_tables_close_the_connection_on_mariadb() {
+    let Some(url) = TestDb::Mysql.url() else {
+        return;
+    };
+    let table = unique("tmp");
+    let leave = [
+        "SET @trellis_secret = 'x'".to_owned(),
+        "SET SESSION sql_mode = 'ANSI_QUOTES'".to_owned(),
+        format!("CREATE TEMPORARY TABLE {table} (a INT)"),
+    ];
+    let present = format!(
+        "SELECT @trellis_secret = 'x' AND @@session.sql_mode = 'ANSI_QUOTES' \
+         AND (SELECT count(*) FROM {table}) = 0 AS present"
+    );
+    // Creating the temporary table again fails while it is there.
+    let check = format!(
+        "CREATE TEMPORARY TABLE {table} (a INT); \
+         SELECT @trellis_secret IS NULL AS no_secret, @@session.sql_mode AS mode"
+    );
+    session_state_stays_with_its_caller(&url, &leave, &present, &check, false).await;
+}
+
+#[tokio::test]
+async fn table_locks_are_released_with_the_lease_on_mariadb() {
+    let Some(url) = TestDb::Mysql.url() else {
+        return;
+    };
+    let table = unique("locked");
+    let mut c = config(&unique("lock-tables"), &url);
+    c.max_connections = 1;
+    let pool = Pool::new(c);
+    let other = Pool::new(config(&unique("lock-tables-other"), &url));
+    sql(&pool, &format!("CREATE TABLE {table} (a INT)")).await;
+    let first_connection = {
+        let lease = pool.acquire().await.unwrap();
+        lease
+            .execute(
+                &format!("LOCK TABLES {table} WRITE"),
+                &Params::None,
+                Fetch::All,
+            )
+            .await
+            .unwrap();
+        lease.connection()
+    };
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(lease.connection(), first_connection, "reset, not closed");
+    drop(lease);
+    // Blocked for a second, then an error, if the lock outlived its lease.
+    let read = format!("SET STATEMENT lock_wait_timeout = 1 FOR SELECT count(*) AS n FROM {table}");
+    let out = other
+        .execute(&read, &Params::None, Fetch::One)
+        .await
+        .unwrap();
+    assert_eq!(out.rows[0]["n"], json!(0));
+    sql(&pool, &format!("DROP TABLE {table}")).await;
+    other.close().await;
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn pragmas_and_temp_tables_close_the_connection_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let table = unique("tmp");
+    let leave = [
+        "PRAGMA foreign_keys = OFF".to_owned(),
+        format!("CREATE TEMP TABLE {table} (a)"),
+    ];
+    let present = format!(
+        "SELECT (SELECT foreign_keys FROM pragma_foreign_keys()) = 0 \
+         AND (SELECT count(*) FROM temp.sqlite_master WHERE name = '{table}') = 1 AS present"
+    );
+    let check = format!(
+        "SELECT (SELECT foreign_keys FROM pragma_foreign_keys()) AS foreign_keys, \
+         (SELECT count(*) FROM temp.sqlite_master WHERE name = '{table}') AS temp_tables"
+    );
+    session_state_stays_with_its_caller(&url, &leave, &present, &check, false).await;
+}

@@ -121,13 +121,15 @@ impl<'a> Step<'a> {
 pub(crate) fn script(sql: &str, kind: DatabaseKind) -> Statement {
     // The tokenizer counts the statements; a script it cannot read (a stray `?` or `:name`) is
     // still sent as a script, and the database has the last word on it.
-    let statements = params::prepare(sql, &Params::None, kind)
-        .map(|s| s.statements)
-        .unwrap_or(2);
+    // One it cannot read may leave anything behind: its connection is closed afterwards.
+    let (statements, leaves_state) = params::prepare(sql, &Params::None, kind)
+        .map(|s| (s.statements, s.leaves_state))
+        .unwrap_or((2, true));
     Statement {
         sql: sql.into(),
         args: Vec::new(),
         touches_session: true,
+        leaves_state,
         // SQLite prepares a single statement; several go through `raw_sql`.
         statements,
         shape: params::Shape::Other,

@@ -152,7 +152,11 @@ async fn run(
                         ended = Some(reason);
                         break;
                     }
-                    if job.stmt.touches_session || slot.session_dirty {
+                    if job.stmt.leaves_state || slot.keeps_state {
+                        if let Some(shared) = shared.upgrade() {
+                            shared.retire(slot, CloseReason::Session);
+                        }
+                    } else if job.stmt.needs_reset() || slot.session_dirty {
                         if !reset_and_checkin(&mut conn, &shared, slot).await {
                             ended = Some(CloseReason::Broken);
                         }

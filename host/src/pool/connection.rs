@@ -199,10 +199,16 @@ impl DriverConnection {
 
     /// Ends whatever transaction or session state a caller left behind.
     ///
-    /// PostgreSQL: `ROLLBACK` (a warning, not an error, outside a transaction), then
-    /// `RESET ALL` and `RESET ROLE`, so a `SET search_path` or `SET ROLE` never reaches the next
-    /// caller, and `pg_advisory_unlock_all()` for session advisory locks. MySQL/MariaDB:
-    /// `ROLLBACK`, `SET autocommit = 1` and `RELEASE_ALL_LOCKS()` (`GET_LOCK` locks). SQLite:
+    /// PostgreSQL: `ROLLBACK` (a warning, not an error, outside a transaction), then what
+    /// `DISCARD ALL` does except dropping the driver's own prepared statements: `RESET ALL`,
+    /// `SET SESSION AUTHORIZATION DEFAULT` and `RESET ROLE`, so a `SET search_path` or
+    /// `SET ROLE` never reaches the next caller; `pg_advisory_unlock_all()` for session advisory
+    /// locks; `CLOSE ALL` (cursors `WITH HOLD`), `UNLISTEN *`, `DISCARD TEMP`,
+    /// `DISCARD SEQUENCES`; and `DEALLOCATE` of the statements prepared with SQL `PREPARE`.
+    /// MySQL/MariaDB: `ROLLBACK`, `UNLOCK TABLES`, `SET autocommit = 1` and
+    /// `RELEASE_ALL_LOCKS()` (`GET_LOCK` locks); what this cannot undo (user variables, other
+    /// settings, temporary tables) closes the connection instead (see
+    /// [`Statement::leaves_state`](crate::sql::params::Statement::leaves_state)). SQLite:
     /// `ROLLBACK` only when a transaction is open.
     pub(crate) async fn reset(&mut self) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
@@ -210,15 +216,12 @@ impl DriverConnection {
             DriverConnection::Postgres { conn, touched } => {
                 // `RESET ALL` returns every setting to its connect-time value (the startup
                 // parameters, `application_name` among them, stay); it leaves the role alone.
-                conn.execute(sqlx::raw_sql(
-                    "ROLLBACK; RESET ALL; RESET ROLE; SELECT pg_advisory_unlock_all()",
-                ))
-                .await?;
+                conn.execute(sqlx::raw_sql(PG_RESET)).await?;
                 *touched = false;
             }
             DriverConnection::Mysql { conn, .. } => {
                 conn.execute(sqlx::raw_sql(
-                    "ROLLBACK; SET autocommit = 1; SELECT RELEASE_ALL_LOCKS()",
+                    "ROLLBACK; UNLOCK TABLES; SET autocommit = 1; SELECT RELEASE_ALL_LOCKS()",
                 ))
                 .await?;
             }
@@ -244,6 +247,14 @@ impl DriverConnection {
         };
     }
 }
+
+/// The PostgreSQL reset (see [`DriverConnection::reset`]), one round trip. `DISCARD ALL` would
+/// also drop the driver's cached prepared statements (its next use of one would fail).
+const PG_RESET: &str = "ROLLBACK; RESET ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; \
+    SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES; \
+    DO $$ DECLARE s record; BEGIN \
+    FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP \
+    EXECUTE format('DEALLOCATE %I', s.name); END LOOP; END $$";
 
 /// Whether SQLite is inside a transaction (`sqlite3_get_autocommit` is 0).
 trait InTransaction {

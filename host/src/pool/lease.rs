@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::actor::{Command, RunError};
 use super::slot::Slot;
+use super::stats::CloseReason;
 use super::{PoolError, QueryError, Shared};
 use crate::sql::exec::{Fetch, Output};
 use crate::sql::params::{self, Params, Statement};
@@ -121,9 +122,8 @@ impl Lease {
             let Some(slot) = slot.as_mut() else {
                 return Err(self.gone_error());
             };
-            if stmt.touches_session {
-                slot.session_dirty = true;
-            }
+            slot.session_dirty |= stmt.needs_reset();
+            slot.keeps_state |= stmt.leaves_state;
             counters.queries.fetch_add(1, Ordering::Relaxed);
             if slot
                 .tx
@@ -200,9 +200,12 @@ pub(crate) fn query_error(error: RunError) -> QueryError {
 }
 
 /// Gives a connection back: straight to the idle set when it is clean, through its actor's
-/// rollback when a transaction or session setting may be open.
+/// rollback when a transaction or session setting may be open, closed when it may hold session
+/// state no reset undoes.
 pub(crate) fn release(shared: &Shared, slot: Slot) {
-    if slot.session_dirty {
+    if slot.keeps_state {
+        shared.retire(slot, CloseReason::Session);
+    } else if slot.session_dirty {
         let tx = slot.tx.clone();
         // If the actor is gone the message (and the slot in it) is dropped: nothing to reuse.
         let _ = tx.send(Command::Reset { slot });

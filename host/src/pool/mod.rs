@@ -2,8 +2,10 @@
 //!
 //! Each connection is owned by an actor task ([`actor`]) that runs one command at a time to
 //! completion. Callers [`Pool::acquire`] a [`Lease`], run statements on it, and drop it; a lease
-//! that may have left a transaction open is rolled back by its actor before the connection is
-//! reused. [`Pool::execute`] runs a single statement without a lease: it waits in the pool's
+//! that may have left a transaction or session state behind is reset by its actor before the
+//! connection is reused, or closed when no reset can undo that state (a MySQL user variable, a
+//! SQLite pragma: see [`Statement::leaves_state`](crate::sql::params::Statement::leaves_state)).
+//! [`Pool::execute`] runs a single statement without a lease: it waits in the pool's
 //! queue, and an actor that finishes a statement takes the next queued one straight away (see
 //! [`job`]), so a busy pool never idles a connection between statements. The supervisor
 //! ([`supervisor`]) keeps between `min_connections` and `max_connections` open, opens new ones
@@ -560,6 +562,14 @@ impl Shared {
         }
     }
 
+    /// Closes the connection behind `slot` instead of reusing it (its actor closes it once the
+    /// last handle is gone); the supervisor opens a replacement if the pool needs one.
+    pub(crate) fn retire(&self, slot: Slot, reason: CloseReason) {
+        self.counters.closed(reason);
+        drop(slot);
+        self.wake_supervisor.notify_one();
+    }
+
     /// Takes a slot back from a lease or a reset: idle again, or closed if it is too old,
     /// unhealthy, dead, or the pool is closing.
     pub(crate) fn checkin(&self, slot: Slot) {
@@ -585,9 +595,7 @@ impl Shared {
             None
         };
         if let Some(reason) = reason {
-            self.counters.closed(reason);
-            drop(slot); // the actor closes the connection
-            self.wake_supervisor.notify_one();
+            self.retire(slot, reason);
             return None;
         }
         slot.idle_since = now;
@@ -683,6 +691,7 @@ impl Shared {
                     retire_at: Instant::now() + self.config.jittered_lifetime(),
                     idle_since: Instant::now(),
                     session_dirty: false,
+                    keeps_state: false,
                 };
                 if let Ok(mut conns) = self.connections.lock() {
                     conns.insert(id, health.clone());

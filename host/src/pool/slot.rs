@@ -110,6 +110,9 @@ pub(crate) struct Slot {
     pub(crate) idle_since: Instant,
     /// Something run on it may have left a transaction or session setting behind.
     pub(crate) session_dirty: bool,
+    /// Something run on it may have left session state the reset cannot undo (a MySQL user
+    /// variable, a SQLite pragma, …): it is closed on release instead of reused.
+    pub(crate) keeps_state: bool,
 }
 
 impl Slot {

@@ -24,10 +24,13 @@ pub enum CloseReason {
     Died,
     /// The pool was closed.
     Shutdown,
+    /// A statement left session state that a reset cannot undo (see
+    /// [`Statement::leaves_state`](crate::sql::params::Statement::leaves_state)).
+    Session,
 }
 
 impl CloseReason {
-    pub(crate) const ALL: [CloseReason; 7] = [
+    pub(crate) const ALL: [CloseReason; 8] = [
         CloseReason::Idle,
         CloseReason::Lifetime,
         CloseReason::Health,
@@ -35,6 +38,7 @@ impl CloseReason {
         CloseReason::Timeout,
         CloseReason::Died,
         CloseReason::Shutdown,
+        CloseReason::Session,
     ];
 
     /// The label used in JSON and metrics.
@@ -47,6 +51,7 @@ impl CloseReason {
             CloseReason::Timeout => "timeout",
             CloseReason::Died => "died",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Session => "session",
         }
     }
 
@@ -69,7 +74,7 @@ pub(crate) struct Counters {
     pub(crate) created: AtomicU64,
     pub(crate) recycled: AtomicU64,
     pub(crate) failed: AtomicU64,
-    closed: [AtomicU64; 7],
+    closed: [AtomicU64; CloseReason::ALL.len()],
     pub(crate) queries: AtomicU64,
     pub(crate) query_errors: AtomicU64,
     pub(crate) acquisitions: AtomicU64,

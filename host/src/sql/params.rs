@@ -64,8 +64,14 @@ pub struct Statement {
     pub sql: Arc<str>,
     /// The values, in the order the placeholders bind them.
     pub args: Vec<Value>,
-    /// Whether the statement may leave a transaction or session setting open.
+    /// Whether the statement may leave a transaction or session setting open (runs through the
+    /// simple protocol when it has no parameters; its connection is reset on release).
     pub touches_session: bool,
+    /// Whether the statement may leave session state that the dialect's reset cannot undo:
+    /// MySQL/MariaDB user variables, settings other than `autocommit`, temporary tables and
+    /// prepared statements; SQLite pragmas, attached databases and temporary tables. Its
+    /// connection is closed when released instead of being reset.
+    pub leaves_state: bool,
     /// How many statements the SQL holds (`SELECT 1; SELECT 2` holds two).
     pub statements: usize,
     /// What the (first) statement is, by its first keyword.
@@ -83,6 +89,13 @@ pub enum Shape {
     /// Anything else.
     #[default]
     Other,
+}
+
+impl Statement {
+    /// Whether the connection must be reset (or closed) before anyone else gets it.
+    pub fn needs_reset(&self) -> bool {
+        self.touches_session || self.leaves_state
+    }
 }
 
 impl Shape {
@@ -167,6 +180,7 @@ struct Template {
     /// `$n` (PostgreSQL: the highest n) or `?` (others: the count).
     positional: usize,
     touches_session: bool,
+    leaves_state: bool,
     statements: usize,
     shape: Shape,
 }
@@ -211,6 +225,7 @@ impl Template {
             binds,
             positional: scan.positional,
             touches_session: scan.touches_session,
+            leaves_state: scan.leaves_state,
             statements: scan.statements,
             shape: scan.shape(sql),
         })
@@ -222,6 +237,7 @@ impl Template {
             sql: self.sql.clone(),
             args,
             touches_session: self.touches_session,
+            leaves_state: self.leaves_state,
             statements: self.statements,
             shape: self.shape,
         };
@@ -332,6 +348,7 @@ struct Scan {
     /// `$n` (PostgreSQL: the highest n) or `?` (others: the count).
     positional: usize,
     touches_session: bool,
+    leaves_state: bool,
     statements: usize,
     /// The first word of the first statement.
     first_word: Option<Token>,
@@ -356,7 +373,35 @@ impl Scan {
     }
 }
 
-const SESSION_KEYWORDS: &[&str] = &["BEGIN", "START", "SAVEPOINT", "SET", "XA", "LOCK", "CALL"];
+/// First words of statements that may leave a transaction or session state behind.
+const SESSION_KEYWORDS: &[&str] = &[
+    "BEGIN",
+    "START",
+    "SAVEPOINT",
+    "SET",
+    "XA",
+    "LOCK",
+    "CALL",
+    // PostgreSQL: undone by the reset (`UNLISTEN *`, `DEALLOCATE`, `CLOSE ALL`).
+    "LISTEN",
+    "PREPARE",
+    "DECLARE",
+];
+
+/// Words that, followed by `TEMP`/`TEMPORARY`, create a temporary (session) object.
+const BEFORE_TEMP: &[&str] = &["CREATE", "GLOBAL", "LOCAL", "REPLACE", "INTO"];
+
+/// Where a MySQL `SET` statement is: only `SET [SESSION|LOCAL] autocommit = …` is undone by the
+/// reset; any other variable, or a second assignment, stays with the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetState {
+    /// Not in a `SET` statement.
+    No,
+    /// After `SET` (and `SESSION`, `LOCAL`, `@@`).
+    Start,
+    /// Assigning `autocommit`.
+    Autocommit,
+}
 
 /// Functions that take a lock held by the session past the statement (and its transaction):
 /// a statement calling one is reset on release like `BEGIN`, which frees the locks.
@@ -382,6 +427,9 @@ fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
     let mut i = 0;
     // At the start of a statement: the next word decides `touches_session`.
     let mut statement_start = true;
+    // The previous word of the current statement.
+    let mut prev_word: Option<Token> = None;
+    let mut set = SetState::No;
     while i < b.len() {
         let c = b[i];
         match c {
@@ -483,16 +531,68 @@ fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
             }
             b';' => {
                 statement_start = true;
+                prev_word = None;
+                set = SetState::No;
                 i += 1;
+            }
+            b'@' if dialect == DatabaseKind::Mysql => {
+                if b.get(i + 1) == Some(&b'@') {
+                    i += 2; // `@@system_variable`: the name follows as a word
+                } else {
+                    // `@name`, `@'name'`: a user variable lives as long as the session.
+                    out.leaves_state |= b.get(i + 1).is_some_and(|c| {
+                        is_name_char(*c) || matches!(c, b'\'' | b'"' | b'`' | b'$' | b'.')
+                    });
+                    i += 1;
+                }
+                if std::mem::take(&mut statement_start) {
+                    out.statements += 1;
+                }
             }
             c if c.is_ascii_whitespace() || c == b'(' => i += 1,
             c if is_name_start(c) => {
                 let end = i + b[i..].iter().take_while(|c| is_name_char(**c)).count();
                 let word = &sql[i..end];
                 let is = |list: &[&str]| list.iter().any(|k| k.eq_ignore_ascii_case(word));
+                let is_word = |k: &str| word.eq_ignore_ascii_case(k);
                 if (statement_start && is(SESSION_KEYWORDS)) || is(SESSION_LOCK_FUNCTIONS) {
                     out.touches_session = true;
                 }
+                let temp = (is_word("TEMP") || is_word("TEMPORARY"))
+                    && prev_word.is_some_and(|p| {
+                        let p = &sql[p.start..p.end];
+                        BEFORE_TEMP.iter().any(|k| k.eq_ignore_ascii_case(p))
+                    });
+                match dialect {
+                    // The reset undoes temporary tables (`DISCARD TEMP`).
+                    DatabaseKind::Postgres => out.touches_session |= temp,
+                    DatabaseKind::Mysql => {
+                        out.leaves_state |= temp || (statement_start && is_word("PREPARE"));
+                        set = match set {
+                            _ if statement_start => {
+                                if is_word("SET") {
+                                    SetState::Start
+                                } else {
+                                    SetState::No
+                                }
+                            }
+                            SetState::Start if is_word("SESSION") || is_word("LOCAL") => {
+                                SetState::Start
+                            }
+                            SetState::Start if is_word("autocommit") => SetState::Autocommit,
+                            SetState::Start => {
+                                out.leaves_state = true;
+                                SetState::No
+                            }
+                            other => other,
+                        };
+                    }
+                    DatabaseKind::Sqlite => {
+                        out.leaves_state |=
+                            temp || (statement_start && (is_word("PRAGMA") || is_word("ATTACH")));
+                    }
+                }
+                prev_word = Some(Token { start: i, end });
                 if statement_start && out.statements == 0 {
                     out.first_word = Some(Token { start: i, end });
                 }
@@ -503,6 +603,11 @@ fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
                 i = end;
             }
             _ => {
+                if c == b',' && set == SetState::Autocommit {
+                    // `SET autocommit = 0, sql_mode = …`: more than the reset undoes.
+                    out.leaves_state = true;
+                    set = SetState::No;
+                }
                 if std::mem::take(&mut statement_start) {
                     out.statements += 1;
                 }
@@ -822,6 +927,79 @@ mod tests {
         ] {
             assert!(
                 !prepare(sql, &Params::None, PG).unwrap().touches_session,
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_a_reset_cannot_undo_is_noticed() {
+        let leaves = |sql, dialect| prepare(sql, &Params::None, dialect).unwrap().leaves_state;
+        for sql in [
+            "SET @n = 0",
+            "SELECT @n := 1",
+            "SELECT 1 INTO @x",
+            "SELECT @`odd name`",
+            "SET SESSION sql_mode = ''",
+            "set names utf8mb4",
+            "SET autocommit = 0, sql_mode = ''",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET @@session.time_zone = '+00:00'",
+            "CREATE TEMPORARY TABLE t (a INT)",
+            "PREPARE s FROM 'SELECT 1'",
+            "SELECT 1; SET max_execution_time = 5",
+        ] {
+            assert!(leaves(sql, MY), "{sql}");
+            assert!(
+                prepare(sql, &Params::None, MY).unwrap().needs_reset(),
+                "{sql}"
+            );
+        }
+        for sql in [
+            "SET autocommit = 0",
+            "SET SESSION autocommit=1",
+            "SET @@autocommit = OFF",
+            "SET @@session.autocommit = 0",
+            "SELECT @@version",
+            "SELECT '@n', `a@b` FROM t -- @n\n",
+            "SELECT * FROM temp",
+            "CREATE TABLE temp (a INT)",
+            "UPDATE t SET a = 1, b = @@sql_mode",
+            "BEGIN",
+        ] {
+            assert!(!leaves(sql, MY), "{sql}");
+        }
+        for sql in [
+            "PRAGMA foreign_keys = OFF",
+            "pragma journal_mode",
+            "ATTACH DATABASE 'x.db' AS x",
+            "CREATE TEMP TABLE t (a)",
+            "CREATE TEMPORARY VIEW v AS SELECT 1",
+        ] {
+            assert!(leaves(sql, LITE), "{sql}");
+        }
+        assert!(!leaves("SELECT temp FROM weather", LITE));
+        // PostgreSQL's reset undoes all of these: they only need it.
+        for sql in [
+            "LISTEN jobs",
+            "PREPARE q AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CREATE TEMP TABLE t (a int)",
+            "CREATE GLOBAL TEMPORARY TABLE t (a int)",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "SELECT 1 INTO TEMP t",
+            "SET search_path = x",
+        ] {
+            let stmt = prepare(sql, &Params::None, PG).unwrap();
+            assert!(stmt.touches_session && !stmt.leaves_state, "{sql}");
+        }
+        for sql in [
+            "SELECT temp FROM weather",
+            "SELECT 1 AS temporary",
+            "SELECT @ -5",
+        ] {
+            assert!(
+                !prepare(sql, &Params::None, PG).unwrap().needs_reset(),
                 "{sql}"
             );
         }

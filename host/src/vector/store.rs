@@ -307,6 +307,7 @@ fn stmt(sql: String, args: Vec<Value>) -> Statement {
         sql: sql.into(),
         args,
         touches_session: false,
+        leaves_state: false,
         statements: 1,
         shape: Shape::Other,
     }
@@ -318,6 +319,7 @@ fn script(sql: String) -> Statement {
         sql: sql.into(),
         args: Vec::new(),
         touches_session: true,
+        leaves_state: false,
         statements,
         shape: Shape::Other,
     }
