@@ -1372,3 +1372,49 @@ async fn pragmas_and_temp_tables_close_the_connection_on_sqlite() {
     );
     session_state_stays_with_its_caller(&url, &leave, &present, &check, false).await;
 }
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_never_closed_under_its_data() {
+    // Its one connection is the database: failed statements (health), age (lifetime) and
+    // session state must not recycle it.
+    let mut c = PoolConfig::new(unique("memory"), target("sqlite::memory:"));
+    c.max_lifetime = Duration::from_millis(1);
+    c.health_check_interval = Duration::from_millis(50);
+    let pool = Pool::new(c);
+    sql(&pool, "CREATE TABLE kept (x INTEGER)").await;
+    sql(&pool, "INSERT INTO kept VALUES (42)").await;
+    for _ in 0..8 {
+        // −10 each: well below the health threshold of 50.
+        pool.execute("SELECT * FROM missing", &Params::None, Fetch::All)
+            .await
+            .unwrap_err();
+    }
+    {
+        let lease = pool.acquire().await.unwrap();
+        lease
+            .execute("PRAGMA foreign_keys = OFF", &Params::None, Fetch::All)
+            .await
+            .unwrap();
+    }
+    pool.execute("PRAGMA user_version = 5", &Params::None, Fetch::All)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // past the lifetime, checks ran
+    assert_eq!(
+        sql(&pool, "SELECT x FROM kept").await,
+        vec![json!({"x": 42}).as_object().unwrap().clone()]
+    );
+    let stats = pool.stats();
+    assert!(
+        stats.connections.closed.values().all(|n| *n == 0),
+        "{:?}",
+        stats.connections.closed
+    );
+    assert!(
+        stats.health.iter().any(|c| c.score < 50),
+        "{:?}",
+        stats.health
+    );
+    assert_eq!(stats.connections.created, 1);
+    pool.close().await;
+}

@@ -152,7 +152,7 @@ async fn run(
                         ended = Some(reason);
                         break;
                     }
-                    if job.stmt.leaves_state || slot.keeps_state {
+                    if (job.stmt.leaves_state && slot.replaceable) || slot.keeps_state {
                         if let Some(shared) = shared.upgrade() {
                             shared.retire(slot, CloseReason::Session);
                         }

@@ -57,6 +57,11 @@ pub enum PoolConfigError {
 }
 
 impl PoolConfig {
+    /// Whether the target is an in-memory SQLite database (its one connection is the database).
+    pub(crate) fn in_memory(&self) -> bool {
+        matches!(self.target, DatabaseTarget::Sqlite { path: None })
+    }
+
     /// Defaults for a pool called `name` on `target`.
     pub fn new(name: impl Into<String>, target: DatabaseTarget) -> PoolConfig {
         let in_memory = matches!(target, DatabaseTarget::Sqlite { path: None });

@@ -123,7 +123,7 @@ impl Lease {
                 return Err(self.gone_error());
             };
             slot.session_dirty |= stmt.needs_reset();
-            slot.keeps_state |= stmt.leaves_state;
+            slot.keeps_state |= stmt.leaves_state && slot.replaceable;
             counters.queries.fetch_add(1, Ordering::Relaxed);
             if slot
                 .tx

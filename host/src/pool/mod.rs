@@ -587,12 +587,8 @@ impl Shared {
         }
         let reason = if self.closed.load(Ordering::Acquire) {
             Some(CloseReason::Shutdown)
-        } else if now >= slot.retire_at {
-            Some(CloseReason::Lifetime)
-        } else if slot.health.score() < self.config.health_threshold {
-            Some(CloseReason::Health)
         } else {
-            None
+            slot.worn_out(now, self.config.health_threshold)
         };
         if let Some(reason) = reason {
             self.retire(slot, reason);
@@ -692,6 +688,7 @@ impl Shared {
                     idle_since: Instant::now(),
                     session_dirty: false,
                     keeps_state: false,
+                    replaceable: !self.config.in_memory(),
                 };
                 if let Ok(mut conns) = self.connections.lock() {
                     conns.insert(id, health.clone());

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::actor::Command;
+use super::stats::CloseReason;
 
 /// Health score bounds and steps (the Kailash WorkflowConnectionPool's).
 pub(crate) const HEALTH_START: i64 = 100;
@@ -113,10 +114,28 @@ pub(crate) struct Slot {
     /// Something run on it may have left session state the reset cannot undo (a MySQL user
     /// variable, a SQLite pragma, …): it is closed on release instead of reused.
     pub(crate) keeps_state: bool,
+    /// `false` for the one connection of an in-memory SQLite database, which is the database
+    /// itself: closing it would lose the data, so it is never recycled for its age, its health
+    /// or session state (only when it breaks or the pool closes).
+    pub(crate) replaceable: bool,
 }
 
 impl Slot {
     pub(crate) fn id(&self) -> u64 {
         self.health.id
+    }
+
+    /// Why the connection should be replaced rather than reused at `now`: past its lifetime, or
+    /// its health score below `threshold`.
+    pub(crate) fn worn_out(&self, now: Instant, threshold: i64) -> Option<CloseReason> {
+        if !self.replaceable {
+            None
+        } else if now >= self.retire_at {
+            Some(CloseReason::Lifetime)
+        } else if self.health.score() < threshold {
+            Some(CloseReason::Health)
+        } else {
+            None
+        }
     }
 }

@@ -90,10 +90,8 @@ fn run_once(shared: &Arc<Shared>) {
             if !slot.health.is_alive() {
                 continue;
             }
-            let reason = if now >= slot.retire_at {
-                Some(CloseReason::Lifetime)
-            } else if slot.health.score() < config.health_threshold {
-                Some(CloseReason::Health)
+            let reason = if let Some(reason) = slot.worn_out(now, config.health_threshold) {
+                Some(reason)
             } else if closable_idle > 0
                 && now.duration_since(slot.idle_since) >= config.idle_timeout
             {

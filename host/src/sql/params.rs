@@ -70,7 +70,8 @@ pub struct Statement {
     /// Whether the statement may leave session state that the dialect's reset cannot undo:
     /// MySQL/MariaDB user variables, settings other than `autocommit`, temporary tables and
     /// prepared statements; SQLite pragmas, attached databases and temporary tables. Its
-    /// connection is closed when released instead of being reset.
+    /// connection is closed when released instead of being reset (except the one connection of
+    /// an in-memory SQLite database, which is the database itself: it keeps that state).
     pub leaves_state: bool,
     /// How many statements the SQL holds (`SELECT 1; SELECT 2` holds two).
     pub statements: usize,
