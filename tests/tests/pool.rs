@@ -1418,3 +1418,42 @@ async fn an_in_memory_sqlite_database_is_never_closed_under_its_data() {
     assert_eq!(stats.connections.created, 1);
     pool.close().await;
 }
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time_limit() {
+    let mut c = PoolConfig::new(unique("memory-timeout"), target("sqlite::memory:"));
+    c.command_timeout = Some(Duration::from_millis(50));
+    let pool = Pool::new(c);
+    sql(&pool, "CREATE TABLE kept (x INTEGER)").await;
+    sql(&pool, "INSERT INTO kept VALUES (42)").await;
+    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) \
+                SELECT count(*) AS n FROM c";
+    let started = Instant::now();
+    let err = pool
+        .execute(slow, &Params::None, Fetch::One)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("overran the command timeout"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The driver finishes the abandoned statement first: give this one time to wait for that.
+    let check = trellis_host::sql::params::prepare(
+        "SELECT x FROM kept",
+        &Params::None,
+        trellis_host::config::DatabaseKind::Sqlite,
+    )
+    .unwrap();
+    let out = pool
+        .run(check, Fetch::All, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.rows,
+        vec![json!({"x": 42}).as_object().unwrap().clone()]
+    );
+    assert_eq!(pool.stats().connections.closed["timeout"], 0);
+    assert_eq!(pool.stats().connections.created, 1);
+    pool.close().await;
+}

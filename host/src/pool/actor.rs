@@ -52,7 +52,8 @@ pub(crate) enum Command {
 pub(crate) enum RunError {
     /// The statement failed; the connection is fine (or broken, see `broken`).
     Exec { error: ExecError, broken: bool },
-    /// The statement overran `command_timeout`; the connection was closed.
+    /// The statement overran `command_timeout`; the connection was closed (except an in-memory
+    /// SQLite database's).
     Timeout(Duration),
     /// No connection could be opened for a queued statement.
     Unavailable(String),
@@ -67,8 +68,23 @@ pub(crate) fn spawn(
     shared: Weak<Shared>,
     rx: mpsc::UnboundedReceiver<Command>,
     command_timeout: Option<Duration>,
+    replaceable: bool,
 ) {
-    tokio::spawn(run(conn, health, shared, rx, command_timeout));
+    let ctx = Ctx {
+        health,
+        shared,
+        replaceable,
+    };
+    tokio::spawn(run(conn, ctx, rx, command_timeout));
+}
+
+/// What the actor's statements need besides the connection.
+struct Ctx {
+    health: Arc<ConnHealth>,
+    shared: Weak<Shared>,
+    /// `false` for the one connection of an in-memory SQLite database, which is the database
+    /// itself: it stays open after a statement overruns its time limit (see [`execute`]).
+    replaceable: bool,
 }
 
 /// Tells the pool the actor is gone, however it ended (also on panic).
@@ -89,11 +105,11 @@ impl Drop for ActorGuard {
 
 async fn run(
     mut conn: DriverConnection,
-    health: Arc<ConnHealth>,
-    shared: Weak<Shared>,
+    ctx: Ctx,
     mut rx: mpsc::UnboundedReceiver<Command>,
     command_timeout: Option<Duration>,
 ) {
+    let (health, shared) = (&ctx.health, &ctx.shared);
     let mut guard = ActorGuard {
         shared: shared.clone(),
         health: health.clone(),
@@ -111,8 +127,7 @@ async fn run(
             } => {
                 let (result, stop, _) = execute(
                     &mut conn,
-                    &health,
-                    &shared,
+                    &ctx,
                     &stmt,
                     fetch,
                     timeout.or(command_timeout),
@@ -136,8 +151,7 @@ async fn run(
                 while let Some((job, slot, running)) = next.take() {
                     let (result, stop, ended_at) = execute(
                         &mut conn,
-                        &health,
-                        &shared,
+                        &ctx,
                         &job.stmt,
                         job.fetch,
                         job.timeout.or(command_timeout),
@@ -157,7 +171,7 @@ async fn run(
                             shared.retire(slot, CloseReason::Session);
                         }
                     } else if job.stmt.needs_reset() || slot.session_dirty {
-                        if !reset_and_checkin(&mut conn, &shared, slot).await {
+                        if !reset_and_checkin(&mut conn, shared, slot).await {
                             ended = Some(CloseReason::Broken);
                         }
                     } else if let Some(shared) = shared.upgrade() {
@@ -189,7 +203,7 @@ async fn run(
                 }
             }
             Command::Reset { slot } => {
-                if !reset_and_checkin(&mut conn, &shared, slot).await {
+                if !reset_and_checkin(&mut conn, shared, slot).await {
                     guard.reason = Some(CloseReason::Broken);
                     healthy = false;
                     break;
@@ -208,8 +222,7 @@ async fn run(
 /// why the actor must end when the connection cannot be used any more, and when it ended.
 async fn execute(
     conn: &mut DriverConnection,
-    health: &ConnHealth,
-    shared: &Weak<Shared>,
+    ctx: &Ctx,
     stmt: &Statement,
     fetch: Fetch,
     limit: Option<Duration>,
@@ -219,14 +232,14 @@ async fn execute(
         Some(limit) => match tokio::time::timeout(limit, conn.run(stmt, fetch)).await {
             Ok(result) => result,
             Err(_) => {
-                // The protocol state is unknown after an abandoned statement.
+                // The protocol state is unknown after an abandoned statement: the connection
+                // closes. Not an in-memory SQLite database's: closing it would lose the data,
+                // and its driver finishes the abandoned statement on the connection's own
+                // thread before it runs the next one.
                 let now = Instant::now();
-                health.query_done(false, now);
-                return (
-                    Err(RunError::Timeout(limit)),
-                    Some(CloseReason::Timeout),
-                    now,
-                );
+                ctx.health.query_done(false, now);
+                let stop = ctx.replaceable.then_some(CloseReason::Timeout);
+                return (Err(RunError::Timeout(limit)), stop, now);
             }
         },
         None => conn.run(stmt, fetch).await,
@@ -234,14 +247,14 @@ async fn execute(
     let now = Instant::now();
     match result {
         Ok(mut output) => {
-            health.query_done(true, now);
+            ctx.health.query_done(true, now);
             output.elapsed = now.saturating_duration_since(started);
             (Ok(output), None, now)
         }
         Err(error) => {
-            health.query_done(false, now);
+            ctx.health.query_done(false, now);
             let broken = is_connection_error(&error);
-            if broken && let Some(shared) = shared.upgrade() {
+            if broken && let Some(shared) = ctx.shared.upgrade() {
                 shared.connection_lost();
             }
             (

@@ -149,7 +149,11 @@ pub enum QueryError {
         error: crate::sql::exec::ExecError,
     },
     /// The statement overran `command_timeout`.
-    #[error("statement overran the command timeout of {0:?}; the connection was closed")]
+    #[error(
+        "statement overran the command timeout of {0:?} and was abandoned, closing its \
+         connection (an in-memory SQLite database's stays open); raise `command_timeout` (or \
+         the statement's own timeout) if it needs longer"
+    )]
     Timeout(Duration),
     /// The connection's actor is gone (it broke before the statement reached it).
     #[error("the connection was lost before the statement ran")]
@@ -706,6 +710,7 @@ impl Shared {
                     Arc::downgrade(self),
                     rx,
                     self.config.command_timeout,
+                    !self.config.in_memory(),
                 );
                 tracing::debug!(pool = %self.config.name, connection = id, "connection opened");
                 self.checkin(slot);
