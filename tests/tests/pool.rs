@@ -1457,3 +1457,50 @@ async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time
     assert_eq!(pool.stats().connections.created, 1);
     pool.close().await;
 }
+
+/// A statement that overruns `command_timeout` is stopped on the server too: the caller was told
+/// it failed, so it must not go on to commit (`insert` sleeps a second, then inserts a row).
+async fn a_statement_past_its_time_limit_is_stopped_on_the_server(
+    url: &str,
+    create: &str,
+    insert: &str,
+) {
+    let table = unique("late");
+    let mut c = config(&unique("cancel"), url);
+    c.command_timeout = Some(Duration::from_millis(200));
+    let pool = Pool::new(c);
+    sql(&pool, &create.replace("{t}", &table)).await;
+    let err = pool
+        .execute(&insert.replace("{t}", &table), &Params::None, Fetch::All)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("overran the command timeout"),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past the sleep
+    let rows = sql(&pool, &format!("SELECT count(*) AS n FROM {table}")).await;
+    assert_eq!(rows[0]["n"], json!(0), "the timed-out insert committed");
+    sql(&pool, &format!("DROP TABLE {table}")).await;
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_statement_past_its_time_limit_is_stopped_on_postgres_and_mariadb() {
+    if let Some(url) = TestDb::Postgres.url() {
+        a_statement_past_its_time_limit_is_stopped_on_the_server(
+            &url,
+            "CREATE TABLE {t} (x INT)",
+            "INSERT INTO {t} SELECT 1 FROM pg_sleep(1)",
+        )
+        .await;
+    }
+    if let Some(url) = TestDb::Mysql.url() {
+        a_statement_past_its_time_limit_is_stopped_on_the_server(
+            &url,
+            "CREATE TABLE {t} (x INT) ENGINE=InnoDB",
+            "INSERT INTO {t} SELECT SLEEP(1)",
+        )
+        .await;
+    }
+}

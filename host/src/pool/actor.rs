@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
-use super::connection::DriverConnection;
+use super::connection::{Canceller, DriverConnection};
 use super::job::{Job, Running};
 use super::slot::{ConnHealth, Slot};
 use super::stats::CloseReason;
@@ -52,8 +52,8 @@ pub(crate) enum Command {
 pub(crate) enum RunError {
     /// The statement failed; the connection is fine (or broken, see `broken`).
     Exec { error: ExecError, broken: bool },
-    /// The statement overran `command_timeout`; the connection was closed (except an in-memory
-    /// SQLite database's).
+    /// The statement overran `command_timeout`; it was cancelled on the server (PostgreSQL,
+    /// MySQL/MariaDB) and the connection closed (except an in-memory SQLite database's).
     Timeout(Duration),
     /// No connection could be opened for a queued statement.
     Unavailable(String),
@@ -236,9 +236,17 @@ async fn execute(
                 // closes. Not an in-memory SQLite database's: closing it would lose the data,
                 // and its driver finishes the abandoned statement on the connection's own
                 // thread before it runs the next one.
+                // The server is told to stop the statement, so that one its caller was told
+                // failed does not go on (and commit).
                 let now = Instant::now();
                 ctx.health.query_done(false, now);
                 let stop = ctx.replaceable.then_some(CloseReason::Timeout);
+                if stop.is_some()
+                    && let Some(canceller) = conn.canceller()
+                    && let Some(shared) = ctx.shared.upgrade()
+                {
+                    cancel_in_background(&shared, canceller);
+                }
                 return (Err(RunError::Timeout(limit)), stop, now);
             }
         },
@@ -264,6 +272,22 @@ async fn execute(
             )
         }
     }
+}
+
+/// Stops the statement `canceller` points at on the server, from a connection of its own.
+fn cancel_in_background(shared: &Shared, canceller: Canceller) {
+    let target = shared.config.target.clone();
+    let pool = shared.config.name.clone();
+    let timeout = shared.config.connect_timeout;
+    tokio::spawn(async move {
+        if let Err(error) = canceller.cancel(&target, &pool, timeout).await {
+            tracing::warn!(
+                pool,
+                %error,
+                "could not stop a statement that overran its time limit on the server"
+            );
+        }
+    });
 }
 
 /// Undoes any transaction or session state, then hands the slot back to the pool. `false` when

@@ -62,11 +62,15 @@ pub(crate) enum DriverConnection {
         /// A session statement (`BEGIN`, `SET`, …) ran since the last reset: a transaction
         /// may be open.
         touched: bool,
+        /// The server process (`pg_backend_pid()`), to cancel a statement from elsewhere.
+        pid: i32,
     },
     Mysql {
         conn: MySqlConnection,
         /// The server is MariaDB (it has `SET STATEMENT … FOR`).
         mariadb: bool,
+        /// The server's connection id (`CONNECTION_ID()`), to stop a statement from elsewhere.
+        id: u64,
     },
     Sqlite(SqliteConnection),
 }
@@ -125,9 +129,14 @@ impl DriverConnection {
                     if let Some(password) = password {
                         options = options.password(password.expose());
                     }
+                    let mut conn = options.connect().await?;
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut conn)
+                        .await?;
                     DriverConnection::Postgres {
-                        conn: options.connect().await?,
+                        conn,
                         touched: false,
+                        pid,
                     }
                 }
                 DatabaseTarget::Server {
@@ -148,12 +157,14 @@ impl DriverConnection {
                         options = options.password(password.expose());
                     }
                     let mut conn = options.connect().await?;
-                    let version: String = sqlx::query_scalar("SELECT VERSION()")
-                        .fetch_one(&mut conn)
-                        .await?;
+                    let (version, id): (String, u64) =
+                        sqlx::query_as("SELECT VERSION(), CONNECTION_ID()")
+                            .fetch_one(&mut conn)
+                            .await?;
                     DriverConnection::Mysql {
                         conn,
                         mariadb: version.contains("MariaDB"),
+                        id,
                     }
                 }
             })
@@ -170,7 +181,7 @@ impl DriverConnection {
         fetch: Fetch,
     ) -> Result<Output, ExecError> {
         match self {
-            DriverConnection::Postgres { conn, touched } => {
+            DriverConnection::Postgres { conn, touched, .. } => {
                 if stmt.touches_session {
                     *touched = true;
                 }
@@ -181,10 +192,20 @@ impl DriverConnection {
                 }
                 exec::run_pg(conn, stmt, fetch).await
             }
-            DriverConnection::Mysql { conn, mariadb } => {
+            DriverConnection::Mysql { conn, mariadb, .. } => {
                 exec::run_mysql(conn, stmt, fetch, *mariadb).await
             }
             DriverConnection::Sqlite(c) => exec::run_sqlite(c, stmt, fetch).await,
+        }
+    }
+
+    /// How to stop this connection's running statement from another connection, where the
+    /// server can (not SQLite).
+    pub(crate) fn canceller(&self) -> Option<Canceller> {
+        match self {
+            DriverConnection::Postgres { pid, .. } => Some(Canceller::Postgres(*pid)),
+            DriverConnection::Mysql { id, .. } => Some(Canceller::Mysql(*id)),
+            DriverConnection::Sqlite(_) => None,
         }
     }
 
@@ -213,7 +234,7 @@ impl DriverConnection {
     pub(crate) async fn reset(&mut self) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
         match self {
-            DriverConnection::Postgres { conn, touched } => {
+            DriverConnection::Postgres { conn, touched, .. } => {
                 // `RESET ALL` returns every setting to its connect-time value (the startup
                 // parameters, `application_name` among them, stay); it leaves the role alone.
                 conn.execute(sqlx::raw_sql(PG_RESET)).await?;
@@ -245,6 +266,57 @@ impl DriverConnection {
             DriverConnection::Mysql { conn, .. } => conn.close().await,
             DriverConnection::Sqlite(c) => c.close().await,
         };
+    }
+}
+
+/// Stops the statement running on one server connection, from another connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Canceller {
+    /// `pg_cancel_backend(pid)`.
+    Postgres(i32),
+    /// `KILL QUERY id`.
+    Mysql(u64),
+}
+
+impl Canceller {
+    /// Opens a connection to `target` (named `trellis/POOL/cancel`, so it never counts as one of
+    /// the pool's) and stops the statement. Whatever ran in its transaction is rolled back;
+    /// a statement that already finished is not affected.
+    pub(crate) async fn cancel(
+        self,
+        target: &DatabaseTarget,
+        pool: &str,
+        timeout: Duration,
+    ) -> Result<(), sqlx::Error> {
+        let mut conn =
+            DriverConnection::connect(target, &format!("{pool}/cancel"), timeout).await?;
+        let result = match (&mut conn, self) {
+            (DriverConnection::Postgres { conn, .. }, Canceller::Postgres(pid)) => {
+                sqlx::query("SELECT pg_cancel_backend($1)")
+                    .bind(pid)
+                    .execute(&mut *conn)
+                    .await
+                    .map(drop)
+            }
+            (DriverConnection::Mysql { conn, .. }, Canceller::Mysql(id)) => {
+                use sqlx::Executor;
+                // `KILL` takes no placeholder; `id` is a number.
+                conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "KILL QUERY {id}"
+                ))))
+                .await
+                .map(drop)
+                .or_else(|e| {
+                    // 1094 "unknown thread id": the session ended, and its statement with it.
+                    let gone =
+                        e.as_database_error().and_then(|d| d.code()).as_deref() == Some("1094");
+                    if gone { Ok(()) } else { Err(e) }
+                })
+            }
+            _ => Ok(()),
+        };
+        conn.close().await;
+        result
     }
 }
 

@@ -148,11 +148,14 @@ pub enum QueryError {
         /// The full error (kept for callers; `message` already says what it says).
         error: crate::sql::exec::ExecError,
     },
-    /// The statement overran `command_timeout`.
+    /// The statement overran `command_timeout`. PostgreSQL and MySQL/MariaDB are told to
+    /// cancel it (from a connection of its own) and its connection is closed; one that finished
+    /// before the cancel arrived stays done. SQLite has no such cancel: the statement runs to
+    /// its end (an in-memory database's one connection stays open).
     #[error(
-        "statement overran the command timeout of {0:?} and was abandoned, closing its \
-         connection (an in-memory SQLite database's stays open); raise `command_timeout` (or \
-         the statement's own timeout) if it needs longer"
+        "statement overran the command timeout of {0:?}: cancelled on the server, connection \
+         closed (on SQLite it runs to its end); raise `command_timeout` or the statement's own \
+         timeout if it needs longer"
     )]
     Timeout(Duration),
     /// The connection's actor is gone (it broke before the statement reached it).
