@@ -1459,7 +1459,7 @@ async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time
 }
 
 /// A statement that overruns `command_timeout` is stopped on the server too: the caller was told
-/// it failed, so it must not go on to commit (`insert` sleeps a second, then inserts a row).
+/// it failed, so it must not go on to commit (`insert` sleeps two seconds, then inserts a row).
 async fn a_statement_past_its_time_limit_is_stopped_on_the_server(
     url: &str,
     create: &str,
@@ -1478,7 +1478,7 @@ async fn a_statement_past_its_time_limit_is_stopped_on_the_server(
         err.to_string().contains("overran the command timeout"),
         "{err}"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await; // past the sleep
+    tokio::time::sleep(Duration::from_millis(2500)).await; // past the sleep
     let rows = sql(&pool, &format!("SELECT count(*) AS n FROM {table}")).await;
     assert_eq!(rows[0]["n"], json!(0), "the timed-out insert committed");
     sql(&pool, &format!("DROP TABLE {table}")).await;
@@ -1491,7 +1491,7 @@ async fn a_statement_past_its_time_limit_is_stopped_on_postgres_and_mariadb() {
         a_statement_past_its_time_limit_is_stopped_on_the_server(
             &url,
             "CREATE TABLE {t} (x INT)",
-            "INSERT INTO {t} SELECT 1 FROM pg_sleep(1)",
+            "INSERT INTO {t} SELECT 1 FROM pg_sleep(2)",
         )
         .await;
     }
@@ -1499,7 +1499,7 @@ async fn a_statement_past_its_time_limit_is_stopped_on_postgres_and_mariadb() {
         a_statement_past_its_time_limit_is_stopped_on_the_server(
             &url,
             "CREATE TABLE {t} (x INT) ENGINE=InnoDB",
-            "INSERT INTO {t} SELECT SLEEP(1)",
+            "INSERT INTO {t} SELECT SLEEP(2)",
         )
         .await;
     }
