@@ -148,7 +148,7 @@ async fn run(
                 let mut ended = None;
                 // One clock reading per statement: when it ended is when the next one starts.
                 let mut started = Instant::now();
-                while let Some((job, slot, running)) = next.take() {
+                while let Some((job, mut slot, running)) = next.take() {
                     let (result, stop, ended_at) = execute(
                         &mut conn,
                         &ctx,
@@ -166,11 +166,12 @@ async fn run(
                         ended = Some(reason);
                         break;
                     }
-                    if (job.stmt.leaves_state && slot.replaceable) || slot.keeps_state {
+                    slot.record(&job.stmt);
+                    if slot.keeps_state {
                         if let Some(shared) = shared.upgrade() {
                             shared.retire(slot, CloseReason::Session);
                         }
-                    } else if job.stmt.needs_reset() || slot.session_dirty {
+                    } else if slot.session_dirty {
                         if !reset_and_checkin(&mut conn, shared, slot).await {
                             ended = Some(CloseReason::Broken);
                         }
@@ -232,12 +233,11 @@ async fn execute(
         Some(limit) => match tokio::time::timeout(limit, conn.run(stmt, fetch)).await {
             Ok(result) => result,
             Err(_) => {
-                // The protocol state is unknown after an abandoned statement: the connection
-                // closes. Not an in-memory SQLite database's: closing it would lose the data,
-                // and its driver finishes the abandoned statement on the connection's own
-                // thread before it runs the next one.
-                // The server is told to stop the statement, so that one its caller was told
-                // failed does not go on (and commit).
+                // The protocol state is unknown after an abandoned statement: the server is
+                // told to stop it (so a statement its caller was told failed does not go on and
+                // commit) and the connection closes. Not an in-memory SQLite database's: closing
+                // it would lose the data, and its driver finishes the abandoned statement on the
+                // connection's own thread before it runs the next one.
                 let now = Instant::now();
                 ctx.health.query_done(false, now);
                 let stop = ctx.replaceable.then_some(CloseReason::Timeout);

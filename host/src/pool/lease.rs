@@ -122,8 +122,7 @@ impl Lease {
             let Some(slot) = slot.as_mut() else {
                 return Err(self.gone_error());
             };
-            slot.session_dirty |= stmt.needs_reset();
-            slot.keeps_state |= stmt.leaves_state && slot.replaceable;
+            slot.record(&stmt);
             counters.queries.fetch_add(1, Ordering::Relaxed);
             if slot
                 .tx

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use super::actor::Command;
 use super::stats::CloseReason;
+use crate::sql::params::Statement;
 
 /// Health score bounds and steps (the Kailash WorkflowConnectionPool's).
 pub(crate) const HEALTH_START: i64 = 100;
@@ -123,6 +124,14 @@ pub(crate) struct Slot {
 impl Slot {
     pub(crate) fn id(&self) -> u64 {
         self.health.id
+    }
+
+    /// Notes what `stmt`, run on this connection, may leave behind: a reset on release
+    /// (`session_dirty`), or closing the connection instead (`keeps_state`, never for an
+    /// in-memory SQLite database's, see `replaceable`).
+    pub(crate) fn record(&mut self, stmt: &Statement) {
+        self.session_dirty |= stmt.needs_reset();
+        self.keeps_state |= stmt.leaves_state && self.replaceable;
     }
 
     /// Why the connection should be replaced rather than reused at `now`: past its lifetime, or
