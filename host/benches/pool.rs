@@ -5,8 +5,9 @@
 //! of acquire + release without a query. Everything runs in one process with the allocator the
 //! `trellis` binary ships with (mimalloc).
 //!
-//! Contenders run in interleaved rounds (A B C …, A B C …) so that the machine's noise hits
-//! them alike; the report gives each round's figures and the median of the per-round ratios.
+//! Contenders run in interleaved rounds (A B C …, B C … A, …: each round starts one contender
+//! further along) so that the machine's noise hits them alike; the report gives each round's
+//! figures and the median of the per-round ratios.
 //! `--only NAME` runs one contender (for a profiler).
 //!
 //! ```console
@@ -172,7 +173,8 @@ async fn main() {
     }
     let raw = Arc::new(raw);
 
-    // Contenders, run in this order in every round.
+    // Contenders; each round starts one further along this list (round 1 with trellis, round 2
+    // with lease, …), so that no contender always runs first or right after the same one.
     const NAMES: [&str; 6] = ["trellis", "lease", "sqlx", "deadpool", "raw8", "raw32"];
     const LABELS: [&str; 6] = [
         "trellis Pool::execute",
@@ -185,7 +187,9 @@ async fn main() {
     let mut rows: Vec<[f64; 6]> = Vec::new();
     for round in 1..=a.rounds {
         let mut row = [f64::NAN; 6];
-        for (i, name) in NAMES.iter().enumerate() {
+        for k in 0..NAMES.len() {
+            let i = (round - 1 + k) % NAMES.len();
+            let name = &NAMES[i];
             if !a.runs(name) {
                 continue;
             }
