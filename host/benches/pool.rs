@@ -12,7 +12,7 @@
 //!
 //! ```console
 //! $ eval "$(scripts/services)"
-//! $ cargo bench -p trellis-host --bench pool -- --seconds 3 --rounds 5
+//! $ cargo bench -p trellis-host --bench pool -- --seconds 3 --rounds 12
 //! ```
 
 use std::sync::Arc;
