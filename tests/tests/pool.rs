@@ -1426,7 +1426,8 @@ async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time
     let pool = Pool::new(c);
     sql(&pool, "CREATE TABLE kept (x INTEGER)").await;
     sql(&pool, "INSERT INTO kept VALUES (42)").await;
-    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) \
+    // A billion steps: minutes, unless it is stopped.
+    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) \
                 SELECT count(*) AS n FROM c";
     let started = Instant::now();
     let err = pool
@@ -1438,7 +1439,7 @@ async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
-    // The driver finishes the abandoned statement first: give this one time to wait for that.
+    // The statement was interrupted: the next one does not wait for it to run to its end.
     let check = trellis_host::sql::params::prepare(
         "SELECT x FROM kept",
         &Params::None,
@@ -1446,7 +1447,7 @@ async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time
     )
     .unwrap();
     let out = pool
-        .run(check, Fetch::All, Some(Duration::from_secs(60)))
+        .run(check, Fetch::All, Some(Duration::from_secs(10)))
         .await
         .unwrap();
     assert_eq!(
@@ -1455,6 +1456,78 @@ async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time
     );
     assert_eq!(pool.stats().connections.closed["timeout"], 0);
     assert_eq!(pool.stats().connections.created, 1);
+    pool.close().await;
+}
+
+/// After a statement on a lease overran its time limit, the lease runs nothing more: on an
+/// in-memory SQLite database the connection stays open, but the interrupt rolled back the
+/// lease's transaction, and later statements must not run outside it unnoticed.
+#[tokio::test]
+async fn a_lease_whose_statement_overran_its_time_limit_runs_nothing_more() {
+    let mut c = PoolConfig::new(unique("lease-stopped"), target("sqlite::memory:"));
+    c.command_timeout = Some(Duration::from_millis(200));
+    let pool = Pool::new(c);
+    sql(&pool, "CREATE TABLE t (x INTEGER)").await;
+    let lease = pool.acquire().await.unwrap();
+    let run = |q: &'static str| lease.execute(q, &Params::None, Fetch::All);
+    run("BEGIN").await.unwrap();
+    run("INSERT INTO t VALUES (1)").await.unwrap();
+    let slow = "INSERT INTO t WITH RECURSIVE c(x) AS \
+                (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT x FROM c";
+    let err = run(slow).await.unwrap_err();
+    assert!(
+        err.to_string().contains("overran the command timeout"),
+        "{err}"
+    );
+    let err = run("INSERT INTO t VALUES (2)").await.unwrap_err();
+    assert!(matches!(err, PoolError::Stopped { .. }), "{err}");
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    let err = run("COMMIT").await.unwrap_err();
+    assert!(matches!(err, PoolError::Stopped { .. }), "{err}");
+    drop(lease);
+    // Nothing of the lease's transaction is left, and the database is still there.
+    let rows = sql(&pool, "SELECT count(*) AS n FROM t").await;
+    assert_eq!(rows[0]["n"], json!(0));
+    assert_eq!(pool.stats().connections.created, 1);
+    pool.close().await;
+}
+
+/// A SQLite statement that overruns `command_timeout` is interrupted: it stops writing (its
+/// write lock is free for the next writer at once) and what it wrote is rolled back.
+#[tokio::test]
+async fn a_statement_past_its_time_limit_is_interrupted_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("interrupt.db").display());
+    let mut c = config(&unique("interrupt"), &url);
+    c.command_timeout = Some(Duration::from_millis(200));
+    let pool = Pool::new(c);
+    sql(&pool, "CREATE TABLE t (x INTEGER)").await;
+    // A billion rows: minutes of writing, holding the database's one write lock, unless stopped.
+    let slow = "INSERT INTO t WITH RECURSIVE c(x) AS \
+                (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT x FROM c";
+    let err = pool
+        .execute(slow, &Params::None, Fetch::All)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("overran the command timeout"),
+        "{err}"
+    );
+    // Another connection writes at once (it would wait out its busy timeout, then fail with
+    // "database is locked", if the insert still ran).
+    let write = trellis_host::sql::params::prepare(
+        "INSERT INTO t VALUES (7)",
+        &Params::None,
+        trellis_host::config::DatabaseKind::Sqlite,
+    )
+    .unwrap();
+    pool.run(write, Fetch::All, Some(Duration::from_secs(4)))
+        .await
+        .unwrap();
+    let rows = sql(&pool, "SELECT count(*) AS n, max(x) AS top FROM t").await;
+    assert_eq!(rows[0]["n"], json!(1), "the interrupted insert left rows");
+    assert_eq!(rows[0]["top"], json!(7));
+    assert_eq!(pool.stats().connections.closed["timeout"], 1);
     pool.close().await;
 }
 

@@ -52,8 +52,8 @@ pub(crate) enum Command {
 pub(crate) enum RunError {
     /// The statement failed; the connection is fine (or broken, see `broken`).
     Exec { error: ExecError, broken: bool },
-    /// The statement overran `command_timeout`; it was cancelled on the server (PostgreSQL,
-    /// MySQL/MariaDB) and the connection closed (except an in-memory SQLite database's).
+    /// The statement overran `command_timeout`; it was stopped (cancelled on the server, or
+    /// interrupted on SQLite) and the connection closed (except an in-memory SQLite database's).
     Timeout(Duration),
     /// No connection could be opened for a queued statement.
     Unavailable(String),
@@ -233,11 +233,13 @@ async fn execute(
         Some(limit) => match tokio::time::timeout(limit, conn.run(stmt, fetch)).await {
             Ok(result) => result,
             Err(_) => {
-                // The protocol state is unknown after an abandoned statement: the server is
-                // told to stop it (so a statement its caller was told failed does not go on and
-                // commit) and the connection closes. Not an in-memory SQLite database's: closing
-                // it would lose the data, and its driver finishes the abandoned statement on the
-                // connection's own thread before it runs the next one.
+                // The statement is stopped, so that one its caller was told failed does not go
+                // on and commit: SQLite's from here (the driver runs it on a thread of its own),
+                // a server's from a connection of its own. The protocol state is unknown after
+                // an abandoned statement, so the connection closes. Not an in-memory SQLite
+                // database's: closing it would lose the data, and its driver ends the
+                // interrupted statement before it runs the next one.
+                conn.interrupt();
                 let now = Instant::now();
                 ctx.health.query_done(false, now);
                 let stop = ctx.replaceable.then_some(CloseReason::Timeout);

@@ -72,8 +72,22 @@ pub(crate) enum DriverConnection {
         /// The server's connection id (`CONNECTION_ID()`), to stop a statement from elsewhere.
         id: u64,
     },
-    Sqlite(SqliteConnection),
+    Sqlite {
+        conn: SqliteConnection,
+        /// The connection's own handle, to interrupt its running statement.
+        handle: SqliteHandle,
+    },
 }
+
+/// The raw handle of an open SQLite connection, kept for `sqlite3_interrupt` (the one SQLite
+/// call meant for another thread than the one running the statement). It lives in the
+/// [`DriverConnection`] that owns the connection, so it is never used after the connection
+/// closes.
+pub(crate) struct SqliteHandle(std::ptr::NonNull<libsqlite3_sys::sqlite3>);
+
+// SAFETY: the pointer is only passed to `sqlite3_interrupt`, which SQLite allows from any
+// thread while the connection is open (see `DriverConnection::interrupt`).
+unsafe impl Send for SqliteHandle {}
 
 impl DriverConnection {
     /// Connects to `target` within `timeout`.
@@ -109,7 +123,8 @@ impl DriverConnection {
                     if path.is_some() {
                         ensure_wal(&mut conn).await?;
                     }
-                    DriverConnection::Sqlite(conn)
+                    let handle = SqliteHandle(conn.lock_handle().await?.as_raw_handle());
+                    DriverConnection::Sqlite { conn, handle }
                 }
                 DatabaseTarget::Server {
                     kind: DatabaseKind::Postgres,
@@ -195,7 +210,7 @@ impl DriverConnection {
             DriverConnection::Mysql { conn, mariadb, .. } => {
                 exec::run_mysql(conn, stmt, fetch, *mariadb).await
             }
-            DriverConnection::Sqlite(c) => exec::run_sqlite(c, stmt, fetch).await,
+            DriverConnection::Sqlite { conn, .. } => exec::run_sqlite(conn, stmt, fetch).await,
         }
     }
 
@@ -205,7 +220,21 @@ impl DriverConnection {
         match self {
             DriverConnection::Postgres { pid, .. } => Some(Canceller::Postgres(*pid)),
             DriverConnection::Mysql { id, .. } => Some(Canceller::Mysql(*id)),
-            DriverConnection::Sqlite(_) => None,
+            DriverConnection::Sqlite { .. } => None,
+        }
+    }
+
+    /// Stops the statement running on this connection, where that is done from the client:
+    /// SQLite (`sqlite3_interrupt`; the statement fails with `SQLITE_INTERRUPT` and its changes
+    /// are rolled back). A server's statement is stopped through a [`Canceller`] instead.
+    pub(crate) fn interrupt(&mut self) {
+        if let DriverConnection::Sqlite { handle, .. } = self {
+            // SAFETY: `handle` is this connection's, which stays open while `self` lives (the
+            // driver closes it only when the `SqliteConnection` beside it is dropped or closed),
+            // and `sqlite3_interrupt` may be called from any thread. Called when no statement
+            // runs, it has no effect on the next one (SQLite clears the flag when a statement
+            // starts on an idle connection).
+            unsafe { libsqlite3_sys::sqlite3_interrupt(handle.0.as_ptr()) }
         }
     }
 
@@ -214,7 +243,7 @@ impl DriverConnection {
         match self {
             DriverConnection::Postgres { conn, .. } => conn.ping().await,
             DriverConnection::Mysql { conn, .. } => conn.ping().await,
-            DriverConnection::Sqlite(c) => c.ping().await,
+            DriverConnection::Sqlite { conn, .. } => conn.ping().await,
         }
     }
 
@@ -246,13 +275,13 @@ impl DriverConnection {
                 ))
                 .await?;
             }
-            DriverConnection::Sqlite(c) => {
+            DriverConnection::Sqlite { conn, .. } => {
                 // `ROLLBACK` without a transaction is an error on SQLite: ask first.
-                let mut handle = c.lock_handle().await?;
+                let mut handle = conn.lock_handle().await?;
                 let in_transaction = handle.in_transaction_public();
                 drop(handle);
                 if in_transaction {
-                    c.execute(sqlx::raw_sql("ROLLBACK")).await?;
+                    conn.execute(sqlx::raw_sql("ROLLBACK")).await?;
                 }
             }
         }
@@ -264,7 +293,7 @@ impl DriverConnection {
         let _ = match self {
             DriverConnection::Postgres { conn, .. } => conn.close().await,
             DriverConnection::Mysql { conn, .. } => conn.close().await,
-            DriverConnection::Sqlite(c) => c.close().await,
+            DriverConnection::Sqlite { conn, .. } => conn.close().await,
         };
     }
 }

@@ -4,7 +4,7 @@
 //! past `lease_timeout`: the connection is rolled back and reused, and the lease answers every
 //! later call with [`PoolError::Reclaimed`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ pub struct Lease {
     connection: u64,
     workload: Option<String>,
     acquired: Instant,
+    /// A statement overran its time limit: the lease serves no more.
+    stopped: AtomicBool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -57,6 +59,7 @@ impl Lease {
             connection,
             workload: workload.map(str::to_owned),
             acquired: now,
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -106,7 +109,8 @@ impl Lease {
     }
 
     /// Like [`Lease::run`], with a time limit for this statement instead of the pool's
-    /// `command_timeout`. A statement that overruns it is abandoned and its connection closed.
+    /// `command_timeout`. A statement that overruns it is stopped and its connection closed;
+    /// the lease then answers every later call with [`PoolError::Stopped`].
     pub async fn run_with_timeout(
         &self,
         stmt: Statement,
@@ -140,6 +144,17 @@ impl Lease {
         }
         let result = match answer.await {
             Ok(Ok(output)) => return Ok(output),
+            Ok(Err(RunError::Timeout(limit))) => {
+                // The connection is closed, or (an in-memory SQLite database's, which stays
+                // open) the interrupt may have rolled back the caller's transaction: either way
+                // the statements after this one must not run as if it were still open.
+                self.stopped.store(true, Ordering::Relaxed);
+                if let Some(mut slot) = self.lock_slot().take() {
+                    slot.session_dirty = true;
+                    release(&self.shared, slot);
+                }
+                QueryError::Timeout(limit)
+            }
             Ok(Err(error)) => query_error(error),
             Err(_) => QueryError::ConnectionGone,
         };
@@ -152,6 +167,9 @@ impl Lease {
     }
 
     fn gone_error(&self) -> PoolError {
+        if self.stopped.load(Ordering::Relaxed) {
+            return PoolError::Stopped { id: self.id() };
+        }
         PoolError::Reclaimed {
             id: self.id(),
             timeout: self.shared.config.lease_timeout,

@@ -107,6 +107,16 @@ pub enum PoolError {
         /// The pool's `lease_timeout`.
         timeout: Duration,
     },
+    /// A statement on the lease overran its time limit: it was stopped, and the lease's
+    /// connection closed (an in-memory SQLite database's given back to the pool), with any
+    /// transaction open on it rolled back.
+    #[error(
+        "connection `{id}` was closed after a statement on it overran its time limit; a transaction open on it was rolled back\n\nhint: acquire a new connection and start the transaction again"
+    )]
+    Stopped {
+        /// The lease id.
+        id: String,
+    },
     /// The lease was already released.
     #[error("connection `{id}` was already released\n\nhint: acquire a new connection")]
     Released {
@@ -148,14 +158,14 @@ pub enum QueryError {
         /// The full error (kept for callers; `message` already says what it says).
         error: crate::sql::exec::ExecError,
     },
-    /// The statement overran `command_timeout`. PostgreSQL and MySQL/MariaDB are told to
-    /// cancel it (from a connection of its own) and its connection is closed; one that finished
-    /// before the cancel arrived stays done. SQLite has no such cancel: the statement runs to
-    /// its end (an in-memory database's one connection stays open).
+    /// The statement overran `command_timeout`. It is stopped (PostgreSQL and MySQL/MariaDB
+    /// are told to cancel it from a connection of its own, SQLite is interrupted) and its
+    /// changes are rolled back; one that finished before the cancel arrived stays done. Its
+    /// connection is closed, except an in-memory SQLite database's one connection.
     #[error(
-        "statement overran the command timeout of {0:?}: cancelled on the server, connection \
-         closed (on SQLite it runs to its end); raise `command_timeout` or the statement's own \
-         timeout if it needs longer"
+        "statement overran the command timeout of {0:?}: stopped and its changes rolled back, \
+         connection closed; raise `command_timeout` or the statement's own timeout if it needs \
+         longer"
     )]
     Timeout(Duration),
     /// The connection's actor is gone (it broke before the statement reached it).
@@ -198,7 +208,9 @@ impl PoolError {
         use crate::sql::ErrorKind;
         match self {
             PoolError::Exhausted { .. } => ErrorKind::PoolExhausted,
-            PoolError::Connect { .. } | PoolError::Closed { .. } => ErrorKind::Connection,
+            PoolError::Connect { .. } | PoolError::Closed { .. } | PoolError::Stopped { .. } => {
+                ErrorKind::Connection
+            }
             PoolError::Reclaimed { .. }
             | PoolError::Released { .. }
             | PoolError::Unknown { .. } => ErrorKind::Configuration,
