@@ -34,6 +34,13 @@ async fn sql(pool: &Pool, query: &str) -> Vec<serde_json::Map<String, Value>> {
         .rows
 }
 
+/// Runs `query` through the pool's queue with its own time limit instead of `command_timeout`.
+async fn sql_within(pool: &Pool, query: &str, limit: Duration) -> trellis_host::sql::Output {
+    let kind = pool.config().target.kind();
+    let stmt = trellis_host::sql::params::prepare(query, &Params::None, kind).unwrap();
+    pool.run(stmt, Fetch::All, Some(limit)).await.unwrap()
+}
+
 /// The number of server connections of pool `name`, seen from PostgreSQL.
 async fn pg_backends(monitor: &Pool, name: &str) -> i64 {
     let lease = monitor.acquire().await.unwrap();
@@ -1440,16 +1447,7 @@ async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The statement was interrupted: the next one does not wait for it to run to its end.
-    let check = trellis_host::sql::params::prepare(
-        "SELECT x FROM kept",
-        &Params::None,
-        trellis_host::config::DatabaseKind::Sqlite,
-    )
-    .unwrap();
-    let out = pool
-        .run(check, Fetch::All, Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let out = sql_within(&pool, "SELECT x FROM kept", Duration::from_secs(10)).await;
     assert_eq!(
         out.rows,
         vec![json!({"x": 42}).as_object().unwrap().clone()]
@@ -1515,15 +1513,7 @@ async fn a_statement_past_its_time_limit_is_interrupted_on_sqlite() {
     );
     // Another connection writes at once (it would wait out its busy timeout, then fail with
     // "database is locked", if the insert still ran).
-    let write = trellis_host::sql::params::prepare(
-        "INSERT INTO t VALUES (7)",
-        &Params::None,
-        trellis_host::config::DatabaseKind::Sqlite,
-    )
-    .unwrap();
-    pool.run(write, Fetch::All, Some(Duration::from_secs(4)))
-        .await
-        .unwrap();
+    sql_within(&pool, "INSERT INTO t VALUES (7)", Duration::from_secs(4)).await;
     let rows = sql(&pool, "SELECT count(*) AS n, max(x) AS top FROM t").await;
     assert_eq!(rows[0]["n"], json!(1), "the interrupted insert left rows");
     assert_eq!(rows[0]["top"], json!(7));
