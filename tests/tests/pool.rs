@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use trellis_host::config::{DatabaseTarget, parse_database_url};
 use trellis_host::pool::ops::PoolOperations;
-use trellis_host::pool::{Pool, PoolConfig, PoolError};
-use trellis_host::sql::{Fetch, Params};
+use trellis_host::pool::{Pool, PoolConfig, PoolError, QueryError};
+use trellis_host::sql::{Fetch, Output, Params};
 use trellis_tests::{TestDb, eventually, unique};
 
 fn target(url: &str) -> DatabaseTarget {
@@ -34,8 +34,21 @@ async fn sql(pool: &Pool, query: &str) -> Vec<serde_json::Map<String, Value>> {
         .rows
 }
 
+/// Asserts that the statement `run` stands for failed for overrunning its time limit.
+async fn assert_overran(run: impl std::future::Future<Output = Result<Output, PoolError>>) {
+    let err = run.await.unwrap_err();
+    assert!(
+        matches!(err, PoolError::Query(QueryError::Timeout(_))),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("overran the command timeout"),
+        "{err}"
+    );
+}
+
 /// Runs `query` through the pool's queue with its own time limit instead of `command_timeout`.
-async fn sql_within(pool: &Pool, query: &str, limit: Duration) -> trellis_host::sql::Output {
+async fn sql_within(pool: &Pool, query: &str, limit: Duration) -> Output {
     let kind = pool.config().target.kind();
     let stmt = trellis_host::sql::params::prepare(query, &Params::None, kind).unwrap();
     pool.run(stmt, Fetch::All, Some(limit)).await.unwrap()
@@ -1437,14 +1450,7 @@ async fn an_in_memory_sqlite_database_outlives_a_statement_that_overran_its_time
     let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) \
                 SELECT count(*) AS n FROM c";
     let started = Instant::now();
-    let err = pool
-        .execute(slow, &Params::None, Fetch::One)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("overran the command timeout"),
-        "{err}"
-    );
+    assert_overran(pool.execute(slow, &Params::None, Fetch::One)).await;
     assert!(started.elapsed() < Duration::from_secs(2));
     // The statement was interrupted: the next one does not wait for it to run to its end.
     let out = sql_within(&pool, "SELECT x FROM kept", Duration::from_secs(10)).await;
@@ -1472,11 +1478,7 @@ async fn a_lease_whose_statement_overran_its_time_limit_runs_nothing_more() {
     run("INSERT INTO t VALUES (1)").await.unwrap();
     let slow = "INSERT INTO t WITH RECURSIVE c(x) AS \
                 (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT x FROM c";
-    let err = run(slow).await.unwrap_err();
-    assert!(
-        err.to_string().contains("overran the command timeout"),
-        "{err}"
-    );
+    assert_overran(run(slow)).await;
     let err = run("INSERT INTO t VALUES (2)").await.unwrap_err();
     assert!(matches!(err, PoolError::Stopped { .. }), "{err}");
     assert!(err.to_string().contains("rolled back"), "{err}");
@@ -1503,14 +1505,7 @@ async fn a_statement_past_its_time_limit_is_interrupted_on_sqlite() {
     // A billion rows: minutes of writing, holding the database's one write lock, unless stopped.
     let slow = "INSERT INTO t WITH RECURSIVE c(x) AS \
                 (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT x FROM c";
-    let err = pool
-        .execute(slow, &Params::None, Fetch::All)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("overran the command timeout"),
-        "{err}"
-    );
+    assert_overran(pool.execute(slow, &Params::None, Fetch::All)).await;
     // Another connection writes at once (it would wait out its busy timeout, then fail with
     // "database is locked", if the insert still ran).
     sql_within(&pool, "INSERT INTO t VALUES (7)", Duration::from_secs(4)).await;
@@ -1533,14 +1528,8 @@ async fn a_statement_past_its_time_limit_is_stopped_on_the_server(
     c.command_timeout = Some(Duration::from_millis(200));
     let pool = Pool::new(c);
     sql(&pool, &create.replace("{t}", &table)).await;
-    let err = pool
-        .execute(&insert.replace("{t}", &table), &Params::None, Fetch::All)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("overran the command timeout"),
-        "{err}"
-    );
+    let insert = insert.replace("{t}", &table);
+    assert_overran(pool.execute(&insert, &Params::None, Fetch::All)).await;
     tokio::time::sleep(Duration::from_millis(2500)).await; // past the sleep
     let rows = sql(&pool, &format!("SELECT count(*) AS n FROM {table}")).await;
     assert_eq!(rows[0]["n"], json!(0), "the timed-out insert committed");
