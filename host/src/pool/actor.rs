@@ -68,13 +68,8 @@ pub(crate) fn spawn(
     shared: Weak<Shared>,
     rx: mpsc::UnboundedReceiver<Command>,
     command_timeout: Option<Duration>,
-    replaceable: bool,
 ) {
-    let ctx = Ctx {
-        health,
-        shared,
-        replaceable,
-    };
+    let ctx = Ctx { health, shared };
     tokio::spawn(run(conn, ctx, rx, command_timeout));
 }
 
@@ -82,9 +77,6 @@ pub(crate) fn spawn(
 struct Ctx {
     health: Arc<ConnHealth>,
     shared: Weak<Shared>,
-    /// `false` for the one connection of an in-memory SQLite database, which is the database
-    /// itself: it stays open after a statement overruns its time limit (see [`execute`]).
-    replaceable: bool,
 }
 
 /// Tells the pool the actor is gone, however it ended (also on panic).
@@ -242,12 +234,16 @@ async fn execute(
                 conn.interrupt();
                 let now = Instant::now();
                 ctx.health.query_done(false, now);
-                let stop = ctx.replaceable.then_some(CloseReason::Timeout);
+                let shared = ctx.shared.upgrade();
+                let stop = match &shared {
+                    Some(shared) if shared.config.in_memory() => None,
+                    _ => Some(CloseReason::Timeout),
+                };
                 if stop.is_some()
                     && let Some(canceller) = conn.canceller()
-                    && let Some(shared) = ctx.shared.upgrade()
+                    && let Some(shared) = &shared
                 {
-                    cancel_in_background(&shared, canceller);
+                    cancel_in_background(shared, canceller);
                 }
                 return (Err(RunError::Timeout(limit)), stop, now);
             }

@@ -64,13 +64,11 @@ impl PoolConfig {
 
     /// Defaults for a pool called `name` on `target`.
     pub fn new(name: impl Into<String>, target: DatabaseTarget) -> PoolConfig {
-        let in_memory = matches!(target, DatabaseTarget::Sqlite { path: None });
-        PoolConfig {
+        let mut config = PoolConfig {
             name: name.into(),
             target,
-            // Every in-memory SQLite connection is its own database: keep exactly one.
-            min_connections: if in_memory { 1 } else { 2 },
-            max_connections: if in_memory { 1 } else { 10 },
+            min_connections: 2,
+            max_connections: 10,
             health_threshold: 50,
             pre_warm: true,
             acquire_timeout: Duration::from_secs(30),
@@ -80,7 +78,13 @@ impl PoolConfig {
             idle_timeout: Duration::from_secs(10 * 60),
             lease_timeout: Duration::from_secs(5 * 60),
             connect_timeout: Duration::from_secs(10),
+        };
+        if config.in_memory() {
+            // Every in-memory SQLite connection is its own database: keep exactly one.
+            config.min_connections = 1;
+            config.max_connections = 1;
         }
+        config
     }
 
     /// The settings of `[databases.NAME]` in `trellis.toml`.

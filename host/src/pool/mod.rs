@@ -725,7 +725,6 @@ impl Shared {
                     Arc::downgrade(self),
                     rx,
                     self.config.command_timeout,
-                    !self.config.in_memory(),
                 );
                 tracing::debug!(pool = %self.config.name, connection = id, "connection opened");
                 self.checkin(slot);
