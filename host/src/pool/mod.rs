@@ -111,7 +111,7 @@ pub enum PoolError {
     /// connection closed (an in-memory SQLite database's given back to the pool), with any
     /// transaction open on it rolled back.
     #[error(
-        "connection `{id}` was closed after a statement on it overran its time limit; a transaction open on it was rolled back\n\nhint: acquire a new connection and start the transaction again"
+        "connection `{id}` runs no more statements: one on it overran its time limit, and a transaction open on it was rolled back\n\nhint: acquire a new connection and start the transaction again"
     )]
     Stopped {
         /// The lease id.
@@ -163,9 +163,8 @@ pub enum QueryError {
     /// changes are rolled back; one that finished before the cancel arrived stays done. Its
     /// connection is closed, except an in-memory SQLite database's one connection.
     #[error(
-        "statement overran the command timeout of {0:?}: stopped and its changes rolled back, \
-         connection closed; raise `command_timeout` or the statement's own timeout if it needs \
-         longer"
+        "statement overran the command timeout of {0:?}: stopped and its changes rolled back; \
+         raise `command_timeout` or the statement's own timeout if it needs longer"
     )]
     Timeout(Duration),
     /// The connection's actor is gone (it broke before the statement reached it).
