@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::tls::{SslMode, TlsSpec};
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
@@ -231,6 +232,8 @@ pub enum DatabaseTarget {
         user: String,
         /// Password, if any.
         password: Option<Secret>,
+        /// What the connection demands of TLS.
+        tls: crate::tls::Tls,
     },
 }
 
@@ -550,6 +553,12 @@ struct RawDatabase {
     password: Option<Interpolated<Secret>>,
     /// SQLite only: the file.
     path: Option<Interpolated<PathBuf>>,
+    /// TLS (servers only, PostgreSQL and MySQL alike): libpq's names; `sslmode` takes
+    /// MySQL's mode names too (see [`crate::tls`]).
+    sslmode: Option<Interpolated<String>>,
+    sslrootcert: Option<Interpolated<PathBuf>>,
+    sslcert: Option<Interpolated<PathBuf>>,
+    sslkey: Option<Interpolated<Secret>>,
     min_connections: Option<usize>,
     max_connections: Option<usize>,
     health_threshold: Option<i64>,
@@ -916,6 +925,16 @@ impl RawDatabase {
             || self.user.is_some()
             || self.password.is_some()
             || self.path.is_some();
+        let tls_keys = TlsSpec {
+            mode: self.sslmode.map(|m| SslMode::parse(&m.0)).transpose()?,
+            root_cert: self.sslrootcert.map(|p| relative_to(base, p.0)),
+            client_cert: self.sslcert.map(|p| relative_to(base, p.0)),
+            client_key: self.sslkey.map(|k| k.0),
+        };
+        let has_tls_keys = tls_keys.mode.is_some()
+            || tls_keys.root_cert.is_some()
+            || tls_keys.client_cert.is_some()
+            || tls_keys.client_key.is_some();
         if let Some(url) = self.url {
             if discrete || self.kind.is_some() {
                 return Err(
@@ -924,12 +943,37 @@ impl RawDatabase {
                         .into(),
                 );
             }
-            return Ok(match url.0.0 {
-                DatabaseTarget::Sqlite { path: Some(p) } => DatabaseTarget::Sqlite {
-                    path: Some(relative_to(base, p)),
-                },
-                target => target,
-            });
+            let DatabaseUrl(target, spec) = url.0;
+            return match target {
+                DatabaseTarget::Sqlite { path } => {
+                    if has_tls_keys {
+                        return Err(SQLITE_TLS.into());
+                    }
+                    Ok(DatabaseTarget::Sqlite {
+                        path: path.map(|p| relative_to(base, p)),
+                    })
+                }
+                DatabaseTarget::Server {
+                    kind,
+                    host,
+                    port,
+                    database,
+                    user,
+                    password,
+                    ..
+                } => {
+                    let tls = spec.merge(tls_keys)?.resolve(&host)?;
+                    Ok(DatabaseTarget::Server {
+                        kind,
+                        host,
+                        port,
+                        database,
+                        user,
+                        password,
+                        tls,
+                    })
+                }
+            };
         }
         let kind = self
             .kind
@@ -938,6 +982,9 @@ impl RawDatabase {
             DatabaseKind::Sqlite => {
                 if self.host.is_some() || self.port.is_some() || self.user.is_some() {
                     return Err("a sqlite database takes only `path`".into());
+                }
+                if has_tls_keys {
+                    return Err(SQLITE_TLS.into());
                 }
                 let path = self.path.map(|p| relative_to(base, p.0));
                 Ok(DatabaseTarget::Sqlite { path })
@@ -951,18 +998,24 @@ impl RawDatabase {
                 } else {
                     3306
                 };
+                let host = self.host.map_or_else(|| "127.0.0.1".into(), |h| h.0);
+                let tls = tls_keys.resolve(&host)?;
                 Ok(DatabaseTarget::Server {
                     kind,
-                    host: self.host.map_or_else(|| "127.0.0.1".into(), |h| h.0),
+                    host,
                     port: self.port.unwrap_or(default_port),
                     database: self.database.ok_or("missing `database`")?.0,
                     user: self.user.ok_or("missing `user`")?.0,
                     password: self.password.map(|p| p.0),
+                    tls,
                 })
             }
         }
     }
 }
+
+const SQLITE_TLS: &str =
+    "`sslmode`, `sslrootcert`, `sslcert` and `sslkey` are for servers, not sqlite";
 
 // ---- value types with their own parsing ----------------------------------------------------
 
@@ -1022,28 +1075,47 @@ impl FromConfigStr for HumanDuration {
     }
 }
 
-/// A database URL, parsed into a [`DatabaseTarget`] so that the password is wrapped at once.
+/// A database URL, parsed into a [`DatabaseTarget`] so that the password is wrapped at once,
+/// with the TLS settings as written (keys beside the URL may add to them).
 #[derive(Debug)]
-struct DatabaseUrl(DatabaseTarget);
+struct DatabaseUrl(DatabaseTarget, TlsSpec);
 
 impl FromConfigStr for DatabaseUrl {
     fn from_config_str(s: &str) -> Result<Self, String> {
-        parse_database_url(s).map(DatabaseUrl)
+        parse_url(s).map(|(target, spec)| DatabaseUrl(target, spec))
     }
 }
 
-/// Parses `postgres://user:pass@host:port/db`, `mysql://…`, `mariadb://…`, `sqlite://path`,
-/// `sqlite:path` or `sqlite::memory:`. Errors never include the password.
+/// Parses `postgres://user:pass@host:port/db?sslmode=…`, `mysql://…?ssl-mode=…`,
+/// `mariadb://…`, `sqlite://path`, `sqlite:path` or `sqlite::memory:`. A parameter Trellis
+/// does not know is an error, never dropped (see [`crate::tls`] for the TLS ones). Errors never
+/// include the password.
 pub fn parse_database_url(s: &str) -> Result<DatabaseTarget, String> {
+    parse_url(s).map(|(target, _)| target)
+}
+
+fn parse_url(s: &str) -> Result<(DatabaseTarget, TlsSpec), String> {
     if let Some(rest) = s.strip_prefix("sqlite:") {
         let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let rest = rest.split('?').next().unwrap_or(rest);
-        return Ok(match rest {
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            // `mode=rwc` (read, write, create) is how Trellis opens every file; other modes and
+            // parameters would be ignored, so they are refused.
+            if pair != "mode=rwc" {
+                let key = pair.split('=').next().unwrap_or(pair);
+                return Err(format!(
+                    "unsupported parameter `{key}` in a sqlite URL: Trellis opens the file \
+                     read-write and creates it when missing (`mode=rwc`); remove the parameter"
+                ));
+            }
+        }
+        let target = match rest {
             ":memory:" | "" => DatabaseTarget::Sqlite { path: None },
             path => DatabaseTarget::Sqlite {
                 path: Some(PathBuf::from(path)),
             },
-        });
+        };
+        return Ok((target, TlsSpec::default()));
     }
     let url = url::Url::parse(s).map_err(|e| format!("not a database URL: {e}"))?;
     let kind = match url.scheme() {
@@ -1072,12 +1144,17 @@ pub fn parse_database_url(s: &str) -> Result<DatabaseTarget, String> {
     if user.is_empty() {
         return Err("the URL names no user (`scheme://USER@host/db`)".into());
     }
-    Ok(DatabaseTarget::Server {
+    let spec = TlsSpec::from_url_params(
         kind,
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
+        url.query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned())),
+    )?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let target = DatabaseTarget::Server {
+        kind,
         port: url.port().unwrap_or(match kind {
             DatabaseKind::Postgres => 5432,
             _ => 3306,
@@ -1085,7 +1162,10 @@ pub fn parse_database_url(s: &str) -> Result<DatabaseTarget, String> {
         database: decode(database),
         user,
         password: url.password().map(|p| Secret::new(decode(p))),
-    })
+        tls: spec.clone().resolve(&host)?,
+        host,
+    };
+    Ok((target, spec))
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`. A lone `$` stays as it is.
@@ -1180,6 +1260,7 @@ mod tests {
             database,
             user,
             password,
+            ..
         } = t
         else {
             panic!("not a server: {t}")

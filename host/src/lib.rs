@@ -27,19 +27,24 @@
 //! - [`workflow`]: workflow files and the builder, the DAG runtime, the access-controlled
 //!   runtime (policy before, masking after), the watched workflows directory.
 //! - [`server`]: the HTTP API (axum): health, metrics, pools, plugins, workflows, policy.
+//! - [`tls`]: TLS to database servers (libpq's `sslmode`), from URL parameters or config keys.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod database;
+mod loopback;
 pub mod migrate;
 pub mod plugins;
 pub mod policy;
 pub mod pool;
+mod private_fs;
 pub mod server;
 pub mod shutdown;
 pub mod sql;
+mod suggest;
+pub mod tls;
 pub mod vector;
 pub mod workflow;
 

@@ -347,3 +347,42 @@ pub fn example_dir() -> tempfile::TempDir {
     }
     dir
 }
+
+/// A temporary folder to serve: `trellis.toml` with dev auth and `extra_config`, the workflow
+/// `workflows/w.toml`, the rules `policies/test.rules.json` and an empty `plugins/`.
+pub fn custom_dir(workflow: &str, rules: &str, extra_config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trellis.toml"),
+        format!("[auth]\nmode = \"dev\"\n{extra_config}"),
+    )
+    .unwrap();
+    for sub in ["workflows", "policies", "plugins"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    std::fs::write(dir.path().join("workflows/w.toml"), workflow).unwrap();
+    std::fs::write(dir.path().join("policies/test.rules.json"), rules).unwrap();
+    dir
+}
+
+/// `POST /v1/workflows/WORKFLOW/run` with `body`, as the dev-mode user `user`: the status and
+/// the JSON body (`null` when the body is not JSON).
+pub async fn run_workflow(
+    server: &Server,
+    workflow: &str,
+    user: &serde_json::Value,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/workflows/{workflow}/run", server.base_url()))
+        .header("x-trellis-user", user.to_string())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}

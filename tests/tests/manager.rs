@@ -143,6 +143,7 @@ async fn circuit_opens_while_the_database_is_down_and_closes_when_it_returns() {
         database,
         user,
         password,
+        tls,
     } = parse_database_url(&url).unwrap()
     else {
         panic!("not a server URL")
@@ -157,6 +158,7 @@ async fn circuit_opens_while_the_database_is_down_and_closes_when_it_returns() {
         database,
         user,
         password,
+        tls,
     };
     let manager = ConnectionManager::new();
     // Down: each request fails fast with a connection error, then the circuit opens.

@@ -603,6 +603,7 @@ fn cache_hits_and_rebuilds_corrupt_or_foreign_entries() {
     let entries: Vec<PathBuf> = std::fs::read_dir(fixture.cache())
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let entry = &entries[0];
@@ -628,7 +629,7 @@ fn cache_hits_and_rebuilds_corrupt_or_foreign_entries() {
     std::fs::write(entry, &bytes).unwrap();
     let rebuilt = loaded(fixture.default_registry().load_file(&file));
     assert!(
-        matches!(rebuilt.cache_outcome(), CacheOutcome::Rebuilt(reason) if reason.contains("checksum")),
+        matches!(rebuilt.cache_outcome(), CacheOutcome::Rebuilt(reason) if reason.contains("MAC mismatch")),
         "{:?}",
         rebuilt.cache_outcome()
     );
@@ -638,9 +639,9 @@ fn cache_hits_and_rebuilds_corrupt_or_foreign_entries() {
         "the entry was rewritten"
     );
 
-    // A foreign entry (intact, but compiled by another wasmtime version: here the version in
-    // its `.wasmtime.engine` section is changed from 48 to 47 and the checksum redone) is caught
-    // by wasmtime's compatibility check, rebuilt and rewritten.
+    // A foreign entry (intact and keyed, but compiled by another wasmtime version: here the
+    // version in its `.wasmtime.engine` section is changed from 48 to 47 and the MAC redone with
+    // the install's key) is caught by wasmtime's compatibility check, rebuilt and rewritten.
     let bytes = std::fs::read(entry).unwrap();
     let (head, payload) = bytes.split_at(12 + 32);
     let mut payload = payload.to_vec();
@@ -650,7 +651,7 @@ fn cache_hits_and_rebuilds_corrupt_or_foreign_entries() {
         .expect("the engine section's version");
     payload[at + 3] = b'7';
     let mut foreign = head[..12].to_vec();
-    foreign.extend_from_slice(&Sha256::digest(&payload));
+    foreign.extend_from_slice(&entry_mac(&fixture.cache(), entry, &payload));
     foreign.extend_from_slice(&payload);
     std::fs::write(entry, foreign).unwrap();
     let rebuilt = loaded(fixture.default_registry().load_file(&file));
@@ -662,6 +663,87 @@ fn cache_hits_and_rebuilds_corrupt_or_foreign_entries() {
     assert_eq!(
         loaded(fixture.default_registry().load_file(&file)).cache_outcome(),
         &CacheOutcome::Hit
+    );
+}
+
+/// The HMAC a cache entry at `entry` must carry for `payload`, under the install key in `cache`.
+fn entry_mac(cache: &Path, entry: &Path, payload: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let key = std::fs::read(cache.join("install.key")).unwrap();
+    let name = entry.file_stem().unwrap().to_string_lossy().into_owned();
+    let (sha, engine) = name.split_once('-').unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(sha.as_bytes());
+    mac.update(b"\0");
+    mac.update(engine.as_bytes());
+    mac.update(b"\0");
+    mac.update(payload);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Issue 17 §5: the cache was checked with an unkeyed SHA-256, so whoever could write the cache
+/// directory could make the host run any native code: another component's entry (checksum
+/// intact) put under a plugin's name ran in its place. Both forgeries are refused now, and the
+/// plugin runs its own code.
+#[test]
+fn a_forged_or_swapped_cache_entry_is_never_run() {
+    let fixture = Fixture::new(&[]);
+    let stamp = fixture.install("test_stamp", "stamp.wasm");
+    let echo = fixture.install("test_echo", "echo.wasm");
+    let registry = fixture.default_registry();
+    let stamp_plugin = loaded(registry.load_file(&stamp));
+    let echo_plugin = loaded(registry.load_file(&echo));
+    let entry_of = |sha: &str| {
+        std::fs::read_dir(fixture.cache())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(sha))
+            .expect("an entry")
+    };
+    let stamp_entry = entry_of(stamp_plugin.sha256());
+    let echo_entry = entry_of(echo_plugin.sha256());
+    let input = [json!({"x": 1})];
+    let own = stamp_plugin
+        .transform_values(&input, config(json!({})))
+        .unwrap();
+
+    // The swap: echo's entry under stamp's name.
+    std::fs::copy(&echo_entry, &stamp_entry).unwrap();
+    let after = loaded(fixture.default_registry().load_file(&stamp));
+    assert!(
+        matches!(after.cache_outcome(), CacheOutcome::Rebuilt(reason) if reason.contains("MAC mismatch")),
+        "a swapped entry was loaded: {:?}",
+        after.cache_outcome()
+    );
+    assert_eq!(
+        format!(
+            "{:?}",
+            after.transform_values(&input, config(json!({}))).unwrap()
+        ),
+        format!("{own:?}"),
+        "stamp ran another component's code"
+    );
+
+    // The old, unkeyed format: a SHA-256 anyone can compute.
+    let payload = std::fs::read(&echo_entry).unwrap()[12 + 32..].to_vec();
+    let mut forged = b"trellis-cwa1".to_vec();
+    forged.extend_from_slice(&Sha256::digest(&payload));
+    forged.extend_from_slice(&payload);
+    std::fs::write(&stamp_entry, forged).unwrap();
+    let after = loaded(fixture.default_registry().load_file(&stamp));
+    assert!(
+        matches!(after.cache_outcome(), CacheOutcome::Rebuilt(_)),
+        "a forged entry was loaded: {:?}",
+        after.cache_outcome()
+    );
+
+    // The key is the install's own: 32 bytes, readable by the host's user only.
+    use std::os::unix::fs::PermissionsExt;
+    let key = fixture.cache().join("install.key");
+    assert_eq!(std::fs::read(&key).unwrap().len(), 32);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
     );
 }
 

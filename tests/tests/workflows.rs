@@ -3,19 +3,9 @@
 //! timed-out nodes, concurrency of independent nodes, bad requests, and the admin endpoints.
 
 use serde_json::{Value, json};
-use trellis_tests::{Server, TestDb, example_dir as example};
-
-async fn run(server: &Server, workflow: &str, user: &Value, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/workflows/{workflow}/run", server.base_url()))
-        .header("x-trellis-user", user.to_string())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use trellis_tests::{
+    Server, TestDb, custom_dir as custom, example_dir as example, run_workflow as run,
+};
 
 fn analyst() -> Value {
     json!({"user_id": "fin001", "tenant_id": "acme", "email": "finance.analyst@acme.com",
@@ -309,21 +299,6 @@ const OPEN_POLICY: &str = r#"{"rules": [
   {"id": "ra", "resource_type": "node", "resource_id": "a", "permission": "read_output", "effect": "allow"},
   {"id": "rc", "resource_type": "node", "resource_id": "c", "permission": "read_output", "effect": "allow"}
 ]}"#;
-
-fn custom(workflow: &str, rules: &str, extra_config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("trellis.toml"),
-        format!("[auth]\nmode = \"dev\"\n{extra_config}"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
-    std::fs::write(dir.path().join("workflows/w.toml"), workflow).unwrap();
-    std::fs::write(dir.path().join("policies/test.rules.json"), rules).unwrap();
-    dir
-}
 
 #[tokio::test]
 async fn denied_node_optional_node_and_skip() {

@@ -44,6 +44,9 @@ pub enum AuthError {
     /// Jwt mode: the token verified but carries no user id.
     #[error("the token has no `{0}` claim (the user id)")]
     MissingUserId(String),
+    /// The identity (dev header or token) has a control character in a field that reaches logs.
+    #[error("the user's `{0}` contains a control character (a newline, tab or escape)")]
+    ControlCharacter(&'static str),
     /// Jwt mode: a mapped claim has the wrong shape.
     #[error("the token's `{claim}` claim must be {expected}")]
     BadClaim {

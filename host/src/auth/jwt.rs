@@ -50,6 +50,15 @@ impl JwtVerifier {
 
     /// Verifies `token` and maps its claims onto a user.
     pub(super) fn verify(&self, token: &str) -> Result<UserContext, AuthError> {
+        // RFC 7515 §4.1.11: a header that marks extensions critical must be refused by a
+        // verifier that does not understand them, and this one understands none.
+        if header_has_crit(token) {
+            return Err(AuthError::InvalidToken(
+                "the token's header marks extensions critical (`crit`), and this server \
+                 understands none"
+                    .into(),
+            ));
+        }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| self.token_error(token, e.kind()))?;
         user_from_claims(data.claims, &self.claims)
@@ -99,13 +108,24 @@ fn wrong_algorithm(token: &str, expected: JwtAlgorithm) -> String {
     }
 }
 
-/// The `alg` of `token`'s header when it is a short plain name (so it is safe to repeat).
-fn header_algorithm(token: &str) -> Option<String> {
+/// `token`'s header as JSON, when it decodes.
+fn header_json(token: &str) -> Option<Value> {
     let header = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()?;
-    let header: Value = serde_json::from_slice(&bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether `token`'s header has a `crit` parameter (in any form: even an empty or malformed
+/// one is refused, as RFC 7515 §4.1.11 forbids both).
+fn header_has_crit(token: &str) -> bool {
+    header_json(token).is_some_and(|h| h.get("crit").is_some())
+}
+
+/// The `alg` of `token`'s header when it is a short plain name (so it is safe to repeat).
+fn header_algorithm(token: &str) -> Option<String> {
+    let header = header_json(token)?;
     let alg = header.get("alg")?.as_str()?;
     (alg.len() <= 16 && alg.chars().all(|c| c.is_ascii_alphanumeric())).then(|| alg.to_owned())
 }

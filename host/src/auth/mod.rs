@@ -220,7 +220,7 @@ impl Authenticator {
 
     /// The user `headers` prove, or why they prove none.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<UserContext, AuthError> {
-        match &self.inner {
+        let user = match &self.inner {
             Inner::None => Err(AuthError::NotConfigured),
             Inner::Dev => dev::user_from_headers(headers),
             Inner::Jwt(verifier) => {
@@ -230,7 +230,29 @@ impl Authenticator {
                 let token = jwt::bearer_token(headers)?;
                 verifier.verify(token)
             }
-        }
+        }?;
+        check_printable(&user)?;
+        Ok(user)
+    }
+}
+
+/// Refuses an identity with a control character (a newline, an escape) in its id, tenant,
+/// e-mail or a role: such a value would forge lines in a text log and break every log reader
+/// downstream, and no real identity needs one.
+fn check_printable(user: &UserContext) -> Result<(), AuthError> {
+    let fields = [
+        ("user_id", user.user_id.as_str()),
+        ("tenant_id", user.tenant_id.as_str()),
+        ("email", user.email.as_str()),
+    ];
+    let roles = user.roles.iter().map(|r| ("roles", r.as_str()));
+    match fields
+        .into_iter()
+        .chain(roles)
+        .find(|(_, v)| v.chars().any(char::is_control))
+    {
+        Some((field, _)) => Err(AuthError::ControlCharacter(field)),
+        None => Ok(()),
     }
 }
 

@@ -84,10 +84,8 @@ pub struct AuditLog {
 impl AuditLog {
     /// Appends to `path` (created if missing), with room for `capacity` queued records.
     pub fn open(path: &Path, capacity: usize) -> Result<AuditLog, AuditError> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let file = crate::private_fs::create_parent(path)
+            .and_then(|()| crate::private_fs::open_append(path))
             .map_err(|source| AuditError::File {
                 path: path.to_owned(),
                 source,

@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::suggest::did_you_mean;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -514,16 +515,6 @@ const DAYS: &[&str] = &[
     "saturday",
     "sunday",
 ];
-
-/// The closest of `candidates` to `input`, if close enough to be a likely typo.
-pub(crate) fn did_you_mean<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::jaro_winkler(input, c), *c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
-}
 
 fn suggest(input: &str, candidates: &[&str]) -> Option<String> {
     did_you_mean(input, candidates).map(|m| format!("did you mean `{m}`?"))

@@ -162,6 +162,7 @@ impl PoolConfig {
                 },
                 _ => DatabaseTarget::Server {
                     kind,
+                    tls: crate::tls::Tls::default_for(str_of("host").unwrap_or("127.0.0.1")),
                     host: str_of("host").unwrap_or("127.0.0.1").to_owned(),
                     port: match obj.get("port") {
                         None => {

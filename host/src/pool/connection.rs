@@ -107,9 +107,11 @@ impl DriverConnection {
                 DatabaseTarget::Sqlite { path } => {
                     let options = match path {
                         Some(path) => {
-                            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                                std::fs::create_dir_all(dir)?;
-                            }
+                            // The database holds the data policy protects: its directory and
+                            // file are the host user's alone (SQLite gives its -wal and -shm
+                            // files the database file's mode).
+                            crate::private_fs::create_parent(path)?;
+                            crate::private_fs::touch(path)?;
                             SqliteConnectOptions::new()
                                 .filename(path)
                                 .create_if_missing(true)
@@ -133,6 +135,7 @@ impl DriverConnection {
                     database,
                     user,
                     password,
+                    tls,
                 } => {
                     let mut options = PgConnectOptions::new()
                         .host(host)
@@ -144,7 +147,8 @@ impl DriverConnection {
                     if let Some(password) = password {
                         options = options.password(password.expose());
                     }
-                    let mut conn = options.connect().await?;
+                    let options = tls.apply_pg(options);
+                    let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
                     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
                         .fetch_one(&mut conn)
                         .await?;
@@ -160,6 +164,7 @@ impl DriverConnection {
                     database,
                     user,
                     password,
+                    tls,
                     ..
                 } => {
                     let mut options = MySqlConnectOptions::new()
@@ -171,7 +176,8 @@ impl DriverConnection {
                     if let Some(password) = password {
                         options = options.password(password.expose());
                     }
-                    let mut conn = options.connect().await?;
+                    let options = tls.apply_mysql(options);
+                    let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
                     let (version, id): (String, u64) =
                         sqlx::query_as("SELECT VERSION(), CONNECTION_ID()")
                             .fetch_one(&mut conn)
@@ -295,6 +301,24 @@ impl DriverConnection {
             DriverConnection::Mysql { conn, .. } => conn.close().await,
             DriverConnection::Sqlite { conn, .. } => conn.close().await,
         };
+    }
+}
+
+/// A connect error in the TLS step, reworded to say which mode failed and what to set (the
+/// client key's path taken out); any other error as it is (an unreadable file is an I/O error,
+/// whose text names no path).
+fn tls_error(tls: &crate::tls::Tls, e: sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::Tls(cause) => sqlx::Error::Tls(tls.failure(&cause.to_string()).into()),
+        // rustls reports a failed handshake (an unknown issuer, a wrong name) as invalid data
+        // on the socket.
+        sqlx::Error::Io(cause)
+            if tls.mode != crate::tls::SslMode::Disable
+                && cause.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            sqlx::Error::Tls(tls.failure(&cause.to_string()).into())
+        }
+        e => e,
     }
 }
 

@@ -3,6 +3,7 @@
 mod admin;
 pub mod auth;
 mod error;
+mod guard;
 mod health;
 mod host_metrics;
 mod metrics;
@@ -320,12 +321,7 @@ async fn start_policy(
         .map_err(|e| StartError::Policy(e.to_string()))?;
     let audit = match &p.audit {
         AuditTarget::Off => AuditLog::memory_only(p.audit_recent),
-        AuditTarget::File(path) => {
-            if let Some(parent) = path.parent() {
-                let _ = std::fs::create_dir_all(parent);
-            }
-            AuditLog::open(path, 65_536)?.with_recent(p.audit_recent)
-        }
+        AuditTarget::File(path) => AuditLog::open(path, 65_536)?.with_recent(p.audit_recent),
         AuditTarget::Database(name) => {
             let pool = databases.get(name).ok_or_else(|| {
                 StartError::Policy(format!("audit database `{name}` is not configured"))

@@ -1,14 +1,14 @@
-//! The routes, and the layers every request passes: metrics, body limit, timeout.
+//! The routes, and the layers every request passes: metrics, dev mode's loopback check, the
+//! deadline, the body limit.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use super::App;
-use super::{admin, auth, health, metrics, plugins, pools, workflows};
+use super::{admin, auth, guard, health, metrics, plugins, pools, workflows};
 
 /// The full HTTP API for `app`.
 pub fn router(app: App) -> Router {
@@ -28,9 +28,10 @@ pub fn router(app: App) -> Router {
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         // A declared length over the limit is answered 413 at once, before any body is read.
         .layer(RequestBodyLimitLayer::new(server.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            server.request_timeout,
+        .layer(middleware::from_fn_with_state(app.clone(), guard::deadline))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            guard::dev_loopback_only,
         ))
         .layer(middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app)

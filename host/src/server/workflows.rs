@@ -121,12 +121,12 @@ pub async fn run(
     match result {
         Ok(report) => {
             app.metrics().record_run(&workflow.name, "ok");
-            tracing::debug!(%run_id, workflow = %workflow.name, user = %user_id, took_ms, skipped = report.skipped.len(), withheld = report.withheld.len(), "run finished");
+            tracing::debug!(%run_id, workflow = %workflow.name, user = ?user_id, took_ms, skipped = report.skipped.len(), withheld = report.withheld.len(), "run finished");
             Ok(Json(serde_json::to_value(report).unwrap_or_default()))
         }
         Err(AccessError::Denied(denial)) => {
             app.metrics().record_run(&workflow.name, "denied");
-            tracing::info!(%run_id, workflow = %workflow.name, user = %user_id, resource = %format!("{}:{}", denial.resource_type, denial.resource_id), permission = denial.permission, reason = %denial.reason, "run denied");
+            tracing::info!(%run_id, workflow = %workflow.name, user = ?user_id, resource = %format!("{}:{}", denial.resource_type, denial.resource_id), permission = denial.permission, reason = %denial.reason, "run denied");
             Err(denied(&app, &user, &denial).with("run_id", run_id))
         }
         Err(AccessError::Inputs(problems)) => {
@@ -140,7 +140,7 @@ pub async fn run(
         }
         Err(AccessError::Run(e)) => {
             app.metrics().record_run(&workflow.name, "failed");
-            tracing::warn!(%run_id, workflow = %workflow.name, user = %user_id, node = e.node(), "run failed: {e}");
+            tracing::warn!(%run_id, workflow = %workflow.name, user = ?user_id, node = e.node(), "run failed: {e}");
             let status = match e {
                 RunError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 RunError::Node { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,0 +1,227 @@
+//! Issue 17's attacks, each performed against the real `trellis serve` over HTTP: a request past
+//! its deadline, DNS rebinding into a dev-mode server, a forged log line through a user id, a
+//! JWT with a `crit` header, and the modes of the files that hold the data and the audit trail.
+//! Each test failed on the code before its fix (`faabd26`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use trellis_tests::{Server, TestDb, custom_dir, example_dir, run_workflow};
+
+fn admin() -> Value {
+    json!({"user_id": "root", "roles": ["admin"]})
+}
+
+/// Stops `server` with SIGTERM and returns everything it logged.
+fn stop(server: Server) -> String {
+    kill(Pid::from_raw(server.pid() as i32), Signal::SIGTERM).unwrap();
+    server.wait(Duration::from_secs(30)).1
+}
+
+#[tokio::test]
+async fn a_request_past_request_timeout_answers_504_with_a_json_body() {
+    let Some(pg) = TestDb::Postgres.url() else {
+        return;
+    };
+    let workflow = r#"
+database = "pg"
+[[nodes]]
+id = "slow"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT pg_sleep(3) AS slept" }
+timeout = "20s"
+"#;
+    let rules = r#"{"rules": [
+  {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
+  {"id": "node", "resource_type": "node", "resource_id": "slow", "permission": "execute", "effect": "allow"}
+]}"#;
+    let dir = custom_dir(
+        workflow,
+        rules,
+        &format!("[server]\nrequest_timeout = \"1s\"\n[databases.pg]\nurl = \"{pg}\"\n"),
+    );
+    let server = Server::start(dir.path(), &[]);
+    let started = std::time::Instant::now();
+    let (status, body) = run_workflow(&server, "w", &json!({"user_id": "u"}), json!({})).await;
+    // 408 would say the client was slow; the server was.
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["kind"], "timeout", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request_timeout"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "waited for the statement"
+    );
+}
+
+#[tokio::test]
+async fn dev_mode_refuses_a_foreign_host_or_origin() {
+    let dir = example_dir();
+    let server = Server::start(dir.path(), &[]);
+    let url = format!("{}/v1/audit?limit=1", server.base_url());
+    let client = reqwest::Client::new();
+    let get = |headers: Vec<(&'static str, &'static str)>| {
+        let mut request = client
+            .get(&url)
+            .header("x-trellis-user", admin().to_string());
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        request.send()
+    };
+    // A page at attacker.example whose name now resolves to 127.0.0.1 (DNS rebinding).
+    let response = get(vec![
+        ("host", "attacker.example"),
+        ("origin", "http://attacker.example"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "forbidden", "{body}");
+    assert!(body.get("records").is_none(), "{body}");
+    // A loopback Host, but a request made by a foreign page (CORS simple request).
+    let response = get(vec![("origin", "http://attacker.example")])
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let response = get(vec![("origin", "null")]).await.unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    // The server's own clients still work.
+    for headers in [
+        vec![],
+        vec![("host", "localhost:8700")],
+        vec![("origin", "http://127.0.0.1:3000")],
+    ] {
+        let response = get(headers).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_newline_in_a_user_id_is_refused_and_forges_no_log_line() {
+    let dir = example_dir();
+    let server = Server::start(dir.path(), &[]);
+    let forged = "2031-01-01T00:00:00.000000Z  INFO trellis_host::server: admin access granted";
+    let user = json!({"user_id": format!("eng001\n{forged}"),
+                      "attributes": {"department": "engineering"}});
+    let (status, body) = run_workflow(&server, "finance_report", &user, json!({})).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("control character"),
+        "{body}"
+    );
+    let log = stop(server);
+    assert!(
+        !log.lines().any(|l| l.starts_with("2031-01-01")),
+        "a forged line reached the log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_jwt_with_a_crit_header_is_refused() {
+    const KEY: &str = "e2e-hs256-key-0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trellis.toml"),
+        format!(
+            "[auth]\nmode = \"jwt\"\nalgorithm = \"HS256\"\nkey = \"{KEY}\"\naudience = \"e2e\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = |header: Value| {
+        let signing_input = format!(
+            "{}.{}",
+            b64(&header),
+            b64(&json!({"sub": "alice", "aud": "e2e", "exp": exp}))
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
+        mac.update(signing_input.as_bytes());
+        let sig =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{sig}")
+    };
+    let whoami = |token: String| {
+        reqwest::Client::new()
+            .get(format!("{}/v1/whoami", server.base_url()))
+            .bearer_auth(token)
+            .send()
+    };
+    // The same token without `crit` is good: only the header differs.
+    let plain = whoami(token(json!({"alg": "HS256", "typ": "JWT"})))
+        .await
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 200);
+    let critical = whoami(token(
+        json!({"alg": "HS256", "typ": "JWT", "crit": ["x-must-check"], "x-must-check": true}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(critical.status().as_u16(), 401);
+    let body: Value = critical.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`crit`"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_database_and_audit_files_are_the_host_users_alone() {
+    let dir = example_dir();
+    let server = Server::start(dir.path(), &[]);
+    // One run, so the audit trail has records.
+    let user = json!({"user_id": "hr001", "roles": ["hr_manager"],
+                      "attributes": {"department": "hr", "is_manager": true}});
+    let (status, body) = run_workflow(&server, "finance_report", &user, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    stop(server);
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("data"), 0o700, "data/");
+    assert_eq!(
+        mode("data/trellis.db"),
+        0o600,
+        "data/trellis.db holds the SSNs"
+    );
+    assert_eq!(mode("data/audit.jsonl"), 0o600, "data/audit.jsonl");
+    for entry in std::fs::read_dir(dir.path().join("data")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("trellis.db") {
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o077,
+                0,
+                "{name} is readable by others"
+            );
+        }
+    }
+}
