@@ -405,11 +405,7 @@ impl PolicyEngine {
             value = masked;
             errors.append(&mut failed);
             if count > 0 {
-                applied.push(format!(
-                    "{}:{}",
-                    rule.field_path.text,
-                    mask_type_name(&rule.mask)
-                ));
+                applied.push(format!("{}:{}", rule.field_path.text, rule.mask));
             }
         }
         let decision = Decision {
@@ -733,23 +729,6 @@ fn kind_name(kind: &PolicyKind) -> &'static str {
         PolicyKind::Native { forbid: false } => "native permit",
         PolicyKind::Native { forbid: true } => "native forbid",
         PolicyKind::Mask => "mask",
-    }
-}
-
-fn mask_type_name(m: &super::rules::MaskType) -> String {
-    use super::rules::MaskType::*;
-    match m {
-        Redact => "redact".into(),
-        Partial => "partial".into(),
-        Hash => "hash".into(),
-        Replace(_) => "replace".into(),
-        Null => "null".into(),
-        Email => "email".into(),
-        Last4 => "last4".into(),
-        First4 => "first4".into(),
-        Hmac => "hmac".into(),
-        DateYear => "date_year".into(),
-        Plugin(name) => format!("plugin:{name}"),
     }
 }
 

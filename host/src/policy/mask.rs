@@ -214,7 +214,13 @@ impl Masker {
         *value = match self.apply(mask, &path.text, value) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(format!("field `{}`: {e}; redacted", path.text));
+                // The reason can quote the value (a plugin's text surely may): it goes only to
+                // the log. Callers and the audit trail get the field and the mask.
+                tracing::warn!(field = %path.text, %mask, sensitive = true, error = %e, "mask failed; value redacted");
+                errors.push(format!(
+                    "field `{}`: mask `{}` failed; redacted",
+                    path.text, mask
+                ));
                 Value::String(REDACTED.into())
             }
         };

@@ -478,6 +478,26 @@ pub enum MaskType {
     Plugin(String),
 }
 
+/// The mask's name as rules write it (`redact`, `plugin:NAME`, …).
+impl fmt::Display for MaskType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use MaskType::*;
+        f.write_str(match self {
+            Redact => "redact",
+            Partial => "partial",
+            Hash => "hash",
+            Replace(_) => "replace",
+            Null => "null",
+            Email => "email",
+            Last4 => "last4",
+            First4 => "first4",
+            Hmac => "hmac",
+            DateYear => "date_year",
+            Plugin(name) => return write!(f, "plugin:{name}"),
+        })
+    }
+}
+
 /// The built-in mask type names.
 pub const MASK_TYPES: &[&str] = &[
     "redact",

@@ -52,6 +52,14 @@ impl OpError {
         }
     }
 
+    /// The pool's error, when the pool or the statement failed.
+    pub fn pool_error(&self) -> Option<&PoolError> {
+        match self {
+            OpError::Request(_) => None,
+            OpError::Pool(e) => Some(e),
+        }
+    }
+
     /// `{"error": {"kind", "message"}}`.
     pub fn to_json(&self) -> Value {
         json!({"error": {"kind": self.kind(), "message": self.to_string()}})

@@ -34,6 +34,22 @@ impl ApiError {
         }
     }
 
+    /// A failed run: `{"error": {"kind", "message", "code"?, "plugin"?}, "node"}` with `status`,
+    /// from the caller's view of the error (identifiers and fixed text only).
+    pub fn failure(status: StatusCode, view: &crate::workflow::CallerError) -> ApiError {
+        let mut error = json!({"kind": view.kind, "message": view.message});
+        if let Some(code) = &view.code {
+            error["code"] = json!(code);
+        }
+        if let Some(plugin) = &view.plugin {
+            error["plugin"] = json!(plugin);
+        }
+        ApiError {
+            status,
+            body: json!({"error": error, "node": view.node}),
+        }
+    }
+
     /// Adds `key: value` to the body.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> ApiError {
         if let Value::Object(map) = &mut self.body {

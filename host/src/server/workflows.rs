@@ -15,7 +15,7 @@ use super::App;
 use super::auth::CurrentUser;
 use super::error::{ApiError, parse_body};
 use crate::policy::PreparedUser;
-use crate::workflow::{AccessError, Denial, RunError, Workflow, new_run_id};
+use crate::workflow::{AccessError, Denial, Workflow, new_run_id};
 
 /// Lists the workflows in service and the files that failed to load.
 pub async fn list(State(app): State<App>) -> Json<Value> {
@@ -140,13 +140,19 @@ pub async fn run(
         }
         Err(AccessError::Run(e)) => {
             app.metrics().record_run(&workflow.name, "failed");
-            tracing::warn!(%run_id, workflow = %workflow.name, user = ?user_id, node = e.node(), "run failed: {e}");
-            let status = match e {
-                RunError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                RunError::Node { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            // The whole error (a database's message, a plugin's text, a parameter's value, a
+            // file path) goes only to the log; the caller gets identifiers and fixed text.
+            tracing::warn!(%run_id, workflow = %workflow.name, user = ?user_id, node = e.node(), sensitive = true, error = %e, "run failed");
+            let view = e.caller_view();
+            let status = match view.kind {
+                "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            Err(ApiError::new(status, e.to_string())
-                .with("node", e.node())
+            Err(ApiError::failure(status, &view)
+                .with(
+                    "hint",
+                    format!("the server log has the detail under run_id `{run_id}`"),
+                )
                 .with("run_id", run_id))
         }
     }

@@ -2,8 +2,11 @@
 //! transient failures, and returns the Kailash output shape:
 //!
 //! ```json
-//! {"result": {"data": [...], "row_count": 2, "query": "SELECT …", "database_type": "postgresql"}}
+//! {"result": {"data": [...], "row_count": 2, "database_type": "postgresql"}}
 //! ```
+//!
+//! Kailash also echoes the SQL as `query`; here the SQL text leaves the host only when the node
+//! asks for it (`return_query = true`): a statement can name what a caller should not learn.
 //!
 //! `data` is an array for `fetch_mode` `all` and `many`, and an object or `null` for `one`. For
 //! a statement that returns no rows, `data` is empty (`null` for `one`) and `row_count` is the
@@ -33,6 +36,8 @@ pub struct SqlNodeConfig {
     pub max_retries: u32,
     /// The first retry's delay; each further retry doubles it (default 100 ms).
     pub retry_delay: Duration,
+    /// Whether the output carries the SQL text as `query` (default: no).
+    pub return_query: bool,
 }
 
 impl SqlNodeConfig {
@@ -45,12 +50,13 @@ impl SqlNodeConfig {
             timeout: None,
             max_retries: 3,
             retry_delay: Duration::from_millis(100),
+            return_query: false,
         }
     }
 
     /// Reads the node's JSON config: `query`, `params`, `fetch_mode` (`one`, `all`, `many`),
     /// `fetch_size` (for `many`, default 100), `timeout` (seconds), `max_retries`,
-    /// `retry_delay` (seconds).
+    /// `retry_delay` (seconds), `return_query` (a boolean).
     pub fn from_json(config: &Value) -> Result<SqlNodeConfig, SqlError> {
         let obj = config
             .as_object()
@@ -92,6 +98,11 @@ impl SqlNodeConfig {
         c.timeout = seconds("timeout")?;
         if let Some(d) = seconds("retry_delay")? {
             c.retry_delay = d;
+        }
+        if let Some(v) = obj.get("return_query") {
+            c.return_query = v
+                .as_bool()
+                .ok_or_else(|| SqlError::config("`return_query` must be true or false"))?;
         }
         if let Some(v) = obj.get("max_retries") {
             c.max_retries = v
@@ -204,12 +215,15 @@ impl SqlNode {
                             Value::Array(output.rows.into_iter().map(Value::Object).collect())
                         }
                     };
-                    return Ok(json!({"result": {
+                    let mut result = json!({
                         "data": data,
                         "row_count": output.row_count,
-                        "query": self.config.query,
                         "database_type": self.pool.kind().as_str(),
-                    }}));
+                    });
+                    if self.config.return_query {
+                        result["query"] = json!(self.config.query);
+                    }
+                    return Ok(json!({ "result": result }));
                 }
                 Err(error) => {
                     let transient = matches!(&error, PoolError::Query(q) if q.is_transient());

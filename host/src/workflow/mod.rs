@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod builder;
+pub mod failure;
 pub mod runtime;
 pub mod set;
 pub mod spec;
@@ -17,6 +18,7 @@ pub use access::{
     ADMIN_RESOURCE, AccessControlledRuntime, AccessError, Denial, RunReport, new_run_id,
 };
 pub use builder::WorkflowBuilder;
+pub use failure::CallerError;
 pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
 pub use set::{Loaded, WorkflowSet, WorkflowWatcher};
 pub use spec::{

@@ -1,4 +1,5 @@
-//! Test-only masking plugin `mask-trap`: `mask` panics, so the host must redact every value.
+//! Test-only masking plugin `mask-trap`: `mask` panics, quoting the value it was given, so the
+//! host must redact every value and keep the panic's text away from callers and the audit trail.
 
 use trellis_sdk::{Info, Masker, Value};
 
@@ -9,8 +10,8 @@ impl Masker for MaskTrap {
         Info::new("mask-trap", env!("CARGO_PKG_VERSION"))
     }
 
-    fn mask(field_path: &str, _value: Value, _params: &Value) -> Result<Value, String> {
-        panic!("deliberate panic while masking `{field_path}`");
+    fn mask(field_path: &str, value: Value, _params: &Value) -> Result<Value, String> {
+        panic!("deliberate panic while masking `{field_path}`: cannot mask value {value}");
     }
 }
 
