@@ -225,3 +225,95 @@ async fn the_database_and_audit_files_are_the_host_users_alone() {
         }
     }
 }
+
+/// Issue 17 §3: a node timeout answered 504 but left its statement running on the server; ten
+/// such runs held every connection, and an unrelated query waited for one. Now the statement is
+/// stopped on the server when its node times out (or its run is dropped).
+#[tokio::test]
+async fn timed_out_nodes_leave_nothing_running_on_the_server() {
+    let Some(pg) = TestDb::Postgres.url() else {
+        return;
+    };
+    let marker = trellis_tests::unique("abandoned_marker");
+    let workflows = [
+        (
+            "slow",
+            format!(
+                "database = \"pg\"\n[[nodes]]\nid = \"nap\"\ntype = \"AsyncSQLDatabaseNode\"\n\
+                 config = {{ query = \"SELECT pg_sleep(5) AS slept -- {marker}\" }}\ntimeout = \"200ms\"\n"
+            ),
+            "nap",
+        ),
+        (
+            "quick",
+            "database = \"pg\"\n[[nodes]]\nid = \"one\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT 1 AS one\" }\n"
+                .to_owned(),
+            "one",
+        ),
+    ];
+    let mut rules = Vec::new();
+    for (name, _, node) in &workflows {
+        rules.push(
+            json!({"id": format!("{name}-run"), "resource_type": "workflow", "resource_id": name,
+            "permission": "execute", "effect": "allow"}),
+        );
+        for permission in ["execute", "read_output"] {
+            rules.push(
+                json!({"id": format!("{node}-{permission}"), "resource_type": "node",
+                "resource_id": node, "permission": permission, "effect": "allow"}),
+            );
+        }
+    }
+    let dir = custom_dir(
+        &workflows[0].1,
+        &json!({ "rules": rules }).to_string(),
+        &format!(
+            "[databases.pg]\nurl = \"{pg}\"\nmax_connections = 10\nacquire_timeout = \"10s\"\n"
+        ),
+    );
+    std::fs::write(dir.path().join("workflows/slow.toml"), &workflows[0].1).unwrap();
+    std::fs::write(dir.path().join("workflows/quick.toml"), &workflows[1].1).unwrap();
+    std::fs::remove_file(dir.path().join("workflows/w.toml")).unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let user = json!({"user_id": "u"});
+
+    // 50 timed-out runs, ten at a time.
+    for _ in 0..5 {
+        let runs: Vec<_> = (0..10)
+            .map(|_| run_workflow(&server, "slow", &user, json!({})))
+            .collect();
+        for (status, body) in futures_util::future::join_all(runs).await {
+            assert_eq!(status, 504, "{body}");
+        }
+    }
+    // The pool serves at once: an unrelated query does not wait for a connection.
+    let started = std::time::Instant::now();
+    let (status, body) = run_workflow(&server, "quick", &user, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?} for a connection",
+        started.elapsed()
+    );
+    // And nothing is left running on the server (the cancels land within moments).
+    let pool = sqlx::PgPool::connect(&pg).await.unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+        )
+        .bind(&marker)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut left = count().await;
+    while left > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = count().await;
+    }
+    assert_eq!(
+        left, 0,
+        "statements still running on the server after their nodes timed out"
+    );
+}

@@ -1,10 +1,12 @@
 //! The connection actor: a task that owns one driver connection and serves commands from a
 //! channel, one at a time, to completion.
 //!
-//! Because the actor finishes every command it starts, a caller that gives up (a dropped future,
-//! a timeout on its side) never leaves the connection half-way through the protocol. The actor
-//! ends when its last [`Slot`](super::slot::Slot) handle is dropped, when the connection breaks,
-//! or when a command overruns `command_timeout`; its guard then tells the pool, so the
+//! A caller that gives up on a running statement (a dropped future: a node timeout, a request
+//! that ended) is noticed at once, and the statement is stopped on the server through the same
+//! path as one that overran `command_timeout`: nothing the caller no longer waits for keeps a
+//! connection or a server backend busy. The actor ends when its last
+//! [`Slot`](super::slot::Slot) handle is dropped, when the connection breaks, or when a
+//! statement overran its limit or was abandoned; its guard then tells the pool, so the
 //! supervisor can replace it.
 
 use std::sync::{Arc, Weak};
@@ -115,7 +117,7 @@ async fn run(
                 stmt,
                 fetch,
                 timeout,
-                reply,
+                mut reply,
             } => {
                 let (result, stop, _) = execute(
                     &mut conn,
@@ -124,6 +126,7 @@ async fn run(
                     fetch,
                     timeout.or(command_timeout),
                     Instant::now(),
+                    &mut reply,
                 )
                 .await;
                 let _ = reply.send(result);
@@ -140,7 +143,7 @@ async fn run(
                 let mut ended = None;
                 // One clock reading per statement: when it ended is when the next one starts.
                 let mut started = Instant::now();
-                while let Some((job, mut slot, running)) = next.take() {
+                while let Some((mut job, mut slot, running)) = next.take() {
                     let (result, stop, ended_at) = execute(
                         &mut conn,
                         &ctx,
@@ -148,6 +151,7 @@ async fn run(
                         job.fetch,
                         job.timeout.or(command_timeout),
                         started,
+                        &mut job.reply,
                     )
                     .await;
                     started = ended_at;
@@ -211,8 +215,9 @@ async fn run(
     }
 }
 
-/// Runs one statement, which started at `started`, under its time limit. Returns the reply,
-/// why the actor must end when the connection cannot be used any more, and when it ended.
+/// Runs one statement, which started at `started`, under its time limit and for as long as its
+/// caller waits on `reply`. Returns the reply, why the actor must end when the connection cannot
+/// be used any more, and when it ended.
 async fn execute(
     conn: &mut DriverConnection,
     ctx: &Ctx,
@@ -220,35 +225,64 @@ async fn execute(
     fetch: Fetch,
     limit: Option<Duration>,
     started: Instant,
+    reply: &mut oneshot::Sender<Result<Output, RunError>>,
 ) -> (Result<Output, RunError>, Option<CloseReason>, Instant) {
-    let result = match limit {
-        Some(limit) => match tokio::time::timeout(limit, conn.run(stmt, fetch)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // The statement is stopped, so that one its caller was told failed does not go
-                // on and commit: SQLite's from here (the driver runs it on a thread of its own),
-                // a server's from a connection of its own. The protocol state is unknown after
-                // an abandoned statement, so the connection closes. Not an in-memory SQLite
-                // database's: closing it would lose the data, and its driver ends the
-                // interrupted statement before it runs the next one.
-                conn.interrupt();
-                let now = Instant::now();
-                ctx.health.query_done(false, now);
-                let shared = ctx.shared.upgrade();
-                let stop = match &shared {
-                    Some(shared) if shared.config.in_memory() => None,
-                    _ => Some(CloseReason::Timeout),
-                };
-                if stop.is_some()
-                    && let Some(canceller) = conn.canceller()
-                    && let Some(shared) = &shared
-                {
-                    cancel_in_background(shared, canceller);
-                }
-                return (Err(RunError::Timeout(limit)), stop, now);
+    /// Why a statement is stopped before its end.
+    enum Stop {
+        Limit(Duration),
+        Abandoned,
+    }
+    if reply.is_closed() {
+        // Given up on before it started (a queued statement handed over as its caller left).
+        return (Err(RunError::Timeout(Duration::ZERO)), None, Instant::now());
+    }
+    let deadline = async {
+        match limit {
+            Some(limit) => {
+                tokio::time::sleep(limit).await;
+                limit
             }
-        },
-        None => conn.run(stmt, fetch).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        biased;
+        result = conn.run(stmt, fetch) => Ok(result),
+        limit = deadline => Err(Stop::Limit(limit)),
+        () = reply.closed() => Err(Stop::Abandoned),
+    };
+    let result = match outcome {
+        Ok(result) => result,
+        Err(why) => {
+            // The statement is stopped, so that one its caller was told failed (or no longer
+            // waits for) does not go on and commit, nor hold a backend: SQLite's from here (the
+            // driver runs it on a thread of its own), a server's from a connection of its own.
+            // The protocol state is unknown after an abandoned statement, so the connection
+            // closes. Not an in-memory SQLite database's: closing it would lose the data, and
+            // its driver ends the interrupted statement before it runs the next one.
+            conn.interrupt();
+            let now = Instant::now();
+            ctx.health.query_done(false, now);
+            let shared = ctx.shared.upgrade();
+            let (error, reason) = match why {
+                Stop::Limit(limit) => (RunError::Timeout(limit), CloseReason::Timeout),
+                Stop::Abandoned => (
+                    RunError::Timeout(now.saturating_duration_since(started)),
+                    CloseReason::Abandoned,
+                ),
+            };
+            let stop = match &shared {
+                Some(shared) if shared.config.in_memory() => None,
+                _ => Some(reason),
+            };
+            if stop.is_some()
+                && let Some(canceller) = conn.canceller()
+                && let Some(shared) = &shared
+            {
+                cancel_in_background(shared, canceller);
+            }
+            return (Err(error), stop, now);
+        }
     };
     let now = Instant::now();
     match result {

@@ -27,10 +27,13 @@ pub enum CloseReason {
     /// A statement left session state that a reset cannot undo (see
     /// [`Statement::leaves_state`](crate::sql::params::Statement::leaves_state)).
     Session,
+    /// Its caller gave up on a running statement (a node timeout, a dropped request), which
+    /// was then stopped like one past `command_timeout`.
+    Abandoned,
 }
 
 impl CloseReason {
-    pub(crate) const ALL: [CloseReason; 8] = [
+    pub(crate) const ALL: [CloseReason; 9] = [
         CloseReason::Idle,
         CloseReason::Lifetime,
         CloseReason::Health,
@@ -39,6 +42,7 @@ impl CloseReason {
         CloseReason::Died,
         CloseReason::Shutdown,
         CloseReason::Session,
+        CloseReason::Abandoned,
     ];
 
     /// The label used in JSON and metrics.
@@ -52,6 +56,7 @@ impl CloseReason {
             CloseReason::Died => "died",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Session => "session",
+            CloseReason::Abandoned => "abandoned",
         }
     }
 
