@@ -117,6 +117,12 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The longest a client may take to send a request's head once it has sent its first byte.
+    pub header_read_timeout: Duration,
+    /// The longest a connection may stay open with no request in flight.
+    pub keep_alive_timeout: Duration,
+    /// The most client connections open at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 /// `[paths]`: directories, resolved against the config file's directory.
@@ -528,6 +534,9 @@ struct RawServer {
     shutdown_timeout: Option<Interpolated<HumanDuration>>,
     request_timeout: Option<Interpolated<HumanDuration>>,
     max_body_bytes: Option<usize>,
+    header_read_timeout: Option<Interpolated<HumanDuration>>,
+    keep_alive_timeout: Option<Interpolated<HumanDuration>>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -696,7 +705,25 @@ impl RawConfig {
                 .request_timeout
                 .map_or(Duration::from_secs(60), |d| d.0.0),
             max_body_bytes: self.server.max_body_bytes.unwrap_or(1024 * 1024),
+            header_read_timeout: self
+                .server
+                .header_read_timeout
+                .map_or(Duration::from_secs(10), |d| d.0.0),
+            keep_alive_timeout: self
+                .server
+                .keep_alive_timeout
+                .map_or(Duration::from_secs(75), |d| d.0.0),
+            max_connections: self.server.max_connections.unwrap_or(1024),
         };
+        if server.max_connections == 0 {
+            return Err(ResolveError {
+                span: 0..0,
+                key: "server.max_connections".into(),
+                message:
+                    "must be at least 1: it is how many client connections may be open at once"
+                        .into(),
+            });
+        }
         let mut databases = BTreeMap::new();
         match self.databases {
             None => {

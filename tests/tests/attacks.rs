@@ -317,3 +317,122 @@ async fn timed_out_nodes_leave_nothing_running_on_the_server() {
         "statements still running on the server after their nodes timed out"
     );
 }
+
+/// A folder serving nothing but `/health`, with `server` as its `[server]` table.
+fn bare_server(server: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trellis.toml"),
+        format!("[server]\n{server}"),
+    )
+    .unwrap();
+    let running = Server::start(dir.path(), &[]);
+    (dir, running)
+}
+
+fn connect(server: &Server) -> std::net::TcpStream {
+    let addr = server.base_url().trim_start_matches("http://").to_owned();
+    std::net::TcpStream::connect(addr).unwrap()
+}
+
+/// Reads until the server closes the connection or `limit` passes; whether it closed, and after
+/// how long.
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> (bool, Duration) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (true, started.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (false, started.elapsed());
+            }
+            Err(_) => return (true, started.elapsed()),
+        }
+    }
+}
+
+/// Reads one whole `/health` response (its body is one JSON object).
+fn read_response(stream: &mut std::net::TcpStream, limit: Duration) -> Option<String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !text.ends_with(b"}") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&text).into_owned())
+}
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+#[test]
+fn a_client_that_sends_half_a_request_head_is_disconnected() {
+    use std::io::Write;
+    let (_dir, server) = bare_server("header_read_timeout = \"1s\"\n");
+    let mut slow = connect(&server);
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    let (closed, after) = closed_within(&mut slow, Duration::from_secs(6));
+    assert!(
+        closed,
+        "a half-sent request head kept its connection open for {after:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed too early: {after:?}"
+    );
+    // A client that completes its head in time is served.
+    let mut good = connect(&server);
+    good.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    good.write_all(b"Host: localhost\r\n\r\n").unwrap();
+    let response = read_response(&mut good, Duration::from_secs(5)).expect("an answer");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    use std::io::Write;
+    let (_dir, server) = bare_server("keep_alive_timeout = \"1s\"\n");
+    let mut client = connect(&server);
+    client.write_all(HEALTH).unwrap();
+    read_response(&mut client, Duration::from_secs(5)).expect("an answer");
+    let (closed, after) = closed_within(&mut client, Duration::from_secs(6));
+    assert!(closed, "an idle connection stayed open for {after:?}");
+}
+
+#[test]
+fn connections_past_the_limit_wait_until_one_closes() {
+    use std::io::Write;
+    let (_dir, server) = bare_server("max_connections = 2\nheader_read_timeout = \"30s\"\n");
+    // Two clients hold both places (each mid-way through a request head).
+    let mut held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = connect(&server);
+            c.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = connect(&server);
+    third.write_all(HEALTH).unwrap();
+    assert!(
+        read_response(&mut third, Duration::from_millis(800)).is_none(),
+        "a third connection was served past `max_connections = 2`"
+    );
+    held.pop();
+    let response =
+        read_response(&mut third, Duration::from_secs(5)).expect("served once a place was free");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}

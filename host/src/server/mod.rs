@@ -6,6 +6,7 @@ mod error;
 mod guard;
 mod health;
 mod host_metrics;
+pub mod listener;
 mod metrics;
 mod plugins;
 mod pools;
@@ -349,7 +350,8 @@ pub enum ServeError {
 }
 
 /// Serves until `stop` resolves, then drains in-flight requests (bounded by
-/// `server.shutdown_timeout`), stops the plugin watcher and closes the databases.
+/// `server.shutdown_timeout`), stops the plugin watcher and closes the databases. Connections
+/// are held to `[server]`'s limits (see [`listener`]).
 pub async fn serve(
     app: App,
     listener: TcpListener,
@@ -357,24 +359,24 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, version = crate::VERSION, "serving");
-    let drain_limit = app.config().server.shutdown_timeout;
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let stopping_tx = stopping.clone();
-    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
+    let server = &app.config().server;
+    let limits = listener::ConnectionLimits {
+        max_connections: server.max_connections,
+        header_read_timeout: server.header_read_timeout,
+        keep_alive_timeout: server.keep_alive_timeout,
+    };
+    let stop = async move {
         stop.await;
         tracing::info!("draining in-flight requests");
-        stopping_tx.notify_one();
-    });
-    let drain_deadline = async {
-        stopping.notified().await;
-        tokio::time::sleep(drain_limit).await;
     };
-    tokio::select! {
-        result = server => result?,
-        () = drain_deadline => {
-            tracing::warn!(limit = ?drain_limit, "requests still running after the shutdown timeout; stopping anyway");
-        }
-    }
+    listener::serve_connections(
+        listener,
+        router(app.clone()),
+        limits,
+        stop,
+        server.shutdown_timeout,
+    )
+    .await;
     app.shutdown().await;
     tracing::info!("stopped");
     Ok(())
