@@ -1078,3 +1078,92 @@ fn trellis_plugin_new_scaffolds_a_crate_that_builds_and_loads() {
     }]);
     assert_eq!(out, vec![json!("************1111")]);
 }
+
+/// A registry with the `sleep` test plugin, whose calls may take `deadline`.
+fn sleeper(fixture: &Fixture, deadline: Duration) -> Arc<Plugin> {
+    let mut limits = LimitsConfig::default();
+    limits.by_name.insert(
+        "sleep".into(),
+        Limits {
+            call_timeout: deadline,
+            ..Limits::default()
+        },
+    );
+    let registry = fixture.registry(EngineOptions::default(), limits);
+    registry.load_dir();
+    registry.get("sleep").expect("loaded")
+}
+
+/// Issue 17 §3: the epoch deadline did not cover blocking WASI calls; a plugin that slept 4 s
+/// ran 4.0 s against a 1 s `call_timeout`. Each way of waiting in a host call is stopped now.
+#[test]
+fn plugins_waiting_in_host_calls_are_stopped_at_the_deadline() {
+    let fixture = Fixture::new(&["test_sleep"]);
+    let deadline = Duration::from_millis(500);
+    let plugin = sleeper(&fixture, deadline);
+    for how in ["sleep", "poll_instant", "poll_many", "steps"] {
+        let started = Instant::now();
+        let err = plugin
+            .transform(&texts(&[json!({"how": how, "seconds": 4})]), Arc::default())
+            .expect_err(how);
+        let took = started.elapsed();
+        assert!(matches!(err, CallError::Deadline { .. }), "{how}: {err}");
+        assert!(
+            took < deadline + Duration::from_millis(400),
+            "{how} ran {took:?} against a deadline of {deadline:?}"
+        );
+    }
+    // A short wait within the deadline is served in full.
+    let out = plugin
+        .transform(
+            &texts(&[json!({"how": "sleep", "seconds": 0.05})]),
+            Arc::default(),
+        )
+        .unwrap();
+    assert!(out[0].is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_sleepers_exhaust_nothing() {
+    let fixture = Fixture::new(&["test_sleep"]);
+    let deadline = Duration::from_millis(500);
+    let plugin = sleeper(&fixture, deadline);
+    let started = Instant::now();
+    // Half sleep in short steps, each within the deadline (every such call holds its slot and
+    // its thread until the deadline stops it); half ask for one 30 s sleep.
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let record = if i % 2 == 0 {
+                json!({"how": "steps"})
+            } else {
+                json!({"how": "sleep", "seconds": 30})
+            };
+            plugin
+                .clone()
+                .transform_async(texts(&[record]), Arc::default())
+        })
+        .collect();
+    let results = futures_util::future::join_all(calls).await;
+    let took = started.elapsed();
+    // Every one ended (stopped at its deadline, or refused a slot while the pool was full) in
+    // about one deadline, not after 30 s each.
+    assert!(took < Duration::from_secs(5), "200 sleepers took {took:?}");
+    for result in &results {
+        assert!(
+            matches!(
+                result,
+                Err(CallError::Deadline { .. } | CallError::Instantiate { .. })
+            ),
+            "{result:?}"
+        );
+    }
+    // And the engine serves at once afterwards: no slot or thread is still held.
+    let started = Instant::now();
+    let out = plugin
+        .clone()
+        .transform_async(texts(&[json!({"how": "none"})]), Arc::default())
+        .await
+        .unwrap();
+    assert!(out[0].is_ok());
+    assert!(started.elapsed() < Duration::from_millis(500));
+}

@@ -148,6 +148,7 @@ impl PluginEngine {
         let engine = Engine::new(&config).map_err(config_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(config_error)?;
+        super::host::clock::add_to_linker(&mut linker).map_err(config_error)?;
         bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(config_error)?;
         let cache = options

@@ -5,6 +5,7 @@
 //! Calls are synchronous and safe from any thread; from async code prefer the `*_async` forms,
 //! which run on tokio's blocking pool.
 
+use super::host::clock::WaitPastDeadline;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -498,7 +499,12 @@ fn call<R: Send>(
 ) -> Result<R, CallError> {
     off_the_runtime(move || {
         let inner = engine.inner();
-        let state = CallState::new(label.clone(), config, limits.memory_bytes);
+        let state = CallState::new(
+            label.clone(),
+            config,
+            limits.memory_bytes,
+            limits.call_timeout,
+        );
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(deadline_ticks(limits.call_timeout, inner.tick));
@@ -536,7 +542,9 @@ fn off_the_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 fn is_runtime_failure(e: &wasmtime::Error) -> bool {
-    e.downcast_ref::<wasmtime::Trap>().is_some() || e.downcast_ref::<MemoryLimitHit>().is_some()
+    e.downcast_ref::<wasmtime::Trap>().is_some()
+        || e.downcast_ref::<MemoryLimitHit>().is_some()
+        || e.downcast_ref::<WaitPastDeadline>().is_some()
 }
 
 fn classify(
@@ -554,7 +562,11 @@ fn classify(
             limit: limits.memory_bytes,
         };
     }
-    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+    if matches!(
+        e.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    ) || e.downcast_ref::<WaitPastDeadline>().is_some()
+    {
         return CallError::Deadline {
             plugin,
             export,
@@ -646,7 +658,12 @@ impl Plugin {
     #[doc(hidden)]
     pub fn warm_instance(&self, config: Arc<CallConfig>) -> Result<WarmInstance, CallError> {
         let inner = self.engine.inner();
-        let state = CallState::new(self.label.clone(), config, self.limits.memory_bytes);
+        let state = CallState::new(
+            self.label.clone(),
+            config,
+            self.limits.memory_bytes,
+            self.limits.call_timeout,
+        );
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|state| &mut state.limiter);
         let ticks = deadline_ticks(self.limits.call_timeout, inner.tick);

@@ -2,6 +2,7 @@
 //! imported interface (`log`, `config`). A later capability (a database query) gets its own file
 //! here, whose first act is the policy check.
 
+pub(crate) mod clock;
 mod config;
 mod log;
 pub(crate) mod output;
@@ -27,6 +28,10 @@ pub(crate) struct CallState {
     pub(crate) stderr: CapturedOutput,
     /// How many more log lines this call may write.
     pub(crate) log_budget: u32,
+    /// When the call's time is up: no wait a plugin starts (a clock subscription) lasts past it.
+    deadline: tokio::time::Instant,
+    /// The call's monotonic clock (WASI's, so a `subscribe-instant` can be measured against it).
+    clock: clock::CallClock,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -39,10 +44,17 @@ pub(crate) const LOG_MESSAGE_CAP: usize = 4 * 1024;
 impl CallState {
     /// A locked-down WASI: no preopened directory, no environment, no arguments, no network;
     /// stdin empty; stdout and stderr captured. Clocks and random stay (Rust's std needs them).
-    pub(crate) fn new(label: Arc<str>, config: Arc<CallConfig>, memory_bytes: usize) -> Self {
+    pub(crate) fn new(
+        label: Arc<str>,
+        config: Arc<CallConfig>,
+        memory_bytes: usize,
+        call_timeout: std::time::Duration,
+    ) -> Self {
         let stdout = CapturedOutput::default();
         let stderr = CapturedOutput::default();
+        let clock = clock::CallClock::start();
         let wasi = WasiCtx::builder()
+            .monotonic_clock(clock)
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -56,6 +68,8 @@ impl CallState {
             stdout,
             stderr,
             log_budget: LOG_LINES_PER_CALL,
+            deadline: tokio::time::Instant::now() + call_timeout,
+            clock,
             wasi,
             table: ResourceTable::new(),
         }
