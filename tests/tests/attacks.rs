@@ -436,3 +436,51 @@ fn connections_past_the_limit_wait_until_one_closes() {
         read_response(&mut third, Duration::from_secs(5)).expect("served once a place was free");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+/// Issue 17 §3: a looping masking plugin over 16 values held a request for 16.2 s against a
+/// 5 s `request_timeout`: one call per value, each up to `call_timeout`, on an async worker.
+/// Now one call masks the field's values, within the request's budget, and what it did not
+/// mask is redacted.
+#[tokio::test]
+async fn a_looping_masking_plugin_is_bounded_by_one_call_and_the_request_budget() {
+    let workflow = "[[nodes]]\nid = \"people\"\ntype = \"AsyncSQLDatabaseNode\"\n\
+        config = { query = \"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 16) SELECT i, 'secret-' || i AS f FROM n\" }\n";
+    let rules = json!({"rules": [
+        {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
+        {"id": "x", "resource_type": "node", "resource_id": "people", "permission": "execute", "effect": "allow"},
+        {"id": "r", "resource_type": "node", "resource_id": "people", "permission": "read_output", "effect": "allow"}
+    ], "masking": [
+        {"resource_id": "people", "field_path": "f", "mask_type": "plugin:mask-loop"}
+    ]});
+    for (config, limit) in [
+        // The plugin's own deadline (1 s) comes first: one call, not sixteen.
+        (
+            "[server]\nrequest_timeout = \"5s\"\n[plugins]\ncall_timeout = \"1s\"\n",
+            Duration::from_millis(2500),
+        ),
+        // The request's budget comes first.
+        (
+            "[server]\nrequest_timeout = \"1s\"\n[plugins]\ncall_timeout = \"30s\"\n",
+            Duration::from_millis(1500),
+        ),
+    ] {
+        let dir = custom_dir(workflow, &rules.to_string(), config);
+        std::fs::copy(
+            trellis_tests::repo().join("plugins/testing/wasm/test_mask_loop.wasm"),
+            dir.path().join("plugins/test_mask_loop.wasm"),
+        )
+        .unwrap();
+        let server = Server::start(dir.path(), &[]);
+        let started = std::time::Instant::now();
+        let (status, body) = run_workflow(&server, "w", &json!({"user_id": "u"}), json!({})).await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{config}: {body}");
+        assert!(took < limit, "{config}: the request took {took:?}");
+        let rows = body["results"]["people"]["result"]["data"]
+            .as_array()
+            .unwrap();
+        assert_eq!(rows.len(), 16);
+        assert!(rows.iter().all(|r| r["f"] == "[REDACTED]"), "{body}");
+        assert!(!body.to_string().contains("secret-"), "{body}");
+    }
+}

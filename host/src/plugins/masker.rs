@@ -1,7 +1,9 @@
 //! Masking plugins as the policy engine's `plugin:<name>` mask type: looks the plugin up in the
-//! registry on every call (so a hot-swapped plugin is used at once) and fails closed.
+//! registry on every call (so a hot-swapped plugin is used at once), masks a field's values in
+//! one call within the request's budget, and fails closed.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -21,7 +23,13 @@ impl RegistryMasker {
 }
 
 impl ExternalMasker for RegistryMasker {
-    fn mask(&self, plugin: &str, field: &str, value: &Value) -> Result<Value, String> {
+    fn mask_batch(
+        &self,
+        plugin: &str,
+        field: &str,
+        values: &[Value],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Result<Value, String>>, String> {
         let p = self
             .registry
             .get(plugin)
@@ -29,16 +37,14 @@ impl ExternalMasker for RegistryMasker {
         if p.kind() != PluginKind::Masking {
             return Err(format!("plugin `{}` is not a masking plugin", p.label()));
         }
-        let input = MaskInput {
-            field_path: field.to_owned(),
-            value: value.clone(),
-            params: Value::Object(Default::default()),
-        };
-        let mut results = p
-            .mask(std::slice::from_ref(&input))
-            .map_err(|e| e.to_string())?;
-        results
-            .pop()
-            .unwrap_or_else(|| Err("the plugin returned no result".into()))
+        let inputs: Vec<MaskInput> = values
+            .iter()
+            .map(|value| MaskInput {
+                field_path: field.to_owned(),
+                value: value.clone(),
+                params: Value::Object(Default::default()),
+            })
+            .collect();
+        p.mask_until(&inputs, deadline).map_err(|e| e.to_string())
     }
 }

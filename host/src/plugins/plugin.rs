@@ -361,7 +361,22 @@ impl Plugin {
         &self,
         inputs: &[MaskInput],
     ) -> Result<Vec<Result<serde_json::Value, String>>, CallError> {
+        self.mask_until(inputs, None)
+    }
+
+    /// [`Plugin::mask`], its call ending by `deadline` (a request's budget) when that comes
+    /// before the plugin's own `call_timeout`.
+    pub fn mask_until(
+        &self,
+        inputs: &[MaskInput],
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<Result<serde_json::Value, String>>, CallError> {
         self.expect_kind(PluginKind::Masking, Export::Mask)?;
+        let mut limits = self.limits;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            limits.call_timeout = limits.call_timeout.min(left);
+        }
         let requests: Vec<bindings::MaskRequest> = inputs
             .iter()
             .map(|i| bindings::MaskRequest {
@@ -374,7 +389,7 @@ impl Plugin {
             &self.engine,
             &self.pre,
             &self.label,
-            self.limits,
+            limits,
             Arc::default(),
             Export::Mask,
             |plugin, store| plugin.trellis_plugin_mask().call_mask(store, &requests),

@@ -358,10 +358,14 @@ impl PolicyEngine {
             data,
             now,
             runtime,
+            None,
         )
     }
 
     /// [`PolicyEngine::mask`] with a pinned `generation` (see [`PolicyEngine::decide_in`]).
+    /// A `plugin:` mask's call ends by `deadline` (the request's budget); past it, its values
+    /// are redacted.
+    #[allow(clippy::too_many_arguments)]
     pub fn mask_in(
         &self,
         generation: &Arc<PolicyGeneration>,
@@ -370,6 +374,7 @@ impl PolicyEngine {
         data: &Value,
         now: Timestamp,
         runtime: &Value,
+        deadline: Option<Instant>,
     ) -> MaskOutcome {
         let started = Instant::now();
         let Some(masks) = generation.masks.get(resource_id) else {
@@ -398,10 +403,12 @@ impl PolicyEngine {
             if !applies {
                 continue;
             }
-            let (masked, count, mut failed) =
-                self.settings
-                    .masker
-                    .mask_field(&value, &rule.field_path, &rule.mask);
+            let (masked, count, mut failed) = self.settings.masker.mask_field_until(
+                &value,
+                &rule.field_path,
+                &rule.mask,
+                deadline,
+            );
             value = masked;
             errors.append(&mut failed);
             if count > 0 {

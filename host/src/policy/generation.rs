@@ -269,6 +269,18 @@ fn parse_and_validate(
 }
 
 impl PolicyGeneration {
+    /// Whether a masking rule for node `node` runs a `plugin:` mask (a call into a plugin,
+    /// which a request must not run on an async worker).
+    pub fn has_plugin_masks(&self, node: &str) -> bool {
+        self.masks.get(node).is_some_and(|rules| {
+            rules
+                .iter()
+                .any(|(_, rule)| matches!(rule.mask, super::rules::MaskType::Plugin(_)))
+        })
+    }
+}
+
+impl PolicyGeneration {
     /// Loads `dir`: `schema.cedarschema`, `*.cedar` and `*.rules.json`, in file-name order.
     pub fn load(dir: &Path) -> Result<PolicyGeneration, LoadError> {
         let io = |path: &Path, e: std::io::Error| LoadError {

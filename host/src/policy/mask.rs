@@ -7,6 +7,7 @@
 //! plugin) redacts the field: masking fails closed.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -20,11 +21,18 @@ pub const REDACTED: &str = "[REDACTED]";
 
 /// A masking transform outside the host, e.g. a WebAssembly masking plugin.
 ///
-/// The plugin runtime implements this for its registry; the workflow issue wires the registry
-/// in. An error makes the field redacted.
+/// The plugin runtime implements this for its registry. Every value of one field under one
+/// rule goes in one call; a value's error, or the call's, makes the values redacted.
 pub trait ExternalMasker: Send + Sync {
-    /// Masks `value` of field `field` with plugin `plugin`.
-    fn mask(&self, plugin: &str, field: &str, value: &Value) -> Result<Value, String>;
+    /// Masks `values` of field `field` with plugin `plugin`, one result per value, in order;
+    /// the call must end by `deadline` (the request's budget) when one is given.
+    fn mask_batch(
+        &self,
+        plugin: &str,
+        field: &str,
+        values: &[Value],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Result<Value, String>>, String>;
 }
 
 /// Applies mask types to values, with the key for `hmac` and the plugins for `plugin:<name>`.
@@ -139,7 +147,10 @@ impl Masker {
                     .external
                     .as_ref()
                     .ok_or_else(|| format!("masking plugin `{name}` is not loaded"))?;
-                external.mask(name, field, value)?
+                external
+                    .mask_batch(name, field, std::slice::from_ref(value), None)?
+                    .pop()
+                    .unwrap_or_else(|| Err("the plugin returned no result".into()))?
             }
         })
     }
@@ -152,66 +163,97 @@ impl Masker {
         path: &FieldPath,
         mask: &MaskType,
     ) -> (Value, usize, Vec<String>) {
+        self.mask_field_until(data, path, mask, None)
+    }
+
+    /// [`Masker::mask_field`] within a budget: a `plugin:` mask masks every value of the field
+    /// in one call that ends by `deadline`; once the deadline has passed, the values are
+    /// redacted without a call.
+    pub fn mask_field_until(
+        &self,
+        data: &Value,
+        path: &FieldPath,
+        mask: &MaskType,
+        deadline: Option<Instant>,
+    ) -> (Value, usize, Vec<String>) {
         let mut out = data.clone();
-        let mut count = 0;
+        let mut targets = Vec::new();
+        // Rows: every element, unless the path itself starts at the array (`[].x`).
+        let rows =
+            matches!(path.segments.first(), Some(first) if !(first.key.is_empty() && first.each));
+        if rows && out.is_array() {
+            for row in out.as_array_mut().into_iter().flatten() {
+                collect(row, &path.segments, &mut targets);
+            }
+        } else {
+            collect(&mut out, &path.segments, &mut targets);
+        }
+        let count = targets.len();
         let mut errors = Vec::new();
-        match (&mut out, path.segments.first()) {
-            // Rows: every element, unless the path itself starts at the array (`[].x`).
-            (Value::Array(rows), Some(first)) if !(first.key.is_empty() && first.each) => {
-                for row in rows {
-                    self.walk(row, &path.segments, path, mask, &mut count, &mut errors);
+        match mask {
+            MaskType::Plugin(name) => {
+                self.mask_batch(name, path, mask, targets, deadline, &mut errors)
+            }
+            _ => {
+                for target in targets {
+                    let result = self.apply(mask, &path.text, target);
+                    *target = self.or_redact(result, path, mask, &mut errors);
                 }
             }
-            (value, _) => self.walk(value, &path.segments, path, mask, &mut count, &mut errors),
         }
         (out, count, errors)
     }
 
-    fn walk(
+    /// Masks `targets` with plugin `name` in one call; every value whose masking failed (all of
+    /// them, when the call failed or the budget is spent) is redacted.
+    fn mask_batch(
         &self,
-        value: &mut Value,
-        segments: &[super::rules::FieldSegment],
+        name: &str,
         path: &FieldPath,
         mask: &MaskType,
-        count: &mut usize,
+        targets: Vec<&mut Value>,
+        deadline: Option<Instant>,
         errors: &mut Vec<String>,
     ) {
-        let Some((seg, rest)) = segments.split_first() else {
+        if targets.is_empty() {
             return;
+        }
+        let values: Vec<Value> = targets.iter().map(|v| (**v).clone()).collect();
+        let results = match (&self.external, deadline) {
+            (_, Some(deadline)) if Instant::now() >= deadline => {
+                Err("the request's time ran out before this mask ran".to_owned())
+            }
+            (None, _) => Err(format!("masking plugin `{name}` is not loaded")),
+            (Some(external), _) => external.mask_batch(name, &path.text, &values, deadline),
         };
-        let target = if seg.key.is_empty() {
-            Some(value)
-        } else {
-            value.as_object_mut().and_then(|m| m.get_mut(&seg.key))
-        };
-        let Some(target) = target else { return };
-        if seg.each {
-            if let Value::Array(items) = target {
-                for item in items {
-                    if rest.is_empty() {
-                        self.replace(item, path, mask, count, errors);
-                    } else {
-                        self.walk(item, rest, path, mask, count, errors);
-                    }
+        match results {
+            Ok(results) if results.len() == targets.len() => {
+                for (target, result) in targets.into_iter().zip(results) {
+                    *target = self.or_redact(result, path, mask, errors);
                 }
             }
-        } else if rest.is_empty() {
-            self.replace(target, path, mask, count, errors);
-        } else {
-            self.walk(target, rest, path, mask, count, errors);
+            other => {
+                let reason = match other {
+                    Err(e) => e,
+                    Ok(r) => format!("{} results for {} values", r.len(), values.len()),
+                };
+                for target in targets {
+                    *target = self.or_redact(Err(reason.clone()), path, mask, errors);
+                }
+            }
         }
     }
 
-    fn replace(
+    /// The masked value, or (when masking failed) [`REDACTED`], with the failure logged and
+    /// counted in `errors`.
+    fn or_redact(
         &self,
-        value: &mut Value,
+        result: Result<Value, String>,
         path: &FieldPath,
         mask: &MaskType,
-        count: &mut usize,
         errors: &mut Vec<String>,
-    ) {
-        *count += 1;
-        *value = match self.apply(mask, &path.text, value) {
+    ) -> Value {
+        match result {
             Ok(v) => v,
             Err(e) => {
                 // The reason can quote the value (a plugin's text surely may): it goes only to
@@ -223,7 +265,39 @@ impl Masker {
                 ));
                 Value::String(REDACTED.into())
             }
-        };
+        }
+    }
+}
+
+/// The values `segments` names under `value`, each `[]` segment taking every element.
+fn collect<'a>(
+    value: &'a mut Value,
+    segments: &[super::rules::FieldSegment],
+    out: &mut Vec<&'a mut Value>,
+) {
+    let Some((seg, rest)) = segments.split_first() else {
+        return;
+    };
+    let target = if seg.key.is_empty() {
+        Some(value)
+    } else {
+        value.as_object_mut().and_then(|m| m.get_mut(&seg.key))
+    };
+    let Some(target) = target else { return };
+    if seg.each {
+        if let Value::Array(items) = target {
+            for item in items {
+                if rest.is_empty() {
+                    out.push(item);
+                } else {
+                    collect(item, rest, out);
+                }
+            }
+        }
+    } else if rest.is_empty() {
+        out.push(target);
+    } else {
+        collect(target, rest, out);
     }
 }
 
@@ -373,9 +447,18 @@ mod tests {
 
     struct Upper;
     impl ExternalMasker for Upper {
-        fn mask(&self, plugin: &str, _field: &str, value: &Value) -> Result<Value, String> {
+        fn mask_batch(
+            &self,
+            plugin: &str,
+            _field: &str,
+            values: &[Value],
+            _deadline: Option<Instant>,
+        ) -> Result<Vec<Result<Value, String>>, String> {
             match plugin {
-                "upper" => Ok(json!(py_str(value).to_uppercase())),
+                "upper" => Ok(values
+                    .iter()
+                    .map(|v| Ok(json!(py_str(v).to_uppercase())))
+                    .collect()),
                 other => Err(format!("plugin `{other}` trapped")),
             }
         }

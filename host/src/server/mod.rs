@@ -108,10 +108,16 @@ impl App {
                 plugins: plugins.registry().clone(),
             }),
         );
+        // A run's masking plugins must be done a little before the request's deadline, so the
+        // masked (or redacted) answer can still be sent.
+        let request_timeout = config.server.request_timeout;
+        let budget = request_timeout
+            .saturating_sub((request_timeout / 10).min(std::time::Duration::from_millis(250)));
         let runtime = AccessControlledRuntime::new(
             Runtime::new(databases.clone(), plugins.registry().clone()),
             policy.clone(),
-        );
+        )
+        .with_budget(budget);
         Ok(App {
             inner: Arc::new(AppInner {
                 config,

@@ -92,12 +92,25 @@ pub enum AccessError {
 pub struct AccessControlledRuntime {
     runtime: Runtime,
     policy: Arc<PolicyEngine>,
+    /// The longest a run may take (the server's `request_timeout`): masking plugins must be
+    /// done within it, and redact what they have not masked when it runs out.
+    budget: Option<std::time::Duration>,
 }
 
 impl AccessControlledRuntime {
     /// Guards `runtime` with `policy`.
     pub fn new(runtime: Runtime, policy: Arc<PolicyEngine>) -> AccessControlledRuntime {
-        AccessControlledRuntime { runtime, policy }
+        AccessControlledRuntime {
+            runtime,
+            policy,
+            budget: None,
+        }
+    }
+
+    /// Bounds each run by `budget` (see [`AccessControlledRuntime::run`]).
+    pub fn with_budget(mut self, budget: std::time::Duration) -> AccessControlledRuntime {
+        self.budget = Some(budget);
+        self
     }
 
     /// The policy engine.
@@ -133,6 +146,7 @@ impl AccessControlledRuntime {
         inputs: &Map<String, Value>,
         run_id: String,
     ) -> Result<RunReport, AccessError> {
+        let deadline = self.budget.map(|b| std::time::Instant::now() + b);
         let generation = self.policy.generation();
         let now = Timestamp::now();
         let ask = |ctx: &Value, resource_type, id: &str, permission: &'static str| {
@@ -203,7 +217,7 @@ impl AccessControlledRuntime {
             let user = user.clone();
             let ctx = ctx.clone();
             let filter: OutputFilter = Arc::new(move |node: &NodeSpec, output: Value| {
-                mask_output(&policy, &generation, &user, node, output, now, &ctx).0
+                mask_output(&policy, &generation, &user, node, output, now, &ctx, None).0
             });
             (masked_downstream, filter)
         });
@@ -213,7 +227,7 @@ impl AccessControlledRuntime {
         };
         let run = self.runtime.run(workflow, &inputs, &plan).await?;
 
-        let mut report = RunReport {
+        let report = RunReport {
             run_id,
             workflow: workflow.name.clone(),
             policy_generation: generation.id(),
@@ -227,14 +241,81 @@ impl AccessControlledRuntime {
             withheld: Vec::new(),
             mask_errors: Vec::new(),
         };
-        for (node, output) in workflow.nodes.iter().zip(run.outputs) {
+        let finish = Finish {
+            policy: self.policy.clone(),
+            generation: generation.clone(),
+            user: user.clone(),
+            workflow: workflow.clone(),
+            ctx,
+            now,
+            deadline,
+        };
+        // Masking plugins are calls into WebAssembly: they run on the blocking pool, never on an
+        // async worker. Built-in masks are cheap and run here.
+        if workflow
+            .nodes
+            .iter()
+            .any(|n| generation.has_plugin_masks(&n.id))
+        {
+            let outputs = run.outputs;
+            tokio::task::spawn_blocking(move || finish.apply(report, outputs))
+                .await
+                .map_err(|e| {
+                    AccessError::Run(RunError::Node {
+                        node: "(masking)".into(),
+                        location: format!("workflow `{}`", workflow.name),
+                        source: super::NodeError::Config(format!("masking failed: {e}")),
+                    })
+                })
+        } else {
+            Ok(finish.apply(report, run.outputs))
+        }
+    }
+}
+
+/// What is left of a run once its nodes have run: per node `read_output`, then its masks.
+struct Finish {
+    policy: Arc<PolicyEngine>,
+    generation: Arc<PolicyGeneration>,
+    user: PreparedUser,
+    workflow: Arc<Workflow>,
+    ctx: Value,
+    now: Timestamp,
+    deadline: Option<std::time::Instant>,
+}
+
+impl Finish {
+    fn apply(self, mut report: RunReport, outputs: Vec<Option<Value>>) -> RunReport {
+        for (node, output) in self.workflow.nodes.iter().zip(outputs) {
             let Some(output) = output else { continue };
-            if !ask(&ctx, ResourceType::Node, &node.id, "read_output").0 {
+            let readable = self
+                .policy
+                .decide_in(
+                    &self.generation,
+                    &AccessRequest {
+                        user: &self.user,
+                        resource_type: ResourceType::Node,
+                        resource_id: &node.id,
+                        permission: "read_output",
+                        now: self.now,
+                        runtime: &self.ctx,
+                    },
+                )
+                .allowed;
+            if !readable {
                 report.withheld.push(node.id.clone());
                 continue;
             }
-            let (output, applied, errors) =
-                mask_output(&self.policy, &generation, user, node, output, now, &ctx);
+            let (output, applied, errors) = mask_output(
+                &self.policy,
+                &self.generation,
+                &self.user,
+                node,
+                output,
+                self.now,
+                &self.ctx,
+                self.deadline,
+            );
             if !applied.is_empty() {
                 report
                     .masked
@@ -247,12 +328,13 @@ impl AccessControlledRuntime {
             );
             report.results.insert(node.id.clone(), output);
         }
-        Ok(report)
+        report
     }
 }
 
 /// Applies `node`'s masking rules to the rows of `output` (see
 /// [`super::NodeKind::records_pointer`]; the whole output when it has no rows there).
+#[allow(clippy::too_many_arguments)]
 fn mask_output(
     policy: &PolicyEngine,
     generation: &Arc<PolicyGeneration>,
@@ -261,6 +343,7 @@ fn mask_output(
     mut output: Value,
     now: Timestamp,
     ctx: &Value,
+    deadline: Option<std::time::Instant>,
 ) -> (Value, Vec<String>, Vec<String>) {
     if !generation.masks.contains_key(&node.id) {
         return (output, Vec::new(), Vec::new());
@@ -271,7 +354,7 @@ fn mask_output(
     } else {
         &mut output
     };
-    let outcome = policy.mask_in(generation, user, &node.id, target, now, ctx);
+    let outcome = policy.mask_in(generation, user, &node.id, target, now, ctx, deadline);
     *target = outcome.value;
     (output, outcome.applied, outcome.errors)
 }
