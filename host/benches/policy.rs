@@ -201,7 +201,8 @@ fn masking(c: &mut Criterion) {
     for (name, mask) in [
         ("redact", MaskType::Redact),
         ("partial", MaskType::Partial),
-        ("hash", MaskType::Hash),
+        ("hash", MaskType::Hash { unkeyed: false }),
+        ("hash_unkeyed", MaskType::Hash { unkeyed: true }),
         ("replace", MaskType::Replace(None)),
         ("null", MaskType::Null),
         ("last4", MaskType::Last4),

@@ -168,7 +168,9 @@ impl std::fmt::Debug for PolicyEngine {
 impl PolicyEngine {
     /// Loads `dir` and starts an engine on it.
     pub fn load(dir: &Path, settings: EngineSettings) -> Result<PolicyEngine, LoadError> {
-        Ok(PolicyEngine::new(PolicyGeneration::load(dir)?, settings))
+        let generation = PolicyGeneration::load(dir)?;
+        check_mask_keys(&generation, &settings.masker)?;
+        Ok(PolicyEngine::new(generation, settings))
     }
 
     /// An engine on `generation`.
@@ -212,7 +214,9 @@ impl PolicyEngine {
     /// On any problem the current generation stays in force and the problems are returned.
     pub fn reload(&self) -> Result<u64, LoadError> {
         let dir = self.current.load().dir().to_owned();
-        match PolicyGeneration::load(&dir) {
+        let loaded = PolicyGeneration::load(&dir)
+            .and_then(|g| check_mask_keys(&g, &self.settings.masker).map(|()| g));
+        match loaded {
             Ok(generation) => {
                 let id = generation.id();
                 self.current.store(Arc::new(generation));
@@ -737,6 +741,39 @@ fn kind_name(kind: &PolicyKind) -> &'static str {
         PolicyKind::Native { forbid: true } => "native forbid",
         PolicyKind::Mask => "mask",
     }
+}
+
+/// Refuses a generation whose keyed `hash` masks have no key to use: without one every such
+/// value would be redacted at run time, and an unkeyed hash of a short value (an SSN) can be
+/// reversed by enumeration, so neither is a silent fallback. `"unkeyed": true` asks for the
+/// Python SDK's plain SHA-256 on purpose.
+fn check_mask_keys(generation: &PolicyGeneration, masker: &super::Masker) -> Result<(), LoadError> {
+    if masker.has_key() {
+        return Ok(());
+    }
+    let mut problems: Vec<super::rules::Problem> = generation
+        .masks
+        .values()
+        .flatten()
+        .filter(|(_, rule)| matches!(rule.mask, super::rules::MaskType::Hash { unkeyed: false }))
+        .map(|(_, rule)| {
+            super::rules::Problem::new(
+                rule.loc.clone(),
+                Some(&format!("masking[{}]", rule.index)),
+                "a `hash` mask is keyed, and no key is set",
+            )
+            .with_hint(Some(format!(
+                "set `[policy] hmac_key` (or `{}`), or write `\"unkeyed\": true` in the rule for a plain SHA-256",
+                super::mask::HMAC_KEY_ENV
+            )))
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    problems
+        .sort_by(|a, b| (a.loc.file.as_ref(), a.loc.line).cmp(&(b.loc.file.as_ref(), b.loc.line)));
+    Err(LoadError { problems })
 }
 
 /// The decision and its one-line reason from Cedar's verdict.

@@ -73,6 +73,11 @@ impl Masker {
         )
     }
 
+    /// Whether an `hmac` key is set (keyed `hash` masks need it too).
+    pub fn has_key(&self) -> bool {
+        self.hmac_key.is_some()
+    }
+
     /// Routes `plugin:<name>` masks to `external`.
     pub fn with_external(mut self, external: Arc<dyn ExternalMasker>) -> Masker {
         self.external = Some(external);
@@ -95,8 +100,18 @@ impl Masker {
                         + &chars[n - 2..].iter().collect::<String>()
                 })
             }
-            MaskType::Hash => {
+            MaskType::Hash { unkeyed: true } => {
                 Value::String(hex::encode(Sha256::digest(s().as_bytes()))[..16].to_owned())
+            }
+            MaskType::Hash { unkeyed: false } => {
+                let key = self.hmac_key.as_ref().ok_or_else(|| {
+                    format!("no key for `hash` masks: set `{HMAC_KEY_ENV}` or `[policy] hmac_key`")
+                })?;
+                let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes())
+                    .map_err(|e| e.to_string())?;
+                mac.update(b"trellis-hash\0");
+                mac.update(s().as_bytes());
+                Value::String(hex::encode(mac.finalize().into_bytes())[..16].to_owned())
             }
             MaskType::Replace(v) => match v {
                 Some(v) if !v.is_null() => v.clone(),
@@ -360,11 +375,11 @@ mod tests {
         assert_eq!(m(MaskType::Partial, json!("abcd")), json!("****"));
         // hashlib.sha256(b"123-45-6789").hexdigest()[:16]
         assert_eq!(
-            m(MaskType::Hash, json!("123-45-6789")),
+            m(MaskType::Hash { unkeyed: true }, json!("123-45-6789")),
             json!(hex::encode(Sha256::digest(b"123-45-6789"))[..16])
         );
         assert_eq!(
-            m(MaskType::Hash, json!(true)),
+            m(MaskType::Hash { unkeyed: true }, json!(true)),
             json!(hex::encode(Sha256::digest(b"True"))[..16])
         );
         assert_eq!(m(MaskType::Replace(None), json!(1)), json!("[MASKED]"));

@@ -459,7 +459,12 @@ pub enum MaskType {
     /// First 2 and last 2 characters kept, the rest starred (4 or fewer: all stars).
     Partial,
     /// First 16 hex characters of SHA-256 of the string form.
-    Hash,
+    /// The first 16 hex characters of HMAC-SHA256 under the `hmac` key; with `unkeyed`, of a
+    /// plain SHA-256 (the Python SDK's form, which enumeration can reverse for short values).
+    Hash {
+        /// Written `"unkeyed": true` in the rule.
+        unkeyed: bool,
+    },
     /// `mask_value`, or `"[MASKED]"`.
     Replace(Option<Value>),
     /// JSON `null`.
@@ -485,7 +490,7 @@ impl fmt::Display for MaskType {
         f.write_str(match self {
             Redact => "redact",
             Partial => "partial",
-            Hash => "hash",
+            Hash { .. } => "hash",
             Replace(_) => "replace",
             Null => "null",
             Email => "email",
@@ -585,6 +590,8 @@ struct RawMask<'a> {
     mask_value: Option<Value>,
     #[serde(default)]
     params: Option<Value>,
+    /// `hash` only: without the key (see [`MaskType::Hash`]).
+    unkeyed: Option<bool>,
     #[serde(borrow)]
     condition: Option<&'a RawValue>,
 }
@@ -792,7 +799,9 @@ impl Parser<'_> {
         let mask = match m.mask_type.as_str() {
             "redact" => Ok(MaskType::Redact),
             "partial" => Ok(MaskType::Partial),
-            "hash" => Ok(MaskType::Hash),
+            "hash" => Ok(MaskType::Hash {
+                unkeyed: m.unkeyed.unwrap_or(false),
+            }),
             "replace" => Ok(MaskType::Replace(m.mask_value.clone())),
             "null" => Ok(MaskType::Null),
             "email" => Ok(MaskType::Email),
@@ -811,6 +820,12 @@ impl Parser<'_> {
             },
         };
         let _ = &m.params;
+        if m.unkeyed.is_some() && m.mask_type != "hash" {
+            problems.push(p(
+                "`unkeyed` is only for `hash` masks".into(),
+                Some("remove it".into()),
+            ));
+        }
         let condition = match m.condition {
             None => Ok(None),
             Some(raw_cond) => self.condition(raw_cond, &label).map(Some),
@@ -1131,6 +1146,7 @@ const MASK_FIELDS: &[&str] = &[
     "mask_type",
     "mask_value",
     "params",
+    "unkeyed",
     "condition",
 ];
 
