@@ -484,3 +484,108 @@ async fn a_looping_masking_plugin_is_bounded_by_one_call_and_the_request_budget(
         assert!(!body.to_string().contains("secret-"), "{body}");
     }
 }
+
+/// Issue 17 §5: the `hash` mask was an unkeyed SHA-256 prefix, so a masked SSN could be
+/// recovered by hashing every SSN. It is keyed now, a keyed rule without a key does not load,
+/// and the plain form must be asked for (`"unkeyed": true`).
+#[tokio::test]
+async fn the_hash_mask_cannot_be_reversed_by_enumeration() {
+    use sha2::Digest;
+    let ssn = "123-45-6789";
+    let plain = hex_prefix(&sha2::Sha256::digest(ssn.as_bytes()));
+    let workflow = format!(
+        "[[nodes]]\nid = \"people\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = {{ query = \"SELECT '{ssn}' AS ssn\" }}\n"
+    );
+    let rules = |unkeyed: bool| {
+        let mut mask = json!({"resource_id": "people", "field_path": "ssn", "mask_type": "hash"});
+        if unkeyed {
+            mask["unkeyed"] = json!(true);
+        }
+        json!({"rules": [
+            {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
+            {"id": "x", "resource_type": "node", "resource_id": "people", "permission": "execute", "effect": "allow"},
+            {"id": "r", "resource_type": "node", "resource_id": "people", "permission": "read_output", "effect": "allow"}
+        ], "masking": [mask]})
+        .to_string()
+    };
+    // No key: the host refuses to start, naming the rule and what to set.
+    let dir = custom_dir(&workflow, &rules(false), "");
+    let (status, _, err) = trellis_tests::run_trellis(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0"],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success(), "served a keyed hash mask without a key");
+    assert!(
+        err.contains("a `hash` mask is keyed, and no key is set"),
+        "{err}"
+    );
+    assert!(err.contains("test.rules.json"), "{err}");
+
+    // With a key: the masked value is not the SHA-256 an attacker can compute.
+    let dir = custom_dir(
+        &workflow,
+        &rules(false),
+        "[policy]\nhmac_key = \"k-0123456789abcdef\"\n",
+    );
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run_workflow(&server, "w", &json!({"user_id": "u"}), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let masked = body["results"]["people"]["result"]["data"][0]["ssn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(masked.len(), 16);
+    assert_ne!(masked, plain, "the keyed hash is the plain SHA-256");
+    drop(server);
+
+    // Asked for in so many words, the plain form is the Python SDK's.
+    let dir = custom_dir(&workflow, &rules(true), "");
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run_workflow(&server, "w", &json!({"user_id": "u"}), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"]["people"]["result"]["data"][0]["ssn"],
+        plain.as_str()
+    );
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()[..16].to_owned()
+}
+
+/// Issue 17 §5: a workflow with `query = "$inputs.q"` loaded and ran the caller's SQL. Such a
+/// workflow (and a connection into a `query`) is refused at load now.
+#[tokio::test]
+async fn an_input_never_becomes_sql() {
+    let rules = json!({"rules": [
+        {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
+        {"id": "x", "resource_type": "node", "resource_id": "q", "permission": "execute", "effect": "allow"},
+        {"id": "r", "resource_type": "node", "resource_id": "q", "permission": "read_output", "effect": "allow"}
+    ]})
+    .to_string();
+    let from_input = "[inputs.q]\ntype = \"string\"\n[[nodes]]\nid = \"q\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"$inputs.q\" }\n";
+    let dir = custom_dir(from_input, &rules, "");
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run_workflow(
+        &server,
+        "w",
+        &json!({"user_id": "u"}),
+        json!({"inputs": {"q": "SELECT name FROM sqlite_master"}}),
+    )
+    .await;
+    assert_eq!(status, 404, "the caller's SQL ran: {body}");
+    let listing = server.get_json("/v1/workflows", None).await;
+    let errors = listing.to_string();
+    assert!(errors.contains("an input can never become SQL"), "{errors}");
+
+    // Nor through a connection from another node's output.
+    let via_connection = "[[nodes]]\nid = \"src\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT 'SELECT 1' AS sql\" }\n\
+        [[nodes]]\nid = \"q\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT 2\" }\n\
+        [[connections]]\nfrom = \"src.result.data\"\nto = \"q.query\"\n";
+    std::fs::write(dir.path().join("workflows/w.toml"), via_connection).unwrap();
+    drop(server);
+    let server = Server::start(dir.path(), &[]);
+    let listing = server.get_json("/v1/workflows", None).await.to_string();
+    assert!(listing.contains("can never become SQL"), "{listing}");
+}

@@ -35,6 +35,12 @@ pub const NODE_TYPES: &[&str] = &[
 ];
 
 impl NodeKind {
+    /// Whether the node's `query` is SQL the host runs (the SQL node, and a pool operation's
+    /// `execute`): it must be written in the workflow, never filled from a run.
+    pub fn takes_sql(&self) -> bool {
+        matches!(self, NodeKind::Sql | NodeKind::PoolOperation)
+    }
+
     /// Parses a `type` value.
     pub fn parse(text: &str) -> Result<NodeKind, String> {
         match text {
@@ -523,6 +529,21 @@ impl Draft {
             if !node.config.is_object() {
                 return Err(err(at, "`config` must be a table".into(), None));
             }
+            let sql_from_run = node.kind.takes_sql()
+                && match node.config.get("query") {
+                    None => false,
+                    Some(Value::String(q)) => q.starts_with(INPUT_PREFIX),
+                    Some(_) => true,
+                };
+            if sql_from_run {
+                return Err(err(
+                    at,
+                    "`query` must be the statement's text: an input can never become SQL".into(),
+                    Some(
+                        "pass the value as a parameter: `query = \"… WHERE x = :x\"` with `params = { x = \"$inputs.NAME\" }`",
+                    ),
+                ));
+            }
             if let NodeKind::Plugin(name) = &node.kind {
                 known.plugin(name).map_err(|m| {
                     err(
@@ -609,6 +630,16 @@ impl Draft {
                         ));
                     }
                 }
+            }
+            if self.nodes[to].kind.takes_sql() && c.input.first().is_some_and(|k| k == "query") {
+                return Err(err(
+                    at,
+                    format!(
+                        "a connection cannot fill `{}.query`: another node's output can never become SQL",
+                        c.to
+                    ),
+                    Some("connect into a parameter instead: `to = \"NODE.params.NAME\"`"),
+                ));
             }
             if !filled.insert((to, c.input.clone())) {
                 return Err(err(
