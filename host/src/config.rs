@@ -123,7 +123,14 @@ pub struct ServerConfig {
     pub keep_alive_timeout: Duration,
     /// The most client connections open at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Which listings answer without a caller (`metrics`, `pools`, `plugins`, `workflows`);
+    /// by default each needs an authenticated caller, since they show database users and
+    /// hosts, plugin hashes and load errors.
+    pub public: Vec<String>,
 }
+
+/// The listings `[server] public` may name.
+pub const PUBLIC_LISTINGS: [&str; 4] = ["metrics", "pools", "plugins", "workflows"];
 
 /// `[paths]`: directories, resolved against the config file's directory.
 #[derive(Debug, Clone)]
@@ -537,6 +544,7 @@ struct RawServer {
     header_read_timeout: Option<Interpolated<HumanDuration>>,
     keep_alive_timeout: Option<Interpolated<HumanDuration>>,
     max_connections: Option<usize>,
+    public: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -714,7 +722,27 @@ impl RawConfig {
                 .keep_alive_timeout
                 .map_or(Duration::from_secs(75), |d| d.0.0),
             max_connections: self.server.max_connections.unwrap_or(1024),
+            public: self.server.public.unwrap_or_default(),
         };
+        if let Some(name) = server
+            .public
+            .iter()
+            .find(|n| !PUBLIC_LISTINGS.contains(&n.as_str()))
+        {
+            let hint = crate::suggest::did_you_mean(name, &PUBLIC_LISTINGS)
+                .map(|m| format!(": did you mean `{m}`?"))
+                .unwrap_or_else(|| {
+                    format!(
+                        ": use {}",
+                        PUBLIC_LISTINGS.map(|n| format!("`{n}`")).join(", ")
+                    )
+                });
+            return Err(ResolveError {
+                span: 0..0,
+                key: "server.public".into(),
+                message: format!("unknown listing `{name}`{hint}"),
+            });
+        }
         if server.max_connections == 0 {
             return Err(ResolveError {
                 span: 0..0,

@@ -575,7 +575,9 @@ async fn an_input_never_becomes_sql() {
     )
     .await;
     assert_eq!(status, 404, "the caller's SQL ran: {body}");
-    let listing = server.get_json("/v1/workflows", None).await;
+    let listing = server
+        .get_json("/v1/workflows", Some(&json!({"user_id": "u"})))
+        .await;
     let errors = listing.to_string();
     assert!(errors.contains("an input can never become SQL"), "{errors}");
 
@@ -586,6 +588,93 @@ async fn an_input_never_becomes_sql() {
     std::fs::write(dir.path().join("workflows/w.toml"), via_connection).unwrap();
     drop(server);
     let server = Server::start(dir.path(), &[]);
-    let listing = server.get_json("/v1/workflows", None).await.to_string();
+    let listing = server
+        .get_json("/v1/workflows", Some(&json!({"user_id": "u"})))
+        .await
+        .to_string();
     assert!(listing.contains("can never become SQL"), "{listing}");
+}
+
+/// Issue 17 §4: in jwt mode the listings answered without a token, showing database user@host,
+/// absolute paths, plugin hashes and load errors. They need a caller now (unless `[server]
+/// public` names them), and show paths relative to the served folder.
+#[tokio::test]
+async fn listings_need_a_caller_and_show_no_server_paths() {
+    const KEY: &str = "e2e-hs256-key-0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["workflows", "policies", "plugins"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("workflows/broken.toml"),
+        "this is not toml = [",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("trellis.toml"),
+        format!(
+            "[auth]\nmode = \"jwt\"\nalgorithm = \"HS256\"\nkey = \"{KEY}\"\naudience = \"e2e\"\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("trellis.toml");
+    let elsewhere = tempfile::tempdir().unwrap();
+    // Served from another folder, by absolute path: what a caller sees must not tell where.
+    let server = Server::start(elsewhere.path(), &["--config", config.to_str().unwrap()]);
+    let http = reqwest::Client::new();
+    let paths = [
+        "/metrics",
+        "/v1/pools",
+        "/v1/pools/main/stats",
+        "/v1/plugins",
+        "/v1/workflows",
+    ];
+    for path in paths {
+        let response = http
+            .get(format!("{}{path}", server.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            401,
+            "{path} answered without a token"
+        );
+    }
+    let claims = json!({"sub": "alice", "aud": "e2e", "exp": std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .unwrap();
+    let root = dir.path().display().to_string();
+    for path in paths {
+        let response = http
+            .get(format!("{}{path}", server.base_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let text = response.text().await.unwrap();
+        if path != "/v1/pools" && !path.starts_with("/v1/pools/") {
+            assert!(!text.contains(&root), "{path} shows a server path: {text}");
+        }
+    }
+    let workflows = http
+        .get(format!("{}/v1/workflows", server.base_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(workflows["dir"], "workflows", "{workflows}");
+    assert_eq!(
+        workflows["errors"][0]["file"], "workflows/broken.toml",
+        "{workflows}"
+    );
 }

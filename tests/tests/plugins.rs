@@ -899,6 +899,11 @@ async fn watcher_loads_new_files_skips_unchanged_and_unloads_deleted() {
 async fn get_v1_plugins_lists_status_and_follows_watch() {
     let fixture = Fixture::new(&["row_transform"]);
     std::fs::write(fixture.plugins().join("junk.wasm"), b"junk").unwrap();
+    std::fs::write(
+        fixture.dir.path().join("trellis.toml"),
+        "[server]\npublic = [\"plugins\"]\n",
+    )
+    .unwrap();
     let server = Server::start(fixture.dir.path(), &["--watch"]);
     let http = reqwest::Client::new();
     let url = format!("{}/v1/plugins", server.base_url());

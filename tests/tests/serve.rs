@@ -31,7 +31,25 @@ async fn serve_in_empty_folder_health_metrics_and_sigterm() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
 
+    // Without a caller (auth mode `none` here) the listings answer 401: they show database
+    // users and hosts. `[server] public` opens them.
+    for path in ["/v1/pools", "/metrics", "/v1/plugins", "/v1/workflows"] {
+        let response = http
+            .get(format!("{}{path}", server.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    drop(server);
+    std::fs::write(
+        dir.path().join("trellis.toml"),
+        "[server]\npublic = [\"metrics\", \"pools\"]\n",
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &[]);
     let get = |path: &str| http.get(format!("{}{path}", server.base_url())).send();
+    assert_eq!(get("/health").await.unwrap().status(), 200);
     let pools: Value = get("/v1/pools").await.unwrap().json().await.unwrap();
     assert_eq!(pools["pools"][0]["name"], "main");
     assert_eq!(pools["pools"][0]["database_type"], "sqlite");
@@ -198,7 +216,7 @@ async fn password_never_appears_in_logs_or_metrics() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("trellis.toml"),
-        "[databases.warehouse]\nurl = \"${WAREHOUSE_URL}\"\n",
+        "[server]\npublic = [\"metrics\"]\n[databases.warehouse]\nurl = \"${WAREHOUSE_URL}\"\n",
     )
     .unwrap();
     let server = Server::start_with_env(

@@ -132,7 +132,9 @@ async fn plugin_swapped_20_times_under_20_clients_fails_no_request() {
         // Wait until the new version serves before the next swap.
         let mut served = false;
         for _ in 0..500 {
-            let list = server.get_json("/v1/plugins", None).await;
+            let list = server
+                .get_json("/v1/plugins", Some(&serde_json::json!({"user_id": "u"})))
+                .await;
             if list["plugins"][0]["version"] == version {
                 served = true;
                 break;

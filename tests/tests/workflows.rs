@@ -205,7 +205,7 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     }
 
-    let list = server.get_json("/v1/workflows", None).await;
+    let list = server.get_json("/v1/workflows", Some(&analyst())).await;
     assert_eq!(list["generation"], 1);
     assert_eq!(list["workflows"][0]["name"], "finance_report");
     assert_eq!(

@@ -1,7 +1,8 @@
 //! Layers every request passes before its handler: the request deadline (504 with a JSON body
-//! when it runs out) and, in dev mode, the `Host`/`Origin` check that keeps web pages out.
+//! when it runs out), in dev mode the `Host`/`Origin` check that keeps web pages out, and the
+//! caller the listings need.
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{HOST, ORIGIN};
 use axum::middleware::Next;
@@ -75,4 +76,32 @@ fn is_loopback_origin(origin: &str) -> bool {
         return false;
     };
     matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(is_loopback)
+}
+
+/// The listings (`/metrics`, `/v1/pools…`, `/v1/plugins`, `/v1/workflows`) answer an
+/// authenticated caller, or anyone when `[server] public` names them.
+pub async fn listings(State(app): State<App>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .unwrap_or_default();
+    let name = match route {
+        "/metrics" => "metrics",
+        r if r.starts_with("/v1/pools") => "pools",
+        "/v1/plugins" => "plugins",
+        _ => "workflows",
+    };
+    if app.config().server.public.iter().any(|p| p == name) {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    match <super::auth::CurrentUser as axum::extract::FromRequestParts<App>>::from_request_parts(
+        &mut parts, &app,
+    )
+    .await
+    {
+        Ok(_) => next.run(Request::from_parts(parts, body)).await,
+        Err(rejection) => rejection.into_response(),
+    }
 }

@@ -207,6 +207,45 @@ impl App {
         self.inner.watch
     }
 
+    /// How a path the host serves from is shown to callers: relative to the config file's
+    /// folder (`plugins/x.wasm`), never the server's absolute layout; a path outside that folder
+    /// shows as its file name.
+    pub fn shown_path(&self, path: &std::path::Path) -> String {
+        let base = match &self.config().source {
+            crate::config::ConfigSource::File(file) => {
+                file.parent().map(std::path::Path::to_path_buf)
+            }
+            crate::config::ConfigSource::Embedded => None,
+        }
+        .unwrap_or_default();
+        let relative = if base.as_os_str().is_empty() {
+            path
+        } else {
+            path.strip_prefix(&base).unwrap_or(path)
+        };
+        let relative = relative.strip_prefix(".").unwrap_or(relative);
+        if relative.is_absolute() {
+            return relative
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        relative.display().to_string()
+    }
+
+    /// `text` (a load error) with the config file's folder taken out of the paths it names.
+    pub fn shown_text(&self, text: &str) -> String {
+        match &self.config().source {
+            crate::config::ConfigSource::File(file) => match file.parent() {
+                Some(base) if !base.as_os_str().is_empty() => {
+                    text.replace(&format!("{}/", base.display()), "")
+                }
+                _ => text.to_owned(),
+            },
+            crate::config::ConfigSource::Embedded => text.to_owned(),
+        }
+    }
+
     /// Who is calling: the configured auth mode.
     pub fn auth(&self) -> &Authenticator {
         &self.inner.auth

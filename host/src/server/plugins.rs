@@ -23,8 +23,15 @@ pub struct PluginList {
 pub async fn list(State(app): State<App>) -> Json<PluginList> {
     let registry = app.plugins().registry();
     Json(PluginList {
-        dir: registry.dir().display().to_string(),
+        dir: app.shown_path(registry.dir()),
         generation: *registry.changes().borrow(),
-        plugins: registry.list(),
+        plugins: registry
+            .list()
+            .into_iter()
+            .map(|mut p| {
+                p.error = p.error.map(|e| app.shown_text(&e));
+                p
+            })
+            .collect(),
     })
 }

@@ -13,13 +13,19 @@ use super::{admin, auth, guard, health, metrics, plugins, pools, workflows};
 /// The full HTTP API for `app`.
 pub fn router(app: App) -> Router {
     let server = &app.config().server;
-    Router::new()
-        .route("/health", get(health::health))
+    // What the host holds (pools and their users and hosts, plugins and their hashes,
+    // workflows and their load errors, metrics): for callers, unless `[server] public` says
+    // a listing is public.
+    let listings = Router::new()
         .route("/metrics", get(metrics::scrape))
         .route("/v1/pools", get(pools::list))
         .route("/v1/pools/{name}/stats", get(pools::stats))
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/workflows", get(workflows::list))
+        .route_layer(middleware::from_fn_with_state(app.clone(), guard::listings));
+    Router::new()
+        .route("/health", get(health::health))
+        .merge(listings)
         .route("/v1/workflows/{name}/run", post(workflows::run))
         .route("/v1/authorize", post(admin::authorize))
         .route("/v1/audit", get(admin::audit))

@@ -20,14 +20,18 @@ use crate::workflow::{AccessError, Denial, Workflow, new_run_id};
 /// Lists the workflows in service and the files that failed to load.
 pub async fn list(State(app): State<App>) -> Json<Value> {
     let loaded = app.workflows().current();
-    let workflows: Vec<Value> = loaded.workflows.values().map(|w| describe(w)).collect();
+    let workflows: Vec<Value> = loaded
+        .workflows
+        .values()
+        .map(|w| describe(&app, w))
+        .collect();
     let errors: Vec<Value> = loaded
         .errors
         .iter()
-        .map(|(file, error)| json!({"file": file.display().to_string(), "error": error}))
+        .map(|(file, error)| json!({"file": app.shown_path(file), "error": app.shown_text(error)}))
         .collect();
     Json(json!({
-        "dir": app.workflows().dir().display().to_string(),
+        "dir": app.shown_path(app.workflows().dir()),
         "generation": loaded.generation,
         "loaded_at": loaded.loaded_at.map(|t| jiff::Timestamp::try_from(t).map(|t| t.to_string()).unwrap_or_default()),
         "workflows": workflows,
@@ -35,7 +39,7 @@ pub async fn list(State(app): State<App>) -> Json<Value> {
     }))
 }
 
-fn describe(w: &Workflow) -> Value {
+fn describe(app: &App, w: &Workflow) -> Value {
     let inputs: Map<String, Value> = w
         .inputs
         .iter()
@@ -54,7 +58,7 @@ fn describe(w: &Workflow) -> Value {
     json!({
         "name": w.name,
         "description": w.description,
-        "file": w.source.as_ref().map(|p| p.display().to_string()),
+        "file": w.source.as_ref().map(|p| app.shown_path(p)),
         "inputs": inputs,
         "nodes": w.nodes.iter().map(|n| json!({
             "id": n.id,
