@@ -28,6 +28,7 @@
 //!   runtime (policy before, masking after), the watched workflows directory.
 //! - [`server`]: the HTTP API (axum): health, metrics, pools, plugins, workflows, policy.
 //! - [`tls`]: TLS to database servers (libpq's `sslmode`), from URL parameters or config keys.
+//! - [`watch`]: the one directory watcher (`--watch`): debounced, and only stable files.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
 pub mod auth;
@@ -46,6 +47,7 @@ pub mod sql;
 mod suggest;
 pub mod tls;
 pub mod vector;
+pub mod watch;
 pub mod workflow;
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.

@@ -372,3 +372,96 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
     assert!(fixed);
     assert_eq!(get("/v1/workflows").await["errors"], json!([]));
 }
+
+/// Issue 17 §4: truncating `guardrails.cedar` in place for 0.7 s let a suspended user through:
+/// the watcher read the empty file, a valid policy set. Files are read now only once stable, so
+/// in-place rewrites of the policy and the workflow, under load, open no window: the suspended
+/// user is refused every time, and the allowed user is never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_place_rewrites_open_no_window() {
+    const GUARD: &str = "@id(\"suspended-users\")\nforbid (principal in Trellis::Role::\"suspended\", action, resource);\n";
+    const WORKFLOW: &str = "[[nodes]]\nid = \"rows\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT 1 AS n\" }\n";
+    let dir = setup(WORKFLOW);
+    let guard = dir.path().join("policies/guardrails.cedar");
+    std::fs::write(&guard, GUARD).unwrap();
+    let server = Server::start(dir.path(), &["--watch"]);
+    let base = server.base_url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = [
+        r#"{"user_id": "mallory", "roles": ["suspended"]}"#,
+        r#"{"user_id": "u"}"#,
+    ]
+    .into_iter()
+    .flat_map(|user| std::iter::repeat_n(user, 4))
+    .map(|user| {
+        let (base, stop) = (base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let response = http
+                    .post(format!("{base}/v1/workflows/w/run"))
+                    .header("x-trellis-user", user)
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            (user, statuses)
+        })
+    })
+    .collect();
+
+    // Rewrite each file in place, as an editor or `cat >` does: truncate, a pause, then the
+    // content in two parts.
+    let in_place = |path: &Path, text: &str, pause: Duration| {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        std::thread::sleep(pause);
+        let (a, b) = text.split_at(text.len() / 2);
+        file.write_all(a.as_bytes()).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(pause / 4);
+        file.write_all(b.as_bytes()).unwrap();
+    };
+    let workflow = dir.path().join("workflows/w.toml");
+    for round in 0..4 {
+        let pause = Duration::from_millis(if round % 2 == 0 { 700 } else { 150 });
+        let (g, w) = (guard.clone(), workflow.clone());
+        tokio::task::spawn_blocking(move || {
+            in_place(&g, GUARD, pause);
+            in_place(&w, WORKFLOW, pause);
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut counted = 0;
+    for client in clients {
+        let (user, statuses) = client.await.unwrap();
+        counted += statuses.len();
+        if user.contains("mallory") {
+            assert!(
+                statuses.iter().all(|s| *s == 403),
+                "the suspended user got through: {:?}",
+                statuses.iter().filter(|s| **s != 403).collect::<Vec<_>>()
+            );
+        } else {
+            assert!(
+                statuses.iter().all(|s| *s == 200),
+                "an allowed run failed while the workflow was rewritten: {:?}",
+                statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+            );
+        }
+    }
+    assert!(
+        counted > 100,
+        "too little load to mean anything: {counted} requests"
+    );
+}

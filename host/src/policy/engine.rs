@@ -442,8 +442,9 @@ impl PolicyEngine {
         }
     }
 
-    /// Watches the policy directory and reloads on every change (debounced). Dropping the
-    /// returned watcher stops it.
+    /// Watches the policy directory and reloads once changed files are stable for
+    /// [`POLICY_SETTLE`] (see [`crate::watch`]). Must be called inside a tokio runtime. Dropping
+    /// the returned watcher stops it.
     pub fn watch(self: &Arc<Self>) -> Result<PolicyWatcher, notify::Error> {
         PolicyWatcher::start(self.clone())
     }
@@ -854,9 +855,7 @@ fn time_signature(slice: &Slice, now: Timestamp, tz: &TimeZone) -> u64 {
 
 /// Watches a policy directory and reloads the engine after changes settle.
 pub struct PolicyWatcher {
-    _watcher: notify::RecommendedWatcher,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _inner: crate::watch::DirWatcher,
 }
 
 impl std::fmt::Debug for PolicyWatcher {
@@ -865,60 +864,36 @@ impl std::fmt::Debug for PolicyWatcher {
     }
 }
 
-/// How long the directory must be quiet before a reload.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long a changed policy file must stay unchanged before the directory is read again: a
+/// file truncated and rewritten in place must never be read empty (its `forbid`s dropped).
+/// Deploy with a rename instead (see [`crate::watch`]).
+pub const POLICY_SETTLE: Duration = Duration::from_secs(1);
 
 impl PolicyWatcher {
     fn start(engine: Arc<PolicyEngine>) -> Result<PolicyWatcher, notify::Error> {
-        use notify::Watcher;
         let dir: PathBuf = engine.generation().dir().to_owned();
-        let (tx, rx) = std::sync::mpsc::channel::<Option<()>>();
-        let events = tx.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if let Ok(event) = res
-                    && !event.kind.is_access()
-                {
-                    let _ = events.send(Some(()));
-                }
-            })?;
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("trellis-policy-watch".into())
-            .spawn(move || {
-                loop {
-                    match rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(_) => {
-                            // Wait until the directory is quiet, then reload once.
-                            while rx.recv_timeout(DEBOUNCE).is_ok() {}
-                            let _ = engine.reload();
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(_) => break,
-                    }
-                    if stop_rx.try_recv().is_ok() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| notify::Error::generic(&e.to_string()))?;
-        drop(tx);
-        Ok(PolicyWatcher {
-            _watcher: watcher,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+        let inner = crate::watch::DirWatcher::start(
+            &dir,
+            is_policy_file,
+            crate::watch::Reads::WholeDirectory,
+            POLICY_SETTLE,
+            None,
+            move |_| {
+                let _ = engine.reload();
+            },
+        )?;
+        Ok(PolicyWatcher { _inner: inner })
     }
 }
 
-impl Drop for PolicyWatcher {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The files a policy directory is made of.
+fn is_policy_file(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    !name.starts_with('.')
+        && (name == super::generation::SCHEMA_FILE
+            || name.ends_with(".cedar")
+            || super::rules::is_rules_file(path))
 }

@@ -1338,6 +1338,9 @@ fn the_watcher_reloads_on_change_and_keeps_the_old_set_on_a_bad_file() {
     )
     .unwrap();
     let e = Arc::new(PolicyEngine::load(dir.path(), EngineSettings::default()).unwrap());
+    // The watcher runs on a tokio runtime.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
     let _w = e.watch().unwrap();
     let first = e.generation().id();
     let wait = |pred: &dyn Fn() -> bool| {

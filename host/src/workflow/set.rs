@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
+
+use crate::watch::{DirWatcher, Reads};
 
 use super::spec::{Known, Workflow};
 
@@ -191,86 +191,36 @@ fn is_workflow_file(path: &Path) -> bool {
             .is_some_and(|n| !n.starts_with('.'))
 }
 
-/// Reloads a [`WorkflowSet`] when its directory or the plugins change.
+/// Reloads a [`WorkflowSet`] when its directory (once its changed files are stable; see
+/// [`crate::watch`]) or the plugins change.
 pub struct WorkflowWatcher {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    inner: DirWatcher,
 }
-
-/// How long the directory must be quiet before a reload.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 impl WorkflowWatcher {
     /// Starts watching `set`'s directory (created if missing) and `plugin_changes`.
     pub fn start(
         set: Arc<WorkflowSet>,
-        mut plugin_changes: watch::Receiver<u64>,
+        plugin_changes: watch::Receiver<u64>,
     ) -> Result<WorkflowWatcher, notify::Error> {
         let dir = set.dir().to_owned();
-        std::fs::create_dir_all(&dir).map_err(notify::Error::io)?;
-        let (events_tx, mut events) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event| {
-            let _ = events_tx.send(event);
-        })?;
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        let (stop, mut stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let _watcher = watcher;
-            let mut due: Option<tokio::time::Instant> = None;
-            let mut plugins_alive = true;
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    event = events.recv() => match event {
-                        Some(_) => due = Some(tokio::time::Instant::now() + DEBOUNCE),
-                        None => break,
-                    },
-                    changed = plugin_changes.changed(), if plugins_alive => {
-                        if changed.is_err() {
-                            // The registry is gone: keep watching files only.
-                            plugins_alive = false;
-                        } else {
-                            due = Some(tokio::time::Instant::now() + DEBOUNCE);
-                        }
-                    }
-                    () = async {
-                        match due {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
-                    } => {
-                        due = None;
-                        let set = set.clone();
-                        if let Err(e) = tokio::task::spawn_blocking(move || set.reload()).await {
-                            tracing::error!(error = %e, "workflow reload task failed");
-                        }
-                    }
-                }
-            }
-        });
+        let inner = DirWatcher::start(
+            &dir,
+            is_workflow_file,
+            Reads::WholeDirectory,
+            crate::watch::DEFAULT_SETTLE,
+            Some(plugin_changes),
+            move |_| {
+                set.reload();
+            },
+        )?;
         tracing::info!(dir = %dir.display(), "watching workflows");
-        Ok(WorkflowWatcher {
-            stop: Some(stop),
-            task: Some(task),
-        })
+        Ok(WorkflowWatcher { inner })
     }
 
     /// Stops watching (waiting for a reload in progress).
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for WorkflowWatcher {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn stop(self) {
+        self.inner.stop().await;
     }
 }
 
