@@ -41,6 +41,7 @@ pub mod plugins;
 pub mod policy;
 pub mod pool;
 mod private_fs;
+mod served_file;
 pub mod server;
 pub mod shutdown;
 pub mod sql;

@@ -678,3 +678,74 @@ async fn listings_need_a_caller_and_show_no_server_paths() {
         "{workflows}"
     );
 }
+
+/// Issue 17 §5: links in the served directories were followed anywhere. The decision: a link
+/// is followed only to a file inside its own directory (Kubernetes' ConfigMap layout), and one
+/// pointing outside is refused: for policies the host does not start, for a plugin the file
+/// fails to load and is listed with the reason.
+#[tokio::test]
+async fn links_are_followed_only_within_their_directory() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    let workflow = "[[nodes]]\nid = \"n\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT 1 AS one\" }\n";
+    let rules = r#"{"rules": [{"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"}]}"#;
+
+    // A policy linked from outside: refused, and nothing is served.
+    std::fs::write(
+        outside.path().join("open.cedar"),
+        "permit (principal, action, resource);\n",
+    )
+    .unwrap();
+    let dir = custom_dir(workflow, rules, "");
+    symlink(
+        outside.path().join("open.cedar"),
+        dir.path().join("policies/open.cedar"),
+    )
+    .unwrap();
+    let (status, _, err) = trellis_tests::run_trellis(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0"],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success(), "served a policy linked from outside");
+    assert!(
+        err.contains("open.cedar") && err.contains("outside its directory"),
+        "{err}"
+    );
+
+    // Links within the directory (`x -> ..data/x`, as a ConfigMap volume lays them out) work.
+    let dir = custom_dir(workflow, rules, "");
+    let data = dir.path().join("policies/..data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("open.cedar"),
+        "permit (principal, action, resource);\n",
+    )
+    .unwrap();
+    symlink("..data/open.cedar", dir.path().join("policies/open.cedar")).unwrap();
+    let wasm = trellis_tests::repo().join("plugins/row_transform.wasm");
+    std::fs::copy(&wasm, outside.path().join("row_transform.wasm")).unwrap();
+    symlink(
+        outside.path().join("row_transform.wasm"),
+        dir.path().join("plugins/row_transform.wasm"),
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run_workflow(&server, "w", &json!({"user_id": "u"}), json!({})).await;
+    assert_eq!(
+        status, 200,
+        "the policy linked within its directory did not load: {body}"
+    );
+    // The plugin linked from outside is not loaded, and says why.
+    let plugins = server
+        .get_json("/v1/plugins", Some(&json!({"user_id": "u"})))
+        .await;
+    assert_eq!(plugins["plugins"][0]["status"], "failed", "{plugins}");
+    assert!(
+        plugins["plugins"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside its directory"),
+        "{plugins}"
+    );
+}

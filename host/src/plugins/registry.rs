@@ -211,7 +211,7 @@ impl PluginRegistry {
     /// validation run on the calling thread: call it off the request path.
     pub fn load_file(&self, path: &Path) -> ReloadOutcome {
         let path = &self.key(path);
-        let wasm = match std::fs::read(path) {
+        let wasm = match crate::served_file::read(&self.dir, path) {
             Ok(wasm) => wasm,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.unload_file(path),
             Err(source) => {

@@ -307,7 +307,8 @@ impl PolicyGeneration {
                 .unwrap_or_default()
                 .to_owned();
             if name == SCHEMA_FILE || name.ends_with(".cedar") || rules::is_rules_file(&path) {
-                let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+                let text =
+                    crate::served_file::read_to_string(dir, &path).map_err(|e| io(&path, e))?;
                 files.push((path, text));
             }
         }

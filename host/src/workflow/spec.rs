@@ -320,7 +320,8 @@ pub(crate) struct Draft {
 impl Workflow {
     /// Reads and validates `path`.
     pub fn load(path: &Path, known: &dyn Known) -> Result<Workflow, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let text = crate::served_file::read_to_string(dir, path).map_err(|e| SpecError {
             location: path.display().to_string(),
             message: format!("cannot read the workflow file: {e}"),
             hint: None,
