@@ -1327,4 +1327,107 @@ mod tests {
         assert_eq!(parse_time("24:00"), None);
         assert_eq!(parse_time("8:00"), None);
     }
+
+    mod arbitrary {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A JSON value built from the rule format's own keys and condition names, so that the
+        /// parser gets past the JSON and into every rule and condition path.
+        fn ruleish() -> impl Strategy<Value = Value> {
+            let key = prop::sample::select(vec![
+                "id",
+                "resource_type",
+                "resource_id",
+                "permission",
+                "effect",
+                "priority",
+                "conditions",
+                "condition",
+                "type",
+                "value",
+                "attribute_path",
+                "operator",
+                "department",
+                "include_children",
+                "start",
+                "end",
+                "user_id",
+                "role",
+                "tenant_id",
+                "expires_at",
+                "field_path",
+                "mask_type",
+                "mask_value",
+                "params",
+                "unkeyed",
+                "rules",
+                "masking",
+                "and",
+                "or",
+                "not",
+            ]);
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                prop::sample::select(vec![
+                    "node",
+                    "workflow",
+                    "execute",
+                    "allow",
+                    "deny",
+                    "equals",
+                    "in",
+                    "contains",
+                    "department_hierarchy",
+                    "time_of_day",
+                    "and",
+                    "or",
+                    "not",
+                    "between",
+                    "attribute_expression",
+                    "user.attributes.x",
+                    "08:00",
+                    "25:99",
+                    "redact",
+                    "hash",
+                    "plugin:",
+                    "plugin:x",
+                    "a[].b",
+                    "[]",
+                    "",
+                    "custom",
+                ])
+                .prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(5, 64, 8, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec((key.clone(), inner), 0..8).prop_map(|pairs| {
+                        Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    }),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn the_rules_parser_never_panics(rules in prop::collection::vec(ruleish(), 0..4), masks in prop::collection::vec(ruleish(), 0..3)) {
+                let text = serde_json::json!({"rules": rules, "masking": masks}).to_string();
+                let _ = parse_rules_file("p.rules.json", &text);
+            }
+
+            #[test]
+            fn the_rules_parser_never_panics_on_any_text(text in any::<String>()) {
+                let _ = parse_rules_file("p.rules.json", &text);
+            }
+        }
+    }
 }

@@ -1029,4 +1029,41 @@ mod tests {
         ));
         assert!(Params::from_json(Some(&json!("x"))).is_err());
     }
+
+    mod arbitrary {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// SQL-ish text: the tokenizer's special characters are frequent, so quotes, comments,
+        /// dollar tags, casts and placeholders are cut off and nested at random.
+        fn sqlish() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(vec![
+                        "'", "\"", "`", "$", "$$", "$a$", ":", "::", ":id", ":id_type", "?",
+                        "$1", "--", "/*", "*/", "\n", "\\", "[", "]", "E'", "SELECT ", "INTO ",
+                        "WITH ", "TEMP ", "SET ", "PREPARE ", "@x", ";",
+                    ])
+                    .prop_map(str::to_owned),
+                    1 => any::<String>(),
+                ],
+                0..40,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn the_tokenizer_never_panics(sql in sqlish(), value in any::<i64>()) {
+                let params = named(json!({"id": value, "id_type": "x", "a": [1, 2]}));
+                for dialect in [PG, MY, LITE] {
+                    let _ = prepare(&sql, &params, dialect);
+                    let _ = prepare(&sql, &Params::Positional(vec![json!(value)]), dialect);
+                    let _ = prepare(&sql, &Params::None, dialect);
+                }
+            }
+        }
+    }
 }
