@@ -57,6 +57,10 @@ pub struct PolicyConfig {
     pub audit: AuditTarget,
     /// How many recent decisions `GET /v1/audit` can show (default 10000).
     pub audit_recent: usize,
+    /// When the audit file is rotated, and how many rotated files are kept.
+    pub audit_rotation: crate::policy::audit::Rotation,
+    /// What happens while audit records cannot be written.
+    pub audit_on_failure: crate::policy::audit::OnFailure,
 }
 
 /// Where the audit trail goes.
@@ -510,6 +514,10 @@ struct RawPolicy {
     audit_file: Option<Interpolated<PathBuf>>,
     audit_database: Option<Interpolated<String>>,
     audit_recent: Option<usize>,
+    audit_max_bytes: Option<u64>,
+    audit_max_age: Option<Interpolated<HumanDuration>>,
+    audit_keep: Option<usize>,
+    audit_on_failure: Option<crate::policy::audit::OnFailure>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -638,12 +646,26 @@ fn resolve_policy(
         }
         (_, None, None) => AuditTarget::File(paths.data.join("audit.jsonl")),
     };
+    let defaults = crate::policy::audit::Rotation::default();
+    let audit_rotation = crate::policy::audit::Rotation {
+        max_bytes: raw.audit_max_bytes.unwrap_or(defaults.max_bytes),
+        max_age: raw.audit_max_age.map_or(defaults.max_age, |d| d.0.0),
+        keep: raw.audit_keep.unwrap_or(defaults.keep),
+    };
+    if audit_rotation.max_bytes == 0 || audit_rotation.max_age.is_zero() {
+        return Err(error(
+            "audit_max_bytes",
+            "`audit_max_bytes` and `audit_max_age` must be above zero".into(),
+        ));
+    }
     Ok(PolicyConfig {
         timezone,
         hmac_key: raw.hmac_key.map(|k| k.0),
         cache_capacity: raw.cache_capacity.unwrap_or(100_000),
         audit,
         audit_recent: raw.audit_recent.unwrap_or(10_000),
+        audit_rotation,
+        audit_on_failure: raw.audit_on_failure.unwrap_or_default(),
     })
 }
 

@@ -62,6 +62,7 @@ pub async fn authorize(
 ) -> Result<Json<Value>, ApiError> {
     let caller = admin(&app, caller)?;
     let request: AuthorizeRequest = parse_body(&body)?;
+    super::guard::audit_refusal(&app)?;
     let resource_type = match request.resource_type.as_str() {
         "node" => ResourceType::Node,
         "workflow" => ResourceType::Workflow,

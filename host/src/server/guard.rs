@@ -105,3 +105,19 @@ pub async fn listings(State(app): State<App>, request: Request, next: Next) -> R
         Err(rejection) => rejection.into_response(),
     }
 }
+
+/// 503 while the audit trail cannot be written and `[policy] audit_on_failure = "refuse"`: no
+/// decision is made without its record.
+pub(super) fn audit_refusal(app: &App) -> Result<(), ApiError> {
+    match app.policy().audit() {
+        Some(audit) if audit.refusing() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit trail cannot be written, and no decision is made without its record",
+        )
+        .with(
+            "hint",
+            "free space for the audit file (or bring the audit database back): the host serves again within a second; `[policy] audit_on_failure = \"serve\"` keeps serving and counts lost records",
+        )),
+        _ => Ok(()),
+    }
+}

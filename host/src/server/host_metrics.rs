@@ -109,6 +109,14 @@ impl Collector for HostCollector {
                 "Access decisions the audit trail could not keep up with or write",
                 audit.dropped(),
             )?;
+            let family = encoder.encode_descriptor(
+                "audit_failing",
+                "1 while audit records cannot be written (requests are refused unless audit_on_failure = \"serve\")",
+                None,
+                MetricType::Gauge,
+            )?;
+            prometheus_client::metrics::gauge::ConstGauge::new(i64::from(audit.failing()))
+                .encode(family)?;
         }
         Ok(())
     }

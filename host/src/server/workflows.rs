@@ -113,6 +113,7 @@ pub async fn run(
         return Err(error);
     };
     let request: RunRequest = parse_body(&body)?;
+    super::guard::audit_refusal(&app)?;
     let started = Instant::now();
     let run_id = new_run_id();
     let user = PreparedUser::new(user);

@@ -1,0 +1,301 @@
+//! Issue 17 §5, the audit trail at production rates, against the real `trellis serve`: the file
+//! rotates by size and keeps only the newest rotated files, and when records cannot be written
+//! (a full disk: a 64 KiB tmpfs; the audit database refusing connections) the host refuses
+//! requests by default and serves again once the records are written, or, with
+//! `audit_on_failure = "serve"`, keeps serving and counts every lost record.
+//! Mounting the tmpfs needs root, which the test command has.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trellis_tests::{Server, TestDb, custom_dir, run_workflow, unique};
+
+const WORKFLOW: &str = "[[nodes]]\nid = \"n\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT 1 AS one\" }\n";
+
+fn rules() -> String {
+    json!({"rules": [
+        {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
+        {"id": "x", "resource_type": "node", "resource_id": "n", "permission": "execute", "effect": "allow"},
+        {"id": "r", "resource_type": "node", "resource_id": "n", "permission": "read_output", "effect": "allow"}
+    ]})
+    .to_string()
+}
+
+fn user() -> Value {
+    json!({"user_id": "auditor-test"})
+}
+
+/// A tmpfs of `size` mounted at a new directory (inside a temporary one, removed after the
+/// unmount); unmounted on drop.
+struct Tmpfs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("disk");
+        std::fs::create_dir(&at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the tests run as root through scripts/test)"
+        );
+        Tmpfs(at, dir)
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+async fn metric(server: &Server, name: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", server.base_url()))
+        .header("x-trellis-user", user().to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{name}` in /metrics:\n{text}"))
+}
+
+/// Runs the workflow until a run is refused (503), at most `limit` times; how many ran.
+async fn run_until_refused(server: &Server, limit: usize) -> (usize, bool) {
+    for i in 0..limit {
+        let (status, body) = run_workflow(server, "w", &user(), json!({})).await;
+        match status {
+            200 => {}
+            503 => {
+                assert_eq!(body["error"]["kind"], "unavailable", "{body}");
+                return (i, true);
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    (limit, false)
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_requests_until_the_records_are_written() {
+    let disk = Tmpfs::mount("64k");
+    let file = disk.0.join("audit.jsonl");
+    let dir = custom_dir(
+        WORKFLOW,
+        &rules(),
+        &format!("[policy]\naudit_file = \"{}\"\n", file.display()),
+    );
+    let server = Server::start(dir.path(), &[]);
+    let (ran, refused) = run_until_refused(&server, 2000).await;
+    assert!(refused, "{ran} runs and never refused on a full disk");
+    assert!(ran > 10, "refused after only {ran} runs");
+    assert_eq!(metric(&server, "trellis_audit_failing").await, 1.0);
+    // Every refusal is a request that decided nothing; none of the records is lost.
+    assert_eq!(
+        metric(&server, "trellis_audit_records_dropped_total").await,
+        0.0
+    );
+
+    // Space again: the kept records are written within the retry, and the host serves.
+    disk.resize("4m");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = run_workflow(&server, "w", &user(), json!({})).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refusing after space was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&server, "trellis_audit_failing").await, 0.0);
+    assert_eq!(
+        metric(&server, "trellis_audit_records_dropped_total").await,
+        0.0
+    );
+    // Whole lines only: a partly written batch was cut off before the retry.
+    let text = std::fs::read_to_string(&file).unwrap();
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("a broken line ({e}): {line}"));
+    }
+}
+
+#[tokio::test]
+async fn serve_mode_keeps_serving_on_a_full_disk_and_counts_every_lost_record() {
+    let disk = Tmpfs::mount("64k");
+    let file = disk.0.join("audit.jsonl");
+    let dir = custom_dir(
+        WORKFLOW,
+        &rules(),
+        &format!(
+            "[policy]\naudit_file = \"{}\"\naudit_on_failure = \"serve\"\n",
+            file.display()
+        ),
+    );
+    let server = Server::start(dir.path(), &[]);
+    // How many records one run makes, while the disk has room.
+    let (status, _) = run_workflow(&server, "w", &user(), json!({})).await;
+    assert_eq!(status, 200);
+    let per_run = settled(&server, 0.0).await;
+    assert!(per_run >= 1.0);
+    let (ran, refused) = run_until_refused(&server, 599).await;
+    assert!(!refused, "refused in serve mode after {ran} runs");
+    let total = settled(&server, per_run * 600.0).await;
+    assert_eq!(metric(&server, "trellis_audit_failing").await, 1.0);
+    let dropped = metric(&server, "trellis_audit_records_dropped_total").await;
+    assert!(dropped > 0.0, "no lost record counted");
+    // Every record is either written or counted lost.
+    assert_eq!(total, per_run * 600.0, "written + dropped");
+}
+
+#[test]
+fn the_audit_file_rotates_by_size_and_keeps_the_newest() {
+    let dir = custom_dir(
+        WORKFLOW,
+        &rules(),
+        "[policy]\naudit_max_bytes = 2000\naudit_keep = 3\n",
+    );
+    let server = Server::start(dir.path(), &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        for _ in 0..60 {
+            let (status, body) = run_workflow(&server, "w", &user(), json!({})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    drop(server);
+    let data = dir.path().join("data");
+    let rotated: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("audit.jsonl."))
+        .collect();
+    assert_eq!(rotated.len(), 3, "{rotated:?}");
+    use std::os::unix::fs::PermissionsExt;
+    for name in rotated
+        .iter()
+        .chain(std::iter::once(&"audit.jsonl".to_owned()))
+    {
+        let path = data.join(name);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.len() < 2000 + 4096, "{name} is {} bytes", meta.len());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn the_audit_database_going_away_refuses_requests_until_it_is_back() {
+    let Some(pg) = TestDb::Postgres.url() else {
+        return;
+    };
+    // A database of its own, so refusing its connections touches no other test.
+    let name = unique("audit_db");
+    let admin = sqlx::PgPool::connect(&pg).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = pg
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{name}"))
+        .unwrap();
+    let dir = custom_dir(
+        WORKFLOW,
+        &rules(),
+        &format!(
+            "[databases.main]\nurl = \"sqlite://data/trellis.db\"\n[databases.audit]\nurl = \"{url}\"\nmin_connections = 0\n[policy]\naudit_database = \"audit\"\n"
+        ),
+    );
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run_workflow(&server, "w", &user(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The database goes away: no new connection, and the open ones are cut.
+    let away = |allow: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(away(false)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (ran, refused) = run_until_refused(&server, 400).await;
+    assert!(
+        refused,
+        "{ran} runs and never refused with the audit database gone"
+    );
+
+    // Back: the kept records are written and the host serves again.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(away(true)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = run_workflow(&server, "w", &user(), json!({})).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refusing after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        metric(&server, "trellis_audit_records_dropped_total").await,
+        0.0
+    );
+    drop(server);
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
+}
+
+/// Waits (up to 5 s) until written + dropped reaches `expect` (or stops moving when `expect`
+/// is 0), and returns it.
+async fn settled(server: &Server, expect: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = -1.0;
+    loop {
+        let now = metric(server, "trellis_audit_records_written_total").await
+            + metric(server, "trellis_audit_records_dropped_total").await;
+        let done = if expect > 0.0 {
+            now >= expect
+        } else {
+            now > 0.0 && now == last
+        };
+        if done || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
