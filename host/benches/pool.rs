@@ -5,6 +5,10 @@
 //! of acquire + release without a query. Everything runs in one process with the allocator the
 //! `trellis` binary ships with (mimalloc).
 //!
+//! Every contender connects in plain TCP (`sslmode=disable`, sqlx's `Disable`, deadpool's
+//! `NoTls`), except `trellis-tls`: the Trellis pool over TLS (`sslmode=require`; the server
+//! needs TLS on, as `scripts/services` sets up), reported as a ratio to the plain Trellis pool.
+//!
 //! Contenders run in interleaved rounds (A B C …, B C … A, …: each round starts one contender
 //! further along) so that the machine's noise hits them alike; the report gives each round's
 //! figures and the median of the per-round ratios.
@@ -62,10 +66,10 @@ fn args() -> Args {
             "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             "--url" => a.url = it.next().expect("--url URL"),
             "--only" => {
-                a.only = Some(
-                    it.next()
-                        .expect("--only trellis|lease|sqlx|deadpool|raw8|raw32|acquire"),
-                )
+                a.only =
+                    Some(it.next().expect(
+                        "--only trellis|trellis-tls|lease|sqlx|deadpool|raw8|raw32|acquire",
+                    ))
             }
             _ => {} // cargo bench passes `--bench`
         }
@@ -114,7 +118,12 @@ fn median(v: &mut [f64]) -> f64 {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let target = parse_database_url(&a.url).expect("a PostgreSQL URL");
+    let with_mode = |mode: &str| {
+        let joiner = if a.url.contains('?') { '&' } else { '?' };
+        parse_database_url(&format!("{}{joiner}sslmode={mode}", a.url)).expect("a PostgreSQL URL")
+    };
+    let target = with_mode("disable");
+    let tls_target = with_mode("require");
     let DatabaseTarget::Server {
         host,
         port,
@@ -137,13 +146,19 @@ async fn main() {
     config.max_connections = CONNECTIONS;
     let trellis = Pool::new(config);
     trellis.initialize().await.unwrap();
+    let mut config = PoolConfig::new("bench-tls", tls_target);
+    config.min_connections = CONNECTIONS;
+    config.max_connections = CONNECTIONS;
+    let trellis_tls = Pool::new(config);
+    trellis_tls.initialize().await.unwrap();
 
     // sqlx::PgPool with its defaults (test_before_acquire on), capped at 8.
     let pg_options = PgConnectOptions::new()
         .host(host)
         .port(*port)
         .database(database)
-        .username(user);
+        .username(user)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
     let sqlx_pool = PgPoolOptions::new()
         .max_connections(CONNECTIONS as u32)
         .connect_with(pg_options.clone())
@@ -175,18 +190,27 @@ async fn main() {
 
     // Contenders; each round starts one further along this list (round 1 with trellis, round 2
     // with lease, …), so that no contender always runs first or right after the same one.
-    const NAMES: [&str; 6] = ["trellis", "lease", "sqlx", "deadpool", "raw8", "raw32"];
-    const LABELS: [&str; 6] = [
+    const NAMES: [&str; 7] = [
+        "trellis",
+        "lease",
+        "sqlx",
+        "deadpool",
+        "raw8",
+        "raw32",
+        "trellis-tls",
+    ];
+    const LABELS: [&str; 7] = [
         "trellis Pool::execute",
         "trellis lease per statement",
         "sqlx::PgPool",
         "deadpool-postgres",
         "raw sqlx, 8 connections (ceiling at ≤8)",
         "raw sqlx, 1 connection per task (32)",
+        "trellis Pool::execute over TLS",
     ];
-    let mut rows: Vec<[f64; 6]> = Vec::new();
+    let mut rows: Vec<[f64; 7]> = Vec::new();
     for round in 1..=a.rounds {
-        let mut row = [f64::NAN; 6];
+        let mut row = [f64::NAN; 7];
         for k in 0..NAMES.len() {
             let i = (round - 1 + k) % NAMES.len();
             let name = &NAMES[i];
@@ -194,8 +218,12 @@ async fn main() {
                 continue;
             }
             row[i] = match *name {
-                "trellis" => {
-                    let p = trellis.clone();
+                "trellis" | "trellis-tls" => {
+                    let p = if *name == "trellis" {
+                        trellis.clone()
+                    } else {
+                        trellis_tls.clone()
+                    };
                     throughput(a.seconds, move |_| {
                         let p = p.clone();
                         async move {
@@ -286,6 +314,10 @@ async fn main() {
         ratio(4, 2),
         ratio(1, 2),
         ratio(1, 3),
+    );
+    println!(
+        "median ratio trellis over TLS / trellis over plain TCP = {:.2}x",
+        ratio(6, 0)
     );
     println!(
         "per-round trellis/sqlx: {}",

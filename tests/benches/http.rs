@@ -9,6 +9,12 @@
 //! $ cargo build --release -p trellis-host
 //! $ cargo bench -p trellis-tests --bench http -- --seconds 5 --concurrency 1,4,8,16
 //! ```
+//!
+//! `--baseline BIN` also serves the same example from another build (an earlier commit's
+//! release binary) and, per concurrency, alternates `--rounds` rounds between the two,
+//! reporting the median of the per-round throughput ratios (this build / baseline).
+//! `--pg-params sslmode=disable` appends a query to the PostgreSQL URL (a build that predates
+//! TLS ignores it, and connects in plain TCP anyway).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,10 @@ struct Args {
     seconds: f64,
     concurrency: Vec<usize>,
     backends: Vec<String>,
+    baseline: Option<std::path::PathBuf>,
+    rounds: usize,
+    /// Appended to the PostgreSQL URL as its query, e.g. `sslmode=disable`.
+    pg_params: Option<String>,
 }
 
 fn args() -> Args {
@@ -26,6 +36,9 @@ fn args() -> Args {
         seconds: 5.0,
         concurrency: vec![1, 4, 8, 16],
         backends: vec!["sqlite".into(), "postgres".into()],
+        baseline: None,
+        rounds: 4,
+        pg_params: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -40,6 +53,9 @@ fn args() -> Args {
                     .collect()
             }
             "--backend" => a.backends = vec![it.next().expect("--backend sqlite|postgres")],
+            "--baseline" => a.baseline = Some(it.next().expect("--baseline BIN").into()),
+            "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).expect("--rounds N"),
+            "--pg-params" => a.pg_params = Some(it.next().expect("--pg-params sslmode=disable")),
             // cargo bench passes --bench.
             _ => {}
         }
@@ -146,16 +162,23 @@ async fn main() {
     for backend in &args.backends {
         let dir = example_dir();
         if backend == "postgres" {
-            let Some(url) = postgres_database().await else {
+            let Some(mut url) = postgres_database().await else {
                 println!("postgres: skipped (TRELLIS_TEST_PG_URL not set)");
                 continue;
             };
+            if let Some(params) = &args.pg_params {
+                url = format!("{url}?{params}");
+            }
             let config = std::fs::read_to_string(dir.path().join("trellis.toml")).unwrap();
             let config = config.replace(
                 "[databases.main]\nurl = \"sqlite://data/trellis.db\"",
                 &format!("[databases.main]\nurl = \"{url}\"\nmax_connections = 16"),
             );
             std::fs::write(dir.path().join("trellis.toml"), config).unwrap();
+        }
+        if let Some(baseline) = &args.baseline {
+            compare(&args, backend, dir.path(), baseline).await;
+            continue;
         }
         let server = Server::start_with_env(dir.path(), &[], &[("RUST_LOG", "warn")]);
         let run_url = format!("{}/v1/workflows/finance_report/run", server.base_url());
@@ -192,5 +215,90 @@ async fn main() {
             assert!(run.requests > 0);
         }
         drop(server);
+    }
+}
+
+/// This build against `baseline` on the same example folder's copy: per concurrency,
+/// `args.rounds` alternating rounds (which of the two goes first alternates too).
+async fn compare(args: &Args, backend: &str, dir: &std::path::Path, baseline: &std::path::Path) {
+    // The baseline gets its own copy of the folder (its own database file and audit trail);
+    // settings it does not know yet are taken out.
+    let base_dir = tempfile::tempdir().unwrap();
+    copy(dir, base_dir.path());
+    let config = std::fs::read_to_string(base_dir.path().join("trellis.toml")).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|l| !l.starts_with("public ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(base_dir.path().join("trellis.toml"), config).unwrap();
+    let env = [("RUST_LOG", "warn")];
+    let current = Server::start_with_env(dir, &[], &env);
+    let base = Server::start_binary(baseline, base_dir.path(), &[], &env);
+    let urls =
+        [&current, &base].map(|s| format!("{}/v1/workflows/finance_report/run", s.base_url()));
+    for url in &urls {
+        let warm = load(url, true, 4, 1.0).await;
+        assert_eq!(warm.errors, 0, "the workflow fails on {url}");
+    }
+    println!("\n{backend}: this build vs {}", baseline.display());
+    println!(
+        "{:>11} | {:>10} {:>9} | {:>10} {:>9} | {:>12}",
+        "concurrency", "this r/s", "p99 ms", "base r/s", "p99 ms", "this/base"
+    );
+    for &c in &args.concurrency {
+        let mut ratios = Vec::new();
+        let (mut this_rps, mut base_rps) = (Vec::new(), Vec::new());
+        let (mut this_p99, mut base_p99) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut figures = [None, None];
+            for i in order {
+                figures[i] = Some(load(&urls[i], true, c, args.seconds).await);
+            }
+            let [Some(this), Some(base)] = figures else {
+                unreachable!()
+            };
+            assert_eq!(this.errors + base.errors, 0, "errors under load");
+            ratios.push(this.per_second / base.per_second);
+            this_rps.push(this.per_second);
+            base_rps.push(base.per_second);
+            this_p99.push(this.p99_ms);
+            base_p99.push(base.p99_ms);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "{:>11} | {:>10.0} {:>9.2} | {:>10.0} {:>9.2} | {:>11.3}x  (per round: {})",
+            c,
+            median(&mut this_rps),
+            median(&mut this_p99),
+            median(&mut base_rps),
+            median(&mut base_p99),
+            median(&mut ratios.clone()),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+}
+
+fn copy(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "data") {
+                continue;
+            }
+            std::fs::create_dir_all(&dest).unwrap();
+            copy(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).unwrap();
+        }
     }
 }

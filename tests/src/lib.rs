@@ -148,7 +148,12 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(trellis_bin());
+        Server::start_binary(&trellis_bin(), dir, extra, env)
+    }
+
+    /// Like [`Server::start_with_env`], with another `trellis` binary (a benchmark's baseline).
+    pub fn start_binary(bin: &Path, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(bin);
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
