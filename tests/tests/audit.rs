@@ -118,18 +118,7 @@ async fn a_full_disk_refuses_requests_until_the_records_are_written() {
 
     // Space again: the kept records are written within the retry, and the host serves.
     disk.resize("4m");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, _) = run_workflow(&server, "w", &user(), json!({})).await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still refusing after space was freed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    served_again(&server, Duration::from_secs(5), "space was freed").await;
     assert_eq!(metric(&server, "trellis_audit_failing").await, 0.0);
     assert_eq!(
         metric(&server, "trellis_audit_records_dropped_total").await,
@@ -164,7 +153,8 @@ async fn serve_mode_keeps_serving_on_a_full_disk_and_counts_every_lost_record() 
     let (ran, refused) = run_until_refused(&server, 599).await;
     assert!(!refused, "refused in serve mode after {ran} runs");
     let total = settled(&server, per_run * 600.0).await;
-    assert_eq!(metric(&server, "trellis_audit_failing").await, 1.0);
+    // (`trellis_audit_failing` may be 0 again here: a batch small enough for the room a cut-off
+    // write left behind is written.)
     let dropped = metric(&server, "trellis_audit_records_dropped_total").await;
     assert!(dropped > 0.0, "no lost record counted");
     // Every record is either written or counted lost.
@@ -186,7 +176,13 @@ fn the_audit_file_rotates_by_size_and_keeps_the_newest() {
             assert_eq!(status, 200, "{body}");
         }
     });
-    drop(server);
+    // Stopped, not killed: a rotation is followed by its pruning before the host exits.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    server.wait(Duration::from_secs(30));
     let data = dir.path().join("data");
     let rotated: Vec<String> = std::fs::read_dir(&data)
         .unwrap()
@@ -255,18 +251,7 @@ async fn the_audit_database_going_away_refuses_requests_until_it_is_back() {
         .execute(&admin)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, _) = run_workflow(&server, "w", &user(), json!({})).await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still refusing after the database came back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    served_again(&server, Duration::from_secs(10), "the database came back").await;
     assert_eq!(
         metric(&server, "trellis_audit_records_dropped_total").await,
         0.0
@@ -296,6 +281,22 @@ async fn settled(server: &Server, expect: f64) -> f64 {
             return now;
         }
         last = now;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the workflow until it is served (200) again, for at most `within` after `what`.
+async fn served_again(server: &Server, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, _) = run_workflow(server, "w", &user(), json!({})).await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refusing {within:?} after {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
