@@ -281,11 +281,8 @@ impl Tls {
             ""
         };
         let hint = match self.mode {
-            SslMode::Require if cause.contains("does not support TLS") => {
+            _ if cause.contains("does not support TLS") => {
                 "turn TLS on in the server, or set `sslmode = \"prefer\"` to allow a plain connection"
-            }
-            SslMode::VerifyCa | SslMode::VerifyFull if cause.contains("does not support TLS") => {
-                "turn TLS on in the server, or set `sslmode` to `prefer` to allow a plain connection"
             }
             SslMode::VerifyFull
                 if cause.contains("NotValidForName") || cause.contains("not valid for name") =>

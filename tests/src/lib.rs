@@ -391,3 +391,29 @@ pub async fn run_workflow(
         response.json().await.unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// Rules (`*.rules.json` entries) that let anyone run `workflow` and execute and read the output
+/// of each of `nodes`.
+pub fn allow_rules(workflow: &str, nodes: &[&str]) -> Vec<serde_json::Value> {
+    let rule = |id: String, resource_type: &str, resource_id: &str, permission: &str| {
+        serde_json::json!({"id": id, "resource_type": resource_type, "resource_id": resource_id,
+            "permission": permission, "effect": "allow"})
+    };
+    let mut rules = vec![rule(
+        format!("{workflow}-run"),
+        "workflow",
+        workflow,
+        "execute",
+    )];
+    for node in nodes {
+        for permission in ["execute", "read_output"] {
+            rules.push(rule(
+                format!("{workflow}-{node}-{permission}"),
+                "node",
+                node,
+                permission,
+            ));
+        }
+    }
+    rules
+}

@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use trellis_tests::{Server, TestDb, custom_dir, example_dir, run_workflow};
+use trellis_tests::{Server, TestDb, allow_rules, custom_dir, example_dir, run_workflow};
 
 fn admin() -> Value {
     json!({"user_id": "root", "roles": ["admin"]})
@@ -445,11 +445,7 @@ fn connections_past_the_limit_wait_until_one_closes() {
 async fn a_looping_masking_plugin_is_bounded_by_one_call_and_the_request_budget() {
     let workflow = "[[nodes]]\nid = \"people\"\ntype = \"AsyncSQLDatabaseNode\"\n\
         config = { query = \"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 16) SELECT i, 'secret-' || i AS f FROM n\" }\n";
-    let rules = json!({"rules": [
-        {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
-        {"id": "x", "resource_type": "node", "resource_id": "people", "permission": "execute", "effect": "allow"},
-        {"id": "r", "resource_type": "node", "resource_id": "people", "permission": "read_output", "effect": "allow"}
-    ], "masking": [
+    let rules = json!({"rules": allow_rules("w", &["people"]), "masking": [
         {"resource_id": "people", "field_path": "f", "mask_type": "plugin:mask-loop"}
     ]});
     for (config, limit) in [
@@ -501,12 +497,7 @@ async fn the_hash_mask_cannot_be_reversed_by_enumeration() {
         if unkeyed {
             mask["unkeyed"] = json!(true);
         }
-        json!({"rules": [
-            {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
-            {"id": "x", "resource_type": "node", "resource_id": "people", "permission": "execute", "effect": "allow"},
-            {"id": "r", "resource_type": "node", "resource_id": "people", "permission": "read_output", "effect": "allow"}
-        ], "masking": [mask]})
-        .to_string()
+        json!({"rules": allow_rules("w", &["people"]), "masking": [mask]}).to_string()
     };
     // No key: the host refuses to start, naming the rule and what to set.
     let dir = custom_dir(&workflow, &rules(false), "");
@@ -558,12 +549,7 @@ fn hex_prefix(bytes: &[u8]) -> String {
 /// workflow (and a connection into a `query`) is refused at load now.
 #[tokio::test]
 async fn an_input_never_becomes_sql() {
-    let rules = json!({"rules": [
-        {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
-        {"id": "x", "resource_type": "node", "resource_id": "q", "permission": "execute", "effect": "allow"},
-        {"id": "r", "resource_type": "node", "resource_id": "q", "permission": "read_output", "effect": "allow"}
-    ]})
-    .to_string();
+    let rules = json!({ "rules": allow_rules("w", &["q"]) }).to_string();
     let from_input = "[inputs.q]\ntype = \"string\"\n[[nodes]]\nid = \"q\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"$inputs.q\" }\n";
     let dir = custom_dir(from_input, &rules, "");
     let server = Server::start(dir.path(), &[]);

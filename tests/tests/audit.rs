@@ -10,17 +10,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trellis_tests::{Server, TestDb, custom_dir, run_workflow, unique};
+use trellis_tests::{Server, TestDb, allow_rules, custom_dir, run_workflow, unique};
 
 const WORKFLOW: &str = "[[nodes]]\nid = \"n\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT 1 AS one\" }\n";
 
 fn rules() -> String {
-    json!({"rules": [
-        {"id": "run", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow"},
-        {"id": "x", "resource_type": "node", "resource_id": "n", "permission": "execute", "effect": "allow"},
-        {"id": "r", "resource_type": "node", "resource_id": "n", "permission": "read_output", "effect": "allow"}
-    ]})
-    .to_string()
+    json!({ "rules": allow_rules("w", &["n"]) }).to_string()
 }
 
 fn user() -> Value {

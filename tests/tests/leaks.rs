@@ -3,8 +3,8 @@
 //! found against `faabd26` happen with the value `123-45-6789`, which must then appear nowhere in
 //! the response, nor in the audit trail (only in the server's own log). Every case leaked before.
 
-use serde_json::{Value, json};
-use trellis_tests::{Server, TestDb, repo, run_workflow, unique};
+use serde_json::json;
+use trellis_tests::{Server, TestDb, allow_rules, repo, run_workflow, unique};
 
 const SECRET: &str = "123-45-6789";
 
@@ -21,22 +21,6 @@ fn install(dir: &std::path::Path, from: &str) {
         dir.join("plugins").join(source.file_name().unwrap()),
     )
     .unwrap();
-}
-
-fn allow(workflow: &str, nodes: &[&str]) -> Vec<Value> {
-    let mut rules = vec![
-        json!({"id": format!("{workflow}-run"), "resource_type": "workflow",
-        "resource_id": workflow, "permission": "execute", "effect": "allow"}),
-    ];
-    for node in nodes {
-        for permission in ["execute", "read_output"] {
-            rules.push(
-                json!({"id": format!("{workflow}-{node}-{permission}"), "resource_type": "node",
-                "resource_id": node, "permission": permission, "effect": "allow"}),
-            );
-        }
-    }
-    rules
 }
 
 #[tokio::test]
@@ -126,7 +110,7 @@ async fn no_protected_value_reaches_a_caller_or_the_audit_trail_through_an_error
     let mut rules = Vec::new();
     for (name, text, nodes) in &workflows {
         std::fs::write(root.join(format!("workflows/{name}.toml")), text).unwrap();
-        rules.extend(allow(name, nodes));
+        rules.extend(allow_rules(name, nodes));
     }
     let rules = json!({"rules": rules, "masking": [
         {"resource_id": "people", "field_path": "ssn", "mask_type": "plugin:mask-trap"}
