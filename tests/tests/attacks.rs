@@ -735,3 +735,152 @@ async fn links_are_followed_only_within_their_directory() {
         "{plugins}"
     );
 }
+
+/// Issue 17 §5: node ids are global policy resources, so a new workflow that reuses a node id
+/// inherited the grants and masks written for another workflow's node. A rule (or masking rule)
+/// with `"workflow"` names one workflow's node now; the host warns when a rule without it names
+/// a node id that workflows share. On `faabd26` the policy directory did not load (`workflow` was
+/// an unknown field), and nothing was scoped or warned.
+#[tokio::test]
+async fn a_new_workflow_reusing_a_node_id_inherits_no_grant_or_mask() {
+    let node = "[[nodes]]\nid = \"people\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT 'Ann' AS name, '123-45-6789' AS ssn\" }\n";
+    let scoped = |id: &str, workflow: &str, permission: &str| {
+        json!({"id": id, "resource_type": "node", "resource_id": "people", "workflow": workflow,
+            "permission": permission, "effect": "allow"})
+    };
+    let run = |w: &str| {
+        json!({"id": format!("run-{w}"), "resource_type": "workflow", "resource_id": w,
+            "permission": "execute", "effect": "allow"})
+    };
+    let rules = json!({
+        "rules": [
+            run("w"), run("copy"),
+            scoped("w-people", "w", "execute"), scoped("w-people-read", "w", "read_output"),
+            // Unscoped: names `people` in every workflow (warned about below).
+            {"id": "auditors", "resource_type": "node", "resource_id": "people",
+             "permission": "execute", "effect": "allow", "role": "auditor"},
+            // A typo'd workflow name applies to nothing (warned about below).
+            scoped("typo", "cpoy", "execute"),
+        ],
+        "masking": [
+            {"resource_id": "people", "workflow": "w", "field_path": "ssn", "mask_type": "redact"}
+        ]
+    });
+    let dir = custom_dir(node, &rules.to_string(), "");
+    std::fs::write(dir.path().join("workflows/copy.toml"), node).unwrap();
+    std::fs::copy(
+        trellis_tests::repo().join("policies/admin.cedar"),
+        dir.path().join("policies/admin.cedar"),
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &["--watch"]);
+    let user = json!({"user_id": "u"});
+    let data = |body: &Value| body["results"]["people"]["result"]["data"][0].clone();
+
+    let (status, body) = run_workflow(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(data(&body), json!({"name": "Ann", "ssn": "[REDACTED]"}));
+
+    // The attack: `copy` reuses the node id `people` and gets none of `w`'s grants.
+    let (status, body) = run_workflow(&server, "copy", &user, json!({})).await;
+    assert_eq!(status, 403, "copy inherited w's grant: {body}");
+    assert_eq!(body["denied"]["resource_id"], "people", "{body}");
+    // The unscoped rule still names `people` in every workflow.
+    let auditor = json!({"user_id": "a", "roles": ["auditor"]});
+    let (status, body) = run_workflow(&server, "copy", &auditor, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["withheld"], json!(["people"]), "{body}");
+
+    // Outside a run, an admin asks about one workflow's node with `workflow`.
+    let ask = |workflow: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/authorize", server.base_url()))
+            .header("x-trellis-user", admin().to_string())
+            .json(
+                &json!({"user": user, "resource_type": "node", "resource_id": "people",
+                "workflow": workflow, "permission": "execute"}),
+            )
+            .send()
+    };
+    let answer: Value = ask("w").await.unwrap().json().await.unwrap();
+    assert_eq!(answer["decision"]["allowed"], true, "{answer}");
+    let answer: Value = ask("copy").await.unwrap().json().await.unwrap();
+    assert_eq!(answer["decision"]["allowed"], false, "{answer}");
+
+    // Each workflow's masks are its own: `copy` gets a grant and a different mask.
+    let mut rules = rules;
+    let more = [
+        scoped("copy-people", "copy", "execute"),
+        scoped("copy-people-read", "copy", "read_output"),
+    ];
+    rules["rules"].as_array_mut().unwrap().extend(more);
+    rules["masking"].as_array_mut().unwrap().push(
+        json!({"resource_id": "people", "workflow": "copy", "field_path": "ssn", "mask_type": "last4"}),
+    );
+    let tmp = dir.path().join("policies/.next");
+    std::fs::write(&tmp, rules.to_string()).unwrap();
+    std::fs::rename(&tmp, dir.path().join("policies/test.rules.json")).unwrap();
+    // A third workflow with the same node id arrives while serving.
+    std::fs::write(dir.path().join("workflows/third.toml"), node).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let copy = loop {
+        let (status, body) = run_workflow(&server, "copy", &user, json!({})).await;
+        if status == 200 || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        data(&copy),
+        json!({"name": "Ann", "ssn": "*******6789"}),
+        "{copy}"
+    );
+    let (_, body) = run_workflow(&server, "w", &user, json!({})).await;
+    assert_eq!(data(&body), json!({"name": "Ann", "ssn": "[REDACTED]"}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server
+        .get_json("/v1/workflows", Some(&user))
+        .await
+        .to_string()
+        .contains("third")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "third.toml was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The scope check runs on the change; give it a moment before stopping.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let log = stop(server);
+    assert!(
+        log.contains("`auditors` names node `people` of every workflow, and workflows `copy`, `w` each have a node `people`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("workflows `copy`, `third`, `w` each have a node `people`"),
+        "no warning after the reload: {log}"
+    );
+    assert!(
+        log.contains("`typo` names node `people` of workflow `cpoy`, which is not loaded"),
+        "{log}"
+    );
+
+    // `trellis policy check --workflows` says the same.
+    let (status, _, stderr) = trellis_tests::run_trellis(
+        dir.path(),
+        &["policy", "check", "policies", "--workflows", "workflows"],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("workflows `copy`, `third`, `w` each have a node `people`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: to name one workflow's node, add `\"workflow\": \"copy\"`"),
+        "{stderr}"
+    );
+}

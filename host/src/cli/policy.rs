@@ -14,8 +14,9 @@ use crate::plugins::{
 };
 use crate::policy::{
     AccessRequest, EngineSettings, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
-    UserContext,
+    UserContext, for_workflow,
 };
+use crate::workflow::{AnyName, WorkflowSet};
 
 /// Check, compile and try out policies.
 #[derive(Debug, Args)]
@@ -31,9 +32,13 @@ pub struct PolicyArgs {
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Validate a policy directory; print every problem with file:line and exit 1 if any.
+    /// With `--workflows`, also warn where rules name a node id that several workflows share.
     Check {
         /// The policy directory.
         dir: PathBuf,
+        /// A workflows directory to check the rules' node ids against.
+        #[arg(long, value_name = "DIR")]
+        workflows: Option<PathBuf>,
     },
     /// Print the Cedar policies a `*.rules.json` file compiles to.
     Compile {
@@ -53,6 +58,9 @@ enum PolicyCommand {
         /// The node whose output this is.
         #[arg(long)]
         resource: String,
+        /// The workflow the node is in (for masking rules scoped with `"workflow"`).
+        #[arg(long)]
+        workflow: Option<String>,
         /// A JSON file with the user (`{"user_id", "roles", "attributes", …}`).
         #[arg(long)]
         user: PathBuf,
@@ -91,6 +99,8 @@ struct DecideRequest {
     user: UserContext,
     resource_type: String,
     resource_id: String,
+    /// For a node: the workflow it is a node of (sets `runtime.workflow`).
+    workflow: Option<String>,
     permission: String,
     now: Option<String>,
     #[serde(default)]
@@ -100,8 +110,17 @@ struct DecideRequest {
 /// Runs `trellis policy …`.
 pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
-        PolicyCommand::Check { dir } => {
+        PolicyCommand::Check { dir, workflows } => {
             let generation = PolicyGeneration::load(&dir)?;
+            if let Some(workflows) = workflows {
+                let set = WorkflowSet::load(workflows, Arc::new(AnyName)).current();
+                for (file, error) in &set.errors {
+                    eprintln!("warning: {}: not checked: {error}", file.display());
+                }
+                for w in crate::workflow::scope::check(&set, &generation) {
+                    eprintln!("warning: {w}");
+                }
+            }
             println!(
                 "{}: ok, {} policies",
                 dir.display(),
@@ -125,6 +144,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
         PolicyCommand::Mask {
             policies,
             resource,
+            workflow,
             user,
             now,
             timezone,
@@ -141,6 +161,8 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
                     Err(e) => bail!("--runtime is not JSON: {e}"),
                 },
             };
+            let runtime = for_workflow(runtime, workflow.as_deref())
+                .map_err(|e| anyhow::anyhow!("--workflow: {e}"))?;
             let mut settings = settings(&timezone)?;
             if let Some(dir) = plugins {
                 settings.masker = settings
@@ -233,6 +255,8 @@ fn decide(args: DecideArgs, explain: bool) -> anyhow::Result<()> {
         };
         let now =
             parse_now(request.now.as_deref()).with_context(|| format!("stdin line {}", n + 1))?;
+        let runtime = for_workflow(request.runtime, request.workflow.as_deref())
+            .map_err(|e| anyhow::anyhow!("stdin line {}: {e}", n + 1))?;
         let user = PreparedUser::new(request.user);
         let req = AccessRequest {
             user: &user,
@@ -240,7 +264,7 @@ fn decide(args: DecideArgs, explain: bool) -> anyhow::Result<()> {
             resource_id: &request.resource_id,
             permission: &request.permission,
             now,
-            runtime: &request.runtime,
+            runtime: &runtime,
         };
         if explain {
             let e = engine.explain(&req);

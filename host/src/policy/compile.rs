@@ -292,6 +292,9 @@ impl Needs {
     }
 }
 
+/// The runtime attribute every run sets to its workflow's name.
+pub const WORKFLOW_PATH: &str = "runtime.workflow";
+
 /// Compiles conditions, collecting derived leaves for the whole generation.
 #[derive(Debug, Default)]
 pub struct Compiler {
@@ -308,6 +311,9 @@ impl Compiler {
     /// `H`: the rule applies to the user, is not expired, and its condition holds.
     pub fn holds(&mut self, rule: &PermissionRule, needs: &mut Needs) -> String {
         let mut parts = Vec::new();
+        if let Some(w) = &rule.workflow {
+            parts.push(self.in_workflow(w, needs));
+        }
         if let Some(user) = &rule.user_id {
             parts.push(format!("principal == Trellis::User::{}", lit(user)));
         }
@@ -329,6 +335,20 @@ impl Compiler {
         } else {
             parts.join(" && ")
         }
+    }
+
+    /// The request is a run of workflow `name`: how a rule or mask that names one workflow's
+    /// node is scoped. It reads `runtime.workflow`, which every run sets to its workflow.
+    pub fn in_workflow(&mut self, name: &str, needs: &mut Needs) -> String {
+        self.leaf(
+            &AttrCondition {
+                path: AttrPath(WORKFLOW_PATH.to_owned()),
+                operator: Operator::Equals,
+                value: Value::String(name.to_owned()),
+                case_sensitive: true,
+            },
+            needs,
+        )
     }
 
     /// A condition of any type.

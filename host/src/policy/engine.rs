@@ -24,7 +24,7 @@ use super::compile::MASK_ACTION;
 use super::derive::lookup;
 use super::generation::{LoadError, PolicyGeneration, PolicyKind, Slice, SliceEntry};
 use super::mask::Masker;
-use super::rules::{Effect, ResourceType};
+use super::rules::{AttrPath, Effect, ResourceType};
 use super::user::{PreparedUser, uid};
 
 /// Engine settings.
@@ -155,6 +155,8 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     audit: Option<AuditLog>,
     last_error: Mutex<Option<String>>,
+    /// The id of the generation in force, sent on every successful reload.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -176,6 +178,7 @@ impl PolicyEngine {
     /// An engine on `generation`.
     pub fn new(generation: PolicyGeneration, settings: EngineSettings) -> PolicyEngine {
         PolicyEngine {
+            changes: tokio::sync::watch::channel(generation.id()).0,
             current: ArcSwap::from_pointee(generation),
             entities: BoundedCache::new((settings.cache_capacity / 4).max(ENTITY_CACHE_MIN)),
             decisions: BoundedCache::new(settings.cache_capacity + 16),
@@ -202,6 +205,11 @@ impl PolicyEngine {
         self.current.load_full()
     }
 
+    /// Sees the id of each generation swapped in by a reload.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// The problems of the last failed reload, if the last reload failed.
     pub fn last_error(&self) -> Option<String> {
         self.last_error
@@ -224,6 +232,7 @@ impl PolicyEngine {
                 self.decisions.clear();
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 tracing::info!(generation = id, dir = %dir.display(), "policies reloaded");
+                self.changes.send_replace(id);
                 Ok(id)
             }
             Err(e) => {
@@ -468,7 +477,7 @@ impl PolicyEngine {
             action: action.to_owned(),
             resource,
             runtime: if slice.uses_runtime {
-                fingerprint(runtime)
+                runtime_fingerprint(&slice.runtime_paths, runtime)
             } else {
                 0
             },
@@ -811,9 +820,42 @@ fn describe(v: &Verdict, slice: &Slice, generation: u64, cached: bool) -> Decisi
     }
 }
 
-fn fingerprint(v: &Value) -> u128 {
+/// `runtime` (an object, or null for none) with `runtime.workflow` set to `workflow`: how a
+/// question about one workflow's node is asked outside a run (a run sets it itself). `None`
+/// leaves `runtime` as it is. Errs with fixed text when `runtime` is not an object or already
+/// names another workflow.
+pub fn for_workflow(runtime: Value, workflow: Option<&str>) -> Result<Value, &'static str> {
+    let Some(workflow) = workflow else {
+        return Ok(runtime);
+    };
+    let mut map = match runtime {
+        Value::Null => serde_json::Map::new(),
+        Value::Object(map) => map,
+        _ => return Err("`runtime` must be a JSON object"),
+    };
+    match map.get("workflow") {
+        Some(Value::String(w)) if w == workflow => {}
+        Some(_) => return Err("`workflow` and `runtime.workflow` differ: give one"),
+        None => {
+            map.insert("workflow".into(), Value::String(workflow.to_owned()));
+        }
+    }
+    Ok(Value::Object(map))
+}
+
+/// The values of the runtime attributes `paths` (what a slice reads) in `runtime`: run ids and
+/// inputs no policy reads never split the decision cache.
+fn runtime_fingerprint(paths: &[AttrPath], runtime: &Value) -> u128 {
     use sha2::Digest;
-    let d = sha2::Sha256::digest(v.to_string().as_bytes());
+    let mut h = sha2::Sha256::new();
+    for path in paths {
+        match lookup(path, &Value::Null, runtime) {
+            // JSON text never holds a raw 0x1f, so the concatenation is unambiguous.
+            Some(v) => h.update(format!("\u{1}{v}\u{1f}").as_bytes()),
+            None => h.update(b"\x00\x1f"),
+        }
+    }
+    let d = h.finalize();
     u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
 }
 

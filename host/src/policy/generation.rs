@@ -66,6 +66,9 @@ pub(crate) struct Slice {
     pub(crate) uses_runtime: bool,
     /// Runtime slots to put in the context.
     pub(crate) runtime_slots: Vec<Slot>,
+    /// Every runtime attribute the slice reads (slots and derived values): a decision is cached
+    /// per their values, never per the whole runtime (which holds the run id).
+    pub(crate) runtime_paths: Vec<rules::AttrPath>,
     /// Whether a native policy here may read the time beyond the windows and expiries in
     /// `needs`: decisions are then cached per second only.
     pub(crate) reads_clock: bool,
@@ -83,6 +86,7 @@ impl Slice {
             needs,
             uses_runtime: false,
             runtime_slots: Vec::new(),
+            runtime_paths: Vec::new(),
             reads_clock: false,
             action_uid: None,
             resource_uid: None,
@@ -101,9 +105,25 @@ pub struct PolicyGeneration {
     pub(crate) user_slots: Vec<Slot>,
     pub(crate) derived: Vec<DerivedLeaf>,
     pub(crate) masks: HashMap<String, Vec<(String, MaskingRule)>>,
+    node_refs: Vec<NodeRef>,
     compiled: String,
     schema: String,
     policy_count: usize,
+}
+
+/// A rule or masking rule that names a node: what [`PolicyGeneration::node_refs`] lists, so the
+/// host can warn when a node id it names is shared by workflows (see
+/// [`crate::workflow::scope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRef {
+    /// The node id.
+    pub node: String,
+    /// The one workflow it names the node of; `None`: the node in every workflow.
+    pub workflow: Option<String>,
+    /// The rule's id, or `masking[N]`.
+    pub by: String,
+    /// Where it was written.
+    pub loc: SourceLoc,
 }
 
 /// Every problem found while loading a policy directory.
@@ -417,15 +437,42 @@ impl PolicyGeneration {
             builds.push(build);
         }
 
+        let node_refs: Vec<NodeRef> = rules_list
+            .iter()
+            .filter(|r| r.resource_type == rules::ResourceType::Node)
+            .map(|r| NodeRef {
+                node: r.resource_id.clone(),
+                workflow: r.workflow.clone(),
+                by: r.id.clone(),
+                loc: r.loc.clone(),
+            })
+            .chain(masks.iter().map(|m| NodeRef {
+                node: m.resource_id.clone(),
+                workflow: m.workflow.clone(),
+                by: format!("masking[{}]", m.index),
+                loc: m.loc.clone(),
+            }))
+            .collect();
+
         // Masking conditions: one permit each, under the `mask` action.
         let mut mask_map: HashMap<String, Vec<(String, MaskingRule)>> = HashMap::new();
         let mut mask_builds: HashMap<String, usize> = HashMap::new();
         for m in masks {
             let id = format!("mask:{}:{}", file_name(&m.loc.file), m.index);
             let mut needs = Needs::default();
-            let holds = match &m.condition {
-                Some(c) => compiler.condition(c, &mut needs),
-                None => "true".to_owned(),
+            let scope = m
+                .workflow
+                .as_deref()
+                .map(|w| compiler.in_workflow(w, &mut needs));
+            let condition = m
+                .condition
+                .as_ref()
+                .map(|c| compiler.condition(c, &mut needs));
+            let holds = match (scope, condition) {
+                (Some(s), Some(c)) => format!("{s} && {c}"),
+                (Some(s), None) => s,
+                (None, Some(c)) => c,
+                (None, None) => "true".to_owned(),
             };
             let texts = compile::SliceTexts::new(
                 &id,
@@ -662,6 +709,23 @@ impl PolicyGeneration {
                 .collect();
             slice.needs.derived.sort_unstable();
             slice.needs.derived.dedup();
+            let mut paths: Vec<rules::AttrPath> = slice
+                .runtime_slots
+                .iter()
+                .map(|s| s.path.clone())
+                .chain(
+                    slice
+                        .needs
+                        .derived
+                        .iter()
+                        .map(|&i| &compiler.derived[i].condition.path)
+                        .filter(|p| p.is_runtime())
+                        .cloned(),
+                )
+                .collect();
+            paths.sort_unstable();
+            paths.dedup();
+            slice.runtime_paths = paths;
         }
         let policy_count = compiled_count + natives.len();
         Ok(PolicyGeneration {
@@ -678,6 +742,7 @@ impl PolicyGeneration {
             user_slots: user_slots.into_iter().collect(),
             derived: compiler.derived,
             masks: mask_map,
+            node_refs,
             compiled: compiled_text,
             schema: schema_text,
             policy_count,
@@ -702,6 +767,11 @@ impl PolicyGeneration {
     /// The schema the compiled policies were validated against.
     pub fn schema_text(&self) -> &str {
         &self.schema
+    }
+
+    /// Every node a rule or masking rule names, in file order.
+    pub fn node_refs(&self) -> &[NodeRef] {
+        &self.node_refs
     }
 
     /// How many Cedar policies it holds.

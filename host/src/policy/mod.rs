@@ -23,6 +23,7 @@ pub mod user;
 pub use audit::{AuditLog, AuditRecord};
 pub use engine::{
     AccessRequest, Decision, EngineSettings, Explanation, MaskOutcome, PolicyEngine, PolicyWatcher,
+    for_workflow,
 };
 pub use generation::{LoadError, PolicyGeneration};
 pub use mask::{ExternalMasker, Masker};

@@ -161,6 +161,9 @@ pub struct PermissionRule {
     pub resource_type: ResourceType,
     /// The node or workflow id.
     pub resource_id: String,
+    /// For a node rule: the one workflow whose node it names. `None`: node `resource_id` of
+    /// every workflow (node ids are global policy resources unless a rule scopes them).
+    pub workflow: Option<String>,
     /// One of [`ResourceType::permissions`].
     pub permission: String,
     /// Allow or deny.
@@ -392,6 +395,8 @@ impl fmt::Display for Operator {
 pub struct MaskingRule {
     /// The node whose output is masked.
     pub resource_id: String,
+    /// The one workflow whose node it names; `None`: that node in every workflow.
+    pub workflow: Option<String>,
     /// Which field: dotted, with `[]` for every element of an array (`items[].ssn`).
     pub field_path: FieldPath,
     /// How.
@@ -569,6 +574,7 @@ struct RawRule<'a> {
     id: String,
     resource_type: String,
     resource_id: String,
+    workflow: Option<String>,
     permission: String,
     effect: String,
     #[serde(default)]
@@ -585,6 +591,7 @@ struct RawRule<'a> {
 #[serde(deny_unknown_fields)]
 struct RawMask<'a> {
     resource_id: String,
+    workflow: Option<String>,
     field_path: String,
     mask_type: String,
     mask_value: Option<Value>,
@@ -727,6 +734,19 @@ impl Parser<'_> {
                 ),
             ));
         }
+        if let Some(w) = &r.workflow {
+            if w.is_empty() {
+                problems.push(p(
+                    "`workflow` is empty".into(),
+                    Some("name the workflow whose node this is, or remove `workflow` to name the node in every workflow".into()),
+                ));
+            } else if resource_type == Some(ResourceType::Workflow) {
+                problems.push(p(
+                    "`workflow` scopes a node rule; a workflow rule names its workflow in `resource_id`".into(),
+                    Some("remove `workflow`".into()),
+                ));
+            }
+        }
         let effect = match r.effect.as_str() {
             "allow" => Some(Effect::Allow),
             "deny" => Some(Effect::Deny),
@@ -771,6 +791,7 @@ impl Parser<'_> {
             id: r.id,
             resource_type: resource_type.expect("checked"),
             resource_id: r.resource_id,
+            workflow: r.workflow,
             permission: r.permission,
             effect: effect.expect("checked"),
             priority: r.priority,
@@ -826,6 +847,12 @@ impl Parser<'_> {
                 Some("remove it".into()),
             ));
         }
+        if m.workflow.as_deref() == Some("") {
+            problems.push(p(
+                "`workflow` is empty".into(),
+                Some("name the workflow whose node this is, or remove `workflow` to mask the node in every workflow".into()),
+            ));
+        }
         let condition = match m.condition {
             None => Ok(None),
             Some(raw_cond) => self.condition(raw_cond, &label).map(Some),
@@ -838,6 +865,7 @@ impl Parser<'_> {
         }
         Ok(MaskingRule {
             resource_id: m.resource_id,
+            workflow: m.workflow,
             field_path: field_path.expect("checked"),
             mask: mask.expect("checked"),
             condition: condition.expect("checked"),
@@ -1131,6 +1159,7 @@ const RULE_FIELDS: &[&str] = &[
     "id",
     "resource_type",
     "resource_id",
+    "workflow",
     "permission",
     "effect",
     "priority",
@@ -1142,6 +1171,7 @@ const RULE_FIELDS: &[&str] = &[
 ];
 const MASK_FIELDS: &[&str] = &[
     "resource_id",
+    "workflow",
     "field_path",
     "mask_type",
     "mask_value",

@@ -1520,3 +1520,108 @@ async fn decisions_and_masks_are_audited_in_a_mariadb_table() {
         audit_roundtrip(db, &run_tag("mysql")).await;
     }
 }
+
+#[test]
+fn a_rule_scoped_to_a_workflow_names_only_that_workflows_node() {
+    let rules = json!({
+        "rules": [
+            {"id": "etl-load", "resource_type": "node", "resource_id": "load", "workflow": "etl",
+             "permission": "execute", "effect": "allow"},
+            {"id": "load-anywhere-for-ops", "resource_type": "node", "resource_id": "load",
+             "permission": "execute", "effect": "allow", "role": "ops"},
+            {"id": "no-load-in-adhoc", "resource_type": "node", "resource_id": "load",
+             "workflow": "adhoc", "permission": "execute", "effect": "deny", "priority": 10}
+        ],
+        "masking": [
+            {"resource_id": "load", "workflow": "etl", "field_path": "ssn", "mask_type": "redact"}
+        ]
+    })
+    .to_string();
+    let e = engine(&[("scope.rules.json", &rules)]);
+    let ask = |u: &PreparedUser, runtime: Value| {
+        e.decide(&AccessRequest {
+            user: u,
+            resource_type: ResourceType::Node,
+            resource_id: "load",
+            permission: "execute",
+            now: at("2026-01-05T10:00:00Z"),
+            runtime: &runtime,
+        })
+    };
+    let staff = user(json!({"user_id": "s"}));
+    let ops = user(json!({"user_id": "o", "roles": ["ops"]}));
+    let etl = ask(&staff, json!({"workflow": "etl", "run_id": "1"}));
+    assert!(etl.allowed, "{etl:?}");
+    assert!(!ask(&staff, json!({"workflow": "reports", "run_id": "2"})).allowed);
+    assert!(
+        !ask(&staff, Value::Null).allowed,
+        "no workflow: no scoped grant"
+    );
+    assert!(ask(&ops, json!({"workflow": "reports"})).allowed);
+    assert!(
+        !ask(&ops, json!({"workflow": "adhoc"})).allowed,
+        "a scoped deny outranks the unscoped allow in its workflow only"
+    );
+    // Run ids are not read by any rule, so they do not split the cache; workflows do.
+    let again = ask(&staff, json!({"workflow": "etl", "run_id": "3"}));
+    assert!(again.allowed && again.cached, "{again:?}");
+
+    let row = json!({"ssn": "123-45-6789"});
+    let mask = |workflow: &str| {
+        e.mask(
+            &staff,
+            "load",
+            &row,
+            at("2026-01-05T10:00:00Z"),
+            &json!({"workflow": workflow}),
+        )
+        .value
+    };
+    assert_eq!(mask("etl"), json!({"ssn": "[REDACTED]"}));
+    assert_eq!(mask("reports"), row);
+
+    let refs = e.generation().node_refs().to_vec();
+    assert_eq!(refs.len(), 4);
+    assert_eq!(refs[0].workflow.as_deref(), Some("etl"));
+    assert_eq!(refs[1].workflow, None);
+    assert_eq!(refs[3].by, "masking[0]");
+}
+
+#[test]
+fn a_workflow_scope_on_a_workflow_rule_or_an_empty_one_is_refused() {
+    let rules = json!({
+        "rules": [
+            {"id": "w", "resource_type": "workflow", "resource_id": "etl", "workflow": "etl",
+             "permission": "execute", "effect": "allow"},
+            {"id": "e", "resource_type": "node", "resource_id": "n", "workflow": "",
+             "permission": "execute", "effect": "allow"}
+        ],
+        "masking": [{"resource_id": "n", "workflow": "", "field_path": "x", "mask_type": "redact"}]
+    })
+    .to_string();
+    let files = vec![(PathBuf::from("bad.rules.json"), rules)];
+    let err = PolicyGeneration::from_sources(Path::new("."), &files).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.problems.len(), 3, "{text}");
+    assert!(text.contains("`workflow` scopes a node rule"), "{text}");
+    assert!(text.contains("`workflow` is empty"), "{text}");
+}
+
+#[test]
+fn for_workflow_sets_runtime_workflow_and_refuses_a_conflict() {
+    assert_eq!(
+        for_workflow(Value::Null, Some("a")).unwrap(),
+        json!({"workflow": "a"})
+    );
+    assert_eq!(
+        for_workflow(json!({"ip": "1"}), Some("a")).unwrap(),
+        json!({"ip": "1", "workflow": "a"})
+    );
+    assert_eq!(
+        for_workflow(json!({"workflow": "a"}), Some("a")).unwrap(),
+        json!({"workflow": "a"})
+    );
+    assert!(for_workflow(json!({"workflow": "b"}), Some("a")).is_err());
+    assert!(for_workflow(json!([1]), Some("a")).is_err());
+    assert_eq!(for_workflow(json!([1]), None).unwrap(), json!([1]));
+}

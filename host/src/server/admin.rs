@@ -45,6 +45,9 @@ struct AuthorizeRequest {
     /// `node` or `workflow`.
     resource_type: String,
     resource_id: String,
+    /// For a node: the workflow it is a node of (sets `runtime.workflow`, which rules scoped
+    /// with `"workflow"` read; a run sets it itself).
+    workflow: Option<String>,
     permission: String,
     /// What `runtime.…` paths read.
     #[serde(default)]
@@ -88,10 +91,12 @@ pub async fn authorize(
         ));
     }
     let user = request.user.map(PreparedUser::new).unwrap_or(caller);
-    let runtime = if request.runtime.is_null() {
+    let runtime = crate::policy::for_workflow(request.runtime, request.workflow.as_deref())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let runtime = if runtime.is_null() {
         json!({})
     } else {
-        request.runtime
+        runtime
     };
     let access = AccessRequest {
         user: &user,

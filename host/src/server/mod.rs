@@ -49,11 +49,14 @@ struct AppInner {
     auth: Authenticator,
 }
 
-/// The policy and workflow watchers of `--watch` (the plugin watcher lives in [`PluginService`]).
+/// The policy and workflow watchers of `--watch` (the plugin watcher lives in [`PluginService`]), and
+/// the node-scope check that follows both.
 #[derive(Default)]
 struct Watchers {
     policy: Option<PolicyWatcher>,
     workflows: Option<WorkflowWatcher>,
+    /// Logs node-scope warnings on every change (see [`crate::workflow::scope`]).
+    scope: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -77,7 +80,13 @@ impl App {
                 .await
                 .map_err(|e| StartError::Workflows(e.to_string()))?,
         );
-        let mut watchers = Watchers::default();
+        let mut watchers = Watchers {
+            scope: Some(crate::workflow::scope::watch(
+                policy.clone(),
+                workflows.clone(),
+            )),
+            ..Watchers::default()
+        };
         if watch {
             watchers.policy = Some(policy.watch().map_err(|e| StartError::Watch {
                 what: "policies",
@@ -189,6 +198,9 @@ impl App {
                 .watchers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(scope) = w.scope.take() {
+                scope.abort();
+            }
             (w.policy.take(), w.workflows.take())
         };
         drop(policy);

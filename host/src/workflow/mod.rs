@@ -9,6 +9,7 @@ pub mod access;
 pub mod builder;
 pub mod failure;
 pub mod runtime;
+pub mod scope;
 pub mod set;
 pub mod spec;
 

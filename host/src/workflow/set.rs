@@ -37,6 +37,8 @@ pub struct WorkflowSet {
     known: Arc<dyn Known + Send + Sync>,
     current: ArcSwap<Loaded>,
     reloading: Mutex<()>,
+    /// The generation in force, sent on every reload that changed something.
+    changes: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for WorkflowSet {
@@ -57,6 +59,7 @@ impl WorkflowSet {
             known,
             current: ArcSwap::from_pointee(Loaded::default()),
             reloading: Mutex::new(()),
+            changes: watch::channel(0).0,
         };
         set.reload();
         set
@@ -70,6 +73,11 @@ impl WorkflowSet {
     /// The generation in force.
     pub fn current(&self) -> Arc<Loaded> {
         self.current.load_full()
+    }
+
+    /// Sees each generation swapped in by a reload.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The workflow called `name`.
@@ -170,6 +178,7 @@ impl WorkflowSet {
             "workflows loaded"
         );
         self.current.store(Arc::new(next));
+        self.changes.send_replace(generation);
         generation
     }
 }
