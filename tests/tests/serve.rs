@@ -114,7 +114,7 @@ async fn serve_in_empty_folder_health_metrics_and_sigterm() {
     assert_eq!(
         metric_value(
             &text,
-            "trellis_pool_connections{pool=\"main\",state=\"total\"} "
+            "trellis_pool_connections{pool=\"main\",state=\"idle\"} "
         ),
         Some(2.0),
         "{text}"

@@ -42,7 +42,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use config::{PoolConfig, PoolConfigError};
 pub use lease::Lease;
-pub use stats::{CloseReason, PoolStats};
+pub use stats::{ACQUIRE_BUCKETS, CloseReason, PoolStats};
 
 use crate::config::DatabaseKind;
 use connection::DriverConnection;

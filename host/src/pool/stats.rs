@@ -137,7 +137,25 @@ impl Counters {
         // A bucket's upper end: within 1/64 (1.6 %) of the recorded waits.
         let [p50, p99] = quantiles.map(|b| b.map_or(0, |b| b.end()));
         let ms = |ns: u64| ns as f64 / 1e6;
+        // Each fine bucket falls in the first Prometheus bucket its upper end fits (a fine
+        // bucket spans at most 1/64 of its value, so a wait lands at most that far off).
+        let mut buckets = vec![0u64; ACQUIRE_BUCKETS.len() + 1];
+        for b in self
+            .acquire_hist
+            .load()
+            .into_iter()
+            .filter(|b| b.count() > 0)
+        {
+            let end_s = b.end() as f64 / 1e9;
+            let i = ACQUIRE_BUCKETS
+                .iter()
+                .position(|&le| end_s <= le)
+                .unwrap_or(ACQUIRE_BUCKETS.len());
+            buckets[i] += b.count();
+        }
         AcquisitionStats {
+            buckets,
+            sum_s: total as f64 / 1e9,
             count,
             avg_ms: if count == 0 {
                 0.0
@@ -227,7 +245,19 @@ pub struct AcquisitionStats {
     pub waiters: usize,
     /// Acquires that gave up after `acquire_timeout`.
     pub timeouts: u64,
+    /// The waits as a Prometheus histogram over [`ACQUIRE_BUCKETS`]: per bucket (not
+    /// cumulative) counts, the last one past the highest bound; `/metrics` only.
+    #[serde(skip)]
+    pub buckets: Vec<u64>,
+    /// The sum of every wait, in seconds.
+    #[serde(skip)]
+    pub sum_s: f64,
 }
+
+/// The upper bounds (seconds) of the acquisition-wait histogram on `/metrics`: 10 µs to ~10 s.
+pub const ACQUIRE_BUCKETS: [f64; 11] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0, 10.0,
+];
 
 /// Lease counts.
 #[derive(Debug, Clone, Serialize)]

@@ -41,7 +41,7 @@ impl Collector for HostCollector {
         let generation = self.policy.generation();
         gauge(
             "policy_generation",
-            "The policy generation in force",
+            "The id of the policy generation in force (an identifier: compare it across hosts)",
             vec![(vec![], generation.id() as f64)],
         )?;
         gauge(
@@ -58,11 +58,6 @@ impl Collector for HostCollector {
             )],
         )?;
         let loaded = self.workflows.current();
-        gauge(
-            "workflows_generation",
-            "The workflows directory's generation in force",
-            vec![(vec![], loaded.generation as f64)],
-        )?;
         gauge(
             "workflows_loaded",
             "Workflows in service",
@@ -89,16 +84,22 @@ impl Collector for HostCollector {
                 ),
             ],
         )?;
-        gauge(
-            "plugin_generation",
+        // Counts of changes since start are counters (a generation number is not a level).
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)
+        };
+        counter(
+            "workflow_changes",
+            "Reloads of the workflows directory that changed the workflows in service",
+            loaded.generation,
+        )?;
+        counter(
+            "plugin_changes",
             "Changes to the set of plugins in service since start",
-            vec![(vec![], *self.plugins.changes().borrow() as f64)],
+            *self.plugins.changes().borrow(),
         )?;
         if let Some(audit) = self.policy.audit() {
-            let mut counter = |name: &str, help: &str, value: u64| {
-                let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-                ConstCounter::new(value).encode(family)
-            };
             counter(
                 "audit_records_written",
                 "Access decisions written to the audit trail",

@@ -1,4 +1,4 @@
-//! `GET /metrics` in the Prometheus text format, and the middleware that counts HTTP requests.
+//! `GET /metrics` (the classic Prometheus text format, or OpenMetrics on request), and the middleware that counts HTTP requests.
 //!
 //! Label values are bounded: the route is the matched pattern (`/v1/workflows/{name}/run`), never
 //! the raw path, and unknown methods count as `OTHER`.
@@ -8,11 +8,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet as NoLabels,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
@@ -24,7 +26,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use super::App;
+use super::exposition::Format;
 use crate::database::Databases;
+use crate::pool::ACQUIRE_BUCKETS;
 use crate::pool::PoolStats;
 
 /// The labels of one HTTP request series.
@@ -130,7 +134,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The registry in the Prometheus text format.
+    /// The registry in the OpenMetrics text format.
     pub fn render(&self, started: Instant) -> Result<String, std::fmt::Error> {
         self.uptime.set(started.elapsed().as_secs_f64());
         let mut out = String::with_capacity(4096);
@@ -161,25 +165,13 @@ impl Collector for PoolCollector {
                 .iter()
                 .flat_map(|s| {
                     let c = &s.connections;
+                    // No `total` state: a sum over the states would count it twice.
                     [
                         ("active", c.active),
                         ("idle", c.idle),
-                        ("total", c.total),
                         ("opening", c.opening),
                     ]
                     .map(|(state, n)| (vec![pool(s), ("state", state.to_owned())], n as f64))
-                })
-                .collect(),
-        )?;
-        gauge(
-            "pool_acquire_wait_seconds",
-            "Time callers waited for a connection, by quantile",
-            stats
-                .iter()
-                .flat_map(|s| {
-                    let a = &s.acquisition;
-                    [("0.5", a.p50_ms), ("0.99", a.p99_ms)]
-                        .map(|(q, ms)| (vec![pool(s), ("quantile", q.to_owned())], ms / 1e3))
                 })
                 .collect(),
         )?;
@@ -191,21 +183,40 @@ impl Collector for PoolCollector {
                 .map(|s| (vec![pool(s)], s.acquisition.waiters as f64))
                 .collect(),
         )?;
+        // Per connection would be a series per connection id, without bound: the pool's
+        // lowest score says whether any connection is near recycling.
         gauge(
-            "pool_connection_health",
-            "Health score (0-100) of each open connection",
+            "pool_connection_health_min",
+            "Lowest health score (0-100) among the pool's open connections (100 with none)",
             stats
                 .iter()
-                .flat_map(|s| {
-                    s.health.iter().map(move |h| {
-                        (
-                            vec![pool(s), ("connection", h.connection_id.to_string())],
-                            h.score as f64,
-                        )
-                    })
+                .map(|s| {
+                    let min = s.health.iter().map(|h| h.score).min().unwrap_or(100);
+                    (vec![pool(s)], min as f64)
                 })
                 .collect(),
         )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "pool_acquire_wait_seconds",
+                "Time callers waited for a connection",
+                None,
+                MetricType::Histogram,
+            )?;
+            for s in &stats {
+                let a = &s.acquisition;
+                let buckets: Vec<(f64, u64)> = ACQUIRE_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(a.buckets.iter().copied())
+                    .collect();
+                let count = a.buckets.iter().sum();
+                family
+                    .encode_family(&[pool(s)])?
+                    .encode_histogram::<NoLabels>(a.sum_s, count, &buckets, None)?;
+            }
+        }
         let mut counter = |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, u64)>| {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (labels, value) in rows {
@@ -267,17 +278,25 @@ impl Collector for PoolCollector {
     }
 }
 
-/// `GET /metrics`.
-pub async fn scrape(State(app): State<App>) -> Response {
+/// `GET /metrics`: the classic text format, or OpenMetrics when `Accept` asks for it (see
+/// [`super::exposition`]).
+pub async fn scrape(State(app): State<App>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     match app.metrics().render(app.started()) {
-        Ok(body) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            )],
-            body,
-        )
-            .into_response(),
+        Ok(open) => {
+            let body = match format {
+                Format::OpenMetrics => open,
+                Format::Classic => super::exposition::classic(&open),
+            };
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(format.content_type()),
+                )],
+                body,
+            )
+                .into_response()
+        }
         Err(err) => {
             tracing::error!(%err, "cannot encode metrics");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()

@@ -3,6 +3,7 @@
 mod admin;
 pub mod auth;
 mod error;
+mod exposition;
 mod guard;
 mod health;
 mod host_metrics;
