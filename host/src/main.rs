@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             render_error(&err);
-            ExitCode::FAILURE
+            ExitCode::from(trellis_host::cli::exit_code(&err))
         }
     }
 }

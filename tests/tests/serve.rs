@@ -189,7 +189,8 @@ fn broken_config_names_file_line_and_key_and_exits_non_zero() {
         &["serve", "--config", "broken.toml"],
         Duration::from_secs(30),
     );
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    // 78: a configuration error, not a runtime failure (see `trellis --help`).
+    assert_eq!(status.code(), Some(78), "{stderr}");
     assert_eq!(stdout, "");
     assert!(
         stderr.contains("error: broken.toml:6:1: key `databases.main.paht`: unknown field `paht`"),

@@ -18,7 +18,14 @@ use clap::{Parser, Subcommand, ValueEnum};
   $ trellis serve --watch                      serve ./trellis.toml (or the embedded default)
   $ trellis serve --config trellis.toml --listen 127.0.0.1:0
   $ RUST_LOG=trellis_host=debug trellis --log-format json serve
-  $ trellis plugin list")]
+  $ trellis plugin list
+
+Exit codes:
+  0   success
+  1   a runtime failure: a database that does not answer, a port in use, a run that failed
+  2   bad command-line arguments
+  78  a configuration error: trellis.toml, a policy, a workflow or another file the command
+      read is invalid (fix the file; the message says where)")]
 pub struct Cli {
     /// How log lines on stderr look: `pretty` for people, `json` for collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "TRELLIS_LOG_FORMAT")]
@@ -55,6 +62,29 @@ pub enum Command {
     /// Load vectors from a JSONL file into a vector table, or search one.
     Vector(vector::VectorArgs),
 }
+
+/// The exit code for a failure: [`EXIT_CONFIG`] when a file the user wrote is invalid, else 1.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use crate::server::StartError;
+    let config = err.chain().any(|cause| {
+        cause.is::<crate::config::ConfigError>()
+            || cause.is::<crate::policy::LoadError>()
+            || cause.is::<crate::workflow::SpecError>()
+            || cause.is::<crate::auth::AuthSetupError>()
+            || matches!(
+                cause.downcast_ref::<StartError>(),
+                Some(StartError::Policy(_) | StartError::Auth(_))
+            )
+            || matches!(
+                cause.downcast_ref::<crate::database::DatabaseError>(),
+                Some(crate::database::DatabaseError::Config { .. })
+            )
+    });
+    if config { EXIT_CONFIG } else { 1 }
+}
+
+/// The exit code of a configuration error (`EX_CONFIG` of sysexits.h).
+pub const EXIT_CONFIG: u8 = 78;
 
 /// Runs the chosen subcommand.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

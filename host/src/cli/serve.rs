@@ -35,10 +35,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.server.listen = listen;
     }
     tracing::info!(config = %config.source, "configuration loaded");
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on `{}`", config.server.listen))?;
+    let listen = config.server.listen;
     let app = crate::server::App::start(config, args.watch).await?;
+    // Bound only now: until start-up has finished (databases open, migrations applied,
+    // policies, plugins and workflows read), a client is refused at once instead of queueing.
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            app.shutdown().await;
+            return Err(e).with_context(|| format!("cannot listen on `{listen}`"));
+        }
+    };
     let addr = listener.local_addr()?;
     // The one line on stdout: scripts and tests read the bound address from it.
     println!("trellis listening on http://{addr}");

@@ -12,6 +12,7 @@ mod metrics;
 mod plugins;
 mod pools;
 mod router;
+mod trace;
 mod workflows;
 
 use std::future::Future;

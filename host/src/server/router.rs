@@ -1,5 +1,5 @@
-//! The routes, and the layers every request passes: metrics, dev mode's loopback check, the
-//! deadline, the body limit.
+//! The routes, and the layers every request passes: its span and request id, metrics, dev mode's
+//! loopback check, the deadline, the body limit.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::App;
-use super::{admin, auth, guard, health, metrics, plugins, pools, workflows};
+use super::{admin, auth, guard, health, metrics, plugins, pools, trace, workflows};
 
 /// The full HTTP API for `app`.
 pub fn router(app: App) -> Router {
@@ -25,6 +25,7 @@ pub fn router(app: App) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), guard::listings));
     Router::new()
         .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
         .merge(listings)
         .route("/v1/workflows/{name}/run", post(workflows::run))
         .route("/v1/authorize", post(admin::authorize))
@@ -40,5 +41,7 @@ pub fn router(app: App) -> Router {
             guard::dev_loopback_only,
         ))
         .layer(middleware::from_fn_with_state(app.clone(), metrics::track))
+        // Outermost: every answer (a 413, a 504, a 404) carries the request id.
+        .layer(middleware::from_fn(trace::span))
         .with_state(app)
 }

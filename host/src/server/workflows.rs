@@ -117,6 +117,10 @@ pub async fn run(
     let started = Instant::now();
     let run_id = new_run_id();
     let user = PreparedUser::new(user);
+    let span = tracing::Span::current();
+    span.record("user_id", tracing::field::debug(&user.context().user_id));
+    span.record("workflow", tracing::field::debug(&workflow.name));
+    span.record("run_id", tracing::field::display(&run_id));
     let result = app
         .runtime()
         .run(&workflow, &user, &request.inputs, run_id.clone())
