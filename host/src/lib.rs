@@ -37,6 +37,7 @@ pub mod config;
 pub mod database;
 mod loopback;
 pub mod migrate;
+mod node_keys;
 pub mod plugins;
 pub mod policy;
 pub mod pool;

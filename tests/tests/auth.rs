@@ -275,7 +275,8 @@ fn jwt_bad_key_stops_the_start_naming_the_source_not_the_key() {
         &["serve", "--listen", "127.0.0.1:0"],
         Duration::from_secs(30),
     );
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    // 78: a configuration error.
+    assert_eq!(status.code(), Some(78), "{stderr}");
     assert!(!stdout.contains("listening"), "{stdout}");
     assert!(
         stderr.contains("error: the JWT key (`auth.key` in trellis.toml) is not a usable RS256 key: it is a private key"),
@@ -341,7 +342,8 @@ fn dev_mode_is_refused_on_a_non_loopback_address() {
         &["serve", "--listen", "0.0.0.0:0"],
         Duration::from_secs(30),
     );
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    // 78: a configuration error.
+    assert_eq!(status.code(), Some(78), "{stderr}");
     assert!(!stdout.contains("listening"), "{stdout}");
     assert!(
         stderr.contains("error: auth mode `dev` is refused on `0.0.0.0:0`: it trusts the `X-Trellis-User` header from any caller, so it may listen only on a loopback address"),

@@ -26,7 +26,8 @@ fn bad_config_files_print_the_expected_errors() {
         let name = case.file_name().unwrap().to_str().unwrap();
         let (status, stdout, stderr) =
             run_trellis(&dir, &["serve", "--config", name], Duration::from_secs(30));
-        assert_eq!(status.code(), Some(1), "{name}: {stderr}");
+        // 78: a configuration error (see `trellis --help`).
+        assert_eq!(status.code(), Some(78), "{name}: {stderr}");
         assert_eq!(stdout, "", "{name}");
         failures.extend(expect_output(name, &case.with_extension("err"), &stderr));
         assert!(

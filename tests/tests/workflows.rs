@@ -508,10 +508,10 @@ to = "query.connection_id"
 [[connections]]
 from = "query.connection_id"
 to = "release.connection_id"
-# Only to order `stats` after `release`.
+# Only to order `stats` after `release`: a connection that fills no key.
 [[connections]]
-from = "release.status"
-to = "stats.after"
+from = "release"
+to = "stats"
 "#;
     let late = r#"
 [[nodes]]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use serde_json::{Map, Value};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
@@ -179,6 +180,8 @@ pub struct Plugin {
     limits: Limits,
     cache: CacheOutcome,
     live: Arc<AtomicUsize>,
+    /// Its `config_schema`, compiled at load.
+    config: Option<Arc<jsonschema::Validator>>,
 }
 
 impl fmt::Debug for Plugin {
@@ -251,6 +254,17 @@ impl Plugin {
         )
         .map_err(ValidateError::Describe)?;
         let description = check_description(raw).map_err(ValidateError::Description)?;
+        let config = match &description.config_schema {
+            None => None,
+            Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
+                |e| {
+                    ValidateError::Description(format!(
+                        "plugin `{}` config schema is not a valid JSON Schema: {e}",
+                        description.name
+                    ))
+                },
+            )?)),
+        };
         let label: Arc<str> = Arc::from(format!("{}@{}", description.name, description.version));
         live.fetch_add(1, Ordering::SeqCst);
         Ok(Plugin {
@@ -264,7 +278,62 @@ impl Plugin {
             loaded_at: SystemTime::now(),
             cache: compiled.cache,
             live,
+            config,
         })
+    }
+
+    /// What is wrong with a node's `config` for this plugin, by its `config_schema` (nothing
+    /// when it has none). `later`: top-level keys filled only at run time (connections,
+    /// `$inputs.…`), which are not checked and may be missing. A key the schema's `properties`
+    /// do not name is refused (with a did-you-mean) unless the schema sets
+    /// `additionalProperties`. Messages never quote the values.
+    pub fn config_problems(&self, config: &Map<String, Value>, later: &[&str]) -> Vec<String> {
+        let (Some(validator), Some(schema)) = (&self.config, &self.description.config_schema)
+        else {
+            return Vec::new();
+        };
+        let mut problems = Vec::new();
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object)
+            && schema.get("additionalProperties").is_none()
+        {
+            let names: Vec<&str> = properties.keys().map(String::as_str).collect();
+            for key in config.keys() {
+                if !names.contains(&key.as_str()) && !later.contains(&key.as_str()) {
+                    problems.push(match crate::suggest::did_you_mean(key, &names) {
+                        Some(m) => format!("unknown key `{key}`: did you mean `{m}`?"),
+                        None if names.is_empty() => {
+                            format!("unknown key `{key}`: `{}` takes no config", self.label)
+                        }
+                        None => format!(
+                            "unknown key `{key}`: `{}` takes `{}`",
+                            self.label,
+                            names.join("`, `")
+                        ),
+                    });
+                }
+            }
+        }
+        let probe: Map<String, Value> = config
+            .iter()
+            .filter(|(k, _)| !later.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let probe = Value::Object(probe);
+        for e in validator.iter_errors(&probe) {
+            if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind()
+                && property.as_str().is_some_and(|p| later.contains(&p))
+            {
+                continue;
+            }
+            let path = e.instance_path().to_string();
+            let at = if path.is_empty() {
+                String::new()
+            } else {
+                format!(" (at `{path}`)")
+            };
+            problems.push(format!("{}{at}", e.masked()));
+        }
+        problems
     }
 
     /// What the plugin said about itself.

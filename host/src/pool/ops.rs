@@ -80,8 +80,9 @@ impl PoolOperations {
         &self.pool
     }
 
-    /// Runs one operation.
+    /// Runs one operation (checked first with [`check`]).
     pub async fn execute(&self, request: &Value) -> Result<Value, OpError> {
+        check(request)?;
         let operation = request
             .get("operation")
             .and_then(Value::as_str)
@@ -210,6 +211,75 @@ impl PoolOperations {
             }
         }
     }
+}
+
+/// The operations and the keys each takes (besides `operation`).
+const OPERATIONS: &[(&str, &[&str])] = &[
+    ("initialize", &[]),
+    ("acquire", &["workload"]),
+    (
+        "execute",
+        &[
+            "connection_id",
+            "query",
+            "params",
+            "fetch_mode",
+            "fetch_size",
+        ],
+    ),
+    ("release", &["connection_id"]),
+    ("stats", &[]),
+];
+
+/// Checks a request without running it: a known `operation`, only its keys (a typo gets a
+/// did-you-mean), and well-typed values. A workflow's pool-operation node is checked with this
+/// when the workflow loads.
+pub fn check(request: &Value) -> Result<(), OpError> {
+    let map = request
+        .as_object()
+        .ok_or_else(|| OpError::Request("the operation must be a JSON object".into()))?;
+    let names: Vec<&str> = OPERATIONS.iter().map(|(n, _)| *n).collect();
+    let operation = match map.get("operation") {
+        None => {
+            return Err(OpError::Request(format!(
+                "missing `operation`: one of `{}`",
+                names.join("`, `")
+            )));
+        }
+        Some(Value::String(op)) => op.as_str(),
+        Some(_) => return Err(OpError::Request("`operation` must be a string".into())),
+    };
+    let Some((_, keys)) = OPERATIONS.iter().find(|(n, _)| *n == operation) else {
+        let hint = crate::suggest::did_you_mean(operation, &names)
+            .map(|m| format!("did you mean `{m}`?"))
+            .unwrap_or_else(|| format!("use one of `{}`", names.join("`, `")));
+        return Err(OpError::Request(format!(
+            "unknown operation `{operation}`: {hint}"
+        )));
+    };
+    let mut known = vec!["operation"];
+    known.extend_from_slice(keys);
+    let unknown = crate::node_keys::unknown(map, &known);
+    if !unknown.is_empty() {
+        return Err(OpError::Request(format!(
+            "`{operation}`: {}",
+            unknown.join("; ")
+        )));
+    }
+    for key in ["workload", "connection_id", "query"] {
+        if map.get(key).is_some_and(|v| !v.is_string()) {
+            return Err(OpError::Request(format!("`{key}` must be a string")));
+        }
+    }
+    if operation == "execute" {
+        if !map.contains_key("query") {
+            return Err(OpError::Request("`execute` needs `query`".into()));
+        }
+        Params::from_json(map.get("params"))
+            .map_err(|e| OpError::Pool(PoolError::Query(e.into())))?;
+        fetch_of(request)?;
+    }
+    Ok(())
 }
 
 fn fetch_of(request: &Value) -> Result<Fetch, OpError> {

@@ -21,6 +21,18 @@ use super::exec::Fetch;
 use super::params::{self, ParamError, Params};
 use crate::pool::{Pool, PoolError, QueryError};
 
+/// The keys of the node's config.
+pub const SQL_KEYS: &[&str] = &[
+    "query",
+    "params",
+    "fetch_mode",
+    "fetch_size",
+    "timeout",
+    "max_retries",
+    "retry_delay",
+    "return_query",
+];
+
 /// What the node runs.
 #[derive(Debug, Clone)]
 pub struct SqlNodeConfig {
@@ -61,6 +73,10 @@ impl SqlNodeConfig {
         let obj = config
             .as_object()
             .ok_or_else(|| SqlError::config("the node config must be a JSON object"))?;
+        let unknown = crate::node_keys::unknown(obj, SQL_KEYS);
+        if !unknown.is_empty() {
+            return Err(SqlError::config(unknown.join("; ")));
+        }
         let query = obj
             .get("query")
             .and_then(Value::as_str)

@@ -100,16 +100,16 @@ impl Fields {
     }
 
     fn finish(self, operation: &str, allowed: &[&str]) -> Result<(), VectorError> {
-        match self.0.keys().next() {
-            None => Ok(()),
-            Some(extra) => Err(config_err(format!(
-                "unknown field `{extra}` for operation `{operation}`; its fields are `table_name`, {}",
-                allowed
-                    .iter()
-                    .map(|f| format!("`{f}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+        let mut known = vec!["table_name"];
+        known.extend_from_slice(allowed);
+        let unknown = crate::node_keys::unknown(&self.0, &known);
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(config_err(format!(
+                "operation `{operation}`: {}",
+                unknown.join("; ")
+            )))
         }
     }
 }
@@ -213,11 +213,6 @@ impl VectorNode {
             .ok_or_else(|| config_err("the node config must be a JSON object"))?;
         let mut f = Fields(map.clone());
         f.take("name");
-        if f.0.contains_key("connection_string") {
-            return Err(config_err(
-                "`connection_string` is not accepted: name a configured database with `database`\n\nhint: connection strings live in trellis.toml, so secrets stay out of workflow files",
-            ));
-        }
         let database = f.str("database")?;
         let operation_name = f
             .str("operation")?
@@ -388,7 +383,7 @@ mod tests {
         let err = |v: Value| VectorNode::from_json(&v).unwrap_err().to_string();
         assert_eq!(
             err(json!({"operation": "search", "table_name": "t", "vector": [1], "ef_serch": 4})),
-            "invalid vector node config: unknown field `ef_serch` for operation `search`; its fields are `table_name`, `vector`, `distance_metric`, `limit`, `metadata_filter`, `ef_search`, `probes`"
+            "invalid vector node config: operation `search`: unknown key `ef_serch`: did you mean `ef_search`?"
         );
         assert_eq!(
             err(

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod builder;
+mod check;
 pub mod failure;
 pub mod runtime;
 pub mod scope;
@@ -37,6 +38,18 @@ pub struct HostNames {
 }
 
 impl Known for HostNames {
+    fn plugin_config(
+        &self,
+        name: &str,
+        config: &serde_json::Map<String, serde_json::Value>,
+        later: &[&str],
+    ) -> Vec<String> {
+        self.plugins
+            .get(name)
+            .map(|p| p.config_problems(config, later))
+            .unwrap_or_default()
+    }
+
     fn plugin(&self, name: &str) -> Result<(), String> {
         match self.plugins.get(name) {
             Some(p) if p.kind() == PluginKind::Node => Ok(()),

@@ -320,7 +320,12 @@ impl Runtime {
         let node = &workflow.nodes[i];
         let mut config = node.config.clone();
         substitute_inputs(&mut config, inputs);
-        for c in workflow.connections.iter().filter(|c| c.to == node.id) {
+        // A connection that fills no key only orders the nodes.
+        for c in workflow
+            .connections
+            .iter()
+            .filter(|c| c.to == node.id && !c.input.is_empty())
+        {
             let from = workflow
                 .nodes
                 .iter()
@@ -404,6 +409,15 @@ impl Runtime {
                 let Value::Object(mut config) = config else {
                     return Err(NodeError::Config("the config must be a table".into()));
                 };
+                // Checked at load without its run-time keys; now with every value.
+                let problems = plugin.config_problems(&config, &["records"]);
+                if !problems.is_empty() {
+                    return Err(NodeError::Config(format!(
+                        "plugin `{}` config: {}",
+                        plugin.label(),
+                        problems.join("; ")
+                    )));
+                }
                 let records = match config.remove("records") {
                     None | Some(Value::Null) => Vec::new(),
                     Some(Value::Array(items)) => items,

@@ -240,6 +240,16 @@ pub trait Known {
     fn plugin(&self, name: &str) -> Result<(), String>;
     /// Whether a database called `name` is configured.
     fn database(&self, name: &str) -> bool;
+    /// What is wrong with a node's `config` for node plugin `name`, by the plugin's
+    /// `config_schema` (see [`crate::plugins::Plugin::config_problems`]); nothing by default.
+    fn plugin_config(
+        &self,
+        _name: &str,
+        _config: &serde_json::Map<String, Value>,
+        _later: &[&str],
+    ) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Accepts every plugin and database (for tests and offline checks).
@@ -618,6 +628,8 @@ impl Draft {
             if c.input.is_empty() {
                 match self.nodes[to].kind {
                     NodeKind::Plugin(_) => c.input = vec!["records".to_owned()],
+                    // `from = "a"`, `to = "b"`: b runs after a, and takes nothing from it.
+                    _ if c.output.is_empty() => {}
                     _ => {
                         return Err(err(
                             at,
@@ -642,7 +654,7 @@ impl Draft {
                     Some("connect into a parameter instead: `to = \"NODE.params.NAME\"`"),
                 ));
             }
-            if !filled.insert((to, c.input.clone())) {
+            if !c.input.is_empty() && !filled.insert((to, c.input.clone())) {
                 return Err(err(
                     at,
                     format!(
@@ -658,6 +670,44 @@ impl Draft {
             }
         }
         self.connections = connections;
+        // Every node's config, checked now rather than when a request runs it; every problem of
+        // every node at once.
+        let mut problems = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let config = node.config.as_object().expect("checked above");
+            let mut later: Vec<&str> = filled
+                .iter()
+                .filter(|(to, _)| *to == i)
+                .filter_map(|(_, path)| path.first().map(String::as_str))
+                .collect();
+            later.extend(
+                config
+                    .iter()
+                    .filter(|(_, v)| v.as_str().is_some_and(|s| s.starts_with(INPUT_PREFIX)))
+                    .map(|(k, _)| k.as_str()),
+            );
+            for message in super::check::node_config(&node.kind, config, &later, known) {
+                problems.push((self.location(node.line, Some(&node.id)), message));
+            }
+        }
+        match problems.len() {
+            0 => {}
+            1 => {
+                let (location, message) = problems.remove(0);
+                return Err(err(location, message, Some(super::check::HINT)));
+            }
+            n => {
+                let list: Vec<String> = problems
+                    .iter()
+                    .map(|(at, m)| format!("  {at}: {m}"))
+                    .collect();
+                return Err(err(
+                    self.location(None, None),
+                    format!("{n} problems in node configs:\n{}", list.join("\n")),
+                    Some(super::check::HINT),
+                ));
+            }
+        }
         let order = topological_order(&upstream).map_err(|cycle| {
             let names: Vec<&str> = cycle.iter().map(|&i| self.nodes[i].id.as_str()).collect();
             let first = &self.nodes[cycle[0]];

@@ -1,0 +1,103 @@
+//! Issue 18 §3 against the real binary: every node config is checked when its workflow loads,
+//! with every problem of every node at once (file:line, node id, did-you-mean, where a seed key
+//! goes), a plugin node's config against the plugin's `config_schema`; a config that only a run
+//! can complete is checked again when it runs. On `2e483a0` the typos were ignored and the bad
+//! values surfaced as 500s at request time.
+
+use serde_json::{Value, json};
+use trellis_tests::{Server, allow_rules, custom_dir, repo, run_workflow};
+
+const BROKEN: &str = r#"
+[[nodes]]
+id = "typo"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 1 AS one", fetchmode = "one" }
+[[nodes]]
+id = "seed"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 1 AS one", connection_string = "sqlite::memory:", pool_size = 5 }
+[[nodes]]
+id = "value"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 1 AS one", fetch_mode = "sometimes" }
+[[nodes]]
+id = "group"
+type = "plugin:sum-by-key"
+config = { keey = "department", field = 5 }
+[[nodes]]
+id = "pool"
+type = "WorkflowConnectionPool"
+config = { operation = "acquire", workfload = "w" }
+[[connections]]
+from = "typo.result.data"
+to = "group"
+"#;
+
+fn served(workflow: &str, nodes: &[&str]) -> (tempfile::TempDir, Server) {
+    let rules = json!({"rules": allow_rules("w", nodes)}).to_string();
+    let dir = custom_dir(workflow, &rules, "");
+    std::fs::copy(
+        repo().join("plugins/sum_by_key.wasm"),
+        dir.path().join("plugins/sum_by_key.wasm"),
+    )
+    .expect("the example plugins are built (scripts/build-plugins)");
+    let server = Server::start(dir.path(), &[]);
+    (dir, server)
+}
+
+#[tokio::test]
+async fn every_problem_of_every_node_config_is_reported_when_the_workflow_loads() {
+    let (_dir, server) = served(BROKEN, &["typo", "seed", "value", "group", "pool"]);
+    let user = json!({"user_id": "u"});
+    let (status, body) = run_workflow(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 404, "the workflow was served: {body}");
+    let listing = server.get_json("/v1/workflows", Some(&user)).await;
+    let error = listing["errors"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for expected in [
+        "workflows/w.toml: 6 problems in node configs",
+        "workflows/w.toml:2: node `typo`: invalid SQL node config: unknown key `fetchmode`: did you mean `fetch_mode`?",
+        "workflows/w.toml:6: node `seed`: invalid SQL node config: `connection_string` is not a node setting: connections are configured once, in `[databases.NAME]`",
+        "`pool_size` is not a node setting: pool sizes are `min_connections` / `max_connections` in `[databases.NAME]`",
+        "workflows/w.toml:10: node `value`: invalid SQL node config: unknown `fetch_mode` `sometimes`: use `one`, `all` or `many`",
+        "workflows/w.toml:14: node `group`: unknown key `keey`: did you mean `key`?",
+        "workflows/w.toml:14: node `group`: value is not of type \"string\" (at `/field`)",
+        "workflows/w.toml:18: node `pool`: `acquire`: unknown key `workfload`: did you mean `workload`?",
+    ] {
+        assert!(error.contains(expected), "no `{expected}` in:\n{error}");
+    }
+    // The schema's messages never quote a value: masked.
+    assert!(!error.contains("\"department\""), "{error}");
+}
+
+#[tokio::test]
+async fn a_config_completed_at_run_time_is_checked_when_the_node_runs() {
+    // `field` comes from an input: it can only be checked with its value.
+    let workflow = r#"
+[inputs.field]
+type = "any"
+[[nodes]]
+id = "rows"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 'a' AS department, 2 AS salary" }
+[[nodes]]
+id = "group"
+type = "plugin:sum-by-key"
+config = { key = "department", field = "$inputs.field" }
+[[connections]]
+from = "rows.result.data"
+to = "group"
+"#;
+    let (_dir, server) = served(workflow, &["rows", "group"]);
+    let user = json!({"user_id": "u"});
+    let (status, body) =
+        run_workflow(&server, "w", &user, json!({"inputs": {"field": "salary"}})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body): (u16, Value) =
+        run_workflow(&server, "w", &user, json!({"inputs": {"field": 7}})).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["node"], "group", "{body}");
+    assert_eq!(body["error"]["kind"], "configuration", "{body}");
+}
