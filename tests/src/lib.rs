@@ -277,6 +277,16 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A free TCP port on 127.0.0.1, bound and released (for servers that cannot report a port they
+/// picked themselves, or must be told one before they start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
 /// Waits until `condition` holds, checking every 10 ms, for at most `limit`; returns whether it
 /// held. For conditions the code under test reaches on its own (a background task's work).
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {

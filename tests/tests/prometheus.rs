@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trellis_tests::{Server, custom_dir, run_workflow};
+use trellis_tests::{Server, custom_dir, free_port, run_workflow};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -123,15 +123,6 @@ async fn both_exposition_formats_pass_their_reference_checkers() {
         parsed,
         "the OpenMetrics parser refused it:\n{out}\n---\n{open}"
     );
-}
-
-/// A free port on 127.0.0.1 (bound and released: Prometheus cannot report a port 0 choice).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Prometheus {

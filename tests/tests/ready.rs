@@ -13,15 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use trellis_tests::{Server, TestDb, custom_dir, run_trellis, trellis_bin};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use trellis_tests::{Server, TestDb, custom_dir, free_port, run_trellis, trellis_bin};
 
 /// A start-up that takes a while: a migration that counts to 30 million in SQLite.
 #[test]
