@@ -402,21 +402,19 @@ pub async fn run_workflow(
     )
 }
 
-/// Rules (`*.rules.json` entries) that let anyone run `workflow` and execute and read the output
-/// of each of `nodes`.
+/// Rules (`*.rules.json` entries) that let anyone run and view `workflow`, and execute, supply
+/// inputs to and read the output of each of `nodes`.
 pub fn allow_rules(workflow: &str, nodes: &[&str]) -> Vec<serde_json::Value> {
     let rule = |id: String, resource_type: &str, resource_id: &str, permission: &str| {
         serde_json::json!({"id": id, "resource_type": resource_type, "resource_id": resource_id,
             "permission": permission, "effect": "allow"})
     };
-    let mut rules = vec![rule(
-        format!("{workflow}-run"),
-        "workflow",
-        workflow,
-        "execute",
-    )];
+    let mut rules = vec![
+        rule(format!("{workflow}-run"), "workflow", workflow, "execute"),
+        rule(format!("{workflow}-view"), "workflow", workflow, "view"),
+    ];
     for node in nodes {
-        for permission in ["execute", "read_output"] {
+        for permission in ["execute", "write_input", "read_output"] {
             rules.push(rule(
                 format!("{workflow}-{node}-{permission}"),
                 "node",

@@ -812,6 +812,8 @@ async fn a_new_workflow_reusing_a_node_id_inherits_no_grant_or_mask() {
     let more = [
         scoped("copy-people", "copy", "execute"),
         scoped("copy-people-read", "copy", "read_output"),
+        json!({"id": "view-third", "resource_type": "workflow", "resource_id": "third",
+            "permission": "view", "effect": "allow"}),
     ];
     rules["rules"].as_array_mut().unwrap().extend(more);
     rules["masking"].as_array_mut().unwrap().push(

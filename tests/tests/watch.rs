@@ -31,6 +31,7 @@ permit (
     principal,
     action in [
         Trellis::Action::"workflow:execute",
+        Trellis::Action::"workflow:view",
         Trellis::Action::"workflow:admin",
         Trellis::Action::"node:execute",
         Trellis::Action::"node:read_output"

@@ -597,10 +597,10 @@ to = "insert.table_name"
 [[connections]]
 from = "create.result.table"
 to = "search.table_name"
-# Only to run `search` after `insert`: the insert count as the search's `ef_search`.
+# Only to run `search` after `insert`: a connection that fills no key.
 [[connections]]
-from = "insert.result.inserted"
-to = "search.ef_search"
+from = "insert"
+to = "search"
 
 [inputs.query]
 type = "array"
@@ -610,6 +610,7 @@ type = "array"
       {"id": "c", "resource_type": "node", "resource_id": "create", "permission": "execute", "effect": "allow"},
       {"id": "i", "resource_type": "node", "resource_id": "insert", "permission": "execute", "effect": "allow"},
       {"id": "s", "resource_type": "node", "resource_id": "search", "permission": "execute", "effect": "allow"},
+      {"id": "q", "resource_type": "node", "resource_id": "search", "permission": "write_input", "effect": "allow"},
       {"id": "r", "resource_type": "node", "resource_id": "search", "permission": "read_output", "effect": "allow"}
     ], "masking": [
       {"resource_id": "search", "field_path": "metadata.title", "mask_type": "replace", "mask_value": "hidden"}

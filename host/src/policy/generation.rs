@@ -601,6 +601,31 @@ impl PolicyGeneration {
                     continue;
                 }
                 let policy = p.new_id(PolicyId::new(&id));
+                let actions = match policy.action_constraint() {
+                    ActionConstraint::Eq(a) => vec![a],
+                    ActionConstraint::In(list) => list,
+                    ActionConstraint::Any => Vec::new(),
+                };
+                for a in actions {
+                    let name = a.id().unescaped().to_owned();
+                    let why = name.split_once(':').and_then(|(rt, permission)| {
+                        rules::ResourceType::parse(rt)
+                            .and_then(|rt| rules::unchecked(rt, permission))
+                    });
+                    if let Some(why) = why {
+                        problems.push(
+                            Problem::new(
+                                loc.clone(),
+                                Some(&id),
+                                format!("action `{name}` is never asked for: {why}"),
+                            )
+                            .with_hint(Some(
+                                "remove the policy, or the action from its scope".into(),
+                            ))
+                            .native(),
+                        );
+                    }
+                }
                 let key = match (policy.action_constraint(), policy.resource_constraint()) {
                     (ActionConstraint::Eq(a), ResourceConstraint::Eq(r)) => {
                         slice_key_of(a.id().unescaped(), &r.to_string())

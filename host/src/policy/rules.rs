@@ -131,6 +131,10 @@ impl fmt::Display for ResourceType {
     }
 }
 
+/// The workflow id whose `admin` permission guards the admin endpoints (a name no workflow
+/// file can take).
+pub const ADMIN_WORKFLOW: &str = "trellis:api";
+
 /// Node permissions, as in Kailash's `NodePermission`.
 pub const NODE_PERMISSIONS: &[&str] = &[
     "execute",
@@ -142,6 +146,28 @@ pub const NODE_PERMISSIONS: &[&str] = &[
 /// Workflow permissions, as in Kailash's `WorkflowPermission`.
 pub const WORKFLOW_PERMISSIONS: &[&str] =
     &["view", "execute", "modify", "delete", "share", "admin"];
+
+/// Why a permission of the Kailash vocabulary is refused at load: Trellis never asks for it, so
+/// a rule granting or denying it would do nothing. `None`: the host checks it.
+pub fn unchecked(rt: ResourceType, permission: &str) -> Option<&'static str> {
+    match (rt, permission) {
+        (ResourceType::Node, "mask_output") => {
+            Some("masking rules (`masking` in a rules file) decide what is masked for whom")
+        }
+        (ResourceType::Workflow, "modify" | "delete" | "share") => Some(
+            "workflows are files: whoever may write the workflows directory changes, deletes or shares them",
+        ),
+        _ => None,
+    }
+}
+
+/// The permissions of `rt` the host checks (what the Cedar schema declares actions for).
+pub fn checked_permissions(rt: ResourceType) -> impl Iterator<Item = &'static str> {
+    rt.permissions()
+        .iter()
+        .copied()
+        .filter(move |p| unchecked(rt, p).is_none())
+}
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +323,8 @@ impl AttrPath {
             (Some("user"), Some("user_id" | "tenant_id" | "email" | "roles"), None) => {
                 Ok(AttrPath(s.to_owned()))
             }
-            (Some("user"), Some("attributes"), Some(_)) => Ok(AttrPath(s.to_owned())),
+            // `user.attributes` alone is the whole map: `contains` asks whether a key is in it.
+            (Some("user"), Some("attributes"), _) => Ok(AttrPath(s.to_owned())),
             (Some("user"), Some(other), _) => {
                 let known = ["user_id", "tenant_id", "email", "roles", "attributes"];
                 let hint = did_you_mean(other, &known)
@@ -734,6 +761,26 @@ impl Parser<'_> {
                 ),
             ));
         }
+        if let Some(rt) = resource_type
+            && let Some(why) = unchecked(rt, &r.permission)
+        {
+            problems.push(p(
+                format!("`{}` is never asked for on a {rt}: {why}", r.permission),
+                Some("remove the rule".into()),
+            ));
+        }
+        if resource_type == Some(ResourceType::Workflow)
+            && r.permission == "admin"
+            && r.resource_id != ADMIN_WORKFLOW
+        {
+            problems.push(p(
+                format!(
+                    "`admin` is checked only on workflow `{ADMIN_WORKFLOW}` (the admin endpoints), never on `{}`",
+                    r.resource_id
+                ),
+                Some(format!("write `\"resource_id\": \"{ADMIN_WORKFLOW}\"` to grant the admin endpoints")),
+            ));
+        }
         if let Some(w) = &r.workflow {
             if w.is_empty() {
                 problems.push(p(
@@ -1146,6 +1193,16 @@ impl Parser<'_> {
                 .map_err(|_| p("`case_sensitive` must be `true` or `false`".into(), None))?,
         };
         check_value(op, &value).map_err(|(m, h)| p(m, h))?;
+        if path.0 == "user.attributes" && !matches!(op, Operator::Contains | Operator::NotContains)
+        {
+            return Err(p(
+                format!("`user.attributes` is the whole attribute map: `{op}` cannot compare it"),
+                Some(
+                    "use `contains` / `not_contains` with a key (does the user have this attribute?), or name one attribute: `user.attributes.KEY`"
+                        .into(),
+                ),
+            ));
+        }
         Ok(AttrExpr::Leaf(AttrCondition {
             path,
             operator: op,
@@ -1237,9 +1294,18 @@ fn valid_cidr(s: &str) -> bool {
 fn check_value(op: Operator, value: &Value) -> Result<(), (String, Option<String>)> {
     let list_needed = matches!(op, Operator::In | Operator::NotIn | Operator::ContainsAny);
     if list_needed && !value.is_array() {
+        // "alice,bob" was meant as two items, not one.
+        let items = match value.as_str() {
+            Some(text) if text.contains(',') => text
+                .split(',')
+                .map(|item| Value::String(item.trim().to_owned()).to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => value.to_string(),
+        };
         return Err((
             format!("`{op}` needs a list value, not `{value}`"),
-            Some(format!("write `\"value\": [{value}]`")),
+            Some(format!("write `\"value\": [{items}]`")),
         ));
     }
     if op == Operator::Between && value.as_array().is_none_or(|a| a.len() != 2) {

@@ -831,8 +831,8 @@ fn priority_then_file_order_and_first_holding_rule_decides() {
 fn scoped_rules_apply_only_to_their_user_role_or_tenant() {
     let text = json!({"rules": [
         {"id": "by-user", "resource_type": "workflow", "resource_id": "w", "permission": "view", "effect": "allow", "user_id": "alice"},
-        {"id": "by-role", "resource_type": "workflow", "resource_id": "w", "permission": "modify", "effect": "allow", "role": "editor"},
-        {"id": "by-tenant", "resource_type": "workflow", "resource_id": "w", "permission": "share", "effect": "allow", "tenant_id": "acme"},
+        {"id": "by-role", "resource_type": "workflow", "resource_id": "w", "permission": "execute", "effect": "allow", "role": "editor"},
+        {"id": "by-tenant", "resource_type": "node", "resource_id": "n", "permission": "execute", "effect": "allow", "tenant_id": "acme"},
     ]});
     let e = engine(&[("s.rules.json", &text.to_string())]);
     let alice = user(json!({"user_id": "alice", "tenant_id": "acme", "roles": ["editor"]}));
@@ -848,9 +848,43 @@ fn scoped_rules_apply_only_to_their_user_role_or_tenant() {
         )
         .allowed
     };
-    assert!(d(&alice, "view") && d(&alice, "modify") && d(&alice, "share"));
-    assert!(!d(&bob, "view") && !d(&bob, "modify") && !d(&bob, "share"));
-    assert!(!d(&alice, "delete"));
+    let n = |u: &PreparedUser| node(&e, u, "n");
+    assert!(d(&alice, "view") && d(&alice, "execute") && n(&alice));
+    assert!(!d(&bob, "view") && !d(&bob, "execute") && !n(&bob));
+    assert!(!d(&alice, "admin"));
+}
+
+#[test]
+fn permissions_the_host_never_asks_for_are_refused_at_load() {
+    let rules = json!({"rules": [
+        {"id": "m", "resource_type": "workflow", "resource_id": "w", "permission": "modify", "effect": "allow"},
+        {"id": "s", "resource_type": "workflow", "resource_id": "w", "permission": "share", "effect": "allow"},
+        {"id": "d", "resource_type": "workflow", "resource_id": "w", "permission": "delete", "effect": "deny"},
+        {"id": "o", "resource_type": "node", "resource_id": "n", "permission": "mask_output", "effect": "allow"},
+        {"id": "a", "resource_type": "workflow", "resource_id": "w", "permission": "admin", "effect": "allow"},
+        {"id": "ok", "resource_type": "workflow", "resource_id": "trellis:api", "permission": "admin", "effect": "allow"},
+    ]});
+    let native = "permit (principal, action == Trellis::Action::\"workflow:modify\", resource);";
+    let files = vec![
+        (PathBuf::from("p.rules.json"), rules.to_string()),
+        (PathBuf::from("n.cedar"), native.to_owned()),
+    ];
+    let err = PolicyGeneration::from_sources(Path::new("."), &files).unwrap_err();
+    let text = err.to_string();
+    for id in ["`m`", "`s`", "`d`", "`o`", "`a`"] {
+        assert!(
+            text.contains(&format!("rule {id}")),
+            "{id} not refused:\n{text}"
+        );
+    }
+    assert!(!text.contains("rule `ok`"), "{text}");
+    // The native policy fails strict validation: the action is not in the schema.
+    assert!(
+        text.contains("n.cedar:1: policy `n.cedar:0`: action `workflow:modify` is never asked for"),
+        "{text}"
+    );
+    assert!(text.contains("fails strict validation"), "{text}");
+    assert_eq!(err.problems.len(), 7, "{text}");
 }
 
 /// Compiled policies are evaluated without their scope (`compile::SliceTexts`): a rule must

@@ -17,12 +17,24 @@ use super::error::{ApiError, parse_body};
 use crate::policy::PreparedUser;
 use crate::workflow::{AccessError, Denial, Workflow, new_run_id};
 
-/// Lists the workflows in service and the files that failed to load.
-pub async fn list(State(app): State<App>) -> Json<Value> {
+/// Lists the workflows in service that the caller may `view` (all of them when the listing is
+/// public and nobody is authenticated), and the files that failed to load.
+pub async fn list(State(app): State<App>, request: axum::extract::Request) -> Json<Value> {
+    let (mut parts, _) = request.into_parts();
+    let caller =
+        <CurrentUser as axum::extract::FromRequestParts<App>>::from_request_parts(&mut parts, &app)
+            .await
+            .ok()
+            .map(|CurrentUser(user)| PreparedUser::new(user));
     let loaded = app.workflows().current();
     let workflows: Vec<Value> = loaded
         .workflows
         .values()
+        .filter(|w| {
+            caller
+                .as_ref()
+                .is_none_or(|user| app.runtime().may_view(user, &w.name))
+        })
         .map(|w| describe(&app, w))
         .collect();
     let errors: Vec<Value> = loaded

@@ -4,7 +4,9 @@
 //! 1. workflow `execute`: denied → the run is refused.
 //! 2. per node, before the run: `skip` allowed → the node is skipped for this user; else `execute`
 //!    denied → the run is refused naming the node, unless the node is `optional` (then skipped).
-//!    Nodes downstream of a skipped node are skipped too.
+//!    Nodes downstream of a skipped node are skipped too. A node that reads an input the caller
+//!    supplied (`$inputs.NAME`; a default is not supplied) needs `write_input`, else the run is
+//!    refused naming the node.
 //! 3. per node, after the run: `read_output` denied → its output is withheld from the response;
 //!    else the node's masking rules are applied to its rows before they leave the host.
 //!
@@ -23,7 +25,7 @@ use crate::policy::{AccessRequest, PolicyEngine, PolicyGeneration, PreparedUser,
 
 /// The policy resource (a workflow id no workflow can have) guarding the admin endpoints:
 /// `/v1/authorize` and `/v1/audit` need permission `admin` on it.
-pub const ADMIN_RESOURCE: &str = "trellis:api";
+pub const ADMIN_RESOURCE: &str = crate::policy::rules::ADMIN_WORKFLOW;
 
 /// A new run id: a random (version 4) UUID.
 pub fn new_run_id() -> String {
@@ -138,6 +140,21 @@ impl AccessControlledRuntime {
             .allowed
     }
 
+    /// Whether `user` may see workflow `name` in listings (`view`).
+    pub fn may_view(&self, user: &PreparedUser, name: &str) -> bool {
+        let runtime = json!({"workflow": name});
+        self.policy
+            .decide(&AccessRequest {
+                user,
+                resource_type: ResourceType::Workflow,
+                resource_id: name,
+                permission: "view",
+                now: Timestamp::now(),
+                runtime: &runtime,
+            })
+            .allowed
+    }
+
     /// Runs `workflow` for `user` with `inputs`.
     pub async fn run(
         &self,
@@ -181,6 +198,7 @@ impl AccessControlledRuntime {
         if !allowed {
             return Err(deny("workflow", &workflow.name, "execute", d));
         }
+        let given = inputs;
         let inputs = workflow.bind_inputs(inputs).map_err(AccessError::Inputs)?;
         let ctx = json!({"workflow": workflow.name, "run_id": run_id, "inputs": inputs});
 
@@ -203,8 +221,21 @@ impl AccessControlledRuntime {
             if !allowed {
                 if node.optional {
                     skip[i] = Some("execute denied (optional node)".to_owned());
+                    continue;
                 } else {
                     return Err(deny("node", &node.id, "execute", d));
+                }
+            }
+            // A value the caller supplies reaches a node only with `write_input` on it
+            // (defaults are the workflow's own, not the caller's).
+            if !given.is_empty() {
+                let mut reads = Vec::new();
+                super::spec::input_refs(&node.config, &mut reads);
+                if reads.iter().any(|name| given.contains_key(name)) {
+                    let (allowed, d) = ask(&ctx, ResourceType::Node, &node.id, "write_input");
+                    if !allowed {
+                        return Err(deny("node", &node.id, "write_input", d));
+                    }
                 }
             }
         }

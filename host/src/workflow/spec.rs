@@ -797,7 +797,8 @@ fn split_path(text: &str) -> (String, Vec<String>) {
 }
 
 /// Every `$inputs.NAME` referenced anywhere in `value`.
-fn input_refs(value: &Value, out: &mut Vec<String>) {
+/// The input names a config reads (`"$inputs.NAME"` strings anywhere in it).
+pub(crate) fn input_refs(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::String(s) => {
             if let Some(name) = s.strip_prefix(INPUT_PREFIX) {
