@@ -131,6 +131,10 @@ pub struct ServerConfig {
     /// by default each needs an authenticated caller, since they show database users and
     /// hosts, plugin hashes and load errors.
     pub public: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges): a run's
+    /// `runtime.ip_address` is then the nearest address in that header that is not one of them.
+    /// Empty by default: the client is the peer address, and the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The listings `[server] public` may name.
@@ -553,6 +557,7 @@ struct RawServer {
     keep_alive_timeout: Option<Interpolated<HumanDuration>>,
     max_connections: Option<usize>,
     public: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -721,7 +726,7 @@ impl RawConfig {
             policies: at(self.paths.policies, "policies"),
             workflows: at(self.paths.workflows, "workflows"),
         };
-        let server = ServerConfig {
+        let mut server = ServerConfig {
             listen: self.server.listen.map_or_else(
                 || DEFAULT_LISTEN.parse().expect("default listen address"),
                 |l| l.0,
@@ -745,7 +750,25 @@ impl RawConfig {
                 .map_or(Duration::from_secs(75), |d| d.0.0),
             max_connections: self.server.max_connections.unwrap_or(1024),
             public: self.server.public.unwrap_or_default(),
+            trusted_proxies: Vec::new(),
         };
+        for entry in self.server.trusted_proxies.unwrap_or_default() {
+            let net = entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(net) => server.trusted_proxies.push(net),
+                Err(_) => {
+                    return Err(ResolveError {
+                        span: 0..0,
+                        key: "server.trusted_proxies".into(),
+                        message: format!(
+                            "`{entry}` is not an address or range like `10.0.0.5` or `10.0.0.0/8`"
+                        ),
+                    });
+                }
+            }
+        }
         if let Some(name) = server
             .public
             .iter()

@@ -140,3 +140,45 @@ fn a_comma_separated_string_for_a_list_operator_gets_the_split_list_as_its_hint(
         "{stderr}"
     );
 }
+
+/// `runtime.ip_address` was never filled in served runs, so `ip_range` conditions never held.
+#[tokio::test]
+async fn ip_range_reads_the_client_address_and_forwarded_for_only_through_trusted_proxies() {
+    let mut node = rule("q", "node", "q", "execute");
+    node["conditions"] = json!({"type": "ip_range", "value": {"cidrs": ["127.0.0.0/8"]}});
+    let rules = json!({"rules": [
+        rule("run", "workflow", "w", "execute"), node, rule("q-read", "node", "q", "read_output"),
+    ]})
+    .to_string();
+    let user = json!({"user_id": "u"});
+    let run_with = |server: &Server, forwarded: Option<&'static str>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/v1/workflows/w/run", server.base_url()))
+            .header("x-trellis-user", user.to_string())
+            .json(&json!({}));
+        if let Some(f) = forwarded {
+            request = request.header("x-forwarded-for", f);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    // No trusted proxy: the peer (loopback) is the client; the header is ignored.
+    let dir = custom_dir(READS_INPUT, &rules, "");
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(run_with(&server, None).await, 200);
+    assert_eq!(run_with(&server, Some("203.0.113.9")).await, 200);
+    drop(server);
+
+    // Behind a trusted proxy (this loopback peer), the forwarded address is the client.
+    let dir = custom_dir(
+        READS_INPUT,
+        &rules,
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(run_with(&server, Some("203.0.113.9")).await, 403);
+    assert_eq!(run_with(&server, Some("127.0.0.7")).await, 200);
+    // A forged left end does not help: the nearest untrusted hop counts.
+    assert_eq!(run_with(&server, Some("127.0.0.7, 203.0.113.9")).await, 403);
+    assert_eq!(run_with(&server, None).await, 200);
+}

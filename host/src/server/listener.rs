@@ -70,7 +70,7 @@ pub async fn serve_connections(
         let router = router.clone();
         let stopping = stopping.clone();
         connections.spawn(async move {
-            serve_one(stream, router, limits, stopping).await;
+            serve_one(stream, peer, router, limits, stopping).await;
             tracing::trace!(%peer, "connection closed");
             drop(permit);
         });
@@ -89,6 +89,7 @@ pub async fn serve_connections(
 /// Serves one connection until it closes, the client breaks a limit, or the host stops.
 async fn serve_one(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: ConnectionLimits,
     mut stopping: watch::Receiver<bool>,
@@ -100,7 +101,11 @@ async fn serve_one(
     });
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            // Handlers read the peer address (`runtime.ip_address`) from here.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let mut router = router.clone();
             let in_flight = InFlight::enter(activity.clone());
             async move {

@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod auth;
+mod client_ip;
 mod error;
 mod exposition;
 mod guard;

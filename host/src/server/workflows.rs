@@ -106,8 +106,13 @@ pub async fn run(
     State(app): State<App>,
     Path(name): Path<String>,
     CurrentUser(user): CurrentUser,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let ip = peer.map(|axum::Extension(axum::extract::ConnectInfo(peer))| {
+        super::client_ip::client_ip(peer.ip(), &headers, &app.config().server.trusted_proxies)
+    });
     let Some(workflow) = app.workflows().get(&name) else {
         let loaded = app.workflows().current();
         let names: Vec<String> = loaded.workflows.keys().cloned().collect();
@@ -135,7 +140,7 @@ pub async fn run(
     span.record("run_id", tracing::field::display(&run_id));
     let result = app
         .runtime()
-        .run(&workflow, &user, &request.inputs, run_id.clone())
+        .run_from(&workflow, &user, &request.inputs, run_id.clone(), ip)
         .await;
     let took_ms = started.elapsed().as_secs_f64() * 1e3;
     let user_id = &user.context().user_id;

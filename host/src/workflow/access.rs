@@ -155,13 +155,26 @@ impl AccessControlledRuntime {
             .allowed
     }
 
-    /// Runs `workflow` for `user` with `inputs`.
+    /// Runs `workflow` for `user` with `inputs` (no client address: `runtime.ip_address` is
+    /// absent, as for `trellis run`).
     pub async fn run(
         &self,
         workflow: &Arc<Workflow>,
         user: &PreparedUser,
         inputs: &Map<String, Value>,
         run_id: String,
+    ) -> Result<RunReport, AccessError> {
+        self.run_from(workflow, user, inputs, run_id, None).await
+    }
+
+    /// [`AccessControlledRuntime::run`] for a caller at address `ip` (`runtime.ip_address`).
+    pub async fn run_from(
+        &self,
+        workflow: &Arc<Workflow>,
+        user: &PreparedUser,
+        inputs: &Map<String, Value>,
+        run_id: String,
+        ip: Option<std::net::IpAddr>,
     ) -> Result<RunReport, AccessError> {
         let deadline = self.budget.map(|b| std::time::Instant::now() + b);
         let generation = self.policy.generation();
@@ -193,14 +206,19 @@ impl AccessControlledRuntime {
                 generation: d.generation,
             })
         };
-        let ctx = json!({"workflow": workflow.name, "run_id": run_id});
+        // The runtime attributes rules read (`runtime.…`); see policies/README.md.
+        let mut ctx = json!({"workflow": workflow.name, "run_id": run_id});
+        if let Some(ip) = ip {
+            ctx["ip_address"] = json!(ip.to_string());
+        }
         let (allowed, d) = ask(&ctx, ResourceType::Workflow, &workflow.name, "execute");
         if !allowed {
             return Err(deny("workflow", &workflow.name, "execute", d));
         }
         let given = inputs;
         let inputs = workflow.bind_inputs(inputs).map_err(AccessError::Inputs)?;
-        let ctx = json!({"workflow": workflow.name, "run_id": run_id, "inputs": inputs});
+        ctx["inputs"] = Value::Object(inputs.clone());
+        let ctx = ctx;
 
         let mut skip: Vec<Option<String>> = vec![None; workflow.nodes.len()];
         for &i in &workflow.order {
