@@ -70,6 +70,36 @@ async fn shipped_example_masks_for_the_analyst_and_not_for_hr_and_refuses_engine
         json!([{"node": "employee_data", "fields": ["ssn:redact", "salary:partial"]}])
     );
     assert_eq!(body["skipped"], json!([]));
+    // The guide's vector step, on the embedded SQLite backend: the expenses most like a
+    // conference trip (the default `like`), closest first.
+    let similar = |body: &Value| -> Vec<String> {
+        body["results"]["similar_transactions"]["result"]["matches"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no similar_transactions: {body}"))
+            .iter()
+            .map(|m| m["metadata"]["description"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        similar(&body),
+        [
+            "conference: FinOps Summit",
+            "conference: RustConf",
+            "training: forecasting"
+        ]
+    );
+    let (status, equipment) = run(
+        &server,
+        "finance_report",
+        &analyst(),
+        json!({"inputs": {"like": [0.0, 0.0, 0.0, 1.0]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{equipment}");
+    assert_eq!(
+        similar(&equipment),
+        ["office supplies", "cables", "keyboard and monitor arm"]
+    );
 
     // HR manager: allowed, everything in clear.
     let (status, body) = run(&server, "finance_report", &hr_manager(), json!({})).await;
@@ -101,7 +131,7 @@ async fn shipped_example_masks_for_the_analyst_and_not_for_hr_and_refuses_engine
     assert_eq!(
         body["problems"],
         json!([
-            "unknown input `region`; this workflow takes `start_date`",
+            "unknown input `region`; this workflow takes `like`, `start_date`",
             "input `start_date` must be a string, not a number"
         ])
     );
