@@ -2,6 +2,8 @@
 //! (allowed, masked, withheld, denied), node-level denial, skip and optional nodes, failing and
 //! timed-out nodes, concurrency of independent nodes, bad requests, and the admin endpoints.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use trellis_tests::{
     Server, TestDb, custom_dir as custom, example_dir as example, run_workflow as run,
@@ -739,5 +741,67 @@ async fn metrics_cover_runs_policy_workflows_and_plugins() {
         "trellis_http_requests_total{method=\"POST\",route=\"/v1/workflows/{name}/run\",status=\"403\"} 1",
     ] {
         assert!(text.contains(line), "missing `{line}` in /metrics:\n{text}");
+    }
+}
+
+/// Issue 18 §6: `pre_warm` never fired for served workflows (no node named a workload). Each
+/// workflow's runs are its workload now: after one burst, the next run of that workflow opens
+/// connections up to the burst's peak before they are needed. On `2e483a0` the lone run opened
+/// nothing.
+#[tokio::test]
+async fn a_workflows_runs_are_its_workload_and_pre_warm_learns_their_bursts() {
+    let Some(pg) = TestDb::Postgres.url() else {
+        return;
+    };
+    let workflow = "database = \"pg\"\n[[nodes]]\nid = \"slow\"\ntype = \"AsyncSQLDatabaseNode\"\nconfig = { query = \"SELECT pg_sleep(0.5) AS slept\" }\n";
+    let rules = json!({"rules": trellis_tests::allow_rules("w", &["slow"])}).to_string();
+    let dir = custom(
+        workflow,
+        &rules,
+        &format!(
+            "[server]\npublic = [\"pools\"]\n[databases.pg]\nurl = \"{pg}\"\nmin_connections = 1\nmax_connections = 8\nidle_timeout = \"1s\"\npre_warm = true\n"
+        ),
+    );
+    let server = Server::start(dir.path(), &[]);
+    let user = json!({"user_id": "u"});
+    let stats =
+        || async { server.get_json("/v1/pools/pg/stats", None).await["connections"].clone() };
+
+    // A burst of six concurrent runs: the workload's peak is six.
+    let burst: Vec<_> = (0..6)
+        .map(|_| run(&server, "w", &user, json!({})))
+        .collect();
+    for (status, body) in futures_util::future::join_all(burst).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    // The pool shrinks back to its minimum once the connections idle past `idle_timeout`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let created = loop {
+        let c = stats().await;
+        if c["total"].as_u64() == Some(1) && c["opening"] == 0 {
+            break c["created"].as_u64().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never shrank: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // One run starts the next burst: the pool opens up to the learnt peak at once.
+    let (status, body) = run(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = stats().await;
+        let opened = c["created"].as_u64().unwrap() - created;
+        if opened >= 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a lone run pre-warmed {opened} connection(s), not the burst's 5 more: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

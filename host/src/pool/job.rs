@@ -69,7 +69,30 @@ impl Pool {
         fetch: Fetch,
         timeout: Option<Duration>,
     ) -> Result<Output, PoolError> {
+        self.run_for(None, stmt, fetch, timeout).await
+    }
+
+    /// [`Pool::run`], counted under `workload` for pre-warming (as
+    /// [`Pool::acquire_for`](super::Pool::acquire_for) counts a lease): when a burst of it starts,
+    /// the pool opens connections up to the 90th percentile of its past peaks. A served workflow's
+    /// statements are its workload.
+    pub async fn run_for(
+        &self,
+        workload: Option<&str>,
+        stmt: Statement,
+        fetch: Fetch,
+        timeout: Option<Duration>,
+    ) -> Result<Output, PoolError> {
         let shared = &self.shared;
+        let _burst = match workload {
+            Some(name) if shared.config.pre_warm => {
+                if let Some(target) = shared.workloads.begin(name) {
+                    shared.request_warm(target);
+                }
+                Some(InWorkload { shared, name })
+            }
+            _ => None,
+        };
         let start = Instant::now();
         if shared.closed.load(Ordering::Acquire) {
             return Err(PoolError::Closed {
@@ -147,6 +170,18 @@ impl Pool {
         };
         shared.counters.query_errors.fetch_add(1, Ordering::Relaxed);
         Err(error)
+    }
+}
+
+/// One statement of a workload, counted until it ends (however it ends).
+struct InWorkload<'a> {
+    shared: &'a Arc<Shared>,
+    name: &'a str,
+}
+
+impl Drop for InWorkload<'_> {
+    fn drop(&mut self) {
+        self.shared.workloads.end(self.name);
     }
 }
 

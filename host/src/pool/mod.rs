@@ -668,7 +668,7 @@ impl Shared {
         self.wake_supervisor.notify_one();
     }
 
-    fn request_warm(&self, target: usize) {
+    pub(crate) fn request_warm(&self, target: usize) {
         let target = target.min(self.config.max_connections);
         let mut state = self.lock_state();
         if target > state.warm_target {

@@ -135,6 +135,8 @@ impl SqlNodeConfig {
 pub struct SqlNode {
     pool: Pool,
     config: SqlNodeConfig,
+    /// The workload its statements count under for pre-warming (a served run's workflow).
+    workload: Option<String>,
 }
 
 /// Why the node failed, classified by [`SqlError::kind`].
@@ -195,7 +197,18 @@ impl SqlError {
 impl SqlNode {
     /// A node running `config` on `pool`.
     pub fn new(pool: Pool, config: SqlNodeConfig) -> SqlNode {
-        SqlNode { pool, config }
+        SqlNode {
+            pool,
+            config,
+            workload: None,
+        }
+    }
+
+    /// Counts its statements under `workload` for the pool's pre-warming (see
+    /// [`Pool::run_for`]).
+    pub fn with_workload(mut self, workload: impl Into<String>) -> SqlNode {
+        self.workload = Some(workload.into());
+        self
     }
 
     /// The node's config.
@@ -217,7 +230,12 @@ impl SqlNode {
             attempt += 1;
             let result = self
                 .pool
-                .run(stmt.clone(), self.config.fetch, self.config.timeout)
+                .run_for(
+                    self.workload.as_deref(),
+                    stmt.clone(),
+                    self.config.fetch,
+                    self.config.timeout,
+                )
                 .await;
             match result {
                 Ok(output) => {

@@ -236,10 +236,12 @@ impl Runtime {
                 let this = self.clone();
                 let spec = node.clone();
                 let ops = ops.clone();
+                let workload = workflow.name.clone();
                 running.spawn(async move {
                     let started = Instant::now();
                     let result =
-                        tokio::time::timeout(limit, this.run_node(&spec, config, &ops)).await;
+                        tokio::time::timeout(limit, this.run_node(&spec, config, &ops, &workload))
+                            .await;
                     (i, started.elapsed(), result.map_err(|_| limit))
                 });
             }
@@ -364,11 +366,14 @@ impl Runtime {
         Ok(config)
     }
 
+    /// Runs one node; its statements count under `workload` (the workflow's name) for the
+    /// pool's pre-warming, so the bursts of each workflow's runs are learnt.
     async fn run_node(
         &self,
         node: &NodeSpec,
         config: Value,
         ops: &HashMap<String, PoolOperations>,
+        workload: &str,
     ) -> Result<Value, NodeError> {
         let database = || node.database.clone().unwrap_or_else(|| "main".into());
         match &node.kind {
@@ -379,11 +384,22 @@ impl Runtime {
                     .get(&db)
                     .ok_or_else(|| NodeError::Database(db.clone()))?;
                 let sql = SqlNodeConfig::from_json(&config)?;
-                Ok(SqlNode::new(pool.clone(), sql).run().await?)
+                Ok(SqlNode::new(pool.clone(), sql)
+                    .with_workload(workload)
+                    .run()
+                    .await?)
             }
             NodeKind::PoolOperation => {
                 let db = database();
                 let ops = ops.get(&db).ok_or(NodeError::Database(db))?;
+                // A lease without its own `workload` counts under the workflow's.
+                let mut config = config;
+                if config.get("operation").and_then(Value::as_str) == Some("acquire")
+                    && let Some(map) = config.as_object_mut()
+                {
+                    map.entry("workload")
+                        .or_insert_with(|| Value::String(workload.to_owned()));
+                }
                 Ok(ops.execute(&config).await?)
             }
             NodeKind::Vector => {
