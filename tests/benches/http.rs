@@ -175,6 +175,17 @@ async fn main() {
                 &format!("[databases.main]\nurl = \"{url}\"\nmax_connections = 16"),
             );
             std::fs::write(dir.path().join("trellis.toml"), config).unwrap();
+            // The example's vector step runs on the embedded SQLite backend (its embeddings are
+            // seeded in SQLite's vector layout; the PostgreSQL here has no pgvector): on
+            // PostgreSQL the pipeline is the other three nodes.
+            std::fs::remove_dir_all(dir.path().join("migrations/0003_transaction_embeddings"))
+                .unwrap();
+            let workflow = dir.path().join("workflows/finance_report.toml");
+            let text = std::fs::read_to_string(&workflow).unwrap();
+            let cut = text
+                .find("# The guide's vector step")
+                .expect("the example's vector step");
+            std::fs::write(&workflow, &text[..cut]).unwrap();
         }
         if let Some(baseline) = &args.baseline {
             compare(&args, backend, dir.path(), baseline).await;
