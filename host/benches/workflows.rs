@@ -62,7 +62,12 @@ fn main() {
         let set = WorkflowSet::load(dir.path(), Arc::new(AnyName));
         let took = started.elapsed();
         let loaded = set.current();
-        assert_eq!(loaded.workflows.len(), FILES, "{:?}", loaded.errors.values().next());
+        assert_eq!(
+            loaded.workflows.len(),
+            FILES,
+            "{:?}",
+            loaded.errors.values().next()
+        );
         times.push(took);
     }
     times.sort();

@@ -2,11 +2,12 @@
 //! run, so the two can never disagree: unknown keys (with a did-you-mean, and where a seed key
 //! goes instead), values of the wrong type or out of range, missing keys. A key filled only at
 //! run time (by a connection, or `"$inputs.NAME"`) is given a placeholder of the right type here
-//! and checked again, with its real value, when the node runs.
+//! and checked again, with its real value, when the node runs. [`Known`] is what the checks ask
+//! the running host (plugins, databases, plugin config schemas).
 
 use serde_json::{Map, Value, json};
 
-use super::spec::{Known, NodeKind};
+use super::node_kind::NodeKind;
 
 /// The hint under node-config problems.
 pub(crate) const HINT: &str = "the node config keys of each type are in workflows/README.md";
@@ -111,5 +112,35 @@ fn vector_placeholder(key: &str) -> Value {
         "index_type" => json!("hnsw"),
         "table_name" | "name" => json!("t"),
         _ => Value::Null,
+    }
+}
+
+/// What the validator checks names against.
+pub trait Known {
+    /// Whether a node plugin called `name` is loaded.
+    fn plugin(&self, name: &str) -> Result<(), String>;
+    /// Whether a database called `name` is configured.
+    fn database(&self, name: &str) -> bool;
+    /// What is wrong with a node's `config` for node plugin `name`, by the plugin's
+    /// `config_schema` (see [`crate::plugins::Plugin::config_problems`]); nothing by default.
+    fn plugin_config(
+        &self,
+        _name: &str,
+        _config: &serde_json::Map<String, Value>,
+        _later: &[&str],
+    ) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Accepts every plugin and database (for tests and offline checks).
+pub struct AnyName;
+
+impl Known for AnyName {
+    fn plugin(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn database(&self, _: &str) -> bool {
+        true
     }
 }

@@ -9,6 +9,7 @@ pub mod access;
 pub mod builder;
 mod check;
 pub mod failure;
+mod node_kind;
 pub mod runtime;
 pub mod scope;
 pub mod set;
