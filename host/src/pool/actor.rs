@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use super::connection::{Canceller, DriverConnection};
-use super::job::{Job, Running};
+use super::protocol::{Command, RunError};
 use super::slot::{ConnHealth, Slot};
 use super::stats::CloseReason;
 use crate::sql::exec::{ExecError, Fetch, Output};
@@ -24,44 +24,6 @@ use crate::sql::params::Statement;
 
 /// How long a health check may take.
 pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What an actor can be asked to do.
-pub(crate) enum Command {
-    /// Run a statement and reply with its output.
-    Run {
-        stmt: Statement,
-        fetch: Fetch,
-        /// Overrides the pool's `command_timeout` for this statement.
-        timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<Output, RunError>>,
-    },
-    /// Round trip to the server; reply whether it answered.
-    Ping { reply: oneshot::Sender<bool> },
-    /// Undo any transaction or session state, then hand the slot back to the pool.
-    Reset { slot: Slot },
-    /// Run a statement queued on the pool (not on a lease), reply, and hand the slot back
-    /// (rolled back first if the statement may have left a transaction or session setting).
-    Job {
-        job: Job,
-        slot: Slot,
-        /// Counts the statement as running until it is done (or dropped with the actor).
-        running: Running,
-    },
-}
-
-/// Why a `Run` failed.
-#[derive(Debug)]
-pub(crate) enum RunError {
-    /// The statement failed; the connection is fine (or broken, see `broken`).
-    Exec { error: ExecError, broken: bool },
-    /// The statement overran `command_timeout`; it was stopped (cancelled on the server, or
-    /// interrupted on SQLite) and the connection closed (except an in-memory SQLite database's).
-    Timeout(Duration),
-    /// No connection could be opened for a queued statement.
-    Unavailable(String),
-    /// A queued statement waited `acquire_timeout` for a connection.
-    Expired,
-}
 
 /// Starts the actor for `conn`.
 pub(crate) fn spawn(

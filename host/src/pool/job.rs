@@ -7,37 +7,17 @@
 //! turn with queued statements, so neither starves the other.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::actor::{Command, RunError};
 use super::lease::query_error;
+use super::protocol::{Command, Job, RunError, Running};
 use super::slot::Slot;
 use super::{Pool, PoolError, QueryError, Shared, State, supervisor};
 use crate::sql::exec::{Fetch, Output};
 use crate::sql::params::{self, Params, Statement};
-
-/// A statement waiting for (or running on) a connection.
-pub(crate) struct Job {
-    pub(crate) id: u64,
-    pub(crate) stmt: Statement,
-    pub(crate) fetch: Fetch,
-    /// Overrides the pool's `command_timeout` for this statement.
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) reply: oneshot::Sender<Result<Output, RunError>>,
-    pub(crate) queued_at: Instant,
-}
-
-/// Counts a dispatched statement as running (an active connection) until dropped.
-pub(crate) struct Running(Arc<AtomicUsize>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 impl Pool {
     /// Translates `sql` with `params` for the pool's dialect and runs it on the first free

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::actor::{Command, RunError};
+use super::protocol::{Command, RunError};
 use super::slot::Slot;
 use super::stats::CloseReason;
 use super::{PoolError, QueryError, Shared};
@@ -229,37 +229,4 @@ pub(crate) fn release(shared: &Shared, slot: Slot) {
     } else {
         shared.checkin(slot);
     }
-}
-
-/// Takes back every lease held past its deadline; returns how many.
-pub(crate) fn reclaim_expired(shared: &Shared, now: Instant) -> usize {
-    let expired: Vec<Arc<LeaseCell>> = match shared.leases.lock() {
-        Ok(leases) => leases
-            .values()
-            .filter(|c| c.deadline <= now)
-            .cloned()
-            .collect(),
-        Err(_) => return 0,
-    };
-    let mut reclaimed = 0;
-    for cell in expired {
-        let slot = cell.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        shared.unregister_lease(cell.id);
-        if let Some(mut slot) = slot {
-            reclaimed += 1;
-            shared.remember_reclaimed(cell.id);
-            shared.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                pool = %shared.config.name,
-                lease = cell.id,
-                connection = slot.id(),
-                timeout = ?shared.config.lease_timeout,
-                "lease held past the lease timeout: reclaimed"
-            );
-            // Whatever the holder did, undo it before anyone else gets the connection.
-            slot.session_dirty = true;
-            release(shared, slot);
-        }
-    }
-    reclaimed
 }

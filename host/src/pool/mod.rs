@@ -28,6 +28,7 @@ mod job;
 mod lease;
 pub mod manager;
 pub mod ops;
+mod protocol;
 mod slot;
 mod stats;
 mod supervisor;
@@ -257,7 +258,7 @@ struct State {
     /// Callers waiting in `acquire`.
     waiters: usize,
     /// Statements from [`Pool::execute`] waiting for a connection, oldest first.
-    jobs: VecDeque<job::Job>,
+    jobs: VecDeque<protocol::Job>,
     /// The last connection handed back went to a queued statement: the next goes to a waiting
     /// `acquire`, if there is one.
     last_to_job: bool,
@@ -499,7 +500,7 @@ impl Pool {
     pub async fn close(&self) {
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
-        let (idle, jobs): (Vec<Slot>, Vec<job::Job>) = {
+        let (idle, jobs): (Vec<Slot>, Vec<protocol::Job>) = {
             let mut state = shared.lock_state();
             (
                 state.idle.drain(..).collect(),
@@ -548,7 +549,7 @@ impl Drop for WaiterGuard<'_> {
 /// Asks the actor behind `slot` for a round trip.
 async fn ping(slot: &Slot) -> bool {
     let (reply, answer) = oneshot::channel();
-    if slot.tx.send(actor::Command::Ping { reply }).is_err() {
+    if slot.tx.send(protocol::Command::Ping { reply }).is_err() {
         return false;
     }
     answer.await.unwrap_or(false)
@@ -599,7 +600,11 @@ impl Shared {
     /// Like [`Shared::checkin`], but when a queued statement should run on the slot, returns
     /// the pair instead of sending it to the slot's actor (the actor checking its own slot in
     /// runs it straight away). `now` is the time of the check-in (the caller has read the clock).
-    pub(crate) fn checkin_or_next(&self, mut slot: Slot, now: Instant) -> Option<(Slot, job::Job)> {
+    pub(crate) fn checkin_or_next(
+        &self,
+        mut slot: Slot,
+        now: Instant,
+    ) -> Option<(Slot, protocol::Job)> {
         if !slot.health.is_alive() {
             return None;
         }
@@ -732,7 +737,7 @@ impl Shared {
                 let cause = error.to_string();
                 tracing::warn!(pool = %self.config.name, target = %self.config.target, %cause, "cannot open a connection");
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                let failed: Vec<job::Job> = {
+                let failed: Vec<protocol::Job> = {
                     let mut state = self.lock_state();
                     state.opening -= 1;
                     state.last_connect_error = Some((Instant::now(), cause.clone()));

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::actor::Command;
+use super::protocol::Command;
 use super::stats::CloseReason;
 use crate::sql::params::Statement;
 

@@ -10,6 +10,7 @@
 //! same refill. It also fails statements queued by `Pool::execute` once they have waited
 //! `acquire_timeout`, waking at the oldest one's deadline.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -75,7 +76,7 @@ fn tick_of(shared: &Shared) -> Duration {
 
 fn run_once(shared: &Arc<Shared>) {
     let now = Instant::now();
-    lease::reclaim_expired(shared, now);
+    reclaim_expired(shared, now);
 
     let config = &shared.config;
     let mut to_close: Vec<(Slot, CloseReason)> = Vec::new();
@@ -152,4 +153,37 @@ fn run_once(shared: &Arc<Shared>) {
         open_in_background(shared.clone());
     }
     shared.pump();
+}
+
+/// Takes back every lease held past its deadline; returns how many.
+pub(crate) fn reclaim_expired(shared: &Shared, now: Instant) -> usize {
+    let expired: Vec<Arc<lease::LeaseCell>> = match shared.leases.lock() {
+        Ok(leases) => leases
+            .values()
+            .filter(|c| c.deadline <= now)
+            .cloned()
+            .collect(),
+        Err(_) => return 0,
+    };
+    let mut reclaimed = 0;
+    for cell in expired {
+        let slot = cell.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        shared.unregister_lease(cell.id);
+        if let Some(mut slot) = slot {
+            reclaimed += 1;
+            shared.remember_reclaimed(cell.id);
+            shared.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                pool = %shared.config.name,
+                lease = cell.id,
+                connection = slot.id(),
+                timeout = ?shared.config.lease_timeout,
+                "lease held past the lease timeout: reclaimed"
+            );
+            // Whatever the holder did, undo it before anyone else gets the connection.
+            slot.session_dirty = true;
+            lease::release(shared, slot);
+        }
+    }
+    reclaimed
 }

@@ -127,28 +127,22 @@ impl AccessControlledRuntime {
 
     /// Whether `user` may use the admin endpoints (`admin` on workflow [`ADMIN_RESOURCE`]).
     pub fn is_admin(&self, user: &PreparedUser) -> bool {
-        let runtime = json!({});
-        self.policy
-            .decide(&AccessRequest {
-                user,
-                resource_type: ResourceType::Workflow,
-                resource_id: ADMIN_RESOURCE,
-                permission: "admin",
-                now: Timestamp::now(),
-                runtime: &runtime,
-            })
-            .allowed
+        self.may(user, ADMIN_RESOURCE, "admin", json!({}))
     }
 
     /// Whether `user` may see workflow `name` in listings (`view`).
     pub fn may_view(&self, user: &PreparedUser, name: &str) -> bool {
-        let runtime = json!({"workflow": name});
+        self.may(user, name, "view", json!({"workflow": name}))
+    }
+
+    /// Whether `user` has `permission` on workflow `name` now, outside a run.
+    fn may(&self, user: &PreparedUser, name: &str, permission: &str, runtime: Value) -> bool {
         self.policy
             .decide(&AccessRequest {
                 user,
                 resource_type: ResourceType::Workflow,
                 resource_id: name,
-                permission: "view",
+                permission,
                 now: Timestamp::now(),
                 runtime: &runtime,
             })

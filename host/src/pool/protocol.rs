@@ -1,0 +1,71 @@
+//! The pool's protocol: the messages a connection actor serves ([`Command`]), how a statement
+//! fails ([`RunError`]), and a statement queued on the pool ([`Job`]). The pool, its leases,
+//! its queued statements and the actors all speak it; none of them needs another's internals.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::slot::Slot;
+use crate::sql::exec::{ExecError, Fetch, Output};
+use crate::sql::params::Statement;
+
+/// What an actor can be asked to do.
+pub(crate) enum Command {
+    /// Run a statement and reply with its output.
+    Run {
+        stmt: Statement,
+        fetch: Fetch,
+        /// Overrides the pool's `command_timeout` for this statement.
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<Output, RunError>>,
+    },
+    /// Round trip to the server; reply whether it answered.
+    Ping { reply: oneshot::Sender<bool> },
+    /// Undo any transaction or session state, then hand the slot back to the pool.
+    Reset { slot: Slot },
+    /// Run a statement queued on the pool (not on a lease), reply, and hand the slot back
+    /// (rolled back first if the statement may have left a transaction or session setting).
+    Job {
+        job: Job,
+        slot: Slot,
+        /// Counts the statement as running until it is done (or dropped with the actor).
+        running: Running,
+    },
+}
+
+/// Why a `Run` failed.
+#[derive(Debug)]
+pub(crate) enum RunError {
+    /// The statement failed; the connection is fine (or broken, see `broken`).
+    Exec { error: ExecError, broken: bool },
+    /// The statement overran `command_timeout`; it was stopped (cancelled on the server, or
+    /// interrupted on SQLite) and the connection closed (except an in-memory SQLite database's).
+    Timeout(Duration),
+    /// No connection could be opened for a queued statement.
+    Unavailable(String),
+    /// A queued statement waited `acquire_timeout` for a connection.
+    Expired,
+}
+
+/// A statement waiting for (or running on) a connection.
+pub(crate) struct Job {
+    pub(crate) id: u64,
+    pub(crate) stmt: Statement,
+    pub(crate) fetch: Fetch,
+    /// Overrides the pool's `command_timeout` for this statement.
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) reply: oneshot::Sender<Result<Output, RunError>>,
+    pub(crate) queued_at: Instant,
+}
+
+/// Counts a dispatched statement as running (an active connection) until dropped.
+pub(crate) struct Running(pub(crate) Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
