@@ -377,66 +377,8 @@ impl PolicyGeneration {
             }
         }
 
-        // Compile rules, slice by slice, in decision order.
-        let mut order: Vec<(SliceKey, Vec<usize>)> = Vec::new();
-        let mut index: HashMap<SliceKey, usize> = HashMap::new();
-        for (i, r) in rules_list.iter().enumerate() {
-            let key = (
-                compile::action_id(r.resource_type, &r.permission),
-                format!("{}:{}", r.resource_type, r.resource_id),
-            );
-            let slot = *index.entry(key.clone()).or_insert_with(|| {
-                order.push((key, Vec::new()));
-                order.len() - 1
-            });
-            order[slot].1.push(i);
-        }
-        let mut compiler = Compiler::default();
-        let mut compiled_text = String::new();
-        // Every compiled policy, as text, grouped by slice: parsed and validated below.
-        let mut builds: Vec<SliceBuild> = Vec::with_capacity(order.len());
-        let mut loc_of: HashMap<String, (SourceLoc, String)> = HashMap::new();
-        for (key, mut members) in order {
-            // Priority first (highest wins), then file order (a stable sort keeps it).
-            members.sort_by_key(|&i| std::cmp::Reverse(rules_list[i].priority));
-            let mut build = SliceBuild::new(key);
-            let mut holds_list: Vec<(Effect, String)> = Vec::new();
-            for &i in &members {
-                let rule = &rules_list[i];
-                let mut rule_needs = Needs::default();
-                let holds = compiler.holds(rule, &mut rule_needs);
-                build.needs.merge(&rule_needs);
-                // Only a deny needs guards (against the earlier allows that hold): a permit
-                // never does, since any forbid that holds overrides it in Cedar anyway.
-                let earlier: Vec<&str> = holds_list
-                    .iter()
-                    .filter(|(e, _)| rule.effect == Effect::Deny && *e == Effect::Allow)
-                    .map(|(_, h)| h.as_str())
-                    .collect();
-                let texts = compile::rule_policy(rule, &build.key.0, &holds, &earlier);
-                holds_list.push((rule.effect, holds.clone()));
-                compiled_text.push_str(&texts.shown);
-                compiled_text.push('\n');
-                loc_of.insert(rule.id.clone(), (rule.loc.clone(), rule.id.clone()));
-                build.texts.push(Compiled {
-                    id: rule.id.clone(),
-                    text: texts.evaluated,
-                    loc: rule.loc.clone(),
-                    label: Some(rule.id.clone()),
-                });
-                build.entries.push(SliceEntry {
-                    id: rule.id.clone(),
-                    kind: PolicyKind::Rule {
-                        effect: rule.effect,
-                        priority: rule.priority,
-                    },
-                    loc: rule.loc.clone(),
-                    holds: Some(holds),
-                });
-            }
-            builds.push(build);
-        }
-
+        let mut out = Passes::default();
+        compile_rules(&rules_list, &mut out);
         let node_refs: Vec<NodeRef> = rules_list
             .iter()
             .filter(|r| r.resource_type == rules::ResourceType::Node)
@@ -454,64 +396,13 @@ impl PolicyGeneration {
             }))
             .collect();
 
-        // Masking conditions: one permit each, under the `mask` action.
-        let mut mask_map: HashMap<String, Vec<(String, MaskingRule)>> = HashMap::new();
-        let mut mask_builds: HashMap<String, usize> = HashMap::new();
-        for m in masks {
-            let id = format!("mask:{}:{}", file_name(&m.loc.file), m.index);
-            let mut needs = Needs::default();
-            let scope = m
-                .workflow
-                .as_deref()
-                .map(|w| compiler.in_workflow(w, &mut needs));
-            let condition = m
-                .condition
-                .as_ref()
-                .map(|c| compiler.condition(c, &mut needs));
-            let holds = match (scope, condition) {
-                (Some(s), Some(c)) => format!("{s} && {c}"),
-                (Some(s), None) => s,
-                (None, Some(c)) => c,
-                (None, None) => "true".to_owned(),
-            };
-            let texts = compile::SliceTexts::new(
-                &id,
-                &format!("{} ({} on `{}`)", m.loc, mask_name(&m), m.field_path.text),
-                "permit",
-                MASK_ACTION,
-                &format!("Trellis::Node::{}", compile::lit(&m.resource_id)),
-                &holds,
-            );
-            compiled_text.push_str(&texts.shown);
-            compiled_text.push('\n');
-            let slot = *mask_builds.entry(m.resource_id.clone()).or_insert_with(|| {
-                builds.push(SliceBuild::new((
-                    MASK_ACTION.to_owned(),
-                    format!("node:{}", m.resource_id),
-                )));
-                builds.len() - 1
-            });
-            let build = &mut builds[slot];
-            loc_of.insert(id.clone(), (m.loc.clone(), format!("masking[{}]", m.index)));
-            build.texts.push(Compiled {
-                id: id.clone(),
-                text: texts.evaluated,
-                loc: m.loc.clone(),
-                label: None,
-            });
-            build.needs.merge(&needs);
-            build.entries.push(SliceEntry {
-                id: id.clone(),
-                kind: PolicyKind::Mask,
-                loc: m.loc.clone(),
-                holds: Some(holds),
-            });
-            mask_map
-                .entry(m.resource_id.clone())
-                .or_default()
-                .push((id, m));
-        }
-
+        let mask_map = compile_masks(masks, &mut out);
+        let Passes {
+            compiler,
+            text: mut compiled_text,
+            builds,
+            loc_of,
+        } = out;
         // Slots: what the rules read, plus what the user's schema declares for native policies.
         let mut user_slots: BTreeSet<Slot> = BTreeSet::new();
         let mut context_slots: BTreeSet<Slot> = BTreeSet::new();
@@ -558,119 +449,13 @@ impl PolicyGeneration {
             parse_and_validate(builds, validator.as_ref(), &loc_of);
         problems.append(&mut compiled_problems);
 
-        // Native policies: ids from `@id`, else `file:index`.
-        let mut natives: Vec<Native> = Vec::new();
-        let mut native_ids: HashMap<String, SourceLoc> = loc_of
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect();
-        for (file, text) in &natives_src {
-            let parsed = match PolicySet::from_str(text) {
-                Ok(p) => p,
-                Err(e) => {
-                    for err in e.iter() {
-                        problems.extend(diagnostic_problems(file, text, None, err, "cannot parse"));
-                    }
-                    continue;
-                }
-            };
-            let starts = statement_lines(text);
-            let mut file_set = PolicySet::new();
-            for i in 0.. {
-                let Some(p) = parsed.policy(&PolicyId::new(format!("policy{i}"))) else {
-                    break;
-                };
-                let line = starts.get(i).copied().unwrap_or(1);
-                let loc = SourceLoc {
-                    file: Arc::from(file.as_str()),
-                    line,
-                };
-                let id = p
-                    .annotation("id")
-                    .map_or_else(|| format!("{}:{i}", file_name(file)), str::to_owned);
-                if let Some(first) = native_ids.insert(id.clone(), loc.clone()) {
-                    problems.push(
-                        Problem::new(
-                            loc.clone(),
-                            Some(&id),
-                            format!("duplicate policy id, first used at {first}"),
-                        )
-                        .with_hint(Some("give every policy a unique `@id(\"…\")`".into()))
-                        .native(),
-                    );
-                    continue;
-                }
-                let policy = p.new_id(PolicyId::new(&id));
-                let actions = match policy.action_constraint() {
-                    ActionConstraint::Eq(a) => vec![a],
-                    ActionConstraint::In(list) => list,
-                    ActionConstraint::Any => Vec::new(),
-                };
-                for a in actions {
-                    let name = a.id().unescaped().to_owned();
-                    let why = name.split_once(':').and_then(|(rt, permission)| {
-                        rules::ResourceType::parse(rt)
-                            .and_then(|rt| rules::unchecked(rt, permission))
-                    });
-                    if let Some(why) = why {
-                        problems.push(
-                            Problem::new(
-                                loc.clone(),
-                                Some(&id),
-                                format!("action `{name}` is never asked for: {why}"),
-                            )
-                            .with_hint(Some(
-                                "remove the policy, or the action from its scope".into(),
-                            ))
-                            .native(),
-                        );
-                    }
-                }
-                let key = match (policy.action_constraint(), policy.resource_constraint()) {
-                    (ActionConstraint::Eq(a), ResourceConstraint::Eq(r)) => {
-                        slice_key_of(a.id().unescaped(), &r.to_string())
-                    }
-                    _ => None,
-                };
-                let _ = file_set.add(p.clone());
-                natives.push(Native {
-                    forbid: policy.effect() == cedar_policy::Effect::Forbid,
-                    // Conservative: a mention anywhere (even in a comment) counts.
-                    reads_context: policy.to_string().contains("context"),
-                    policy,
-                    id,
-                    loc,
-                    key,
-                });
-            }
-            let schema = native_schema.as_ref().or(generated.as_ref());
-            if let Some(schema) = schema {
-                let result =
-                    Validator::new(schema.clone()).validate(&file_set, ValidationMode::Strict);
-                for e in result.validation_errors() {
-                    let i: usize = e
-                        .policy_id()
-                        .to_string()
-                        .trim_start_matches("policy")
-                        .parse()
-                        .unwrap_or(0);
-                    let id = natives
-                        .iter()
-                        .rev()
-                        .find(|n| {
-                            n.loc.file.as_ref() == file && statement_index(&starts, n.loc.line) == i
-                        })
-                        .map(|n| n.id.clone());
-                    problems.extend(diagnostic_problems(
-                        file,
-                        text,
-                        id.as_deref(),
-                        e,
-                        "fails strict validation",
-                    ));
-                }
-            }
-        }
+        let natives = parse_natives(
+            &natives_src,
+            native_schema.as_ref(),
+            generated.as_ref(),
+            &loc_of,
+            &mut problems,
+        );
         for n in &natives {
             compiled_text.push_str(&format!(
                 "// native policy `{}` from {}\n{}\n\n",
@@ -681,77 +466,7 @@ impl PolicyGeneration {
             return Err(LoadError { problems });
         }
 
-        // Attach natives: bound ones to their slice, the rest to every access slice.
-        let mut fallback = Slice::new(PolicySet::new(), Vec::new(), Needs::default());
-        for n in &natives {
-            let entry = SliceEntry {
-                id: n.id.clone(),
-                kind: PolicyKind::Native { forbid: n.forbid },
-                loc: n.loc.clone(),
-                holds: None,
-            };
-            match &n.key {
-                Some(key) => {
-                    let slice = slices.entry(key.clone()).or_insert_with(|| {
-                        Slice::new(PolicySet::new(), Vec::new(), Needs::default())
-                    });
-                    let _ = slice.pset.add(n.policy.clone());
-                    slice.entries.push(entry);
-                    slice.reads_clock |= n.reads_context;
-                }
-                None => {
-                    let _ = fallback.pset.add(n.policy.clone());
-                    fallback.entries.push(entry);
-                    fallback.reads_clock |= n.reads_context;
-                }
-            }
-        }
-        for (key, slice) in slices.iter_mut() {
-            if key.0 != MASK_ACTION {
-                for (n, e) in natives
-                    .iter()
-                    .filter(|n| n.key.is_none())
-                    .zip(fallback.entries.iter())
-                {
-                    let _ = slice.pset.add(n.policy.clone());
-                    slice.entries.push(e.clone());
-                    slice.reads_clock |= n.reads_context;
-                }
-            }
-            slice.action_uid = Some(uid("Action", &key.0));
-            slice.resource_uid = key.1.split_once(':').and_then(|(rt, id)| match rt {
-                "node" => Some(uid("Node", id)),
-                "workflow" => Some(uid("Workflow", id)),
-                _ => None,
-            });
-            slice.uses_runtime = slice.needs.uses_runtime(&compiler.derived);
-            slice.runtime_slots = slice
-                .needs
-                .slots
-                .iter()
-                .filter(|s| s.path.is_runtime())
-                .cloned()
-                .collect();
-            slice.needs.derived.sort_unstable();
-            slice.needs.derived.dedup();
-            let mut paths: Vec<rules::AttrPath> = slice
-                .runtime_slots
-                .iter()
-                .map(|s| s.path.clone())
-                .chain(
-                    slice
-                        .needs
-                        .derived
-                        .iter()
-                        .map(|&i| &compiler.derived[i].condition.path)
-                        .filter(|p| p.is_runtime())
-                        .cloned(),
-                )
-                .collect();
-            paths.sort_unstable();
-            paths.dedup();
-            slice.runtime_paths = paths;
-        }
+        let fallback = finish_slices(&natives, &mut slices, &compiler.derived);
         let policy_count = compiled_count + natives.len();
         Ok(PolicyGeneration {
             id: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
@@ -955,4 +670,343 @@ mod tests {
         let text = "// c\n@id(\"a;b\")\npermit(principal, action, resource);\n\nforbid(principal, action, resource)\nwhen { true };\n";
         assert_eq!(statement_lines(text), [2, 5]);
     }
+}
+
+/// What the compiling passes build up: the compiler (with its derived values), the compiled
+/// text for people, the slices' policy texts, and where each policy was written.
+#[derive(Default)]
+struct Passes {
+    compiler: Compiler,
+    text: String,
+    builds: Vec<SliceBuild>,
+    loc_of: HashMap<String, (SourceLoc, String)>,
+}
+
+/// Pass: compiles the rules, slice by slice, in decision order (priority, then file order).
+fn compile_rules(rules_list: &[PermissionRule], out: &mut Passes) {
+    let mut order: Vec<(SliceKey, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<SliceKey, usize> = HashMap::new();
+    for (i, r) in rules_list.iter().enumerate() {
+        let key = (
+            compile::action_id(r.resource_type, &r.permission),
+            format!("{}:{}", r.resource_type, r.resource_id),
+        );
+        let slot = *index.entry(key.clone()).or_insert_with(|| {
+            order.push((key, Vec::new()));
+            order.len() - 1
+        });
+        order[slot].1.push(i);
+    }
+    for (key, mut members) in order {
+        // Priority first (highest wins), then file order (a stable sort keeps it).
+        members.sort_by_key(|&i| std::cmp::Reverse(rules_list[i].priority));
+        let mut build = SliceBuild::new(key);
+        let mut holds_list: Vec<(Effect, String)> = Vec::new();
+        for &i in &members {
+            let rule = &rules_list[i];
+            let mut rule_needs = Needs::default();
+            let holds = out.compiler.holds(rule, &mut rule_needs);
+            build.needs.merge(&rule_needs);
+            // Only a deny needs guards (against the earlier allows that hold): a permit
+            // never does, since any forbid that holds overrides it in Cedar anyway.
+            let earlier: Vec<&str> = holds_list
+                .iter()
+                .filter(|(e, _)| rule.effect == Effect::Deny && *e == Effect::Allow)
+                .map(|(_, h)| h.as_str())
+                .collect();
+            let texts = compile::rule_policy(rule, &build.key.0, &holds, &earlier);
+            holds_list.push((rule.effect, holds.clone()));
+            out.text.push_str(&texts.shown);
+            out.text.push('\n');
+            out.loc_of
+                .insert(rule.id.clone(), (rule.loc.clone(), rule.id.clone()));
+            build.texts.push(Compiled {
+                id: rule.id.clone(),
+                text: texts.evaluated,
+                loc: rule.loc.clone(),
+                label: Some(rule.id.clone()),
+            });
+            build.entries.push(SliceEntry {
+                id: rule.id.clone(),
+                kind: PolicyKind::Rule {
+                    effect: rule.effect,
+                    priority: rule.priority,
+                },
+                loc: rule.loc.clone(),
+                holds: Some(holds),
+            });
+        }
+        out.builds.push(build);
+    }
+}
+
+/// Pass: compiles each masking rule's condition into one permit under the `mask` action, in its
+/// node's slice; returns the masks by node.
+fn compile_masks(
+    masks: Vec<MaskingRule>,
+    out: &mut Passes,
+) -> HashMap<String, Vec<(String, MaskingRule)>> {
+    let mut mask_map: HashMap<String, Vec<(String, MaskingRule)>> = HashMap::new();
+    let mut mask_builds: HashMap<String, usize> = HashMap::new();
+    for m in masks {
+        let id = format!("mask:{}:{}", file_name(&m.loc.file), m.index);
+        let mut needs = Needs::default();
+        let scope = m
+            .workflow
+            .as_deref()
+            .map(|w| out.compiler.in_workflow(w, &mut needs));
+        let condition = m
+            .condition
+            .as_ref()
+            .map(|c| out.compiler.condition(c, &mut needs));
+        let holds = match (scope, condition) {
+            (Some(s), Some(c)) => format!("{s} && {c}"),
+            (Some(s), None) => s,
+            (None, Some(c)) => c,
+            (None, None) => "true".to_owned(),
+        };
+        let texts = compile::SliceTexts::new(
+            &id,
+            &format!("{} ({} on `{}`)", m.loc, mask_name(&m), m.field_path.text),
+            "permit",
+            MASK_ACTION,
+            &format!("Trellis::Node::{}", compile::lit(&m.resource_id)),
+            &holds,
+        );
+        out.text.push_str(&texts.shown);
+        out.text.push('\n');
+        let slot = *mask_builds.entry(m.resource_id.clone()).or_insert_with(|| {
+            out.builds.push(SliceBuild::new((
+                MASK_ACTION.to_owned(),
+                format!("node:{}", m.resource_id),
+            )));
+            out.builds.len() - 1
+        });
+        let build = &mut out.builds[slot];
+        out.loc_of
+            .insert(id.clone(), (m.loc.clone(), format!("masking[{}]", m.index)));
+        build.texts.push(Compiled {
+            id: id.clone(),
+            text: texts.evaluated,
+            loc: m.loc.clone(),
+            label: None,
+        });
+        build.needs.merge(&needs);
+        build.entries.push(SliceEntry {
+            id: id.clone(),
+            kind: PolicyKind::Mask,
+            loc: m.loc.clone(),
+            holds: Some(holds),
+        });
+        mask_map
+            .entry(m.resource_id.clone())
+            .or_default()
+            .push((id, m));
+    }
+    mask_map
+}
+
+/// Pass: attaches the native policies (one bound to an action and a resource to its slice, any
+/// other to every access slice and the fallback), then settles what each slice reads at request
+/// time (its action and resource uids, runtime slots and paths); returns the fallback slice.
+fn finish_slices(
+    natives: &[Native],
+    slices: &mut HashMap<SliceKey, Slice>,
+    derived: &[DerivedLeaf],
+) -> Slice {
+    let mut fallback = Slice::new(PolicySet::new(), Vec::new(), Needs::default());
+    for n in natives {
+        let entry = SliceEntry {
+            id: n.id.clone(),
+            kind: PolicyKind::Native { forbid: n.forbid },
+            loc: n.loc.clone(),
+            holds: None,
+        };
+        match &n.key {
+            Some(key) => {
+                let slice = slices
+                    .entry(key.clone())
+                    .or_insert_with(|| Slice::new(PolicySet::new(), Vec::new(), Needs::default()));
+                let _ = slice.pset.add(n.policy.clone());
+                slice.entries.push(entry);
+                slice.reads_clock |= n.reads_context;
+            }
+            None => {
+                let _ = fallback.pset.add(n.policy.clone());
+                fallback.entries.push(entry);
+                fallback.reads_clock |= n.reads_context;
+            }
+        }
+    }
+    for (key, slice) in slices.iter_mut() {
+        if key.0 != MASK_ACTION {
+            for (n, e) in natives
+                .iter()
+                .filter(|n| n.key.is_none())
+                .zip(fallback.entries.iter())
+            {
+                let _ = slice.pset.add(n.policy.clone());
+                slice.entries.push(e.clone());
+                slice.reads_clock |= n.reads_context;
+            }
+        }
+        slice.action_uid = Some(uid("Action", &key.0));
+        slice.resource_uid = key.1.split_once(':').and_then(|(rt, id)| match rt {
+            "node" => Some(uid("Node", id)),
+            "workflow" => Some(uid("Workflow", id)),
+            _ => None,
+        });
+        slice.uses_runtime = slice.needs.uses_runtime(derived);
+        slice.runtime_slots = slice
+            .needs
+            .slots
+            .iter()
+            .filter(|s| s.path.is_runtime())
+            .cloned()
+            .collect();
+        slice.needs.derived.sort_unstable();
+        slice.needs.derived.dedup();
+        let mut paths: Vec<rules::AttrPath> = slice
+            .runtime_slots
+            .iter()
+            .map(|s| s.path.clone())
+            .chain(
+                slice
+                    .needs
+                    .derived
+                    .iter()
+                    .map(|&i| &derived[i].condition.path)
+                    .filter(|p| p.is_runtime())
+                    .cloned(),
+            )
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        slice.runtime_paths = paths;
+    }
+    fallback
+}
+
+/// Pass: parses the native `.cedar` files (ids from `@id`, else `file:index`; a duplicate of any
+/// id, compiled or native, is a problem), refuses actions the host never asks for, finds the
+/// slice each bound policy belongs to, and validates each file strictly against the user's
+/// schema (else the generated one).
+fn parse_natives(
+    natives_src: &[(String, String)],
+    native_schema: Option<&Schema>,
+    generated: Option<&Schema>,
+    loc_of: &HashMap<String, (SourceLoc, String)>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Native> {
+    let mut natives: Vec<Native> = Vec::new();
+    let mut native_ids: HashMap<String, SourceLoc> = loc_of
+        .iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (file, text) in natives_src {
+        let parsed = match PolicySet::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                for err in e.iter() {
+                    problems.extend(diagnostic_problems(file, text, None, err, "cannot parse"));
+                }
+                continue;
+            }
+        };
+        let starts = statement_lines(text);
+        let mut file_set = PolicySet::new();
+        for i in 0.. {
+            let Some(p) = parsed.policy(&PolicyId::new(format!("policy{i}"))) else {
+                break;
+            };
+            let line = starts.get(i).copied().unwrap_or(1);
+            let loc = SourceLoc {
+                file: Arc::from(file.as_str()),
+                line,
+            };
+            let id = p
+                .annotation("id")
+                .map_or_else(|| format!("{}:{i}", file_name(file)), str::to_owned);
+            if let Some(first) = native_ids.insert(id.clone(), loc.clone()) {
+                problems.push(
+                    Problem::new(
+                        loc.clone(),
+                        Some(&id),
+                        format!("duplicate policy id, first used at {first}"),
+                    )
+                    .with_hint(Some("give every policy a unique `@id(\"…\")`".into()))
+                    .native(),
+                );
+                continue;
+            }
+            let policy = p.new_id(PolicyId::new(&id));
+            let actions = match policy.action_constraint() {
+                ActionConstraint::Eq(a) => vec![a],
+                ActionConstraint::In(list) => list,
+                ActionConstraint::Any => Vec::new(),
+            };
+            for a in actions {
+                let name = a.id().unescaped().to_owned();
+                let why = name.split_once(':').and_then(|(rt, permission)| {
+                    rules::ResourceType::parse(rt).and_then(|rt| rules::unchecked(rt, permission))
+                });
+                if let Some(why) = why {
+                    problems.push(
+                        Problem::new(
+                            loc.clone(),
+                            Some(&id),
+                            format!("action `{name}` is never asked for: {why}"),
+                        )
+                        .with_hint(Some(
+                            "remove the policy, or the action from its scope".into(),
+                        ))
+                        .native(),
+                    );
+                }
+            }
+            let key = match (policy.action_constraint(), policy.resource_constraint()) {
+                (ActionConstraint::Eq(a), ResourceConstraint::Eq(r)) => {
+                    slice_key_of(a.id().unescaped(), &r.to_string())
+                }
+                _ => None,
+            };
+            let _ = file_set.add(p.clone());
+            natives.push(Native {
+                forbid: policy.effect() == cedar_policy::Effect::Forbid,
+                // Conservative: a mention anywhere (even in a comment) counts.
+                reads_context: policy.to_string().contains("context"),
+                policy,
+                id,
+                loc,
+                key,
+            });
+        }
+        let schema = native_schema.or(generated);
+        if let Some(schema) = schema {
+            let result = Validator::new(schema.clone()).validate(&file_set, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let i: usize = e
+                    .policy_id()
+                    .to_string()
+                    .trim_start_matches("policy")
+                    .parse()
+                    .unwrap_or(0);
+                let id = natives
+                    .iter()
+                    .rev()
+                    .find(|n| {
+                        n.loc.file.as_ref() == file && statement_index(&starts, n.loc.line) == i
+                    })
+                    .map(|n| n.id.clone());
+                problems.extend(diagnostic_problems(
+                    file,
+                    text,
+                    id.as_deref(),
+                    e,
+                    "fails strict validation",
+                ));
+            }
+        }
+    }
+    natives
 }
