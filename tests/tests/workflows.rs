@@ -217,6 +217,15 @@ async fn bad_requests_are_400_401_404_with_the_reason() {
         body["hint"],
         "1 workflow file(s) failed to load: GET /v1/workflows lists their errors"
     );
+    // The names offered are only those the caller may `view`.
+    let r = http
+        .post(format!("{}/v1/workflows/nope/run", server.base_url()))
+        .header("x-trellis-user", engineer().to_string())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["workflows"], json!([]), "{body}");
 
     // Over the body limit.
     // Over the body limit (1 MiB in the example): refused from the declared length, before any

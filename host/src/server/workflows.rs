@@ -115,7 +115,14 @@ pub async fn run(
     });
     let Some(workflow) = app.workflows().get(&name) else {
         let loaded = app.workflows().current();
-        let names: Vec<String> = loaded.workflows.keys().cloned().collect();
+        // Only the names this caller may `view`, as in `GET /v1/workflows`.
+        let caller = PreparedUser::new(user);
+        let names: Vec<String> = loaded
+            .workflows
+            .keys()
+            .filter(|w| app.runtime().may_view(&caller, w))
+            .cloned()
+            .collect();
         let mut error = ApiError::new(StatusCode::NOT_FOUND, format!("unknown workflow `{name}`"))
             .with("workflows", names);
         if !loaded.errors.is_empty() {
