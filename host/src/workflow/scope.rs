@@ -48,22 +48,26 @@ impl fmt::Display for ScopeWarning {
                 rule.node,
                 workflows[0],
             ),
-            ScopeWarning::NoWorkflow { rule } => write!(
-                f,
-                "{}: `{}` names node `{}` of workflow `{}`, which is not loaded: it applies to nothing\n  hint: check the workflow's name (its `name`, or its file name without `.toml`)",
-                rule.loc,
-                rule.by,
-                rule.node,
-                rule.workflow.as_deref().unwrap_or_default(),
-            ),
-            ScopeWarning::NoNode { rule } => write!(
-                f,
-                "{}: `{}` names node `{}` of workflow `{}`, which has no such node: it applies to nothing\n  hint: check the node id in the workflow file",
-                rule.loc,
-                rule.by,
-                rule.node,
-                rule.workflow.as_deref().unwrap_or_default(),
-            ),
+            ScopeWarning::NoWorkflow { rule } | ScopeWarning::NoNode { rule } => {
+                let (missing, hint) = match self {
+                    ScopeWarning::NoWorkflow { .. } => (
+                        "which is not loaded",
+                        "check the workflow's name (its `name`, or its file name without `.toml`)",
+                    ),
+                    _ => (
+                        "which has no such node",
+                        "check the node id in the workflow file",
+                    ),
+                };
+                write!(
+                    f,
+                    "{}: `{}` names node `{}` of workflow `{}`, {missing}: it applies to nothing\n  hint: {hint}",
+                    rule.loc,
+                    rule.by,
+                    rule.node,
+                    rule.workflow.as_deref().unwrap_or_default(),
+                )
+            }
         }
     }
 }
