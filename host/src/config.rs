@@ -4,6 +4,7 @@
 //! `./data/trellis.db` as database `main`, plugins in `./plugins`, policies in `./policies`.
 //! Relative paths in a file are resolved against the file's directory. String values may name
 //! environment variables as `${VAR}` (or `${VAR:-default}`); `$$` is a literal `$`.
+//! `${tenant}` is the one exception: it stays as written, for a database per tenant.
 //!
 //! Every error names the file, the line and the key at fault, and never prints a secret.
 
@@ -160,9 +161,29 @@ pub struct DatabaseConfig {
     pub name: String,
     /// Where it is and how to log in.
     pub target: DatabaseTarget,
-    /// Pool settings given in the file (unset ones take the pool's defaults).
+    /// Pool settings given in the file (unset ones take the pool's defaults); for a database
+    /// per tenant they hold for each tenant's pool.
     pub pool: PoolSettings,
+    /// PostgreSQL's `search_path` for every connection (`search_path`), set when it connects.
+    pub search_path: Option<String>,
+    /// Set when the database is per tenant: its `url` (or `database`, `user`, `path`,
+    /// `search_path`) names `${tenant}`, and each tenant gets its own pool (see
+    /// `database::tenants`).
+    pub tenancy: Option<Tenancy>,
 }
+
+/// How a database per tenant is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenancy {
+    /// At most this many tenants have a pool at once (`max_tenants`, default 64): it bounds the
+    /// connections the host opens and the `tenant` label's values in the metrics.
+    pub max_tenants: usize,
+}
+
+/// The placeholder a database per tenant names; never taken from the environment.
+pub const TENANT_PLACEHOLDER: &str = "${tenant}";
+/// `max_tenants` when a database per tenant does not say.
+const DEFAULT_MAX_TENANTS: usize = 64;
 
 impl DatabaseConfig {
     /// A database with default pool settings.
@@ -171,6 +192,8 @@ impl DatabaseConfig {
             name: name.into(),
             target,
             pool: PoolSettings::default(),
+            search_path: None,
+            tenancy: None,
         }
     }
 }
@@ -599,6 +622,10 @@ struct RawDatabase {
     max_lifetime: Option<Interpolated<HumanDuration>>,
     idle_timeout: Option<Interpolated<HumanDuration>>,
     lease_timeout: Option<Interpolated<HumanDuration>>,
+    /// PostgreSQL only: the schemas to search, set on every connection.
+    search_path: Option<Interpolated<String>>,
+    /// A database per tenant: at most this many tenants' pools at once.
+    max_tenants: Option<usize>,
 }
 
 fn resolve_policy(
@@ -811,12 +838,26 @@ impl RawConfig {
                     let span = spanned.span();
                     let mut raw = spanned.into_inner();
                     let pool = raw.pool_settings();
-                    let target = raw.resolve(base).map_err(|message| ResolveError {
-                        span,
+                    let search_path = raw.search_path.take().map(|s| s.0);
+                    let max_tenants = raw.max_tenants.take();
+                    let fail = |message: String| ResolveError {
+                        span: span.clone(),
                         key: format!("databases.{name}"),
                         message,
-                    })?;
-                    databases.insert(name.clone(), DatabaseConfig { name, target, pool });
+                    };
+                    let target = raw.resolve(base).map_err(&fail)?;
+                    let tenancy = resolve_tenancy(&target, search_path.as_deref(), max_tenants)
+                        .map_err(&fail)?;
+                    databases.insert(
+                        name.clone(),
+                        DatabaseConfig {
+                            name,
+                            target,
+                            pool,
+                            search_path,
+                            tenancy,
+                        },
+                    );
                 }
             }
         }
@@ -834,6 +875,29 @@ impl RawConfig {
                 span: 0..0,
                 key: "migrations.database".into(),
                 message: format!("`{}` is not a configured database", migrations.database),
+            });
+        }
+        let per_tenant = |name: &str| databases.get(name).is_some_and(|d| d.tenancy.is_some());
+        if migrations.dir.is_some() && per_tenant(&migrations.database) {
+            return Err(ResolveError {
+                span: 0..0,
+                key: "migrations.database".into(),
+                message: format!(
+                    "`{}` is a database per tenant: `trellis serve` applies migrations to one \
+                     database; apply them to each tenant's with `trellis migrate --url URL`",
+                    migrations.database
+                ),
+            });
+        }
+        if let AuditTarget::Database(name) = &policy.audit
+            && per_tenant(name)
+        {
+            return Err(ResolveError {
+                span: 0..0,
+                key: "policy.audit_database".into(),
+                message: format!(
+                    "`{name}` is a database per tenant: the audit trail needs one database"
+                ),
             });
         }
         let auth = resolve_auth(self.auth, base, &source)?;
@@ -1114,6 +1178,55 @@ impl RawDatabase {
     }
 }
 
+/// Checks where `${tenant}` appears and `search_path`/`max_tenants` fit the database; the
+/// database is per tenant when its name, user, SQLite path or `search_path` names `${tenant}`.
+fn resolve_tenancy(
+    target: &DatabaseTarget,
+    search_path: Option<&str>,
+    max_tenants: Option<usize>,
+) -> Result<Option<Tenancy>, String> {
+    let named = |s: &str| s.contains(TENANT_PLACEHOLDER);
+    if search_path.is_some() && target.kind() != DatabaseKind::Postgres {
+        return Err("`search_path` is for PostgreSQL".into());
+    }
+    if search_path.is_some_and(|s| s.trim().is_empty()) {
+        return Err("`search_path` must name a schema".into());
+    }
+    let per_tenant = search_path.is_some_and(named)
+        || match target {
+            DatabaseTarget::Sqlite { path } => {
+                path.as_ref().is_some_and(|p| named(&p.to_string_lossy()))
+            }
+            DatabaseTarget::Server {
+                host,
+                database,
+                user,
+                password,
+                ..
+            } => {
+                if named(host) || password.as_ref().is_some_and(|p| named(p.expose())) {
+                    return Err(format!(
+                        "`{TENANT_PLACEHOLDER}` may name the database, the user, the sqlite \
+                         path or `search_path`, not the host or the password"
+                    ));
+                }
+                named(database) || named(user)
+            }
+        };
+    match (per_tenant, max_tenants) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(format!(
+            "`max_tenants` is for a database per tenant: name `{TENANT_PLACEHOLDER}` in its \
+             `url` (for example `postgres://app@db/app_{TENANT_PLACEHOLDER}`) or its \
+             `search_path`"
+        )),
+        (true, Some(0)) => Err("`max_tenants` must be at least 1".into()),
+        (true, max) => Ok(Some(Tenancy {
+            max_tenants: max.unwrap_or(DEFAULT_MAX_TENANTS),
+        })),
+    }
+}
+
 const SQLITE_TLS: &str =
     "`sslmode`, `sslrootcert`, `sslcert` and `sslkey` are for servers, not sqlite";
 
@@ -1294,6 +1407,12 @@ fn interpolate(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
                 return Err(format!(
                     "`${{{name}}}` is not a valid environment variable name"
                 ));
+            }
+            if name == "tenant" && default.is_none() {
+                // `${tenant}` is filled per tenant (see `Tenancy`), never from the environment.
+                out.push_str(TENANT_PLACEHOLDER);
+                rest = &body[end + 1..];
+                continue;
             }
             match (lookup(name), default) {
                 (Some(value), _) => out.push_str(&value),
@@ -1502,6 +1621,56 @@ mod tests {
         assert!(err.starts_with("conf/trellis.toml:1:"), "{err}");
         assert!(err.contains("key `databases.x`"), "{err}");
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn a_database_per_tenant_names_tenant_where_it_is_safe() {
+        let c = parse(
+            "[databases.t]\nurl = \"postgres://u@h/app_${tenant}\"\nmax_tenants = 8\n\
+             [databases.s]\nurl = \"postgres://u@h/app\"\nsearch_path = \"s_${tenant}\"\n\
+             [databases.l]\nurl = \"sqlite://data/${tenant}.db\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.database("t").unwrap().tenancy,
+            Some(Tenancy { max_tenants: 8 })
+        );
+        assert_eq!(
+            c.database("s").unwrap().tenancy,
+            Some(Tenancy {
+                max_tenants: DEFAULT_MAX_TENANTS
+            })
+        );
+        assert!(c.database("l").unwrap().tenancy.is_some());
+        for (text, expect) in [
+            (
+                "url = \"postgres://u@h/app\"\nmax_tenants = 2",
+                "`max_tenants` is for a database per tenant",
+            ),
+            (
+                "url = \"postgres://u@h/a_${tenant}\"\nmax_tenants = 0",
+                "at least 1",
+            ),
+            (
+                "type = \"postgres\"\nhost = \"${tenant}.db\"\ndatabase = \"d\"\nuser = \"u\"",
+                "not the host",
+            ),
+            (
+                "url = \"mysql://u@h/d\"\nsearch_path = \"x\"",
+                "`search_path` is for PostgreSQL",
+            ),
+        ] {
+            let err = parse(&format!("[databases.x]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+        let err = parse(
+            "[databases.main]\nurl = \"postgres://u@h/a_${tenant}\"\n[migrations]\ndir = \"m\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is a database per tenant"), "{err}");
     }
 
     #[test]

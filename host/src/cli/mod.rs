@@ -77,7 +77,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             )
             || matches!(
                 cause.downcast_ref::<crate::database::DatabaseError>(),
-                Some(crate::database::DatabaseError::Config { .. })
+                Some(
+                    crate::database::DatabaseError::Config { .. }
+                        | crate::database::DatabaseError::PerTenant { .. }
+                        | crate::database::DatabaseError::Tenants { .. }
+                )
             )
     });
     if config { EXIT_CONFIG } else { 1 }

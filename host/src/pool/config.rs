@@ -36,6 +36,9 @@ pub struct PoolConfig {
     pub lease_timeout: Duration,
     /// Longest one connection attempt may take (default 10 s).
     pub connect_timeout: Duration,
+    /// PostgreSQL: the `search_path` every connection starts with (`RESET ALL` on release keeps
+    /// it, as it is a connect-time setting).
+    pub search_path: Option<String>,
 }
 
 /// Invalid pool settings.
@@ -78,6 +81,7 @@ impl PoolConfig {
             idle_timeout: Duration::from_secs(10 * 60),
             lease_timeout: Duration::from_secs(5 * 60),
             connect_timeout: Duration::from_secs(10),
+            search_path: None,
         };
         if config.in_memory() {
             // Every in-memory SQLite connection is its own database: keep exactly one.
@@ -90,6 +94,7 @@ impl PoolConfig {
     /// The settings of `[databases.NAME]` in `trellis.toml`.
     pub fn from_database(db: &DatabaseConfig) -> Result<PoolConfig, PoolConfigError> {
         let mut c = PoolConfig::new(db.name.clone(), db.target.clone());
+        c.search_path = db.search_path.clone();
         let p = &db.pool;
         if let Some(v) = p.min_connections {
             c.min_connections = v;

@@ -96,6 +96,7 @@ impl DriverConnection {
     pub(crate) async fn connect(
         target: &DatabaseTarget,
         pool: &str,
+        search_path: Option<&str>,
         timeout: Duration,
     ) -> Result<DriverConnection, sqlx::Error> {
         let mut application_name = format!("trellis/{pool}");
@@ -146,6 +147,10 @@ impl DriverConnection {
                         .disable_statement_logging();
                     if let Some(password) = password {
                         options = options.password(password.expose());
+                    }
+                    if let Some(path) = search_path {
+                        // A startup parameter: the session's default, which `RESET ALL` keeps.
+                        options = options.options([("search_path", path)]);
                     }
                     let options = tls.apply_pg(options);
                     let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
@@ -342,7 +347,7 @@ impl Canceller {
         timeout: Duration,
     ) -> Result<(), sqlx::Error> {
         let mut conn =
-            DriverConnection::connect(target, &format!("{pool}/cancel"), timeout).await?;
+            DriverConnection::connect(target, &format!("{pool}/cancel"), None, timeout).await?;
         let result = match (&mut conn, self) {
             (DriverConnection::Postgres { conn, .. }, Canceller::Postgres(pid)) => {
                 sqlx::query("SELECT pg_cancel_backend($1)")

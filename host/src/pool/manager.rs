@@ -2,9 +2,8 @@
 //!
 //! Pools are keyed by tenant and `user@host:port/db` (plus the password, compared in memory and
 //! never shown), so one tenant saturating its pool cannot slow another tenant's acquire. A
-//! database that keeps refusing connections opens the pool's circuit: callers then fail at once
-//! with [`ManagerError::CircuitOpen`] instead of waiting, and after a cool-down (doubling from
-//! 1 s up to 30 s) one trial request is let through; when it succeeds the circuit closes again.
+//! database that keeps refusing connections opens the pool's circuit ([`super::breaker`]):
+//! callers then fail at once with [`ManagerError::CircuitOpen`] instead of waiting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,14 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::breaker::{Breaker, Outcome};
 use super::{Lease, Pool, PoolConfig, PoolConfigError, PoolError};
 use crate::config::DatabaseTarget;
 use crate::sql::ErrorKind;
-
-/// Consecutive connection failures that open a circuit.
-const FAILURES_TO_OPEN: u32 = 3;
-const FIRST_COOL_DOWN: Duration = Duration::from_secs(1);
-const MAX_COOL_DOWN: Duration = Duration::from_secs(30);
 
 /// The Kailash `PoolConfig`: sizes and timeouts for the pools the manager creates.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,18 +86,10 @@ struct PoolKey {
 
 struct Managed {
     pool: Pool,
-    breaker: Mutex<Breaker>,
+    breaker: Arc<Breaker>,
     requests: AtomicU64,
     failed: AtomicU64,
     wait_ns: AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
-    cool_down: Duration,
-    trial_running: bool,
 }
 
 /// A pool's figures, as the Kailash manager reports them.
@@ -144,26 +131,19 @@ impl ConnectionManager {
     ) -> Result<Lease, ManagerError> {
         let managed = self.managed(tenant, target, config)?;
         managed.requests.fetch_add(1, Ordering::Relaxed);
-        let trial = {
-            let mut b = managed.breaker.lock().unwrap_or_else(|e| e.into_inner());
-            match b.open_until {
-                Some(until) if Instant::now() < until || b.trial_running => {
-                    managed.failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(ManagerError::CircuitOpen {
-                        tenant: tenant.to_owned(),
-                        target: target.to_string(),
-                        retry_in: until.saturating_duration_since(Instant::now()),
-                    });
-                }
-                Some(_) => {
-                    b.trial_running = true;
-                    true
-                }
-                None => false,
+        let attempt = match managed.breaker.enter() {
+            Ok(attempt) => attempt,
+            Err(retry_in) => {
+                managed.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(ManagerError::CircuitOpen {
+                    tenant: tenant.to_owned(),
+                    target: target.to_string(),
+                    retry_in,
+                });
             }
         };
         let start = Instant::now();
-        let result = if trial {
+        let result = if attempt.is_trial() {
             // The trial must find out quickly whether the database is back.
             match managed.pool.initialize().await {
                 Ok(()) => managed.pool.acquire().await,
@@ -174,30 +154,18 @@ impl ConnectionManager {
         };
         let waited = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         managed.wait_ns.fetch_add(waited, Ordering::Relaxed);
-        let mut b = managed.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        b.trial_running = false;
-        match result {
-            Ok(lease) => {
-                *b = Breaker::default();
-                Ok(lease)
-            }
-            Err(error) => {
-                managed.failed.fetch_add(1, Ordering::Relaxed);
-                if matches!(error, PoolError::Connect { .. }) {
-                    b.failures += 1;
-                    if b.failures >= FAILURES_TO_OPEN || b.open_until.is_some() {
-                        b.cool_down = if b.cool_down.is_zero() {
-                            FIRST_COOL_DOWN
-                        } else {
-                            (b.cool_down * 2).min(MAX_COOL_DOWN)
-                        };
-                        b.open_until = Some(Instant::now() + b.cool_down);
-                        tracing::warn!(tenant, target = %target, cool_down = ?b.cool_down, "circuit open");
-                    }
-                }
-                Err(error.into())
-            }
+        let outcome = match &result {
+            Ok(_) => Outcome::Reached,
+            Err(PoolError::Connect { .. }) => Outcome::Unreachable,
+            Err(_) => Outcome::Inconclusive,
+        };
+        if result.is_err() {
+            managed.failed.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(cool_down) = attempt.finish(outcome) {
+            tracing::warn!(tenant, target = %target, ?cool_down, "circuit open");
+        }
+        Ok(result?)
     }
 
     fn managed(
@@ -224,7 +192,7 @@ impl ConnectionManager {
         pc.validate()?;
         let managed = Arc::new(Managed {
             pool: Pool::new(pc),
-            breaker: Mutex::new(Breaker::default()),
+            breaker: Arc::default(),
             requests: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             wait_ns: AtomicU64::new(0),
@@ -242,7 +210,6 @@ impl ConnectionManager {
             .map(|(key, m)| {
                 let stats = m.pool.stats();
                 let requests = m.requests.load(Ordering::Relaxed);
-                let breaker = m.breaker.lock().unwrap_or_else(|e| e.into_inner());
                 let metrics = ManagedPoolMetrics {
                     active_connections: stats.connections.active,
                     idle_connections: stats.connections.idle,
@@ -253,7 +220,7 @@ impl ConnectionManager {
                     } else {
                         m.wait_ns.load(Ordering::Relaxed) as f64 / 1e9 / requests as f64
                     },
-                    is_healthy: breaker.open_until.is_none() && breaker.failures == 0,
+                    is_healthy: m.breaker.is_healthy(),
                 };
                 (format!("{}/{}", key.tenant, key.target), metrics)
             })

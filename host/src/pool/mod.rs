@@ -22,6 +22,7 @@
 //! tenant and database.
 
 mod actor;
+pub(crate) mod breaker;
 mod config;
 mod connection;
 mod job;
@@ -695,6 +696,7 @@ impl Shared {
         let connect = DriverConnection::connect(
             &self.config.target,
             &self.config.name,
+            self.config.search_path.as_deref(),
             self.config.connect_timeout,
         )
         .await;

@@ -149,7 +149,23 @@ struct PoolCollector(Databases);
 
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats: Vec<PoolStats> = self.0.iter().map(|p| p.stats()).collect();
+        let mut stats: Vec<PoolStats> = self.0.iter().map(|p| p.stats()).collect();
+        // A database per tenant's pools carry `pool` (the database) and `tenant`; there are at
+        // most `max_tenants` of them at once.
+        let mut tenant_of: std::collections::HashMap<String, (String, String)> =
+            std::collections::HashMap::new();
+        for tenants in self.0.tenanted() {
+            tenants.views(|views| {
+                for v in views {
+                    let s = v.pool.stats();
+                    tenant_of.insert(
+                        s.pool.clone(),
+                        (tenants.name().to_owned(), v.tenant.to_owned()),
+                    );
+                    stats.push(s);
+                }
+            });
+        }
         let mut gauge = |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for (labels, value) in rows {
@@ -157,7 +173,12 @@ impl Collector for PoolCollector {
             }
             Ok::<(), std::fmt::Error>(())
         };
-        let pool = |s: &PoolStats| ("pool", s.pool.clone());
+        let pool = |s: &PoolStats| -> Vec<(&str, String)> {
+            match tenant_of.get(&s.pool) {
+                Some((db, tenant)) => vec![("pool", db.clone()), ("tenant", tenant.clone())],
+                None => vec![("pool", s.pool.clone())],
+            }
+        };
         gauge(
             "pool_connections",
             "Pool connections now, by state",
@@ -171,7 +192,11 @@ impl Collector for PoolCollector {
                         ("idle", c.idle),
                         ("opening", c.opening),
                     ]
-                    .map(|(state, n)| (vec![pool(s), ("state", state.to_owned())], n as f64))
+                    .map(|(state, n)| {
+                        let mut labels = pool(s);
+                        labels.push(("state", state.to_owned()));
+                        (labels, n as f64)
+                    })
                 })
                 .collect(),
         )?;
@@ -180,7 +205,7 @@ impl Collector for PoolCollector {
             "Callers waiting for a connection now",
             stats
                 .iter()
-                .map(|s| (vec![pool(s)], s.acquisition.waiters as f64))
+                .map(|s| (pool(s), s.acquisition.waiters as f64))
                 .collect(),
         )?;
         // Per connection would be a series per connection id, without bound: the pool's
@@ -192,7 +217,27 @@ impl Collector for PoolCollector {
                 .iter()
                 .map(|s| {
                     let min = s.health.iter().map(|h| h.score).min().unwrap_or(100);
-                    (vec![pool(s)], min as f64)
+                    (pool(s), min as f64)
+                })
+                .collect(),
+        )?;
+        gauge(
+            "pool_circuit_open",
+            "1 while a tenant's circuit is open: its database kept failing, and callers fail at once",
+            self.0
+                .tenanted()
+                .flat_map(|tenants| {
+                    tenants.views(|views| {
+                        views
+                            .map(|v| {
+                                let labels = vec![
+                                    ("pool", tenants.name().to_owned()),
+                                    ("tenant", v.tenant.to_owned()),
+                                ];
+                                (labels, if v.circuit_open { 1.0 } else { 0.0 })
+                            })
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect(),
         )?;
@@ -213,7 +258,7 @@ impl Collector for PoolCollector {
                     .collect();
                 let count = a.buckets.iter().sum();
                 family
-                    .encode_family(&[pool(s)])?
+                    .encode_family(&pool(s))?
                     .encode_histogram::<NoLabels>(a.sum_s, count, &buckets, None)?;
             }
         }
@@ -225,7 +270,7 @@ impl Collector for PoolCollector {
             Ok::<(), std::fmt::Error>(())
         };
         let per_pool = |f: &dyn Fn(&PoolStats) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
-            stats.iter().map(|s| (vec![pool(s)], f(s))).collect()
+            stats.iter().map(|s| (pool(s), f(s))).collect()
         };
         counter(
             "pool_connections_created",
@@ -269,7 +314,9 @@ impl Collector for PoolCollector {
                 .iter()
                 .flat_map(|s| {
                     s.connections.closed.iter().map(move |(reason, n)| {
-                        (vec![pool(s), ("reason", (*reason).to_owned())], *n)
+                        let mut labels = pool(s);
+                        labels.push(("reason", (*reason).to_owned()));
+                        (labels, *n)
                     })
                 })
                 .collect(),

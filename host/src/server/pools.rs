@@ -9,26 +9,44 @@ use serde_json::{Value, json};
 use super::App;
 
 /// Every pool: name, database type, target (without password) and connection counts.
+/// A database per tenant lists its open tenants' pools under `tenants`.
 pub async fn list(State(app): State<App>) -> Json<Value> {
-    let pools: Vec<Value> = app
-        .databases()
-        .iter()
-        .map(|pool| {
-            let stats = pool.stats();
-            json!({
-                "name": stats.pool,
-                "database_type": stats.database_type,
-                "target": stats.target,
-                "connections": {
-                    "active": stats.connections.active,
-                    "idle": stats.connections.idle,
-                    "total": stats.connections.total,
-                },
-                "min_connections": pool.config().min_connections,
-                "max_connections": pool.config().max_connections,
-            })
+    let summary = |pool: &crate::pool::Pool| {
+        let stats = pool.stats();
+        json!({
+            "name": stats.pool,
+            "database_type": stats.database_type,
+            "target": stats.target,
+            "connections": {
+                "active": stats.connections.active,
+                "idle": stats.connections.idle,
+                "total": stats.connections.total,
+            },
+            "min_connections": pool.config().min_connections,
+            "max_connections": pool.config().max_connections,
         })
-        .collect();
+    };
+    let mut pools: Vec<Value> = app.databases().iter().map(summary).collect();
+    for tenants in app.databases().tenanted() {
+        let open: Vec<Value> = tenants.views(|views| {
+            views
+                .map(|v| {
+                    let mut pool = summary(v.pool);
+                    pool["tenant"] = json!(v.tenant);
+                    pool["circuit_open"] = json!(v.circuit_open);
+                    pool
+                })
+                .collect()
+        });
+        pools.push(json!({
+            "name": tenants.name(),
+            "database_type": tenants.config().target.kind().as_str(),
+            "target": tenants.config().target.to_string(),
+            "per_tenant": true,
+            "max_tenants": tenants.max_tenants(),
+            "tenants": open,
+        }));
+    }
     Json(json!({ "pools": pools }))
 }
 

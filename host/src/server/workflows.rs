@@ -179,6 +179,8 @@ pub async fn run(
             let view = e.caller_view();
             let status = match view.kind {
                 "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                "tenant" => StatusCode::FORBIDDEN,
+                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             Err(ApiError::failure(status, &view)

@@ -267,6 +267,7 @@ impl AccessControlledRuntime {
         let plan = Plan {
             skip,
             downstream_filter,
+            tenant: user.context().tenant_id.clone(),
         };
         let run = self.runtime.run(workflow, &inputs, &plan).await?;
 

@@ -7,6 +7,7 @@
 use serde::Serialize;
 
 use super::runtime::{NodeError, RunError};
+use crate::database::tenants::TenantError;
 use crate::plugins::CallError;
 use crate::pool::{PoolError, QueryError};
 use crate::sql::ErrorKind;
@@ -15,7 +16,9 @@ use crate::vector::VectorError;
 /// The caller's view of a failed run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallerError {
-    /// `connection`, `timeout`, `query`, `plugin`, `configuration` or `pool_exhausted`.
+    /// `connection`, `timeout`, `query`, `plugin`, `configuration`, `pool_exhausted`, `tenant`
+    /// (the caller's tenant cannot use a database per tenant) or `unavailable` (its circuit is
+    /// open, or the database has as many tenants as it may).
     pub kind: &'static str,
     /// The failing node's id.
     pub node: String,
@@ -65,6 +68,7 @@ fn node_view(node: &str, error: &NodeError) -> CallerError {
             "configuration",
             format!("node `{node}` names a database this host does not have"),
         ),
+        NodeError::Tenant(e) => tenant_view(node, e),
         NodeError::Sql(e) => database_view(node, e.kind(), e.sqlstate()),
         NodeError::Pool(e) => database_view(node, e.kind(), pool_sqlstate(e.pool_error())),
         NodeError::Vector(VectorError::Database { source, .. }) => {
@@ -100,6 +104,48 @@ fn node_view(node: &str, error: &NodeError) -> CallerError {
                 format!("plugin `{plugin}` refused record {index} in node `{node}`"),
             )
         },
+    }
+}
+
+fn tenant_view(node: &str, error: &TenantError) -> CallerError {
+    let (kind, message) = match error {
+        TenantError::NoTenant { database } => (
+            "tenant",
+            format!(
+                "node `{node}` reads database `{database}`, which is per tenant, and you have no tenant"
+            ),
+        ),
+        TenantError::BadTenant { database } => (
+            "tenant",
+            format!(
+                "node `{node}` reads database `{database}`, which is per tenant, and your tenant id \
+                 is not a plain name (letters, digits, `_` and `-`)"
+            ),
+        ),
+        TenantError::Full { database, .. } => (
+            "unavailable",
+            format!(
+                "node `{node}`: database `{database}` has as many tenants open as it may; try again"
+            ),
+        ),
+        TenantError::CircuitOpen { database, retry_in } => (
+            "unavailable",
+            format!(
+                "node `{node}`: database `{database}` is failing for your tenant; next attempt in {} s",
+                retry_in.as_secs().max(1)
+            ),
+        ),
+        TenantError::Config { database, .. } => (
+            "configuration",
+            format!("node `{node}`: database `{database}` has invalid pool settings"),
+        ),
+    };
+    CallerError {
+        kind,
+        node: node.to_owned(),
+        code: None,
+        plugin: None,
+        message,
     }
 }
 

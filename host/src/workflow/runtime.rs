@@ -15,9 +15,11 @@ use tokio::task::JoinSet;
 
 use super::spec::{INPUT_PREFIX, NodeKind, NodeSpec, Workflow};
 use crate::database::Databases;
+use crate::database::tenants::{Checkout, TenantError};
 use crate::plugins::{CallError, PluginRegistry};
+use crate::pool::breaker::Outcome;
 use crate::pool::ops::{OpError, PoolOperations};
-use crate::sql::{SqlError, SqlNode, SqlNodeConfig};
+use crate::sql::{ErrorKind, SqlError, SqlNode, SqlNodeConfig};
 use crate::vector::{VectorError, VectorNode, VectorStore};
 
 /// Rewrites a node's output before downstream nodes read it (masking for nodes marked so).
@@ -31,6 +33,8 @@ pub struct Plan {
     /// Applied to the outputs of the nodes whose index is listed, before downstream nodes see
     /// them.
     pub downstream_filter: Option<(Vec<bool>, OutputFilter)>,
+    /// The caller's tenant: a database per tenant is reached through this tenant's pool.
+    pub tenant: String,
 }
 
 /// What one run produced.
@@ -118,6 +122,27 @@ pub enum NodeError {
     /// The database is not configured (any more).
     #[error("unknown database `{0}`")]
     Database(String),
+    /// The database is per tenant, and this caller's tenant cannot use it now.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+}
+
+impl NodeError {
+    /// What this outcome says of the database's reachability, for a tenant's circuit.
+    fn reachability(result: &Result<Value, NodeError>) -> Outcome {
+        let kind = match result {
+            Ok(_) => return Outcome::Reached,
+            Err(NodeError::Sql(e)) => e.kind(),
+            Err(NodeError::Pool(e)) if e.pool_error().is_some() => e.kind(),
+            Err(NodeError::Vector(VectorError::Database { source, .. })) => source.kind(),
+            Err(_) => return Outcome::Inconclusive,
+        };
+        match kind {
+            ErrorKind::Connection => Outcome::Unreachable,
+            ErrorKind::Query | ErrorKind::Timeout => Outcome::Reached,
+            _ => Outcome::Inconclusive,
+        }
+    }
 }
 
 /// Runs workflows on the host's databases and plugins.
@@ -177,19 +202,34 @@ impl Runtime {
                 downstream[from].push(to);
             }
         }
-        // Pool operations of one run share their leases (acquire → execute → release).
-        let ops: Arc<HashMap<String, PoolOperations>> = Arc::new(
-            workflow
-                .nodes
-                .iter()
-                .filter(|node| node.kind == NodeKind::PoolOperation)
-                .filter_map(|node| node.database.clone())
-                .filter_map(|db| {
-                    let pool = self.databases.get(&db)?.clone();
-                    Some((db, PoolOperations::new(pool)))
-                })
-                .collect(),
-        );
+        // Pool operations of one run share their leases (acquire → execute → release); on a
+        // database per tenant, on the caller's tenant's pool, held for the whole run.
+        let mut ops = HashMap::new();
+        let mut _held: Vec<Checkout> = Vec::new();
+        for (i, node) in workflow.nodes.iter().enumerate() {
+            let skipped = plan.skip.get(i).is_some_and(Option::is_some);
+            if node.kind != NodeKind::PoolOperation || skipped {
+                continue;
+            }
+            let Some(db) = node.database.clone() else {
+                continue;
+            };
+            if ops.contains_key(&db) {
+                continue;
+            }
+            if let Some(pool) = self.databases.get(&db) {
+                ops.insert(db, PoolOperations::new(pool.clone()));
+            } else if let Some(tenants) = self.databases.per_tenant(&db) {
+                let checkout = tenants.checkout(&plan.tenant).map_err(|e| RunError::Node {
+                    node: node.id.clone(),
+                    location: workflow.locate(node),
+                    source: e.into(),
+                })?;
+                ops.insert(db, PoolOperations::new(checkout.pool().clone()));
+                _held.push(checkout);
+            }
+        }
+        let ops: Arc<HashMap<String, PoolOperations>> = Arc::new(ops);
 
         let mut ready: Vec<usize> = workflow
             .order
@@ -237,11 +277,14 @@ impl Runtime {
                 let spec = node.clone();
                 let ops = ops.clone();
                 let workload = workflow.name.clone();
+                let tenant = plan.tenant.clone();
                 running.spawn(async move {
                     let started = Instant::now();
-                    let result =
-                        tokio::time::timeout(limit, this.run_node(&spec, config, &ops, &workload))
-                            .await;
+                    let result = tokio::time::timeout(
+                        limit,
+                        this.run_node(&spec, config, &ops, &workload, &tenant),
+                    )
+                    .await;
                     (i, started.elapsed(), result.map_err(|_| limit))
                 });
             }
@@ -366,6 +409,26 @@ impl Runtime {
         Ok(config)
     }
 
+    /// Runs `f` on database `db`'s pool and vector store: the one pool, or for a database per
+    /// tenant `tenant`'s, whose circuit then learns from the outcome.
+    async fn on_database<F, Fut>(&self, db: &str, tenant: &str, f: F) -> Result<Value, NodeError>
+    where
+        F: FnOnce(crate::pool::Pool, VectorStore) -> Fut,
+        Fut: std::future::Future<Output = Result<Value, NodeError>>,
+    {
+        if let (Some(pool), Some(store)) = (self.databases.get(db), self.vectors.get(db)) {
+            return f(pool.clone(), store.clone()).await;
+        }
+        let tenants = self
+            .databases
+            .per_tenant(db)
+            .ok_or_else(|| NodeError::Database(db.to_owned()))?;
+        let checkout = tenants.checkout(tenant)?;
+        let result = f(checkout.pool().clone(), checkout.vectors().clone()).await;
+        checkout.finish(NodeError::reachability(&result));
+        result
+    }
+
     /// Runs one node; its statements count under `workload` (the workflow's name) for the
     /// pool's pre-warming, so the bursts of each workflow's runs are learnt.
     async fn run_node(
@@ -374,20 +437,19 @@ impl Runtime {
         config: Value,
         ops: &HashMap<String, PoolOperations>,
         workload: &str,
+        tenant: &str,
     ) -> Result<Value, NodeError> {
         let database = || node.database.clone().unwrap_or_else(|| "main".into());
         match &node.kind {
             NodeKind::Sql => {
-                let db = database();
-                let pool = self
-                    .databases
-                    .get(&db)
-                    .ok_or_else(|| NodeError::Database(db.clone()))?;
                 let sql = SqlNodeConfig::from_json(&config)?;
-                Ok(SqlNode::new(pool.clone(), sql)
-                    .with_workload(workload)
-                    .run()
-                    .await?)
+                self.on_database(&database(), tenant, |pool, _| async move {
+                    Ok(SqlNode::new(pool, sql)
+                        .with_workload(workload)
+                        .run()
+                        .await?)
+                })
+                .await
             }
             NodeKind::PoolOperation => {
                 let db = database();
@@ -403,11 +465,6 @@ impl Runtime {
                 Ok(ops.execute(&config).await?)
             }
             NodeKind::Vector => {
-                let db = database();
-                let store = self
-                    .vectors
-                    .get(&db)
-                    .ok_or_else(|| NodeError::Database(db.clone()))?;
                 let mut config = config;
                 if let Some(map) = config.as_object_mut() {
                     // The node's `database` is the workflow's; the vector config's own key is
@@ -415,7 +472,10 @@ impl Runtime {
                     map.remove("database");
                 }
                 let vector = VectorNode::from_json(&config)?;
-                Ok(vector.run(store).await?)
+                self.on_database(&database(), tenant, |_, store| async move {
+                    Ok(vector.run(&store).await?)
+                })
+                .await
             }
             NodeKind::Plugin(name) => {
                 let plugin = self
