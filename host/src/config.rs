@@ -362,10 +362,9 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file was read but something in it is wrong.
-    #[error("{path}:{line}:{column}: {key}{message}{hint}",
+    #[error("{path}:{line}:{column}: {key}{message}",
         path = path.display(),
-        key = key.as_deref().map(|k| format!("key `{k}`: ")).unwrap_or_default(),
-        hint = hint.as_deref().map(|h| format!("\n\nhint: {h}")).unwrap_or_default())]
+        key = key.as_deref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -379,7 +378,36 @@ pub enum ConfigError {
         message: String,
         /// What to do about it.
         hint: Option<String>,
+        /// The lines at fault, when the fault has a place in the file.
+        snippet: Option<Box<crate::diagnostic::Snippet>>,
     },
+}
+
+impl miette::Diagnostic for ConfigError {
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        match self {
+            ConfigError::Invalid { hint: Some(h), .. } => Some(Box::new(h)),
+            _ => None,
+        }
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        match self {
+            ConfigError::Invalid {
+                snippet: Some(s), ..
+            } => Some(&**s),
+            _ => None,
+        }
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        match self {
+            ConfigError::Invalid {
+                snippet: Some(s), ..
+            } => s.labels(),
+            _ => None,
+        }
+    }
 }
 
 impl Config {
@@ -410,10 +438,25 @@ impl Config {
 
     /// Parses `text` as if read from `path` (used for messages and to resolve relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // The lines drawn around a problem must not show a secret either.
+        let shared: std::sync::Arc<str> = std::sync::Arc::from(redact_secrets(text));
         let invalid =
             |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
-                let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+                let (line, column) = line_column(text, span.as_ref().map_or(0, |s| s.start));
                 let hint = hint_for(&message);
+                // A span of nothing at the start means the place is not known.
+                let snippet = span.filter(|s| s.end > 0).map(|s| {
+                    let snippet = crate::diagnostic::Snippet::at(
+                        path.display().to_string(),
+                        shared.clone(),
+                        s.start,
+                        s.len(),
+                    );
+                    Box::new(match &key {
+                        Some(k) => snippet.labelled(format!("`{k}`")),
+                        None => snippet,
+                    })
+                });
                 ConfigError::Invalid {
                     path: path.to_owned(),
                     line,
@@ -421,6 +464,7 @@ impl Config {
                     key,
                     message,
                     hint,
+                    snippet,
                 }
             };
         let deserializer = toml::Deserializer::parse(text)
@@ -452,6 +496,29 @@ impl Config {
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.get(name)
     }
+}
+
+/// `text` with every secret it may hold replaced by `*`, byte for byte (so offsets stay): the
+/// values of `password`, `sslkey`, `key` and `hmac_key`, and the password of any URL.
+fn redact_secrets(text: &str) -> String {
+    static VALUE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(?m)^[ \t]*(?:password|sslkey|key|hmac_key)[ \t]*=[ \t]*(.*)$"#)
+            .expect("a valid pattern")
+    });
+    static URL_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"[A-Za-z][A-Za-z0-9+.-]*://[^:@/\s"']*:([^@\s"']*)@"#)
+            .expect("a valid pattern")
+    });
+    let mut bytes = text.as_bytes().to_vec();
+    for re in [&*VALUE, &*URL_PASSWORD] {
+        for caps in re.captures_iter(text) {
+            if let Some(m) = caps.get(1) {
+                bytes[m.range()].fill(b'*');
+            }
+        }
+    }
+    // Only whole characters were replaced, each byte by an ASCII `*`.
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// Hides values in messages about keys that may hold secrets.
@@ -1434,6 +1501,7 @@ fn interpolate(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnostic::Plain;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("conf/trellis.toml"))
@@ -1519,24 +1587,24 @@ mod tests {
             "[server]\n\n[databases.pg]\nurl = \"postgres://u:${TRELLIS_NOPE_NOT_SET}@h/db\"\n",
         )
         .unwrap_err()
-        .to_string();
+        .plain();
         assert!(err.starts_with("conf/trellis.toml:4:"), "{err}");
         assert!(err.contains("key `databases.pg.url`"), "{err}");
         assert!(err.contains("`TRELLIS_NOPE_NOT_SET` is not set"), "{err}");
-        assert!(err.contains("hint:"), "{err}");
+        assert!(err.contains("help:"), "{err}");
     }
 
     #[test]
     fn unknown_key_and_wrong_type_name_line_and_key() {
         let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.starts_with("conf/trellis.toml:3:"), "{err}");
         assert!(err.contains("unknown field `lisen`"), "{err}");
 
         let err = parse("[databases.pg]\nurl = \"sqlite::memory:\"\nmax_conections = 4\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(
             err.starts_with(
                 "conf/trellis.toml:3:1: key `databases.pg.max_conections`: unknown field"
@@ -1546,13 +1614,13 @@ mod tests {
 
         let err = parse("[server]\nmax_body_bytes = \"big\"\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.starts_with("conf/trellis.toml:2:"), "{err}");
         assert!(err.contains("key `server.max_body_bytes`"), "{err}");
 
         let err = parse("[server]\nlisten = \"nowhere\"\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.contains("`nowhere` is not an address"), "{err}");
     }
 
@@ -1579,13 +1647,13 @@ mod tests {
 
         let err = parse("[plugins.limits.tiny]\nmax_memory_bytes = 1024\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.starts_with("conf/trellis.toml:1:"), "{err}");
         assert!(err.contains("key `plugins.limits.tiny`"), "{err}");
         assert!(err.contains("`max_memory_bytes` must be between"), "{err}");
         let err = parse("[plugins]\ncall_timeout = \"0s\"\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(
             err.contains("`call_timeout` must be more than zero"),
             "{err}"
@@ -1594,7 +1662,7 @@ mod tests {
 
     #[test]
     fn syntax_error_names_line() {
-        let err = parse("[server]\nlisten = \n").unwrap_err().to_string();
+        let err = parse("[server]\nlisten = \n").unwrap_err().plain();
         assert!(err.starts_with("conf/trellis.toml:2:"), "{err}");
     }
 
@@ -1602,13 +1670,13 @@ mod tests {
     fn bad_values_for_secret_keys_are_not_echoed() {
         let err = parse("[databases.pg]\nurl = \"ftp://u:topsecret@h/db\"\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.contains("unsupported database scheme `ftp`"), "{err}");
         assert!(!err.contains("topsecret"), "{err}");
 
         let err = parse("[databases.pg]\ntype = \"postgres\"\ndatabase = \"d\"\nuser = \"u\"\npassword = 12345\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.contains("key `databases.pg.password`"), "{err}");
         assert!(!err.contains("12345"), "{err}");
     }
@@ -1617,10 +1685,23 @@ mod tests {
     fn url_and_discrete_fields_conflict() {
         let err = parse("[databases.x]\nurl = \"sqlite::memory:\"\nhost = \"h\"\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.starts_with("conf/trellis.toml:1:"), "{err}");
         assert!(err.contains("key `databases.x`"), "{err}");
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_starred_in_the_lines_drawn_around_a_problem() {
+        let text = "[databases.a]\nurl = \"postgres://app:tiger@h/db\"\npassword = \"hunter2\"\n\
+                    [auth]\nkey = \"k€y\"\nmax_conections = 3\n";
+        let red = redact_secrets(text);
+        assert_eq!(red.len(), text.len());
+        for secret in ["tiger", "hunter2", "k€y"] {
+            assert!(!red.contains(secret), "{red}");
+        }
+        assert!(red.contains("postgres://app:*****@h/db"), "{red}");
+        assert!(red.contains("max_conections = 3"), "{red}");
     }
 
     #[test]
@@ -1662,14 +1743,14 @@ mod tests {
         ] {
             let err = parse(&format!("[databases.x]\n{text}\n"))
                 .unwrap_err()
-                .to_string();
+                .plain();
             assert!(err.contains(expect), "{text}: {err}");
         }
         let err = parse(
             "[databases.main]\nurl = \"postgres://u@h/a_${tenant}\"\n[migrations]\ndir = \"m\"\n",
         )
         .unwrap_err()
-        .to_string();
+        .plain();
         assert!(err.contains("is a database per tenant"), "{err}");
     }
 
@@ -1686,7 +1767,7 @@ mod tests {
         assert_eq!(pool.min_connections, None);
         let err = parse("[databases.pg]\nurl = \"postgres://u@h/db\"\nidle_timeout = 5\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.contains("key `databases.pg.idle_timeout`"), "{err}");
     }
 
@@ -1739,52 +1820,52 @@ mod tests {
         let jwt = "[server]\n\n[auth]\nmode = \"jwt\"\n";
         let err = parse(&format!("{jwt}algorithm = \"HS256\"\nkey = \"k\"\n"))
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(
             err.starts_with("conf/trellis.toml:3:1: key `auth`: "),
             "{err}"
         );
         assert!(err.contains("needs `audience`"), "{err}");
         assert!(
-            err.contains("hint: see the commented `[auth]` section"),
+            err.contains("help: see the commented `[auth]` section"),
             "{err}"
         );
         let err = parse(&format!("{jwt}key = \"k\"\naudience = \"a\"\n"))
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.contains("needs `algorithm`"), "{err}");
         let err = parse(&format!("{jwt}algorithm = \"RS256\"\naudience = \"a\"\n"))
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.contains("needs `key`"), "{err}");
         let err = parse(&format!(
             "{jwt}algorithm = \"RS256\"\naudience = \"a\"\nkey = \"k\"\nkey_file = \"f\"\n"
         ))
         .unwrap_err()
-        .to_string();
+        .plain();
         assert!(err.contains("either `key` or `key_file`"), "{err}");
         let err = parse(&format!(
             "{jwt}algorithm = \"HS256\"\naudience = \"a\"\nkey = \"k\"\nleeway = \"1h\"\n"
         ))
         .unwrap_err()
-        .to_string();
+        .plain();
         assert!(err.contains("`leeway` must be at most 300s"), "{err}");
         let err = parse(&format!("{jwt}algorithm = \"HS512\"\n"))
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.starts_with("conf/trellis.toml:5:"), "{err}");
         assert!(err.contains("key `auth.algorithm`"), "{err}");
         assert!(err.contains("`HS256`, `RS256`, `EdDSA`"), "{err}");
-        let err = parse("[auth]\nmode = \"open\"\n").unwrap_err().to_string();
+        let err = parse("[auth]\nmode = \"open\"\n").unwrap_err().plain();
         assert!(err.contains("unknown variant `open`"), "{err}");
         let err = parse("[auth]\nmode = \"jwt\"\nkey = 123456789\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.contains("key `auth.key`"), "{err}");
         assert!(!err.contains("123456789"), "{err}");
         let err = parse("[auth.claims]\nuser = \"uid\"\n")
             .unwrap_err()
-            .to_string();
+            .plain();
         assert!(err.contains("unknown field `user`"), "{err}");
     }
 

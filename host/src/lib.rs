@@ -15,7 +15,8 @@
 //! - [`auth`]: who is calling: JWT bearer tokens, or a trusted header in dev mode (loopback only).
 //! - [`cli`]: the `trellis` subcommands, one file each.
 //! - [`config`]: `trellis.toml`, `${VAR}` interpolation, secrets kept out of logs and errors.
-//! - [`database`]: the databases named in the configuration, one pool each.
+//! - [`database`]: the databases named in the configuration, one pool each (or one per tenant).
+//! - [`diagnostic`]: errors with the lines at fault and their help, rendered once at the edge.
 //! - [`migrate`]: migrations: dependency-ordered, locked, checksummed, reversible.
 //! - [`pool`]: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
 //!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
@@ -35,6 +36,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod database;
+pub mod diagnostic;
 mod loopback;
 pub mod migrate;
 mod node_keys;

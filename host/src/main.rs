@@ -51,22 +51,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Prints `error: …`, then each cause, numbered, under `Caused by:`, then any `hint:` last.
+/// Draws the error once: its message and causes, the lines of a file at fault, and its help.
 fn render_error(err: &anyhow::Error) {
-    let top = err.to_string();
-    let (message, hint) = match top.split_once("\n\nhint: ") {
-        Some((message, hint)) => (message, Some(hint)),
-        None => (top.as_str(), None),
-    };
-    eprintln!("error: {message}");
-    let causes: Vec<String> = err.chain().skip(1).map(ToString::to_string).collect();
-    if !causes.is_empty() {
-        eprintln!("\nCaused by:");
-        for (i, cause) in causes.iter().enumerate() {
-            eprintln!("  {i}: {cause}");
-        }
-    }
-    if let Some(hint) = hint {
-        eprintln!("\nhint: {hint}");
-    }
+    let color = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    eprint!("{}", trellis_host::diagnostic::render(err, color));
 }

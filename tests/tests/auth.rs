@@ -283,7 +283,7 @@ fn jwt_bad_key_stops_the_start_naming_the_source_not_the_key() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("hint: give the public key as PEM"),
+        stderr.contains("help: give the public key as PEM"),
         "{stderr}"
     );
     let body_line = private.lines().nth(1).unwrap();
@@ -350,7 +350,7 @@ fn dev_mode_is_refused_on_a_non_loopback_address() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("hint: listen on 127.0.0.1 (`trellis serve --listen 127.0.0.1:8700`), or set `[auth] mode = \"jwt\"`"),
+        stderr.contains("help: listen on 127.0.0.1 (`trellis serve --listen 127.0.0.1:8700`), or set `[auth] mode = \"jwt\"`"),
         "{stderr}"
     );
     // Nothing was opened: the embedded database was not created.

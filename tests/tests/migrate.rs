@@ -439,7 +439,7 @@ async fn failing_migration(kind: DatabaseKind) {
     };
     assert_eq!(id, "002_broken");
     assert!(!dirty);
-    let text = err.to_string();
+    let text = trellis_host::diagnostic::plain(&err);
     assert!(text.contains("no_such_table"), "{text}");
     assert!(text.contains("schema is unchanged"), "{text}");
     assert_eq!(
@@ -516,7 +516,7 @@ async fn mariadb_dirty_marker_blocks_until_resolved() {
         matches!(&err, MigrateError::Failed { id, dirty: true, .. } if id == "002_half"),
         "{err}"
     );
-    assert!(err.to_string().contains("trellis migrate resolve 002_half"));
+    assert!(trellis_host::diagnostic::plain(&err).contains("trellis migrate resolve 002_half"));
     // The implicit commit kept the first statement's table.
     assert!(has_table(
         &catalog(&pool, DatabaseKind::Mysql).await,
@@ -998,7 +998,7 @@ fn cli_new_plan_apply_status_rollback() {
         err.contains("error: migration `001_create_notes` was applied with checksum"),
         "{err}"
     );
-    assert!(err.contains("hint: restore `001_create_notes`"), "{err}");
+    assert!(err.contains("help: restore `001_create_notes`"), "{err}");
 
     let (ok, _, err) = trellis(&["resolve", "001_create_notes"]);
     assert!(!ok);

@@ -136,7 +136,7 @@ fn a_comma_separated_string_for_a_list_operator_gets_the_split_list_as_its_hint(
         Duration::from_secs(30),
     );
     assert!(
-        stderr.contains(r#"hint: write `"value": ["alice", "bob"]`"#),
+        stderr.contains(r#"help: write `"value": ["alice", "bob"]`"#),
         "{stderr}"
     );
 }

@@ -1032,7 +1032,7 @@ fn trellis_plugin_new_scaffolds_a_crate_that_builds_and_loads() {
         stderr.contains("`Bad_Name` is not a valid plugin name"),
         "{stderr}"
     );
-    assert!(stderr.contains("hint: "), "{stderr}");
+    assert!(stderr.contains("help: "), "{stderr}");
     let (status, _, stderr) = run_trellis(
         dir.path(),
         &["plugin", "new", "hello-node", "--sdk", sdk],

@@ -196,7 +196,7 @@ fn broken_config_names_file_line_and_key_and_exits_non_zero() {
         stderr.contains("error: broken.toml:6:1: key `databases.main.paht`: unknown field `paht`"),
         "{stderr}"
     );
-    assert!(stderr.contains("hint:"), "{stderr}");
+    assert!(stderr.contains("help:"), "{stderr}");
     // Nothing was created for a configuration that was refused.
     assert!(!dir.path().join("data").exists());
 }

@@ -934,7 +934,7 @@ fn cli_ingest_then_search_on_sqlite_and_pgvector() {
         );
         assert!(!status.success());
         assert!(
-            err.contains(r#"hint: write it as JSON: {"type":"article"}"#),
+            err.contains(r#"help: write it as JSON: {"type":"article"}"#),
             "{err}"
         );
     }

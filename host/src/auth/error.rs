@@ -88,24 +88,27 @@ impl AuthError {
 }
 
 /// Why the configured auth mode cannot start.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum AuthSetupError {
     /// Dev mode on an address other machines can reach.
     #[error(
         "auth mode `dev` is refused on `{listen}`: it trusts the `X-Trellis-User` header from any \
-         caller, so it may listen only on a loopback address\n\nhint: listen on 127.0.0.1 \
-         (`trellis serve --listen 127.0.0.1:8700`), or set `[auth] mode = \"jwt\"`"
+         caller, so it may listen only on a loopback address"
     )]
+    #[diagnostic(help(
+        "listen on 127.0.0.1 \
+         (`trellis serve --listen 127.0.0.1:8700`), or set `[auth] mode = \"jwt\"`"
+    ))]
     DevNotLoopback {
         /// The listen address given.
         listen: SocketAddr,
     },
     /// `auth.key_file` could not be read.
-    #[error(
-        "cannot read the JWT key file `{path}`\n\nhint: `key_file` is resolved against the \
-         directory of trellis.toml",
-        path = path.display()
-    )]
+    #[error("cannot read the JWT key file `{path}`", path = path.display())]
+    #[diagnostic(help(
+        "`key_file` is resolved against the \
+         directory of trellis.toml"
+    ))]
     KeyRead {
         /// The file.
         path: PathBuf,
@@ -114,7 +117,8 @@ pub enum AuthSetupError {
         source: std::io::Error,
     },
     /// The key was read but is not a usable key for the algorithm.
-    #[error("the JWT key ({origin}) is not a usable {algorithm} key: {reason}\n\nhint: {hint}")]
+    #[error("the JWT key ({origin}) is not a usable {algorithm} key: {reason}")]
+    #[diagnostic(help("{hint}"))]
     BadKey {
         /// Where the key came from (never the key).
         origin: String,

@@ -2,6 +2,7 @@
 //! that no message repeats a key or a token. The keys are the test-only ones in
 //! `tests/fixtures/auth/`.
 
+use crate::diagnostic::Plain;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -358,7 +359,7 @@ fn bad_keys_stop_the_start_naming_the_source_not_the_key() {
             loopback(),
         )
         .unwrap_err()
-        .to_string()
+        .plain()
     };
     let err = setup(jwt_config(JwtAlgorithm::Hs256, "short-key"));
     assert!(err.contains("`auth.key` in test.toml"), "{err}");
@@ -370,7 +371,7 @@ fn bad_keys_stop_the_start_naming_the_source_not_the_key() {
 
     let err = setup(jwt_config(JwtAlgorithm::Rs256, RSA_PRIVATE));
     assert!(err.contains("it is a private key"), "{err}");
-    assert!(err.contains("hint: give the public key as PEM"), "{err}");
+    assert!(err.contains("help: give the public key as PEM"), "{err}");
     assert!(!err.contains("MII"), "{err}");
 
     let err = setup(jwt_config(JwtAlgorithm::Rs256, ED_PUBLIC));
@@ -455,12 +456,12 @@ fn dev_mode_only_on_loopback() {
             addr.parse().unwrap(),
         )
         .unwrap_err()
-        .to_string();
+        .plain();
         assert!(
             err.starts_with(&format!("auth mode `dev` is refused on `{addr}`")),
             "{err}"
         );
-        assert!(err.contains("hint: listen on 127.0.0.1"), "{err}");
+        assert!(err.contains("help: listen on 127.0.0.1"), "{err}");
     }
 }
 

@@ -73,7 +73,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<crate::auth::AuthSetupError>()
             || matches!(
                 cause.downcast_ref::<StartError>(),
-                Some(StartError::Policy(_) | StartError::Auth(_))
+                Some(StartError::Policy(_) | StartError::PolicyFiles(_) | StartError::Auth(_))
             )
             || matches!(
                 cause.downcast_ref::<crate::database::DatabaseError>(),

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::diagnostic::Hinted;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
@@ -108,7 +109,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     }
     if rows.is_empty() {
         eprintln!(
-            "no plugins in `{}`\n\nhint: build one with `trellis plugin new NAME` and `trellis plugin build NAME`",
+            "no plugins in `{}`\n  help: build one with `trellis plugin new NAME` and `trellis plugin build NAME`",
             config.paths.plugins.display()
         );
         return Ok(());
@@ -130,11 +131,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 LoadStatus::Failed => "failed",
             },
             row.sha256.get(..12).unwrap_or("-"),
-            row.error.as_deref().map_or_else(dash, |e| e
-                .split("\n\n")
-                .next()
-                .unwrap_or(e)
-                .to_owned()),
+            row.error.clone().unwrap_or_else(dash),
         );
     }
     Ok(())
@@ -148,30 +145,37 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
-        bail!(
-            "`{name}` is not a valid plugin name\n\nhint: use lower-case letters, digits and `-`, starting with a letter, e.g. `word-count`"
-        );
+        bail!(Hinted::new(
+            format!("`{name}` is not a valid plugin name"),
+            "use lower-case letters, digits and `-`, starting with a letter, e.g. `word-count`"
+        ));
     }
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
-        bail!(
-            "`{}` already exists\n\nhint: pick another name, or `--dir` for another place",
-            dir.display()
-        );
+        bail!(Hinted::new(
+            format!("`{}` already exists", dir.display()),
+            "pick another name, or `--dir` for another place"
+        ));
     }
     let sdk = match args.sdk {
         Some(sdk) => sdk,
-        None => find_sdk().context(
-            "cannot find the trellis-sdk crate above the current directory\n\nhint: pass `--sdk PATH/TO/trellis/sdk`",
-        )?,
+        None => find_sdk().ok_or_else(|| {
+            Hinted::new(
+                "cannot find the trellis-sdk crate above the current directory",
+                "pass `--sdk PATH/TO/trellis/sdk`",
+            )
+        })?,
     };
     let sdk = std::fs::canonicalize(&sdk)
         .with_context(|| format!("cannot find the sdk at `{}`", sdk.display()))?;
     if !sdk.join("wit/plugin.wit").is_file() {
-        bail!(
-            "`{}` is not the trellis-sdk crate (no `wit/plugin.wit`)\n\nhint: pass `--sdk PATH/TO/trellis/sdk`",
-            sdk.display()
-        );
+        bail!(Hinted::new(
+            format!(
+                "`{}` is not the trellis-sdk crate (no `wit/plugin.wit`)",
+                sdk.display()
+            ),
+            "pass `--sdk PATH/TO/trellis/sdk`"
+        ));
     }
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("cannot create `{}`", dir.display()))?;
@@ -197,31 +201,45 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     let config = Config::discover(args.config.as_deref())?;
     let manifest = args.dir.join("Cargo.toml");
     if !manifest.is_file() {
-        bail!(
-            "`{}` has no Cargo.toml\n\nhint: give the plugin crate's directory, e.g. `trellis plugin build word-count`",
-            args.dir.display()
-        );
+        bail!(Hinted::new(
+            format!("`{}` has no Cargo.toml", args.dir.display()),
+            "give the plugin crate's directory, e.g. `trellis plugin build word-count`"
+        ));
     }
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .status()
-        .context("cannot run `cargo`\n\nhint: install Rust with rustup, then `rustup target add wasm32-wasip2`")?;
+        .map_err(|e| {
+            anyhow::Error::new(e).context(Hinted::new(
+                "cannot run `cargo`",
+                "install Rust with rustup, then `rustup target add wasm32-wasip2`",
+            ))
+        })?;
     if !status.success() {
-        bail!(
-            "`cargo build --release --target wasm32-wasip2` failed in `{}` ({status})\n\nhint: if the target is missing, run `rustup target add wasm32-wasip2`",
-            args.dir.display()
-        );
+        bail!(Hinted::new(
+            format!(
+                "`cargo build --release --target wasm32-wasip2` failed in `{}` ({status})",
+                args.dir.display()
+            ),
+            "if the target is missing, run `rustup target add wasm32-wasip2`"
+        ));
     }
     let target_dir = target_dir(&manifest)?;
     let package = package_name(&manifest)?;
     let file = format!("{}.wasm", package.replace('-', "_"));
     let built = target_dir.join("wasm32-wasip2/release").join(&file);
     if !built.is_file() {
-        bail!(
-            "the build did not produce `{}`\n\nhint: the crate needs `[lib] crate-type = [\"cdylib\"]`",
-            built.display()
-        );
+        bail!(Hinted::new(
+            format!("the build did not produce `{}`", built.display()),
+            "the crate needs `[lib] crate-type = [\"cdylib\"]`"
+        ));
     }
     let dest_dir = &config.paths.plugins;
     std::fs::create_dir_all(dest_dir)

@@ -1,5 +1,6 @@
 //! `trellis policy`: check, compile, decide, mask and explain with a policy directory.
 
+use crate::diagnostic::Hinted;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -197,10 +198,11 @@ fn engine(dir: &Path, timezone: &str) -> anyhow::Result<PolicyEngine> {
 }
 
 fn settings(timezone: &str) -> anyhow::Result<EngineSettings> {
-    let tz = jiff::tz::TimeZone::get(timezone).with_context(|| {
-        format!(
-            "unknown time zone `{timezone}`\n\nhint: use an IANA name like `UTC` or `Europe/Berlin`"
-        )
+    let tz = jiff::tz::TimeZone::get(timezone).map_err(|e| {
+        anyhow::Error::new(e).context(Hinted::new(
+            format!("unknown time zone `{timezone}`"),
+            "use an IANA name like `UTC` or `Europe/Berlin`",
+        ))
     })?;
     Ok(EngineSettings {
         timezone: tz,
@@ -211,10 +213,11 @@ fn settings(timezone: &str) -> anyhow::Result<EngineSettings> {
 /// The plugins in `dir`, loaded once (no watching); a file that fails to load is a warning.
 fn plugin_registry(dir: &Path) -> anyhow::Result<Arc<PluginRegistry>> {
     if !dir.is_dir() {
-        bail!(
-            "--plugins `{}` is not a directory\n\nhint: pass the directory `trellis serve` loads plugins from (`paths.plugins` in trellis.toml, `plugins` by default)",
-            dir.display()
-        );
+        bail!(Hinted::new(
+            format!("--plugins `{}` is not a directory", dir.display()),
+            "pass the directory `trellis serve` loads plugins from (`paths.plugins` in \
+             trellis.toml, `plugins` by default)"
+        ));
     }
     let engine = PluginEngine::new(EngineOptions::default())?;
     let registry = PluginRegistry::new(engine, dir, LimitsConfig::default());
@@ -247,11 +250,14 @@ fn decide(args: DecideArgs, explain: bool) -> anyhow::Result<()> {
         let request: DecideRequest = serde_json::from_str(&line)
             .with_context(|| format!("stdin line {}: not a request", n + 1))?;
         let Some(rt) = ResourceType::parse(&request.resource_type) else {
-            bail!(
-                "stdin line {}: unknown resource_type `{}`\n\nhint: use `node` or `workflow`",
-                n + 1,
-                request.resource_type
-            );
+            bail!(Hinted::new(
+                format!(
+                    "stdin line {}: unknown resource_type `{}`",
+                    n + 1,
+                    request.resource_type
+                ),
+                "use `node` or `workflow`"
+            ));
         };
         let now =
             parse_now(request.now.as_deref()).with_context(|| format!("stdin line {}", n + 1))?;

@@ -52,7 +52,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let config = Config::discover(args.config.as_deref())?;
     let app = crate::server::App::start(config, false).await?;
+    let loaded = app.workflows().current();
+    let failed = loaded.errors.iter().find(|(file, _)| {
+        file.file_stem()
+            .is_some_and(|s| s == args.workflow.as_str())
+    });
     let result = match app.workflows().get(&args.workflow) {
+        // Its file did not load: say why, with the line at fault.
+        None if let Some((_, error)) = failed => Err(anyhow::Error::new(error.clone())),
         None => Err(anyhow::anyhow!(
             "unknown workflow `{}`; loaded: {}",
             args.workflow,

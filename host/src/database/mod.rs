@@ -122,12 +122,13 @@ pub async fn open(config: &DatabaseConfig) -> Result<Pool, DatabaseError> {
 }
 
 /// Why a database could not be opened.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum DatabaseError {
     /// Connecting failed.
-    #[error(
-        "cannot open database `{name}` ({target})\n\nhint: check that the server is running and that `[databases.{name}]` in the config is right"
-    )]
+    #[error("cannot open database `{name}` ({target})")]
+    #[diagnostic(help(
+        "check that the server is running and that `[databases.{name}]` in the config is right"
+    ))]
     Connect {
         /// The configured name.
         name: String,
@@ -138,9 +139,8 @@ pub enum DatabaseError {
         source: PoolError,
     },
     /// A database per tenant was asked for as one database.
-    #[error(
-        "database `{name}` is per tenant (its config names `${{tenant}}`)\n\nhint: name one tenant's database with `--url`"
-    )]
+    #[error("database `{name}` is per tenant (its config names `${{tenant}}`)")]
+    #[diagnostic(help("name one tenant's database with `--url`"))]
     PerTenant {
         /// The configured name.
         name: String,

@@ -5,19 +5,18 @@ use std::path::{Path, PathBuf};
 use super::source::validate_id;
 
 /// Why a migration could not be created.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum GenerateError {
     /// The name has no letters or digits.
-    #[error("`{name}` makes an empty migration name\n\nhint: use words, e.g. `add_user_settings`")]
+    #[error("`{name}` makes an empty migration name")]
+    #[diagnostic(help("use words, e.g. `add_user_settings`"))]
     EmptyName {
         /// What was given.
         name: String,
     },
     /// A dependency that is not in the directory.
-    #[error(
-        "`--depends-on {id}`: no migration `{id}` in `{}`\n\nhint: `trellis migrate status` lists the known ids",
-        dir.display()
-    )]
+    #[error("`--depends-on {id}`: no migration `{id}` in `{}`", dir.display())]
+    #[diagnostic(help("`trellis migrate status` lists the known ids"))]
     UnknownDependency {
         /// The id.
         id: String,

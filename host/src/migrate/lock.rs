@@ -18,12 +18,13 @@ use crate::sql::exec::Fetch;
 use crate::sql::params::{self, Params};
 
 /// Why the lock was not taken.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LockError {
     /// Another runner held it for the whole wait.
-    #[error(
-        "another migration runner held the lock for {0:?}\n\nhint: wait for it to finish; a runner that died releases the lock with its connection"
-    )]
+    #[error("another migration runner held the lock for {0:?}")]
+    #[diagnostic(help(
+        "wait for it to finish; a runner that died releases the lock with its connection"
+    ))]
     Timeout(Duration),
     /// The database failed.
     #[error("cannot take the migration lock")]

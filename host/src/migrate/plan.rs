@@ -13,12 +13,13 @@ pub struct Plan {
 }
 
 /// Why no order exists.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
 pub enum PlanError {
     /// A migration depends on an id nobody has.
-    #[error(
-        "migration `{id}` depends on `{missing}`, which does not exist\n\nhint: check the `dependencies` in `{id}/migration.toml`; `trellis migrate status` lists the known ids"
-    )]
+    #[error("migration `{id}` depends on `{missing}`, which does not exist")]
+    #[diagnostic(help(
+        "check the `dependencies` in `{id}/migration.toml`; `trellis migrate status` lists the known ids"
+    ))]
     MissingDependency {
         /// The migration.
         id: String,
@@ -27,9 +28,10 @@ pub enum PlanError {
     },
     /// The dependencies form a cycle.
     #[error(
-        "migrations depend on each other in a cycle: {}\n\nhint: remove one of these dependencies",
+        "migrations depend on each other in a cycle: {}",
         cycle.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(" → ")
     )]
+    #[diagnostic(help("remove one of these dependencies"))]
     Cycle {
         /// The ids around the cycle, the first repeated at the end.
         cycle: Vec<String>,

@@ -14,16 +14,19 @@ use crate::pool::{Lease, Pool, PoolError};
 use crate::sql::exec::Fetch;
 
 /// Why a migration command failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum MigrateError {
     /// The migrations could not be read.
     #[error(transparent)]
+    #[diagnostic(transparent)]
     Load(#[from] LoadError),
     /// The migrations cannot be ordered.
     #[error(transparent)]
+    #[diagnostic(transparent)]
     Plan(#[from] PlanError),
     /// The lock could not be taken.
     #[error(transparent)]
+    #[diagnostic(transparent)]
     Lock(#[from] LockError),
     /// The database failed outside a migration step.
     #[error("{during}")]
@@ -36,8 +39,11 @@ pub enum MigrateError {
     },
     /// An applied migration's file changed.
     #[error(
-        "migration `{id}` was applied with checksum {recorded} but its up step now has checksum {current}: it changed after it was applied (drift)\n\nhint: restore `{id}` as it was and put the change in a new migration (`trellis migrate new NAME --depends-on {id}`)"
+        "migration `{id}` was applied with checksum {recorded} but its up step now has checksum {current}: it changed after it was applied (drift)"
     )]
+    #[diagnostic(help(
+        "restore `{id}` as it was and put the change in a new migration (`trellis migrate new NAME --depends-on {id}`)"
+    ))]
     Drift {
         /// The migration.
         id: String,
@@ -48,8 +54,11 @@ pub enum MigrateError {
     },
     /// A step outside a transaction did not finish.
     #[error(
-        "migration `{id}` is dirty: a step outside a transaction did not finish ({error}); no migration runs until it is resolved\n\nhint: repair the database by hand, then run `trellis migrate resolve {id}` (add `--applied` if the repair completed the migration)"
+        "migration `{id}` is dirty: a step outside a transaction did not finish ({error}); no migration runs until it is resolved"
     )]
+    #[diagnostic(help(
+        "repair the database by hand, then run `trellis migrate resolve {id}` (add `--applied` if the repair completed the migration)"
+    ))]
     Dirty {
         /// The migration.
         id: String,
@@ -57,7 +66,11 @@ pub enum MigrateError {
         error: String,
     },
     /// A step failed.
-    #[error("{}", failed_message(id, step, cause, *dirty))]
+    #[error(
+        "migration `{id}` failed in its {step} step{}: {cause}",
+        if *dirty { ", outside a transaction" } else { "" }
+    )]
+    #[diagnostic(help("{}", failed_help(id, *dirty)))]
     Failed {
         /// The migration.
         id: String,
@@ -70,22 +83,25 @@ pub enum MigrateError {
     },
     /// Rolling back needs a down step that does not exist.
     #[error(
-        "migration `{id}` has no down step, so the rollback stops before it; nothing was rolled back\n\nhint: add `{id}/down.sql`, or roll back to `{id}` or a later migration"
+        "migration `{id}` has no down step, so the rollback stops before it; nothing was rolled back"
     )]
+    #[diagnostic(help("add `{id}/down.sql`, or roll back to `{id}` or a later migration"))]
     NoDown {
         /// The migration.
         id: String,
     },
     /// An id given on the command line is unknown.
-    #[error("no migration `{id}`\n\nhint: `trellis migrate status` lists the known ids")]
+    #[error("no migration `{id}`")]
+    #[diagnostic(help("`trellis migrate status` lists the known ids"))]
     UnknownTarget {
         /// The id.
         id: String,
     },
     /// The history holds an applied migration that is not on disk, and the rollback needs it.
     #[error(
-        "migration `{id}` is applied but not among the known migrations, so it cannot be rolled back\n\nhint: restore `{id}` in the migrations directory"
+        "migration `{id}` is applied but not among the known migrations, so it cannot be rolled back"
     )]
+    #[diagnostic(help("restore `{id}` in the migrations directory"))]
     UnknownApplied {
         /// The id.
         id: String,
@@ -99,8 +115,9 @@ pub enum MigrateError {
     /// A non-transactional PostgreSQL migration holds several statements: PostgreSQL would run
     /// them as one implicit transaction.
     #[error(
-        "migration `{id}` has `transaction = false` but its up.sql holds {statements} statements; PostgreSQL runs a multi-statement script as one implicit transaction, so statements such as `CREATE INDEX CONCURRENTLY` would fail\n\nhint: put one statement in each non-transactional migration"
+        "migration `{id}` has `transaction = false` but its up.sql holds {statements} statements; PostgreSQL runs a multi-statement script as one implicit transaction, so statements such as `CREATE INDEX CONCURRENTLY` would fail"
     )]
+    #[diagnostic(help("put one statement in each non-transactional migration"))]
     NonTransactionalScript {
         /// The migration.
         id: String,
@@ -109,14 +126,14 @@ pub enum MigrateError {
     },
 }
 
-fn failed_message(id: &str, step: &str, cause: &str, dirty: bool) -> String {
+fn failed_help(id: &str, dirty: bool) -> String {
     if dirty {
         format!(
-            "migration `{id}` failed in its {step} step, outside a transaction: {cause}\n\nhint: the database may be half-changed and the migration is marked dirty; repair it by hand, then run `trellis migrate resolve {id}` (add `--applied` if the repair completed the migration)"
+            "the database may be half-changed and the migration is marked dirty; repair it by hand, then run `trellis migrate resolve {id}` (add `--applied` if the repair completed the migration)"
         )
     } else {
         format!(
-            "migration `{id}` failed in its {step} step: {cause}\n\nhint: the step ran in a transaction that was rolled back, so the schema is unchanged; fix `{id}` and run the command again"
+            "the step ran in a transaction that was rolled back, so the schema is unchanged; fix `{id}` and run the command again"
         )
     }
 }

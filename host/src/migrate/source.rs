@@ -318,7 +318,7 @@ pub(crate) fn validate_id(id: &str) -> Result<(), ()> {
 }
 
 /// A problem reading migrations.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum LoadError {
     /// The migrations directory or a file in it cannot be read.
@@ -330,10 +330,10 @@ pub enum LoadError {
         cause: String,
     },
     /// A required file is missing.
-    #[error(
-        "`{}` is missing\n\nhint: every migration directory holds `migration.toml` and `up.sql`; `trellis migrate new NAME` writes both",
-        path.display()
-    )]
+    #[error("`{}` is missing", path.display())]
+    #[diagnostic(help(
+        "every migration directory holds `migration.toml` and `up.sql`; `trellis migrate new NAME` writes both"
+    ))]
     Missing {
         /// The path.
         path: PathBuf,
@@ -347,10 +347,8 @@ pub enum LoadError {
         cause: String,
     },
     /// A directory name that cannot be an id.
-    #[error(
-        "`{}` is not a valid migration id\n\nhint: use letters, digits, `_`, `-` and `.` (e.g. `004_add_user_settings`)",
-        path.display()
-    )]
+    #[error("`{}` is not a valid migration id", path.display())]
+    #[diagnostic(help("use letters, digits, `_`, `-` and `.` (e.g. `004_add_user_settings`)"))]
     BadName {
         /// The directory.
         path: PathBuf,

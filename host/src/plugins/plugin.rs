@@ -80,12 +80,13 @@ impl fmt::Display for Export {
 }
 
 /// Why a call into a plugin failed. The instance it ran in has been dropped.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum CallError {
     /// The call ran past its deadline and was stopped.
     #[error(
-        "plugin `{plugin}` export `{export}` ran past its deadline of {limit:?} and was stopped\n\nhint: raise `call_timeout` for this plugin, or make it do less per batch"
+        "plugin `{plugin}` export `{export}` ran past its deadline of {limit:?} and was stopped"
     )]
+    #[diagnostic(help("raise `call_timeout` for this plugin, or make it do less per batch"))]
     Deadline {
         /// `name@version`.
         plugin: String,
@@ -95,9 +96,8 @@ pub enum CallError {
         limit: Duration,
     },
     /// The instance tried to grow its memory past its cap.
-    #[error(
-        "plugin `{plugin}` export `{export}` exceeded its memory limit of {limit} bytes\n\nhint: raise `max_memory_bytes` for this plugin, or send smaller batches"
-    )]
+    #[error("plugin `{plugin}` export `{export}` exceeded its memory limit of {limit} bytes")]
+    #[diagnostic(help("raise `max_memory_bytes` for this plugin, or send smaller batches"))]
     MemoryLimit {
         /// `name@version`.
         plugin: String,

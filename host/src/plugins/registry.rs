@@ -21,7 +21,7 @@ use super::limits::LimitsConfig;
 use super::plugin::{CallError, Plugin, PluginKind, ValidateError, sha256_hex};
 
 /// Why a plugin file could not be loaded. Each names the file; the registry keeps the message.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LoadError {
     /// The file could not be read.
     #[error("plugin file `{file}` cannot be read: {source}", file = file.display())]
@@ -32,7 +32,10 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The file is not a WebAssembly component wasmtime can compile.
-    #[error("plugin file `{file}` is not a valid WebAssembly component: {reason}\n\nhint: build it with `trellis plugin build DIR` (cargo build --release --target wasm32-wasip2)", file = file.display())]
+    #[error("plugin file `{file}` is not a valid WebAssembly component: {reason}", file = file.display())]
+    #[diagnostic(help(
+        "build it with `trellis plugin build DIR` (cargo build --release --target wasm32-wasip2)"
+    ))]
     Compile {
         /// The file.
         file: PathBuf,
@@ -40,7 +43,8 @@ pub enum LoadError {
         reason: String,
     },
     /// The component's imports or exports do not match the plugin interface.
-    #[error("plugin file `{file}` does not implement `trellis:plugin@0.1.0`: {reason}\n\nhint: rebuild it against the current trellis-sdk", file = file.display())]
+    #[error("plugin file `{file}` does not implement `trellis:plugin@0.1.0`: {reason}", file = file.display())]
+    #[diagnostic(help("rebuild it against the current trellis-sdk"))]
     Interface {
         /// The file.
         file: PathBuf,
@@ -64,7 +68,8 @@ pub enum LoadError {
         reason: String,
     },
     /// Another file already provides a plugin of this name.
-    #[error("plugin file `{file}`: plugin `{name}` is already loaded from `{other}`\n\nhint: remove one of the two files, or give one plugin another name", file = file.display(), other = other.display())]
+    #[error("plugin file `{file}`: plugin `{name}` is already loaded from `{other}`", file = file.display(), other = other.display())]
+    #[diagnostic(help("remove one of the two files, or give one plugin another name"))]
     NameTaken {
         /// The file.
         file: PathBuf,

@@ -236,8 +236,9 @@ impl PolicyEngine {
                 Ok(id)
             }
             Err(e) => {
-                tracing::error!(dir = %dir.display(), "policy reload failed, keeping the last good policies: {e}");
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                let detail = e.detail();
+                tracing::error!(dir = %dir.display(), "policy reload failed, keeping the last good policies: {detail}");
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(detail);
                 Err(e)
             }
         }

@@ -126,25 +126,57 @@ pub struct NodeRef {
     pub loc: SourceLoc,
 }
 
-/// Every problem found while loading a policy directory.
-#[derive(Debug, thiserror::Error)]
-#[error("{}\n\nhint: fix these and run `trellis policy check` again; the last good policies stay in force", render(.problems))]
+/// Every problem found while loading a policy directory. Its message counts them; each
+/// problem is a diagnostic of its own ([`miette::Diagnostic::related`]) with its lines and help,
+/// and [`LoadError::detail`] lists them as plain text (for logs and the API).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{} in the policy directory", count(.problems))]
+#[diagnostic(help(
+    "fix these and run `trellis policy check` again; the last good policies stay in force"
+))]
 pub struct LoadError {
     /// Each problem, with file and line.
+    #[related]
     pub problems: Vec<Problem>,
 }
 
-fn render(problems: &[Problem]) -> String {
+fn count(problems: &[Problem]) -> String {
     let n = problems.len();
-    let mut out = format!(
-        "{n} problem{} in the policy directory",
-        if n == 1 { "" } else { "s" }
-    );
-    for p in problems {
-        out.push_str("\n  ");
-        out.push_str(&p.to_string().replace('\n', "\n  "));
+    format!("{n} problem{}", if n == 1 { "" } else { "s" })
+}
+
+impl LoadError {
+    /// The count, then each problem with its hint, one per line: for logs and the API.
+    pub fn detail(&self) -> String {
+        let mut out = self.to_string();
+        for p in &self.problems {
+            out.push_str("\n  ");
+            out.push_str(&p.to_string());
+            if let Some(hint) = &p.hint {
+                out.push_str("\n    hint: ");
+                out.push_str(hint);
+            }
+        }
+        out
     }
-    out
+
+    /// Gives each problem the line it names, from `files` (`(path, text)`, as loaded).
+    fn with_snippets(mut self, files: &[(PathBuf, String)]) -> LoadError {
+        let texts: HashMap<String, Arc<str>> = files
+            .iter()
+            .map(|(path, text)| (path.display().to_string(), Arc::from(text.as_str())))
+            .collect();
+        for p in &mut self.problems {
+            if let Some(text) = texts.get(&*p.loc.file) {
+                p.snippet = Some(crate::diagnostic::Snippet::line(
+                    p.loc.file.clone(),
+                    text.clone(),
+                    p.loc.line,
+                ));
+            }
+        }
+        self
+    }
 }
 
 struct Native {
@@ -463,7 +495,7 @@ impl PolicyGeneration {
             ));
         }
         if !problems.is_empty() {
-            return Err(LoadError { problems });
+            return Err(LoadError { problems }.with_snippets(files));
         }
 
         let fallback = finish_slices(&natives, &mut slices, &compiler.derived);

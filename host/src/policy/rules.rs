@@ -41,6 +41,26 @@ pub struct Problem {
     pub hint: Option<String>,
     /// `rule` for `*.rules.json`, `policy` for native Cedar policies.
     pub kind: &'static str,
+    /// The line at fault, when the file's text is at hand.
+    pub snippet: Option<crate::diagnostic::Snippet>,
+}
+
+impl std::error::Error for Problem {}
+
+impl miette::Diagnostic for Problem {
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.hint
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.snippet.as_ref().map(|s| s as &dyn miette::SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        self.snippet.as_ref().and_then(|s| s.labels())
+    }
 }
 
 impl Problem {
@@ -51,6 +71,7 @@ impl Problem {
             message: message.into(),
             hint: None,
             kind: "rule",
+            snippet: None,
         }
     }
 
@@ -73,11 +94,8 @@ impl fmt::Display for Problem {
             Some(id) => write!(f, "{} `{id}`: ", self.kind)?,
             None => {}
         }
-        f.write_str(&self.message)?;
-        if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
+        // The hint is the diagnostic's help (and a line of its own in `LoadError::detail`).
+        f.write_str(&self.message)
     }
 }
 

@@ -870,7 +870,7 @@ fn permissions_the_host_never_asks_for_are_refused_at_load() {
         (PathBuf::from("n.cedar"), native.to_owned()),
     ];
     let err = PolicyGeneration::from_sources(Path::new("."), &files).unwrap_err();
-    let text = err.to_string();
+    let text = err.detail();
     for id in ["`m`", "`s`", "`d`", "`o`", "`a`"] {
         assert!(
             text.contains(&format!("rule {id}")),
@@ -1635,7 +1635,7 @@ fn a_workflow_scope_on_a_workflow_rule_or_an_empty_one_is_refused() {
     .to_string();
     let files = vec![(PathBuf::from("bad.rules.json"), rules)];
     let err = PolicyGeneration::from_sources(Path::new("."), &files).unwrap_err();
-    let text = err.to_string();
+    let text = err.detail();
     assert_eq!(err.problems.len(), 3, "{text}");
     assert!(text.contains("`workflow` scopes a node rule"), "{text}");
     assert!(text.contains("`workflow` is empty"), "{text}");

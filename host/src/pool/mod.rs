@@ -69,12 +69,11 @@ impl std::fmt::Debug for Pool {
 }
 
 /// Why a pool operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum PoolError {
     /// No connection was free within `acquire_timeout`.
-    #[error(
-        "pool `{pool}` exhausted: all {size} connections stayed busy for {waited:.1?}\n\nhint: release leases sooner, or raise `max_connections` or `acquire_timeout`"
-    )]
+    #[error("pool `{pool}` exhausted: all {size} connections stayed busy for {waited:.1?}")]
+    #[diagnostic(help("release leases sooner, or raise `max_connections` or `acquire_timeout`"))]
     Exhausted {
         /// The pool.
         pool: String,
@@ -101,8 +100,9 @@ pub enum PoolError {
     },
     /// The lease was taken back after `lease_timeout`.
     #[error(
-        "connection `{id}` was reclaimed: it was held longer than the lease timeout of {timeout:?}\n\nhint: acquire a new connection; release leases within `lease_timeout`"
+        "connection `{id}` was reclaimed: it was held longer than the lease timeout of {timeout:?}"
     )]
+    #[diagnostic(help("acquire a new connection; release leases within `lease_timeout`"))]
     Reclaimed {
         /// The lease id.
         id: String,
@@ -113,22 +113,23 @@ pub enum PoolError {
     /// connection closed (an in-memory SQLite database's given back to the pool), with any
     /// transaction open on it rolled back.
     #[error(
-        "connection `{id}` runs no more statements: one on it overran its time limit, and a transaction open on it was rolled back\n\nhint: acquire a new connection and start the transaction again"
+        "connection `{id}` runs no more statements: one on it overran its time limit, and a transaction open on it was rolled back"
     )]
+    #[diagnostic(help("acquire a new connection and start the transaction again"))]
     Stopped {
         /// The lease id.
         id: String,
     },
     /// The lease was already released.
-    #[error("connection `{id}` was already released\n\nhint: acquire a new connection")]
+    #[error("connection `{id}` was already released")]
+    #[diagnostic(help("acquire a new connection"))]
     Released {
         /// The lease id.
         id: String,
     },
     /// No such lease.
-    #[error(
-        "unknown connection `{id}` in pool `{pool}`\n\nhint: use the `connection_id` returned by `acquire`"
-    )]
+    #[error("unknown connection `{id}` in pool `{pool}`")]
+    #[diagnostic(help("use the `connection_id` returned by `acquire`"))]
     Unknown {
         /// The pool.
         pool: String,

@@ -65,7 +65,11 @@ pub async fn ready(State(app): State<App>, request: Request) -> Response {
     let error = |text: &str| caller.then(|| app.shown_text(text));
     let mut not_loaded = Vec::new();
     for (file, e) in &app.workflows().current().errors {
-        not_loaded.push(json!({"file": app.shown_path(file), "error": error(e)}));
+        let mut entry = json!({"file": app.shown_path(file), "error": error(&e.to_string())});
+        if caller && let Some(hint) = &e.hint {
+            entry["hint"] = json!(hint);
+        }
+        not_loaded.push(entry);
     }
     for p in app.plugins().registry().list() {
         if p.status == LoadStatus::Failed {

@@ -268,27 +268,35 @@ impl App {
 }
 
 /// Why the host could not start.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StartError {
     /// A configured database could not be opened.
     #[error(transparent)]
+    #[diagnostic(transparent)]
     Database(#[from] DatabaseError),
     /// The plugin runtime could not start.
     #[error(transparent)]
     Plugins(#[from] PluginStartError),
     /// The configured auth mode cannot start.
     #[error(transparent)]
+    #[diagnostic(transparent)]
     Auth(#[from] AuthSetupError),
     /// The policies could not be loaded.
-    #[error(
-        "cannot load the policies\n{0}\n\nhint: `trellis policy check` shows every problem; the host does not start without valid policies"
-    )]
+    #[error("cannot load the policies\n{0}")]
+    #[diagnostic(help(
+        "`trellis policy check` shows every problem; the host does not start without valid policies"
+    ))]
     Policy(String),
+    /// The policy directory has problems.
+    #[error("cannot load the policies")]
+    #[diagnostic(forward(0))]
+    PolicyFiles(#[from] crate::policy::LoadError),
     /// The audit trail could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::policy::audit::AuditError),
     /// The migrations could not be applied.
-    #[error("cannot apply the migrations in `{dir}` to database `{database}`: {reason}\n\nhint: `trellis migrate status --dir {dir}` shows where it stopped", dir = dir.display())]
+    #[error("cannot apply the migrations in `{dir}` to database `{database}`: {reason}", dir = dir.display())]
+    #[diagnostic(help("`trellis migrate status --dir {dir}` shows where it stopped", dir = dir.display()))]
     Migrations {
         /// The directory.
         dir: std::path::PathBuf,
@@ -378,8 +386,7 @@ async fn start_policy(
         PolicyEngine::load(&dir, settings)
     })
         .await
-        .map_err(|e| StartError::Policy(e.to_string()))?
-        .map_err(|e| StartError::Policy(e.to_string()))?;
+        .map_err(|e| StartError::Policy(e.to_string()))??;
     let audit = match &p.audit {
         AuditTarget::Off => AuditLog::memory_only(p.audit_recent),
         AuditTarget::File(path) => {

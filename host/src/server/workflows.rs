@@ -40,7 +40,9 @@ pub async fn list(State(app): State<App>, request: axum::extract::Request) -> Js
     let errors: Vec<Value> = loaded
         .errors
         .iter()
-        .map(|(file, error)| json!({"file": app.shown_path(file), "error": app.shown_text(error)}))
+        .map(|(file, error)| {
+            json!({"file": app.shown_path(file), "error": app.shown_text(&error.to_string()), "hint": error.hint})
+        })
         .collect();
     Json(json!({
         "dir": app.shown_path(app.workflows().dir()),

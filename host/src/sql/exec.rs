@@ -73,7 +73,7 @@ pub struct Output {
 }
 
 /// A failure while binding, running or decoding.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ExecError {
     /// The database or the driver reported an error.
     #[error(transparent)]
@@ -89,9 +89,10 @@ pub enum ExecError {
         reason: String,
     },
     /// A result column has a type without a JSON mapping.
-    #[error(
-        "column `{column}` has type `{ty}`, which has no JSON mapping\n\nhint: cast it in the query, e.g. `{column}::text` (PostgreSQL) or `CAST({column} AS CHAR)` (MySQL)"
-    )]
+    #[error("column `{column}` has type `{ty}`, which has no JSON mapping")]
+    #[diagnostic(help(
+        "cast it in the query, e.g. `{column}::text` (PostgreSQL) or `CAST({column} AS CHAR)` (MySQL)"
+    ))]
     Unmapped {
         /// The column name.
         column: String,

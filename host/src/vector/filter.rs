@@ -78,13 +78,12 @@ impl Cmp {
 }
 
 /// Why a filter was refused.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, miette::Diagnostic)]
 #[non_exhaustive]
 pub enum FilterError {
     /// A SQL text filter, as the Python SDK accepts.
-    #[error(
-        "`metadata_filter` must be a JSON object, not SQL text `{sql}`\n\nhint: write it as JSON: {suggestion}"
-    )]
+    #[error("`metadata_filter` must be a JSON object, not SQL text `{sql}`")]
+    #[diagnostic(help("write it as JSON: {suggestion}"))]
     SqlText {
         /// What was given.
         sql: String,
@@ -92,17 +91,17 @@ pub enum FilterError {
         suggestion: String,
     },
     /// Something else that is not an object.
-    #[error(
-        "`metadata_filter` must be a JSON object, not {found}\n\nhint: e.g. {{\"type\": \"article\", \"year\": {{\"$gte\": 2020}}}}"
-    )]
+    #[error("`metadata_filter` must be a JSON object, not {found}")]
+    #[diagnostic(help("e.g. {{\"type\": \"article\", \"year\": {{\"$gte\": 2020}}}}"))]
     NotAnObject {
         /// The JSON kind given.
         found: &'static str,
     },
     /// An operator the grammar does not have.
-    #[error(
-        "unknown filter operator `{op}` at `{path}`\n\nhint: use one of `$eq`, `$ne`, `$in`, `$gt`, `$gte`, `$lt`, `$lte`, `$exists`, `$and`, `$or`"
-    )]
+    #[error("unknown filter operator `{op}` at `{path}`")]
+    #[diagnostic(help(
+        "use one of `$eq`, `$ne`, `$in`, `$gt`, `$gte`, `$lt`, `$lte`, `$exists`, `$and`, `$or`"
+    ))]
     UnknownOperator {
         /// The operator.
         op: String,
@@ -473,11 +472,14 @@ mod tests {
     fn sql_text_is_refused_with_the_json_form() {
         let err = Filter::from_json(&json!("metadata->>'type' = 'article'")).unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "`metadata_filter` must be a JSON object, not SQL text `metadata->>'type' = 'article'`\n\nhint: write it as JSON: {\"type\":\"article\"}"
+            crate::diagnostic::plain(&err),
+            "`metadata_filter` must be a JSON object, not SQL text `metadata->>'type' = 'article'`\nhelp: write it as JSON: {\"type\":\"article\"}"
         );
         let err = Filter::from_json(&json!("1=1")).unwrap_err();
-        assert!(err.to_string().contains(r#"{"type": "article""#), "{err}");
+        assert!(
+            crate::diagnostic::plain(&err).contains(r#"{"type": "article""#),
+            "{err}"
+        );
         assert!(matches!(
             Filter::from_json(&json!([1])),
             Err(FilterError::NotAnObject { .. })

@@ -104,7 +104,7 @@ impl std::fmt::Display for TableName {
 }
 
 /// Why a vector operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum VectorError {
     /// A table name that is not a plain identifier.
     #[error(
@@ -131,6 +131,7 @@ pub enum VectorError {
     Config(String),
     /// The metadata filter is malformed.
     #[error(transparent)]
+    #[diagnostic(transparent)]
     Filter(#[from] FilterError),
     /// A vector with the wrong number of dimensions.
     #[error(
@@ -156,9 +157,8 @@ pub enum VectorError {
         position: usize,
     },
     /// `vectors` and `metadata` (or `ids`) of a batch differ in length.
-    #[error(
-        "`vectors` has {vectors} rows but `{other}` has {count}\n\nhint: give one {other} entry per vector, in the same order"
-    )]
+    #[error("`vectors` has {vectors} rows but `{other}` has {count}")]
+    #[diagnostic(help("give one {other} entry per vector, in the same order"))]
     LengthMismatch {
         /// Rows in `vectors`.
         vectors: usize,
@@ -174,15 +174,17 @@ pub enum VectorError {
         row: Option<usize>,
     },
     /// An upsert row without an id.
-    #[error("{} has no `id`; `upsert` replaces rows by id\n\nhint: give `id` (or `ids`), or use `insert`", row_label(*.row))]
+    #[error("{} has no `id`; `upsert` replaces rows by id", row_label(*.row))]
+    #[diagnostic(help("give `id` (or `ids`), or use `insert`"))]
     MissingId {
         /// The row of the batch (0-based), `None` for a single vector.
         row: Option<usize>,
     },
     /// The table does not exist (or is not a vector table).
-    #[error(
-        "table `{table}` is not a vector table in this database\n\nhint: create it with the `create_table` operation (or `trellis vector ingest`, which creates it)"
-    )]
+    #[error("table `{table}` is not a vector table in this database")]
+    #[diagnostic(help(
+        "create it with the `create_table` operation (or `trellis vector ingest`, which creates it)"
+    ))]
     NoTable {
         /// The table.
         table: String,

@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_field() {
-        let err = |v: Value| VectorNode::from_json(&v).unwrap_err().to_string();
+        let err = |v: Value| crate::diagnostic::plain(&VectorNode::from_json(&v).unwrap_err());
         assert_eq!(
             err(json!({"operation": "search", "table_name": "t", "vector": [1], "ef_serch": 4})),
             "invalid vector node config: operation `search`: unknown key `ef_serch`: did you mean `ef_search`?"
@@ -389,7 +389,7 @@ mod tests {
             err(
                 json!({"operation": "insert", "table_name": "t", "vectors": [[1], [2]], "metadata": [{}]})
             ),
-            "`vectors` has 2 rows but `metadata` has 1\n\nhint: give one metadata entry per vector, in the same order"
+            "`vectors` has 2 rows but `metadata` has 1\nhelp: give one metadata entry per vector, in the same order"
         );
         assert!(
             err(json!({"operation": "search", "table_name": "t; DROP TABLE t", "vector": [1]}))

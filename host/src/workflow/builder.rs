@@ -172,6 +172,7 @@ impl WorkflowBuilder {
                 location: format!("workflow `{}`", self.name),
                 message: first.clone(),
                 hint: None,
+                snippet: None,
             });
         }
         Draft {

@@ -84,7 +84,7 @@ impl RunError {
 }
 
 /// Why one node failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum NodeError {
     /// Its config (after inputs and connections were filled in) is invalid.
     #[error("invalid config: {0}")]
@@ -102,9 +102,10 @@ pub enum NodeError {
     #[error(transparent)]
     Vector(#[from] VectorError),
     /// The plugin is not loaded (any more).
-    #[error(
-        "plugin `{0}` is not loaded\n\nhint: put its .wasm file in the plugins directory; `GET /v1/plugins` lists what is loaded"
-    )]
+    #[error("plugin `{0}` is not loaded")]
+    #[diagnostic(help(
+        "put its .wasm file in the plugins directory; `GET /v1/plugins` lists what is loaded"
+    ))]
     PluginMissing(String),
     /// The plugin call failed.
     #[error(transparent)]

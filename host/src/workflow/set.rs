@@ -26,7 +26,7 @@ pub struct Loaded {
     /// The file each workflow came from.
     pub files: BTreeMap<PathBuf, String>,
     /// Files that failed to load, with the error (their last good version, if any, is served).
-    pub errors: BTreeMap<PathBuf, String>,
+    pub errors: BTreeMap<PathBuf, super::spec::SpecError>,
     /// When this generation was made.
     pub loaded_at: Option<SystemTime>,
 }
@@ -122,6 +122,7 @@ impl WorkflowSet {
                                 .unwrap_or_default()
                         ),
                         hint: Some("workflow names are unique; set `name` in one of them".into()),
+                        snippet: None,
                     }),
                     None => Ok(w),
                 }
@@ -142,7 +143,7 @@ impl WorkflowSet {
                         next.workflows.insert(name.clone(), old.clone());
                     }
                     tracing::error!(file = %path.display(), "workflow not loaded: {e}");
-                    next.errors.insert(path, e.to_string());
+                    next.errors.insert(path, e);
                 }
             }
         }
@@ -260,7 +261,9 @@ mod tests {
         let now = set.current();
         assert!(Arc::ptr_eq(&first, &now.workflows["report"]));
         assert!(
-            now.errors[&file].contains("unknown node type `Bogus`"),
+            now.errors[&file]
+                .to_string()
+                .contains("unknown node type `Bogus`"),
             "{:?}",
             now.errors
         );

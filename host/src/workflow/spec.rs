@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -139,7 +140,7 @@ pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A problem with a workflow definition.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{location}: {message}{}", .hint.as_ref().map(|h| format!("\n\nhint: {h}")).unwrap_or_default())]
+#[error("{location}: {message}")]
 pub struct SpecError {
     /// `file:line` (or the workflow name for built workflows), and the node when one is at fault.
     pub location: String,
@@ -147,6 +148,49 @@ pub struct SpecError {
     pub message: String,
     /// What to do.
     pub hint: Option<String>,
+    /// The line at fault, when the problem has one in a file.
+    pub snippet: Option<Box<crate::diagnostic::Snippet>>,
+}
+
+impl miette::Diagnostic for SpecError {
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.hint
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn std::fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.snippet
+            .as_deref()
+            .map(|s| s as &dyn miette::SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        self.snippet.as_ref().and_then(|s| s.labels())
+    }
+}
+
+impl SpecError {
+    /// Attaches the line of `text` (the file `path`) that the location names.
+    fn in_file(mut self, path: &Path, text: &str) -> SpecError {
+        let shown = path.display().to_string();
+        let line = self
+            .location
+            .strip_prefix(&shown)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .and_then(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<usize>().ok()
+            });
+        if let Some(line) = line {
+            self.snippet = Some(Box::new(crate::diagnostic::Snippet::line(
+                shown,
+                Arc::from(text),
+                line,
+            )));
+        }
+        self
+    }
 }
 
 #[derive(Deserialize)]
@@ -220,12 +264,17 @@ impl Workflow {
             location: path.display().to_string(),
             message: format!("cannot read the workflow file: {e}"),
             hint: None,
+            snippet: None,
         })?;
         Workflow::parse(&text, path, known)
     }
 
     /// Parses `text` as the workflow file `path` and validates it.
     pub fn parse(text: &str, path: &Path, known: &dyn Known) -> Result<Workflow, SpecError> {
+        Workflow::parse_unlocated(text, path, known).map_err(|e| e.in_file(path, text))
+    }
+
+    fn parse_unlocated(text: &str, path: &Path, known: &dyn Known) -> Result<Workflow, SpecError> {
         let at = |offset: usize| format!("{}:{}", path.display(), line_of(text, offset));
         let raw: RawWorkflow = toml::from_str(text).map_err(|e| SpecError {
             location: at(e.span().map_or(0, |s| s.start)),
@@ -234,6 +283,7 @@ impl Workflow {
                 .message()
                 .starts_with("unknown field")
                 .then(|| "see the workflow format in workflows/README.md".to_owned()),
+            snippet: None,
         })?;
         let stem = path
             .file_stem()
@@ -244,6 +294,7 @@ impl Workflow {
             location: path.display().to_string(),
             message,
             hint: None,
+            snippet: None,
         };
         let node_timeout = match &raw.node_timeout {
             None => DEFAULT_NODE_TIMEOUT,
@@ -268,6 +319,7 @@ impl Workflow {
                 location: format!("{}:{line}: node `{}`", path.display(), node.id),
                 message,
                 hint: None,
+                snippet: None,
             };
             let kind = NodeKind::parse(&node.kind).map_err(located)?;
             let timeout = node
@@ -390,6 +442,7 @@ impl Draft {
             location,
             message,
             hint: hint.map(str::to_owned),
+            snippet: None,
         };
         if !valid_id(&self.name) {
             return Err(err(
