@@ -13,14 +13,16 @@
 //! Data flows one way: server → workflow runtime → policy → node → masking → response.
 //!
 //! - [`auth`]: who is calling: JWT bearer tokens, or a trusted header in dev mode (loopback only).
-//! - [`cli`]: the `trellis` subcommands, one file each.
-//! - [`config`]: `trellis.toml`, `${VAR}` interpolation, secrets kept out of logs and errors.
+//! - [`cli`]: the `trellis` subcommands, one file each, and the edge that draws an error once.
+//! - [`config`]: `trellis.toml`: finding and reading it; its shared value types (`values`:
+//!   secrets kept out of logs and errors, `${VAR}` interpolation) and `[databases]` (`database`).
 //! - [`database`]: the databases named in the configuration, one pool each (or one per tenant).
 //! - [`diagnostic`]: errors with the lines at fault and their help, rendered once at the edge.
 //! - [`migrate`]: migrations: dependency-ordered, locked, checksummed, reversible.
 //! - [`pool`]: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
 //!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
-//! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries.
+//! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries; the one
+//!   module that speaks sqlx (its driver connections, with TLS).
 //! - [`plugins`]: WebAssembly plugins: engine, sandbox, registry and hot reload.
 //! - [`policy`]: Kailash-style rules compiled to Cedar, native Cedar policies, masking, audit.
 //! - [`vector`]: AsyncPostgreSQLVectorNode: pgvector tables, indexes, batch inserts, filtered

@@ -55,5 +55,5 @@ fn init_logging(format: LogFormat) {
 fn render_error(err: &anyhow::Error) {
     let color = std::env::var_os("NO_COLOR").is_none()
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    eprint!("{}", trellis_host::diagnostic::render(err, color));
+    eprint!("{}", trellis_host::cli::report::render(err, color));
 }

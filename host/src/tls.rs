@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::{DatabaseKind, Secret};
+use crate::config::values::{DatabaseKind, Secret};
 use crate::loopback::is_loopback;
 use crate::suggest::did_you_mean;
 
@@ -220,50 +220,6 @@ impl Tls {
         TlsSpec::default()
             .resolve(host)
             .expect("no settings are always consistent")
-    }
-
-    /// Applies these settings to PostgreSQL connect options.
-    pub(crate) fn apply_pg(
-        &self,
-        options: sqlx::postgres::PgConnectOptions,
-    ) -> sqlx::postgres::PgConnectOptions {
-        use sqlx::postgres::PgSslMode;
-        let mut options = options.ssl_mode(match self.mode {
-            SslMode::Disable => PgSslMode::Disable,
-            SslMode::Prefer => PgSslMode::Prefer,
-            SslMode::Require => PgSslMode::Require,
-            SslMode::VerifyCa => PgSslMode::VerifyCa,
-            SslMode::VerifyFull => PgSslMode::VerifyFull,
-        });
-        if let Some(ca) = &self.root_cert {
-            options = options.ssl_root_cert(ca);
-        }
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            options = options.ssl_client_cert(cert).ssl_client_key(key.expose());
-        }
-        options
-    }
-
-    /// Applies these settings to MySQL/MariaDB connect options.
-    pub(crate) fn apply_mysql(
-        &self,
-        options: sqlx::mysql::MySqlConnectOptions,
-    ) -> sqlx::mysql::MySqlConnectOptions {
-        use sqlx::mysql::MySqlSslMode;
-        let mut options = options.ssl_mode(match self.mode {
-            SslMode::Disable => MySqlSslMode::Disabled,
-            SslMode::Prefer => MySqlSslMode::Preferred,
-            SslMode::Require => MySqlSslMode::Required,
-            SslMode::VerifyCa => MySqlSslMode::VerifyCa,
-            SslMode::VerifyFull => MySqlSslMode::VerifyIdentity,
-        });
-        if let Some(ca) = &self.root_cert {
-            options = options.ssl_ca(ca);
-        }
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            options = options.ssl_client_cert(cert).ssl_client_key(key.expose());
-        }
-        options
     }
 
     /// The message for a connection that failed in its TLS step: which mode failed, the

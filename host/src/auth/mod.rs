@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::config::values::Secret;
 use crate::policy::UserContext;
 
 pub use error::{AuthError, AuthSetupError};

@@ -28,7 +28,7 @@ fn jwt_config(algorithm: JwtAlgorithm, key: &str) -> JwtConfig {
     JwtConfig {
         algorithm,
         key: KeySource::Inline {
-            key: crate::config::Secret::new(key),
+            key: crate::config::values::Secret::new(key),
             origin: "`auth.key` in test.toml".into(),
         },
         audience: "trellis".into(),

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use crate::config::{Config, DatabaseConfig, parse_database_url};
+use crate::config::Config;
+use crate::config::database::{DatabaseConfig, parse_database_url};
 
 /// The database named `db` in the configuration (`config`, else `./trellis.toml`, else the
 /// embedded default), or the one at `url` when given (called `url_name` in errors and pools).

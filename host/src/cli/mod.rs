@@ -5,6 +5,7 @@ mod migrate;
 mod plugin;
 mod policy;
 mod query;
+pub mod report;
 mod run;
 mod serve;
 mod vector;

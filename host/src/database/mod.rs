@@ -9,7 +9,7 @@ pub mod tenants;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::DatabaseConfig;
+use crate::config::database::DatabaseConfig;
 use crate::pool::{Pool, PoolConfig, PoolConfigError, PoolError};
 use tenants::{TenantError, TenantPools};
 

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{DatabaseConfig, DatabaseTarget, TENANT_PLACEHOLDER};
+use crate::config::database::{DatabaseConfig, DatabaseTarget};
+use crate::config::values::TENANT_PLACEHOLDER;
 use crate::pool::breaker::{Attempt, Breaker, Outcome};
 use crate::pool::{Pool, PoolConfig, PoolConfigError};
 use crate::vector::VectorStore;
@@ -345,8 +346,10 @@ mod tests {
 
     #[test]
     fn the_placeholder_is_filled_in_the_name_user_and_path_only() {
-        let t = crate::config::parse_database_url("postgres://u_${tenant}@db:5432/app_${tenant}")
-            .unwrap();
+        let t = crate::config::database::parse_database_url(
+            "postgres://u_${tenant}@db:5432/app_${tenant}",
+        )
+        .unwrap();
         let DatabaseTarget::Server {
             database,
             user,

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::DatabaseKind;
+use crate::config::values::DatabaseKind;
 use crate::pool::{Lease, PoolError};
 use crate::sql::exec::Fetch;
 use crate::sql::params::Params;

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use crate::config::DatabaseKind;
+use crate::config::values::DatabaseKind;
 use crate::pool::{Lease, PoolError};
 use crate::sql::exec::Fetch;
 use crate::sql::params::{self, Params};

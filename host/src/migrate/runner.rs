@@ -9,7 +9,7 @@ use super::history::{self, HistoryRow, NewRow};
 use super::lock::{DbLock, LockError};
 use super::plan::{Plan, PlanError};
 use super::source::{LoadError, Migration, MigrationSet, Step, script};
-use crate::config::DatabaseKind;
+use crate::config::values::DatabaseKind;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::sql::exec::Fetch;
 

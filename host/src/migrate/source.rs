@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::DatabaseKind;
+use crate::config::values::DatabaseKind;
 use crate::pool::Lease;
 use crate::sql::exec::{Fetch, Output};
 use crate::sql::params::{self, Params, Statement};

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::rules::{FieldPath, MaskType};
-use crate::config::Secret;
+use crate::config::values::Secret;
 
 /// What Kailash's `redact` writes.
 pub const REDACTED: &str = "[REDACTED]";

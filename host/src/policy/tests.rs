@@ -1503,7 +1503,7 @@ async fn audit_roundtrip(db: crate::pool::Pool, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_and_masks_are_audited_in_a_sqlite_table() {
-    use crate::config::{DatabaseConfig, DatabaseTarget};
+    use crate::config::database::{DatabaseConfig, DatabaseTarget};
     let tmp = tempfile::tempdir().unwrap();
     let config = DatabaseConfig::new(
         "audit",
@@ -1528,8 +1528,8 @@ async fn server_db(var: &str) -> Option<crate::pool::Pool> {
             return None;
         }
     };
-    let target = crate::config::parse_database_url(&url).unwrap();
-    let config = crate::config::DatabaseConfig::new("audit", target);
+    let target = crate::config::database::parse_database_url(&url).unwrap();
+    let config = crate::config::database::DatabaseConfig::new("audit", target);
     Some(crate::database::open(&config).await.unwrap())
 }
 

@@ -5,7 +5,7 @@
 //! that ended) is noticed at once, and the statement is stopped on the server through the same
 //! path as one that overran `command_timeout`: nothing the caller no longer waits for keeps a
 //! connection or a server backend busy. The actor ends when its last
-//! [`Slot`](super::slot::Slot) handle is dropped, when the connection breaks, or when a
+//! [`Slot`](super::protocol::Slot) handle is dropped, when the connection breaks, or when a
 //! statement overran its limit or was abandoned; its guard then tells the pool, so the
 //! supervisor can replace it.
 
@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
-use super::connection::{Canceller, DriverConnection};
+use super::health::ConnHealth;
+use super::protocol::Slot;
 use super::protocol::{Command, RunError};
-use super::slot::{ConnHealth, Slot};
 use super::stats::CloseReason;
+use crate::sql::driver::{Canceller, DriverConnection};
 use crate::sql::exec::{ExecError, Fetch, Output};
 use crate::sql::params::Statement;
 

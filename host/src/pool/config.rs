@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::{DatabaseConfig, DatabaseKind, DatabaseTarget, Secret, parse_database_url};
+use crate::config::database::{DatabaseConfig, DatabaseTarget, parse_database_url};
+use crate::config::values::{DatabaseKind, Secret};
 
 /// Settings of one [`Pool`](super::Pool).
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::lease::query_error;
+use super::protocol::Slot;
 use super::protocol::{Command, Job, RunError, Running};
-use super::slot::Slot;
 use super::{Pool, PoolError, QueryError, Shared, State, supervisor};
 use crate::sql::exec::{Fetch, Output};
 use crate::sql::params::{self, Params, Statement};

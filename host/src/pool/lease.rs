@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::protocol::Slot;
 use super::protocol::{Command, RunError};
-use super::slot::Slot;
 use super::stats::CloseReason;
 use super::{PoolError, QueryError, Shared};
 use crate::sql::exec::{Fetch, Output};

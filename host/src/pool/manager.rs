@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::breaker::{Breaker, Outcome};
 use super::{Lease, Pool, PoolConfig, PoolConfigError, PoolError};
-use crate::config::DatabaseTarget;
+use crate::config::database::DatabaseTarget;
 use crate::sql::ErrorKind;
 
 /// The Kailash `PoolConfig`: sizes and timeouts for the pools the manager creates.

@@ -24,13 +24,12 @@
 mod actor;
 pub(crate) mod breaker;
 mod config;
-mod connection;
+mod health;
 mod job;
 mod lease;
 pub mod manager;
 pub mod ops;
 mod protocol;
-mod slot;
 mod stats;
 mod supervisor;
 mod workload;
@@ -46,10 +45,11 @@ pub use config::{PoolConfig, PoolConfigError};
 pub use lease::Lease;
 pub use stats::{ACQUIRE_BUCKETS, CloseReason, PoolStats};
 
-use crate::config::DatabaseKind;
-use connection::DriverConnection;
+use crate::config::values::DatabaseKind;
+use crate::sql::driver::DriverConnection;
+use health::ConnHealth;
 use lease::LeaseCell;
-use slot::{ConnHealth, Slot};
+use protocol::Slot;
 use stats::Counters;
 
 /// A pool of connections to one database. Cheap to clone; clones share the pool.

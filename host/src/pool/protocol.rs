@@ -1,14 +1,16 @@
-//! The pool's protocol: the messages a connection actor serves ([`Command`]), how a statement
-//! fails ([`RunError`]), and a statement queued on the pool ([`Job`]). The pool, its leases,
+//! The pool's protocol: the messages a connection actor serves ([`Command`]), the handle they
+//! go through ([`Slot`]), how a statement fails ([`RunError`]), and a statement queued on the
+//! pool ([`Job`]). The pool, its leases,
 //! its queued statements and the actors all speak it; none of them needs another's internals.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::slot::Slot;
+use super::health::ConnHealth;
+use super::stats::CloseReason;
 use crate::sql::exec::{ExecError, Fetch, Output};
 use crate::sql::params::Statement;
 
@@ -67,5 +69,54 @@ pub(crate) struct Running(pub(crate) Arc<AtomicUsize>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The pool's handle on one connection actor. Dropping the last handle ends the actor, which
+/// closes the connection.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) tx: mpsc::UnboundedSender<Command>,
+    pub(crate) health: Arc<ConnHealth>,
+    /// After this instant the connection is recycled instead of reused (lifetime with jitter).
+    pub(crate) retire_at: Instant,
+    /// When it was last handed back.
+    pub(crate) idle_since: Instant,
+    /// Something run on it may have left a transaction or session setting behind.
+    pub(crate) session_dirty: bool,
+    /// Something run on it may have left session state the reset cannot undo (a MySQL user
+    /// variable, a SQLite pragma, …): it is closed on release instead of reused.
+    pub(crate) keeps_state: bool,
+    /// `false` for the one connection of an in-memory SQLite database, which is the database
+    /// itself: closing it would lose the data, so it is never recycled for its age, its health
+    /// or session state (only when it breaks or the pool closes).
+    pub(crate) replaceable: bool,
+}
+
+impl Slot {
+    pub(crate) fn id(&self) -> u64 {
+        self.health.id
+    }
+
+    /// Notes what `stmt`, run on this connection, may leave behind: a reset on release
+    /// (`session_dirty`), or closing the connection instead (`keeps_state`, never for an
+    /// in-memory SQLite database's, see `replaceable`).
+    pub(crate) fn record(&mut self, stmt: &Statement) {
+        self.session_dirty |= stmt.needs_reset();
+        self.keeps_state |= stmt.leaves_state && self.replaceable;
+    }
+
+    /// Why the connection should be replaced rather than reused at `now`: past its lifetime, or
+    /// its health score below `threshold`.
+    pub(crate) fn worn_out(&self, now: Instant, threshold: i64) -> Option<CloseReason> {
+        if !self.replaceable {
+            None
+        } else if now >= self.retire_at {
+            Some(CloseReason::Lifetime)
+        } else if self.health.score() < threshold {
+            Some(CloseReason::Health)
+        } else {
+            None
+        }
     }
 }

@@ -102,7 +102,7 @@ pub enum ExecError {
 }
 
 /// Runs `stmt` on PostgreSQL.
-pub async fn run_pg(
+pub(super) async fn run_pg(
     conn: &mut PgConnection,
     stmt: &Statement,
     fetch: Fetch,
@@ -169,7 +169,7 @@ const MANY_CURSOR: &str = "trellis_fetch_many";
 /// `SAVEPOINT` tells). `None` when the statement cannot run behind a cursor (it does not read
 /// rows, several statements, a data-modifying `WITH`, n = 0 or above `i32::MAX`, an aborted
 /// transaction): the caller runs it plainly and stops decoding after `n` rows.
-pub async fn run_pg_many(
+pub(super) async fn run_pg_many(
     conn: &mut PgConnection,
     stmt: &Statement,
     n: usize,
@@ -265,7 +265,7 @@ pub async fn run_pg_many(
 /// `SET STATEMENT sql_select_limit = n FOR …`, so the server sends only `n` rows (an explicit
 /// `LIMIT` in the query still wins). MySQL has no `SET STATEMENT`: there the rows past `n` are
 /// read and dropped by the driver.
-pub async fn run_mysql(
+pub(super) async fn run_mysql(
     conn: &mut MySqlConnection,
     stmt: &Statement,
     fetch: Fetch,
@@ -292,7 +292,7 @@ pub async fn run_mysql(
 }
 
 /// Runs `stmt` on SQLite.
-pub async fn run_sqlite(
+pub(super) async fn run_sqlite(
     conn: &mut SqliteConnection,
     stmt: &Statement,
     fetch: Fetch,

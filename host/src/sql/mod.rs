@@ -5,6 +5,7 @@
 //! - [`error`]: classifying failures; what is transient.
 //! - [`node`]: the node itself: fetch modes, per-query timeout, retries, output shape.
 
+pub(crate) mod driver;
 pub mod error;
 pub mod exec;
 pub mod node;

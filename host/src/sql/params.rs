@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::config::DatabaseKind;
+use crate::config::values::DatabaseKind;
 
 /// Parameters as the caller gave them.
 #[derive(Debug, Clone, Default, PartialEq)]

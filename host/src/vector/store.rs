@@ -49,7 +49,7 @@ use serde_json::Value;
 
 use super::filter::Filter;
 use super::{TableName, VectorError, in_range};
-use crate::config::DatabaseKind;
+use crate::config::values::DatabaseKind;
 use crate::pool::{Lease, Pool};
 use crate::sql::exec::{Fetch, Output};
 use crate::sql::params::{Shape, Statement};

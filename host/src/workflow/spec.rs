@@ -135,6 +135,15 @@ pub struct Workflow {
     pub(crate) upstream: Vec<Vec<usize>>,
 }
 
+fn spec_err(location: String, message: String, hint: Option<&str>) -> SpecError {
+    SpecError {
+        location,
+        message,
+        hint: hint.map(str::to_owned),
+        snippet: None,
+    }
+}
+
 /// The default per-node time limit.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -436,14 +445,45 @@ impl Draft {
         s
     }
 
-    /// Validates the draft.
+    /// Validates the draft, in passes: the nodes, their databases, the connections, every node's
+    /// config, then the order they run in.
     pub(crate) fn validate(mut self, known: &dyn Known) -> Result<Workflow, SpecError> {
-        let err = |location: String, message: String, hint: Option<&str>| SpecError {
-            location,
-            message,
-            hint: hint.map(str::to_owned),
-            snippet: None,
-        };
+        let index = self.check_nodes(known)?;
+        // Database defaults are resolved here so the runtime needs no fallbacks.
+        let default_db = self.database.clone().unwrap_or_else(|| "main".to_owned());
+        for node in &mut self.nodes {
+            if node.kind.uses_database() && node.database.is_none() {
+                node.database = Some(default_db.clone());
+            }
+        }
+        let (upstream, filled) = self.check_connections(&index)?;
+        self.check_configs(&filled, known)?;
+        let order = topological_order(&upstream).map_err(|cycle| {
+            let names: Vec<&str> = cycle.iter().map(|&i| self.nodes[i].id.as_str()).collect();
+            let first = &self.nodes[cycle[0]];
+            spec_err(
+                self.location(first.line, Some(&first.id)),
+                format!("the connections form a cycle: {}", names.join(" → ")),
+                Some("a workflow is a DAG: remove one of these connections"),
+            )
+        })?;
+        Ok(Workflow {
+            name: self.name,
+            description: self.description,
+            source: self.source,
+            inputs: self.inputs,
+            nodes: self.nodes,
+            connections: self.connections,
+            node_timeout: self.node_timeout,
+            order,
+            upstream,
+        })
+    }
+
+    /// The name, then each node: its id, config, SQL, plugin or database, and the inputs it
+    /// reads. Returns each node's index by id.
+    fn check_nodes(&self, known: &dyn Known) -> Result<HashMap<String, usize>, SpecError> {
+        let err = spec_err;
         if !valid_id(&self.name) {
             return Err(err(
                 self.location(None, None),
@@ -530,13 +570,17 @@ impl Draft {
                 }
             }
         }
-        // Database defaults are resolved here so the runtime needs no fallbacks.
-        let default_db = self.database.clone().unwrap_or_else(|| "main".to_owned());
-        for node in &mut self.nodes {
-            if node.kind.uses_database() && node.database.is_none() {
-                node.database = Some(default_db.clone());
-            }
-        }
+        Ok(index)
+    }
+
+    /// Each connection's ends and the key it fills; returns each node's upstream nodes and the
+    /// (node, key) pairs connections fill.
+    #[allow(clippy::type_complexity)]
+    fn check_connections(
+        &mut self,
+        index: &HashMap<String, usize>,
+    ) -> Result<(Vec<Vec<usize>>, HashSet<(usize, Vec<String>)>), SpecError> {
+        let err = spec_err;
         let mut upstream = vec![Vec::new(); self.nodes.len()];
         let mut filled: HashSet<(usize, Vec<String>)> = HashSet::new();
         let mut connections = std::mem::take(&mut self.connections);
@@ -608,8 +652,17 @@ impl Draft {
             }
         }
         self.connections = connections;
-        // Every node's config, checked now rather than when a request runs it; every problem of
-        // every node at once.
+        Ok((upstream, filled))
+    }
+
+    /// Every node's config, checked now rather than when a request runs it; every problem of
+    /// every node at once.
+    fn check_configs(
+        &self,
+        filled: &HashSet<(usize, Vec<String>)>,
+        known: &dyn Known,
+    ) -> Result<(), SpecError> {
+        let err = spec_err;
         let mut problems = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let config = node.config.as_object().expect("checked above");
@@ -646,26 +699,7 @@ impl Draft {
                 ));
             }
         }
-        let order = topological_order(&upstream).map_err(|cycle| {
-            let names: Vec<&str> = cycle.iter().map(|&i| self.nodes[i].id.as_str()).collect();
-            let first = &self.nodes[cycle[0]];
-            err(
-                self.location(first.line, Some(&first.id)),
-                format!("the connections form a cycle: {}", names.join(" → ")),
-                Some("a workflow is a DAG: remove one of these connections"),
-            )
-        })?;
-        Ok(Workflow {
-            name: self.name,
-            description: self.description,
-            source: self.source,
-            inputs: self.inputs,
-            nodes: self.nodes,
-            connections: self.connections,
-            node_timeout: self.node_timeout,
-            order,
-            upstream,
-        })
+        Ok(())
     }
 
     fn location_for_connection(&self, c: &Connection) -> String {

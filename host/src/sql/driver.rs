@@ -1,4 +1,5 @@
-//! One driver connection of any supported kind: connect, run a statement, ping, roll back.
+//! One driver connection of any supported kind: connect (with TLS), run a statement, ping, roll
+//! back. The sqlx types stay in this module and `exec`; the pool sees only [`DriverConnection`].
 //!
 //! Only the connection actor owns a [`DriverConnection`]; everything else talks to the actor.
 
@@ -9,9 +10,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection};
 
-use crate::config::{DatabaseKind, DatabaseTarget};
-use crate::sql::exec::{self, ExecError, Fetch, Output};
+use super::exec::{self, ExecError, Fetch, Output};
+use crate::config::database::DatabaseTarget;
+use crate::config::values::DatabaseKind;
 use crate::sql::params::Statement;
+use crate::tls::{SslMode, Tls};
 
 /// How long a SQLite connection waits for another one's lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +58,12 @@ fn is_sqlite_busy(error: &sqlx::Error) -> bool {
         .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
+/// What the driver reported when connecting, pinging, resetting or cancelling failed: shown,
+/// never inspected, outside this module.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub(crate) struct DriverError(sqlx::Error);
+
 /// An open connection to PostgreSQL, MySQL/MariaDB or SQLite.
 pub(crate) enum DriverConnection {
     Postgres {
@@ -94,6 +103,17 @@ impl DriverConnection {
     /// `pool` becomes PostgreSQL's `application_name` (`trellis/POOL`), so the server's
     /// activity views show which pool a connection belongs to.
     pub(crate) async fn connect(
+        target: &DatabaseTarget,
+        pool: &str,
+        search_path: Option<&str>,
+        timeout: Duration,
+    ) -> Result<DriverConnection, DriverError> {
+        Self::open(target, pool, search_path, timeout)
+            .await
+            .map_err(DriverError)
+    }
+
+    async fn open(
         target: &DatabaseTarget,
         pool: &str,
         search_path: Option<&str>,
@@ -152,7 +172,7 @@ impl DriverConnection {
                         // A startup parameter: the session's default, which `RESET ALL` keeps.
                         options = options.options([("search_path", path)]);
                     }
-                    let options = tls.apply_pg(options);
+                    let options = apply_pg(tls, options);
                     let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
                     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
                         .fetch_one(&mut conn)
@@ -181,7 +201,7 @@ impl DriverConnection {
                     if let Some(password) = password {
                         options = options.password(password.expose());
                     }
-                    let options = tls.apply_mysql(options);
+                    let options = apply_mysql(tls, options);
                     let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
                     let (version, id): (String, u64) =
                         sqlx::query_as("SELECT VERSION(), CONNECTION_ID()")
@@ -250,12 +270,13 @@ impl DriverConnection {
     }
 
     /// A round trip to the server.
-    pub(crate) async fn ping(&mut self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn ping(&mut self) -> Result<(), DriverError> {
         match self {
             DriverConnection::Postgres { conn, .. } => conn.ping().await,
             DriverConnection::Mysql { conn, .. } => conn.ping().await,
             DriverConnection::Sqlite { conn, .. } => conn.ping().await,
         }
+        .map_err(DriverError)
     }
 
     /// Ends whatever transaction or session state a caller left behind.
@@ -271,7 +292,11 @@ impl DriverConnection {
     /// settings, temporary tables) closes the connection instead (see
     /// [`Statement::leaves_state`](crate::sql::params::Statement::leaves_state)). SQLite:
     /// `ROLLBACK` only when a transaction is open.
-    pub(crate) async fn reset(&mut self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn reset(&mut self) -> Result<(), DriverError> {
+        self.reset_session().await.map_err(DriverError)
+    }
+
+    async fn reset_session(&mut self) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
         match self {
             DriverConnection::Postgres { conn, touched, .. } => {
@@ -318,8 +343,7 @@ fn tls_error(tls: &crate::tls::Tls, e: sqlx::Error) -> sqlx::Error {
         // rustls reports a failed handshake (an unknown issuer, a wrong name) as invalid data
         // on the socket.
         sqlx::Error::Io(cause)
-            if tls.mode != crate::tls::SslMode::Disable
-                && cause.kind() == std::io::ErrorKind::InvalidData =>
+            if tls.mode != SslMode::Disable && cause.kind() == std::io::ErrorKind::InvalidData =>
         {
             sqlx::Error::Tls(tls.failure(&cause.to_string()).into())
         }
@@ -345,9 +369,20 @@ impl Canceller {
         target: &DatabaseTarget,
         pool: &str,
         timeout: Duration,
+    ) -> Result<(), DriverError> {
+        self.cancel_on(target, pool, timeout)
+            .await
+            .map_err(DriverError)
+    }
+
+    async fn cancel_on(
+        self,
+        target: &DatabaseTarget,
+        pool: &str,
+        timeout: Duration,
     ) -> Result<(), sqlx::Error> {
         let mut conn =
-            DriverConnection::connect(target, &format!("{pool}/cancel"), None, timeout).await?;
+            DriverConnection::open(target, &format!("{pool}/cancel"), None, timeout).await?;
         let result = match (&mut conn, self) {
             (DriverConnection::Postgres { conn, .. }, Canceller::Postgres(pid)) => {
                 sqlx::query("SELECT pg_cancel_backend($1)")
@@ -398,4 +433,48 @@ impl InTransaction for sqlx::sqlite::LockedSqliteHandle<'_> {
         // open connection; sqlite3_get_autocommit only reads connection state.
         unsafe { libsqlite3_sys::sqlite3_get_autocommit(raw.as_ptr()) == 0 }
     }
+}
+
+/// Applies these settings to PostgreSQL connect options.
+fn apply_pg(
+    tls: &Tls,
+    options: sqlx::postgres::PgConnectOptions,
+) -> sqlx::postgres::PgConnectOptions {
+    use sqlx::postgres::PgSslMode;
+    let mut options = options.ssl_mode(match tls.mode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require => PgSslMode::Require,
+        SslMode::VerifyCa => PgSslMode::VerifyCa,
+        SslMode::VerifyFull => PgSslMode::VerifyFull,
+    });
+    if let Some(ca) = &tls.root_cert {
+        options = options.ssl_root_cert(ca);
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        options = options.ssl_client_cert(cert).ssl_client_key(key.expose());
+    }
+    options
+}
+
+/// Applies these settings to MySQL/MariaDB connect options.
+fn apply_mysql(
+    tls: &Tls,
+    options: sqlx::mysql::MySqlConnectOptions,
+) -> sqlx::mysql::MySqlConnectOptions {
+    use sqlx::mysql::MySqlSslMode;
+    let mut options = options.ssl_mode(match tls.mode {
+        SslMode::Disable => MySqlSslMode::Disabled,
+        SslMode::Prefer => MySqlSslMode::Preferred,
+        SslMode::Require => MySqlSslMode::Required,
+        SslMode::VerifyCa => MySqlSslMode::VerifyCa,
+        SslMode::VerifyFull => MySqlSslMode::VerifyIdentity,
+    });
+    if let Some(ca) = &tls.root_cert {
+        options = options.ssl_ca(ca);
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        options = options.ssl_client_cert(cert).ssl_client_key(key.expose());
+    }
+    options
 }

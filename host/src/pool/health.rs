@@ -1,14 +1,8 @@
-//! A handle on one connection actor, and the health record it shares with the actor.
+//! The health record a connection's actor and the pool share: its score, its id, and whether
+//! it is in use.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use tokio::sync::mpsc;
-
-use super::protocol::Command;
-use super::stats::CloseReason;
-use crate::sql::params::Statement;
 
 /// Health score bounds and steps (the Kailash WorkflowConnectionPool's).
 pub(crate) const HEALTH_START: i64 = 100;
@@ -97,54 +91,5 @@ impl ConnHealth {
 
     pub(crate) fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
-    }
-}
-
-/// The pool's handle on one connection actor. Dropping the last handle ends the actor, which
-/// closes the connection.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub(crate) tx: mpsc::UnboundedSender<Command>,
-    pub(crate) health: Arc<ConnHealth>,
-    /// After this instant the connection is recycled instead of reused (lifetime with jitter).
-    pub(crate) retire_at: Instant,
-    /// When it was last handed back.
-    pub(crate) idle_since: Instant,
-    /// Something run on it may have left a transaction or session setting behind.
-    pub(crate) session_dirty: bool,
-    /// Something run on it may have left session state the reset cannot undo (a MySQL user
-    /// variable, a SQLite pragma, …): it is closed on release instead of reused.
-    pub(crate) keeps_state: bool,
-    /// `false` for the one connection of an in-memory SQLite database, which is the database
-    /// itself: closing it would lose the data, so it is never recycled for its age, its health
-    /// or session state (only when it breaks or the pool closes).
-    pub(crate) replaceable: bool,
-}
-
-impl Slot {
-    pub(crate) fn id(&self) -> u64 {
-        self.health.id
-    }
-
-    /// Notes what `stmt`, run on this connection, may leave behind: a reset on release
-    /// (`session_dirty`), or closing the connection instead (`keeps_state`, never for an
-    /// in-memory SQLite database's, see `replaceable`).
-    pub(crate) fn record(&mut self, stmt: &Statement) {
-        self.session_dirty |= stmt.needs_reset();
-        self.keeps_state |= stmt.leaves_state && self.replaceable;
-    }
-
-    /// Why the connection should be replaced rather than reused at `now`: past its lifetime, or
-    /// its health score below `threshold`.
-    pub(crate) fn worn_out(&self, now: Instant, threshold: i64) -> Option<CloseReason> {
-        if !self.replaceable {
-            None
-        } else if now >= self.retire_at {
-            Some(CloseReason::Lifetime)
-        } else if self.health.score() < threshold {
-            Some(CloseReason::Health)
-        } else {
-            None
-        }
     }
 }
