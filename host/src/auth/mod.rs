@@ -10,6 +10,7 @@
 mod dev;
 mod error;
 mod jwt;
+pub mod settings;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -6,13 +6,16 @@
 //! environment variables as `${VAR}` (or `${VAR:-default}`); `$$` is a literal `$`.
 //! `${tenant}` is the one exception: it stays as written, for a database per tenant.
 //!
+//! Each section is its module's: `[server]` is `server::settings`, `[auth]` `auth::settings`,
+//! `[plugins]` `plugins::settings`, `[policy]` `policy::settings`, `[databases]` [`database`];
+//! this file finds and reads the file, hands each module its section, and keeps `[paths]` and
+//! `[migrations]`, which are the host's own.
+//!
 //! Every error names the file, the line and the key at fault, and never prints a secret.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 pub mod database;
 pub mod values;
@@ -20,12 +23,17 @@ pub mod values;
 pub use database::{DatabaseConfig, DatabaseTarget, PoolSettings, Tenancy, parse_database_url};
 pub use values::{DatabaseKind, Secret, TENANT_PLACEHOLDER};
 
+use crate::auth::settings::RawAuth;
+pub use crate::plugins::settings::PluginsConfig;
+use crate::plugins::settings::RawPlugins;
+use crate::policy::settings::RawPolicy;
+pub use crate::policy::settings::{AuditTarget, PolicyConfig};
+use crate::server::settings::RawServer;
+pub use crate::server::settings::{DEFAULT_LISTEN, PUBLIC_LISTINGS, ServerConfig};
 use database::{RawDatabase, resolve_tenancy};
 use serde::Deserialize;
-use values::{HumanDuration, Interpolated, relative_to};
+use values::{Interpolated, ResolveError, relative_to};
 
-/// The address `trellis serve` listens on when neither config nor `--listen` says otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
 /// The file `trellis` looks for in the current directory when `--config` is not given.
 pub const DEFAULT_FILE: &str = "trellis.toml";
 
@@ -50,37 +58,6 @@ pub struct Config {
     pub migrations: MigrationsConfig,
 }
 
-/// `[policy]`: the zone time conditions are read in, the `hmac` mask key, the decision cache,
-/// and where every decision is recorded.
-#[derive(Debug, Clone)]
-pub struct PolicyConfig {
-    /// An IANA time zone name (default `UTC`).
-    pub timezone: String,
-    /// The key of the `hmac` mask (default: the `TRELLIS_MASK_HMAC_KEY` environment variable).
-    pub hmac_key: Option<Secret>,
-    /// How many decisions to cache (default 100000).
-    pub cache_capacity: usize,
-    /// Where decisions are recorded.
-    pub audit: AuditTarget,
-    /// How many recent decisions `GET /v1/audit` can show (default 10000).
-    pub audit_recent: usize,
-    /// When the audit file is rotated, and how many rotated files are kept.
-    pub audit_rotation: crate::policy::audit::Rotation,
-    /// What happens while audit records cannot be written.
-    pub audit_on_failure: crate::policy::audit::OnFailure,
-}
-
-/// Where the audit trail goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditTarget {
-    /// JSON lines appended to a file (default `<data>/audit.jsonl`).
-    File(PathBuf),
-    /// The `policy_audit` table of a configured database.
-    Database(String),
-    /// Nowhere (only the in-memory recent list).
-    Off,
-}
-
 /// `[migrations]`: a directory of migrations applied to one database when `trellis serve`
 /// starts (off unless `dir` is set).
 #[derive(Debug, Clone, Default)]
@@ -89,14 +66,6 @@ pub struct MigrationsConfig {
     pub dir: Option<PathBuf>,
     /// The database they apply to (default `main`).
     pub database: String,
-}
-
-/// `[plugins]`: the memory cap and call deadline of every plugin, with overrides by plugin name
-/// under `[plugins.limits.NAME]`.
-#[derive(Debug, Clone, Default)]
-pub struct PluginsConfig {
-    /// The resolved limits.
-    pub limits: crate::plugins::LimitsConfig,
 }
 
 /// Where a configuration came from.
@@ -116,36 +85,6 @@ impl fmt::Display for ConfigSource {
         }
     }
 }
-
-/// `[server]`: the HTTP listener.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address to bind.
-    pub listen: SocketAddr,
-    /// How long in-flight requests may run after a stop signal before the host exits anyway.
-    pub shutdown_timeout: Duration,
-    /// The longest any one request may take.
-    pub request_timeout: Duration,
-    /// The largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
-    /// The longest a client may take to send a request's head once it has sent its first byte.
-    pub header_read_timeout: Duration,
-    /// The longest a connection may stay open with no request in flight.
-    pub keep_alive_timeout: Duration,
-    /// The most client connections open at once; more wait to be accepted.
-    pub max_connections: usize,
-    /// Which listings answer without a caller (`metrics`, `pools`, `plugins`, `workflows`);
-    /// by default each needs an authenticated caller, since they show database users and
-    /// hosts, plugin hashes and load errors.
-    pub public: Vec<String>,
-    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges): a run's
-    /// `runtime.ip_address` is then the nearest address in that header that is not one of them.
-    /// Empty by default: the client is the peer address, and the header is ignored.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-/// The listings `[server] public` may name.
-pub const PUBLIC_LISTINGS: [&str; 4] = ["metrics", "pools", "plugins", "workflows"];
 
 /// `[paths]`: directories, resolved against the config file's directory.
 #[derive(Debug, Clone)]
@@ -402,54 +341,9 @@ struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPolicy {
-    timezone: Option<Interpolated<String>>,
-    hmac_key: Option<Interpolated<Secret>>,
-    cache_capacity: Option<usize>,
-    audit: Option<bool>,
-    audit_file: Option<Interpolated<PathBuf>>,
-    audit_database: Option<Interpolated<String>>,
-    audit_recent: Option<usize>,
-    audit_max_bytes: Option<u64>,
-    audit_max_age: Option<Interpolated<HumanDuration>>,
-    audit_keep: Option<usize>,
-    audit_on_failure: Option<crate::policy::audit::OnFailure>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMigrations {
     dir: Option<Interpolated<PathBuf>>,
     database: Option<Interpolated<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPlugins {
-    max_memory_bytes: Option<usize>,
-    call_timeout: Option<Interpolated<HumanDuration>>,
-    limits: Option<BTreeMap<String, toml::Spanned<RawPluginLimits>>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPluginLimits {
-    max_memory_bytes: Option<usize>,
-    call_timeout: Option<Interpolated<HumanDuration>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<Interpolated<SocketAddr>>,
-    shutdown_timeout: Option<Interpolated<HumanDuration>>,
-    request_timeout: Option<Interpolated<HumanDuration>>,
-    max_body_bytes: Option<usize>,
-    header_read_timeout: Option<Interpolated<HumanDuration>>,
-    keep_alive_timeout: Option<Interpolated<HumanDuration>>,
-    max_connections: Option<usize>,
-    public: Option<Vec<String>>,
-    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -459,120 +353,6 @@ struct RawPaths {
     plugins: Option<Interpolated<PathBuf>>,
     policies: Option<Interpolated<PathBuf>>,
     workflows: Option<Interpolated<PathBuf>>,
-}
-
-fn resolve_policy(
-    raw: Option<toml::Spanned<RawPolicy>>,
-    base: &Path,
-    paths: &PathsConfig,
-    databases: &BTreeMap<String, DatabaseConfig>,
-) -> Result<PolicyConfig, ResolveError> {
-    let (span, raw) = match raw {
-        Some(s) => (s.span(), s.into_inner()),
-        None => (0..0, RawPolicy::default()),
-    };
-    let error = |key: &str, message: String| ResolveError {
-        span: span.clone(),
-        key: format!("policy.{key}"),
-        message,
-    };
-    let timezone = raw.timezone.map_or_else(|| "UTC".to_owned(), |t| t.0);
-    jiff::tz::TimeZone::get(&timezone).map_err(|e| {
-        error(
-            "timezone",
-            format!(
-                "unknown time zone `{timezone}` ({e}); use an IANA name such as `Europe/Berlin`"
-            ),
-        )
-    })?;
-    let audit = match (raw.audit, raw.audit_file, raw.audit_database) {
-        (Some(false), None, None) => AuditTarget::Off,
-        (Some(false), _, _) => {
-            return Err(error(
-                "audit",
-                "`audit = false` turns the audit trail off; remove `audit_file`/`audit_database` or the switch".into(),
-            ));
-        }
-        (_, Some(_), Some(_)) => {
-            return Err(error(
-                "audit_file",
-                "give `audit_file` or `audit_database`, not both".into(),
-            ));
-        }
-        (_, Some(file), None) => AuditTarget::File(relative_to(base, file.0)),
-        (_, None, Some(db)) => {
-            if !databases.contains_key(&db.0) {
-                return Err(error(
-                    "audit_database",
-                    format!("`{}` is not a configured database", db.0),
-                ));
-            }
-            AuditTarget::Database(db.0)
-        }
-        (_, None, None) => AuditTarget::File(paths.data.join("audit.jsonl")),
-    };
-    let defaults = crate::policy::audit::Rotation::default();
-    let audit_rotation = crate::policy::audit::Rotation {
-        max_bytes: raw.audit_max_bytes.unwrap_or(defaults.max_bytes),
-        max_age: raw.audit_max_age.map_or(defaults.max_age, |d| d.0.0),
-        keep: raw.audit_keep.unwrap_or(defaults.keep),
-    };
-    if audit_rotation.max_bytes == 0 || audit_rotation.max_age.is_zero() {
-        return Err(error(
-            "audit_max_bytes",
-            "`audit_max_bytes` and `audit_max_age` must be above zero".into(),
-        ));
-    }
-    Ok(PolicyConfig {
-        timezone,
-        hmac_key: raw.hmac_key.map(|k| k.0),
-        cache_capacity: raw.cache_capacity.unwrap_or(100_000),
-        audit,
-        audit_recent: raw.audit_recent.unwrap_or(10_000),
-        audit_rotation,
-        audit_on_failure: raw.audit_on_failure.unwrap_or_default(),
-    })
-}
-
-/// `[auth]` as written; which keys apply depends on `mode`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    mode: Option<RawAuthMode>,
-    algorithm: Option<crate::auth::JwtAlgorithm>,
-    key: Option<Interpolated<Secret>>,
-    key_file: Option<Interpolated<PathBuf>>,
-    audience: Option<Interpolated<String>>,
-    issuer: Option<Interpolated<String>>,
-    leeway: Option<Interpolated<HumanDuration>>,
-    claims: Option<RawClaimNames>,
-}
-
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum RawAuthMode {
-    #[default]
-    None,
-    Dev,
-    Jwt,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClaimNames {
-    user_id: Option<String>,
-    tenant_id: Option<String>,
-    email: Option<String>,
-    roles: Option<String>,
-    attributes: Option<String>,
-}
-
-/// A semantic error found after parsing, with the span of the table at fault.
-#[derive(Debug)]
-struct ResolveError {
-    span: std::ops::Range<usize>,
-    key: String,
-    message: String,
 }
 
 impl RawConfig {
@@ -586,77 +366,7 @@ impl RawConfig {
             policies: at(self.paths.policies, "policies"),
             workflows: at(self.paths.workflows, "workflows"),
         };
-        let mut server = ServerConfig {
-            listen: self.server.listen.map_or_else(
-                || DEFAULT_LISTEN.parse().expect("default listen address"),
-                |l| l.0,
-            ),
-            shutdown_timeout: self
-                .server
-                .shutdown_timeout
-                .map_or(Duration::from_secs(30), |d| d.0.0),
-            request_timeout: self
-                .server
-                .request_timeout
-                .map_or(Duration::from_secs(60), |d| d.0.0),
-            max_body_bytes: self.server.max_body_bytes.unwrap_or(1024 * 1024),
-            header_read_timeout: self
-                .server
-                .header_read_timeout
-                .map_or(Duration::from_secs(10), |d| d.0.0),
-            keep_alive_timeout: self
-                .server
-                .keep_alive_timeout
-                .map_or(Duration::from_secs(75), |d| d.0.0),
-            max_connections: self.server.max_connections.unwrap_or(1024),
-            public: self.server.public.unwrap_or_default(),
-            trusted_proxies: Vec::new(),
-        };
-        for entry in self.server.trusted_proxies.unwrap_or_default() {
-            let net = entry
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match net {
-                Ok(net) => server.trusted_proxies.push(net),
-                Err(_) => {
-                    return Err(ResolveError {
-                        span: 0..0,
-                        key: "server.trusted_proxies".into(),
-                        message: format!(
-                            "`{entry}` is not an address or range like `10.0.0.5` or `10.0.0.0/8`"
-                        ),
-                    });
-                }
-            }
-        }
-        if let Some(name) = server
-            .public
-            .iter()
-            .find(|n| !PUBLIC_LISTINGS.contains(&n.as_str()))
-        {
-            let hint = crate::suggest::did_you_mean(name, &PUBLIC_LISTINGS)
-                .map(|m| format!(": did you mean `{m}`?"))
-                .unwrap_or_else(|| {
-                    format!(
-                        ": use {}",
-                        PUBLIC_LISTINGS.map(|n| format!("`{n}`")).join(", ")
-                    )
-                });
-            return Err(ResolveError {
-                span: 0..0,
-                key: "server.public".into(),
-                message: format!("unknown listing `{name}`{hint}"),
-            });
-        }
-        if server.max_connections == 0 {
-            return Err(ResolveError {
-                span: 0..0,
-                key: "server.max_connections".into(),
-                message:
-                    "must be at least 1: it is how many client connections may be open at once"
-                        .into(),
-            });
-        }
+        let server = crate::server::settings::resolve(self.server)?;
         let mut databases = BTreeMap::new();
         match self.databases {
             None => {
@@ -694,8 +404,8 @@ impl RawConfig {
                 }
             }
         }
-        let plugins = resolve_plugins(self.plugins)?;
-        let policy = resolve_policy(self.policy, base, &paths, &databases)?;
+        let plugins = crate::plugins::settings::resolve(self.plugins)?;
+        let policy = crate::policy::settings::resolve(self.policy, base, &paths.data, &databases)?;
         let migrations = MigrationsConfig {
             dir: self.migrations.dir.map(|d| relative_to(base, d.0)),
             database: self
@@ -733,7 +443,7 @@ impl RawConfig {
                 ),
             });
         }
-        let auth = resolve_auth(self.auth, base, &source)?;
+        let auth = crate::auth::settings::resolve(self.auth, base, &source)?;
         Ok(Config {
             source,
             server,
@@ -747,159 +457,10 @@ impl RawConfig {
     }
 }
 
-/// The smallest memory cap a plugin may be given (a Rust component needs about 1 MiB to start).
-const MIN_PLUGIN_MEMORY: usize = 2 * 1024 * 1024;
-/// The largest memory cap a plugin may be given.
-const MAX_PLUGIN_MEMORY: usize = 4 * 1024 * 1024 * 1024;
-
-fn resolve_plugins(raw: Option<toml::Spanned<RawPlugins>>) -> Result<PluginsConfig, ResolveError> {
-    use crate::plugins::{Limits, LimitsConfig};
-    let (table_span, raw) = match raw {
-        Some(spanned) => (spanned.span(), spanned.into_inner()),
-        None => (0..0, RawPlugins::default()),
-    };
-    let check = |memory: Option<usize>,
-                 timeout: Option<Interpolated<HumanDuration>>,
-                 base: Limits|
-     -> Result<Limits, String> {
-        let memory_bytes = memory.unwrap_or(base.memory_bytes);
-        if !(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY).contains(&memory_bytes) {
-            return Err(format!(
-                "`max_memory_bytes` must be between {MIN_PLUGIN_MEMORY} and {MAX_PLUGIN_MEMORY}, not {memory_bytes}"
-            ));
-        }
-        let call_timeout = timeout.map_or(base.call_timeout, |t| t.0.0);
-        if call_timeout.is_zero() {
-            return Err("`call_timeout` must be more than zero".into());
-        }
-        Ok(Limits {
-            memory_bytes,
-            call_timeout,
-        })
-    };
-    let default =
-        check(raw.max_memory_bytes, raw.call_timeout, Limits::default()).map_err(|message| {
-            ResolveError {
-                span: table_span.clone(),
-                key: "plugins".into(),
-                message,
-            }
-        })?;
-    let mut limits = LimitsConfig {
-        default,
-        by_name: BTreeMap::new(),
-    };
-    for (name, spanned) in raw.limits.unwrap_or_default() {
-        let span = spanned.span();
-        let one = spanned.into_inner();
-        let resolved =
-            check(one.max_memory_bytes, one.call_timeout, default).map_err(|message| {
-                ResolveError {
-                    span,
-                    key: format!("plugins.limits.{name}"),
-                    message,
-                }
-            })?;
-        limits.by_name.insert(name, resolved);
-    }
-    Ok(PluginsConfig { limits })
-}
-
-/// The largest `auth.leeway`: more would let expired tokens live on.
-const MAX_AUTH_LEEWAY: Duration = Duration::from_secs(300);
-
-fn resolve_auth(
-    raw: Option<toml::Spanned<RawAuth>>,
-    base: &Path,
-    source: &ConfigSource,
-) -> Result<crate::auth::AuthConfig, ResolveError> {
-    use crate::auth::{AuthConfig, AuthMode, ClaimNames, JwtConfig, KeySource};
-    let Some(spanned) = raw else {
-        return Ok(AuthConfig::default());
-    };
-    let span = spanned.span();
-    let raw = spanned.into_inner();
-    let fail = |message: String| ResolveError {
-        span: span.clone(),
-        key: "auth".into(),
-        message,
-    };
-    // Keys of the other modes are ignored, so switching `mode` back and forth needs no other edit.
-    let mode = match raw.mode.unwrap_or_default() {
-        RawAuthMode::None => AuthMode::None,
-        RawAuthMode::Dev => AuthMode::Dev,
-        RawAuthMode::Jwt => {
-            let algorithm = raw.algorithm.ok_or_else(|| {
-                fail("`mode = \"jwt\"` needs `algorithm` (`HS256`, `RS256` or `EdDSA`)".into())
-            })?;
-            let key = match (raw.key, raw.key_file) {
-                (Some(key), None) => KeySource::Inline {
-                    key: key.0,
-                    origin: format!("`auth.key` in {source}"),
-                },
-                (None, Some(file)) => KeySource::File(relative_to(base, file.0)),
-                (None, None) => {
-                    return Err(fail(
-                        "`mode = \"jwt\"` needs `key` (the HS256 key or a PEM public key) or \
-                         `key_file` (a file holding it)"
-                            .into(),
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(fail("give either `key` or `key_file`, not both".into()));
-                }
-            };
-            let audience = raw
-                .audience
-                .map(|a| a.0)
-                .filter(|a| !a.trim().is_empty())
-                .ok_or_else(|| {
-                    fail(
-                        "`mode = \"jwt\"` needs `audience`: the `aud` value every token must \
-                         carry for this server"
-                            .into(),
-                    )
-                })?;
-            let leeway = raw.leeway.map_or(Duration::from_secs(30), |l| l.0.0);
-            if leeway > MAX_AUTH_LEEWAY {
-                return Err(fail(format!(
-                    "`leeway` must be at most {}s, not {}s",
-                    MAX_AUTH_LEEWAY.as_secs(),
-                    leeway.as_secs()
-                )));
-            }
-            let mut claims = ClaimNames::default();
-            if let Some(names) = raw.claims {
-                for (given, slot, key) in [
-                    (names.user_id, &mut claims.user_id, "user_id"),
-                    (names.tenant_id, &mut claims.tenant_id, "tenant_id"),
-                    (names.email, &mut claims.email, "email"),
-                    (names.roles, &mut claims.roles, "roles"),
-                    (names.attributes, &mut claims.attributes, "attributes"),
-                ] {
-                    if let Some(name) = given {
-                        if name.is_empty() {
-                            return Err(fail(format!("`claims.{key}` must name a claim")));
-                        }
-                        *slot = name;
-                    }
-                }
-            }
-            AuthMode::Jwt(Box::new(JwtConfig {
-                algorithm,
-                key,
-                audience,
-                issuer: raw.issuer.map(|i| i.0).filter(|i| !i.is_empty()),
-                leeway,
-                claims,
-            }))
-        }
-    };
-    Ok(AuthConfig { mode })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::database::DEFAULT_MAX_TENANTS;
     use super::values::interpolate;
     use super::*;

@@ -186,3 +186,11 @@ pub(crate) fn relative_to(base: &Path, path: PathBuf) -> PathBuf {
         base.join(path)
     }
 }
+
+/// A semantic error found after parsing, with the span of the table at fault.
+#[derive(Debug)]
+pub(crate) struct ResolveError {
+    pub(crate) span: std::ops::Range<usize>,
+    pub(crate) key: String,
+    pub(crate) message: String,
+}

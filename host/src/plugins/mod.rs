@@ -41,6 +41,7 @@ mod masker;
 mod plugin;
 mod registry;
 mod service;
+pub mod settings;
 mod watcher;
 
 pub use cache::CacheOutcome;

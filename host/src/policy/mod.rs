@@ -18,6 +18,7 @@ pub mod engine;
 pub mod generation;
 pub mod mask;
 pub mod rules;
+pub mod settings;
 pub mod user;
 
 pub use audit::{AuditLog, AuditRecord};

@@ -13,6 +13,7 @@ mod metrics;
 mod plugins;
 mod pools;
 mod router;
+pub mod settings;
 mod trace;
 mod workflows;
 
