@@ -34,7 +34,7 @@
 //! - [`watch`]: the one directory watcher (`--watch`): debounced, and only stable files.
 //! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod cli;
 pub mod config;
 pub mod database;
@@ -48,12 +48,12 @@ pub mod pool;
 mod private_fs;
 mod served_file;
 pub mod server;
-pub mod shutdown;
+pub(crate) mod shutdown;
 pub mod sql;
 mod suggest;
-pub mod tls;
+pub(crate) mod tls;
 pub mod vector;
-pub mod watch;
+pub(crate) mod watch;
 pub mod workflow;
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.

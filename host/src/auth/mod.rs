@@ -10,7 +10,7 @@
 mod dev;
 mod error;
 mod jwt;
-pub mod settings;
+pub(crate) mod settings;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub mod database;
-pub mod values;
+pub(crate) mod database;
+pub(crate) mod values;
 
 pub use database::{DatabaseConfig, DatabaseTarget, PoolSettings, Tenancy, parse_database_url};
 pub use values::{DatabaseKind, Secret, TENANT_PLACEHOLDER};

@@ -4,7 +4,7 @@
 //! SQLite files (and their directory) are created when missing, so `trellis serve` in an empty
 //! folder works. Errors name the database and its `user@host:port/db`, never the password.
 
-pub mod tenants;
+pub(crate) mod tenants;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -12,9 +12,6 @@ use crate::pool::{Lease, PoolError};
 use crate::sql::exec::Fetch;
 use crate::sql::params::Params;
 
-/// The table's name.
-pub const TABLE: &str = "trellis_migrations";
-
 /// One row of the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRow {

@@ -28,9 +28,9 @@
 //! exceed the longest run (the CLI sets it to a day).
 
 mod generate;
-pub mod history;
+pub(crate) mod history;
 pub mod lock;
-pub mod plan;
+pub(crate) mod plan;
 mod runner;
 mod source;
 

@@ -34,14 +34,14 @@
 
 mod bindings;
 mod cache;
-pub mod engine;
+pub(crate) mod engine;
 mod host;
-pub mod limits;
+pub(crate) mod limits;
 mod masker;
 mod plugin;
 mod registry;
 mod service;
-pub mod settings;
+pub(crate) mod settings;
 mod watcher;
 
 pub use cache::CacheOutcome;

@@ -10,16 +10,16 @@
 //!
 //! Issue 6 (workflows, `/v1/authorize`, `/v1/audit`) calls [`PolicyEngine`].
 
-pub mod audit;
-pub mod cache;
-pub mod compile;
-pub mod derive;
-pub mod engine;
-pub mod generation;
-pub mod mask;
+pub(crate) mod audit;
+pub(crate) mod cache;
+pub(crate) mod compile;
+pub(crate) mod derive;
+pub(crate) mod engine;
+pub(crate) mod generation;
+pub(crate) mod mask;
 pub mod rules;
-pub mod settings;
-pub mod user;
+pub(crate) mod settings;
+pub(crate) mod user;
 
 pub use audit::{AuditLog, AuditRecord};
 pub use engine::{

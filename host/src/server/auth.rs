@@ -42,13 +42,6 @@ pub struct AuthRejection {
     bearer: bool,
 }
 
-impl AuthRejection {
-    /// Why the request was not authenticated.
-    pub fn error(&self) -> &AuthError {
-        &self.error
-    }
-}
-
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
         let mut body = json!({"kind": "unauthenticated", "message": self.error.to_string()});

@@ -1,19 +1,19 @@
 //! The HTTP API: the application state, the router, and serving until the stop signal.
 
 mod admin;
-pub mod auth;
+pub(crate) mod auth;
 mod client_ip;
 mod error;
 mod exposition;
 mod guard;
 mod health;
 mod host_metrics;
-pub mod listener;
+pub(crate) mod listener;
 mod metrics;
 mod plugins;
 mod pools;
 mod router;
-pub mod settings;
+pub(crate) mod settings;
 mod trace;
 mod workflows;
 

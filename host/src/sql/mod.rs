@@ -6,9 +6,9 @@
 //! - [`node`]: the node itself: fetch modes, per-query timeout, retries, output shape.
 
 pub(crate) mod driver;
-pub mod error;
-pub mod exec;
-pub mod node;
+pub(crate) mod error;
+pub(crate) mod exec;
+pub(crate) mod node;
 pub mod params;
 
 pub use error::ErrorKind;

@@ -9,7 +9,7 @@
 //! identifiers, index parameters are range-checked integers, filter keys and values and vectors
 //! are bound parameters.
 
-pub mod filter;
+pub(crate) mod filter;
 mod node;
 mod store;
 

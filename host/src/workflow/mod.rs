@@ -5,15 +5,15 @@
 //! the policy engine, runs the nodes (SQL, pool operations, vector, plugins) through the runtime,
 //! and masks what leaves the host. The file format is documented in `workflows/README.md`.
 
-pub mod access;
-pub mod builder;
+pub(crate) mod access;
+pub(crate) mod builder;
 mod check;
-pub mod failure;
+pub(crate) mod failure;
 mod node_kind;
-pub mod runtime;
-pub mod scope;
-pub mod set;
-pub mod spec;
+pub(crate) mod runtime;
+pub(crate) mod scope;
+pub(crate) mod set;
+pub(crate) mod spec;
 
 use std::sync::Arc;
 

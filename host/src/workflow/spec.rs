@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::sql::params::json_kind;
 
 pub use super::check::{AnyName, Known};
-pub use super::node_kind::{NODE_TYPES, NodeKind};
+pub use super::node_kind::NodeKind;
 
 /// The JSON type a workflow input must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
