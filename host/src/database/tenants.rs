@@ -98,12 +98,12 @@ pub enum TenantError {
     },
 }
 
-/// One tenant pool's state, for metrics and `/v1/pools`.
-pub struct TenantPoolView<'a> {
+/// One open tenant pool, as metrics and `/v1/pools` show it.
+pub struct TenantPoolView {
     /// The tenant.
-    pub tenant: &'a str,
-    /// Its pool.
-    pub pool: &'a Pool,
+    pub tenant: String,
+    /// Its pool (a handle: the pool stays the map's).
+    pub pool: Pool,
     /// Whether its circuit is open.
     pub circuit_open: bool,
 }
@@ -195,16 +195,21 @@ impl TenantPools {
         })
     }
 
-    /// Each open tenant pool, by tenant.
-    pub fn views<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = TenantPoolView<'_>>) -> R) -> R {
+    /// Each open tenant pool, by tenant: a snapshot, taken without holding the map while the
+    /// caller reads the pools' statistics.
+    pub fn views(&self) -> Vec<TenantPoolView> {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let mut sorted: Vec<&Arc<TenantPool>> = pools.values().collect();
-        sorted.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        f(&mut sorted.into_iter().map(|e| TenantPoolView {
-            tenant: &e.tenant,
-            pool: &e.pool,
-            circuit_open: e.breaker.is_open(),
-        }))
+        let mut views: Vec<TenantPoolView> = pools
+            .values()
+            .map(|e| TenantPoolView {
+                tenant: e.tenant.clone(),
+                pool: e.pool.clone(),
+                circuit_open: e.breaker.is_open(),
+            })
+            .collect();
+        drop(pools);
+        views.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        views
     }
 
     /// Closes every tenant's pool.

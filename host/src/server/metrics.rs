@@ -154,17 +154,21 @@ impl Collector for PoolCollector {
         // most `max_tenants` of them at once.
         let mut tenant_of: std::collections::HashMap<String, (String, String)> =
             std::collections::HashMap::new();
+        let mut circuits = Vec::new();
         for tenants in self.0.tenanted() {
-            tenants.views(|views| {
-                for v in views {
-                    let s = v.pool.stats();
-                    tenant_of.insert(
-                        s.pool.clone(),
-                        (tenants.name().to_owned(), v.tenant.to_owned()),
-                    );
-                    stats.push(s);
-                }
-            });
+            for v in tenants.views() {
+                let s = v.pool.stats();
+                let open = if v.circuit_open { 1.0 } else { 0.0 };
+                circuits.push((
+                    vec![
+                        ("pool", tenants.name().to_owned()),
+                        ("tenant", v.tenant.clone()),
+                    ],
+                    open,
+                ));
+                tenant_of.insert(s.pool.clone(), (tenants.name().to_owned(), v.tenant));
+                stats.push(s);
+            }
         }
         let mut gauge = |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -224,22 +228,7 @@ impl Collector for PoolCollector {
         gauge(
             "pool_circuit_open",
             "1 while a tenant's circuit is open: its database kept failing, and callers fail at once",
-            self.0
-                .tenanted()
-                .flat_map(|tenants| {
-                    tenants.views(|views| {
-                        views
-                            .map(|v| {
-                                let labels = vec![
-                                    ("pool", tenants.name().to_owned()),
-                                    ("tenant", v.tenant.to_owned()),
-                                ];
-                                (labels, if v.circuit_open { 1.0 } else { 0.0 })
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect(),
+            circuits,
         )?;
         {
             let mut family = encoder.encode_descriptor(

@@ -28,16 +28,16 @@ pub async fn list(State(app): State<App>) -> Json<Value> {
     };
     let mut pools: Vec<Value> = app.databases().iter().map(summary).collect();
     for tenants in app.databases().tenanted() {
-        let open: Vec<Value> = tenants.views(|views| {
-            views
-                .map(|v| {
-                    let mut pool = summary(v.pool);
-                    pool["tenant"] = json!(v.tenant);
-                    pool["circuit_open"] = json!(v.circuit_open);
-                    pool
-                })
-                .collect()
-        });
+        let open: Vec<Value> = tenants
+            .views()
+            .into_iter()
+            .map(|v| {
+                let mut pool = summary(&v.pool);
+                pool["tenant"] = json!(v.tenant);
+                pool["circuit_open"] = json!(v.circuit_open);
+                pool
+            })
+            .collect();
         pools.push(json!({
             "name": tenants.name(),
             "database_type": tenants.config().target.kind().as_str(),
