@@ -147,171 +147,221 @@ impl Metrics {
 #[derive(Debug)]
 struct PoolCollector(Databases);
 
-impl Collector for PoolCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut stats: Vec<PoolStats> = self.0.iter().map(|p| p.stats()).collect();
-        // A database per tenant's pools carry `pool` (the database) and `tenant`; there are at
-        // most `max_tenants` of them at once.
-        let mut tenant_of: std::collections::HashMap<String, (String, String)> =
-            std::collections::HashMap::new();
+/// A series' labels.
+type Labels = Vec<(&'static str, String)>;
+
+/// Every pool's statistics at one instant, each with its labels (`pool`, and `tenant` for a
+/// database per tenant's pools, of which there are at most `max_tenants`).
+struct Snapshot {
+    pools: Vec<(Labels, PoolStats)>,
+    /// `pool_circuit_open` per tenant pool.
+    circuits: Vec<(Labels, f64)>,
+}
+
+impl PoolCollector {
+    fn snapshot(&self) -> Snapshot {
+        let mut pools: Vec<(Labels, PoolStats)> = self
+            .0
+            .iter()
+            .map(|p| {
+                let s = p.stats();
+                (vec![("pool", s.pool.clone())], s)
+            })
+            .collect();
         let mut circuits = Vec::new();
         for tenants in self.0.tenanted() {
             for v in tenants.views() {
-                let s = v.pool.stats();
-                let open = if v.circuit_open { 1.0 } else { 0.0 };
-                circuits.push((
-                    vec![
-                        ("pool", tenants.name().to_owned()),
-                        ("tenant", v.tenant.clone()),
-                    ],
-                    open,
-                ));
-                tenant_of.insert(s.pool.clone(), (tenants.name().to_owned(), v.tenant));
-                stats.push(s);
+                let labels = vec![
+                    ("pool", tenants.name().to_owned()),
+                    ("tenant", v.tenant.clone()),
+                ];
+                circuits.push((labels.clone(), if v.circuit_open { 1.0 } else { 0.0 }));
+                pools.push((labels, v.pool.stats()));
             }
         }
-        let mut gauge = |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (labels, value) in rows {
-                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-            }
-            Ok::<(), std::fmt::Error>(())
-        };
-        let pool = |s: &PoolStats| -> Vec<(&str, String)> {
-            match tenant_of.get(&s.pool) {
-                Some((db, tenant)) => vec![("pool", db.clone()), ("tenant", tenant.clone())],
-                None => vec![("pool", s.pool.clone())],
-            }
-        };
-        gauge(
-            "pool_connections",
-            "Pool connections now, by state",
-            stats
-                .iter()
-                .flat_map(|s| {
-                    let c = &s.connections;
-                    // No `total` state: a sum over the states would count it twice.
-                    [
-                        ("active", c.active),
-                        ("idle", c.idle),
-                        ("opening", c.opening),
-                    ]
-                    .map(|(state, n)| {
-                        let mut labels = pool(s);
-                        labels.push(("state", state.to_owned()));
-                        (labels, n as f64)
-                    })
-                })
-                .collect(),
-        )?;
-        gauge(
-            "pool_waiters",
-            "Callers waiting for a connection now",
-            stats
-                .iter()
-                .map(|s| (pool(s), s.acquisition.waiters as f64))
-                .collect(),
-        )?;
-        // Per connection would be a series per connection id, without bound: the pool's
-        // lowest score says whether any connection is near recycling.
-        gauge(
-            "pool_connection_health_min",
-            "Lowest health score (0-100) among the pool's open connections (100 with none)",
-            stats
-                .iter()
-                .map(|s| {
-                    let min = s.health.iter().map(|h| h.score).min().unwrap_or(100);
-                    (pool(s), min as f64)
-                })
-                .collect(),
-        )?;
-        gauge(
-            "pool_circuit_open",
-            "1 while a tenant's circuit is open: its database kept failing, and callers fail at once",
-            circuits,
-        )?;
-        {
-            let mut family = encoder.encode_descriptor(
-                "pool_acquire_wait_seconds",
-                "Time callers waited for a connection",
-                None,
-                MetricType::Histogram,
-            )?;
-            for s in &stats {
-                let a = &s.acquisition;
-                let buckets: Vec<(f64, u64)> = ACQUIRE_BUCKETS
-                    .iter()
-                    .copied()
-                    .chain([f64::INFINITY])
-                    .zip(a.buckets.iter().copied())
-                    .collect();
-                let count = a.buckets.iter().sum();
-                family
-                    .encode_family(&pool(s))?
-                    .encode_histogram::<NoLabels>(a.sum_s, count, &buckets, None)?;
-            }
-        }
-        let mut counter = |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, u64)>| {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (labels, value) in rows {
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-            }
-            Ok::<(), std::fmt::Error>(())
-        };
-        let per_pool = |f: &dyn Fn(&PoolStats) -> u64| -> Vec<(Vec<(&str, String)>, u64)> {
-            stats.iter().map(|s| (pool(s), f(s))).collect()
-        };
-        counter(
+        Snapshot { pools, circuits }
+    }
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.snapshot();
+        encode_gauges(&mut encoder, &snap)?;
+        encode_wait(&mut encoder, &snap)?;
+        encode_counters(&mut encoder, &snap)
+    }
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: Vec<(Labels, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: Vec<(Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `labels` and one more label.
+fn with(labels: &Labels, key: &'static str, value: &str) -> Labels {
+    let mut labels = labels.clone();
+    labels.push((key, value.to_owned()));
+    labels
+}
+
+/// What the pools hold now: connections by state, waiters, health, open circuits.
+fn encode_gauges(e: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt::Error> {
+    let pools = &snap.pools;
+    gauge(
+        e,
+        "pool_connections",
+        "Pool connections now, by state",
+        pools
+            .iter()
+            .flat_map(|(labels, s)| {
+                let c = &s.connections;
+                // No `total` state: a sum over the states would count it twice.
+                [
+                    ("active", c.active),
+                    ("idle", c.idle),
+                    ("opening", c.opening),
+                ]
+                .map(|(state, n)| (with(labels, "state", state), n as f64))
+            })
+            .collect(),
+    )?;
+    gauge(
+        e,
+        "pool_waiters",
+        "Callers waiting for a connection now",
+        pools
+            .iter()
+            .map(|(labels, s)| (labels.clone(), s.acquisition.waiters as f64))
+            .collect(),
+    )?;
+    // Per connection would be a series per connection id, without bound: the pool's lowest
+    // score says whether any connection is near recycling.
+    gauge(
+        e,
+        "pool_connection_health_min",
+        "Lowest health score (0-100) among the pool's open connections (100 with none)",
+        pools
+            .iter()
+            .map(|(labels, s)| {
+                let min = s.health.iter().map(|h| h.score).min().unwrap_or(100);
+                (labels.clone(), min as f64)
+            })
+            .collect(),
+    )?;
+    gauge(
+        e,
+        "pool_circuit_open",
+        "1 while a tenant's circuit is open: its database kept failing, and callers fail at once",
+        snap.circuits.clone(),
+    )
+}
+
+/// How long callers waited for a connection, as a histogram per pool.
+fn encode_wait(e: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt::Error> {
+    let mut family = e.encode_descriptor(
+        "pool_acquire_wait_seconds",
+        "Time callers waited for a connection",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (labels, s) in &snap.pools {
+        let a = &s.acquisition;
+        let buckets: Vec<(f64, u64)> = ACQUIRE_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(a.buckets.iter().copied())
+            .collect();
+        let count = a.buckets.iter().sum();
+        family
+            .encode_family(labels)?
+            .encode_histogram::<NoLabels>(a.sum_s, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+/// What the pools have done since they opened.
+fn encode_counters(e: &mut DescriptorEncoder, snap: &Snapshot) -> Result<(), std::fmt::Error> {
+    let per_pool = |f: &dyn Fn(&PoolStats) -> u64| -> Vec<(Labels, u64)> {
+        snap.pools
+            .iter()
+            .map(|(labels, s)| (labels.clone(), f(s)))
+            .collect()
+    };
+    for (name, help, rows) in [
+        (
             "pool_connections_created",
             "Connections opened",
             per_pool(&|s| s.connections.created),
-        )?;
-        counter(
+        ),
+        (
             "pool_connections_recycled",
             "Connections recycled for age or health",
             per_pool(&|s| s.connections.recycled),
-        )?;
-        counter(
+        ),
+        (
             "pool_connect_failures",
             "Connection attempts that failed",
             per_pool(&|s| s.connections.failed),
-        )?;
-        counter(
+        ),
+        (
             "pool_queries",
             "Statements run",
             per_pool(&|s| s.queries.executed),
-        )?;
-        counter(
+        ),
+        (
             "pool_query_errors",
             "Statements that failed",
             per_pool(&|s| s.queries.errors),
-        )?;
-        counter(
+        ),
+        (
             "pool_acquire_timeouts",
             "Acquires that gave up after acquire_timeout",
             per_pool(&|s| s.acquisition.timeouts),
-        )?;
-        counter(
+        ),
+        (
             "pool_leases_reclaimed",
             "Leases taken back after lease_timeout",
             per_pool(&|s| s.leases.reclaimed),
-        )?;
-        counter(
-            "pool_connections_closed",
-            "Connections closed, by reason",
-            stats
-                .iter()
-                .flat_map(|s| {
-                    s.connections.closed.iter().map(move |(reason, n)| {
-                        let mut labels = pool(s);
-                        labels.push(("reason", (*reason).to_owned()));
-                        (labels, *n)
-                    })
-                })
-                .collect(),
-        )?;
-        Ok(())
+        ),
+    ] {
+        counter(e, name, help, rows)?;
     }
+    counter(
+        e,
+        "pool_connections_closed",
+        "Connections closed, by reason",
+        snap.pools
+            .iter()
+            .flat_map(|(labels, s)| {
+                s.connections
+                    .closed
+                    .iter()
+                    .map(move |(reason, n)| (with(labels, "reason", reason), *n))
+            })
+            .collect(),
+    )
 }
 
 /// `GET /metrics`: the classic text format, or OpenMetrics when `Accept` asks for it (see
