@@ -1,6 +1,7 @@
 //! `[databases.NAME]`: where each database is, how to log in, its pool settings, and whether
 //! it is per tenant; database URLs and their TLS parameters.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::values::{
-    DatabaseKind, FromConfigStr, HumanDuration, Interpolated, Secret, TENANT_PLACEHOLDER,
-    relative_to,
+    DatabaseKind, FromConfigStr, HumanDuration, Interpolated, ResolveError, Secret,
+    TENANT_PLACEHOLDER, relative_to,
 };
 use crate::tls::{SslMode, TlsSpec};
 
@@ -291,6 +292,53 @@ impl RawDatabase {
             }
         }
     }
+}
+
+/// `[databases]`: each table checked, or without any the SQLite file `DATA/trellis.db` as
+/// `main`.
+pub(crate) fn resolve(
+    raw: Option<BTreeMap<String, toml::Spanned<RawDatabase>>>,
+    base: &Path,
+    data: &Path,
+) -> Result<BTreeMap<String, DatabaseConfig>, ResolveError> {
+    let mut databases = BTreeMap::new();
+    match raw {
+        None => {
+            let name = "main".to_owned();
+            let target = DatabaseTarget::Sqlite {
+                path: Some(data.join("trellis.db")),
+            };
+            databases.insert(name.clone(), DatabaseConfig::new(name, target));
+        }
+        Some(raw) => {
+            for (name, spanned) in raw {
+                let span = spanned.span();
+                let mut raw = spanned.into_inner();
+                let pool = raw.pool_settings();
+                let search_path = raw.search_path.take().map(|s| s.0);
+                let max_tenants = raw.max_tenants.take();
+                let fail = |message: String| ResolveError {
+                    span: span.clone(),
+                    key: format!("databases.{name}"),
+                    message,
+                };
+                let target = raw.resolve(base).map_err(&fail)?;
+                let tenancy =
+                    resolve_tenancy(&target, search_path.as_deref(), max_tenants).map_err(&fail)?;
+                databases.insert(
+                    name.clone(),
+                    DatabaseConfig {
+                        name,
+                        target,
+                        pool,
+                        search_path,
+                        tenancy,
+                    },
+                );
+            }
+        }
+    }
+    Ok(databases)
 }
 
 /// Checks where `${tenant}` appears and `search_path`/`max_tenants` fit the database; the

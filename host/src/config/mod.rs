@@ -30,7 +30,7 @@ use crate::policy::settings::RawPolicy;
 pub use crate::policy::settings::{AuditTarget, PolicyConfig};
 use crate::server::settings::RawServer;
 pub use crate::server::settings::{DEFAULT_LISTEN, PUBLIC_LISTINGS, ServerConfig};
-use database::{RawDatabase, resolve_tenancy};
+use database::RawDatabase;
 use serde::Deserialize;
 use values::{Interpolated, ResolveError, relative_to};
 
@@ -367,43 +367,7 @@ impl RawConfig {
             workflows: at(self.paths.workflows, "workflows"),
         };
         let server = crate::server::settings::resolve(self.server)?;
-        let mut databases = BTreeMap::new();
-        match self.databases {
-            None => {
-                let name = "main".to_owned();
-                let target = DatabaseTarget::Sqlite {
-                    path: Some(paths.data.join("trellis.db")),
-                };
-                databases.insert(name.clone(), DatabaseConfig::new(name, target));
-            }
-            Some(raw) => {
-                for (name, spanned) in raw {
-                    let span = spanned.span();
-                    let mut raw = spanned.into_inner();
-                    let pool = raw.pool_settings();
-                    let search_path = raw.search_path.take().map(|s| s.0);
-                    let max_tenants = raw.max_tenants.take();
-                    let fail = |message: String| ResolveError {
-                        span: span.clone(),
-                        key: format!("databases.{name}"),
-                        message,
-                    };
-                    let target = raw.resolve(base).map_err(&fail)?;
-                    let tenancy = resolve_tenancy(&target, search_path.as_deref(), max_tenants)
-                        .map_err(&fail)?;
-                    databases.insert(
-                        name.clone(),
-                        DatabaseConfig {
-                            name,
-                            target,
-                            pool,
-                            search_path,
-                            tenancy,
-                        },
-                    );
-                }
-            }
-        }
+        let databases = database::resolve(self.databases, base, &paths.data)?;
         let plugins = crate::plugins::settings::resolve(self.plugins)?;
         let policy = crate::policy::settings::resolve(self.policy, base, &paths.data, &databases)?;
         let migrations = MigrationsConfig {
