@@ -70,6 +70,15 @@ async fn sql(pool: &sqlx::PgPool, text: &str) {
         .unwrap();
 }
 
+/// trellis.toml: `/metrics` and `/v1/pools` open, SQLite `main`, and `[databases.tenant]`
+/// with `tenant` (its keys).
+fn config(tenant: &str) -> String {
+    format!(
+        "[server]\npublic = [\"metrics\", \"pools\"]\n[databases.main]\n\
+         url = \"sqlite://data/trellis.db\"\n[databases.tenant]\n{tenant}"
+    )
+}
+
 fn workflow(query: &str) -> String {
     format!(
         "database = \"tenant\"\n[[nodes]]\nid = \"n\"\ntype = \"AsyncSQLDatabaseNode\"\n\
@@ -132,13 +141,11 @@ async fn two_tenants_in_two_databases_see_only_their_own_rows() {
     let dir = custom_dir(
         &workflow("SELECT name FROM items ORDER BY name"),
         &rules(&["w"]),
-        &format!(
-            "[server]\npublic = [\"metrics\", \"pools\"]\n[databases.main]\nurl = \"sqlite://data/trellis.db\"\n\
-             [databases.tenant]\n\
-             url = \"{}\"\nmin_connections = 0\nmax_connections = 2\nacquire_timeout = \"2s\"\n\
+        &config(&format!(
+            "url = \"{}\"\nmin_connections = 0\nmax_connections = 2\nacquire_timeout = \"2s\"\n\
              max_tenants = 2\n",
             dbs.template()
-        ),
+        )),
     );
     let server = Server::start(dir.path(), &[]);
 
@@ -225,12 +232,10 @@ async fn a_schema_per_tenant_through_search_path() {
         // Set on the session and reset on release: the tenant's schema must survive the reset.
         &workflow("SELECT name FROM items"),
         &rules(&["w"]),
-        &format!(
-            "[server]\npublic = [\"metrics\", \"pools\"]\n[databases.main]\nurl = \"sqlite://data/trellis.db\"\n\
-             [databases.tenant]\n\
-             url = \"{shared}\"\nsearch_path = \"s_${{tenant}}\"\nmin_connections = 0\n\
+        &config(&format!(
+            "url = \"{shared}\"\nsearch_path = \"s_${{tenant}}\"\nmin_connections = 0\n\
              max_connections = 1\n"
-        ),
+        )),
     );
     let server = Server::start(dir.path(), &[]);
     for _ in 0..3 {
@@ -255,12 +260,10 @@ async fn a_saturated_tenant_does_not_hold_up_another_over_http() {
     let dir = custom_dir(
         &workflow("SELECT name FROM items, pg_sleep(1.5)"),
         &rules(&["w", "fast"]),
-        &format!(
-            "[server]\npublic = [\"metrics\", \"pools\"]\n[databases.main]\nurl = \"sqlite://data/trellis.db\"\n\
-             [databases.tenant]\n\
-             url = \"{}\"\nmin_connections = 0\nmax_connections = 1\n",
+        &config(&format!(
+            "url = \"{}\"\nmin_connections = 0\nmax_connections = 1\n",
             dbs.template()
-        ),
+        )),
     );
     std::fs::write(
         dir.path().join("workflows/fast.toml"),
@@ -326,12 +329,10 @@ async fn the_circuit_opens_and_closes_per_tenant() {
     let dir = custom_dir(
         &workflow("SELECT name FROM items"),
         &rules(&["w"]),
-        &format!(
-            "[server]\npublic = [\"metrics\", \"pools\"]\n[databases.main]\nurl = \"sqlite://data/trellis.db\"\n\
-             [databases.tenant]\n\
-             url = \"{}\"\nmin_connections = 0\nmax_connections = 2\nacquire_timeout = \"2s\"\n",
+        &config(&format!(
+            "url = \"{}\"\nmin_connections = 0\nmax_connections = 2\nacquire_timeout = \"2s\"\n",
             dbs.template()
-        ),
+        )),
     );
     let server = Server::start(dir.path(), &[]);
     // Ghost's database does not exist yet: its connects fail until its circuit opens.

@@ -343,7 +343,7 @@ pub(crate) fn resolve(
 
 /// Checks where `${tenant}` appears and `search_path`/`max_tenants` fit the database; the
 /// database is per tenant when its name, user, SQLite path or `search_path` names `${tenant}`.
-pub(crate) fn resolve_tenancy(
+fn resolve_tenancy(
     target: &DatabaseTarget,
     search_path: Option<&str>,
     max_tenants: Option<usize>,

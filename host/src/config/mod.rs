@@ -189,7 +189,6 @@ impl Config {
     /// Parses `text` as if read from `path` (used for messages and to resolve relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         // The lines drawn around a problem must not show a secret either.
-        let shared: std::sync::Arc<str> = std::sync::Arc::from(redact_secrets(text));
         let invalid =
             |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
                 let (line, column) = line_column(text, span.as_ref().map_or(0, |s| s.start));
@@ -198,7 +197,8 @@ impl Config {
                 let snippet = span.filter(|s| s.end > 0).map(|s| {
                     let snippet = crate::diagnostic::Snippet::at(
                         path.display().to_string(),
-                        shared.clone(),
+                        // Only on an error: a file that loads is never scanned for secrets.
+                        std::sync::Arc::from(redact_secrets(text)),
                         s.start,
                         s.len(),
                     );

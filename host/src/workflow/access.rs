@@ -267,7 +267,7 @@ impl AccessControlledRuntime {
         let plan = Plan {
             skip,
             downstream_filter,
-            tenant: user.context().tenant_id.clone(),
+            tenant: Arc::from(user.context().tenant_id.as_str()),
         };
         let run = self.runtime.run(workflow, &inputs, &plan).await?;
 

@@ -34,7 +34,7 @@ pub struct Plan {
     /// them.
     pub downstream_filter: Option<(Vec<bool>, OutputFilter)>,
     /// The caller's tenant: a database per tenant is reached through this tenant's pool.
-    pub tenant: String,
+    pub tenant: Arc<str>,
 }
 
 /// What one run produced.
