@@ -101,3 +101,77 @@ to = "group"
     assert_eq!(body["node"], "group", "{body}");
     assert_eq!(body["error"]["kind"], "configuration", "{body}");
 }
+
+/// Configs are typed when the workflow loads: what only the typed form could tell (a plugin
+/// node's `records` that are not records, a pool `execute` with no lease to run on) is refused
+/// then, not at the first request. On 99878c6 both loaded and failed at request time.
+#[tokio::test]
+async fn what_only_the_typed_config_can_tell_is_refused_when_the_workflow_loads() {
+    let workflow = r#"
+[[nodes]]
+id = "group"
+type = "plugin:sum-by-key"
+config = { key = "department", field = "salary", records = 5 }
+[[nodes]]
+id = "pool"
+type = "WorkflowConnectionPool"
+config = { operation = "execute", query = "SELECT 1" }
+"#;
+    let (_dir, server) = served(workflow, &["group", "pool"]);
+    let user = json!({"user_id": "u"});
+    let (status, body) = run_workflow(&server, "w", &user, json!({})).await;
+    assert_eq!(status, 404, "the workflow was served: {body}");
+    let listing = server.get_json("/v1/workflows", Some(&user)).await;
+    let error = listing["errors"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for expected in [
+        "workflows/w.toml: 2 problems in node configs",
+        "workflows/w.toml:2: node `group`: `records` must be an array of records, not a number",
+        "workflows/w.toml:6: node `pool`: missing `connection_id` (from `acquire`)",
+    ] {
+        assert!(error.contains(expected), "no `{expected}` in:\n{error}");
+    }
+}
+
+/// A run fills in and parses only what it supplies: an SQL node's `params` (from an input and
+/// from a connection into a key the file leaves out) and a plugin node's `records`; a value of
+/// the wrong shape there is the node's configuration error.
+#[tokio::test]
+async fn a_run_fills_in_only_the_parts_it_supplies() {
+    let workflow = r#"
+[inputs.salary]
+type = "any"
+[[nodes]]
+id = "rows"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 'a' AS department, :salary AS salary", params = { salary = "$inputs.salary" } }
+[[nodes]]
+id = "echo"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT :d AS d", fetch_mode = "one" }
+[[nodes]]
+id = "group"
+type = "plugin:sum-by-key"
+config = { key = "department", field = "salary" }
+[[connections]]
+from = "rows.result.data"
+to = "group"
+[[connections]]
+from = "rows.result.data.0.department"
+to = "echo.params.d"
+"#;
+    let (_dir, server) = served(workflow, &["rows", "echo", "group"]);
+    let user = json!({"user_id": "u"});
+    let (status, body) = run_workflow(&server, "w", &user, json!({"inputs": {"salary": 3}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"]["echo"]["result"]["data"]["d"], "a",
+        "{body}"
+    );
+    assert_eq!(
+        body["results"]["group"]["data"][0]["salary_total"], 3,
+        "{body}"
+    );
+}

@@ -80,15 +80,19 @@ impl PoolOperations {
         &self.pool
     }
 
-    /// Runs one operation (checked first with [`check`]).
+    /// Runs one JSON operation (parsed first with [`PoolRequest::from_json`]).
     pub async fn execute(&self, request: &Value) -> Result<Value, OpError> {
-        check(request)?;
-        let operation = request
-            .get("operation")
-            .and_then(Value::as_str)
-            .ok_or_else(|| OpError::Request("missing `operation`: one of `initialize`, `acquire`, `execute`, `release`, `stats`".into()))?;
-        match operation {
-            "initialize" => {
+        self.run(&PoolRequest::from_json(request)?, None).await
+    }
+
+    /// Runs one operation; an `acquire` without its own `workload` counts under `workload`.
+    pub async fn run(
+        &self,
+        request: &PoolRequest,
+        workload: Option<&str>,
+    ) -> Result<Value, OpError> {
+        match request {
+            PoolRequest::Initialize => {
                 self.pool.initialize().await?;
                 let stats = self.pool.stats();
                 Ok(json!({
@@ -99,8 +103,8 @@ impl PoolOperations {
                     "connections": stats.connections.total,
                 }))
             }
-            "acquire" => {
-                let lease = match request.get("workload").and_then(Value::as_str) {
+            PoolRequest::Acquire { workload: own } => {
+                let lease = match own.as_deref().or(workload) {
                     Some(workload) => self.pool.acquire_for(workload).await?,
                     None => self.pool.acquire().await?,
                 };
@@ -115,39 +119,14 @@ impl PoolOperations {
                 leases.insert(lease.number(), Arc::new(lease));
                 Ok(reply)
             }
-            "execute" => {
-                let (number, id) = self.connection_id(request)?;
-                let lease = self.lookup(number, &id)?;
-                let query = request
-                    .get("query")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| OpError::Request("missing `query`".into()))?;
-                let params = Params::from_json(request.get("params"))
-                    .map_err(|e| OpError::Pool(PoolError::Query(e.into())))?;
-                let fetch = fetch_of(request)?;
-                match lease.execute(query, &params, fetch).await {
-                    Ok(output) => {
-                        let data = match fetch {
-                            Fetch::One => output
-                                .rows
-                                .into_iter()
-                                .next()
-                                .map_or(Value::Null, Value::Object),
-                            _ => Value::Array(output.rows.into_iter().map(Value::Object).collect()),
-                        };
-                        Ok(
-                            json!({"connection_id": id, "data": data, "row_count": output.row_count}),
-                        )
-                    }
-                    Err(error @ PoolError::Reclaimed { .. }) => {
-                        self.lock().remove(&number);
-                        Err(error.into())
-                    }
-                    Err(error) => Err(error.into()),
-                }
-            }
-            "release" => {
-                let (number, id) = self.connection_id(request)?;
+            PoolRequest::Execute {
+                connection_id,
+                query,
+                params,
+                fetch,
+            } => self.execute_on(connection_id, query, params, *fetch).await,
+            PoolRequest::Release { connection_id } => {
+                let (number, id) = self.connection_id(connection_id)?;
                 let lease = self.lock().remove(&number);
                 match lease {
                     Some(lease) if lease.health_score().is_none() => Err(PoolError::Reclaimed {
@@ -161,10 +140,39 @@ impl PoolOperations {
                     None => Err(self.missing(number, id).into()),
                 }
             }
-            "stats" => Ok(serde_json::to_value(self.pool.stats()).unwrap_or(Value::Null)),
-            other => Err(OpError::Request(format!(
-                "unknown operation `{other}`: use `initialize`, `acquire`, `execute`, `release` or `stats`"
-            ))),
+            PoolRequest::Stats => {
+                Ok(serde_json::to_value(self.pool.stats()).unwrap_or(Value::Null))
+            }
+        }
+    }
+
+    /// `execute`: one statement on an acquired lease.
+    async fn execute_on(
+        &self,
+        connection_id: &str,
+        query: &str,
+        params: &Params,
+        fetch: Fetch,
+    ) -> Result<Value, OpError> {
+        let (number, id) = self.connection_id(connection_id)?;
+        let lease = self.lookup(number, &id)?;
+        match lease.execute(query, params, fetch).await {
+            Ok(output) => {
+                let data = match fetch {
+                    Fetch::One => output
+                        .rows
+                        .into_iter()
+                        .next()
+                        .map_or(Value::Null, Value::Object),
+                    _ => Value::Array(output.rows.into_iter().map(Value::Object).collect()),
+                };
+                Ok(json!({"connection_id": id, "data": data, "row_count": output.row_count}))
+            }
+            Err(error @ PoolError::Reclaimed { .. }) => {
+                self.lock().remove(&number);
+                Err(error.into())
+            }
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -172,11 +180,7 @@ impl PoolOperations {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connection_id(&self, request: &Value) -> Result<(u64, String), OpError> {
-        let id = request
-            .get("connection_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| OpError::Request("missing `connection_id` (from `acquire`)".into()))?;
+    fn connection_id(&self, id: &str) -> Result<(u64, String), OpError> {
         let number = id
             .rsplit_once('/')
             .filter(|(pool, _)| *pool == self.pool.name())
@@ -231,10 +235,70 @@ const OPERATIONS: &[(&str, &[&str])] = &[
     ("stats", &[]),
 ];
 
-/// Checks a request without running it: a known `operation`, only its keys (a typo gets a
-/// did-you-mean), and well-typed values. A workflow's pool-operation node is checked with this
-/// when the workflow loads.
-pub fn check(request: &Value) -> Result<(), OpError> {
+/// One operation, parsed and checked.
+#[derive(Debug, Clone)]
+pub enum PoolRequest {
+    /// Opens the pool's `min_connections`.
+    Initialize,
+    /// Takes a lease; `workload` names what the pool's pre-warming counts it under.
+    Acquire {
+        /// Its workload.
+        workload: Option<String>,
+    },
+    /// Runs one statement on a lease.
+    Execute {
+        /// The lease (from `acquire`).
+        connection_id: String,
+        /// The statement.
+        query: String,
+        /// Its parameters.
+        params: Params,
+        /// How many rows to return.
+        fetch: Fetch,
+    },
+    /// Gives a lease back.
+    Release {
+        /// The lease.
+        connection_id: String,
+    },
+    /// The pool's statistics.
+    Stats,
+}
+
+impl PoolRequest {
+    /// Reads a JSON request: a known `operation`, only its keys (a typo gets a did-you-mean),
+    /// and well-typed values. A workflow's pool-operation node is read with this when the
+    /// workflow loads.
+    pub fn from_json(request: &Value) -> Result<PoolRequest, OpError> {
+        check(request)?;
+        let text = |key: &str| request.get(key).and_then(Value::as_str).map(str::to_owned);
+        let connection_id = || {
+            text("connection_id")
+                .ok_or_else(|| OpError::Request("missing `connection_id` (from `acquire`)".into()))
+        };
+        Ok(match request.get("operation").and_then(Value::as_str) {
+            Some("initialize") => PoolRequest::Initialize,
+            Some("acquire") => PoolRequest::Acquire {
+                workload: text("workload"),
+            },
+            Some("execute") => PoolRequest::Execute {
+                connection_id: connection_id()?,
+                query: text("query").ok_or_else(|| OpError::Request("missing `query`".into()))?,
+                params: Params::from_json(request.get("params"))
+                    .map_err(|e| OpError::Pool(PoolError::Query(e.into())))?,
+                fetch: fetch_of(request)?,
+            },
+            Some("release") => PoolRequest::Release {
+                connection_id: connection_id()?,
+            },
+            // `check` let through only the five operations.
+            _ => PoolRequest::Stats,
+        })
+    }
+}
+
+/// Checks a request's operation, keys and value types.
+fn check(request: &Value) -> Result<(), OpError> {
     let map = request
         .as_object()
         .ok_or_else(|| OpError::Request("the operation must be a JSON object".into()))?;

@@ -101,6 +101,7 @@ impl WorkflowBuilder {
                 id,
                 kind,
                 config,
+                typed: Default::default(),
                 database: None,
                 timeout: None,
                 optional: false,

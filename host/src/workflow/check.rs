@@ -37,7 +37,7 @@ pub(crate) fn node_config(
             if later.contains(&"operation") {
                 return Vec::new();
             }
-            match crate::pool::ops::check(&probe(pool_placeholder)) {
+            match crate::pool::ops::PoolRequest::from_json(&probe(pool_placeholder)).map(drop) {
                 Ok(()) => Vec::new(),
                 Err(e) => vec![e.to_string()],
             }

@@ -9,6 +9,7 @@ pub(crate) mod access;
 pub(crate) mod builder;
 mod check;
 pub(crate) mod failure;
+mod node_config;
 mod node_kind;
 pub(crate) mod runtime;
 pub(crate) mod scope;
@@ -22,6 +23,7 @@ pub use access::{
 };
 pub use builder::WorkflowBuilder;
 pub use failure::CallerError;
+pub use node_config::{ConfigError, NodeConfig, Part, PluginConfig, Typed};
 pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
 pub use set::{Loaded, WorkflowSet, WorkflowWatcher};
 pub use spec::{

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use tokio::task::JoinSet;
 
+use super::node_config::{ConfigError, NodeConfig, PluginConfig, Typed};
 use super::spec::{INPUT_PREFIX, NodeKind, NodeSpec, Workflow};
 use crate::database::Databases;
 use crate::database::tenants::{Checkout, TenantError};
 use crate::plugins::{CallError, PluginRegistry};
 use crate::pool::breaker::Outcome;
 use crate::pool::ops::{OpError, PoolOperations};
-use crate::sql::{ErrorKind, SqlError, SqlNode, SqlNodeConfig};
-use crate::vector::{VectorError, VectorNode, VectorStore};
+use crate::sql::{ErrorKind, SqlError, SqlNode};
+use crate::vector::{VectorError, VectorStore};
 
 /// Rewrites a node's output before downstream nodes read it (masking for nodes marked so).
 pub type OutputFilter = Arc<dyn Fn(&NodeSpec, Value) -> Value + Send + Sync>;
@@ -126,6 +127,17 @@ pub enum NodeError {
     /// The database is per tenant, and this caller's tenant cannot use it now.
     #[error(transparent)]
     Tenant(#[from] TenantError),
+}
+
+impl From<ConfigError> for NodeError {
+    fn from(error: ConfigError) -> NodeError {
+        match error {
+            ConfigError::Sql(e) => NodeError::Sql(e),
+            ConfigError::Pool(e) => NodeError::Pool(e),
+            ConfigError::Vector(e) => NodeError::Vector(e),
+            ConfigError::Plugin(m) => NodeError::Config(m),
+        }
+    }
 }
 
 impl NodeError {
@@ -263,7 +275,7 @@ impl Runtime {
                     }
                     continue;
                 }
-                let config = match self.fill(workflow, i, inputs, &downstream_view) {
+                let config = match self.config_for(workflow, i, inputs, &downstream_view) {
                     Ok(config) => config,
                     Err(source) => {
                         return Err(RunError::Node {
@@ -275,15 +287,15 @@ impl Runtime {
                 };
                 let limit = node.timeout.unwrap_or(workflow.node_timeout);
                 let this = self.clone();
-                let spec = node.clone();
+                let workflow = workflow.clone();
                 let ops = ops.clone();
-                let workload = workflow.name.clone();
                 let tenant = plan.tenant.clone();
                 running.spawn(async move {
                     let started = Instant::now();
+                    let node = &workflow.nodes[i];
                     let result = tokio::time::timeout(
                         limit,
-                        this.run_node(&spec, config, &ops, &workload, &tenant),
+                        this.run_node(node, &config, &ops, &workflow.name, &tenant),
                     )
                     .await;
                     (i, started.elapsed(), result.map_err(|_| limit))
@@ -355,59 +367,27 @@ impl Runtime {
         })
     }
 
-    /// Node `i`'s config with `$inputs.NAME` replaced and its connections filled in.
-    fn fill(
+    /// Node `i`'s typed config for this run: as typed at load, with what the run fills in
+    /// (inputs and connections) parsed now.
+    fn config_for(
         &self,
         workflow: &Workflow,
         i: usize,
         inputs: &Map<String, Value>,
         views: &[Option<Arc<Value>>],
-    ) -> Result<Value, NodeError> {
+    ) -> Result<Arc<NodeConfig>, NodeError> {
         let node = &workflow.nodes[i];
-        let mut config = node.config.clone();
-        substitute_inputs(&mut config, inputs);
-        // A connection that fills no key only orders the nodes.
-        for c in workflow
-            .connections
-            .iter()
-            .filter(|c| c.to == node.id && !c.input.is_empty())
-        {
-            let from = workflow
-                .nodes
-                .iter()
-                .position(|n| n.id == c.from)
-                .expect("validated connection");
-            let Some(view) = &views[from] else {
-                return Err(NodeError::Connection(format!(
-                    "upstream node `{}` has no output",
-                    c.from
-                )));
-            };
-            let mut value: &Value = view;
-            for key in &c.output {
-                value = match value {
-                    Value::Object(map) => map.get(key),
-                    Value::Array(items) => key.parse::<usize>().ok().and_then(|k| items.get(k)),
-                    _ => None,
-                }
-                .ok_or_else(|| {
-                    NodeError::Connection(format!(
-                        "the output of `{}` has no `{}` (connection `{}` → `{}.{}`)",
-                        c.from,
-                        c.output.join("."),
-                        [c.from.as_str()]
-                            .into_iter()
-                            .chain(c.output.iter().map(String::as_str))
-                            .collect::<Vec<_>>()
-                            .join("."),
-                        c.to,
-                        c.input.join(".")
-                    ))
-                })?;
+        Ok(match &node.typed {
+            Typed::Ready(config) => config.clone(),
+            Typed::Except(config, part) => {
+                let value = fill(workflow, i, Some(part.key()), inputs, views)?;
+                Arc::new(config.with_part(*part, value)?)
             }
-            set_path(&mut config, &c.input, value.clone())?;
-        }
-        Ok(config)
+            Typed::AtRun | Typed::Unchecked => {
+                let value = fill(workflow, i, None, inputs, views)?;
+                Arc::new(NodeConfig::parse(&node.kind, &value)?)
+            }
+        })
     }
 
     /// Runs `f` on database `db`'s pool and vector store: the one pool, or for a database per
@@ -435,15 +415,15 @@ impl Runtime {
     async fn run_node(
         &self,
         node: &NodeSpec,
-        config: Value,
+        config: &NodeConfig,
         ops: &HashMap<String, PoolOperations>,
         workload: &str,
         tenant: &str,
     ) -> Result<Value, NodeError> {
         let database = || node.database.clone().unwrap_or_else(|| "main".into());
-        match &node.kind {
-            NodeKind::Sql => {
-                let sql = SqlNodeConfig::from_json(&config)?;
+        match config {
+            NodeConfig::Sql(sql) => {
+                let sql = sql.clone();
                 self.on_database(&database(), tenant, |pool, _| async move {
                     Ok(SqlNode::new(pool, sql)
                         .with_workload(workload)
@@ -452,85 +432,144 @@ impl Runtime {
                 })
                 .await
             }
-            NodeKind::PoolOperation => {
+            NodeConfig::PoolOperation(request) => {
                 let db = database();
                 let ops = ops.get(&db).ok_or(NodeError::Database(db))?;
                 // A lease without its own `workload` counts under the workflow's.
-                let mut config = config;
-                if config.get("operation").and_then(Value::as_str) == Some("acquire")
-                    && let Some(map) = config.as_object_mut()
-                {
-                    map.entry("workload")
-                        .or_insert_with(|| Value::String(workload.to_owned()));
-                }
-                Ok(ops.execute(&config).await?)
+                Ok(ops.run(request, Some(workload)).await?)
             }
-            NodeKind::Vector => {
-                let mut config = config;
-                if let Some(map) = config.as_object_mut() {
-                    // The node's `database` is the workflow's; the vector config's own key is
-                    // the same thing.
-                    map.remove("database");
-                }
-                let vector = VectorNode::from_json(&config)?;
+            NodeConfig::Vector(vector) => {
                 self.on_database(&database(), tenant, |_, store| async move {
                     Ok(vector.run(&store).await?)
                 })
                 .await
             }
-            NodeKind::Plugin(name) => {
-                let plugin = self
-                    .plugins
-                    .get(name)
-                    .ok_or_else(|| NodeError::PluginMissing(name.clone()))?;
-                let Value::Object(mut config) = config else {
-                    return Err(NodeError::Config("the config must be a table".into()));
-                };
-                // Checked at load without its run-time keys; now with every value.
-                let problems = plugin.config_problems(&config, &["records"]);
-                if !problems.is_empty() {
-                    return Err(NodeError::Config(format!(
-                        "plugin `{}` config: {}",
-                        plugin.label(),
-                        problems.join("; ")
-                    )));
-                }
-                let records = match config.remove("records") {
-                    None | Some(Value::Null) => Vec::new(),
-                    Some(Value::Array(items)) => items,
-                    Some(other) => {
-                        return Err(NodeError::Config(format!(
-                            "`records` must be an array of records, not {}",
-                            other
-                        )));
-                    }
-                };
-                let texts: Vec<String> = records.iter().map(Value::to_string).collect();
-                let label = format!("{}@{}", plugin.name(), plugin.version());
-                let results = plugin.transform_async(texts, Arc::new(config)).await?;
-                let mut data: Vec<Value> = Vec::with_capacity(results.len());
-                for (index, result) in results.into_iter().enumerate() {
-                    match result {
-                        Ok(text) => data.push(serde_json::from_str(&text).map_err(|e| {
-                            NodeError::Record {
-                                plugin: label.clone(),
-                                index,
-                                message: format!("returned invalid JSON: {e}"),
-                            }
-                        })?),
-                        Err(message) => {
-                            return Err(NodeError::Record {
-                                plugin: label,
-                                index,
-                                message,
-                            });
-                        }
-                    }
-                }
-                Ok(json!({"data": data, "count": data.len(), "plugin": label}))
-            }
+            NodeConfig::Plugin(config) => match &node.kind {
+                NodeKind::Plugin(name) => self.run_plugin(name, config).await,
+                _ => Err(NodeError::Config(
+                    "a plugin config on another node type".into(),
+                )),
+            },
         }
     }
+
+    /// A plugin node: its records through the plugin's batch transform.
+    async fn run_plugin(&self, name: &str, config: &PluginConfig) -> Result<Value, NodeError> {
+        let plugin = self
+            .plugins
+            .get(name)
+            .ok_or_else(|| NodeError::PluginMissing(name.to_owned()))?;
+        // Checked at load against the plugin then loaded; now against the one that runs.
+        let problems = plugin.config_problems(&config.settings, &["records"]);
+        if !problems.is_empty() {
+            return Err(NodeError::Config(format!(
+                "plugin `{}` config: {}",
+                plugin.label(),
+                problems.join("; ")
+            )));
+        }
+        let texts: Vec<String> = config.records.iter().map(Value::to_string).collect();
+        let label = format!("{}@{}", plugin.name(), plugin.version());
+        let results = plugin
+            .transform_async(texts, config.settings.clone())
+            .await?;
+        let mut data: Vec<Value> = Vec::with_capacity(results.len());
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(text) => {
+                    data.push(serde_json::from_str(&text).map_err(|e| NodeError::Record {
+                        plugin: label.clone(),
+                        index,
+                        message: format!("returned invalid JSON: {e}"),
+                    })?)
+                }
+                Err(message) => {
+                    return Err(NodeError::Record {
+                        plugin: label,
+                        index,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(json!({"data": data, "count": data.len(), "plugin": label}))
+    }
+}
+
+/// Node `i`'s config, or its key `part` alone, with `$inputs.NAME` replaced and its
+/// connections filled in.
+fn fill(
+    workflow: &Workflow,
+    i: usize,
+    part: Option<&str>,
+    inputs: &Map<String, Value>,
+    views: &[Option<Arc<Value>>],
+) -> Result<Value, NodeError> {
+    let node = &workflow.nodes[i];
+    // A key the file leaves out is a table when connections fill keys inside it.
+    let mut config = match part {
+        Some(key) => match node.config.get(key) {
+            Some(value) => value.clone(),
+            None if workflow
+                .connections
+                .iter()
+                .any(|c| c.to == node.id && c.input.len() > 1 && c.input[0] == key) =>
+            {
+                Value::Object(Map::new())
+            }
+            None => Value::Null,
+        },
+        None => node.config.clone(),
+    };
+    substitute_inputs(&mut config, inputs);
+    // A connection that fills no key only orders the nodes.
+    for c in workflow
+        .connections
+        .iter()
+        .filter(|c| c.to == node.id && !c.input.is_empty())
+    {
+        let into = match part {
+            Some(key) if c.input[0] == key => &c.input[1..],
+            Some(_) => continue,
+            None => &c.input[..],
+        };
+
+        let from = workflow
+            .nodes
+            .iter()
+            .position(|n| n.id == c.from)
+            .expect("validated connection");
+        let Some(view) = &views[from] else {
+            return Err(NodeError::Connection(format!(
+                "upstream node `{}` has no output",
+                c.from
+            )));
+        };
+        let mut value: &Value = view;
+        for key in &c.output {
+            value = match value {
+                Value::Object(map) => map.get(key),
+                Value::Array(items) => key.parse::<usize>().ok().and_then(|k| items.get(k)),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                NodeError::Connection(format!(
+                    "the output of `{}` has no `{}` (connection `{}` → `{}.{}`)",
+                    c.from,
+                    c.output.join("."),
+                    [c.from.as_str()]
+                        .into_iter()
+                        .chain(c.output.iter().map(String::as_str))
+                        .collect::<Vec<_>>()
+                        .join("."),
+                    c.to,
+                    c.input.join(".")
+                ))
+            })?;
+        }
+        set_path(&mut config, into, value.clone())?;
+    }
+    Ok(config)
 }
 
 /// Replaces every string that is exactly `$inputs.NAME` with the input's value.

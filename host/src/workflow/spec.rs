@@ -3,7 +3,7 @@
 //! node types or plugins, duplicate ids, dangling connections and cycles are errors that name the
 //! file, the line and the node.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::sql::params::json_kind;
 
 pub use super::check::{AnyName, Known};
+pub use super::node_config::Typed;
 pub use super::node_kind::NodeKind;
 
 /// The JSON type a workflow input must have.
@@ -75,7 +76,7 @@ pub struct InputSpec {
 }
 
 /// One node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NodeSpec {
     /// Unique within the workflow; also the policy resource id (`Trellis::Node::"id"`).
     pub id: String,
@@ -84,6 +85,9 @@ pub struct NodeSpec {
     /// Its configuration (the node type's JSON config). Strings `"$inputs.NAME"` are replaced by
     /// the run's input `NAME`; connections fill further keys at run time.
     pub config: Value,
+    /// The same config typed by its node type, as far as the file fixes it (set when the
+    /// workflow is validated).
+    pub typed: Typed,
     /// The database it runs on (database nodes only; default: the workflow's, else `main`).
     pub database: Option<String>,
     /// The longest it may run (default: the workflow's `node_timeout`).
@@ -95,6 +99,20 @@ pub struct NodeSpec {
     pub mask_downstream: bool,
     /// 1-based line of its definition, when read from a file.
     pub line: Option<usize>,
+}
+
+/// Two nodes are the same when their definitions are: `typed` follows from them.
+impl PartialEq for NodeSpec {
+    fn eq(&self, other: &NodeSpec) -> bool {
+        self.id == other.id
+            && self.kind == other.kind
+            && self.config == other.config
+            && self.database == other.database
+            && self.timeout == other.timeout
+            && self.optional == other.optional
+            && self.mask_downstream == other.mask_downstream
+            && self.line == other.line
+    }
 }
 
 /// Data from one node's output into another node's config.
@@ -343,6 +361,7 @@ impl Workflow {
                 config: node
                     .config
                     .unwrap_or_else(|| Value::Object(Default::default())),
+                typed: Typed::Unchecked,
                 database: node.database,
                 timeout,
                 optional: node.optional,
@@ -655,30 +674,46 @@ impl Draft {
         Ok((upstream, filled))
     }
 
-    /// Every node's config, checked now rather than when a request runs it; every problem of
-    /// every node at once.
+    /// Every node's config, checked now rather than when a request runs it, and typed as far
+    /// as the file fixes it; every problem of every node at once.
     fn check_configs(
-        &self,
+        &mut self,
         filled: &HashSet<(usize, Vec<String>)>,
         known: &dyn Known,
     ) -> Result<(), SpecError> {
         let err = spec_err;
         let mut problems = Vec::new();
+        let mut typed = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
             let config = node.config.as_object().expect("checked above");
-            let mut later: Vec<&str> = filled
+            let filled_keys = filled
                 .iter()
                 .filter(|(to, _)| *to == i)
-                .filter_map(|(_, path)| path.first().map(String::as_str))
-                .collect();
+                .filter_map(|(_, path)| path.first().map(String::as_str));
+            let mut later: Vec<&str> = filled_keys.clone().collect();
             later.extend(
                 config
                     .iter()
                     .filter(|(_, v)| v.as_str().is_some_and(|s| s.starts_with(INPUT_PREFIX)))
                     .map(|(k, _)| k.as_str()),
             );
-            for message in super::check::node_config(&node.kind, config, &later, known) {
-                problems.push((self.location(node.line, Some(&node.id)), message));
+            let messages = super::check::node_config(&node.kind, config, &later, known);
+            if !messages.is_empty() {
+                let at = self.location(node.line, Some(&node.id));
+                problems.extend(messages.into_iter().map(|m| (at.clone(), m)));
+                continue;
+            }
+            // The keys a run fills: by connections, or with inputs anywhere inside them.
+            let slots: BTreeSet<&str> = filled_keys
+                .chain(config.iter().filter_map(|(k, v)| {
+                    let mut refs = Vec::new();
+                    input_refs(v, &mut refs);
+                    (!refs.is_empty()).then_some(k.as_str())
+                }))
+                .collect();
+            match Typed::prepare(&node.kind, &node.config, &slots) {
+                Ok(t) => typed.push((i, t)),
+                Err(e) => problems.push((self.location(node.line, Some(&node.id)), e.to_string())),
             }
         }
         match problems.len() {
@@ -698,6 +733,9 @@ impl Draft {
                     Some(super::check::HINT),
                 ));
             }
+        }
+        for (i, t) in typed {
+            self.nodes[i].typed = t;
         }
         Ok(())
     }
@@ -768,7 +806,6 @@ fn split_path(text: &str) -> (String, Vec<String>) {
     (head, parts.map(str::to_owned).collect())
 }
 
-/// Every `$inputs.NAME` referenced anywhere in `value`.
 /// The input names a config reads (`"$inputs.NAME"` strings anywhere in it).
 pub(crate) fn input_refs(value: &Value, out: &mut Vec<String>) {
     match value {
