@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::history::{self, HistoryRow, NewRow};
 use super::lock::{DbLock, LockError};
 use super::plan::{Plan, PlanError};
-use super::source::{LoadError, Migration, MigrationSet, Step, script};
+use super::source::{LoadError, Migration, MigrationSet, Step, StepError, script};
 use crate::config::values::DatabaseKind;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::sql::exec::Fetch;
@@ -498,99 +498,45 @@ impl Runner {
         lease: &Lease,
         m: &dyn Migration,
     ) -> Result<Option<Duration>, MigrateError> {
+        if self.in_transaction(m) {
+            self.apply_in_transaction(lease, m).await
+        } else {
+            self.apply_marked(lease, m).await
+        }
+    }
+
+    /// Applies one migration and records it in one transaction; a failed step is rolled back,
+    /// then recorded as failed (not dirty).
+    async fn apply_in_transaction(
+        &self,
+        lease: &Lease,
+        m: &dyn Migration,
+    ) -> Result<Option<Duration>, MigrateError> {
         let kind = self.kind();
         let id = m.id();
         let checksum = m.checksum();
         let step = Step::new(lease, kind);
-        if self.in_transaction(m) {
-            run(lease, begin(kind))
-                .await
-                .map_err(db("cannot begin the migration's transaction"))?;
-            let body = async {
-                if already_applied(lease, id).await? {
-                    return Ok(None);
-                }
-                let started = Instant::now();
-                if let Err(e) = m.up(&step).await {
-                    return Ok(Some(Err(e)));
-                }
-                let elapsed = started.elapsed();
-                history::put(
-                    lease,
-                    kind,
-                    NewRow {
-                        id,
-                        description: m.description(),
-                        checksum: &checksum,
-                        by: &self.by,
-                        execution_ms: Some(millis(elapsed)),
-                        success: true,
-                        error: None,
-                        dirty: false,
-                    },
-                )
-                .await
-                .map_err(db("cannot record the migration"))?;
-                Ok(Some(Ok(elapsed)))
-            };
-            match body.await {
-                Ok(Some(Ok(elapsed))) => {
-                    run(lease, "COMMIT")
-                        .await
-                        .map_err(db("cannot commit the migration"))?;
-                    tracing::info!(migration = id, ?elapsed, "migration applied");
-                    Ok(Some(elapsed))
-                }
-                Ok(None) => {
-                    run(lease, "COMMIT")
-                        .await
-                        .map_err(db("cannot end the transaction"))?;
-                    Ok(None)
-                }
-                Ok(Some(Err(step_error))) => {
-                    run(lease, "ROLLBACK")
-                        .await
-                        .map_err(db("cannot roll back the failed migration"))?;
-                    history::put(
-                        lease,
-                        kind,
-                        NewRow {
-                            id,
-                            description: m.description(),
-                            checksum: &checksum,
-                            by: &self.by,
-                            execution_ms: None,
-                            success: false,
-                            error: Some(step_error.message()),
-                            dirty: false,
-                        },
-                    )
+        run(lease, begin(kind))
+            .await
+            .map_err(db("cannot begin the migration's transaction"))?;
+        match self.run_recorded(lease, m, &step, &checksum).await {
+            Ok(Some(Ok(elapsed))) => {
+                run(lease, "COMMIT")
                     .await
-                    .map_err(db("cannot record the failed migration"))?;
-                    Err(MigrateError::Failed {
-                        id: id.to_owned(),
-                        step: "up",
-                        cause: step_error.message().to_owned(),
-                        dirty: false,
-                    })
-                }
-                Err(e) => {
-                    let _ = run(lease, "ROLLBACK").await;
-                    Err(e)
-                }
+                    .map_err(db("cannot commit the migration"))?;
+                tracing::info!(migration = id, ?elapsed, "migration applied");
+                Ok(Some(elapsed))
             }
-        } else {
-            // Mark the row dirty first (under SQLite's write lock, the check and the mark are
-            // one transaction), run the step, then clear the mark.
-            if kind == DatabaseKind::Sqlite {
-                run(lease, begin(kind))
+            Ok(None) => {
+                run(lease, "COMMIT")
                     .await
-                    .map_err(db("cannot begin a transaction"))?;
+                    .map_err(db("cannot end the transaction"))?;
+                Ok(None)
             }
-            let marked = async {
-                if already_applied(lease, id).await? {
-                    return Ok::<bool, MigrateError>(false);
-                }
+            Ok(Some(Err(step_error))) => {
+                run(lease, "ROLLBACK")
+                    .await
+                    .map_err(db("cannot roll back the failed migration"))?;
                 history::put(
                     lease,
                     kind,
@@ -601,45 +547,132 @@ impl Runner {
                         by: &self.by,
                         execution_ms: None,
                         success: false,
-                        error: Some("the up step started and did not finish"),
-                        dirty: true,
+                        error: Some(step_error.message()),
+                        dirty: false,
                     },
                 )
                 .await
-                .map_err(db("cannot record the migration"))?;
-                Ok(true)
+                .map_err(db("cannot record the failed migration"))?;
+                Err(MigrateError::Failed {
+                    id: id.to_owned(),
+                    step: "up",
+                    cause: step_error.message().to_owned(),
+                    dirty: false,
+                })
             }
-            .await;
-            if kind == DatabaseKind::Sqlite {
-                let end = if marked.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                run(lease, end)
+            Err(e) => {
+                let _ = run(lease, "ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Inside the migration's transaction: runs the up step and records it as applied. `None`
+    /// when another runner already applied it; `Some(Err)` when the step failed.
+    async fn run_recorded(
+        &self,
+        lease: &Lease,
+        m: &dyn Migration,
+        step: &Step<'_>,
+        checksum: &str,
+    ) -> Result<Option<Result<Duration, StepError>>, MigrateError> {
+        let id = m.id();
+        if already_applied(lease, id).await? {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        if let Err(e) = m.up(step).await {
+            return Ok(Some(Err(e)));
+        }
+        let elapsed = started.elapsed();
+        history::put(
+            lease,
+            self.kind(),
+            NewRow {
+                id,
+                description: m.description(),
+                checksum,
+                by: &self.by,
+                execution_ms: Some(millis(elapsed)),
+                success: true,
+                error: None,
+                dirty: false,
+            },
+        )
+        .await
+        .map_err(db("cannot record the migration"))?;
+        Ok(Some(Ok(elapsed)))
+    }
+
+    /// Applies one migration outside a transaction: marks its row dirty first (under SQLite's
+    /// write lock, the check and the mark are one transaction), runs the step, then clears the
+    /// mark (or records the error, leaving the row dirty).
+    async fn apply_marked(
+        &self,
+        lease: &Lease,
+        m: &dyn Migration,
+    ) -> Result<Option<Duration>, MigrateError> {
+        let kind = self.kind();
+        let id = m.id();
+        let checksum = m.checksum();
+        let step = Step::new(lease, kind);
+        if kind == DatabaseKind::Sqlite {
+            run(lease, begin(kind))
+                .await
+                .map_err(db("cannot begin a transaction"))?;
+        }
+        let marked = async {
+            if already_applied(lease, id).await? {
+                return Ok::<bool, MigrateError>(false);
+            }
+            history::put(
+                lease,
+                kind,
+                NewRow {
+                    id,
+                    description: m.description(),
+                    checksum: &checksum,
+                    by: &self.by,
+                    execution_ms: None,
+                    success: false,
+                    error: Some("the up step started and did not finish"),
+                    dirty: true,
+                },
+            )
+            .await
+            .map_err(db("cannot record the migration"))?;
+            Ok(true)
+        }
+        .await;
+        if kind == DatabaseKind::Sqlite {
+            let end = if marked.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            run(lease, end)
+                .await
+                .map_err(db("cannot end the transaction"))?;
+        }
+        if !marked? {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        match m.up(&step).await {
+            Ok(()) => {
+                let elapsed = started.elapsed();
+                history::finish_applied(lease, id, millis(elapsed))
                     .await
-                    .map_err(db("cannot end the transaction"))?;
+                    .map_err(db("cannot record the migration"))?;
+                tracing::info!(migration = id, ?elapsed, "migration applied");
+                Ok(Some(elapsed))
             }
-            if !marked? {
-                return Ok(None);
-            }
-            let started = Instant::now();
-            match m.up(&step).await {
-                Ok(()) => {
-                    let elapsed = started.elapsed();
-                    history::finish_applied(lease, id, millis(elapsed))
-                        .await
-                        .map_err(db("cannot record the migration"))?;
-                    tracing::info!(migration = id, ?elapsed, "migration applied");
-                    Ok(Some(elapsed))
-                }
-                Err(step_error) => {
-                    history::set_error(lease, id, step_error.message(), true)
-                        .await
-                        .map_err(db("cannot record the failed migration"))?;
-                    Err(MigrateError::Failed {
-                        id: id.to_owned(),
-                        step: "up",
-                        cause: step_error.message().to_owned(),
-                        dirty: true,
-                    })
-                }
+            Err(step_error) => {
+                history::set_error(lease, id, step_error.message(), true)
+                    .await
+                    .map_err(db("cannot record the failed migration"))?;
+                Err(MigrateError::Failed {
+                    id: id.to_owned(),
+                    step: "up",
+                    cause: step_error.message().to_owned(),
+                    dirty: true,
+                })
             }
         }
     }

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::cache::CacheOutcome;
 use super::engine::PluginEngine;
 use super::limits::LimitsConfig;
 use super::plugin::{CallError, Plugin, PluginKind, ValidateError, sha256_hex};
@@ -241,23 +242,37 @@ impl PluginRegistry {
             return ReloadOutcome::Unchanged;
         }
         let started = std::time::Instant::now();
-        if let Err(reason) = check_header(&wasm) {
-            let error = LoadError::Compile {
-                file: path.to_owned(),
-                reason: reason.into(),
-            };
+        let (plugin, cache) = match self.build(path, &wasm) {
+            Ok(built) => built,
+            Err(error) => return self.record_failure(path, sha256, error),
+        };
+        if let Err(error) = self.publish(path, &sha256, &plugin) {
             return self.record_failure(path, sha256, error);
         }
-        let compiled = match Plugin::compile(&self.engine, &wasm) {
-            Ok(compiled) => compiled,
-            Err(e) => {
-                let error = LoadError::Compile {
-                    file: path.to_owned(),
-                    reason: one_line(&format!("{e:#}")),
-                };
-                return self.record_failure(path, sha256, error);
-            }
-        };
+        tracing::info!(
+            plugin = %plugin.label(),
+            file = %path.display(),
+            sha256 = %plugin.sha256(),
+            cache = ?cache,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugin loaded"
+        );
+        ReloadOutcome::Loaded(plugin)
+    }
+
+    /// Checks, compiles (through the cache) and validates a file's component; returns the
+    /// plugin and what the cache did.
+    fn build(&self, path: &Path, wasm: &[u8]) -> Result<(Arc<Plugin>, CacheOutcome), LoadError> {
+        if let Err(reason) = check_header(wasm) {
+            return Err(LoadError::Compile {
+                file: path.to_owned(),
+                reason: reason.into(),
+            });
+        }
+        let compiled = Plugin::compile(&self.engine, wasm).map_err(|e| LoadError::Compile {
+            file: path.to_owned(),
+            reason: one_line(&format!("{e:#}")),
+        })?;
         let cache = compiled.cache.clone();
         let validated = Plugin::validate(
             &self.engine,
@@ -266,40 +281,41 @@ impl PluginRegistry {
             |name| self.limits.for_plugin(name),
             self.live.clone(),
         );
-        let plugin = match validated {
-            Ok(plugin) => Arc::new(plugin),
+        match validated {
+            Ok(plugin) => Ok((Arc::new(plugin), cache)),
             Err(e) => {
                 let file = path.to_owned();
-                let error = match e {
+                Err(match e {
                     ValidateError::Interface(reason) => LoadError::Interface {
                         file,
                         reason: one_line(&reason),
                     },
                     ValidateError::Describe(source) => LoadError::Describe { file, source },
                     ValidateError::Description(reason) => LoadError::Description { file, reason },
-                };
-                return self.record_failure(path, sha256, error);
+                })
             }
-        };
-        // Publish: only this part is serialized.
+        }
+    }
+
+    /// Puts `plugin` in service for `path` (replacing the file's earlier version), unless
+    /// another file's plugin has its name. Only this part is serialized.
+    fn publish(&self, path: &Path, sha256: &str, plugin: &Arc<Plugin>) -> Result<(), LoadError> {
         let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = Snapshot::clone(&self.state.load());
         if let Some(other) = next.by_name.get(plugin.name())
             && other.file() != path
         {
-            let error = LoadError::NameTaken {
+            return Err(LoadError::NameTaken {
                 file: path.to_owned(),
                 name: plugin.name().to_owned(),
                 other: other.file().to_owned(),
-            };
-            drop(_guard);
-            return self.record_failure(path, sha256, error);
+            });
         }
         let previous = next.files.insert(
             path.to_owned(),
             FileEntry {
                 active: Some(plugin.clone()),
-                last_sha256: sha256,
+                last_sha256: sha256.to_owned(),
                 last_error: None,
             },
         );
@@ -312,15 +328,7 @@ impl PluginRegistry {
             .insert(plugin.name().to_owned(), plugin.clone());
         self.state.store(Arc::new(next));
         self.changes.send_modify(|generation| *generation += 1);
-        tracing::info!(
-            plugin = %plugin.label(),
-            file = %path.display(),
-            sha256 = %plugin.sha256(),
-            cache = ?cache,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "plugin loaded"
-        );
-        ReloadOutcome::Loaded(plugin)
+        Ok(())
     }
 
     /// Unloads the plugin loaded from `path`, if any. Requests holding it finish on it.

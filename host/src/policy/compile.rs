@@ -595,67 +595,9 @@ fn native(c: &AttrCondition) -> Option<(String, Vec<Slot>)> {
             };
             negate_if(c.operator == Operator::NotContains, positive)
         }
-        Operator::ContainsAny => {
-            let items = e.as_array()?;
-            let strings: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
-            let numbers: Vec<i64> = items
-                .iter()
-                .filter(|i| !i.is_string())
-                .map(whole)
-                .collect::<Option<_>>()?;
-            let mut parts = Vec::new();
-            if !strings.is_empty() {
-                parts.push(l.guard(SlotKind::StrSet, |v| {
-                    format!(
-                        "{v}.containsAny({})",
-                        set_lit(strings.iter().map(|s| lit(s)))
-                    )
-                }));
-                let subs: Vec<String> = strings
-                    .iter()
-                    .map(|s| format!("{{V}} like {}", like_lit(&fold(s)).wrap_stars()))
-                    .collect();
-                parts.push(l.guard(str_kind, |v| {
-                    group(subs.iter().map(|s| s.replace("{V}", v)).collect(), " || ")
-                }));
-            }
-            if !numbers.is_empty() {
-                parts.push(l.guard(SlotKind::NumSet, |v| {
-                    format!(
-                        "{v}.containsAny({})",
-                        set_lit(numbers.iter().map(i64::to_string))
-                    )
-                }));
-            }
-            if parts.is_empty() {
-                "false".to_owned()
-            } else {
-                group(parts, " || ")
-            }
-        }
+        Operator::ContainsAny => contains_any(&mut l, e, cs)?,
         Operator::In | Operator::NotIn => {
-            let items = e.as_array()?;
-            let strings: Vec<String> = items.iter().filter_map(Value::as_str).map(&fold).collect();
-            let numbers: Vec<i64> = items
-                .iter()
-                .filter(|i| !i.is_string())
-                .map(whole)
-                .collect::<Option<_>>()?;
-            let mut parts = Vec::new();
-            if !strings.is_empty() {
-                parts.push(l.guard(str_kind, |v| {
-                    format!("{}.contains({v})", set_lit(strings.iter().map(|s| lit(s))))
-                }));
-            }
-            for n in numbers {
-                parts.push(l.cmp(Operator::Equals, n));
-            }
-            let positive = if parts.is_empty() {
-                "false".to_owned()
-            } else {
-                group(parts, " || ")
-            };
-            negate_if(c.operator == Operator::NotIn, positive)
+            negate_if(c.operator == Operator::NotIn, one_of(&mut l, e, cs)?)
         }
         Operator::GreaterThan
         | Operator::LessThan
@@ -698,6 +640,77 @@ fn native(c: &AttrCondition) -> Option<(String, Vec<Slot>)> {
         }
     };
     Some((text, l.slots))
+}
+
+/// `contains_any`: whether a string attribute (or set) holds any of the strings, or a number
+/// set any of the numbers (`None`: not a list, or a number that is not whole).
+fn contains_any(l: &mut Leaf<'_>, e: &Value, cs: bool) -> Option<String> {
+    let str_kind = if cs { SlotKind::Str } else { SlotKind::LStr };
+    let fold = |s: &str| if cs { s.to_owned() } else { s.to_lowercase() };
+    let items = e.as_array()?;
+    let strings: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+    let numbers: Vec<i64> = items
+        .iter()
+        .filter(|i| !i.is_string())
+        .map(whole)
+        .collect::<Option<_>>()?;
+    let mut parts = Vec::new();
+    if !strings.is_empty() {
+        parts.push(l.guard(SlotKind::StrSet, |v| {
+            format!(
+                "{v}.containsAny({})",
+                set_lit(strings.iter().map(|s| lit(s)))
+            )
+        }));
+        let subs: Vec<String> = strings
+            .iter()
+            .map(|s| format!("{{V}} like {}", like_lit(&fold(s)).wrap_stars()))
+            .collect();
+        parts.push(l.guard(str_kind, |v| {
+            group(subs.iter().map(|s| s.replace("{V}", v)).collect(), " || ")
+        }));
+    }
+    if !numbers.is_empty() {
+        parts.push(l.guard(SlotKind::NumSet, |v| {
+            format!(
+                "{v}.containsAny({})",
+                set_lit(numbers.iter().map(i64::to_string))
+            )
+        }));
+    }
+    Some(if parts.is_empty() {
+        "false".to_owned()
+    } else {
+        group(parts, " || ")
+    })
+}
+
+/// `in` (before `not_in` negates it): whether the attribute is one of the strings or whole
+/// numbers (`None`: not a list, or a number that is not whole).
+fn one_of(l: &mut Leaf<'_>, e: &Value, cs: bool) -> Option<String> {
+    let str_kind = if cs { SlotKind::Str } else { SlotKind::LStr };
+    let fold = |s: &str| if cs { s.to_owned() } else { s.to_lowercase() };
+    let items = e.as_array()?;
+    let strings: Vec<String> = items.iter().filter_map(Value::as_str).map(fold).collect();
+    let numbers: Vec<i64> = items
+        .iter()
+        .filter(|i| !i.is_string())
+        .map(whole)
+        .collect::<Option<_>>()?;
+    let mut parts = Vec::new();
+    if !strings.is_empty() {
+        parts.push(l.guard(str_kind, |v| {
+            format!("{}.contains({v})", set_lit(strings.iter().map(|s| lit(s))))
+        }));
+    }
+    for n in numbers {
+        parts.push(l.cmp(Operator::Equals, n));
+    }
+    Some(if parts.is_empty() {
+        "false".to_owned()
+    } else {
+        group(parts, " || ")
+    })
 }
 
 fn negate_if(negate: bool, text: String) -> String {

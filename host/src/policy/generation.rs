@@ -373,60 +373,17 @@ impl PolicyGeneration {
         files: &[(PathBuf, String)],
     ) -> Result<PolicyGeneration, LoadError> {
         let mut problems = Vec::new();
-        let mut rules_list: Vec<PermissionRule> = Vec::new();
-        let mut masks: Vec<MaskingRule> = Vec::new();
-        let mut natives_src = Vec::new();
-        let mut user_schema = None;
-        for (path, text) in files {
-            let shown = path.display().to_string();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if name == SCHEMA_FILE {
-                user_schema = Some((shown, text.clone()));
-            } else if name.ends_with(".cedar") {
-                natives_src.push((shown, text.clone()));
-            } else {
-                let (file, mut p) = rules::parse_rules_file(&shown, text);
-                problems.append(&mut p);
-                rules_list.extend(file.rules);
-                masks.extend(file.masking);
-            }
-        }
-        // Duplicate rule ids would make decisions ambiguous.
-        let mut seen: HashMap<&str, &SourceLoc> = HashMap::new();
-        for r in &rules_list {
-            if let Some(first) = seen.insert(&r.id, &r.loc) {
-                problems.push(
-                    Problem::new(
-                        r.loc.clone(),
-                        Some(&r.id),
-                        format!("duplicate rule id, first used at {first}"),
-                    )
-                    .with_hint(Some("give every rule a unique `id`".into())),
-                );
-            }
-        }
+        let Sources {
+            rules: rules_list,
+            masks,
+            natives: natives_src,
+            schema: user_schema,
+        } = read_sources(files, &mut problems);
+        check_rule_ids(&rules_list, &mut problems);
 
         let mut out = Passes::default();
         compile_rules(&rules_list, &mut out);
-        let node_refs: Vec<NodeRef> = rules_list
-            .iter()
-            .filter(|r| r.resource_type == rules::ResourceType::Node)
-            .map(|r| NodeRef {
-                node: r.resource_id.clone(),
-                workflow: r.workflow.clone(),
-                by: r.id.clone(),
-                loc: r.loc.clone(),
-            })
-            .chain(masks.iter().map(|m| NodeRef {
-                node: m.resource_id.clone(),
-                workflow: m.workflow.clone(),
-                by: format!("masking[{}]", m.index),
-                loc: m.loc.clone(),
-            }))
-            .collect();
+        let node_refs = node_refs_of(&rules_list, &masks);
 
         let mask_map = compile_masks(masks, &mut out);
         let Passes {
@@ -436,44 +393,12 @@ impl PolicyGeneration {
             loc_of,
         } = out;
         // Slots: what the rules read, plus what the user's schema declares for native policies.
-        let mut user_slots: BTreeSet<Slot> = BTreeSet::new();
-        let mut context_slots: BTreeSet<Slot> = BTreeSet::new();
-        for build in &builds {
-            for s in &build.needs.slots {
-                if s.path.is_runtime() {
-                    context_slots.insert(s.clone())
-                } else {
-                    user_slots.insert(s.clone())
-                };
-            }
-        }
-        let mut native_schema = None;
-        if let Some((file, text)) = &user_schema {
-            match Schema::from_cedarschema_str(text) {
-                Ok((schema, _)) => {
-                    user_slots.extend(declared_user_slots(text));
-                    native_schema = Some(schema);
-                }
-                Err(e) => {
-                    problems.extend(diagnostic_problems(file, text, None, &e, "invalid schema"))
-                }
-            }
-        }
+        let (mut user_slots, context_slots) = slots_read(&builds);
+        let native_schema = user_schema
+            .as_ref()
+            .and_then(|(file, text)| read_user_schema(file, text, &mut user_slots, &mut problems));
         let schema_text = compile::schema_text(&user_slots, &context_slots, &compiler.derived);
-        let generated = match Schema::from_cedarschema_str(&schema_text) {
-            Ok((s, _)) => Some(s),
-            Err(e) => {
-                problems.push(Problem::new(
-                    SourceLoc {
-                        file: Arc::from("<generated schema>"),
-                        line: 1,
-                    },
-                    None,
-                    format!("the generated schema is invalid (a Trellis bug): {e}"),
-                ));
-                None
-            }
-        };
+        let generated = generated_schema(&schema_text, &mut problems);
 
         // Parse and strictly validate every compiled policy, slice by slice, on all cores.
         let validator = generated.clone().map(Validator::new);
@@ -503,13 +428,7 @@ impl PolicyGeneration {
         Ok(PolicyGeneration {
             id: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             dir: dir.to_owned(),
-            slices: {
-                let mut by_action: HashMap<String, HashMap<String, Slice>> = HashMap::new();
-                for ((action, resource), slice) in slices {
-                    by_action.entry(action).or_default().insert(resource, slice);
-                }
-                by_action
-            },
+            slices: by_action(slices),
             fallback,
             user_slots: user_slots.into_iter().collect(),
             derived: compiler.derived,
@@ -557,6 +476,144 @@ impl PolicyGeneration {
             .and_then(|by_resource| by_resource.get(resource))
             .unwrap_or(&self.fallback)
     }
+}
+
+/// A policy directory's files, sorted by kind: the rules parsed, the rest as text.
+struct Sources {
+    rules: Vec<PermissionRule>,
+    masks: Vec<MaskingRule>,
+    /// `(shown path, text)` of each `.cedar` file.
+    natives: Vec<(String, String)>,
+    /// `(shown path, text)` of `schema.cedarschema`, if there is one.
+    schema: Option<(String, String)>,
+}
+
+/// Pass: sorts the files by kind, parsing each `*.rules.json` (its problems go to `problems`).
+fn read_sources(files: &[(PathBuf, String)], problems: &mut Vec<Problem>) -> Sources {
+    let mut sources = Sources {
+        rules: Vec::new(),
+        masks: Vec::new(),
+        natives: Vec::new(),
+        schema: None,
+    };
+    for (path, text) in files {
+        let shown = path.display().to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name == SCHEMA_FILE {
+            sources.schema = Some((shown, text.clone()));
+        } else if name.ends_with(".cedar") {
+            sources.natives.push((shown, text.clone()));
+        } else {
+            let (file, mut p) = rules::parse_rules_file(&shown, text);
+            problems.append(&mut p);
+            sources.rules.extend(file.rules);
+            sources.masks.extend(file.masking);
+        }
+    }
+    sources
+}
+
+/// Pass: refuses duplicate rule ids, which would make decisions ambiguous.
+fn check_rule_ids(rules_list: &[PermissionRule], problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<&str, &SourceLoc> = HashMap::new();
+    for r in rules_list {
+        if let Some(first) = seen.insert(&r.id, &r.loc) {
+            problems.push(
+                Problem::new(
+                    r.loc.clone(),
+                    Some(&r.id),
+                    format!("duplicate rule id, first used at {first}"),
+                )
+                .with_hint(Some("give every rule a unique `id`".into())),
+            );
+        }
+    }
+}
+
+/// Every node a rule or masking rule names, in file order (rules first).
+fn node_refs_of(rules_list: &[PermissionRule], masks: &[MaskingRule]) -> Vec<NodeRef> {
+    rules_list
+        .iter()
+        .filter(|r| r.resource_type == rules::ResourceType::Node)
+        .map(|r| NodeRef {
+            node: r.resource_id.clone(),
+            workflow: r.workflow.clone(),
+            by: r.id.clone(),
+            loc: r.loc.clone(),
+        })
+        .chain(masks.iter().map(|m| NodeRef {
+            node: m.resource_id.clone(),
+            workflow: m.workflow.clone(),
+            by: format!("masking[{}]", m.index),
+            loc: m.loc.clone(),
+        }))
+        .collect()
+}
+
+/// The slots the compiled policies read: `(user slots, runtime slots)`.
+fn slots_read(builds: &[SliceBuild]) -> (BTreeSet<Slot>, BTreeSet<Slot>) {
+    let mut user_slots: BTreeSet<Slot> = BTreeSet::new();
+    let mut context_slots: BTreeSet<Slot> = BTreeSet::new();
+    for build in builds {
+        for s in &build.needs.slots {
+            if s.path.is_runtime() {
+                context_slots.insert(s.clone())
+            } else {
+                user_slots.insert(s.clone())
+            };
+        }
+    }
+    (user_slots, context_slots)
+}
+
+/// Pass: parses the user's `schema.cedarschema` (for native policies), adding the user slots it
+/// declares; `None` with a problem when it is invalid.
+fn read_user_schema(
+    file: &str,
+    text: &str,
+    user_slots: &mut BTreeSet<Slot>,
+    problems: &mut Vec<Problem>,
+) -> Option<Schema> {
+    match Schema::from_cedarschema_str(text) {
+        Ok((schema, _)) => {
+            user_slots.extend(declared_user_slots(text));
+            Some(schema)
+        }
+        Err(e) => {
+            problems.extend(diagnostic_problems(file, text, None, &e, "invalid schema"));
+            None
+        }
+    }
+}
+
+/// Pass: parses the generated schema; `None` with a problem when it is invalid (a Trellis bug).
+fn generated_schema(schema_text: &str, problems: &mut Vec<Problem>) -> Option<Schema> {
+    match Schema::from_cedarschema_str(schema_text) {
+        Ok((s, _)) => Some(s),
+        Err(e) => {
+            problems.push(Problem::new(
+                SourceLoc {
+                    file: Arc::from("<generated schema>"),
+                    line: 1,
+                },
+                None,
+                format!("the generated schema is invalid (a Trellis bug): {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// The slices by action, then resource.
+fn by_action(slices: HashMap<SliceKey, Slice>) -> HashMap<String, HashMap<String, Slice>> {
+    let mut by_action: HashMap<String, HashMap<String, Slice>> = HashMap::new();
+    for ((action, resource), slice) in slices {
+        by_action.entry(action).or_default().insert(resource, slice);
+    }
+    by_action
 }
 
 /// The last component of a shown path, for policy ids that do not depend on the working directory.
@@ -972,73 +1029,95 @@ fn parse_natives(
                 continue;
             }
             let policy = p.new_id(PolicyId::new(&id));
-            let actions = match policy.action_constraint() {
-                ActionConstraint::Eq(a) => vec![a],
-                ActionConstraint::In(list) => list,
-                ActionConstraint::Any => Vec::new(),
-            };
-            for a in actions {
-                let name = a.id().unescaped().to_owned();
-                let why = name.split_once(':').and_then(|(rt, permission)| {
-                    rules::ResourceType::parse(rt).and_then(|rt| rules::unchecked(rt, permission))
-                });
-                if let Some(why) = why {
-                    problems.push(
-                        Problem::new(
-                            loc.clone(),
-                            Some(&id),
-                            format!("action `{name}` is never asked for: {why}"),
-                        )
-                        .with_hint(Some(
-                            "remove the policy, or the action from its scope".into(),
-                        ))
-                        .native(),
-                    );
-                }
-            }
-            let key = match (policy.action_constraint(), policy.resource_constraint()) {
-                (ActionConstraint::Eq(a), ResourceConstraint::Eq(r)) => {
-                    slice_key_of(a.id().unescaped(), &r.to_string())
-                }
-                _ => None,
-            };
+            check_native_actions(&policy, &loc, &id, problems);
             let _ = file_set.add(p.clone());
-            natives.push(Native {
-                forbid: policy.effect() == cedar_policy::Effect::Forbid,
-                // Conservative: a mention anywhere (even in a comment) counts.
-                reads_context: policy.to_string().contains("context"),
-                policy,
-                id,
-                loc,
-                key,
-            });
+            natives.push(native(policy, id, loc));
         }
-        let schema = native_schema.or(generated);
-        if let Some(schema) = schema {
-            let result = Validator::new(schema.clone()).validate(&file_set, ValidationMode::Strict);
-            for e in result.validation_errors() {
-                let i: usize = e
-                    .policy_id()
-                    .to_string()
-                    .trim_start_matches("policy")
-                    .parse()
-                    .unwrap_or(0);
-                let id = natives
-                    .iter()
-                    .rev()
-                    .find(|n| {
-                        n.loc.file.as_ref() == file && statement_index(&starts, n.loc.line) == i
-                    })
-                    .map(|n| n.id.clone());
-                problems.extend(diagnostic_problems(
-                    file,
-                    text,
-                    id.as_deref(),
-                    e,
-                    "fails strict validation",
-                ));
-            }
+        if let Some(schema) = native_schema.or(generated) {
+            validate_native_file(file, text, &starts, &file_set, &natives, schema, problems);
         }
     }
     natives
+}
+
+/// Refuses each action in a native policy's scope that the host never asks for.
+fn check_native_actions(policy: &Policy, loc: &SourceLoc, id: &str, problems: &mut Vec<Problem>) {
+    let actions = match policy.action_constraint() {
+        ActionConstraint::Eq(a) => vec![a],
+        ActionConstraint::In(list) => list,
+        ActionConstraint::Any => Vec::new(),
+    };
+    for a in actions {
+        let name = a.id().unescaped().to_owned();
+        let why = name.split_once(':').and_then(|(rt, permission)| {
+            rules::ResourceType::parse(rt).and_then(|rt| rules::unchecked(rt, permission))
+        });
+        if let Some(why) = why {
+            problems.push(
+                Problem::new(
+                    loc.clone(),
+                    Some(id),
+                    format!("action `{name}` is never asked for: {why}"),
+                )
+                .with_hint(Some(
+                    "remove the policy, or the action from its scope".into(),
+                ))
+                .native(),
+            );
+        }
+    }
+}
+
+/// A parsed native policy, with the slice it belongs to when it is bound to one action and one
+/// resource.
+fn native(policy: Policy, id: String, loc: SourceLoc) -> Native {
+    let key = match (policy.action_constraint(), policy.resource_constraint()) {
+        (ActionConstraint::Eq(a), ResourceConstraint::Eq(r)) => {
+            slice_key_of(a.id().unescaped(), &r.to_string())
+        }
+        _ => None,
+    };
+    Native {
+        forbid: policy.effect() == cedar_policy::Effect::Forbid,
+        // Conservative: a mention anywhere (even in a comment) counts.
+        reads_context: policy.to_string().contains("context"),
+        policy,
+        id,
+        loc,
+        key,
+    }
+}
+
+/// Validates one native file's policies strictly against `schema`, each problem naming the
+/// policy at fault.
+fn validate_native_file(
+    file: &str,
+    text: &str,
+    starts: &[usize],
+    file_set: &PolicySet,
+    natives: &[Native],
+    schema: &Schema,
+    problems: &mut Vec<Problem>,
+) {
+    let result = Validator::new(schema.clone()).validate(file_set, ValidationMode::Strict);
+    for e in result.validation_errors() {
+        let i: usize = e
+            .policy_id()
+            .to_string()
+            .trim_start_matches("policy")
+            .parse()
+            .unwrap_or(0);
+        let id = natives
+            .iter()
+            .rev()
+            .find(|n| n.loc.file.as_ref() == file && statement_index(starts, n.loc.line) == i)
+            .map(|n| n.id.clone());
+        problems.extend(diagnostic_problems(
+            file,
+            text,
+            id.as_deref(),
+            e,
+            "fails strict validation",
+        ));
+    }
 }

@@ -740,15 +740,7 @@ impl Parser<'_> {
 
     fn rule(&self, raw: &RawValue) -> Parsed<PermissionRule> {
         let loc = self.loc(raw);
-        let r: RawRule = serde_json::from_str(raw.get()).map_err(|e| {
-            let message = clean_serde(&e.to_string());
-            let hint = unknown_field_hint(&message, RULE_FIELDS);
-            let id_guess: Option<String> =
-                serde_json::from_str::<serde_json::Map<String, Value>>(raw.get())
-                    .ok()
-                    .and_then(|m| m.get("id").and_then(Value::as_str).map(str::to_owned));
-            vec![Problem::new(self.loc_in(raw, &e), id_guess.as_deref(), message).with_hint(hint)]
-        })?;
+        let r = self.raw_rule(raw)?;
         let id = r.id.clone();
         let p = |message: String, hint: Option<String>| {
             Problem::new(loc.clone(), Some(&id), message).with_hint(hint)
@@ -767,78 +759,12 @@ impl Parser<'_> {
                 ),
             ));
         }
-        if let Some(rt) = resource_type
-            && !rt.permissions().contains(&r.permission.as_str())
-        {
-            let list = rt.permissions().join("`, `");
-            problems.push(p(
-                format!("unknown {rt} permission `{}`", r.permission),
-                Some(
-                    suggest(&r.permission, rt.permissions())
-                        .unwrap_or_else(|| format!("a {rt} permission is one of `{list}`")),
-                ),
-            ));
+        if let Some(rt) = resource_type {
+            check_permission(rt, &r, &p, &mut problems);
         }
-        if let Some(rt) = resource_type
-            && let Some(why) = unchecked(rt, &r.permission)
-        {
-            problems.push(p(
-                format!("`{}` is never asked for on a {rt}: {why}", r.permission),
-                Some("remove the rule".into()),
-            ));
-        }
-        if resource_type == Some(ResourceType::Workflow)
-            && r.permission == "admin"
-            && r.resource_id != ADMIN_WORKFLOW
-        {
-            problems.push(p(
-                format!(
-                    "`admin` is checked only on workflow `{ADMIN_WORKFLOW}` (the admin endpoints), never on `{}`",
-                    r.resource_id
-                ),
-                Some(format!("write `\"resource_id\": \"{ADMIN_WORKFLOW}\"` to grant the admin endpoints")),
-            ));
-        }
-        if let Some(w) = &r.workflow {
-            if w.is_empty() {
-                problems.push(p(
-                    "`workflow` is empty".into(),
-                    Some("name the workflow whose node this is, or remove `workflow` to name the node in every workflow".into()),
-                ));
-            } else if resource_type == Some(ResourceType::Workflow) {
-                problems.push(p(
-                    "`workflow` scopes a node rule; a workflow rule names its workflow in `resource_id`".into(),
-                    Some("remove `workflow`".into()),
-                ));
-            }
-        }
-        let effect = match r.effect.as_str() {
-            "allow" => Some(Effect::Allow),
-            "deny" => Some(Effect::Deny),
-            other => {
-                problems.push(p(
-                    format!("unknown effect `{other}`"),
-                    Some(
-                        suggest(other, &["allow", "deny"])
-                            .unwrap_or_else(|| "use `allow` or `deny`".into()),
-                    ),
-                ));
-                None
-            }
-        };
-        let expires_at = match &r.expires_at {
-            None => None,
-            Some(s) => match s.parse::<jiff::Timestamp>() {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    problems.push(p(
-                        format!("`expires_at` `{s}` is not an RFC 3339 time"),
-                        Some("write it like `2026-12-31T23:59:59Z`".into()),
-                    ));
-                    None
-                }
-            },
-        };
+        check_rule_workflow(resource_type, r.workflow.as_deref(), &p, &mut problems);
+        let effect = rule_effect(&r.effect, &p, &mut problems);
+        let expires_at = rule_expiry(r.expires_at.as_deref(), &p, &mut problems);
         let conditions = match r.conditions {
             None => None,
             Some(raw_cond) => match self.condition(raw_cond, &id) {
@@ -866,6 +792,19 @@ impl Parser<'_> {
             expires_at,
             conditions,
             loc,
+        })
+    }
+
+    /// Reads a rule's fields, or the problem naming them (with the rule's id, if it has one).
+    fn raw_rule<'r>(&self, raw: &'r RawValue) -> Parsed<RawRule<'r>> {
+        serde_json::from_str(raw.get()).map_err(|e| {
+            let message = clean_serde(&e.to_string());
+            let hint = unknown_field_hint(&message, RULE_FIELDS);
+            let id_guess: Option<String> =
+                serde_json::from_str::<serde_json::Map<String, Value>>(raw.get())
+                    .ok()
+                    .and_then(|m| m.get("id").and_then(Value::as_str).map(str::to_owned));
+            vec![Problem::new(self.loc_in(raw, &e), id_guess.as_deref(), message).with_hint(hint)]
         })
     }
 
@@ -945,161 +884,101 @@ impl Parser<'_> {
         let p = |message: String, hint: Option<String>| {
             vec![Problem::new(loc.clone(), Some(rule), message).with_hint(hint)]
         };
-        let map: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
-            .map_err(|_| {
-                p(
-                    "a condition must be an object `{\"type\": …, \"value\": …}`".into(),
-                    None,
-                )
-            })?;
-        let ty: String = match map.get("type") {
-            Some(t) => serde_json::from_str(t.get())
-                .map_err(|_| p("condition `type` must be a string".into(), None))?,
-            None => {
-                return Err(p(
-                    "a condition needs a `type`".into(),
-                    Some(format!("one of `{}`", CONDITION_TYPES.join("`, `"))),
-                ));
-            }
-        };
-        for key in map.keys() {
-            if !matches!(key.as_str(), "type" | "value" | "conditions") {
-                return Err(p(
-                    format!("unknown field `{key}` in a `{ty}` condition"),
-                    suggest(key, &["type", "value", "conditions"]),
-                ));
-            }
-        }
+        let (map, ty) = condition_fields(raw, &p)?;
         let value = map.get("value").copied();
         let need_value = || -> Parsed<&RawValue> {
             value.ok_or_else(|| p(format!("a `{ty}` condition needs a `value`"), None))
         };
         match ty.as_str() {
             "and" | "or" | "not" => {
-                let list = match (map.get("conditions"), value) {
-                    (Some(list), _) => *list,
-                    // Also accept `{"type": "and", "value": {"conditions": [...]}}`.
-                    (None, Some(v)) => {
-                        let inner: std::collections::BTreeMap<String, &RawValue> =
-                            serde_json::from_str(v.get()).map_err(|_| p(format!("`{ty}` needs `conditions`: a list of conditions"), None))?;
-                        *inner.get("conditions").ok_or_else(|| p(format!("`{ty}` needs `conditions`: a list of conditions"), None))?
-                    }
-                    (None, None) => return Err(p(format!("`{ty}` needs `conditions`: a list of conditions"), None)),
-                };
-                let items: Vec<&RawValue> = serde_json::from_str(list.get())
-                    .map_err(|_| p(format!("`{ty}` needs `conditions`: a list of conditions"), None))?;
-                if items.is_empty() {
-                    return Err(p(format!("`{ty}` has no conditions"), None));
-                }
-                if ty == "not" && items.len() != 1 {
-                    return Err(p(format!("`not` takes exactly one condition, not {}", items.len()), Some("wrap several in `and` or `or`".into())));
-                }
-                let mut out = Vec::new();
-                let mut problems = Vec::new();
-                for item in items {
-                    match self.condition(item, rule) {
-                        Ok(c) => out.push(c),
-                        Err(mut e) => problems.append(&mut e),
-                    }
-                }
-                if !problems.is_empty() {
-                    return Err(problems);
-                }
-                Ok(match ty.as_str() {
-                    "and" => Condition::And(out),
-                    "or" => Condition::Or(out),
-                    _ => Condition::Not(Box::new(out.pop().expect("one"))),
-                })
+                self.condition_list(&ty, map.get("conditions").copied(), value, rule, &p)
             }
             "attribute_expression" => Ok(Condition::Attr(self.attr_expr(need_value()?, rule)?)),
-            "time_of_day" => {
-                let v: Value = json(need_value()?);
-                let get = |key: &str, default: &str| -> Parsed<u32> {
-                    let s = match v.get(key) {
-                        None => default.to_owned(),
-                        Some(Value::String(s)) => s.clone(),
-                        Some(_) => return Err(p(format!("`time_of_day` `{key}` must be a string like `08:00`"), None)),
-                    };
-                    parse_time(&s).ok_or_else(|| p(format!("`time_of_day` `{key}` `{s}` is not a time like `08:00` or `18:30:00`"), None))
-                };
-                unknown_keys(&v, &["start", "end"]).map_or(Ok(()), |k| Err(p(format!("unknown field `{k}` in `time_of_day`"), suggest(&k, &["start", "end"]))))?;
-                Ok(Condition::TimeOfDay { start: get("start", "00:00")?, end: get("end", "23:59")? })
-            }
-            "day_of_week" => {
-                let v: Value = json(need_value()?);
-                unknown_keys(&v, &["allowed_days"]).map_or(Ok(()), |k| Err(p(format!("unknown field `{k}` in `day_of_week`"), suggest(&k, &["allowed_days"]))))?;
-                let days = string_list(v.get("allowed_days")).ok_or_else(|| p("`day_of_week` needs `allowed_days`: a list of day names".into(), None))?;
-                let mut out = Vec::new();
-                for d in days {
-                    let lower = d.to_lowercase();
-                    if !DAYS.contains(&lower.as_str()) {
-                        return Err(p(format!("unknown day `{d}`"), suggest(&lower, DAYS).or(Some("days are `monday` … `sunday`".into()))));
-                    }
-                    out.push(lower);
-                }
-                Ok(Condition::DayOfWeek(out))
-            }
-            "department_hierarchy" => {
-                let v: Value = json(need_value()?);
-                unknown_keys(&v, &["department", "include_children"]).map_or(Ok(()), |k| Err(p(format!("unknown field `{k}` in `department_hierarchy`"), suggest(&k, &["department", "include_children"]))))?;
-                let department = match v.get("department") {
-                    Some(Value::String(s)) if !s.is_empty() => s.clone(),
-                    _ => return Err(p("`department_hierarchy` needs `department`: a non-empty string".into(), None)),
-                };
-                let include_children = match v.get("include_children") {
-                    None => true,
-                    Some(Value::Bool(b)) => *b,
-                    Some(_) => return Err(p("`include_children` must be `true` or `false`".into(), None)),
-                };
-                Ok(Condition::DepartmentHierarchy { department, include_children })
-            }
-            "security_clearance" => {
-                let v: Value = json(need_value()?);
-                unknown_keys(&v, &["minimum_clearance"]).map_or(Ok(()), |k| Err(p(format!("unknown field `{k}` in `security_clearance`"), suggest(&k, &["minimum_clearance"]))))?;
-                let minimum = match v.get("minimum_clearance") {
-                    None => "public".to_owned(),
-                    Some(Value::String(s)) if CLEARANCE_LEVELS.contains(&s.as_str()) => s.clone(),
-                    Some(other) => {
-                        let s = other.as_str().unwrap_or_default();
-                        return Err(p(format!("unknown clearance `{}`", other.as_str().map_or_else(|| other.to_string(), str::to_owned)),
-                            suggest(s, CLEARANCE_LEVELS).or(Some(format!("one of `{}`", CLEARANCE_LEVELS.join("`, `"))))));
-                    }
-                };
-                Ok(Condition::SecurityClearance { minimum })
-            }
-            "geographic_region" => {
-                let v: Value = json(need_value()?);
-                unknown_keys(&v, &["allowed_regions"]).map_or(Ok(()), |k| Err(p(format!("unknown field `{k}` in `geographic_region`"), suggest(&k, &["allowed_regions"]))))?;
-                let regions = string_list(v.get("allowed_regions")).ok_or_else(|| p("`geographic_region` needs `allowed_regions`: a list of strings".into(), None))?;
-                Ok(Condition::GeographicRegion(regions))
-            }
-            "ip_range" => {
-                let v: Value = json(need_value()?);
-                unknown_keys(&v, &["cidrs", "attribute_path"]).map_or(Ok(()), |k| Err(p(format!("unknown field `{k}` in `ip_range`"), suggest(&k, &["cidrs", "attribute_path"]))))?;
-                let cidrs = string_list(v.get("cidrs")).ok_or_else(|| p("`ip_range` needs `cidrs`: a list like `[\"10.0.0.0/8\"]`".into(), None))?;
-                for c in &cidrs {
-                    if !valid_cidr(c) {
-                        return Err(p(format!("`{c}` is not an address range like `10.0.0.0/8`"), None));
-                    }
-                }
-                let path = match v.get("attribute_path") {
-                    None => AttrPath("runtime.ip_address".into()),
-                    Some(Value::String(s)) => AttrPath::parse(s).map_err(|(m, h)| p(m, h))?,
-                    Some(_) => return Err(p("`attribute_path` must be a string".into(), None)),
-                };
-                Ok(Condition::IpRange { path, cidrs })
-            }
+            "time_of_day" => time_of_day_condition(json(need_value()?), &p),
+            "day_of_week" => day_of_week_condition(json(need_value()?), &p),
+            "department_hierarchy" => department_condition(json(need_value()?), &p),
+            "security_clearance" => clearance_condition(json(need_value()?), &p),
+            "geographic_region" => region_condition(json(need_value()?), &p),
+            "ip_range" => ip_range_condition(json(need_value()?), &p),
             "custom" => Err(p(
                 "`custom` conditions are not supported: Trellis cannot compile arbitrary code to Cedar".into(),
                 Some("express it with `attribute_expression`, or write a native `.cedar` policy".into()),
             )),
-            other => Err(p(                format!("unknown condition `{other}`"),
+            other => Err(p(
+                format!("unknown condition `{other}`"),
                 Some(match suggest(other, CONDITION_TYPES) {
                     Some(s) => s,
                     None => format!("a condition type is one of `{}`", CONDITION_TYPES.join("`, `")),
                 }),
             )),
         }
+    }
+
+    /// An `and` / `or` / `not` condition: its `conditions` (or `value.conditions`), each parsed.
+    fn condition_list(
+        &self,
+        ty: &str,
+        conditions: Option<&RawValue>,
+        value: Option<&RawValue>,
+        rule: &str,
+        p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+    ) -> Parsed<Condition> {
+        let list = match (conditions, value) {
+            (Some(list), _) => list,
+            // Also accept `{"type": "and", "value": {"conditions": [...]}}`.
+            (None, Some(v)) => {
+                let inner: std::collections::BTreeMap<String, &RawValue> =
+                    serde_json::from_str(v.get()).map_err(|_| {
+                        p(
+                            format!("`{ty}` needs `conditions`: a list of conditions"),
+                            None,
+                        )
+                    })?;
+                *inner.get("conditions").ok_or_else(|| {
+                    p(
+                        format!("`{ty}` needs `conditions`: a list of conditions"),
+                        None,
+                    )
+                })?
+            }
+            (None, None) => {
+                return Err(p(
+                    format!("`{ty}` needs `conditions`: a list of conditions"),
+                    None,
+                ));
+            }
+        };
+        let items: Vec<&RawValue> = serde_json::from_str(list.get()).map_err(|_| {
+            p(
+                format!("`{ty}` needs `conditions`: a list of conditions"),
+                None,
+            )
+        })?;
+        if items.is_empty() {
+            return Err(p(format!("`{ty}` has no conditions"), None));
+        }
+        if ty == "not" && items.len() != 1 {
+            return Err(p(
+                format!("`not` takes exactly one condition, not {}", items.len()),
+                Some("wrap several in `and` or `or`".into()),
+            ));
+        }
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for item in items {
+            match self.condition(item, rule) {
+                Ok(c) => out.push(c),
+                Err(mut e) => problems.append(&mut e),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(match ty {
+            "and" => Condition::And(out),
+            "or" => Condition::Or(out),
+            _ => Condition::Not(Box::new(out.pop().expect("one"))),
+        })
     }
 
     /// A leaf `{"attribute_path", "operator", "value", "case_sensitive"?}` or
@@ -1122,112 +1001,449 @@ impl Parser<'_> {
             }
         };
         if matches!(operator.as_str(), "and" | "or" | "not") {
-            for key in map.keys() {
-                if !matches!(key.as_str(), "operator" | "conditions") {
-                    return Err(p(
-                        format!("unknown field `{key}` in an `{operator}` expression"),
-                        suggest(key, &["operator", "conditions"]),
-                    ));
-                }
-            }
-            let items: Vec<&RawValue> = match map.get("conditions") {
-                Some(list) => serde_json::from_str(list.get())
-                    .map_err(|_| p(format!("`{operator}` needs `conditions`: a list"), None))?,
-                None => return Err(p(format!("`{operator}` needs `conditions`: a list"), None)),
-            };
-            if items.is_empty() {
-                return Err(p(format!("`{operator}` has no conditions"), None));
-            }
-            if operator == "not" && items.len() != 1 {
-                return Err(p(
-                    format!("`not` takes exactly one condition, not {}", items.len()),
-                    Some("wrap several in `and` or `or`".into()),
-                ));
-            }
-            let mut out = Vec::new();
-            let mut problems = Vec::new();
-            for item in items {
-                match self.attr_expr(item, rule) {
-                    Ok(e) => out.push(e),
-                    Err(mut e) => problems.append(&mut e),
-                }
-            }
-            if !problems.is_empty() {
-                return Err(problems);
-            }
-            return Ok(match operator.as_str() {
-                "and" => AttrExpr::And(out),
-                "or" => AttrExpr::Or(out),
-                _ => AttrExpr::Not(Box::new(out.pop().expect("one"))),
-            });
+            return self.attr_list(&operator, &map, rule, &p);
         }
+        attr_leaf(&operator, &map, &p).map(AttrExpr::Leaf)
+    }
+
+    /// An `and` / `or` / `not` attribute expression: its `conditions`, each parsed.
+    fn attr_list(
+        &self,
+        operator: &str,
+        map: &std::collections::BTreeMap<String, &RawValue>,
+        rule: &str,
+        p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+    ) -> Parsed<AttrExpr> {
         for key in map.keys() {
-            if !matches!(
-                key.as_str(),
-                "attribute_path" | "operator" | "value" | "case_sensitive"
-            ) {
+            if !matches!(key.as_str(), "operator" | "conditions") {
                 return Err(p(
-                    format!("unknown field `{key}` in an attribute condition"),
-                    suggest(
-                        key,
-                        &["attribute_path", "operator", "value", "case_sensitive"],
-                    ),
+                    format!("unknown field `{key}` in an `{operator}` expression"),
+                    suggest(key, &["operator", "conditions"]),
                 ));
             }
         }
-        let Some(op) = Operator::parse(&operator) else {
-            let names: Vec<&str> = Operator::ALL
-                .iter()
-                .map(|(_, n)| *n)
-                .chain(["and", "or", "not"])
-                .collect();
+        let items: Vec<&RawValue> = match map.get("conditions") {
+            Some(list) => serde_json::from_str(list.get())
+                .map_err(|_| p(format!("`{operator}` needs `conditions`: a list"), None))?,
+            None => return Err(p(format!("`{operator}` needs `conditions`: a list"), None)),
+        };
+        if items.is_empty() {
+            return Err(p(format!("`{operator}` has no conditions"), None));
+        }
+        if operator == "not" && items.len() != 1 {
             return Err(p(
-                format!("unknown operator `{operator}`"),
+                format!("`not` takes exactly one condition, not {}", items.len()),
+                Some("wrap several in `and` or `or`".into()),
+            ));
+        }
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for item in items {
+            match self.attr_expr(item, rule) {
+                Ok(e) => out.push(e),
+                Err(mut e) => problems.append(&mut e),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(match operator {
+            "and" => AttrExpr::And(out),
+            "or" => AttrExpr::Or(out),
+            _ => AttrExpr::Not(Box::new(out.pop().expect("one"))),
+        })
+    }
+}
+
+/// Checks that a rule's permission is one `rt` knows, is asked for, and (`admin`) is asked for
+/// on the workflow it names.
+fn check_permission(
+    rt: ResourceType,
+    r: &RawRule,
+    p: &impl Fn(String, Option<String>) -> Problem,
+    problems: &mut Vec<Problem>,
+) {
+    if !rt.permissions().contains(&r.permission.as_str()) {
+        let list = rt.permissions().join("`, `");
+        problems.push(p(
+            format!("unknown {rt} permission `{}`", r.permission),
+            Some(
+                suggest(&r.permission, rt.permissions())
+                    .unwrap_or_else(|| format!("a {rt} permission is one of `{list}`")),
+            ),
+        ));
+    }
+    if let Some(why) = unchecked(rt, &r.permission) {
+        problems.push(p(
+            format!("`{}` is never asked for on a {rt}: {why}", r.permission),
+            Some("remove the rule".into()),
+        ));
+    }
+    if rt == ResourceType::Workflow && r.permission == "admin" && r.resource_id != ADMIN_WORKFLOW {
+        problems.push(p(
+            format!(
+                "`admin` is checked only on workflow `{ADMIN_WORKFLOW}` (the admin endpoints), never on `{}`",
+                r.resource_id
+            ),
+            Some(format!("write `\"resource_id\": \"{ADMIN_WORKFLOW}\"` to grant the admin endpoints")),
+        ));
+    }
+}
+
+/// Checks a rule's `workflow`: not empty, and only on a node rule.
+fn check_rule_workflow(
+    resource_type: Option<ResourceType>,
+    workflow: Option<&str>,
+    p: &impl Fn(String, Option<String>) -> Problem,
+    problems: &mut Vec<Problem>,
+) {
+    if let Some(w) = workflow {
+        if w.is_empty() {
+            problems.push(p(
+                "`workflow` is empty".into(),
+                Some("name the workflow whose node this is, or remove `workflow` to name the node in every workflow".into()),
+            ));
+        } else if resource_type == Some(ResourceType::Workflow) {
+            problems.push(p(
+                "`workflow` scopes a node rule; a workflow rule names its workflow in `resource_id`".into(),
+                Some("remove `workflow`".into()),
+            ));
+        }
+    }
+}
+
+/// A rule's `effect`, or `None` with the problem noted.
+fn rule_effect(
+    effect: &str,
+    p: &impl Fn(String, Option<String>) -> Problem,
+    problems: &mut Vec<Problem>,
+) -> Option<Effect> {
+    match effect {
+        "allow" => Some(Effect::Allow),
+        "deny" => Some(Effect::Deny),
+        other => {
+            problems.push(p(
+                format!("unknown effect `{other}`"),
                 Some(
-                    suggest(&operator, &names).unwrap_or_else(|| {
-                        format!("an operator is one of `{}`", names.join("`, `"))
-                    }),
+                    suggest(other, &["allow", "deny"])
+                        .unwrap_or_else(|| "use `allow` or `deny`".into()),
                 ),
             ));
-        };
-        let path: String = match map.get("attribute_path") {
-            Some(v) => serde_json::from_str(v.get())
-                .map_err(|_| p("`attribute_path` must be a string".into(), None))?,
-            None => {
+            None
+        }
+    }
+}
+
+/// A rule's `expires_at` as a time (`None`: not given, or not a time, with the problem noted).
+fn rule_expiry(
+    expires_at: Option<&str>,
+    p: &impl Fn(String, Option<String>) -> Problem,
+    problems: &mut Vec<Problem>,
+) -> Option<jiff::Timestamp> {
+    match expires_at {
+        None => None,
+        Some(s) => match s.parse::<jiff::Timestamp>() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                problems.push(p(
+                    format!("`expires_at` `{s}` is not an RFC 3339 time"),
+                    Some("write it like `2026-12-31T23:59:59Z`".into()),
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// A condition's fields by name and its `type`, refusing a field no condition has.
+fn condition_fields<'r>(
+    raw: &'r RawValue,
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+) -> Parsed<(std::collections::BTreeMap<String, &'r RawValue>, String)> {
+    let map: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| {
+            p(
+                "a condition must be an object `{\"type\": …, \"value\": …}`".into(),
+                None,
+            )
+        })?;
+    let ty: String = match map.get("type") {
+        Some(t) => serde_json::from_str(t.get())
+            .map_err(|_| p("condition `type` must be a string".into(), None))?,
+        None => {
+            return Err(p(
+                "a condition needs a `type`".into(),
+                Some(format!("one of `{}`", CONDITION_TYPES.join("`, `"))),
+            ));
+        }
+    };
+    for key in map.keys() {
+        if !matches!(key.as_str(), "type" | "value" | "conditions") {
+            return Err(p(
+                format!("unknown field `{key}` in a `{ty}` condition"),
+                suggest(key, &["type", "value", "conditions"]),
+            ));
+        }
+    }
+    Ok((map, ty))
+}
+
+/// A `time_of_day` condition's value: `start` and `end` times.
+fn time_of_day_condition(
+    v: Value,
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+) -> Parsed<Condition> {
+    let get = |key: &str, default: &str| -> Parsed<u32> {
+        let s = match v.get(key) {
+            None => default.to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => {
                 return Err(p(
-                    "an attribute condition needs an `attribute_path`".into(),
+                    format!("`time_of_day` `{key}` must be a string like `08:00`"),
                     None,
                 ));
             }
         };
-        let path = AttrPath::parse(&path).map_err(|(m, h)| p(m, h))?;
-        let value: Value = match map.get("value") {
-            Some(v) => json(v),
-            None => return Err(p(format!("`{op}` needs a `value`"), None)),
-        };
-        let case_sensitive = match map.get("case_sensitive") {
-            None => true,
-            Some(v) => serde_json::from_str::<bool>(v.get())
-                .map_err(|_| p("`case_sensitive` must be `true` or `false`".into(), None))?,
-        };
-        check_value(op, &value).map_err(|(m, h)| p(m, h))?;
-        if path.0 == "user.attributes" && !matches!(op, Operator::Contains | Operator::NotContains)
-        {
+        parse_time(&s).ok_or_else(|| {
+            p(
+                format!("`time_of_day` `{key}` `{s}` is not a time like `08:00` or `18:30:00`"),
+                None,
+            )
+        })
+    };
+    unknown_keys(&v, &["start", "end"]).map_or(Ok(()), |k| {
+        Err(p(
+            format!("unknown field `{k}` in `time_of_day`"),
+            suggest(&k, &["start", "end"]),
+        ))
+    })?;
+    Ok(Condition::TimeOfDay {
+        start: get("start", "00:00")?,
+        end: get("end", "23:59")?,
+    })
+}
+
+/// A `day_of_week` condition's value: `allowed_days`, day names.
+fn day_of_week_condition(
+    v: Value,
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+) -> Parsed<Condition> {
+    unknown_keys(&v, &["allowed_days"]).map_or(Ok(()), |k| {
+        Err(p(
+            format!("unknown field `{k}` in `day_of_week`"),
+            suggest(&k, &["allowed_days"]),
+        ))
+    })?;
+    let days = string_list(v.get("allowed_days")).ok_or_else(|| {
+        p(
+            "`day_of_week` needs `allowed_days`: a list of day names".into(),
+            None,
+        )
+    })?;
+    let mut out = Vec::new();
+    for d in days {
+        let lower = d.to_lowercase();
+        if !DAYS.contains(&lower.as_str()) {
             return Err(p(
-                format!("`user.attributes` is the whole attribute map: `{op}` cannot compare it"),
-                Some(
-                    "use `contains` / `not_contains` with a key (does the user have this attribute?), or name one attribute: `user.attributes.KEY`"
-                        .into(),
+                format!("unknown day `{d}`"),
+                suggest(&lower, DAYS).or(Some("days are `monday` … `sunday`".into())),
+            ));
+        }
+        out.push(lower);
+    }
+    Ok(Condition::DayOfWeek(out))
+}
+
+/// A `department_hierarchy` condition's value: `department` and `include_children`.
+fn department_condition(
+    v: Value,
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+) -> Parsed<Condition> {
+    unknown_keys(&v, &["department", "include_children"]).map_or(Ok(()), |k| {
+        Err(p(
+            format!("unknown field `{k}` in `department_hierarchy`"),
+            suggest(&k, &["department", "include_children"]),
+        ))
+    })?;
+    let department = match v.get("department") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => {
+            return Err(p(
+                "`department_hierarchy` needs `department`: a non-empty string".into(),
+                None,
+            ));
+        }
+    };
+    let include_children = match v.get("include_children") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(p(
+                "`include_children` must be `true` or `false`".into(),
+                None,
+            ));
+        }
+    };
+    Ok(Condition::DepartmentHierarchy {
+        department,
+        include_children,
+    })
+}
+
+/// A `security_clearance` condition's value: `minimum_clearance`, a known level.
+fn clearance_condition(
+    v: Value,
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+) -> Parsed<Condition> {
+    unknown_keys(&v, &["minimum_clearance"]).map_or(Ok(()), |k| {
+        Err(p(
+            format!("unknown field `{k}` in `security_clearance`"),
+            suggest(&k, &["minimum_clearance"]),
+        ))
+    })?;
+    let minimum = match v.get("minimum_clearance") {
+        None => "public".to_owned(),
+        Some(Value::String(s)) if CLEARANCE_LEVELS.contains(&s.as_str()) => s.clone(),
+        Some(other) => {
+            let s = other.as_str().unwrap_or_default();
+            return Err(p(
+                format!(
+                    "unknown clearance `{}`",
+                    other
+                        .as_str()
+                        .map_or_else(|| other.to_string(), str::to_owned)
+                ),
+                suggest(s, CLEARANCE_LEVELS)
+                    .or(Some(format!("one of `{}`", CLEARANCE_LEVELS.join("`, `")))),
+            ));
+        }
+    };
+    Ok(Condition::SecurityClearance { minimum })
+}
+
+/// A `geographic_region` condition's value: `allowed_regions`.
+fn region_condition(
+    v: Value,
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+) -> Parsed<Condition> {
+    unknown_keys(&v, &["allowed_regions"]).map_or(Ok(()), |k| {
+        Err(p(
+            format!("unknown field `{k}` in `geographic_region`"),
+            suggest(&k, &["allowed_regions"]),
+        ))
+    })?;
+    let regions = string_list(v.get("allowed_regions")).ok_or_else(|| {
+        p(
+            "`geographic_region` needs `allowed_regions`: a list of strings".into(),
+            None,
+        )
+    })?;
+    Ok(Condition::GeographicRegion(regions))
+}
+
+/// An `ip_range` condition's value: `cidrs`, and the `attribute_path` of the address.
+fn ip_range_condition(
+    v: Value,
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+) -> Parsed<Condition> {
+    unknown_keys(&v, &["cidrs", "attribute_path"]).map_or(Ok(()), |k| {
+        Err(p(
+            format!("unknown field `{k}` in `ip_range`"),
+            suggest(&k, &["cidrs", "attribute_path"]),
+        ))
+    })?;
+    let cidrs = string_list(v.get("cidrs")).ok_or_else(|| {
+        p(
+            "`ip_range` needs `cidrs`: a list like `[\"10.0.0.0/8\"]`".into(),
+            None,
+        )
+    })?;
+    for c in &cidrs {
+        if !valid_cidr(c) {
+            return Err(p(
+                format!("`{c}` is not an address range like `10.0.0.0/8`"),
+                None,
+            ));
+        }
+    }
+    let path = match v.get("attribute_path") {
+        None => AttrPath("runtime.ip_address".into()),
+        Some(Value::String(s)) => AttrPath::parse(s).map_err(|(m, h)| p(m, h))?,
+        Some(_) => return Err(p("`attribute_path` must be a string".into(), None)),
+    };
+    Ok(Condition::IpRange { path, cidrs })
+}
+
+/// A leaf attribute comparison: its fields, operator, path, value and case sensitivity.
+fn attr_leaf(
+    operator: &str,
+    map: &std::collections::BTreeMap<String, &RawValue>,
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+) -> Parsed<AttrCondition> {
+    for key in map.keys() {
+        if !matches!(
+            key.as_str(),
+            "attribute_path" | "operator" | "value" | "case_sensitive"
+        ) {
+            return Err(p(
+                format!("unknown field `{key}` in an attribute condition"),
+                suggest(
+                    key,
+                    &["attribute_path", "operator", "value", "case_sensitive"],
                 ),
             ));
         }
-        Ok(AttrExpr::Leaf(AttrCondition {
-            path,
-            operator: op,
-            value,
-            case_sensitive,
-        }))
     }
+    let Some(op) = Operator::parse(operator) else {
+        let names: Vec<&str> = Operator::ALL
+            .iter()
+            .map(|(_, n)| *n)
+            .chain(["and", "or", "not"])
+            .collect();
+        return Err(p(
+            format!("unknown operator `{operator}`"),
+            Some(
+                suggest(operator, &names)
+                    .unwrap_or_else(|| format!("an operator is one of `{}`", names.join("`, `"))),
+            ),
+        ));
+    };
+    let path: String = match map.get("attribute_path") {
+        Some(v) => serde_json::from_str(v.get())
+            .map_err(|_| p("`attribute_path` must be a string".into(), None))?,
+        None => {
+            return Err(p(
+                "an attribute condition needs an `attribute_path`".into(),
+                None,
+            ));
+        }
+    };
+    let path = AttrPath::parse(&path).map_err(|(m, h)| p(m, h))?;
+    let value: Value = match map.get("value") {
+        Some(v) => json(v),
+        None => return Err(p(format!("`{op}` needs a `value`"), None)),
+    };
+    let case_sensitive = match map.get("case_sensitive") {
+        None => true,
+        Some(v) => serde_json::from_str::<bool>(v.get())
+            .map_err(|_| p("`case_sensitive` must be `true` or `false`".into(), None))?,
+    };
+    check_value(op, &value).map_err(|(m, h)| p(m, h))?;
+    if path.0 == "user.attributes" && !matches!(op, Operator::Contains | Operator::NotContains) {
+        return Err(p(
+            format!("`user.attributes` is the whole attribute map: `{op}` cannot compare it"),
+            Some(
+                "use `contains` / `not_contains` with a key (does the user have this attribute?), or name one attribute: `user.attributes.KEY`"
+                    .into(),
+            ),
+        ));
+    }
+    Ok(AttrCondition {
+        path,
+        operator: op,
+        value,
+        case_sensitive,
+    })
 }
 
 const RULE_FIELDS: &[&str] = &[

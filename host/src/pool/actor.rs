@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Shared;
 use super::health::ConnHealth;
 use super::protocol::Slot;
-use super::protocol::{Command, RunError};
+use super::protocol::{Command, Job, RunError, Running};
 use super::stats::CloseReason;
 use crate::sql::driver::{Canceller, DriverConnection};
 use crate::sql::exec::{ExecError, Fetch, Output};
@@ -60,6 +60,7 @@ impl Drop for ActorGuard {
     }
 }
 
+/// Serves `rx`'s commands on `conn` until the last handle is gone or the connection must end.
 async fn run(
     mut conn: DriverConnection,
     ctx: Ctx,
@@ -100,50 +101,9 @@ async fn run(
                 }
             }
             Command::Job { job, slot, running } => {
-                // Run it, then the queued statements this connection takes on check-in, without
-                // going back through the channel.
-                let mut next = Some((job, slot, running));
-                let mut ended = None;
-                // One clock reading per statement: when it ended is when the next one starts.
-                let mut started = Instant::now();
-                while let Some((mut job, mut slot, running)) = next.take() {
-                    let (result, stop, ended_at) = execute(
-                        &mut conn,
-                        &ctx,
-                        &job.stmt,
-                        job.fetch,
-                        job.timeout.or(command_timeout),
-                        started,
-                        &mut job.reply,
-                    )
-                    .await;
-                    started = ended_at;
-                    drop(running);
-                    let _ = job.reply.send(result);
-                    if let Some(reason) = stop {
-                        drop(slot);
-                        ended = Some(reason);
-                        break;
-                    }
-                    slot.record(&job.stmt);
-                    if slot.keeps_state {
-                        if let Some(shared) = shared.upgrade() {
-                            shared.retire(slot, CloseReason::Session);
-                        }
-                    } else if slot.session_dirty {
-                        if !reset_and_checkin(&mut conn, shared, slot).await {
-                            ended = Some(CloseReason::Broken);
-                        }
-                    } else if let Some(shared) = shared.upgrade() {
-                        next = shared.checkin_or_next(slot, started).map(|(slot, job)| {
-                            let running = shared.start(&job, started);
-                            (job, slot, running)
-                        });
-                    } else {
-                        ended = Some(CloseReason::Broken);
-                    }
-                }
-                if let Some(reason) = ended {
+                if let Some(reason) =
+                    run_jobs(&mut conn, &ctx, (job, slot, running), command_timeout).await
+                {
                     guard.reason = Some(reason);
                     healthy = false;
                     break;
@@ -176,6 +136,59 @@ async fn run(
         guard.reason = None;
         conn.close().await;
     }
+}
+
+/// Runs a job, then the queued statements this connection takes on check-in, without going
+/// back through the channel. Returns why the actor must end, if it must.
+async fn run_jobs(
+    conn: &mut DriverConnection,
+    ctx: &Ctx,
+    first: (Job, Slot, Running),
+    command_timeout: Option<Duration>,
+) -> Option<CloseReason> {
+    let shared = &ctx.shared;
+    let mut next = Some(first);
+    let mut ended = None;
+    // One clock reading per statement: when it ended is when the next one starts.
+    let mut started = Instant::now();
+    while let Some((mut job, mut slot, running)) = next.take() {
+        let (result, stop, ended_at) = execute(
+            conn,
+            ctx,
+            &job.stmt,
+            job.fetch,
+            job.timeout.or(command_timeout),
+            started,
+            &mut job.reply,
+        )
+        .await;
+        started = ended_at;
+        drop(running);
+        let _ = job.reply.send(result);
+        if let Some(reason) = stop {
+            drop(slot);
+            ended = Some(reason);
+            break;
+        }
+        slot.record(&job.stmt);
+        if slot.keeps_state {
+            if let Some(shared) = shared.upgrade() {
+                shared.retire(slot, CloseReason::Session);
+            }
+        } else if slot.session_dirty {
+            if !reset_and_checkin(conn, shared, slot).await {
+                ended = Some(CloseReason::Broken);
+            }
+        } else if let Some(shared) = shared.upgrade() {
+            next = shared.checkin_or_next(slot, started).map(|(slot, job)| {
+                let running = shared.start(&job, started);
+                (job, slot, running)
+            });
+        } else {
+            ended = Some(CloseReason::Broken);
+        }
+    }
+    ended
 }
 
 /// Runs one statement, which started at `started`, under its time limit and for as long as its

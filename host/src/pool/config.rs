@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::config::database::{DatabaseConfig, DatabaseTarget, parse_database_url};
 use crate::config::values::{DatabaseKind, Secret};
@@ -138,131 +138,57 @@ impl PoolConfig {
         let obj = v
             .as_object()
             .ok_or_else(|| PoolConfigError::Json("expected a JSON object".into()))?;
-        let str_of = |key: &str| obj.get(key).and_then(Value::as_str);
-        let name = str_of("name").unwrap_or("pool").to_owned();
-        let target = if let Some(url) = str_of("connection_string").or_else(|| str_of("url")) {
-            parse_database_url(url).map_err(PoolConfigError::Json)?
-        } else {
-            let kind = match str_of("database_type").or_else(|| str_of("type")) {
-                Some("postgresql" | "postgres") => DatabaseKind::Postgres,
-                Some("mysql" | "mariadb") => DatabaseKind::Mysql,
-                Some("sqlite") => DatabaseKind::Sqlite,
-                Some(other) => {
-                    return Err(PoolConfigError::Json(format!(
-                        "unknown `database_type` `{other}`: use `postgresql`, `mysql` or `sqlite`"
-                    )));
-                }
-                None => {
-                    return Err(PoolConfigError::Json(
-                        "give `connection_string`, or `database_type` with `host`, `database`, `user`"
-                            .into(),
-                    ));
-                }
-            };
-            match kind {
-                DatabaseKind::Sqlite => DatabaseTarget::Sqlite {
-                    path: str_of("path")
-                        .or_else(|| str_of("database"))
-                        .filter(|p| *p != ":memory:")
-                        .map(Into::into),
-                },
-                _ => DatabaseTarget::Server {
-                    kind,
-                    tls: crate::tls::Tls::default_for(str_of("host").unwrap_or("127.0.0.1")),
-                    host: str_of("host").unwrap_or("127.0.0.1").to_owned(),
-                    port: match obj.get("port") {
-                        None => {
-                            if kind == DatabaseKind::Postgres {
-                                5432
-                            } else {
-                                3306
-                            }
-                        }
-                        Some(p) => {
-                            p.as_u64()
-                                .and_then(|p| u16::try_from(p).ok())
-                                .ok_or_else(|| {
-                                    PoolConfigError::Json("`port` must be a port number".into())
-                                })?
-                        }
-                    },
-                    database: str_of("database")
-                        .ok_or_else(|| PoolConfigError::Json("missing `database`".into()))?
-                        .to_owned(),
-                    user: str_of("user")
-                        .ok_or_else(|| PoolConfigError::Json("missing `user`".into()))?
-                        .to_owned(),
-                    password: str_of("password").map(Secret::new),
-                },
-            }
-        };
-        let mut c = PoolConfig::new(name, target);
-        let count = |key: &str| -> Result<Option<usize>, PoolConfigError> {
-            obj.get(key)
-                .map(|v| {
-                    v.as_u64()
-                        .and_then(|n| usize::try_from(n).ok())
-                        .ok_or_else(|| {
-                            PoolConfigError::Json(format!("`{key}` must be a whole number"))
-                        })
-                })
-                .transpose()
-        };
-        let seconds = |key: &str| -> Result<Option<Duration>, PoolConfigError> {
-            obj.get(key)
-                .map(|v| match v {
-                    Value::Number(n) => n
-                        .as_f64()
-                        .filter(|s| s.is_finite() && *s >= 0.0)
-                        .map(Duration::from_secs_f64)
-                        .ok_or_else(|| {
-                            PoolConfigError::Json(format!("`{key}` must be seconds ≥ 0"))
-                        }),
-                    Value::String(s) => humantime::parse_duration(s).map_err(|e| {
-                        PoolConfigError::Json(format!("`{key}`: `{s}` is not a duration: {e}"))
-                    }),
-                    _ => Err(PoolConfigError::Json(format!(
-                        "`{key}` must be a number of seconds"
-                    ))),
-                })
-                .transpose()
-        };
+        let name = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("pool")
+            .to_owned();
+        let mut c = PoolConfig::new(name, json_target(obj)?);
+        c.set_from_json(obj)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Overrides the pool settings the JSON form gives (counts, `health_threshold`, `pre_warm`,
+    /// durations).
+    fn set_from_json(&mut self, obj: &Map<String, Value>) -> Result<(), PoolConfigError> {
+        let count = |key: &str| json_count(obj, key);
+        let seconds = |key: &str| json_seconds(obj, key);
         if let Some(v) = count("min_connections")? {
-            c.min_connections = v;
+            self.min_connections = v;
         }
         if let Some(v) = count("max_connections")? {
-            c.max_connections = v;
+            self.max_connections = v;
         }
         if let Some(v) = obj.get("health_threshold") {
-            c.health_threshold = v
+            self.health_threshold = v
                 .as_i64()
                 .ok_or_else(|| PoolConfigError::Json("`health_threshold` must be 0..100".into()))?;
         }
         if let Some(v) = obj.get("pre_warm") {
-            c.pre_warm = v
+            self.pre_warm = v
                 .as_bool()
                 .ok_or_else(|| PoolConfigError::Json("`pre_warm` must be true or false".into()))?;
         }
         if let Some(v) = seconds("acquire_timeout")? {
-            c.acquire_timeout = v;
+            self.acquire_timeout = v;
         }
         if let Some(v) = seconds("command_timeout")? {
-            c.command_timeout = Some(v);
+            self.command_timeout = Some(v);
         }
         if let Some(v) = seconds("health_check_interval")? {
-            c.health_check_interval = v;
+            self.health_check_interval = v;
         }
         if let Some(v) = seconds("max_lifetime")? {
-            c.max_lifetime = v;
+            self.max_lifetime = v;
         }
         if let Some(v) = seconds("idle_timeout")? {
-            c.idle_timeout = v;
+            self.idle_timeout = v;
         }
         if let Some(v) = seconds("lease_timeout")? {
-            c.lease_timeout = v;
+            self.lease_timeout = v;
         }
-        c.validate()?;
-        Ok(c)
+        Ok(())
     }
 
     /// Checks ranges and relations between settings.
@@ -318,6 +244,94 @@ impl PoolConfig {
         let factor = 0.9 + fastrand::f64() * 0.2;
         self.max_lifetime.mul_f64(factor)
     }
+}
+
+/// The database of the JSON form: `connection_string` (or `url`), or `database_type` with its
+/// connection fields.
+fn json_target(obj: &Map<String, Value>) -> Result<DatabaseTarget, PoolConfigError> {
+    let str_of = |key: &str| obj.get(key).and_then(Value::as_str);
+    if let Some(url) = str_of("connection_string").or_else(|| str_of("url")) {
+        return parse_database_url(url).map_err(PoolConfigError::Json);
+    }
+    let kind = match str_of("database_type").or_else(|| str_of("type")) {
+        Some("postgresql" | "postgres") => DatabaseKind::Postgres,
+        Some("mysql" | "mariadb") => DatabaseKind::Mysql,
+        Some("sqlite") => DatabaseKind::Sqlite,
+        Some(other) => {
+            return Err(PoolConfigError::Json(format!(
+                "unknown `database_type` `{other}`: use `postgresql`, `mysql` or `sqlite`"
+            )));
+        }
+        None => {
+            return Err(PoolConfigError::Json(
+                "give `connection_string`, or `database_type` with `host`, `database`, `user`"
+                    .into(),
+            ));
+        }
+    };
+    Ok(match kind {
+        DatabaseKind::Sqlite => DatabaseTarget::Sqlite {
+            path: str_of("path")
+                .or_else(|| str_of("database"))
+                .filter(|p| *p != ":memory:")
+                .map(Into::into),
+        },
+        _ => DatabaseTarget::Server {
+            kind,
+            tls: crate::tls::Tls::default_for(str_of("host").unwrap_or("127.0.0.1")),
+            host: str_of("host").unwrap_or("127.0.0.1").to_owned(),
+            port: match obj.get("port") {
+                None => {
+                    if kind == DatabaseKind::Postgres {
+                        5432
+                    } else {
+                        3306
+                    }
+                }
+                Some(p) => p
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or_else(|| PoolConfigError::Json("`port` must be a port number".into()))?,
+            },
+            database: str_of("database")
+                .ok_or_else(|| PoolConfigError::Json("missing `database`".into()))?
+                .to_owned(),
+            user: str_of("user")
+                .ok_or_else(|| PoolConfigError::Json("missing `user`".into()))?
+                .to_owned(),
+            password: str_of("password").map(Secret::new),
+        },
+    })
+}
+
+/// The whole number under `key` of the JSON form, if given.
+fn json_count(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>, PoolConfigError> {
+    obj.get(key)
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| PoolConfigError::Json(format!("`{key}` must be a whole number")))
+        })
+        .transpose()
+}
+
+/// The duration under `key` of the JSON form (seconds, or a string like `30s`), if given.
+fn json_seconds(obj: &Map<String, Value>, key: &str) -> Result<Option<Duration>, PoolConfigError> {
+    obj.get(key)
+        .map(|v| match v {
+            Value::Number(n) => n
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| PoolConfigError::Json(format!("`{key}` must be seconds ≥ 0"))),
+            Value::String(s) => humantime::parse_duration(s).map_err(|e| {
+                PoolConfigError::Json(format!("`{key}`: `{s}` is not a duration: {e}"))
+            }),
+            _ => Err(PoolConfigError::Json(format!(
+                "`{key}` must be a number of seconds"
+            ))),
+        })
+        .transpose()
 }
 
 #[cfg(test)]

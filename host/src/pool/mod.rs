@@ -381,74 +381,45 @@ impl Pool {
         }
         let start = Instant::now();
         // Fast path: an idle connection that needs no check, without registering as a waiter.
-        if !shared.closed.load(Ordering::Acquire) {
-            let fast = {
-                let mut state = shared.lock_state();
-                match state.take_idle() {
-                    Some(slot)
-                        if state
-                            .suspect_since
-                            .is_none_or(|since| slot.health.last_ok() >= since) =>
-                    {
-                        Some(slot)
-                    }
-                    Some(slot) => {
-                        state.idle.push_front(slot);
-                        None
-                    }
-                    None => None,
-                }
-            };
-            if let Some(slot) = fast {
-                shared.counters.acquired(start.elapsed());
-                return Ok(Lease::new(shared.clone(), slot, workload));
-            }
+        if !shared.closed.load(Ordering::Acquire)
+            && let Some(slot) = take_unsuspected_idle(shared)
+        {
+            shared.counters.acquired(start.elapsed());
+            return Ok(Lease::new(shared.clone(), slot, workload));
         }
+        let result = self.wait_for_slot(start, workload).await;
+        if result.is_err()
+            && let Some(workload) = workload
+        {
+            shared.workloads.end(workload);
+        }
+        result
+    }
+
+    /// The slow path of `acquire`: waits (as a counted waiter) until an idle connection is free
+    /// and answers a check if it is suspect, opening connections as waiters need them, until
+    /// `acquire_timeout` after `start`.
+    async fn wait_for_slot(
+        &self,
+        start: Instant,
+        workload: Option<&str>,
+    ) -> Result<Lease, PoolError> {
+        let shared = &self.shared;
         let deadline = start + shared.config.acquire_timeout;
         let mut waiting = WaiterGuard {
             shared,
             counted: false,
         };
-        let result = loop {
+        loop {
             if shared.closed.load(Ordering::Acquire) {
-                break Err(PoolError::Closed {
+                return Err(PoolError::Closed {
                     pool: shared.config.name.clone(),
                 });
             }
             let notified = shared.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (slot, verify) = {
-                let mut state = shared.lock_state();
-                match state.take_idle() {
-                    Some(slot) => {
-                        let verify = state
-                            .suspect_since
-                            .is_some_and(|since| slot.health.last_ok() < since);
-                        (Some(slot), verify)
-                    }
-                    None => {
-                        if let Some((at, cause)) = &state.last_connect_error
-                            && *at >= start
-                            && state.open == 0
-                            && state.opening == 0
-                        {
-                            break Err(shared.connect_error(cause.clone()));
-                        }
-                        if state.open + state.opening < shared.config.max_connections
-                            && state.opening < state.waiters + 1
-                        {
-                            state.opening += 1;
-                            supervisor::open_in_background(shared.clone());
-                        }
-                        if !waiting.counted {
-                            state.waiters += 1;
-                            waiting.counted = true;
-                        }
-                        (None, false)
-                    }
-                }
-            };
+            let (slot, verify) = take_idle_or_open(shared, start, &mut waiting)?;
             if let Some(slot) = slot {
                 if verify && !ping(&slot).await {
                     // It broke while idle: its actor is ending; try the next one.
@@ -456,27 +427,20 @@ impl Pool {
                     continue;
                 }
                 shared.counters.acquired(start.elapsed());
-                break Ok(Lease::new(shared.clone(), slot, workload));
+                return Ok(Lease::new(shared.clone(), slot, workload));
             }
             if tokio::time::timeout_at(deadline.into(), notified)
                 .await
                 .is_err()
             {
                 shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                break Err(PoolError::Exhausted {
+                return Err(PoolError::Exhausted {
                     pool: shared.config.name.clone(),
                     size: shared.config.max_connections,
                     waited: start.elapsed(),
                 });
             }
-        };
-        drop(waiting);
-        if result.is_err()
-            && let Some(workload) = workload
-        {
-            shared.workloads.end(workload);
         }
-        result
     }
 
     /// Opens connections for `workload` up to the 90th percentile of its past peak concurrent
@@ -544,6 +508,65 @@ impl Drop for WaiterGuard<'_> {
             self.shared.lock_state().waiters -= 1;
             // Idle connections kept for waiting acquires may now serve queued statements.
             self.shared.pump();
+        }
+    }
+}
+
+/// An idle connection that needs no check (proven good since one broke), or `None`, leaving the
+/// idle list as it was.
+fn take_unsuspected_idle(shared: &Shared) -> Option<Slot> {
+    let mut state = shared.lock_state();
+    match state.take_idle() {
+        Some(slot)
+            if state
+                .suspect_since
+                .is_none_or(|since| slot.health.last_ok() >= since) =>
+        {
+            Some(slot)
+        }
+        Some(slot) => {
+            state.idle.push_front(slot);
+            None
+        }
+        None => None,
+    }
+}
+
+/// Under the lock: an idle connection and whether it must be checked first; or, with none
+/// idle, opens one in the background if the waiters need it and counts this acquire as a
+/// waiter. Fails when connecting has failed since `start` and no connection is open.
+fn take_idle_or_open(
+    shared: &Arc<Shared>,
+    start: Instant,
+    waiting: &mut WaiterGuard<'_>,
+) -> Result<(Option<Slot>, bool), PoolError> {
+    let mut state = shared.lock_state();
+    match state.take_idle() {
+        Some(slot) => {
+            let verify = state
+                .suspect_since
+                .is_some_and(|since| slot.health.last_ok() < since);
+            Ok((Some(slot), verify))
+        }
+        None => {
+            if let Some((at, cause)) = &state.last_connect_error
+                && *at >= start
+                && state.open == 0
+                && state.opening == 0
+            {
+                return Err(shared.connect_error(cause.clone()));
+            }
+            if state.open + state.opening < shared.config.max_connections
+                && state.opening < state.waiters + 1
+            {
+                state.opening += 1;
+                supervisor::open_in_background(shared.clone());
+            }
+            if !waiting.counted {
+                state.waiters += 1;
+                waiting.counted = true;
+            }
+            Ok((None, false))
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Only the connection actor owns a [`DriverConnection`]; everything else talks to the actor.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
@@ -56,6 +57,67 @@ fn is_sqlite_busy(error: &sqlx::Error) -> bool {
         .and_then(|e| e.code())
         .and_then(|code| code.parse::<i32>().ok())
         .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+}
+
+/// Opens a SQLite database: the file (made private to the host user, put in WAL mode), or an
+/// in-memory database.
+async fn open_sqlite(path: Option<&Path>) -> Result<DriverConnection, sqlx::Error> {
+    let options = match path {
+        Some(path) => {
+            // The database holds the data policy protects: its directory and file are the host
+            // user's alone (SQLite gives its -wal and -shm files the database file's mode).
+            crate::private_fs::create_parent(path)?;
+            crate::private_fs::touch(path)?;
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+        }
+        None => SqliteConnectOptions::new().in_memory(true),
+    }
+    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+    .foreign_keys(true)
+    .disable_statement_logging();
+    let mut conn = options.connect().await?;
+    if path.is_some() {
+        ensure_wal(&mut conn).await?;
+    }
+    let handle = SqliteHandle(conn.lock_handle().await?.as_raw_handle());
+    Ok(DriverConnection::Sqlite { conn, handle })
+}
+
+/// Connects to PostgreSQL with `options` under `tls`, and reads the server process id.
+async fn connect_postgres(
+    tls: &Tls,
+    options: PgConnectOptions,
+) -> Result<DriverConnection, sqlx::Error> {
+    let options = apply_pg(tls, options);
+    let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(DriverConnection::Postgres {
+        conn,
+        touched: false,
+        pid,
+    })
+}
+
+/// Connects to MySQL/MariaDB with `options` under `tls`, and reads the server version and the
+/// connection id.
+async fn connect_mysql(
+    tls: &Tls,
+    options: MySqlConnectOptions,
+) -> Result<DriverConnection, sqlx::Error> {
+    let options = apply_mysql(tls, options);
+    let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
+    let (version, id): (String, u64) = sqlx::query_as("SELECT VERSION(), CONNECTION_ID()")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(DriverConnection::Mysql {
+        conn,
+        mariadb: version.contains("MariaDB"),
+        id,
+    })
 }
 
 /// What the driver reported when connecting, pinging, resetting or cancelling failed: shown,
@@ -125,30 +187,7 @@ impl DriverConnection {
         }
         let connect = async {
             Ok(match target {
-                DatabaseTarget::Sqlite { path } => {
-                    let options = match path {
-                        Some(path) => {
-                            // The database holds the data policy protects: its directory and
-                            // file are the host user's alone (SQLite gives its -wal and -shm
-                            // files the database file's mode).
-                            crate::private_fs::create_parent(path)?;
-                            crate::private_fs::touch(path)?;
-                            SqliteConnectOptions::new()
-                                .filename(path)
-                                .create_if_missing(true)
-                        }
-                        None => SqliteConnectOptions::new().in_memory(true),
-                    }
-                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                    .foreign_keys(true)
-                    .disable_statement_logging();
-                    let mut conn = options.connect().await?;
-                    if path.is_some() {
-                        ensure_wal(&mut conn).await?;
-                    }
-                    let handle = SqliteHandle(conn.lock_handle().await?.as_raw_handle());
-                    DriverConnection::Sqlite { conn, handle }
-                }
+                DatabaseTarget::Sqlite { path } => open_sqlite(path.as_deref()).await?,
                 DatabaseTarget::Server {
                     kind: DatabaseKind::Postgres,
                     host,
@@ -172,16 +211,7 @@ impl DriverConnection {
                         // A startup parameter: the session's default, which `RESET ALL` keeps.
                         options = options.options([("search_path", path)]);
                     }
-                    let options = apply_pg(tls, options);
-                    let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
-                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                        .fetch_one(&mut conn)
-                        .await?;
-                    DriverConnection::Postgres {
-                        conn,
-                        touched: false,
-                        pid,
-                    }
+                    connect_postgres(tls, options).await?
                 }
                 DatabaseTarget::Server {
                     host,
@@ -201,17 +231,7 @@ impl DriverConnection {
                     if let Some(password) = password {
                         options = options.password(password.expose());
                     }
-                    let options = apply_mysql(tls, options);
-                    let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
-                    let (version, id): (String, u64) =
-                        sqlx::query_as("SELECT VERSION(), CONNECTION_ID()")
-                            .fetch_one(&mut conn)
-                            .await?;
-                    DriverConnection::Mysql {
-                        conn,
-                        mariadb: version.contains("MariaDB"),
-                        id,
-                    }
+                    connect_mysql(tls, options).await?
                 }
             })
         };

@@ -423,15 +423,41 @@ fn is_name_char(c: u8) -> bool {
 }
 
 fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
-    let b = sql.as_bytes();
-    let mut out = Scan::default();
-    let mut i = 0;
-    // At the start of a statement: the next word decides `touches_session`.
-    let mut statement_start = true;
-    // The previous word of the current statement.
-    let mut prev_word: Option<Token> = None;
-    let mut set = SetState::No;
-    while i < b.len() {
+    let mut scanner = Scanner {
+        sql,
+        b: sql.as_bytes(),
+        dialect,
+        out: Scan::default(),
+        i: 0,
+        statement_start: true,
+        prev_word: None,
+        set: SetState::No,
+    };
+    while scanner.i < scanner.b.len() {
+        scanner.token()?;
+    }
+    Ok(scanner.out)
+}
+
+/// The tokenizer's walk over one text: where it is and what it has found so far.
+struct Scanner<'a> {
+    sql: &'a str,
+    b: &'a [u8],
+    dialect: DatabaseKind,
+    out: Scan,
+    /// The next byte to look at.
+    i: usize,
+    /// At the start of a statement: the next word decides `touches_session`.
+    statement_start: bool,
+    /// The previous word of the current statement.
+    prev_word: Option<Token>,
+    set: SetState,
+}
+
+impl Scanner<'_> {
+    /// Steps over the token at `i`, noting what it means.
+    fn token(&mut self) -> Result<(), ParamError> {
+        let (sql, b, dialect, i) = (self.sql, self.b, self.dialect, self.i);
         let c = b[i];
         match c {
             b'\'' => {
@@ -440,183 +466,210 @@ fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
                         && i > 0
                         && matches!(b[i - 1], b'E' | b'e')
                         && (i < 2 || !is_name_char(b[i - 2])));
-                i = skip_quoted(b, i, b'\'', backslash, "string literal")?;
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
+                self.i = skip_quoted(b, i, b'\'', backslash, "string literal")?;
+                self.begin_statement();
             }
             b'"' => {
                 let backslash = dialect == DatabaseKind::Mysql;
-                i = skip_quoted(b, i, b'"', backslash, "quoted identifier")?;
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
+                self.i = skip_quoted(b, i, b'"', backslash, "quoted identifier")?;
+                self.begin_statement();
             }
             b'`' if dialect != DatabaseKind::Postgres => {
-                i = skip_quoted(b, i, b'`', false, "quoted identifier")?;
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
+                self.i = skip_quoted(b, i, b'`', false, "quoted identifier")?;
+                self.begin_statement();
             }
             b'[' if dialect == DatabaseKind::Sqlite => {
                 let end = sql[i..].find(']').ok_or(ParamError::Unterminated {
                     what: "quoted identifier",
                     at: i,
                 })?;
-                i += end + 1;
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
+                self.i = i + end + 1;
+                self.begin_statement();
             }
             b'-' if b.get(i + 1) == Some(&b'-')
                 && (dialect != DatabaseKind::Mysql
                     || b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace())) =>
             {
-                i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+                self.i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
             }
             b'#' if dialect == DatabaseKind::Mysql => {
-                i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+                self.i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = skip_block_comment(b, i, dialect == DatabaseKind::Postgres)?;
+                self.i = skip_block_comment(b, i, dialect == DatabaseKind::Postgres)?;
             }
             b'$' if dialect == DatabaseKind::Postgres => {
-                // `$1` positional, or `$tag$ … $tag$` dollar quoting.
-                let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if digits > 0 {
-                    let n: usize = sql[i + 1..i + 1 + digits].parse().unwrap_or(usize::MAX);
-                    out.positional = out.positional.max(n);
-                    i += 1 + digits;
-                } else if let Some(tag_len) = dollar_tag(b, i) {
-                    let tag = &sql[i..i + tag_len];
-                    let body = i + tag_len;
-                    let close = sql[body..].find(tag).ok_or(ParamError::Unterminated {
-                        what: "dollar-quoted string",
-                        at: i,
-                    })?;
-                    i = body + close + tag_len;
-                } else {
-                    i += 1;
-                }
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
+                self.dollar()?;
+                self.begin_statement();
             }
             b'?' if dialect != DatabaseKind::Postgres => {
-                out.positional += 1;
-                i += 1;
-                // SQLite `?NNN`
-                while i < b.len() && b[i].is_ascii_digit() {
-                    i += 1;
-                }
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
+                self.question_mark();
+                self.begin_statement();
             }
             b':' => {
-                if b.get(i + 1) == Some(&b':') {
-                    i += 2; // `::cast`
-                } else if b.get(i + 1).copied().is_some_and(is_name_start)
-                    && (i == 0 || !is_name_char(b[i - 1]))
-                    && (i == 0 || b[i - 1] != b':')
-                {
-                    let end = i + 1 + b[i + 1..].iter().take_while(|c| is_name_char(**c)).count();
-                    out.named.push(Token { start: i, end });
-                    i = end;
-                } else {
-                    i += 1;
-                }
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
+                self.colon();
+                self.begin_statement();
             }
             b';' => {
-                statement_start = true;
-                prev_word = None;
-                set = SetState::No;
-                i += 1;
+                self.statement_start = true;
+                self.prev_word = None;
+                self.set = SetState::No;
+                self.i += 1;
             }
             b'@' if dialect == DatabaseKind::Mysql => {
-                if b.get(i + 1) == Some(&b'@') {
-                    i += 2; // `@@system_variable`: the name follows as a word
-                } else {
-                    // `@name`, `@'name'`: a user variable lives as long as the session.
-                    out.leaves_state |= b.get(i + 1).is_some_and(|c| {
-                        is_name_char(*c) || matches!(c, b'\'' | b'"' | b'`' | b'$' | b'.')
-                    });
-                    i += 1;
-                }
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
+                self.at_sign();
+                self.begin_statement();
             }
-            c if c.is_ascii_whitespace() || c == b'(' => i += 1,
-            c if is_name_start(c) => {
-                let end = i + b[i..].iter().take_while(|c| is_name_char(**c)).count();
-                let word = &sql[i..end];
-                let is = |list: &[&str]| list.iter().any(|k| k.eq_ignore_ascii_case(word));
-                let is_word = |k: &str| word.eq_ignore_ascii_case(k);
-                if (statement_start && is(SESSION_KEYWORDS)) || is(SESSION_LOCK_FUNCTIONS) {
-                    out.touches_session = true;
-                }
-                let temp = (is_word("TEMP") || is_word("TEMPORARY"))
-                    && prev_word.is_some_and(|p| {
-                        let p = &sql[p.start..p.end];
-                        BEFORE_TEMP.iter().any(|k| k.eq_ignore_ascii_case(p))
-                    });
-                match dialect {
-                    // The reset undoes temporary tables (`DISCARD TEMP`).
-                    DatabaseKind::Postgres => out.touches_session |= temp,
-                    DatabaseKind::Mysql => {
-                        out.leaves_state |= temp || (statement_start && is_word("PREPARE"));
-                        set = match set {
-                            _ if statement_start => {
-                                if is_word("SET") {
-                                    SetState::Start
-                                } else {
-                                    SetState::No
-                                }
-                            }
-                            SetState::Start if is_word("SESSION") || is_word("LOCAL") => {
-                                SetState::Start
-                            }
-                            SetState::Start if is_word("autocommit") => SetState::Autocommit,
-                            SetState::Start => {
-                                out.leaves_state = true;
-                                SetState::No
-                            }
-                            other => other,
-                        };
-                    }
-                    DatabaseKind::Sqlite => {
-                        out.leaves_state |=
-                            temp || (statement_start && (is_word("PRAGMA") || is_word("ATTACH")));
-                    }
-                }
-                prev_word = Some(Token { start: i, end });
-                if statement_start && out.statements == 0 {
-                    out.first_word = Some(Token { start: i, end });
-                }
-                out.into |= word.eq_ignore_ascii_case("INTO");
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
-                i = end;
-            }
+            c if c.is_ascii_whitespace() || c == b'(' => self.i += 1,
+            c if is_name_start(c) => self.word(),
             _ => {
-                if c == b',' && set == SetState::Autocommit {
+                if c == b',' && self.set == SetState::Autocommit {
                     // `SET autocommit = 0, sql_mode = …`: more than the reset undoes.
-                    out.leaves_state = true;
-                    set = SetState::No;
+                    self.out.leaves_state = true;
+                    self.set = SetState::No;
                 }
-                if std::mem::take(&mut statement_start) {
-                    out.statements += 1;
-                }
-                i += 1;
+                self.begin_statement();
+                self.i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a new statement if the token just read is the first of one.
+    fn begin_statement(&mut self) {
+        if std::mem::take(&mut self.statement_start) {
+            self.out.statements += 1;
+        }
+    }
+
+    /// Steps over a PostgreSQL `$`: a `$1` positional, or a whole `$tag$ … $tag$` dollar quote.
+    fn dollar(&mut self) -> Result<(), ParamError> {
+        let (sql, b, i) = (self.sql, self.b, self.i);
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits > 0 {
+            let n: usize = sql[i + 1..i + 1 + digits].parse().unwrap_or(usize::MAX);
+            self.out.positional = self.out.positional.max(n);
+            self.i += 1 + digits;
+        } else if let Some(tag_len) = dollar_tag(b, i) {
+            let tag = &sql[i..i + tag_len];
+            let body = i + tag_len;
+            let close = sql[body..].find(tag).ok_or(ParamError::Unterminated {
+                what: "dollar-quoted string",
+                at: i,
+            })?;
+            self.i = body + close + tag_len;
+        } else {
+            self.i += 1;
+        }
+        Ok(())
+    }
+
+    /// Steps over a `?` positional placeholder (and SQLite's `?NNN` digits), counting it.
+    fn question_mark(&mut self) {
+        self.out.positional += 1;
+        self.i += 1;
+        // SQLite `?NNN`
+        while self.i < self.b.len() && self.b[self.i].is_ascii_digit() {
+            self.i += 1;
+        }
+    }
+
+    /// Steps over a `:`: a `::cast`, a `:name` parameter (noted), or a lone colon.
+    fn colon(&mut self) {
+        let (b, i) = (self.b, self.i);
+        if b.get(i + 1) == Some(&b':') {
+            self.i += 2; // `::cast`
+        } else if b.get(i + 1).copied().is_some_and(is_name_start)
+            && (i == 0 || !is_name_char(b[i - 1]))
+            && (i == 0 || b[i - 1] != b':')
+        {
+            let end = i + 1 + b[i + 1..].iter().take_while(|c| is_name_char(**c)).count();
+            self.out.named.push(Token { start: i, end });
+            self.i = end;
+        } else {
+            self.i += 1;
+        }
+    }
+
+    /// Steps over a MySQL `@`: `@@system_variable`, or a user variable that outlives the statement.
+    fn at_sign(&mut self) {
+        let (b, i) = (self.b, self.i);
+        if b.get(i + 1) == Some(&b'@') {
+            self.i += 2; // `@@system_variable`: the name follows as a word
+        } else {
+            // `@name`, `@'name'`: a user variable lives as long as the session.
+            self.out.leaves_state |= b.get(i + 1).is_some_and(|c| {
+                is_name_char(*c) || matches!(c, b'\'' | b'"' | b'`' | b'$' | b'.')
+            });
+            self.i += 1;
+        }
+    }
+
+    /// Steps over a word, noting the session state it may touch or leave and the statement's
+    /// first word.
+    fn word(&mut self) {
+        let (sql, b, i) = (self.sql, self.b, self.i);
+        let end = i + b[i..].iter().take_while(|c| is_name_char(**c)).count();
+        let word = &sql[i..end];
+        let is = |list: &[&str]| list.iter().any(|k| k.eq_ignore_ascii_case(word));
+        if (self.statement_start && is(SESSION_KEYWORDS)) || is(SESSION_LOCK_FUNCTIONS) {
+            self.out.touches_session = true;
+        }
+        self.dialect_session_state(word);
+        self.prev_word = Some(Token { start: i, end });
+        if self.statement_start && self.out.statements == 0 {
+            self.out.first_word = Some(Token { start: i, end });
+        }
+        self.out.into |= word.eq_ignore_ascii_case("INTO");
+        self.begin_statement();
+        self.i = end;
+    }
+
+    /// Notes what `word` means to the dialect's reset: temporary objects, MySQL `PREPARE` and
+    /// `SET`, SQLite `PRAGMA` and `ATTACH`.
+    fn dialect_session_state(&mut self, word: &str) {
+        let sql = self.sql;
+        let is_word = |k: &str| word.eq_ignore_ascii_case(k);
+        let temp = (is_word("TEMP") || is_word("TEMPORARY"))
+            && self.prev_word.is_some_and(|p| {
+                let p = &sql[p.start..p.end];
+                BEFORE_TEMP.iter().any(|k| k.eq_ignore_ascii_case(p))
+            });
+        let statement_start = self.statement_start;
+        match self.dialect {
+            // The reset undoes temporary tables (`DISCARD TEMP`).
+            DatabaseKind::Postgres => self.out.touches_session |= temp,
+            DatabaseKind::Mysql => {
+                self.out.leaves_state |= temp || (statement_start && is_word("PREPARE"));
+                self.set = self.mysql_set(word);
+            }
+            DatabaseKind::Sqlite => {
+                self.out.leaves_state |=
+                    temp || (statement_start && (is_word("PRAGMA") || is_word("ATTACH")));
             }
         }
     }
-    Ok(out)
+
+    /// Where a MySQL `SET` statement is after `word` (noting a variable the reset cannot undo).
+    fn mysql_set(&mut self, word: &str) -> SetState {
+        let is_word = |k: &str| word.eq_ignore_ascii_case(k);
+        match self.set {
+            _ if self.statement_start => {
+                if is_word("SET") {
+                    SetState::Start
+                } else {
+                    SetState::No
+                }
+            }
+            SetState::Start if is_word("SESSION") || is_word("LOCAL") => SetState::Start,
+            SetState::Start if is_word("autocommit") => SetState::Autocommit,
+            SetState::Start => {
+                self.out.leaves_state = true;
+                SetState::No
+            }
+            other => other,
+        }
+    }
 }
 
 fn skip_quoted(

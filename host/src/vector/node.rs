@@ -205,6 +205,55 @@ fn rows_of(f: &mut Fields) -> Result<Vec<NewVector>, VectorError> {
     }
 }
 
+/// A `create_index` node's index: `distance_metric`, `index_type` and the build parameters.
+fn index_spec_of(f: &mut Fields) -> Result<IndexSpec, VectorError> {
+    let mut spec = IndexSpec::hnsw(f.metric()?);
+    if let Some(t) = f.str("index_type")? {
+        spec.index_type = IndexType::parse(&t)?;
+    }
+    if let Some(m) = f.uint("m")? {
+        spec.m = m;
+    }
+    if let Some(ef) = f.uint("ef_construction")? {
+        spec.ef_construction = ef;
+    }
+    if let Some(l) = f.uint("lists")? {
+        spec.lists = l;
+    }
+    spec.maintenance_work_mem_mb = f.uint("maintenance_work_mem_mb")?;
+    Ok(spec)
+}
+
+/// A `search` node's query: `vector`, `distance_metric`, `limit`, `metadata_filter` and the
+/// index's search parameters.
+fn search_of(f: &mut Fields) -> Result<SearchQuery, VectorError> {
+    let vector = f
+        .take("vector")
+        .ok_or_else(|| config_err("`search` needs `vector`"))?;
+    let mut q = SearchQuery::new(vector_of(&vector, "`vector`")?);
+    q.metric = f.metric()?;
+    if let Some(limit) = f.uint("limit")? {
+        q.limit = limit;
+    }
+    q.filter = f.filter()?;
+    q.ef_search = f.uint("ef_search")?;
+    q.probes = f.uint("probes")?;
+    Ok(q)
+}
+
+/// A `delete` node's ids: one `id` or a list `ids`.
+fn delete_ids_of(f: &mut Fields) -> Result<Vec<i64>, VectorError> {
+    match (f.take("id"), f.take("ids")) {
+        (Some(id), None) => Ok(vec![id_of(&id, "`id`")?]),
+        (None, Some(Value::Array(ids))) => ids
+            .iter()
+            .enumerate()
+            .map(|(i, v)| id_of(v, &format!("`ids[{i}]`")))
+            .collect(),
+        _ => Err(config_err("`delete` needs `id` or a list `ids`")),
+    }
+}
+
 impl VectorNode {
     /// Reads and validates the node's JSON config (see the module docs for the fields).
     pub fn from_json(config: &Value) -> Result<VectorNode, VectorError> {
@@ -229,33 +278,17 @@ impl VectorNode {
                 ),
                 &["dimension"],
             ),
-            "create_index" => {
-                let mut spec = IndexSpec::hnsw(f.metric()?);
-                if let Some(t) = f.str("index_type")? {
-                    spec.index_type = IndexType::parse(&t)?;
-                }
-                if let Some(m) = f.uint("m")? {
-                    spec.m = m;
-                }
-                if let Some(ef) = f.uint("ef_construction")? {
-                    spec.ef_construction = ef;
-                }
-                if let Some(l) = f.uint("lists")? {
-                    spec.lists = l;
-                }
-                spec.maintenance_work_mem_mb = f.uint("maintenance_work_mem_mb")?;
-                (
-                    Operation::CreateIndex(spec),
-                    &[
-                        "index_type",
-                        "distance_metric",
-                        "m",
-                        "ef_construction",
-                        "lists",
-                        "maintenance_work_mem_mb",
-                    ],
-                )
-            }
+            "create_index" => (
+                Operation::CreateIndex(index_spec_of(&mut f)?),
+                &[
+                    "index_type",
+                    "distance_metric",
+                    "m",
+                    "ef_construction",
+                    "lists",
+                    "maintenance_work_mem_mb",
+                ],
+            ),
             "insert" | "upsert" => {
                 let rows = rows_of(&mut f)?;
                 let op = if operation_name == "insert" {
@@ -265,42 +298,18 @@ impl VectorNode {
                 };
                 (op, &["vector", "metadata", "id", "vectors", "ids"])
             }
-            "search" => {
-                let vector = f
-                    .take("vector")
-                    .ok_or_else(|| config_err("`search` needs `vector`"))?;
-                let mut q = SearchQuery::new(vector_of(&vector, "`vector`")?);
-                q.metric = f.metric()?;
-                if let Some(limit) = f.uint("limit")? {
-                    q.limit = limit;
-                }
-                q.filter = f.filter()?;
-                q.ef_search = f.uint("ef_search")?;
-                q.probes = f.uint("probes")?;
-                (
-                    Operation::Search(q),
-                    &[
-                        "vector",
-                        "distance_metric",
-                        "limit",
-                        "metadata_filter",
-                        "ef_search",
-                        "probes",
-                    ],
-                )
-            }
-            "delete" => {
-                let ids = match (f.take("id"), f.take("ids")) {
-                    (Some(id), None) => vec![id_of(&id, "`id`")?],
-                    (None, Some(Value::Array(ids))) => ids
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| id_of(v, &format!("`ids[{i}]`")))
-                        .collect::<Result<_, _>>()?,
-                    _ => return Err(config_err("`delete` needs `id` or a list `ids`")),
-                };
-                (Operation::Delete(ids), &["id", "ids"])
-            }
+            "search" => (
+                Operation::Search(search_of(&mut f)?),
+                &[
+                    "vector",
+                    "distance_metric",
+                    "limit",
+                    "metadata_filter",
+                    "ef_search",
+                    "probes",
+                ],
+            ),
+            "delete" => (Operation::Delete(delete_ids_of(&mut f)?), &["id", "ids"]),
             "count" => (Operation::Count(f.filter()?), &["metadata_filter"]),
             other => {
                 return Err(config_err(format!(

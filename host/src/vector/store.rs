@@ -346,6 +346,113 @@ fn vector_text(v: &[f32]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
 }
 
+/// Checks a batch before it is written: object metadata, ids on every row or none (every row
+/// for an upsert), no id twice.
+fn check_rows(rows: &[NewVector], upsert: bool) -> Res<()> {
+    let batch = rows.len() > 1;
+    let row_of = |i: usize| batch.then_some(i);
+    let with_ids = rows[0].id.is_some();
+    let mut seen = HashSet::new();
+    for (i, r) in rows.iter().enumerate() {
+        if !r.metadata.is_object() {
+            return Err(VectorError::Metadata { row: row_of(i) });
+        }
+        if upsert && r.id.is_none() {
+            return Err(VectorError::MissingId { row: row_of(i) });
+        }
+        if r.id.is_some() != with_ids {
+            return Err(VectorError::Config(format!(
+                "row {i} of the batch {} an `id` but row 0 {}: give ids for every row or for none",
+                if r.id.is_some() { "has" } else { "has no" },
+                if with_ids { "has" } else { "has none" },
+            )));
+        }
+        if let Some(id) = r.id
+            && !seen.insert(id)
+        {
+            return Err(VectorError::Config(format!(
+                "row {i} of the batch repeats id {id}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// SQLite: the rows as one JSON document, inserted (or upserted) by one statement.
+fn sqlite_write(t: &str, rows: &[NewVector], upsert: bool) -> Statement {
+    // One JSON document; vectors keep their shortest `f32` text.
+    let mut doc = String::from("[");
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            doc.push(',');
+        }
+        doc.push_str("{\"id\":");
+        doc.push_str(&r.id.map_or_else(|| "null".to_owned(), |id| id.to_string()));
+        doc.push_str(",\"e\":");
+        doc.push_str(&vector_text(&r.vector));
+        doc.push_str(",\"m\":");
+        doc.push_str(&r.metadata.to_string());
+        doc.push('}');
+    }
+    doc.push(']');
+    let conflict = if upsert {
+        " ON CONFLICT (id) DO UPDATE SET embedding = excluded.embedding, metadata = excluded.metadata"
+    } else {
+        ""
+    };
+    // `WHERE true` keeps `ON CONFLICT` from parsing as part of the SELECT.
+    stmt(
+        format!(
+            "INSERT INTO {t} (id, embedding, metadata) \
+             SELECT value ->> '$.id', json(value -> '$.e'), json(value -> '$.m') \
+             FROM json_each(?) WHERE true{conflict} RETURNING id"
+        ),
+        vec![Value::String(doc)],
+    )
+}
+
+/// PostgreSQL: the rows as arrays, unnested and inserted (or upserted) by one statement.
+fn postgres_write(t: &str, rows: &[NewVector], upsert: bool) -> Statement {
+    let with_ids = rows[0].id.is_some();
+    // Bound as `vector[]`: sent in pgvector's binary form, no text parsing on the server.
+    let vectors: Vec<Value> = rows
+        .iter()
+        .map(|r| Value::Array(r.vector.iter().map(|x| Value::from(*x)).collect()))
+        .collect();
+    let metadata: Vec<Value> = rows
+        .iter()
+        .map(|r| Value::String(r.metadata.to_string()))
+        .collect();
+    let conflict = if upsert {
+        " ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata"
+    } else {
+        ""
+    };
+    if with_ids {
+        let ids: Vec<Value> = rows.iter().map(|r| r.id.into()).collect();
+        stmt(
+            format!(
+                "INSERT INTO {t} (id, embedding, metadata) \
+                 SELECT i, e, m::jsonb FROM unnest($1::int8[], $2::vector[], $3::text[]) AS u(i, e, m)\
+                 {conflict} RETURNING id"
+            ),
+            vec![
+                Value::Array(ids),
+                Value::Array(vectors),
+                Value::Array(metadata),
+            ],
+        )
+    } else {
+        stmt(
+            format!(
+                "INSERT INTO {t} (embedding, metadata) \
+                 SELECT e, m::jsonb FROM unnest($1::vector[], $2::text[]) AS u(e, m) RETURNING id"
+            ),
+            vec![Value::Array(vectors), Value::Array(metadata)],
+        )
+    }
+}
+
 impl VectorStore {
     /// The operations on `pool` (PostgreSQL with pgvector, or SQLite).
     pub fn new(pool: Pool) -> VectorStore {
@@ -642,32 +749,9 @@ impl VectorStore {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        check_rows(rows, upsert)?;
         let batch = rows.len() > 1;
         let row_of = |i: usize| batch.then_some(i);
-        let with_ids = rows[0].id.is_some();
-        let mut seen = HashSet::new();
-        for (i, r) in rows.iter().enumerate() {
-            if !r.metadata.is_object() {
-                return Err(VectorError::Metadata { row: row_of(i) });
-            }
-            if upsert && r.id.is_none() {
-                return Err(VectorError::MissingId { row: row_of(i) });
-            }
-            if r.id.is_some() != with_ids {
-                return Err(VectorError::Config(format!(
-                    "row {i} of the batch {} an `id` but row 0 {}: give ids for every row or for none",
-                    if r.id.is_some() { "has" } else { "has no" },
-                    if with_ids { "has" } else { "has none" },
-                )));
-            }
-            if let Some(id) = r.id
-                && !seen.insert(id)
-            {
-                return Err(VectorError::Config(format!(
-                    "row {i} of the batch repeats id {id}"
-                )));
-            }
-        }
         let lease = self.lease(op, table).await?;
         self.checked_dimension(&lease, sqlite, table, |dim| {
             rows.iter()
@@ -677,73 +761,9 @@ impl VectorStore {
         .await?;
         let t = table.quoted();
         let statement = if sqlite {
-            // One JSON document; vectors keep their shortest `f32` text.
-            let mut doc = String::from("[");
-            for (i, r) in rows.iter().enumerate() {
-                if i > 0 {
-                    doc.push(',');
-                }
-                doc.push_str("{\"id\":");
-                doc.push_str(&r.id.map_or_else(|| "null".to_owned(), |id| id.to_string()));
-                doc.push_str(",\"e\":");
-                doc.push_str(&vector_text(&r.vector));
-                doc.push_str(",\"m\":");
-                doc.push_str(&r.metadata.to_string());
-                doc.push('}');
-            }
-            doc.push(']');
-            let conflict = if upsert {
-                " ON CONFLICT (id) DO UPDATE SET embedding = excluded.embedding, metadata = excluded.metadata"
-            } else {
-                ""
-            };
-            // `WHERE true` keeps `ON CONFLICT` from parsing as part of the SELECT.
-            stmt(
-                format!(
-                    "INSERT INTO {t} (id, embedding, metadata) \
-                     SELECT value ->> '$.id', json(value -> '$.e'), json(value -> '$.m') \
-                     FROM json_each(?) WHERE true{conflict} RETURNING id"
-                ),
-                vec![Value::String(doc)],
-            )
+            sqlite_write(&t, rows, upsert)
         } else {
-            // Bound as `vector[]`: sent in pgvector's binary form, no text parsing on the server.
-            let vectors: Vec<Value> = rows
-                .iter()
-                .map(|r| Value::Array(r.vector.iter().map(|x| Value::from(*x)).collect()))
-                .collect();
-            let metadata: Vec<Value> = rows
-                .iter()
-                .map(|r| Value::String(r.metadata.to_string()))
-                .collect();
-            let conflict = if upsert {
-                " ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata"
-            } else {
-                ""
-            };
-            if with_ids {
-                let ids: Vec<Value> = rows.iter().map(|r| r.id.into()).collect();
-                stmt(
-                    format!(
-                        "INSERT INTO {t} (id, embedding, metadata) \
-                         SELECT i, e, m::jsonb FROM unnest($1::int8[], $2::vector[], $3::text[]) AS u(i, e, m)\
-                         {conflict} RETURNING id"
-                    ),
-                    vec![
-                        Value::Array(ids),
-                        Value::Array(vectors),
-                        Value::Array(metadata),
-                    ],
-                )
-            } else {
-                stmt(
-                    format!(
-                        "INSERT INTO {t} (embedding, metadata) \
-                         SELECT e, m::jsonb FROM unnest($1::vector[], $2::text[]) AS u(e, m) RETURNING id"
-                    ),
-                    vec![Value::Array(vectors), Value::Array(metadata)],
-                )
-            }
+            postgres_write(&t, rows, upsert)
         };
         let out = match Self::run(&lease, op, table, statement, Fetch::All).await {
             Ok(out) => out,
