@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use trellis_host::plugins::{
+use trellis_host::{
     CallConfig, EngineOptions, LimitsConfig, Plugin, PluginEngine, PluginRegistry, PluginWatcher,
     ReloadOutcome,
 };
@@ -186,11 +186,9 @@ fn reload(c: &mut Criterion) {
                             registry.load_file(&file);
                         }
                     }
-                    let watcher = PluginWatcher::start(
-                        registry.clone(),
-                        trellis_host::plugins::DEFAULT_DEBOUNCE,
-                    )
-                    .expect("watch");
+                    let watcher =
+                        PluginWatcher::start(registry.clone(), trellis_host::DEFAULT_DEBOUNCE)
+                            .expect("watch");
                     let mut changes = registry.changes();
                     let mut total = Duration::ZERO;
                     // Each write alternates the version, so it is always a change.

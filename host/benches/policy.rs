@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use trellis_host::config::Secret;
-use trellis_host::policy::rules::{FieldPath, MaskType};
-use trellis_host::policy::{
+use trellis_host::Secret;
+use trellis_host::{
     AccessRequest, EngineSettings, Masker, PolicyEngine, PolicyGeneration, PreparedUser,
     ResourceType, UserContext,
 };
+use trellis_host::{FieldPath, MaskType};
 
 const NODES: usize = 2_000;
 

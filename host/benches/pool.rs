@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use trellis_host::config::{DatabaseTarget, parse_database_url};
-use trellis_host::pool::{Pool, PoolConfig};
-use trellis_host::sql::{Fetch, Params};
+use trellis_host::{DatabaseTarget, parse_database_url};
+use trellis_host::{Fetch, Params};
+use trellis_host::{Pool, PoolConfig};
 
 /// The allocator the `trellis` binary ships with.
 #[global_allocator]

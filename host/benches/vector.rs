@@ -14,12 +14,12 @@ use std::time::Instant;
 use serde_json::json;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
-use trellis_host::config::parse_database_url;
-use trellis_host::pool::{Pool, PoolConfig};
-use trellis_host::sql::{Fetch, Params};
-use trellis_host::vector::{
-    Filter, IndexSpec, Metric, NewVector, SearchQuery, TableName, VectorStore,
+use trellis_host::parse_database_url;
+use trellis_host::{Fetch, Params};
+use trellis_host::{
+    IndexSpec, Metric, NewVector, SearchQuery, TableName, VectorFilter as Filter, VectorStore,
 };
+use trellis_host::{Pool, PoolConfig};
 
 struct Args {
     rows: usize,

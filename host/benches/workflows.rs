@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use trellis_host::workflow::{AnyName, WorkflowSet};
+use trellis_host::{AnyName, WorkflowSet};
 
 const FILES: usize = 1_000;
 const ROUNDS: usize = 7;

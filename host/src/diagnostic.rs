@@ -127,12 +127,14 @@ pub fn plain(error: &dyn Diagnostic) -> String {
     }
 }
 
-/// [`plain`] as a method.
-pub trait Plain {
+/// [`plain`] as a method (for tests that compare messages).
+#[cfg(test)]
+pub(crate) trait Plain {
     /// The message, then `help: …` on its own line.
     fn plain(&self) -> String;
 }
 
+#[cfg(test)]
 impl<T: Diagnostic> Plain for T {
     fn plain(&self) -> String {
         plain(self)

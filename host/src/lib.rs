@@ -10,51 +10,105 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: server → workflow runtime → policy → node → masking → response.
+//! The modules are the crate's own; what an embedder uses is re-exported at the root (the
+//! `trellis` binary, the benches and the end-to-end tests use only that). Data flows one way:
+//! server → workflow runtime → policy → node → masking → response.
 //!
-//! - [`auth`]: who is calling: JWT bearer tokens, or a trusted header in dev mode (loopback only).
-//! - [`cli`]: the `trellis` subcommands, one file each, and the edge that draws an error once.
-//! - [`config`]: `trellis.toml`: finding and reading it; its shared value types (`values`:
+//! - `auth`: who is calling: JWT bearer tokens, or a trusted header in dev mode (loopback only).
+//! - `cli`: the `trellis` subcommands, one file each, and the edge that draws an error once.
+//! - `config`: `trellis.toml`: finding and reading it; its shared value types (`values`:
 //!   secrets kept out of logs and errors, `${VAR}` interpolation) and `[databases]` (`database`).
-//! - [`database`]: the databases named in the configuration, one pool each (or one per tenant).
-//! - [`diagnostic`]: errors with the lines at fault and their help, rendered once at the edge.
-//! - [`migrate`]: migrations: dependency-ordered, locked, checksummed, reversible.
-//! - [`pool`]: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
+//! - `database`: the databases named in the configuration, one pool each (or one per tenant).
+//! - `diagnostic`: errors with the lines at fault and their help, rendered once at the edge.
+//! - `migrate`: migrations: dependency-ordered, locked, checksummed, reversible.
+//! - `pool`: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
 //!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
-//! - [`sql`]: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries; the one
+//! - `sql`: AsyncSQLDatabaseNode: named parameters per dialect, rows as JSON, retries; the one
 //!   module that speaks sqlx (its driver connections, with TLS).
-//! - [`plugins`]: WebAssembly plugins: engine, sandbox, registry and hot reload.
-//! - [`policy`]: Kailash-style rules compiled to Cedar, native Cedar policies, masking, audit.
-//! - [`vector`]: AsyncPostgreSQLVectorNode: pgvector tables, indexes, batch inserts, filtered
+//! - `plugins`: WebAssembly plugins: engine, sandbox, registry and hot reload.
+//! - `policy`: Kailash-style rules compiled to Cedar, native Cedar policies, masking, audit.
+//! - `vector`: AsyncPostgreSQLVectorNode: pgvector tables, indexes, batch inserts, filtered
 //!   search; exact search on the embedded SQLite.
-//! - [`workflow`]: workflow files and the builder, the DAG runtime, the access-controlled
+//! - `workflow`: workflow files and the builder, the DAG runtime, the access-controlled
 //!   runtime (policy before, masking after), the watched workflows directory.
-//! - [`server`]: the HTTP API (axum): health, metrics, pools, plugins, workflows, policy.
-//! - [`tls`]: TLS to database servers (libpq's `sslmode`), from URL parameters or config keys.
-//! - [`watch`]: the one directory watcher (`--watch`): debounced, and only stable files.
-//! - [`shutdown`]: the one stop signal (SIGINT, SIGTERM or a test's own future).
+//! - `server`: the HTTP API (axum): health, metrics, pools, plugins, workflows, policy.
+//! - `tls`: TLS to database servers (libpq's `sslmode`), from URL parameters or config keys.
+//! - `watch`: the one directory watcher (`--watch`): debounced, and only stable files.
+//! - `shutdown`: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
 pub(crate) mod auth;
-pub mod cli;
-pub mod config;
-pub mod database;
-pub mod diagnostic;
+pub(crate) mod cli;
+pub(crate) mod config;
+pub(crate) mod database;
+pub(crate) mod diagnostic;
 mod loopback;
-pub mod migrate;
+pub(crate) mod migrate;
 mod node_keys;
-pub mod plugins;
-pub mod policy;
-pub mod pool;
+pub(crate) mod plugins;
+pub(crate) mod policy;
+pub(crate) mod pool;
 mod private_fs;
 mod served_file;
-pub mod server;
+pub(crate) mod server;
 pub(crate) mod shutdown;
-pub mod sql;
+pub(crate) mod sql;
 mod suggest;
 pub(crate) mod tls;
-pub mod vector;
+pub(crate) mod vector;
 pub(crate) mod watch;
-pub mod workflow;
+pub(crate) mod workflow;
+
+// The library's surface: the modules are the crate's own; what an embedder (and the `trellis`
+// binary, the benches and the end-to-end tests) uses is re-exported here.
+
+/// The `trellis` command line, for the binary.
+pub use cli::report::render as render_error;
+pub use cli::{Cli, LogFormat, exit_code, run as run_cli};
+/// `trellis.toml` and database targets.
+pub use config::{
+    Config, DatabaseConfig, DatabaseKind, DatabaseTarget, Secret, parse_database_url,
+};
+/// A configured database's pool.
+pub use database::open as open_database;
+/// An error's text without its drawing.
+pub use diagnostic::plain as plain_error;
+/// Migrations.
+pub use migrate::lock::{DbLock, LockError};
+pub use migrate::{
+    MigrateError, Migration, MigrationSet, PlanError, RollbackTarget, Runner as MigrationRunner,
+    StatusState, Step as MigrationStep, StepFuture as MigrationStepFuture,
+};
+/// WebAssembly plugins.
+pub use plugins::{
+    CacheOutcome, CallConfig, CallError, DEFAULT_DEBOUNCE, EngineOptions, Limits as PluginLimits,
+    LimitsConfig, LoadError as PluginLoadError, LoadStatus as PluginLoadStatus, MaskInput, Plugin,
+    PluginEngine, PluginKind, PluginRegistry, PluginWatcher, REDACTED, ReloadOutcome,
+};
+/// Policy: rules, Cedar, masking.
+pub use policy::rules::{FieldPath, MaskType};
+pub use policy::{
+    AccessRequest, EngineSettings, Masker, PolicyEngine, PolicyGeneration, PreparedUser,
+    ResourceType, UserContext,
+};
+/// Connection pools.
+pub use pool::manager::{ConnectionManager, ManagerError, ManagerPoolConfig};
+pub use pool::ops::{PoolOperations, PoolRequest};
+pub use pool::{Pool, PoolConfig, PoolError, QueryError};
+/// SQL.
+pub use sql::error::DatabaseError;
+pub use sql::exec::ExecError;
+pub use sql::params::prepare as prepare_statement;
+pub use sql::{ErrorKind, Fetch, Output, Params, SqlError, SqlNode, SqlNodeConfig};
+/// Vectors.
+pub use vector::{
+    Filter as VectorFilter, IndexSpec, IndexType, Metric, NewVector, SearchQuery, TableName,
+    VectorError, VectorNode, VectorStore,
+};
+/// Workflows: files and the builder, the runtime, policy in front of it.
+pub use workflow::{
+    AccessControlledRuntime, AnyName, NodeError, Plan, RunError, RunOutput, RunReport, Runtime,
+    Workflow, WorkflowBuilder, WorkflowSet,
+};
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

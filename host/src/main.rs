@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trellis_host::cli::{Cli, LogFormat};
+use trellis_host::{Cli, LogFormat};
 
 /// mimalloc: requests allocate many small JSON values on several threads; glibc's allocator
 /// spent a tenth of the host's time on the HTTP benchmark in `malloc`/`free`/consolidation.
@@ -25,11 +25,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(trellis_host::cli::run(cli)) {
+    match runtime.block_on(trellis_host::run_cli(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             render_error(&err);
-            ExitCode::from(trellis_host::cli::exit_code(&err))
+            ExitCode::from(trellis_host::exit_code(&err))
         }
     }
 }
@@ -55,5 +55,5 @@ fn init_logging(format: LogFormat) {
 fn render_error(err: &anyhow::Error) {
     let color = std::env::var_os("NO_COLOR").is_none()
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    eprint!("{}", trellis_host::cli::report::render(err, color));
+    eprint!("{}", trellis_host::render_error(err, color));
 }

@@ -2,9 +2,9 @@
 //! pgvector, MariaDB and SQLite; and the errors when one cannot be reached.
 
 use serde_json::json;
-use trellis_host::config::{DatabaseConfig, DatabaseKind, DatabaseTarget, parse_database_url};
-use trellis_host::database;
-use trellis_host::sql::{Fetch, Params};
+use trellis_host::open_database;
+use trellis_host::{DatabaseConfig, DatabaseKind, DatabaseTarget, parse_database_url};
+use trellis_host::{Fetch, Params};
 use trellis_tests::TestDb;
 
 fn config(name: &str, url: &str) -> DatabaseConfig {
@@ -16,7 +16,7 @@ async fn postgres_answers_through_the_host() {
     let Some(url) = TestDb::Postgres.url() else {
         return;
     };
-    let pool = database::open(&config("pg", &url))
+    let pool = open_database(&config("pg", &url))
         .await
         .expect("open PostgreSQL");
     assert_eq!(pool.kind(), DatabaseKind::Postgres);
@@ -40,7 +40,7 @@ async fn pgvector_extension_and_cosine_distance() {
     let Some(url) = TestDb::PgVector.url() else {
         return;
     };
-    let pool = database::open(&config("vectors", &url))
+    let pool = open_database(&config("vectors", &url))
         .await
         .expect("open pgvector");
     let lease = pool.acquire().await.unwrap();
@@ -87,7 +87,7 @@ async fn mariadb_answers_through_the_host() {
     let Some(url) = TestDb::Mysql.url() else {
         return;
     };
-    let pool = database::open(&config("maria", &url))
+    let pool = open_database(&config("maria", &url))
         .await
         .expect("open MariaDB");
     assert_eq!(pool.kind(), DatabaseKind::Mysql);
@@ -110,7 +110,7 @@ async fn mariadb_answers_through_the_host() {
 async fn sqlite_file_and_directory_are_created() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/app.db");
-    let pool = database::open(&DatabaseConfig::new(
+    let pool = open_database(&DatabaseConfig::new(
         "main",
         DatabaseTarget::Sqlite {
             path: Some(path.clone()),
@@ -144,7 +144,7 @@ async fn sqlite_file_and_directory_are_created() {
 async fn unreachable_server_error_names_target_without_password() {
     // Nothing listens on port 1: the error comes at once, not after the acquire timeout.
     let started = std::time::Instant::now();
-    let err = database::open(&config("down", "postgres://app:hunter2@127.0.0.1:1/sales"))
+    let err = open_database(&config("down", "postgres://app:hunter2@127.0.0.1:1/sales"))
         .await
         .expect_err("port 1 is closed");
     assert!(

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use trellis_host::config::{DatabaseTarget, parse_database_url};
-use trellis_host::pool::manager::{ConnectionManager, ManagerError, ManagerPoolConfig};
-use trellis_host::sql::{ErrorKind, Fetch, Params};
+use trellis_host::{ConnectionManager, ManagerError, ManagerPoolConfig};
+use trellis_host::{DatabaseTarget, parse_database_url};
+use trellis_host::{ErrorKind, Fetch, Params};
 use trellis_tests::TestDb;
 
 fn small() -> ManagerPoolConfig {

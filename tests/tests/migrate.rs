@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_host::config::{DatabaseKind, parse_database_url};
-use trellis_host::migrate::lock::{DbLock, LockError};
-use trellis_host::migrate::{
-    MigrateError, MigrationSet, PlanError, RollbackTarget, Runner, StatusState,
+use trellis_host::{DatabaseKind, parse_database_url};
+use trellis_host::{DbLock, LockError};
+use trellis_host::{Fetch, Params};
+use trellis_host::{
+    MigrateError, MigrationRunner as Runner, MigrationSet, PlanError, RollbackTarget, StatusState,
 };
-use trellis_host::pool::{Pool, PoolConfig};
-use trellis_host::sql::{Fetch, Params};
+use trellis_host::{Pool, PoolConfig};
 use trellis_tests::{TestDb, run_trellis, unique};
 
 /// A database of its own for one test.
@@ -439,7 +439,7 @@ async fn failing_migration(kind: DatabaseKind) {
     };
     assert_eq!(id, "002_broken");
     assert!(!dirty);
-    let text = trellis_host::diagnostic::plain(&err);
+    let text = trellis_host::plain_error(&err);
     assert!(text.contains("no_such_table"), "{text}");
     assert!(text.contains("schema is unchanged"), "{text}");
     assert_eq!(
@@ -516,7 +516,7 @@ async fn mariadb_dirty_marker_blocks_until_resolved() {
         matches!(&err, MigrateError::Failed { id, dirty: true, .. } if id == "002_half"),
         "{err}"
     );
-    assert!(trellis_host::diagnostic::plain(&err).contains("trellis migrate resolve 002_half"));
+    assert!(trellis_host::plain_error(&err).contains("trellis migrate resolve 002_half"));
     // The implicit commit kept the first statement's table.
     assert!(has_table(
         &catalog(&pool, DatabaseKind::Mysql).await,
@@ -1012,7 +1012,7 @@ fn cli_new_plan_apply_status_rollback() {
 /// a directory migration that depends on it.
 struct CreateUserProfileTable;
 
-impl trellis_host::migrate::Migration for CreateUserProfileTable {
+impl trellis_host::Migration for CreateUserProfileTable {
     fn id(&self) -> &str {
         "001_create_user_profile"
     }
@@ -1031,8 +1031,8 @@ impl trellis_host::migrate::Migration for CreateUserProfileTable {
 
     fn up<'a>(
         &'a self,
-        db: &'a trellis_host::migrate::Step<'a>,
-    ) -> trellis_host::migrate::StepFuture<'a> {
+        db: &'a trellis_host::MigrationStep<'a>,
+    ) -> trellis_host::MigrationStepFuture<'a> {
         Box::pin(async move {
             let (up, _) = user_profiles(db.kind());
             db.script(up).await?;
@@ -1049,8 +1049,8 @@ impl trellis_host::migrate::Migration for CreateUserProfileTable {
 
     fn down<'a>(
         &'a self,
-        db: &'a trellis_host::migrate::Step<'a>,
-    ) -> trellis_host::migrate::StepFuture<'a> {
+        db: &'a trellis_host::MigrationStep<'a>,
+    ) -> trellis_host::MigrationStepFuture<'a> {
         Box::pin(async move {
             let (_, down) = user_profiles(db.kind());
             db.script(down).await?;

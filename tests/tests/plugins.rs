@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use trellis_host::plugins::{
-    CacheOutcome, CallConfig, CallError, EngineOptions, Limits, LimitsConfig, LoadError,
-    LoadStatus, MaskInput, Plugin, PluginEngine, PluginKind, PluginRegistry, PluginWatcher,
-    REDACTED, ReloadOutcome,
+use trellis_host::{
+    CacheOutcome, CallConfig, CallError, EngineOptions, LimitsConfig, MaskInput, Plugin,
+    PluginEngine, PluginKind, PluginLimits as Limits, PluginLoadError as LoadError,
+    PluginLoadStatus as LoadStatus, PluginRegistry, PluginWatcher, REDACTED, ReloadOutcome,
 };
 use trellis_tests::{Server, run_trellis};
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
-use trellis_host::plugins::{
+use trellis_host::{
     CallError, EngineOptions, LimitsConfig, PluginEngine, PluginRegistry, ReloadOutcome,
 };
 

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trellis_host::config::{DatabaseTarget, parse_database_url};
-use trellis_host::pool::ops::PoolOperations;
-use trellis_host::pool::{Pool, PoolConfig, PoolError, QueryError};
-use trellis_host::sql::{Fetch, Output, Params};
+use trellis_host::PoolOperations;
+use trellis_host::{DatabaseTarget, parse_database_url};
+use trellis_host::{Fetch, Output, Params};
+use trellis_host::{Pool, PoolConfig, PoolError, QueryError};
 use trellis_tests::{TestDb, eventually, unique};
 
 fn target(url: &str) -> DatabaseTarget {
@@ -50,7 +50,7 @@ async fn assert_overran(run: impl std::future::Future<Output = Result<Output, Po
 /// Runs `query` through the pool's queue with its own time limit instead of `command_timeout`.
 async fn sql_within(pool: &Pool, query: &str, limit: Duration) -> Output {
     let kind = pool.config().target.kind();
-    let stmt = trellis_host::sql::params::prepare(query, &Params::None, kind).unwrap();
+    let stmt = trellis_host::prepare_statement(query, &Params::None, kind).unwrap();
     pool.run(stmt, Fetch::All, Some(limit)).await.unwrap()
 }
 
@@ -111,7 +111,7 @@ async fn acquire_times_out_with_pool_exhausted() {
         message.contains(&format!("pool `{name}` exhausted: all 2 connections")),
         "{message}"
     );
-    assert_eq!(err.kind(), trellis_host::sql::ErrorKind::PoolExhausted);
+    assert_eq!(err.kind(), trellis_host::ErrorKind::PoolExhausted);
     // A released lease serves the next caller at once.
     drop(a);
     let c = tokio::time::timeout(Duration::from_millis(200), pool.acquire()).await;
@@ -482,7 +482,7 @@ async fn killing_every_backend_fails_only_queries_in_flight_and_recovers_within_
                 {
                     Ok(_) => successes.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
-                        assert_eq!(e.kind(), trellis_host::sql::ErrorKind::Connection, "{e}");
+                        assert_eq!(e.kind(), trellis_host::ErrorKind::Connection, "{e}");
                         failures.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -938,7 +938,7 @@ async fn queued_statement_times_out_with_pool_exhausted_and_never_runs() {
         matches!(&err, PoolError::Exhausted { pool: p, size: 1, .. } if *p == name),
         "{err}"
     );
-    assert_eq!(err.kind(), trellis_host::sql::ErrorKind::PoolExhausted);
+    assert_eq!(err.kind(), trellis_host::ErrorKind::PoolExhausted);
     // Statements whose callers went away while queued are withdrawn too.
     for _ in 0..10 {
         let _ = tokio::time::timeout(
@@ -1077,11 +1077,7 @@ async fn queued_statements_fail_fast_when_the_database_cannot_be_reached() {
         "waited {:?}",
         started.elapsed()
     );
-    assert_eq!(
-        err.kind(),
-        trellis_host::sql::ErrorKind::Connection,
-        "{err}"
-    );
+    assert_eq!(err.kind(), trellis_host::ErrorKind::Connection, "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     pool.close().await;
 }

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_host::config::parse_database_url;
-use trellis_host::pool::{Pool, PoolConfig};
-use trellis_host::sql::{ErrorKind, Fetch, Params, SqlNode, SqlNodeConfig};
+use trellis_host::parse_database_url;
+use trellis_host::{ErrorKind, Fetch, Params, SqlNode, SqlNodeConfig};
+use trellis_host::{Pool, PoolConfig};
 use trellis_tests::{TestDb, run_trellis, unique};
 
 fn pool(url: &str) -> Pool {
@@ -26,7 +26,7 @@ async fn run(
     query: &str,
     params: Params,
     fetch: Fetch,
-) -> Result<Value, trellis_host::sql::SqlError> {
+) -> Result<Value, trellis_host::SqlError> {
     let mut c = SqlNodeConfig::new(query);
     c.params = params;
     c.fetch = fetch;
@@ -606,7 +606,7 @@ async fn fetch_many_never_produces_the_rest_on_postgres() {
     .await
     .unwrap();
     let produced = format!("SELECT last_value FROM {seq}");
-    let last = |out: trellis_host::sql::Output| out.rows[0]["last_value"].clone();
+    let last = |out: trellis_host::Output| out.rows[0]["last_value"].clone();
     let query = format!(
         "SELECT g, nextval('{seq}') AS s FROM generate_series(1, :upto) AS g WHERE g > :above ORDER BY g"
     );

@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_host::config::{DatabaseTarget, parse_database_url};
-use trellis_host::pool::{Pool, PoolConfig};
-use trellis_host::sql::{Fetch, Params};
-use trellis_host::vector::{
-    Filter, IndexSpec, IndexType, Metric, NewVector, SearchQuery, TableName, VectorError,
-    VectorNode, VectorStore,
+use trellis_host::{DatabaseTarget, parse_database_url};
+use trellis_host::{Fetch, Params};
+use trellis_host::{
+    IndexSpec, IndexType, Metric, NewVector, SearchQuery, TableName, VectorError,
+    VectorFilter as Filter, VectorNode, VectorStore,
 };
+use trellis_host::{Pool, PoolConfig};
 use trellis_tests::{TestDb, unique};
 
 fn pg_store(name: &str, url: &str, max: usize) -> VectorStore {

@@ -64,7 +64,7 @@ pub enum Command {
     Vector(vector::VectorArgs),
 }
 
-/// The exit code for a failure: [`EXIT_CONFIG`] when a file the user wrote is invalid, else 1.
+/// The exit code for a failure: `EXIT_CONFIG` (78) when a file the user wrote is invalid, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     use crate::server::StartError;
     let config = err.chain().any(|cause| {

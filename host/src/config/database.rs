@@ -405,7 +405,7 @@ impl FromConfigStr for DatabaseUrl {
 
 /// Parses `postgres://user:pass@host:port/db?sslmode=…`, `mysql://…?ssl-mode=…`,
 /// `mariadb://…`, `sqlite://path`, `sqlite:path` or `sqlite::memory:`. A parameter Trellis
-/// does not know is an error, never dropped (see [`crate::tls`] for the TLS ones). Errors never
+/// does not know is an error, never dropped (see the `tls` module for the TLS ones). Errors never
 /// include the password.
 pub fn parse_database_url(s: &str) -> Result<DatabaseTarget, String> {
     parse_url(s).map(|(target, _)| target)

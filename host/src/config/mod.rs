@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 pub(crate) mod database;
 pub(crate) mod values;
 
-pub use database::{DatabaseConfig, DatabaseTarget, PoolSettings, Tenancy, parse_database_url};
-pub use values::{DatabaseKind, Secret, TENANT_PLACEHOLDER};
+pub use database::{DatabaseConfig, DatabaseTarget, parse_database_url};
+pub use values::{DatabaseKind, Secret};
 
 use crate::auth::settings::RawAuth;
 pub use crate::plugins::settings::PluginsConfig;
@@ -29,7 +29,7 @@ use crate::plugins::settings::RawPlugins;
 use crate::policy::settings::RawPolicy;
 pub use crate::policy::settings::{AuditTarget, PolicyConfig};
 use crate::server::settings::RawServer;
-pub use crate::server::settings::{DEFAULT_LISTEN, PUBLIC_LISTINGS, ServerConfig};
+pub use crate::server::settings::ServerConfig;
 use database::RawDatabase;
 use serde::Deserialize;
 use values::{Interpolated, ResolveError, relative_to};
@@ -425,10 +425,11 @@ impl RawConfig {
 mod tests {
     use std::time::Duration;
 
-    use super::database::DEFAULT_MAX_TENANTS;
+    use super::database::{DEFAULT_MAX_TENANTS, Tenancy};
     use super::values::interpolate;
     use super::*;
     use crate::diagnostic::Plain;
+    use crate::server::settings::DEFAULT_LISTEN;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("conf/trellis.toml"))

@@ -35,11 +35,6 @@ mod runner;
 mod source;
 
 pub use generate::{GenerateError, new_migration};
-pub use history::HistoryRow;
-pub use plan::{Plan, PlanError};
-pub use runner::{
-    Applied, MigrateError, Progress, RollbackTarget, Runner, Status, StatusEntry, StatusState,
-};
-pub use source::{
-    LoadError, Migration, MigrationSet, SqlMigration, Step, StepError, StepFuture, checksum,
-};
+pub use plan::PlanError;
+pub use runner::{MigrateError, Progress, RollbackTarget, Runner, StatusState};
+pub use source::{LoadError, Migration, MigrationSet, Step, StepFuture};

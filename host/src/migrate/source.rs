@@ -179,7 +179,6 @@ pub struct SqlMigration {
     transaction: bool,
     up: String,
     down: Option<String>,
-    dir: PathBuf,
 }
 
 /// `migration.toml`.
@@ -246,13 +245,7 @@ impl SqlMigration {
             transaction: manifest.transaction,
             up,
             down,
-            dir: dir.to_path_buf(),
         })
-    }
-
-    /// The directory it was read from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

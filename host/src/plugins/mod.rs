@@ -38,20 +38,18 @@ pub(crate) mod engine;
 mod host;
 pub(crate) mod limits;
 mod masker;
-mod plugin;
+pub(crate) mod plugin;
 mod registry;
 mod service;
 pub(crate) mod settings;
 mod watcher;
 
 pub use cache::CacheOutcome;
-pub use engine::{EngineError, EngineOptions, PluginEngine};
+pub use engine::{EngineOptions, PluginEngine};
 pub use host::CallConfig;
 pub use limits::{Limits, LimitsConfig};
 pub use masker::RegistryMasker;
-pub use plugin::{
-    CallError, Description, Export, MaskInput, Plugin, PluginKind, REDACTED, WarmInstance,
-};
+pub use plugin::{CallError, MaskInput, Plugin, PluginKind, REDACTED};
 pub use registry::{LoadError, LoadStatus, PluginRegistry, PluginStatus, ReloadOutcome};
 pub use service::{PluginService, PluginStartError, engine_options};
-pub use watcher::{DEFAULT_DEBOUNCE, PluginWatcher, WatchError};
+pub use watcher::{DEFAULT_DEBOUNCE, PluginWatcher};

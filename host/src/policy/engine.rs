@@ -453,7 +453,7 @@ impl PolicyEngine {
     }
 
     /// Watches the policy directory and reloads once changed files are stable for
-    /// [`POLICY_SETTLE`] (see [`crate::watch`]). Must be called inside a tokio runtime. Dropping
+    /// `POLICY_SETTLE` (see the `watch` module). Must be called inside a tokio runtime. Dropping
     /// the returned watcher stops it.
     pub fn watch(self: &Arc<Self>) -> Result<PolicyWatcher, notify::Error> {
         PolicyWatcher::start(self.clone())

@@ -63,7 +63,7 @@ impl Masker {
         }
     }
 
-    /// A masker whose `hmac` key comes from [`HMAC_KEY_ENV`], if set.
+    /// A masker whose `hmac` key comes from `HMAC_KEY_ENV` (`TRELLIS_HMAC_KEY`), if set.
     pub fn from_env() -> Masker {
         Masker::new(
             std::env::var(HMAC_KEY_ENV)

@@ -21,14 +21,13 @@ pub mod rules;
 pub(crate) mod settings;
 pub(crate) mod user;
 
-pub use audit::{AuditLog, AuditRecord};
+pub use audit::AuditLog;
 pub use engine::{
-    AccessRequest, Decision, EngineSettings, Explanation, MaskOutcome, PolicyEngine, PolicyWatcher,
-    for_workflow,
+    AccessRequest, Decision, EngineSettings, PolicyEngine, PolicyWatcher, for_workflow,
 };
 pub use generation::{LoadError, PolicyGeneration};
 pub use mask::{ExternalMasker, Masker};
-pub use rules::{Problem, ResourceType};
+pub use rules::ResourceType;
 pub use user::{PreparedUser, UserContext};
 
 #[cfg(test)]

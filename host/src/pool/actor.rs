@@ -328,7 +328,7 @@ async fn reset_and_checkin(
 /// and the server's connection-exception and shutdown codes.
 pub(crate) fn is_connection_error(error: &ExecError) -> bool {
     match error {
-        ExecError::Database(e) => crate::sql::error::is_connection_error(e),
+        ExecError::Database(e) => e.is_connection_error(),
         ExecError::Bind { .. } | ExecError::Unmapped { .. } => false,
     }
 }

@@ -25,7 +25,7 @@ impl Pool {
     /// first if the statement may have opened a transaction or changed a session setting).
     ///
     /// Waits at most `acquire_timeout` for a connection ([`PoolError::Exhausted`]); the
-    /// statement then runs under `command_timeout`. Use a [`Lease`](super::Lease) for several
+    /// statement then runs under `command_timeout`. Use a `Lease` for several
     /// statements on one connection (a transaction).
     ///
     /// Cancellation-safe: dropping the future before a connection is found withdraws the

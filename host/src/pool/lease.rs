@@ -195,11 +195,9 @@ pub(crate) fn query_error(error: RunError) -> QueryError {
     match error {
         RunError::Exec { error, broken } => {
             let (message, sqlstate, transient) = match &error {
-                crate::sql::exec::ExecError::Database(e) => (
-                    crate::sql::error::describe(e),
-                    crate::sql::error::sqlstate(e),
-                    crate::sql::error::is_transient(e),
-                ),
+                crate::sql::exec::ExecError::Database(e) => {
+                    (e.describe(), e.sqlstate(), e.is_transient())
+                }
                 other => (other.to_string(), None, false),
             };
             QueryError::Database {

@@ -49,7 +49,6 @@ struct AppInner {
     runtime: AccessControlledRuntime,
     watchers: std::sync::Mutex<Watchers>,
     started: Instant,
-    watch: bool,
     auth: Authenticator,
 }
 
@@ -142,7 +141,6 @@ impl App {
                 runtime,
                 watchers: std::sync::Mutex::new(watchers),
                 started: Instant::now(),
-                watch,
                 auth,
             }),
         })
@@ -216,11 +214,6 @@ impl App {
     /// When the host started serving.
     pub fn started(&self) -> Instant {
         self.inner.started
-    }
-
-    /// Whether `--watch` was given.
-    pub fn watching(&self) -> bool {
-        self.inner.watch
     }
 
     /// How a path the host serves from is shown to callers: relative to the config file's

@@ -26,7 +26,7 @@ fn is_connection_sqlstate(code: &str) -> bool {
 }
 
 /// Whether `error` means the connection itself is gone or unusable.
-pub fn is_connection_error(error: &sqlx::Error) -> bool {
+pub(super) fn is_connection_error(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -45,7 +45,7 @@ pub fn is_connection_error(error: &sqlx::Error) -> bool {
 
 /// Whether running the same statement again may succeed: connection loss, serialization
 /// failure, deadlock, or a busy SQLite file. Never syntax, constraint or permission errors.
-pub fn is_transient(error: &sqlx::Error) -> bool {
+pub(super) fn is_transient(error: &sqlx::Error) -> bool {
     if is_connection_error(error) {
         return true;
     }
@@ -64,7 +64,7 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 }
 
 /// The SQLSTATE of a database error, if it has one.
-pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
+pub(super) fn sqlstate(error: &sqlx::Error) -> Option<String> {
     match error {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,
@@ -73,7 +73,7 @@ pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
 
 /// A one-line description of a database error for users: the server's message, its detail and
 /// hint, the SQLSTATE and, on PostgreSQL, the character position in the query.
-pub fn describe(error: &sqlx::Error) -> String {
+pub(super) fn describe(error: &sqlx::Error) -> String {
     let sqlx::Error::Database(db) = error else {
         return error.to_string();
     };
@@ -108,6 +108,34 @@ pub fn describe(error: &sqlx::Error) -> String {
 fn mysql_errno(db: &dyn sqlx::error::DatabaseError) -> Option<u16> {
     db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
         .map(|e| e.number())
+}
+
+/// What the database or its driver reported about a statement. The rest of the host asks it
+/// what it needs through these methods, so no sqlx type leaves this module.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DatabaseError(#[from] sqlx::Error);
+
+impl DatabaseError {
+    /// Whether the connection itself is gone or unusable.
+    pub fn is_connection_error(&self) -> bool {
+        is_connection_error(&self.0)
+    }
+
+    /// Whether trying again on another connection may succeed.
+    pub fn is_transient(&self) -> bool {
+        is_transient(&self.0)
+    }
+
+    /// The SQLSTATE (MySQL's error number, as text, where there is no SQLSTATE).
+    pub fn sqlstate(&self) -> Option<String> {
+        sqlstate(&self.0)
+    }
+
+    /// The message, without the driver's wrapping.
+    pub fn describe(&self) -> String {
+        describe(&self.0)
+    }
 }
 
 #[cfg(test)]

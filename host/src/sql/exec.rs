@@ -37,6 +37,8 @@ use serde_json::{Map, Number, Value};
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlRow};
 use sqlx::postgres::{PgArguments, PgConnection, PgRow, Postgres};
 use sqlx::query::Query;
+
+use super::error::DatabaseError;
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqliteRow};
 use sqlx::{
     AssertSqlSafe, Column, Either, Executor, Row, SqlSafeStr, Statement as _, TypeInfo, ValueRef,
@@ -72,12 +74,18 @@ pub struct Output {
     pub elapsed: std::time::Duration,
 }
 
+impl From<sqlx::Error> for ExecError {
+    fn from(error: sqlx::Error) -> ExecError {
+        ExecError::Database(DatabaseError::from(error))
+    }
+}
+
 /// A failure while binding, running or decoding.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ExecError {
     /// The database or the driver reported an error.
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DatabaseError),
     /// A JSON argument cannot be encoded as the placeholder's type.
     #[error("parameter {position} cannot be bound as `{ty}`: {reason}")]
     Bind {
@@ -684,7 +692,7 @@ fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
 /// PostgreSQL `NUMERIC` as PostgreSQL itself prints it (scale kept, `NaN`, `Infinity`).
 fn pg_numeric(row: &PgRow, i: usize) -> Result<String, ExecError> {
     let raw = row.try_get_raw(i)?;
-    let decode_err = |e: sqlx::error::BoxDynError| ExecError::Database(sqlx::Error::Decode(e));
+    let decode_err = |e: sqlx::error::BoxDynError| ExecError::from(sqlx::Error::Decode(e));
     match raw.format() {
         sqlx::postgres::PgValueFormat::Text => Ok(raw.as_str().map_err(decode_err)?.to_owned()),
         sqlx::postgres::PgValueFormat::Binary => numeric_text(raw.as_bytes().map_err(decode_err)?)

@@ -9,9 +9,9 @@ pub(crate) mod driver;
 pub(crate) mod error;
 pub(crate) mod exec;
 pub(crate) mod node;
-pub mod params;
+pub(crate) mod params;
 
 pub use error::ErrorKind;
 pub use exec::{Fetch, Output};
 pub use node::{SqlError, SqlNode, SqlNodeConfig};
-pub use params::{Params, Statement};
+pub use params::Params;

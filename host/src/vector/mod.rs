@@ -14,10 +14,8 @@ mod node;
 mod store;
 
 pub use filter::{Filter, FilterError};
-pub use node::{NODE_TYPE, VectorNode};
-pub use store::{
-    Hit, IndexReport, IndexSpec, IndexType, Metric, NewVector, SearchQuery, VectorStore,
-};
+pub use node::VectorNode;
+pub use store::{IndexSpec, IndexType, Metric, NewVector, SearchQuery, VectorStore};
 
 use crate::pool::PoolError;
 

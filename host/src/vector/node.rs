@@ -24,9 +24,6 @@ use super::filter::Filter;
 use super::store::{IndexSpec, IndexType, Metric, NewVector, SearchQuery, VectorStore};
 use super::{TableName, VectorError};
 
-/// The node type name in workflow files.
-pub const NODE_TYPE: &str = "AsyncPostgreSQLVectorNode";
-
 /// A configured vector node: one operation on one table.
 #[derive(Debug, Clone)]
 pub struct VectorNode {

@@ -125,7 +125,7 @@ impl AccessControlledRuntime {
         &self.runtime
     }
 
-    /// Whether `user` may use the admin endpoints (`admin` on workflow [`ADMIN_RESOURCE`]).
+    /// Whether `user` may use the admin endpoints (`admin` on workflow `ADMIN_RESOURCE` (`trellis:api`)).
     pub fn is_admin(&self, user: &PreparedUser) -> bool {
         self.may(user, ADMIN_RESOURCE, "admin", json!({}))
     }

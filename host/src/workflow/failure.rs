@@ -220,7 +220,7 @@ mod tests {
             },
             NodeError::Plugin(CallError::Trap {
                 plugin: "p@1".into(),
-                export: crate::plugins::Export::Transform,
+                export: crate::plugins::plugin::Export::Transform,
                 message: format!("panicked at {{\"ssn\": \"{secret}\"}}"),
             }),
             NodeError::Config(format!("`{secret}` is not an integer")),

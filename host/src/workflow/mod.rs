@@ -23,12 +23,9 @@ pub use access::{
 };
 pub use builder::WorkflowBuilder;
 pub use failure::CallerError;
-pub use node_config::{ConfigError, NodeConfig, Part, PluginConfig, Typed};
 pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
-pub use set::{Loaded, WorkflowSet, WorkflowWatcher};
-pub use spec::{
-    AnyName, Connection, InputSpec, InputType, Known, NodeKind, NodeSpec, SpecError, Workflow,
-};
+pub use set::{WorkflowSet, WorkflowWatcher};
+pub use spec::{AnyName, Known, SpecError, Workflow};
 
 use crate::plugins::{PluginKind, PluginRegistry};
 
