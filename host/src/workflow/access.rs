@@ -21,7 +21,9 @@ use serde_json::{Map, Value, json};
 
 use super::runtime::{OutputFilter, Plan, RunError, Runtime};
 use super::spec::{NodeSpec, Workflow};
-use crate::policy::{AccessRequest, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType};
+use crate::policy::{
+    AccessRequest, Decision, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
+};
 
 /// The policy resource (a workflow id no workflow can have) guarding the admin endpoints:
 /// `/v1/authorize` and `/v1/audit` need permission `admin` on it.
@@ -173,39 +175,18 @@ impl AccessControlledRuntime {
         let deadline = self.budget.map(|b| std::time::Instant::now() + b);
         let generation = self.policy.generation();
         let now = Timestamp::now();
-        let ask = |ctx: &Value, resource_type, id: &str, permission: &'static str| {
-            let decision = self.policy.decide_in(
-                &generation,
-                &AccessRequest {
-                    user,
-                    resource_type,
-                    resource_id: id,
-                    permission,
-                    now,
-                    runtime: ctx,
-                },
-            );
-            (decision.allowed, decision)
-        };
-        let deny = |resource_type: &'static str,
-                    id: &str,
-                    permission: &'static str,
-                    d: crate::policy::Decision| {
-            AccessError::Denied(Denial {
-                resource_type,
-                resource_id: id.to_owned(),
-                permission,
-                reason: d.reason,
-                policies: d.policies,
-                generation: d.generation,
-            })
+        let decisions = Decisions {
+            policy: &self.policy,
+            generation: &generation,
+            user,
+            now,
         };
         // The runtime attributes rules read (`runtime.…`); see policies/README.md.
         let mut ctx = json!({"workflow": workflow.name, "run_id": run_id});
         if let Some(ip) = ip {
             ctx["ip_address"] = json!(ip.to_string());
         }
-        let (allowed, d) = ask(&ctx, ResourceType::Workflow, &workflow.name, "execute");
+        let (allowed, d) = decisions.ask(&ctx, ResourceType::Workflow, &workflow.name, "execute");
         if !allowed {
             return Err(deny("workflow", &workflow.name, "execute", d));
         }
@@ -214,56 +195,8 @@ impl AccessControlledRuntime {
         ctx["inputs"] = Value::Object(inputs.clone());
         let ctx = ctx;
 
-        let mut skip: Vec<Option<String>> = vec![None; workflow.nodes.len()];
-        for &i in &workflow.order {
-            let node = &workflow.nodes[i];
-            // A node downstream of a skipped node is skipped: it is not asked about.
-            if let Some(&up) = workflow.upstream[i].iter().find(|&&u| skip[u].is_some()) {
-                skip[i] = Some(format!(
-                    "upstream node `{}` was skipped",
-                    workflow.nodes[up].id
-                ));
-                continue;
-            }
-            if ask(&ctx, ResourceType::Node, &node.id, "skip").0 {
-                skip[i] = Some("policy skips this node for you".to_owned());
-                continue;
-            }
-            let (allowed, d) = ask(&ctx, ResourceType::Node, &node.id, "execute");
-            if !allowed {
-                if node.optional {
-                    skip[i] = Some("execute denied (optional node)".to_owned());
-                    continue;
-                } else {
-                    return Err(deny("node", &node.id, "execute", d));
-                }
-            }
-            // A value the caller supplies reaches a node only with `write_input` on it
-            // (defaults are the workflow's own, not the caller's).
-            if !given.is_empty() {
-                let mut reads = Vec::new();
-                super::spec::input_refs(&node.config, &mut reads);
-                if reads.iter().any(|name| given.contains_key(name)) {
-                    let (allowed, d) = ask(&ctx, ResourceType::Node, &node.id, "write_input");
-                    if !allowed {
-                        return Err(deny("node", &node.id, "write_input", d));
-                    }
-                }
-            }
-        }
-
-        let masked_downstream: Vec<bool> =
-            workflow.nodes.iter().map(|n| n.mask_downstream).collect();
-        let downstream_filter = masked_downstream.iter().any(|&m| m).then(|| {
-            let policy = self.policy.clone();
-            let generation = generation.clone();
-            let user = user.clone();
-            let ctx = ctx.clone();
-            let filter: OutputFilter = Arc::new(move |node: &NodeSpec, output: Value| {
-                mask_output(&policy, &generation, &user, node, output, now, &ctx, None).0
-            });
-            (masked_downstream, filter)
-        });
+        let skip = decisions.skips(workflow, &ctx, given)?;
+        let downstream_filter = decisions.downstream_filter(workflow, &ctx);
         let plan = Plan {
             skip,
             downstream_filter,
@@ -294,27 +227,126 @@ impl AccessControlledRuntime {
             now,
             deadline,
         };
-        // Masking plugins are calls into WebAssembly: they run on the blocking pool, never on an
-        // async worker. Built-in masks are cheap and run here.
-        if workflow
-            .nodes
-            .iter()
-            .any(|n| generation.has_plugin_masks(&n.id))
-        {
-            let outputs = run.outputs;
-            tokio::task::spawn_blocking(move || finish.apply(report, outputs))
-                .await
-                .map_err(|e| {
-                    AccessError::Run(RunError::Node {
-                        node: "(masking)".into(),
-                        location: format!("workflow `{}`", workflow.name),
-                        source: super::NodeError::Config(format!("masking failed: {e}")),
-                    })
-                })
-        } else {
-            Ok(finish.apply(report, run.outputs))
-        }
+        finish.run(report, run.outputs).await
     }
+}
+
+/// The policy decisions of one run: one user, one pinned policy generation, one instant.
+struct Decisions<'a> {
+    policy: &'a Arc<PolicyEngine>,
+    generation: &'a Arc<PolicyGeneration>,
+    user: &'a PreparedUser,
+    now: Timestamp,
+}
+
+impl Decisions<'_> {
+    /// Whether `permission` on `id` is allowed in context `ctx`, with the decision.
+    fn ask(
+        &self,
+        ctx: &Value,
+        resource_type: ResourceType,
+        id: &str,
+        permission: &'static str,
+    ) -> (bool, Decision) {
+        let decision = self.policy.decide_in(
+            self.generation,
+            &AccessRequest {
+                user: self.user,
+                resource_type,
+                resource_id: id,
+                permission,
+                now: self.now,
+                runtime: ctx,
+            },
+        );
+        (decision.allowed, decision)
+    }
+
+    /// Per node: why it is skipped, or the refusal ending the run (`given`: the caller's inputs).
+    #[allow(clippy::result_large_err)]
+    fn skips(
+        &self,
+        workflow: &Workflow,
+        ctx: &Value,
+        given: &Map<String, Value>,
+    ) -> Result<Vec<Option<String>>, AccessError> {
+        let mut skip: Vec<Option<String>> = vec![None; workflow.nodes.len()];
+        for &i in &workflow.order {
+            let node = &workflow.nodes[i];
+            // A node downstream of a skipped node is skipped: it is not asked about.
+            if let Some(&up) = workflow.upstream[i].iter().find(|&&u| skip[u].is_some()) {
+                skip[i] = Some(format!(
+                    "upstream node `{}` was skipped",
+                    workflow.nodes[up].id
+                ));
+                continue;
+            }
+            if self.ask(ctx, ResourceType::Node, &node.id, "skip").0 {
+                skip[i] = Some("policy skips this node for you".to_owned());
+                continue;
+            }
+            let (allowed, d) = self.ask(ctx, ResourceType::Node, &node.id, "execute");
+            if !allowed {
+                if node.optional {
+                    skip[i] = Some("execute denied (optional node)".to_owned());
+                    continue;
+                } else {
+                    return Err(deny("node", &node.id, "execute", d));
+                }
+            }
+            // A value the caller supplies reaches a node only with `write_input` on it
+            // (defaults are the workflow's own, not the caller's).
+            if !given.is_empty() {
+                let mut reads = Vec::new();
+                super::spec::input_refs(&node.config, &mut reads);
+                if reads.iter().any(|name| given.contains_key(name)) {
+                    let (allowed, d) = self.ask(ctx, ResourceType::Node, &node.id, "write_input");
+                    if !allowed {
+                        return Err(deny("node", &node.id, "write_input", d));
+                    }
+                }
+            }
+        }
+        Ok(skip)
+    }
+
+    /// The filter showing downstream nodes what this user would see of `mask_downstream` nodes.
+    fn downstream_filter(
+        &self,
+        workflow: &Workflow,
+        ctx: &Value,
+    ) -> Option<(Vec<bool>, OutputFilter)> {
+        let masked_downstream: Vec<bool> =
+            workflow.nodes.iter().map(|n| n.mask_downstream).collect();
+        masked_downstream.iter().any(|&m| m).then(|| {
+            let policy = self.policy.clone();
+            let generation = self.generation.clone();
+            let user = self.user.clone();
+            let ctx = ctx.clone();
+            let now = self.now;
+            let filter: OutputFilter = Arc::new(move |node: &NodeSpec, output: Value| {
+                mask_output(&policy, &generation, &user, node, output, now, &ctx, None).0
+            });
+            (masked_downstream, filter)
+        })
+    }
+}
+
+/// The refusal of `permission` on `id` (a `resource_type`), as decided by `d`.
+fn deny(
+    resource_type: &'static str,
+    id: &str,
+    permission: &'static str,
+    d: Decision,
+) -> AccessError {
+    AccessError::Denied(Denial {
+        resource_type,
+        resource_id: id.to_owned(),
+        permission,
+        reason: d.reason,
+        policies: d.policies,
+        generation: d.generation,
+    })
 }
 
 /// What is left of a run once its nodes have run: per node `read_output`, then its masks.
@@ -329,6 +361,35 @@ struct Finish {
 }
 
 impl Finish {
+    /// [`Finish::apply`], on the blocking pool when a node has masking plugins.
+    async fn run(
+        self,
+        report: RunReport,
+        outputs: Vec<Option<Value>>,
+    ) -> Result<RunReport, AccessError> {
+        // Masking plugins are calls into WebAssembly: they run on the blocking pool, never on an
+        // async worker. Built-in masks are cheap and run here.
+        if self
+            .workflow
+            .nodes
+            .iter()
+            .any(|n| self.generation.has_plugin_masks(&n.id))
+        {
+            let workflow = self.workflow.clone();
+            tokio::task::spawn_blocking(move || self.apply(report, outputs))
+                .await
+                .map_err(|e| {
+                    AccessError::Run(RunError::Node {
+                        node: "(masking)".into(),
+                        location: format!("workflow `{}`", workflow.name),
+                        source: super::NodeError::Config(format!("masking failed: {e}")),
+                    })
+                })
+        } else {
+            Ok(self.apply(report, outputs))
+        }
+    }
+
     fn apply(self, mut report: RunReport, outputs: Vec<Option<Value>>) -> RunReport {
         for (node, output) in self.workflow.nodes.iter().zip(outputs) {
             let Some(output) = output else { continue };

@@ -202,23 +202,36 @@ impl Runtime {
         plan: &Plan,
     ) -> Result<RunOutput, RunError> {
         let n = workflow.nodes.len();
-        let mut outputs: Vec<Option<Value>> = vec![None; n];
-        let mut downstream_view: Vec<Option<Arc<Value>>> = vec![None; n];
-        let mut durations = vec![None; n];
-        let mut skipped: Vec<Option<String>> = (0..n)
-            .map(|i| plan.skip.get(i).cloned().flatten())
-            .collect();
-        let mut waiting: Vec<usize> = workflow.upstream.iter().map(Vec::len).collect();
-        let mut downstream = vec![Vec::new(); n];
-        for (to, froms) in workflow.upstream.iter().enumerate() {
-            for &from in froms {
-                downstream[from].push(to);
-            }
-        }
+        let mut state = Schedule::new(workflow, plan);
         // Pool operations of one run share their leases (acquire → execute → release); on a
         // database per tenant, on the caller's tenant's pool, held for the whole run.
+        let leases = self.open_operations(workflow, plan)?;
+        let mut running = JoinSet::new();
+        while state.done < n {
+            self.start_ready(
+                workflow,
+                inputs,
+                plan,
+                &leases.ops,
+                &mut state,
+                &mut running,
+            )?;
+            if state.done == n {
+                break;
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            state.finish(workflow, plan, joined)?;
+        }
+        Ok(state.into_output(workflow))
+    }
+
+    /// The run's pool operations per database, with the tenant checkouts they hold open.
+    #[allow(clippy::result_large_err)]
+    fn open_operations(&self, workflow: &Workflow, plan: &Plan) -> Result<Leases, RunError> {
         let mut ops = HashMap::new();
-        let mut _held: Vec<Checkout> = Vec::new();
+        let mut held: Vec<Checkout> = Vec::new();
         for (i, node) in workflow.nodes.iter().enumerate() {
             let skipped = plan.skip.get(i).is_some_and(Option::is_some);
             if node.kind != NodeKind::PoolOperation || skipped {
@@ -239,132 +252,55 @@ impl Runtime {
                     source: e.into(),
                 })?;
                 ops.insert(db, PoolOperations::new(checkout.pool().clone()));
-                _held.push(checkout);
+                held.push(checkout);
             }
         }
-        let ops: Arc<HashMap<String, PoolOperations>> = Arc::new(ops);
-
-        let mut ready: Vec<usize> = workflow
-            .order
-            .iter()
-            .copied()
-            .filter(|&i| waiting[i] == 0)
-            .collect();
-        let mut running = JoinSet::new();
-        let mut done = 0;
-        while done < n {
-            // Start (or skip) everything ready.
-            while let Some(i) = ready.pop() {
-                let node = &workflow.nodes[i];
-                let upstream_skipped = workflow.upstream[i]
-                    .iter()
-                    .find(|&&u| skipped[u].is_some())
-                    .map(|&u| workflow.nodes[u].id.clone());
-                if skipped[i].is_none()
-                    && let Some(up) = upstream_skipped
-                {
-                    skipped[i] = Some(format!("upstream node `{up}` was skipped"));
-                }
-                if skipped[i].is_some() {
-                    done += 1;
-                    for &d in &downstream[i] {
-                        waiting[d] -= 1;
-                        if waiting[d] == 0 {
-                            ready.push(d);
-                        }
-                    }
-                    continue;
-                }
-                let config = match self.config_for(workflow, i, inputs, &downstream_view) {
-                    Ok(config) => config,
-                    Err(source) => {
-                        return Err(RunError::Node {
-                            node: node.id.clone(),
-                            location: workflow.locate(node),
-                            source,
-                        });
-                    }
-                };
-                let limit = node.timeout.unwrap_or(workflow.node_timeout);
-                let this = self.clone();
-                let workflow = workflow.clone();
-                let ops = ops.clone();
-                let tenant = plan.tenant.clone();
-                running.spawn(async move {
-                    let started = Instant::now();
-                    let node = &workflow.nodes[i];
-                    let result = tokio::time::timeout(
-                        limit,
-                        this.run_node(node, &config, &ops, &workflow.name, &tenant),
-                    )
-                    .await;
-                    (i, started.elapsed(), result.map_err(|_| limit))
-                });
-            }
-            if done == n {
-                break;
-            }
-            let Some(joined) = running.join_next().await else {
-                break;
-            };
-            let (i, elapsed, result) = match joined {
-                Ok(r) => r,
-                Err(e) => {
-                    // A node task panicked: report it as the node's failure, never crash.
-                    let panic = e.to_string();
-                    return Err(RunError::Node {
-                        node: "(unknown)".into(),
-                        location: format!("workflow `{}`", workflow.name),
-                        source: NodeError::Config(format!("a node task failed: {panic}")),
-                    });
-                }
-            };
-            let node = &workflow.nodes[i];
-            let output = match result {
-                Ok(Ok(output)) => output,
-                Ok(Err(source)) => {
-                    return Err(RunError::Node {
-                        node: node.id.clone(),
-                        location: workflow.locate(node),
-                        source,
-                    });
-                }
-                Err(limit) => {
-                    return Err(RunError::Timeout {
-                        node: node.id.clone(),
-                        location: workflow.locate(node),
-                        limit,
-                    });
-                }
-            };
-            durations[i] = Some(elapsed);
-            let view = match &plan.downstream_filter {
-                Some((which, filter)) if which.get(i).copied().unwrap_or(false) => {
-                    filter(node, output.clone())
-                }
-                _ => output.clone(),
-            };
-            downstream_view[i] = Some(Arc::new(view));
-            outputs[i] = Some(output);
-            done += 1;
-            for &d in &downstream[i] {
-                waiting[d] -= 1;
-                if waiting[d] == 0 {
-                    ready.push(d);
-                }
-            }
-        }
-        let skipped = workflow
-            .nodes
-            .iter()
-            .zip(skipped)
-            .filter_map(|(node, reason)| reason.map(|r| (node.id.clone(), r)))
-            .collect();
-        Ok(RunOutput {
-            outputs,
-            skipped,
-            durations,
+        Ok(Leases {
+            ops: Arc::new(ops),
+            _held: held,
         })
+    }
+
+    /// Starts (or skips) every node of `state` that is ready, each started one into `running`.
+    #[allow(clippy::result_large_err)]
+    fn start_ready(
+        &self,
+        workflow: &Arc<Workflow>,
+        inputs: &Map<String, Value>,
+        plan: &Plan,
+        ops: &Arc<HashMap<String, PoolOperations>>,
+        state: &mut Schedule,
+        running: &mut JoinSet<NodeDone>,
+    ) -> Result<(), RunError> {
+        while let Some(i) = state.ready.pop() {
+            if state.skips(workflow, i) {
+                continue;
+            }
+            let node = &workflow.nodes[i];
+            let config = self
+                .config_for(workflow, i, inputs, &state.views)
+                .map_err(|source| RunError::Node {
+                    node: node.id.clone(),
+                    location: workflow.locate(node),
+                    source,
+                })?;
+            let limit = node.timeout.unwrap_or(workflow.node_timeout);
+            let this = self.clone();
+            let workflow = workflow.clone();
+            let ops = ops.clone();
+            let tenant = plan.tenant.clone();
+            running.spawn(async move {
+                let started = Instant::now();
+                let node = &workflow.nodes[i];
+                let result = tokio::time::timeout(
+                    limit,
+                    this.run_node(node, &config, &ops, &workflow.name, &tenant),
+                )
+                .await;
+                (i, started.elapsed(), result.map_err(|_| limit))
+            });
+        }
+        Ok(())
     }
 
     /// Node `i`'s typed config for this run: as typed at load, with what the run fills in
@@ -493,6 +429,165 @@ impl Runtime {
             }
         }
         Ok(json!({"data": data, "count": data.len(), "plugin": label}))
+    }
+}
+
+/// The pool operations of one run, per database, and the tenant checkouts they hold open.
+struct Leases {
+    /// Per database: its operations (shared with the node tasks).
+    ops: Arc<HashMap<String, PoolOperations>>,
+    /// Held for the whole run (dropped after `ops`).
+    _held: Vec<Checkout>,
+}
+
+/// A node task's end: its index, how long it ran, its result (`Err`: its limit, run past).
+type NodeDone = (usize, Duration, Result<Result<Value, NodeError>, Duration>);
+
+/// The scheduler's state during one run: what each node produced, and what waits on what.
+struct Schedule {
+    /// Per node: its output, once it ran.
+    outputs: Vec<Option<Value>>,
+    /// Per node: its output as downstream nodes see it (filtered).
+    views: Vec<Option<Arc<Value>>>,
+    /// Per node: how long it ran.
+    durations: Vec<Option<Duration>>,
+    /// Per node: why it is skipped, if it is.
+    skipped: Vec<Option<String>>,
+    /// Per node: how many of its upstream nodes have not finished.
+    waiting: Vec<usize>,
+    /// Per node: the nodes that read from it.
+    downstream: Vec<Vec<usize>>,
+    /// Nodes whose upstream nodes have all finished, not yet started.
+    ready: Vec<usize>,
+    /// How many nodes have finished or been skipped.
+    done: usize,
+}
+
+impl Schedule {
+    /// The state before `workflow` runs with `plan`: nothing run, the sources ready.
+    fn new(workflow: &Workflow, plan: &Plan) -> Schedule {
+        let n = workflow.nodes.len();
+        let skipped: Vec<Option<String>> = (0..n)
+            .map(|i| plan.skip.get(i).cloned().flatten())
+            .collect();
+        let waiting: Vec<usize> = workflow.upstream.iter().map(Vec::len).collect();
+        let mut downstream = vec![Vec::new(); n];
+        for (to, froms) in workflow.upstream.iter().enumerate() {
+            for &from in froms {
+                downstream[from].push(to);
+            }
+        }
+        let ready: Vec<usize> = workflow
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| waiting[i] == 0)
+            .collect();
+        Schedule {
+            outputs: vec![None; n],
+            views: vec![None; n],
+            durations: vec![None; n],
+            skipped,
+            waiting,
+            downstream,
+            ready,
+            done: 0,
+        }
+    }
+
+    /// Whether node `i` is skipped (by the plan or an upstream skip); if so it is done at once.
+    fn skips(&mut self, workflow: &Workflow, i: usize) -> bool {
+        let upstream_skipped = workflow.upstream[i]
+            .iter()
+            .find(|&&u| self.skipped[u].is_some())
+            .map(|&u| workflow.nodes[u].id.clone());
+        if self.skipped[i].is_none()
+            && let Some(up) = upstream_skipped
+        {
+            self.skipped[i] = Some(format!("upstream node `{up}` was skipped"));
+        }
+        if self.skipped[i].is_some() {
+            self.complete(i);
+            return true;
+        }
+        false
+    }
+
+    /// Takes a node task's end: its failure fails the run, else its output is kept and shown on.
+    #[allow(clippy::result_large_err)]
+    fn finish(
+        &mut self,
+        workflow: &Workflow,
+        plan: &Plan,
+        joined: Result<NodeDone, tokio::task::JoinError>,
+    ) -> Result<(), RunError> {
+        let (i, elapsed, result) = match joined {
+            Ok(r) => r,
+            Err(e) => {
+                // A node task panicked: report it as the node's failure, never crash.
+                let panic = e.to_string();
+                return Err(RunError::Node {
+                    node: "(unknown)".into(),
+                    location: format!("workflow `{}`", workflow.name),
+                    source: NodeError::Config(format!("a node task failed: {panic}")),
+                });
+            }
+        };
+        let node = &workflow.nodes[i];
+        let output = match result {
+            Ok(Ok(output)) => output,
+            Ok(Err(source)) => {
+                return Err(RunError::Node {
+                    node: node.id.clone(),
+                    location: workflow.locate(node),
+                    source,
+                });
+            }
+            Err(limit) => {
+                return Err(RunError::Timeout {
+                    node: node.id.clone(),
+                    location: workflow.locate(node),
+                    limit,
+                });
+            }
+        };
+        self.durations[i] = Some(elapsed);
+        let view = match &plan.downstream_filter {
+            Some((which, filter)) if which.get(i).copied().unwrap_or(false) => {
+                filter(node, output.clone())
+            }
+            _ => output.clone(),
+        };
+        self.views[i] = Some(Arc::new(view));
+        self.outputs[i] = Some(output);
+        self.complete(i);
+        Ok(())
+    }
+
+    /// Counts node `i` done, and readies each node that waited on it last.
+    fn complete(&mut self, i: usize) {
+        self.done += 1;
+        for &d in &self.downstream[i] {
+            self.waiting[d] -= 1;
+            if self.waiting[d] == 0 {
+                self.ready.push(d);
+            }
+        }
+    }
+
+    /// What the run produced: per node its output and time, and the nodes skipped with why.
+    fn into_output(self, workflow: &Workflow) -> RunOutput {
+        let skipped = workflow
+            .nodes
+            .iter()
+            .zip(self.skipped)
+            .filter_map(|(node, reason)| reason.map(|r| (node.id.clone(), r)))
+            .collect();
+        RunOutput {
+            outputs: self.outputs,
+            skipped,
+            durations: self.durations,
+        }
     }
 }
 
