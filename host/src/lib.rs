@@ -106,8 +106,8 @@ pub use vector::{
 };
 /// Workflows: files and the builder, the runtime, policy in front of it.
 pub use workflow::{
-    AccessControlledRuntime, AnyName, NodeError, Plan, RunError, RunOutput, RunReport, Runtime,
-    Workflow, WorkflowBuilder, WorkflowSet,
+    AccessControlledRuntime, AnyName, InputType, NodeError, Plan, RunError, RunOutput, RunReport,
+    Runtime, Workflow, WorkflowBuilder, WorkflowSet,
 };
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.

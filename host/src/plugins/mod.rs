@@ -20,7 +20,7 @@
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use trellis_host::plugins::{EngineOptions, LimitsConfig, PluginEngine, PluginRegistry};
+//! use trellis_host::{EngineOptions, LimitsConfig, PluginEngine, PluginRegistry};
 //!
 //! let engine = PluginEngine::new(EngineOptions::default())?;
 //! let registry = PluginRegistry::new(engine, "plugins", LimitsConfig::default());

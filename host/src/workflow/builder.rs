@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use serde_json::json;
-//! use trellis_host::workflow::{AnyName, InputType, WorkflowBuilder};
+//! use trellis_host::{AnyName, InputType, WorkflowBuilder};
 //!
 //! let workflow = WorkflowBuilder::new("finance_report")
 //!     .input("start_date", InputType::String, Some(json!("2024-01-01")))

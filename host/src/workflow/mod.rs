@@ -25,7 +25,7 @@ pub use builder::WorkflowBuilder;
 pub use failure::CallerError;
 pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
 pub use set::{WorkflowSet, WorkflowWatcher};
-pub use spec::{AnyName, Known, SpecError, Workflow};
+pub use spec::{AnyName, InputType, Known, SpecError, Workflow};
 
 use crate::plugins::{PluginKind, PluginRegistry};
 
