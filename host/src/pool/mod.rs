@@ -701,6 +701,11 @@ impl Shared {
     pub(crate) fn request_warm(&self, target: usize) {
         let target = target.min(self.config.max_connections);
         let mut state = self.lock_state();
+        // The pool has (or is opening) that many already: nothing for the supervisor to do, and
+        // no wake-up (a burst of a known workload starts on almost every statement).
+        if target <= state.open + state.opening {
+            return;
+        }
         if target > state.warm_target {
             state.warm_target = target;
         }

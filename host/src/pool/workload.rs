@@ -17,10 +17,12 @@ struct Workload {
     current: usize,
     peak: usize,
     peaks: VecDeque<usize>,
+    /// The 90th percentile of `peaks`, kept as they change (read at every burst's start).
+    p90: Option<usize>,
 }
 
 impl Workload {
-    fn p90(&self) -> Option<usize> {
+    fn compute_p90(&self) -> Option<usize> {
         if self.peaks.is_empty() {
             return None;
         }
@@ -35,11 +37,15 @@ impl Workloads {
     /// A lease for `name` starts; at the start of a burst, returns the pre-warm target.
     pub(crate) fn begin(&self, name: &str) -> Option<usize> {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let w = map.entry(name.to_owned()).or_default();
+        // The name is copied only the first time it is seen.
+        if !map.contains_key(name) {
+            map.insert(name.to_owned(), Workload::default());
+        }
+        let w = map.get_mut(name).expect("inserted above");
         let starting = w.current == 0;
         w.current += 1;
         w.peak = w.peak.max(w.current);
-        if starting { w.p90() } else { None }
+        if starting { w.p90 } else { None }
     }
 
     /// A lease for `name` ended; when none is left, the burst's peak joins the history.
@@ -53,6 +59,7 @@ impl Workloads {
                 }
                 w.peaks.push_back(w.peak);
                 w.peak = 0;
+                w.p90 = w.compute_p90();
             }
         }
     }
@@ -60,7 +67,7 @@ impl Workloads {
     /// The pre-warm target for `name`: the 90th percentile of its past peaks.
     pub(crate) fn target(&self, name: &str) -> Option<usize> {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(name).and_then(Workload::p90)
+        map.get(name).and_then(|w| w.p90)
     }
 }
 
