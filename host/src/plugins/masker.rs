@@ -27,6 +27,7 @@ impl ExternalMasker for RegistryMasker {
         &self,
         plugin: &str,
         field: &str,
+        params: &Value,
         values: &[Value],
         deadline: Option<Instant>,
     ) -> Result<Vec<Result<Value, String>>, String> {
@@ -42,9 +43,18 @@ impl ExternalMasker for RegistryMasker {
             .map(|value| MaskInput {
                 field_path: field.to_owned(),
                 value: value.clone(),
-                params: Value::Object(Default::default()),
+                params: params.clone(),
             })
             .collect();
         p.mask_until(&inputs, deadline).map_err(|e| e.to_string())
+    }
+
+    fn params_problems(&self, plugin: &str, params: &Value) -> Vec<String> {
+        match (self.registry.get(plugin), params) {
+            (Some(p), Value::Object(params)) if p.kind() == PluginKind::Masking => {
+                p.config_problems(params, &[])
+            }
+            _ => Vec::new(),
+        }
     }
 }

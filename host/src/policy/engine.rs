@@ -171,7 +171,7 @@ impl PolicyEngine {
     /// Loads `dir` and starts an engine on it.
     pub fn load(dir: &Path, settings: EngineSettings) -> Result<PolicyEngine, LoadError> {
         let generation = PolicyGeneration::load(dir)?;
-        check_mask_keys(&generation, &settings.masker)?;
+        check_masks(&generation, &settings.masker)?;
         Ok(PolicyEngine::new(generation, settings))
     }
 
@@ -223,7 +223,7 @@ impl PolicyEngine {
     pub fn reload(&self) -> Result<u64, LoadError> {
         let dir = self.current.load().dir().to_owned();
         let loaded = PolicyGeneration::load(&dir)
-            .and_then(|g| check_mask_keys(&g, &self.settings.masker).map(|()| g));
+            .and_then(|g| check_masks(&g, &self.settings.masker).map(|()| g));
         match loaded {
             Ok(generation) => {
                 let id = generation.id();
@@ -758,13 +758,28 @@ fn kind_name(kind: &PolicyKind) -> &'static str {
 /// value would be redacted at run time, and an unkeyed hash of a short value (an SSN) can be
 /// reversed by enumeration, so neither is a silent fallback. `"unkeyed": true` asks for the
 /// Python SDK's plain SHA-256 on purpose.
-fn check_mask_keys(generation: &PolicyGeneration, masker: &super::Masker) -> Result<(), LoadError> {
-    if masker.has_key() {
-        return Ok(());
+///
+/// A `plugin:` mask's `params` are checked against the schema the plugin declares, so a rule the
+/// plugin would refuse (or misread) is refused with the policies, not value by value at run time.
+fn check_masks(generation: &PolicyGeneration, masker: &super::Masker) -> Result<(), LoadError> {
+    let mut problems: Vec<super::rules::Problem> = Vec::new();
+    for (_, rule) in generation.masks.values().flatten() {
+        if let super::rules::MaskType::Plugin { name, params } = &rule.mask {
+            for message in masker.params_problems(name, params) {
+                problems.push(
+                    super::rules::Problem::new(
+                        rule.loc.clone(),
+                        Some(&format!("masking[{}]", rule.index)),
+                        format!("`params` for `plugin:{name}`: {message}"),
+                    )
+                    .with_hint(Some("the keys and values the plugin documents".into())),
+                );
+            }
+        }
     }
-    let mut problems: Vec<super::rules::Problem> = generation
-        .masks
-        .values()
+    let keyless = (!masker.has_key())
+        .then(|| generation.masks.values().flatten())
+        .into_iter()
         .flatten()
         .filter(|(_, rule)| matches!(rule.mask, super::rules::MaskType::Hash { unkeyed: false }))
         .map(|(_, rule)| {
@@ -777,8 +792,8 @@ fn check_mask_keys(generation: &PolicyGeneration, masker: &super::Masker) -> Res
                 "set `[policy] hmac_key` (or `{}`), or write `\"unkeyed\": true` in the rule for a plain SHA-256",
                 super::mask::HMAC_KEY_ENV
             )))
-        })
-        .collect();
+        });
+    problems.extend(keyless);
     if problems.is_empty() {
         return Ok(());
     }

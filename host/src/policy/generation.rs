@@ -327,7 +327,7 @@ impl PolicyGeneration {
         self.masks.get(node).is_some_and(|rules| {
             rules
                 .iter()
-                .any(|(_, rule)| matches!(rule.mask, super::rules::MaskType::Plugin(_)))
+                .any(|(_, rule)| matches!(rule.mask, super::rules::MaskType::Plugin { .. }))
         })
     }
 }
@@ -626,7 +626,7 @@ fn file_name(shown: &str) -> &str {
 
 fn mask_name(m: &MaskingRule) -> String {
     match &m.mask {
-        rules::MaskType::Plugin(name) => format!("plugin:{name}"),
+        rules::MaskType::Plugin { name, .. } => format!("plugin:{name}"),
         other => format!("{other:?}")
             .split('(')
             .next()

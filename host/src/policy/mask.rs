@@ -24,15 +24,24 @@ pub const REDACTED: &str = "[REDACTED]";
 /// The plugin runtime implements this for its registry. Every value of one field under one
 /// rule goes in one call; a value's error, or the call's, makes the values redacted.
 pub trait ExternalMasker: Send + Sync {
-    /// Masks `values` of field `field` with plugin `plugin`, one result per value, in order;
-    /// the call must end by `deadline` (the request's budget) when one is given.
+    /// Masks `values` of field `field` with plugin `plugin` and the rule's `params`, one result
+    /// per value, in order; the call must end by `deadline` (the request's budget) when one is
+    /// given.
     fn mask_batch(
         &self,
         plugin: &str,
         field: &str,
+        params: &Value,
         values: &[Value],
         deadline: Option<Instant>,
     ) -> Result<Vec<Result<Value, String>>, String>;
+
+    /// What is wrong with a rule's `params` for plugin `plugin`, by the schema the plugin
+    /// declares (checked when the policies load); nothing when the plugin is not loaded (its
+    /// masks then fail closed) or declares no schema.
+    fn params_problems(&self, _plugin: &str, _params: &Value) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Applies mask types to values, with the key for `hmac` and the plugins for `plugin:<name>`.
@@ -76,6 +85,15 @@ impl Masker {
     /// Whether an `hmac` key is set (keyed `hash` masks need it too).
     pub fn has_key(&self) -> bool {
         self.hmac_key.is_some()
+    }
+
+    /// What is wrong with a `plugin:` mask's `params`, by the plugin's declared schema (see
+    /// [`ExternalMasker::params_problems`]); nothing without plugins.
+    pub fn params_problems(&self, plugin: &str, params: &Value) -> Vec<String> {
+        self.external
+            .as_ref()
+            .map(|e| e.params_problems(plugin, params))
+            .unwrap_or_default()
     }
 
     /// Routes `plugin:<name>` masks to `external`.
@@ -157,13 +175,13 @@ impl Masker {
                 });
                 Value::String(year.ok_or("not a date like `2024-05-01`")?.to_owned())
             }
-            MaskType::Plugin(name) => {
+            MaskType::Plugin { name, params } => {
                 let external = self
                     .external
                     .as_ref()
                     .ok_or_else(|| format!("masking plugin `{name}` is not loaded"))?;
                 external
-                    .mask_batch(name, field, std::slice::from_ref(value), None)?
+                    .mask_batch(name, field, params, std::slice::from_ref(value), None)?
                     .pop()
                     .unwrap_or_else(|| Err("the plugin returned no result".into()))?
             }
@@ -206,8 +224,8 @@ impl Masker {
         let count = targets.len();
         let mut errors = Vec::new();
         match mask {
-            MaskType::Plugin(name) => {
-                self.mask_batch(name, path, mask, targets, deadline, &mut errors)
+            MaskType::Plugin { name, params } => {
+                self.mask_batch((name, params), path, mask, targets, deadline, &mut errors)
             }
             _ => {
                 for target in targets {
@@ -223,7 +241,7 @@ impl Masker {
     /// them, when the call failed or the budget is spent) is redacted.
     fn mask_batch(
         &self,
-        name: &str,
+        (name, params): (&str, &Value),
         path: &FieldPath,
         mask: &MaskType,
         targets: Vec<&mut Value>,
@@ -239,7 +257,7 @@ impl Masker {
                 Err("the request's time ran out before this mask ran".to_owned())
             }
             (None, _) => Err(format!("masking plugin `{name}` is not loaded")),
-            (Some(external), _) => external.mask_batch(name, &path.text, &values, deadline),
+            (Some(external), _) => external.mask_batch(name, &path.text, params, &values, deadline),
         };
         match results {
             Ok(results) if results.len() == targets.len() => {
@@ -466,6 +484,7 @@ mod tests {
             &self,
             plugin: &str,
             _field: &str,
+            _params: &Value,
             values: &[Value],
             _deadline: Option<Instant>,
         ) -> Result<Vec<Result<Value, String>>, String> {
@@ -479,25 +498,32 @@ mod tests {
         }
     }
 
+    fn plugin_mask(name: &str) -> MaskType {
+        MaskType::Plugin {
+            name: name.into(),
+            params: json!({}),
+        }
+    }
+
     #[test]
     fn plugin_masks_go_through_the_external_masker_and_fail_closed() {
         let masker = Masker::default().with_external(Arc::new(Upper));
         assert_eq!(
             masker
-                .apply(&MaskType::Plugin("upper".into()), "f", &json!("abc"))
+                .apply(&plugin_mask("upper"), "f", &json!("abc"))
                 .unwrap(),
             json!("ABC")
         );
         let (out, _, errors) = masker.mask_field(
             &json!({"f": "abc"}),
             &FieldPath::parse("f").unwrap(),
-            &MaskType::Plugin("broken".into()),
+            &plugin_mask("broken"),
         );
         assert_eq!((out["f"].clone(), errors.len()), (json!(REDACTED), 1));
         let (out, _, _) = Masker::default().mask_field(
             &json!({"f": "abc"}),
             &FieldPath::parse("f").unwrap(),
-            &MaskType::Plugin("upper".into()),
+            &plugin_mask("upper"),
         );
         assert_eq!(out["f"], json!(REDACTED));
     }

@@ -529,8 +529,14 @@ pub enum MaskType {
     Hmac,
     /// A date or date-time string cut to its year.
     DateYear,
-    /// A masking plugin, by name.
-    Plugin(String),
+    /// A masking plugin, by name, with the rule's `params` (a JSON object, `{}` when the rule
+    /// gives none), which the plugin receives with every value.
+    Plugin {
+        /// The plugin's name.
+        name: String,
+        /// The rule's `params`.
+        params: Value,
+    },
 }
 
 /// The mask's name as rules write it (`redact`, `plugin:NAME`, …).
@@ -548,7 +554,7 @@ impl fmt::Display for MaskType {
             First4 => "first4",
             Hmac => "hmac",
             DateYear => "date_year",
-            Plugin(name) => return write!(f, "plugin:{name}"),
+            Plugin { name, .. } => return write!(f, "plugin:{name}"),
         })
     }
 }
@@ -835,7 +841,14 @@ impl Parser<'_> {
             "hmac" => Ok(MaskType::Hmac),
             "date_year" => Ok(MaskType::DateYear),
             other => match other.strip_prefix("plugin:") {
-                Some(name) if !name.is_empty() => Ok(MaskType::Plugin(name.to_owned())),
+                Some(name) if !name.is_empty() => Ok(MaskType::Plugin {
+                    name: name.to_owned(),
+                    params: m
+                        .params
+                        .clone()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| Value::Object(Default::default())),
+                }),
                 _ => Err(p(
                     format!("unknown mask_type `{other}`"),
                     Some(suggest(other, MASK_TYPES).unwrap_or_else(|| {
@@ -844,7 +857,17 @@ impl Parser<'_> {
                 )),
             },
         };
-        let _ = &m.params;
+        match &m.params {
+            Some(_) if !m.mask_type.starts_with("plugin:") => problems.push(p(
+                "`params` is only for `plugin:` masks".into(),
+                Some("remove it: the built-in masks take no params".into()),
+            )),
+            Some(params) if !params.is_object() => problems.push(p(
+                "`params` must be a JSON object".into(),
+                Some("e.g. `\"params\": {\"keep\": 2}`: the keys the plugin documents".into()),
+            )),
+            _ => {}
+        }
         if m.unkeyed.is_some() && m.mask_type != "hash" {
             problems.push(p(
                 "`unkeyed` is only for `hash` masks".into(),

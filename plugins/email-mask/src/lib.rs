@@ -8,13 +8,20 @@
 //! A value that is not a string, or not an address (no `@`, or an empty local part or domain),
 //! is an error, which makes the host redact it: nothing unmasked gets through.
 
-use trellis_sdk::{Info, Masker, Value};
+use trellis_sdk::{Info, Masker, Value, json};
 
 struct EmailMask;
 
 impl Masker for EmailMask {
     fn info() -> Info {
-        Info::new("email-mask", env!("CARGO_PKG_VERSION"))
+        // The params a masking rule may give; the host refuses a rule with others at load.
+        Info::new("email-mask", env!("CARGO_PKG_VERSION")).with_config_schema(json!({
+            "type": "object",
+            "properties": {
+                "keep": {"type": "integer", "minimum": 0},
+                "mask": {"type": "string"}
+            }
+        }))
     }
 
     fn mask(field_path: &str, value: Value, params: &Value) -> Result<Value, String> {
