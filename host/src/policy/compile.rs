@@ -642,18 +642,25 @@ fn native(c: &AttrCondition) -> Option<(String, Vec<Slot>)> {
     Some((text, l.slots))
 }
 
+/// A list operand's strings and whole numbers (`None`: not a list, or a number that is not
+/// whole).
+fn strings_and_numbers(e: &Value) -> Option<(Vec<&str>, Vec<i64>)> {
+    let items = e.as_array()?;
+    let strings = items.iter().filter_map(Value::as_str).collect();
+    let numbers = items
+        .iter()
+        .filter(|i| !i.is_string())
+        .map(whole)
+        .collect::<Option<_>>()?;
+    Some((strings, numbers))
+}
+
 /// `contains_any`: whether a string attribute (or set) holds any of the strings, or a number
 /// set any of the numbers (`None`: not a list, or a number that is not whole).
 fn contains_any(l: &mut Leaf<'_>, e: &Value, cs: bool) -> Option<String> {
     let str_kind = if cs { SlotKind::Str } else { SlotKind::LStr };
     let fold = |s: &str| if cs { s.to_owned() } else { s.to_lowercase() };
-    let items = e.as_array()?;
-    let strings: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
-    let numbers: Vec<i64> = items
-        .iter()
-        .filter(|i| !i.is_string())
-        .map(whole)
-        .collect::<Option<_>>()?;
+    let (strings, numbers) = strings_and_numbers(e)?;
     let mut parts = Vec::new();
     if !strings.is_empty() {
         parts.push(l.guard(SlotKind::StrSet, |v| {
@@ -690,13 +697,8 @@ fn contains_any(l: &mut Leaf<'_>, e: &Value, cs: bool) -> Option<String> {
 fn one_of(l: &mut Leaf<'_>, e: &Value, cs: bool) -> Option<String> {
     let str_kind = if cs { SlotKind::Str } else { SlotKind::LStr };
     let fold = |s: &str| if cs { s.to_owned() } else { s.to_lowercase() };
-    let items = e.as_array()?;
-    let strings: Vec<String> = items.iter().filter_map(Value::as_str).map(fold).collect();
-    let numbers: Vec<i64> = items
-        .iter()
-        .filter(|i| !i.is_string())
-        .map(whole)
-        .collect::<Option<_>>()?;
+    let (strings, numbers) = strings_and_numbers(e)?;
+    let strings: Vec<String> = strings.into_iter().map(fold).collect();
     let mut parts = Vec::new();
     if !strings.is_empty() {
         parts.push(l.guard(str_kind, |v| {

@@ -717,6 +717,38 @@ struct Parser<'a> {
 
 type Parsed<T> = Result<T, Vec<Problem>>;
 
+/// The items of an `and` / `or` / `not` list, each read with `read`: an empty list, or a `not`
+/// of other than one item, is refused; every item's problems are reported at once.
+fn boolean_items<T>(
+    ty: &str,
+    items: &[&RawValue],
+    p: &impl Fn(String, Option<String>) -> Vec<Problem>,
+    mut read: impl FnMut(&RawValue) -> Parsed<T>,
+) -> Parsed<Vec<T>> {
+    if items.is_empty() {
+        return Err(p(format!("`{ty}` has no conditions"), None));
+    }
+    if ty == "not" && items.len() != 1 {
+        return Err(p(
+            format!("`not` takes exactly one condition, not {}", items.len()),
+            Some("wrap several in `and` or `or`".into()),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for &item in items {
+        match read(item) {
+            Ok(value) => out.push(value),
+            Err(mut e) => problems.append(&mut e),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
 impl Parser<'_> {
     fn loc_line(&self, line: usize) -> SourceLoc {
         SourceLoc {
@@ -977,26 +1009,7 @@ impl Parser<'_> {
                 None,
             )
         })?;
-        if items.is_empty() {
-            return Err(p(format!("`{ty}` has no conditions"), None));
-        }
-        if ty == "not" && items.len() != 1 {
-            return Err(p(
-                format!("`not` takes exactly one condition, not {}", items.len()),
-                Some("wrap several in `and` or `or`".into()),
-            ));
-        }
-        let mut out = Vec::new();
-        let mut problems = Vec::new();
-        for item in items {
-            match self.condition(item, rule) {
-                Ok(c) => out.push(c),
-                Err(mut e) => problems.append(&mut e),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        let mut out = boolean_items(ty, &items, p, |item| self.condition(item, rule))?;
         Ok(match ty {
             "and" => Condition::And(out),
             "or" => Condition::Or(out),
@@ -1050,26 +1063,7 @@ impl Parser<'_> {
                 .map_err(|_| p(format!("`{operator}` needs `conditions`: a list"), None))?,
             None => return Err(p(format!("`{operator}` needs `conditions`: a list"), None)),
         };
-        if items.is_empty() {
-            return Err(p(format!("`{operator}` has no conditions"), None));
-        }
-        if operator == "not" && items.len() != 1 {
-            return Err(p(
-                format!("`not` takes exactly one condition, not {}", items.len()),
-                Some("wrap several in `and` or `or`".into()),
-            ));
-        }
-        let mut out = Vec::new();
-        let mut problems = Vec::new();
-        for item in items {
-            match self.attr_expr(item, rule) {
-                Ok(e) => out.push(e),
-                Err(mut e) => problems.append(&mut e),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        let mut out = boolean_items(operator, &items, p, |item| self.attr_expr(item, rule))?;
         Ok(match operator {
             "and" => AttrExpr::And(out),
             "or" => AttrExpr::Or(out),
