@@ -1004,15 +1004,23 @@ fn trellis_plugin_new_scaffolds_a_crate_that_builds_and_loads() {
     let dir = tempfile::tempdir().unwrap();
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
     let sdk = sdk.to_str().unwrap();
+    // Outside any Trellis checkout, without `--sdk`: the SDK and WIT come with the binary (on
+    // 99878c6 this failed: "cannot find the trellis-sdk crate above the current directory").
     let (status, stdout, stderr) = run_trellis(
         dir.path(),
-        &["plugin", "new", "hello-node", "--sdk", sdk],
+        &["plugin", "new", "hello-node"],
         Duration::from_secs(30),
     );
     assert!(status.success(), "{stderr}");
     assert!(
         stdout.contains("created node plugin `hello-node`"),
         "{stdout}"
+    );
+    let built_in = dir.path().join("hello-node/trellis-sdk");
+    assert!(built_in.join("wit/plugin.wit").is_file());
+    assert_eq!(
+        std::fs::read_to_string(built_in.join("src/lib.rs")).unwrap(),
+        std::fs::read_to_string(Path::new(sdk).join("src/lib.rs")).unwrap()
     );
     let (status, _, stderr) = run_trellis(
         dir.path(),

@@ -30,13 +30,23 @@ enum PluginCommand {
     #[command(after_help = "Examples:
   $ trellis plugin new word-count                 creates ./word-count (a node plugin)
   $ trellis plugin new ssn-mask --masking
-  $ trellis plugin new word-count --sdk ../trellis/sdk")]
+  $ trellis plugin new word-count --sdk ../trellis/sdk   uses a Trellis checkout's SDK")]
     New(NewArgs),
     /// Build a plugin crate for wasm32-wasip2 and copy the `.wasm` into the plugins directory.
     #[command(after_help = "Examples:
   $ trellis plugin build word-count
   $ trellis plugin build . --config trellis.toml")]
     Build(BuildArgs),
+    /// Run one plugin file on records from a file or stdin, as `serve` would, and print the
+    /// results as JSON lines.
+    #[command(after_help = "Examples:
+  $ trellis plugin call plugins/sum_by_key.wasm --records rows.jsonl --config field=salary
+  $ echo '\"alice@example.com\"' | trellis plugin call plugins/email_mask.wasm --params '{\"keep\": 2}'
+
+The `[plugins]` limits come from ./trellis.toml (or $TRELLIS_CONFIG) when there is one.
+A record the plugin refuses, or a value it fails to mask (then shown redacted), is named on
+stderr and the command exits with 1.")]
+    Call(super::plugin_call::CallArgs),
 }
 
 #[derive(Debug, Args)]
@@ -59,8 +69,8 @@ struct NewArgs {
     /// Make a masking plugin instead of a node plugin.
     #[arg(long)]
     masking: bool,
-    /// The trellis-sdk crate to depend on [default: the `sdk/` of the Trellis checkout this
-    /// command runs in, found by walking up from the current directory]
+    /// The trellis-sdk crate to depend on [default: the SDK built into this binary, written into
+    /// the new crate's `trellis-sdk/`]
     #[arg(long, value_name = "DIR")]
     sdk: Option<PathBuf>,
 }
@@ -80,6 +90,7 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
         PluginCommand::List(args) => list(args).await,
         PluginCommand::New(args) => new(args),
         PluginCommand::Build(args) => build(args),
+        PluginCommand::Call(args) => super::plugin_call::run(args).await,
     }
 }
 
@@ -157,36 +168,29 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
             "pick another name, or `--dir` for another place"
         ));
     }
-    let sdk = match args.sdk {
-        Some(sdk) => sdk,
-        None => find_sdk().ok_or_else(|| {
-            Hinted::new(
-                "cannot find the trellis-sdk crate above the current directory",
-                "pass `--sdk PATH/TO/trellis/sdk`",
-            )
-        })?,
+    let sdk_path = match &args.sdk {
+        Some(sdk) => checkout_sdk(sdk)?,
+        None => {
+            write_sdk(&dir.join(EMBEDDED_SDK_DIR))?;
+            EMBEDDED_SDK_DIR.to_owned()
+        }
     };
-    let sdk = std::fs::canonicalize(&sdk)
-        .with_context(|| format!("cannot find the sdk at `{}`", sdk.display()))?;
-    if !sdk.join("wit/plugin.wit").is_file() {
-        bail!(Hinted::new(
-            format!(
-                "`{}` is not the trellis-sdk crate (no `wit/plugin.wit`)",
-                sdk.display()
-            ),
-            "pass `--sdk PATH/TO/trellis/sdk`"
-        ));
-    }
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("cannot create `{}`", dir.display()))?;
-    let sdk_path = sdk.display().to_string().replace('\\', "/");
-    std::fs::write(dir.join("Cargo.toml"), cargo_toml(name, &sdk_path))?;
-    let source = if args.masking {
-        masking_source(name)
-    } else {
-        node_source(name)
+    let ty = type_name(name);
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{Type}}", &ty)
+            .replace("{{sdk}}", &sdk_path)
     };
-    std::fs::write(dir.join("src/lib.rs"), source)?;
+    std::fs::write(dir.join("Cargo.toml"), fill(templates::PLUGIN_MANIFEST))?;
+    let source = if args.masking {
+        templates::MASKING_SOURCE
+    } else {
+        templates::NODE_SOURCE
+    };
+    std::fs::write(dir.join("src/lib.rs"), fill(source))?;
     std::fs::write(dir.join(".gitignore"), "/target/\n")?;
     println!(
         "created {} plugin `{name}` in {}",
@@ -253,12 +257,62 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sdk/` of the Trellis checkout above the current directory.
-fn find_sdk() -> Option<PathBuf> {
-    let cwd = std::env::current_dir().ok()?;
-    cwd.ancestors()
-        .map(|dir| dir.join("sdk"))
-        .find(|sdk| sdk.join("wit/plugin.wit").is_file())
+/// The project templates and the SDK, built into the binary, so `plugin new` works anywhere.
+mod templates {
+    /// A plugin crate's `Cargo.toml`.
+    pub const PLUGIN_MANIFEST: &str = include_str!("../../templates/plugin/Cargo.toml.tmpl");
+    /// A node plugin's `src/lib.rs`.
+    pub const NODE_SOURCE: &str = include_str!("../../templates/plugin/node/lib.rs.tmpl");
+    /// A masking plugin's `src/lib.rs`.
+    pub const MASKING_SOURCE: &str = include_str!("../../templates/plugin/masking/lib.rs.tmpl");
+    /// The SDK's `Cargo.toml`, standalone.
+    pub const SDK_MANIFEST: &str = include_str!("../../templates/sdk/Cargo.toml.tmpl");
+    /// The SDK's sources and WIT, as in the checkout's `sdk/`.
+    pub const SDK_FILES: &[(&str, &str)] = &[
+        ("src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
+        ("src/record.rs", include_str!("../../../sdk/src/record.rs")),
+        (
+            "wit/plugin.wit",
+            include_str!("../../../sdk/wit/plugin.wit"),
+        ),
+    ];
+}
+
+/// Where a new plugin crate gets the built-in SDK (relative to the crate).
+const EMBEDDED_SDK_DIR: &str = "trellis-sdk";
+
+/// Writes the built-in SDK into `dir`.
+fn write_sdk(dir: &Path) -> anyhow::Result<()> {
+    let manifest = templates::SDK_MANIFEST.replace("{{version}}", crate::VERSION);
+    let files = [("Cargo.toml", manifest.as_str())]
+        .into_iter()
+        .chain(templates::SDK_FILES.iter().copied());
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+        std::fs::write(&path, text)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A checkout's `sdk/` given with `--sdk`, as the path a plugin's `Cargo.toml` names.
+fn checkout_sdk(sdk: &Path) -> anyhow::Result<String> {
+    let sdk = std::fs::canonicalize(sdk)
+        .with_context(|| format!("cannot find the sdk at `{}`", sdk.display()))?;
+    if !sdk.join("wit/plugin.wit").is_file() {
+        bail!(Hinted::new(
+            format!(
+                "`{}` is not the trellis-sdk crate (no `wit/plugin.wit`)",
+                sdk.display()
+            ),
+            "pass the `sdk/` directory of a Trellis checkout, or leave `--sdk` out to use the built-in SDK"
+        ));
+    }
+    Ok(sdk.display().to_string().replace('\\', "/"))
 }
 
 fn cargo_metadata(manifest: &Path) -> anyhow::Result<serde_json::Value> {
@@ -302,32 +356,6 @@ fn package_name(manifest: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("`{}` has no `[package] name`", manifest.display()))
 }
 
-fn cargo_toml(name: &str, sdk: &str) -> String {
-    format!(
-        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-trellis-sdk = {{ path = "{sdk}" }}
-
-# A plugin is its own workspace, so it builds wherever it is created.
-[workspace]
-
-[profile.release]
-opt-level = 3
-lto = true
-strip = true
-codegen-units = 1
-"#
-    )
-}
-
 fn type_name(name: &str) -> String {
     name.split('-')
         .map(|part| {
@@ -339,78 +367,25 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
-fn node_source(name: &str) -> String {
-    let ty = type_name(name);
-    format!(
-        r#"//! Trellis node plugin `{name}`: transforms each record of a batch.
-//!
-//! Build it with `trellis plugin build .`; the host loads the `.wasm` from its plugins directory.
-
-use trellis_sdk::{{Info, Node, Value, json}};
-
-struct {ty};
-
-impl Node for {ty} {{
-    fn info() -> Info {{
-        Info::new("{name}", env!("CARGO_PKG_VERSION"))
-    }}
-
-    /// Adds `"seen_by": "{name}"` to each record. Replace with your own logic; an `Err` fails
-    /// only this record.
-    fn transform(mut record: Value) -> Result<Value, String> {{
-        if !record.is_object() {{
-            return Err("a record must be a JSON object".into());
-        }}
-        record["seen_by"] = json!("{name}");
-        Ok(record)
-    }}
-}}
-
-trellis_sdk::export_node!({ty});
-"#
-    )
-}
-
-fn masking_source(name: &str) -> String {
-    let ty = type_name(name);
-    format!(
-        r#"//! Trellis masking plugin `{name}`: masks field values.
-//!
-//! Build it with `trellis plugin build .`; the host loads the `.wasm` from its plugins directory.
-//! Any `Err` makes the host redact the value: masking fails closed.
-
-use trellis_sdk::{{Info, Masker, Value}};
-
-struct {ty};
-
-impl Masker for {ty} {{
-    fn info() -> Info {{
-        Info::new("{name}", env!("CARGO_PKG_VERSION"))
-    }}
-
-    /// Keeps the last 4 characters of a string longer than 4 and stars the rest (all of a
-    /// shorter one).
-    fn mask(field_path: &str, value: Value, _params: &Value) -> Result<Value, String> {{
-        let text = value.as_str().ok_or_else(|| format!("`{{field_path}}` is not a string"))?;
-        let chars: Vec<char> = text.chars().collect();
-        let starred = if chars.len() > 4 {{ chars.len() - 4 }} else {{ chars.len() }};
-        let masked: String = chars
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i < starred {{ '*' }} else {{ *c }})
-            .collect();
-        Ok(Value::String(masked))
-    }}
-}}
-
-trellis_sdk::export_masker!({ty});
-"#
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The built-in SDK's manifest asks for what the checkout's `sdk/Cargo.toml` does.
+    #[test]
+    fn the_built_in_sdk_has_the_checkouts_dependencies() {
+        let checkout = include_str!("../../../sdk/Cargo.toml");
+        let wit_bindgen = checkout
+            .lines()
+            .find(|l| l.starts_with("wit-bindgen"))
+            .expect("the sdk depends on wit-bindgen");
+        assert!(
+            templates::SDK_MANIFEST.contains(wit_bindgen),
+            "{wit_bindgen}"
+        );
+        assert!(checkout.contains(r#"features = ["raw_value"]"#));
+        assert!(templates::SDK_MANIFEST.contains(r#"features = ["raw_value"]"#));
+    }
 
     #[test]
     fn type_names_from_plugin_names() {
