@@ -3,6 +3,7 @@
 mod database_arg;
 mod migrate;
 mod plugin;
+mod plugin_call;
 mod policy;
 mod query;
 pub mod report;
