@@ -45,17 +45,22 @@ fn served(workflow: &str, nodes: &[&str]) -> (tempfile::TempDir, Server) {
     (dir, server)
 }
 
+/// The workflow `w` was not served: its load error, as `GET /v1/workflows` lists it.
+async fn load_error(server: &Server) -> String {
+    let user = json!({"user_id": "u"});
+    let (status, body) = run_workflow(server, "w", &user, json!({})).await;
+    assert_eq!(status, 404, "the workflow was served: {body}");
+    let listing = server.get_json("/v1/workflows", Some(&user)).await;
+    listing["errors"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn every_problem_of_every_node_config_is_reported_when_the_workflow_loads() {
     let (_dir, server) = served(BROKEN, &["typo", "seed", "value", "group", "pool"]);
-    let user = json!({"user_id": "u"});
-    let (status, body) = run_workflow(&server, "w", &user, json!({})).await;
-    assert_eq!(status, 404, "the workflow was served: {body}");
-    let listing = server.get_json("/v1/workflows", Some(&user)).await;
-    let error = listing["errors"][0]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let error = load_error(&server).await;
     for expected in [
         "workflows/w.toml: 6 problems in node configs",
         "workflows/w.toml:2: node `typo`: invalid SQL node config: unknown key `fetchmode`: did you mean `fetch_mode`?",
@@ -118,14 +123,7 @@ type = "WorkflowConnectionPool"
 config = { operation = "execute", query = "SELECT 1" }
 "#;
     let (_dir, server) = served(workflow, &["group", "pool"]);
-    let user = json!({"user_id": "u"});
-    let (status, body) = run_workflow(&server, "w", &user, json!({})).await;
-    assert_eq!(status, 404, "the workflow was served: {body}");
-    let listing = server.get_json("/v1/workflows", Some(&user)).await;
-    let error = listing["errors"][0]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let error = load_error(&server).await;
     for expected in [
         "workflows/w.toml: 2 problems in node configs",
         "workflows/w.toml:2: node `group`: `records` must be an array of records, not a number",
