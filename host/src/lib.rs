@@ -80,9 +80,10 @@ pub use migrate::{
 };
 /// WebAssembly plugins.
 pub use plugins::{
-    CacheOutcome, CallConfig, CallError, DEFAULT_DEBOUNCE, EngineOptions, Limits as PluginLimits,
-    LimitsConfig, LoadError as PluginLoadError, LoadStatus as PluginLoadStatus, MaskInput, Plugin,
-    PluginEngine, PluginKind, PluginRegistry, PluginWatcher, REDACTED, ReloadOutcome,
+    CacheOutcome, CallConfig, CallError, DEFAULT_DEBOUNCE, DatabaseCallError, DatabaseErrorKind,
+    DatabaseGate, DatabaseRequest, EngineOptions, Limits as PluginLimits, LimitsConfig,
+    LoadError as PluginLoadError, LoadStatus as PluginLoadStatus, MaskInput, Plugin, PluginEngine,
+    PluginKind, PluginRegistry, PluginWatcher, REDACTED, ReloadOutcome,
 };
 /// Policy: rules, Cedar, masking.
 pub use policy::rules::{FieldPath, MaskType};
@@ -106,8 +107,8 @@ pub use vector::{
 };
 /// Workflows: files and the builder, the runtime, policy in front of it.
 pub use workflow::{
-    AccessControlledRuntime, AnyName, InputType, NodeError, Plan, RunError, RunOutput, RunReport,
-    Runtime, Workflow, WorkflowBuilder, WorkflowSet,
+    AccessControlledRuntime, AnyName, DatabaseCaller, DatabasePolicy, InputType, NodeError, Plan,
+    RunError, RunOutput, RunReport, Runtime, Workflow, WorkflowBuilder, WorkflowSet,
 };
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.

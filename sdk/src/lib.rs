@@ -3,8 +3,9 @@
 //! A Trellis plugin is a WebAssembly component (`wasm32-wasip2`) that the host loads from its
 //! plugins directory. It is either a **node** plugin, which transforms batches of JSON records in
 //! a workflow, or a **masking** plugin, which masks field values in a node's output. The interface
-//! is the WIT package `trellis:plugin@0.1.0` in `sdk/wit/`; this crate hides it behind two traits
-//! and one macro.
+//! is the WIT package `trellis:plugin@0.2.0` in `sdk/wit/`; this crate hides it behind two traits
+//! ([`Node`], [`Masker`]), one export macro each, typed config and records, and a fake host for
+//! native unit tests ([`testing`]).
 //!
 //! # A complete node plugin
 //!
@@ -21,14 +22,28 @@
 //!
 //! [dependencies]
 //! trellis-sdk = { path = "../../sdk" }
+//! serde = { version = "1", features = ["derive"] }
 //! ```
 //!
 //! `src/lib.rs`:
 //!
-//! ```ignore
-//! use trellis_sdk::{Info, Node, Value, json};
+//! ```
+//! use serde::Deserialize;
+//! use trellis_sdk::{ConfigError, Info, Node, Value, config, json, state};
 //!
 //! struct FullName;
+//!
+//! /// The node config, one field per key.
+//! #[derive(Deserialize)]
+//! struct Settings {
+//!     /// Where the name goes.
+//!     #[serde(default = "default_into")]
+//!     into: String,
+//! }
+//!
+//! fn default_into() -> String {
+//!     "name".into()
+//! }
 //!
 //! impl Node for FullName {
 //!     fn info() -> Info {
@@ -36,9 +51,13 @@
 //!     }
 //!
 //!     fn transform(mut record: Value) -> Result<Value, String> {
+//!         // Parsed on the first record of the call, kept for the others.
+//!         let settings = state(config::parse::<Settings>)
+//!             .as_ref()
+//!             .map_err(ConfigError::to_string)?;
 //!         let first = record["first"].as_str().ok_or("`first` is not a string")?;
 //!         let last = record["last"].as_str().ok_or("`last` is not a string")?;
-//!         record["name"] = json!(format!("{first} {last}"));
+//!         record[&settings.into] = json!(format!("{first} {last}"));
 //!         Ok(record)
 //!     }
 //! }
@@ -46,12 +65,34 @@
 //! trellis_sdk::export_node!(FullName);
 //! ```
 //!
+//! A unit test, in the same file, run by `cargo test` on the native target (see [`testing`]):
+//!
+//! ```ignore
+//! #[cfg(test)]
+//! mod tests {
+//!     use trellis_sdk::testing;
+//!
+//!     use super::*;
+//!
+//!     #[test]
+//!     fn joins_first_and_last() {
+//!         let out = testing::run_node::<FullName>(
+//!             vec![json!({"first": "Ada", "last": "Lovelace"}), json!({"first": "Alan"})],
+//!             json!({"into": "full"}),
+//!         );
+//!         assert_eq!(out[0], Ok(json!({"first": "Ada", "last": "Lovelace", "full": "Ada Lovelace"})));
+//!         assert_eq!(out[1], Err("`last` is not a string".to_owned()));
+//!     }
+//! }
+//! ```
+//!
 //! Build it with `trellis plugin build DIR` (or `cargo build --release --target wasm32-wasip2`)
-//! and drop the `.wasm` into the plugins directory.
+//! and drop the `.wasm` into the plugins directory; test it with `cargo test` (native target).
+//! `trellis plugin new NAME` writes such a crate.
 //!
 //! A masking plugin implements [`Masker`] instead and is exported with [`export_masker!`]:
 //!
-//! ```ignore
+//! ```
 //! use trellis_sdk::{Info, Masker, Value};
 //!
 //! struct LastFour;
@@ -71,13 +112,38 @@
 //! trellis_sdk::export_masker!(LastFour);
 //! ```
 //!
+//! # Typed config, records and params
+//!
+//! - [`config::parse`] reads the node config into the plugin's own struct; an error names the
+//!   key (`` config key `threshold`: invalid type: string, expected u64 ``) and never quotes
+//!   the value. Only the struct's top-level fields are fetched (the interface answers one key
+//!   at a time and cannot list them), so `#[serde(flatten)]` is not supported. [`config::get`]
+//!   and [`config::try_get`] read one key as a [`Value`].
+//! - A [`TypedNode`] takes each record as its own `serde` type and returns another; a record
+//!   that does not fit fails alone with an error naming the field. Every `TypedNode` is a
+//!   [`Node`].
+//! - [`decode::from_value`] and [`decode::from_str`] do the same for anything else, e.g. a
+//!   masking rule's `params`.
+//! - [`state`] keeps a value (a parsed config, a lookup table) for the rest of the instance,
+//!   which today is one call: one batch.
+//!
+//! # Native unit tests
+//!
+//! Off `wasm32`, [`config`], [`log`] and [`database`] talk to a fake host for the current thread
+//! instead of the real one (whose imports exist only in a component). [`testing`] sets the
+//! config, reads the captured log lines, answers database statements with rows or errors, and
+//! runs a plugin as the host calls it: [`testing::run_node`], [`testing::run_masker`]. On
+//! `wasm32` none of this is on the path: the calls go straight to the generated bindings.
+//!
 //! # Speed: records as JSON text
 //!
 //! [`Node::transform`] gets each record as a parsed [`Value`], which is simple and, for ~100-byte
 //! records, costs most of a plugin's time (building the tree and serializing it again). A plugin
 //! that renames, drops or adds top-level fields can override [`Node::transform_json`] and work on
 //! a [`Record`] instead: untouched fields stay JSON text and are copied out verbatim. The example
-//! `plugins/row-transform` does this and runs at more than twice the records per second.
+//! `plugins/row-transform` does this and runs at more than twice the records per second. A
+//! [`TypedNode`] decodes each record straight from its text into its own type, with no [`Value`]
+//! in between.
 //!
 //! # The contract
 //!
@@ -88,23 +154,36 @@
 //! - A masking `Err`, a panic, a deadline or a memory limit makes the host redact the value
 //!   (`"[REDACTED]"`): masking fails closed.
 //! - A panic traps the instance; the host reports the panic message with the plugin's name,
-//!   version and export. Each call runs in a fresh instance, so no state survives between calls.
+//!   version and export. Each call runs in a fresh instance, so no state survives between calls
+//!   ([`state`] lasts one call).
 //! - The sandbox has no filesystem, network or environment. `println!`/`eprintln!` output is
 //!   captured (capped) and logged by the host; prefer [`log`], whose lines carry the plugin's
-//!   name and version. The node's config is read with [`config::get`].
+//!   name and version. The node's config is read with [`config::parse`] or [`config::get`].
+//! - [`database::query`] runs a statement on one of the host's databases, if the plugin asks for
+//!   the `database` capability and the host's policy allows it for the user the run is for.
 //! - Limits: 64 MiB of memory and 1 s per call by default (the host's `[plugins]` config).
 
 pub use serde_json::{self, Map, Value, json};
 
+pub mod config;
+pub mod decode;
+mod imports;
 mod record;
+mod state;
+pub mod testing;
+mod typed;
+
+pub use config::ConfigError;
 pub use record::Record;
+pub use state::state;
+pub use typed::TypedNode;
 
 #[doc(hidden)]
 pub mod bindings {
     //! The generated WIT bindings. Plugin code uses the traits above instead.
     wit_bindgen::generate!({
         path: "wit",
-        world: "trellis:plugin/plugin@0.1.0",
+        world: "trellis:plugin/plugin@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "::trellis_sdk::bindings",
@@ -136,6 +215,12 @@ impl Info {
             capabilities: Vec::new(),
             config_schema: None,
         }
+    }
+
+    /// Asks for a host capability, e.g. `"database"` to call [`database::query`].
+    pub fn with_capability(mut self, capability: impl Into<String>) -> Info {
+        self.capabilities.push(capability.into());
+        self
     }
 
     /// Declares the JSON Schema of the node config.
@@ -206,10 +291,28 @@ pub trait Masker {
     fn mask(field_path: &str, value: Value, params: &Value) -> Result<Value, String>;
 }
 
-/// Logging into the host's `tracing`, tagged with this plugin's name and version.
+/// Logging into the host's `tracing`, tagged with this plugin's name and version. In native
+/// tests the lines are captured instead ([`testing::logs`]).
 pub mod log {
-    use crate::bindings::trellis::plugin::log::{Level, log};
+    /// How important a line is.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Level {
+        /// Very fine detail.
+        Trace,
+        /// Detail for debugging.
+        Debug,
+        /// Normal operation.
+        Info,
+        /// Something looks wrong.
+        Warn,
+        /// Something failed.
+        Error,
+    }
 
+    /// Logs `message` at `level`.
+    pub fn log(level: Level, message: &str) {
+        crate::imports::log(level, message);
+    }
     /// Logs at `trace`.
     pub fn trace(message: &str) {
         log(Level::Trace, message);
@@ -232,14 +335,60 @@ pub mod log {
     }
 }
 
-/// The node config the host passes for the current call, read-only.
-pub mod config {
+/// Statements on the host's databases, each decided by the host's policy engine for the user the
+/// run is for. The plugin must ask for the `database` capability ([`Info::with_capability`]).
+/// In native tests the statements are answered by [`testing::answer_query`] and its kin.
+pub mod database {
     use crate::Value;
 
-    /// The value at `key`, if set (`None` also when the host sent something that is not JSON).
-    pub fn get(key: &str) -> Option<Value> {
-        crate::bindings::trellis::plugin::config::get(key)
-            .and_then(|text| serde_json::from_str(&text).ok())
+    /// Why a statement did not run, or did not finish.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ErrorKind {
+        /// The policy engine refused it.
+        Denied,
+        /// The database refused it, or the parameters do not fit the statement.
+        Query,
+        /// The call's deadline passed while waiting for the database.
+        Timeout,
+        /// Too many rows, or too many statements in this call.
+        Limit,
+    }
+
+    /// A failed statement.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Error {
+        /// What kind of failure.
+        pub kind: ErrorKind,
+        /// The host's message (never quotes a parameter value).
+        pub message: String,
+    }
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:?}: {}", self.kind, self.message)
+        }
+    }
+
+    impl std::error::Error for Error {}
+
+    /// Runs `statement` (with `:name` parameters, values in the object `params`, or `Value::Null`)
+    /// on database `name`. Returns the SQL node's `result` form:
+    /// `{"data": [...], "row_count": N, "database_type": "..."}`.
+    pub fn query(name: &str, statement: &str, params: &Value) -> Result<Value, Error> {
+        let text = crate::imports::database_query(name, statement, &params.to_string())?;
+        serde_json::from_str(&text).map_err(|e| Error {
+            kind: ErrorKind::Query,
+            message: format!("the host returned rows that are not JSON: {e}"),
+        })
+    }
+
+    /// [`query`]'s rows (`data`), for a statement that returns rows.
+    pub fn rows(name: &str, statement: &str, params: &Value) -> Result<Vec<Value>, Error> {
+        let result = query(name, statement, params)?;
+        Ok(match result.get("data") {
+            Some(Value::Array(rows)) => rows.clone(),
+            _ => Vec::new(),
+        })
     }
 }
 

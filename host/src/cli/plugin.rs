@@ -270,7 +270,19 @@ mod templates {
     /// The SDK's sources and WIT, as in the checkout's `sdk/`.
     pub const SDK_FILES: &[(&str, &str)] = &[
         ("src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
+        ("src/config.rs", include_str!("../../../sdk/src/config.rs")),
+        ("src/decode.rs", include_str!("../../../sdk/src/decode.rs")),
+        (
+            "src/imports.rs",
+            include_str!("../../../sdk/src/imports.rs"),
+        ),
         ("src/record.rs", include_str!("../../../sdk/src/record.rs")),
+        ("src/state.rs", include_str!("../../../sdk/src/state.rs")),
+        (
+            "src/testing.rs",
+            include_str!("../../../sdk/src/testing.rs"),
+        ),
+        ("src/typed.rs", include_str!("../../../sdk/src/typed.rs")),
         (
             "wit/plugin.wit",
             include_str!("../../../sdk/wit/plugin.wit"),
@@ -372,6 +384,19 @@ mod tests {
     use super::*;
 
     /// The built-in SDK's manifest asks for what the checkout's `sdk/Cargo.toml` does.
+    #[test]
+    fn the_built_in_sdk_has_every_source_file_of_the_checkout() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/src");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let path = format!("src/{name}");
+            assert!(
+                templates::SDK_FILES.iter().any(|(p, _)| *p == path),
+                "`sdk/{path}` is not in SDK_FILES: `plugin new` would write an SDK without it"
+            );
+        }
+    }
+
     #[test]
     fn the_built_in_sdk_has_the_checkouts_dependencies() {
         let checkout = include_str!("../../../sdk/Cargo.toml");

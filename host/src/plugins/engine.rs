@@ -6,13 +6,16 @@
 //!   a deadline in ticks, and traps when it passes. The ticker belongs to the engine: it stops
 //!   when [`PluginEngine::shutdown`] is called (the server's shutdown path does) or when the last
 //!   handle to the engine is dropped.
-//! - **Synchronous calls, `concurrency_support` off.** The WIT has no `async func`, so nothing
-//!   needs wasmtime's async machinery: calls run synchronously on the calling thread (async
-//!   callers use the `*_async` forms, which run on tokio's blocking pool). This avoids a fiber
-//!   stack switch per call and the per-store concurrency state that `concurrency_support` sets
-//!   up; `component-model-async` is not compiled in by default. `BENCHMARKS.md` has the figures
-//!   with it on and off (the `wasm-concurrency` cargo feature compiles it in for that
-//!   comparison).
+//! - **Two linkers, one per interface version.** Components built for `trellis:plugin@0.1.0`
+//!   are called synchronously on the calling thread (async callers use the `*_async` forms, which
+//!   run on tokio's blocking pool), through a linker with WASI's synchronous bindings, exactly as
+//!   before 0.2.0 existed. Components built for `@0.2.0` can call the async `database` import,
+//!   so they are called with `call_async` on a fiber, through a second linker with WASI's async
+//!   bindings: a plugin waiting on the database suspends and frees the tokio worker, and a
+//!   computing plugin yields to the executor every epoch tick until its deadline.
+//! - **`concurrency_support` off.** The WIT has no `async func`; `component-model-async` is not
+//!   compiled in by default. `BENCHMARKS.md` has the figures with it on and off (the
+//!   `wasm-concurrency` cargo feature compiles it in for that comparison).
 //! - **No fuel.** Deadlines come from epochs, which cost far less per instruction.
 
 use std::hash::{Hash, Hasher};
@@ -89,7 +92,10 @@ const KEEP_RESIDENT_WITH_PAGEMAP: usize = 1 << 20;
 
 pub(crate) struct EngineInner {
     pub(crate) engine: Engine,
+    /// `trellis:plugin@0.1.0`, synchronous.
     pub(crate) linker: Linker<CallState>,
+    /// `trellis:plugin@0.2.0`, async.
+    pub(crate) linker_v2: Linker<CallState>,
     pub(crate) tick: Duration,
     pub(crate) cache: Option<ComponentCache>,
     ticker: Mutex<Option<EpochTicker>>,
@@ -149,7 +155,12 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(config_error)?;
         super::host::clock::add_to_linker(&mut linker).map_err(config_error)?;
-        bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+        bindings::v1::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(config_error)?;
+        let mut linker_v2 = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker_v2).map_err(config_error)?;
+        super::host::clock::add_to_linker(&mut linker_v2).map_err(config_error)?;
+        bindings::v2::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker_v2, |s| s)
             .map_err(config_error)?;
         let cache = options
             .cache_dir
@@ -160,6 +171,7 @@ impl PluginEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 linker,
+                linker_v2,
                 tick: options.tick,
                 cache,
                 ticker: Mutex::new(Some(ticker)),

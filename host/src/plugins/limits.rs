@@ -18,8 +18,13 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Limits {
     /// The most linear memory one instance may grow to, in bytes.
     pub memory_bytes: usize,
-    /// How long one call (instantiation and the export) may run.
+    /// How long one call (instantiation and the export, waits for the database included) may
+    /// run.
     pub call_timeout: Duration,
+    /// The most rows one statement through the `database` import may return.
+    pub max_rows: usize,
+    /// The most statements one call may run through the `database` import.
+    pub max_statements: u32,
 }
 
 impl Default for Limits {
@@ -27,6 +32,8 @@ impl Default for Limits {
         Limits {
             memory_bytes: DEFAULT_MEMORY_LIMIT,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            max_rows: super::host::database::DEFAULT_MAX_ROWS,
+            max_statements: super::host::database::DEFAULT_MAX_STATEMENTS,
         }
     }
 }
@@ -131,6 +138,7 @@ mod tests {
         let small = Limits {
             memory_bytes: 1 << 20,
             call_timeout: Duration::from_millis(5),
+            ..Limits::default()
         };
         config.by_name.insert("tiny".into(), small);
         assert_eq!(config.for_plugin("tiny"), small);

@@ -1,6 +1,7 @@
 //! WebAssembly plugins: the engine, the registry of loaded versions, and hot reload.
 //!
-//! A plugin is a component built for `trellis:plugin@0.1.0` (`sdk/wit/`). Each call gets a new
+//! A plugin is a component built for `trellis:plugin@0.2.0` (`sdk/wit/`) or `@0.1.0`
+//! (`sdk/wit-0.1.0/`, still loaded unchanged). Each call gets a new
 //! instance in its own store with a memory cap and a deadline ([`Limits`]), under a locked-down
 //! WASI (no filesystem, network or environment; stdout and stderr captured, capped and logged).
 //! The [`PluginRegistry`] loads the plugins directory, validates each file off the request path
@@ -15,7 +16,8 @@
 //! - `watcher`: hot reload (debounced, off the request path).
 //! - `masker`: masking plugins as the policy engine's `plugin:<name>` mask type.
 //! - `service`: the runtime as `trellis serve` runs it, stopped on shutdown.
-//! - `host/`: the imports a plugin sees (`log`, `config`) and its captured stdout/stderr.
+//! - `host/`: the imports a plugin sees (`log`, `config`, `database`) and its captured
+//!   stdout/stderr.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,6 +49,7 @@ mod watcher;
 pub use cache::CacheOutcome;
 pub use engine::{EngineOptions, PluginEngine};
 pub use host::CallConfig;
+pub use host::database::{DatabaseCallError, DatabaseErrorKind, DatabaseGate, DatabaseRequest};
 pub use limits::{Limits, LimitsConfig};
 pub use masker::RegistryMasker;
 pub use plugin::{CallError, MaskInput, Plugin, PluginKind, REDACTED};

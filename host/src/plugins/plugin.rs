@@ -2,8 +2,11 @@
 //! call, with a memory cap and a deadline, dropped when the call returns (after an error too: a
 //! trapped instance is never entered again).
 //!
-//! Calls are synchronous and safe from any thread; from async code prefer the `*_async` forms,
-//! which run on tokio's blocking pool.
+//! A component built for `trellis:plugin@0.1.0` is called synchronously (from async code prefer
+//! the `*_async` forms, which run on tokio's blocking pool). One built for `@0.2.0` is called with
+//! `call_async` on a fiber ([`Plugin::transform_for`] runs it on the caller's task; the
+//! synchronous forms block on it), and may reach the host's databases through a
+//! [`DatabaseGate`] the caller passes.
 
 use super::host::clock::WaitPastDeadline;
 use std::fmt;
@@ -17,9 +20,10 @@ use serde_json::{Map, Value};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
-use super::bindings::{self, PluginPre};
+use super::bindings::{v1, v2};
 use super::cache::CacheOutcome;
 use super::engine::{PluginEngine, hex};
+use super::host::database::{DatabaseGate, DatabaseGrant};
 use super::host::output::panic_message;
 use super::host::{CallConfig, CallState};
 use super::limits::{Limits, MemoryLimitHit, deadline_ticks};
@@ -171,7 +175,7 @@ pub(crate) struct Compiled {
 /// version stays alive until its last request ends, even after a newer one replaced it.
 pub struct Plugin {
     engine: PluginEngine,
-    pre: PluginPre<CallState>,
+    pre: Pre,
     description: Description,
     label: Arc<str>,
     file: PathBuf,
@@ -192,6 +196,24 @@ impl fmt::Debug for Plugin {
             .field("sha256", &self.sha256)
             .finish_non_exhaustive()
     }
+}
+
+/// A component linked against the host's imports, ready to instantiate: by the interface version
+/// it was built for.
+#[derive(Clone)]
+enum Pre {
+    /// `trellis:plugin@0.1.0`: synchronous calls.
+    V1(v1::PluginPre<CallState>),
+    /// `trellis:plugin@0.2.0`: async calls.
+    V2(v2::PluginPre<CallState>),
+}
+
+/// The interface version a component exports, by the name of its `meta` export.
+fn exports_v2(engine: &wasmtime::Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == "trellis:plugin/meta@0.2.0")
 }
 
 /// Why a component could not become a plugin (the registry adds the file).
@@ -231,29 +253,53 @@ impl Plugin {
         live: Arc<AtomicUsize>,
     ) -> Result<Plugin, ValidateError> {
         let inner = engine.inner();
-        let instance_pre = inner
-            .linker
-            .instantiate_pre(&compiled.component)
-            .map_err(|e| ValidateError::Interface(format!("{e:#}")))?;
-        let pre =
-            PluginPre::new(instance_pre).map_err(|e| ValidateError::Interface(format!("{e:#}")))?;
+        let interface = |e: wasmtime::Error| ValidateError::Interface(format!("{e:#}"));
+        let pre = if exports_v2(&inner.engine, &compiled.component) {
+            let instance_pre = inner
+                .linker_v2
+                .instantiate_pre(&compiled.component)
+                .map_err(interface)?;
+            Pre::V2(v2::PluginPre::new(instance_pre).map_err(interface)?)
+        } else {
+            let instance_pre = inner
+                .linker
+                .instantiate_pre(&compiled.component)
+                .map_err(interface)?;
+            Pre::V1(v1::PluginPre::new(instance_pre).map_err(interface)?)
+        };
         let file_label: Arc<str> = Arc::from(
             file.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| file.display().to_string()),
         );
         let describe_limits = Limits::default();
-        let raw = call(
-            engine,
-            &pre,
-            &file_label,
-            describe_limits,
-            Arc::default(),
-            Export::Describe,
-            |plugin, store| plugin.trellis_plugin_meta().call_describe(store),
-        )
+        let raw = match &pre {
+            Pre::V1(pre) => call(
+                engine,
+                pre,
+                &file_label,
+                describe_limits,
+                Arc::default(),
+                Export::Describe,
+                |plugin, store| plugin.trellis_plugin_meta().call_describe(store),
+            )
+            .map(RawDescription::from),
+            Pre::V2(pre) => call_v2_blocking(
+                engine,
+                pre,
+                &file_label,
+                describe_limits,
+                Arc::default(),
+                V2Call::Describe,
+            )
+            .and_then(|answer| answer.description(&file_label)),
+        }
         .map_err(ValidateError::Describe)?;
-        let description = check_description(raw).map_err(ValidateError::Description)?;
+        let known: &[&str] = match &pre {
+            Pre::V1(_) => &KNOWN_CAPABILITIES_V1,
+            Pre::V2(_) => &KNOWN_CAPABILITIES_V2,
+        };
+        let description = check_description(raw, known).map_err(ValidateError::Description)?;
         let config = match &description.config_schema {
             None => None,
             Some(schema) => Some(Arc::new(jsonschema::validator_for(schema).map_err(
@@ -388,26 +434,91 @@ impl Plugin {
 
     /// Transforms a batch of JSON records (as text), one result per record in order: the output
     /// record as JSON text, or that record's error. `config` is what the `config` import reads.
+    /// Blocks until done; a 0.2.0 component's statements are all denied (see
+    /// [`Plugin::transform_for`]).
     pub fn transform(
         &self,
         records: &[String],
         config: Arc<CallConfig>,
     ) -> Result<Vec<Result<String, String>>, CallError> {
         self.expect_kind(PluginKind::Node, Export::Transform)?;
-        let results = call(
+        let results = match &self.pre {
+            Pre::V1(pre) => call(
+                &self.engine,
+                pre,
+                &self.label,
+                self.limits,
+                config,
+                Export::Transform,
+                |plugin, store| {
+                    plugin
+                        .trellis_plugin_transform()
+                        .call_transform(store, records)
+                },
+            )?,
+            Pre::V2(pre) => call_v2_blocking(
+                &self.engine,
+                pre,
+                &self.label,
+                self.limits,
+                config,
+                V2Call::Transform(records),
+            )?
+            .batch(&self.label, Export::Transform)?,
+        };
+        self.check_batch(records.len(), results, Export::Transform)
+    }
+
+    /// [`Plugin::transform`] from async code, with `database` deciding and running the
+    /// statements a 0.2.0 component sends through its `database` import (`None`: all denied;
+    /// a 0.1.0 component has no such import). A 0.2.0 component runs on this task, suspending
+    /// while it waits on the database; a 0.1.0 one runs on tokio's blocking pool.
+    pub async fn transform_for(
+        self: Arc<Self>,
+        records: Vec<String>,
+        config: Arc<CallConfig>,
+        database: Option<Arc<dyn DatabaseGate>>,
+    ) -> Result<Vec<Result<String, String>>, CallError> {
+        self.expect_kind(PluginKind::Node, Export::Transform)?;
+        let Pre::V2(pre) = &self.pre else {
+            return self.transform_async(records, config).await;
+        };
+        let grant = database.map(|gate| DatabaseGrant {
+            gate,
+            statements_left: self.limits.max_statements,
+            max_statements: self.limits.max_statements,
+            max_rows: self.limits.max_rows,
+        });
+        let results = call_v2(
             &self.engine,
-            &self.pre,
+            pre,
             &self.label,
             self.limits,
             config,
-            Export::Transform,
-            |plugin, store| {
-                plugin
-                    .trellis_plugin_transform()
-                    .call_transform(store, records)
-            },
-        )?;
+            grant,
+            V2Call::Transform(&records),
+        )
+        .await?
+        .batch(&self.label, Export::Transform)?;
         self.check_batch(records.len(), results, Export::Transform)
+    }
+
+    /// Whether the plugin can reach the database: built for 0.2.0 and asking for `database`.
+    pub fn uses_database(&self) -> bool {
+        matches!(self.pre, Pre::V2(_))
+            && self
+                .description
+                .capabilities
+                .iter()
+                .any(|c| c == "database")
+    }
+
+    /// The interface version the component was built for: `0.1.0` or `0.2.0`.
+    pub fn interface_version(&self) -> &'static str {
+        match self.pre {
+            Pre::V1(_) => "0.1.0",
+            Pre::V2(_) => "0.2.0",
+        }
     }
 
     /// Transforms JSON values; see [`Plugin::transform`].
@@ -446,23 +557,46 @@ impl Plugin {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             limits.call_timeout = limits.call_timeout.min(left);
         }
-        let requests: Vec<bindings::MaskRequest> = inputs
-            .iter()
-            .map(|i| bindings::MaskRequest {
-                field_path: i.field_path.clone(),
-                value: i.value.to_string(),
-                params: i.params.to_string(),
-            })
-            .collect();
-        let results = call(
-            &self.engine,
-            &self.pre,
-            &self.label,
-            limits,
-            Arc::default(),
-            Export::Mask,
-            |plugin, store| plugin.trellis_plugin_mask().call_mask(store, &requests),
-        )?;
+        let results = match &self.pre {
+            Pre::V1(pre) => {
+                let requests: Vec<v1::MaskRequest> = inputs
+                    .iter()
+                    .map(|i| v1::MaskRequest {
+                        field_path: i.field_path.clone(),
+                        value: i.value.to_string(),
+                        params: i.params.to_string(),
+                    })
+                    .collect();
+                call(
+                    &self.engine,
+                    pre,
+                    &self.label,
+                    limits,
+                    Arc::default(),
+                    Export::Mask,
+                    |plugin, store| plugin.trellis_plugin_mask().call_mask(store, &requests),
+                )?
+            }
+            Pre::V2(pre) => {
+                let requests: Vec<v2::MaskRequest> = inputs
+                    .iter()
+                    .map(|i| v2::MaskRequest {
+                        field_path: i.field_path.clone(),
+                        value: i.value.to_string(),
+                        params: i.params.to_string(),
+                    })
+                    .collect();
+                call_v2_blocking(
+                    &self.engine,
+                    pre,
+                    &self.label,
+                    limits,
+                    Arc::default(),
+                    V2Call::Mask(&requests),
+                )?
+                .batch(&self.label, Export::Mask)?
+            }
+        };
         let results = self.check_batch(inputs.len(), results, Export::Mask)?;
         Ok(results
             .into_iter()
@@ -494,7 +628,8 @@ impl Plugin {
     }
 
     /// [`Plugin::transform`] from async code: runs on tokio's blocking pool, so no worker thread
-    /// is held up for the call.
+    /// is held up for the call (a 0.2.0 component, whose statements are then all denied, runs
+    /// there too; [`Plugin::transform_for`] runs it on the caller's task).
     pub async fn transform_async(
         self: Arc<Self>,
         records: Vec<String>,
@@ -571,15 +706,16 @@ impl Drop for Plugin {
     }
 }
 
-/// One call: a fresh store and instance, the export, then everything dropped.
+/// One call into a 0.1.0 component: a fresh store and instance, the export, then everything
+/// dropped.
 fn call<R: Send>(
     engine: &PluginEngine,
-    pre: &PluginPre<CallState>,
+    pre: &v1::PluginPre<CallState>,
     label: &Arc<str>,
     limits: Limits,
     config: Arc<CallConfig>,
     export: Export,
-    f: impl FnOnce(&bindings::Plugin, &mut Store<CallState>) -> wasmtime::Result<R> + Send,
+    f: impl FnOnce(&v1::Plugin, &mut Store<CallState>) -> wasmtime::Result<R> + Send,
 ) -> Result<R, CallError> {
     off_the_runtime(move || {
         let inner = engine.inner();
@@ -623,6 +759,170 @@ fn off_the_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             Err(panic) => std::panic::resume_unwind(panic),
         }),
     }
+}
+
+/// What a call into a 0.2.0 component asks for.
+enum V2Call<'a> {
+    Describe,
+    Transform(&'a [String]),
+    Mask(&'a [v2::MaskRequest]),
+}
+
+impl V2Call<'_> {
+    fn export(&self) -> Export {
+        match self {
+            V2Call::Describe => Export::Describe,
+            V2Call::Transform(_) => Export::Transform,
+            V2Call::Mask(_) => Export::Mask,
+        }
+    }
+}
+
+/// What it answered.
+enum V2Answer {
+    Describe(v2::Description),
+    Batch(Vec<Result<String, String>>),
+}
+
+impl V2Answer {
+    fn batch(
+        self,
+        label: &Arc<str>,
+        export: Export,
+    ) -> Result<Vec<Result<String, String>>, CallError> {
+        match self {
+            V2Answer::Batch(results) => Ok(results),
+            V2Answer::Describe(_) => Err(CallError::Malformed {
+                plugin: label.to_string(),
+                export,
+                reason: "answered with a description".into(),
+            }),
+        }
+    }
+
+    fn description(self, label: &Arc<str>) -> Result<RawDescription, CallError> {
+        match self {
+            V2Answer::Describe(d) => Ok(RawDescription::from(d)),
+            V2Answer::Batch(_) => Err(CallError::Malformed {
+                plugin: label.to_string(),
+                export: Export::Describe,
+                reason: "answered with a batch".into(),
+            }),
+        }
+    }
+}
+
+/// One call into a 0.2.0 component, on a fiber: a fresh store and instance, the export, then
+/// everything dropped. Until its deadline the plugin yields to the executor every epoch tick;
+/// at the deadline it traps.
+async fn call_v2(
+    engine: &PluginEngine,
+    pre: &v2::PluginPre<CallState>,
+    label: &Arc<str>,
+    limits: Limits,
+    config: Arc<CallConfig>,
+    database: Option<DatabaseGrant>,
+    what: V2Call<'_>,
+) -> Result<V2Answer, CallError> {
+    let inner = engine.inner();
+    let export = what.export();
+    let mut state = CallState::new(
+        label.clone(),
+        config,
+        limits.memory_bytes,
+        limits.call_timeout,
+    );
+    state.database = database;
+    let deadline = state.deadline.into_std();
+    let mut store = Store::new(&inner.engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if std::time::Instant::now() >= deadline {
+            wasmtime::UpdateDeadline::Interrupt
+        } else {
+            wasmtime::UpdateDeadline::Yield(1)
+        })
+    });
+    let result = match pre.instantiate_async(&mut store).await {
+        Ok(plugin) => {
+            let answer = match what {
+                V2Call::Describe => plugin
+                    .trellis_plugin_meta()
+                    .call_describe(&mut store)
+                    .await
+                    .map(V2Answer::Describe),
+                V2Call::Transform(records) => plugin
+                    .trellis_plugin_transform()
+                    .call_transform(&mut store, records)
+                    .await
+                    .map(V2Answer::Batch),
+                V2Call::Mask(requests) => plugin
+                    .trellis_plugin_mask()
+                    .call_mask(&mut store, requests)
+                    .await
+                    .map(V2Answer::Batch),
+            };
+            answer.map_err(|e| classify(e, &store, label, export, limits))
+        }
+        Err(e) if is_runtime_failure(&e) => Err(classify(e, &store, label, export, limits)),
+        Err(e) => Err(CallError::Instantiate {
+            plugin: label.to_string(),
+            reason: format!("{e:#}"),
+        }),
+    };
+    store.data().log_output();
+    result
+}
+
+/// Runs `future` to completion from synchronous code. On a multi-thread runtime (a worker, or
+/// its blocking pool) it blocks this thread on that runtime, handing a worker's queue off first;
+/// elsewhere (no runtime, or a current-thread one, which this thread may be driving) it runs on
+/// a scoped thread with a runtime of its own (an error when that cannot be started).
+fn block_on<F>(future: F) -> std::io::Result<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    use tokio::runtime::{Builder, Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            Ok(tokio::task::block_in_place(|| handle.block_on(future)))
+        }
+        _ => std::thread::scope(|scope| {
+            // The plugin's log lines go to this thread's subscriber, as a 0.1.0 call's do.
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+            let run = scope.spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map(|runtime| runtime.block_on(future))
+                })
+            });
+            match run.join() {
+                Ok(output) => output,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }),
+    }
+}
+
+/// [`call_v2`] from synchronous code (see [`block_on`]).
+fn call_v2_blocking(
+    engine: &PluginEngine,
+    pre: &v2::PluginPre<CallState>,
+    label: &Arc<str>,
+    limits: Limits,
+    config: Arc<CallConfig>,
+    what: V2Call<'_>,
+) -> Result<V2Answer, CallError> {
+    block_on(call_v2(engine, pre, label, limits, config, None, what)).unwrap_or_else(|e| {
+        Err(CallError::Instantiate {
+            plugin: label.to_string(),
+            reason: format!("cannot start a runtime for the call: {e}"),
+        })
+    })
 }
 
 fn is_runtime_failure(e: &wasmtime::Error) -> bool {
@@ -670,10 +970,51 @@ fn classify(
     }
 }
 
-/// The capabilities a plugin may ask for today: every plugin has them.
-const KNOWN_CAPABILITIES: [&str; 2] = ["log", "config"];
+/// The capabilities a 0.1.0 plugin may ask for: every plugin has them.
+const KNOWN_CAPABILITIES_V1: [&str; 2] = ["log", "config"];
+/// The capabilities a 0.2.0 plugin may ask for: `database` too.
+const KNOWN_CAPABILITIES_V2: [&str; 3] = ["log", "config", "database"];
 
-fn check_description(raw: bindings::Description) -> Result<Description, String> {
+/// A description as either interface version gives it.
+struct RawDescription {
+    name: String,
+    version: String,
+    kind: PluginKind,
+    capabilities: Vec<String>,
+    config_schema: Option<String>,
+}
+
+impl From<v1::Description> for RawDescription {
+    fn from(d: v1::Description) -> Self {
+        RawDescription {
+            name: d.name,
+            version: d.version,
+            kind: match d.kind {
+                v1::Kind::Node => PluginKind::Node,
+                v1::Kind::Masking => PluginKind::Masking,
+            },
+            capabilities: d.capabilities,
+            config_schema: d.config_schema,
+        }
+    }
+}
+
+impl From<v2::Description> for RawDescription {
+    fn from(d: v2::Description) -> Self {
+        RawDescription {
+            name: d.name,
+            version: d.version,
+            kind: match d.kind {
+                v2::Kind::Node => PluginKind::Node,
+                v2::Kind::Masking => PluginKind::Masking,
+            },
+            capabilities: d.capabilities,
+            config_schema: d.config_schema,
+        }
+    }
+}
+
+fn check_description(raw: RawDescription, known: &[&str]) -> Result<Description, String> {
     let name_ok = !raw.name.is_empty()
         && raw
             .name
@@ -691,12 +1032,17 @@ fn check_description(raw: bindings::Description) -> Result<Description, String> 
     if let Some(unknown) = raw
         .capabilities
         .iter()
-        .find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
+        .find(|c| !known.contains(&c.as_str()))
     {
         return Err(format!(
-            "plugin `{}` asks for the unknown capability `{unknown}` (this host grants {})",
+            "plugin `{}` asks for the unknown capability `{unknown}` (this host grants {} to \
+             its interface version)",
             raw.name,
-            KNOWN_CAPABILITIES.map(|c| format!("`{c}`")).join(", ")
+            known
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let config_schema = match raw.config_schema {
@@ -709,10 +1055,7 @@ fn check_description(raw: bindings::Description) -> Result<Description, String> 
     Ok(Description {
         name: raw.name,
         version: raw.version,
-        kind: match raw.kind {
-            bindings::Kind::Node => PluginKind::Node,
-            bindings::Kind::Masking => PluginKind::Masking,
-        },
+        kind: raw.kind,
         capabilities: raw.capabilities,
         config_schema,
     })
@@ -730,15 +1073,22 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 #[doc(hidden)]
 pub struct WarmInstance {
     store: Store<CallState>,
-    instance: bindings::Plugin,
+    instance: WarmPlugin,
     ticks: u64,
     label: Arc<str>,
     limits: Limits,
     poisoned: bool,
 }
 
+/// The instance, by interface version; a 0.2.0 one with the runtime its calls are driven on.
+enum WarmPlugin {
+    V1(v1::Plugin),
+    V2(v2::Plugin, tokio::runtime::Runtime),
+}
+
 impl Plugin {
-    /// Instantiates the plugin once, for repeated calls ([`WarmInstance`]).
+    /// Instantiates the plugin once, for repeated calls ([`WarmInstance`]). Call it outside any
+    /// tokio runtime: a 0.2.0 instance is driven by a runtime of its own.
     #[doc(hidden)]
     pub fn warm_instance(&self, config: Arc<CallConfig>) -> Result<WarmInstance, CallError> {
         let inner = self.engine.inner();
@@ -752,10 +1102,27 @@ impl Plugin {
         store.limiter(|state| &mut state.limiter);
         let ticks = deadline_ticks(self.limits.call_timeout, inner.tick);
         store.set_epoch_deadline(ticks);
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(e, &store, &self.label, Export::Transform, self.limits))?;
+        let failed = |e, store: &Store<CallState>| {
+            classify(e, store, &self.label, Export::Transform, self.limits)
+        };
+        let instance = match &self.pre {
+            Pre::V1(pre) => {
+                WarmPlugin::V1(pre.instantiate(&mut store).map_err(|e| failed(e, &store))?)
+            }
+            Pre::V2(pre) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| CallError::Instantiate {
+                        plugin: self.label.to_string(),
+                        reason: format!("cannot start a runtime for the instance: {e}"),
+                    })?;
+                let plugin = runtime
+                    .block_on(pre.instantiate_async(&mut store))
+                    .map_err(|e| failed(e, &store))?;
+                WarmPlugin::V2(plugin, runtime)
+            }
+        };
         Ok(WarmInstance {
             store,
             instance,
@@ -781,12 +1148,19 @@ impl WarmInstance {
             });
         }
         self.store.set_epoch_deadline(self.ticks);
-        self.instance
-            .trellis_plugin_transform()
-            .call_transform(&mut self.store, records)
-            .map_err(|e| {
-                self.poisoned = true;
-                classify(e, &self.store, &self.label, Export::Transform, self.limits)
-            })
+        let result = match &self.instance {
+            WarmPlugin::V1(plugin) => plugin
+                .trellis_plugin_transform()
+                .call_transform(&mut self.store, records),
+            WarmPlugin::V2(plugin, runtime) => runtime.block_on(
+                plugin
+                    .trellis_plugin_transform()
+                    .call_transform(&mut self.store, records),
+            ),
+        };
+        result.map_err(|e| {
+            self.poisoned = true;
+            classify(e, &self.store, &self.label, Export::Transform, self.limits)
+        })
     }
 }

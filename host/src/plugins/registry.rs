@@ -44,7 +44,7 @@ pub enum LoadError {
         reason: String,
     },
     /// The component's imports or exports do not match the plugin interface.
-    #[error("plugin file `{file}` does not implement `trellis:plugin@0.1.0`: {reason}", file = file.display())]
+    #[error("plugin file `{file}` does not implement `trellis:plugin@0.2.0` or `@0.1.0`: {reason}", file = file.display())]
     #[diagnostic(help("rebuild it against the current trellis-sdk"))]
     Interface {
         /// The file.
@@ -115,6 +115,11 @@ pub struct PluginStatus {
     pub version: Option<String>,
     /// Its kind.
     pub kind: Option<PluginKind>,
+    /// The `trellis:plugin` interface version it was built for (`0.1.0` or `0.2.0`).
+    pub interface: Option<&'static str>,
+    /// The host capabilities it asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
     /// `loaded` when a version from this file is serving.
     pub status: LoadStatus,
     /// SHA-256 of the serving version's file content (of the failed content when none serves).
@@ -401,6 +406,8 @@ impl PluginRegistry {
                     name: active.map(|p| p.name().to_owned()),
                     version: active.map(|p| p.version().to_owned()),
                     kind: active.map(|p| p.kind()),
+                    interface: active.map(|p| p.interface_version()),
+                    capabilities: active.map(|p| p.description().capabilities.clone()),
                     status: if active.is_some() {
                         LoadStatus::Loaded
                     } else {

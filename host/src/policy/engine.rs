@@ -481,6 +481,12 @@ impl PolicyEngine {
                 runtime_fingerprint(&slice.runtime_paths, runtime)
             } else {
                 0
+            } ^ if rt == ResourceType::Database {
+                // The fixed database context is always in the request (native policies read it
+                // without the compiler seeing it), so it is always in the key.
+                database_fingerprint(runtime)
+            } else {
+                0
             },
             time: time_signature(slice, now, &self.settings.timezone),
         };
@@ -524,21 +530,15 @@ impl PolicyEngine {
             Ok(e) => e,
             Err(e) => return deny(format!("cannot build the user entity: {e}")),
         };
-        let context = match self.context(generation, slice, user, now, runtime) {
+        let context = match self.context(generation, slice, rt, user, now, runtime) {
             Ok(c) => c,
             Err(e) => return deny(format!("cannot build the request context: {e}")),
         };
         // A slice's action and resource are built once, with the generation.
-        let resource = slice.resource_uid.clone().unwrap_or_else(|| {
-            uid(
-                if rt == ResourceType::Node {
-                    "Node"
-                } else {
-                    "Workflow"
-                },
-                resource_id,
-            )
-        });
+        let resource = slice
+            .resource_uid
+            .clone()
+            .unwrap_or_else(|| uid(rt.entity_name(), resource_id));
         let action = slice
             .action_uid
             .clone()
@@ -658,6 +658,7 @@ impl PolicyEngine {
         &self,
         generation: &PolicyGeneration,
         slice: &Slice,
+        rt: ResourceType,
         user: &PreparedUser,
         now: Timestamp,
         runtime: &Value,
@@ -681,6 +682,13 @@ impl PolicyEngine {
                 RestrictedExpression::new_string(day_name(zoned.weekday()).into()),
             ),
         ];
+        if rt == ResourceType::Database {
+            // Who asks for the database, from where: always set (empty when unknown).
+            for key in super::compile::DATABASE_CONTEXT_KEYS {
+                let value = runtime.get(key).and_then(Value::as_str).unwrap_or("");
+                pairs.push((key.into(), RestrictedExpression::new_string(value.into())));
+            }
+        }
         let null = Value::Null;
         for s in &slice.runtime_slots {
             if let Some(v) = s.project(lookup(&s.path, &null, runtime)) {
@@ -861,6 +869,20 @@ pub fn for_workflow(runtime: Value, workflow: Option<&str>) -> Result<Value, &'s
 
 /// The values of the runtime attributes `paths` (what a slice reads) in `runtime`: run ids and
 /// inputs no policy reads never split the decision cache.
+/// A fingerprint of a database request's fixed context (`plugin`, `plugin_version`, `node`,
+/// `workflow`).
+fn database_fingerprint(runtime: &Value) -> u128 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"database\x1f");
+    for key in super::compile::DATABASE_CONTEXT_KEYS {
+        let value = runtime.get(key).and_then(Value::as_str).unwrap_or("");
+        h.update(format!("{value:?}\u{1f}").as_bytes());
+    }
+    let d = h.finalize();
+    u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
+}
+
 fn runtime_fingerprint(paths: &[AttrPath], runtime: &Value) -> u128 {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();

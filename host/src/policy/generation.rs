@@ -642,6 +642,7 @@ fn slice_key_of(action: &str, resource_uid: &str) -> Option<SliceKey> {
     let rt = match ty {
         "Trellis::Node" => "node",
         "Trellis::Workflow" => "workflow",
+        "Trellis::Database" => "database",
         _ => return None,
     };
     Some((
@@ -943,6 +944,7 @@ fn finish_slices(
         slice.resource_uid = key.1.split_once(':').and_then(|(rt, id)| match rt {
             "node" => Some(uid("Node", id)),
             "workflow" => Some(uid("Workflow", id)),
+            "database" => Some(uid("Database", id)),
             _ => None,
         });
         slice.uses_runtime = slice.needs.uses_runtime(derived);

@@ -106,14 +106,17 @@ pub enum ResourceType {
     Node,
     /// A whole workflow.
     Workflow,
+    /// A configured database, as a plugin reaches it through the `database` import.
+    Database,
 }
 
 impl ResourceType {
-    /// `node` or `workflow`.
+    /// `node`, `workflow` or `database`.
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceType::Node => "node",
             ResourceType::Workflow => "workflow",
+            ResourceType::Database => "database",
         }
     }
 
@@ -122,6 +125,16 @@ impl ResourceType {
         match self {
             ResourceType::Node => "Trellis::Node",
             ResourceType::Workflow => "Trellis::Workflow",
+            ResourceType::Database => "Trellis::Database",
+        }
+    }
+
+    /// The Cedar entity type's name within the `Trellis` namespace.
+    pub(crate) fn entity_name(self) -> &'static str {
+        match self {
+            ResourceType::Node => "Node",
+            ResourceType::Workflow => "Workflow",
+            ResourceType::Database => "Database",
         }
     }
 
@@ -130,14 +143,16 @@ impl ResourceType {
         match self {
             ResourceType::Node => NODE_PERMISSIONS,
             ResourceType::Workflow => WORKFLOW_PERMISSIONS,
+            ResourceType::Database => DATABASE_PERMISSIONS,
         }
     }
 
-    /// Parses `node` or `workflow`.
+    /// Parses `node`, `workflow` or `database`.
     pub fn parse(s: &str) -> Option<ResourceType> {
         match s {
             "node" => Some(ResourceType::Node),
             "workflow" => Some(ResourceType::Workflow),
+            "database" => Some(ResourceType::Database),
             _ => None,
         }
     }
@@ -164,6 +179,9 @@ pub const NODE_PERMISSIONS: &[&str] = &[
 /// Workflow permissions, as in Kailash's `WorkflowPermission`.
 pub const WORKFLOW_PERMISSIONS: &[&str] =
     &["view", "execute", "modify", "delete", "share", "admin"];
+/// Database permissions: what a plugin's statement needs, by its shape (a plain `SELECT`,
+/// `VALUES` or `TABLE` reads; anything else writes).
+pub const DATABASE_PERMISSIONS: &[&str] = &["read", "write"];
 
 /// Why a permission of the Kailash vocabulary is refused at load: Trellis never asks for it, so
 /// a rule granting or denying it would do nothing. `None`: the host checks it.

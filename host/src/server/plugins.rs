@@ -1,5 +1,5 @@
 //! `GET /v1/plugins`: every file in the plugins directory with its status (name, version, kind,
-//! loaded|failed, sha256, loaded_at, last error).
+//! interface version, capabilities, loaded|failed, sha256, loaded_at, last error).
 
 use axum::Json;
 use axum::extract::State;

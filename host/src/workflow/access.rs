@@ -201,6 +201,7 @@ impl AccessControlledRuntime {
             skip,
             downstream_filter,
             tenant: Arc::from(user.context().tenant_id.as_str()),
+            database_policy: Some(decisions.database_policy(&ctx)),
         };
         let run = self.runtime.run(workflow, &inputs, &plan).await?;
 
@@ -308,6 +309,38 @@ impl Decisions<'_> {
             }
         }
         Ok(skip)
+    }
+
+    /// How plugin nodes' statements are decided in this run: `database:read`/`database:write` on
+    /// `Trellis::Database::"NAME"` for this user, on this generation, at the run's instant, with
+    /// the run's context plus who asks (`plugin`, `plugin_version`, `node`; `workflow` is the
+    /// run's). Each decision is audited.
+    fn database_policy(&self, ctx: &Value) -> super::DatabasePolicy {
+        let policy = self.policy.clone();
+        let generation = self.generation.clone();
+        let user = self.user.clone();
+        let ctx = ctx.clone();
+        let now = self.now;
+        Arc::new(move |database, permission, caller| {
+            let mut runtime = ctx.clone();
+            runtime["plugin"] = json!(caller.plugin);
+            runtime["plugin_version"] = json!(caller.plugin_version);
+            runtime["node"] = json!(caller.node);
+            runtime["workflow"] = json!(caller.workflow);
+            policy
+                .decide_in(
+                    &generation,
+                    &AccessRequest {
+                        user: &user,
+                        resource_type: ResourceType::Database,
+                        resource_id: database,
+                        permission,
+                        now,
+                        runtime: &runtime,
+                    },
+                )
+                .allowed
+        })
     }
 
     /// The filter showing downstream nodes what this user would see of `mask_downstream` nodes.

@@ -11,6 +11,7 @@ mod check;
 pub(crate) mod failure;
 mod node_config;
 mod node_kind;
+mod plugin_database;
 pub(crate) mod runtime;
 pub(crate) mod scope;
 pub(crate) mod set;
@@ -23,6 +24,7 @@ pub use access::{
 };
 pub use builder::WorkflowBuilder;
 pub use failure::CallerError;
+pub use plugin_database::{DatabaseCaller, DatabasePolicy};
 pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
 pub use set::{WorkflowSet, WorkflowWatcher};
 pub use spec::{AnyName, InputType, Known, SpecError, Workflow};

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use tokio::task::JoinSet;
 
 use super::node_config::{ConfigError, NodeConfig, PluginConfig, Typed};
+use super::plugin_database::{DatabaseCaller, PluginDatabase};
 use super::spec::{INPUT_PREFIX, NodeKind, NodeSpec, Workflow};
 use crate::database::Databases;
 use crate::database::tenants::{Checkout, TenantError};
@@ -36,6 +37,9 @@ pub struct Plan {
     pub downstream_filter: Option<(Vec<bool>, OutputFilter)>,
     /// The caller's tenant: a database per tenant is reached through this tenant's pool.
     pub tenant: Arc<str>,
+    /// Decides the statements plugin nodes send through the `database` import (`None`: every
+    /// one is denied).
+    pub database_policy: Option<super::DatabasePolicy>,
 }
 
 /// What one run produced.
@@ -289,14 +293,17 @@ impl Runtime {
             let workflow = workflow.clone();
             let ops = ops.clone();
             let tenant = plan.tenant.clone();
+            let database_policy = plan.database_policy.clone();
             running.spawn(async move {
                 let started = Instant::now();
                 let node = &workflow.nodes[i];
-                let result = tokio::time::timeout(
-                    limit,
-                    this.run_node(node, &config, &ops, &workflow.name, &tenant),
-                )
-                .await;
+                let on = RunsOn {
+                    workload: &workflow.name,
+                    tenant: &tenant,
+                    database_policy,
+                };
+                let result =
+                    tokio::time::timeout(limit, this.run_node(node, &config, &ops, on)).await;
                 (i, started.elapsed(), result.map_err(|_| limit))
             });
         }
@@ -346,16 +353,16 @@ impl Runtime {
         result
     }
 
-    /// Runs one node; its statements count under `workload` (the workflow's name) for the
-    /// pool's pre-warming, so the bursts of each workflow's runs are learnt.
+    /// Runs one node; its statements count under the workflow's name for the pool's
+    /// pre-warming, so the bursts of each workflow's runs are learnt.
     async fn run_node(
         &self,
         node: &NodeSpec,
         config: &NodeConfig,
         ops: &HashMap<String, PoolOperations>,
-        workload: &str,
-        tenant: &str,
+        on: RunsOn<'_>,
     ) -> Result<Value, NodeError> {
+        let (workload, tenant) = (on.workload, on.tenant);
         let database = || node.database.clone().unwrap_or_else(|| "main".into());
         match config {
             NodeConfig::Sql(sql) => {
@@ -381,7 +388,7 @@ impl Runtime {
                 .await
             }
             NodeConfig::Plugin(config) => match &node.kind {
-                NodeKind::Plugin(name) => self.run_plugin(name, config).await,
+                NodeKind::Plugin(name) => self.run_plugin(name, config, node, on).await,
                 _ => Err(NodeError::Config(
                     "a plugin config on another node type".into(),
                 )),
@@ -389,8 +396,15 @@ impl Runtime {
         }
     }
 
-    /// A plugin node: its records through the plugin's batch transform.
-    async fn run_plugin(&self, name: &str, config: &PluginConfig) -> Result<Value, NodeError> {
+    /// A plugin node: its records through the plugin's batch transform. A plugin that asks for
+    /// `database` gets the run's database access, each statement decided by `on`'s policy.
+    async fn run_plugin(
+        &self,
+        name: &str,
+        config: &PluginConfig,
+        node: &NodeSpec,
+        on: RunsOn<'_>,
+    ) -> Result<Value, NodeError> {
         let plugin = self
             .plugins
             .get(name)
@@ -406,8 +420,22 @@ impl Runtime {
         }
         let texts: Vec<String> = config.records.iter().map(Value::to_string).collect();
         let label = format!("{}@{}", plugin.name(), plugin.version());
+        let database = plugin.uses_database().then(|| {
+            Arc::new(PluginDatabase {
+                databases: self.databases.clone(),
+                tenant: Arc::from(on.tenant),
+                policy: on.database_policy.clone(),
+                caller: DatabaseCaller {
+                    plugin: plugin.name().to_owned(),
+                    plugin_version: plugin.version().to_owned(),
+                    node: node.id.clone(),
+                    workflow: on.workload.to_owned(),
+                },
+            }) as Arc<dyn crate::plugins::DatabaseGate>
+        });
         let results = plugin
-            .transform_async(texts, config.settings.clone())
+            .clone()
+            .transform_for(texts, config.settings.clone(), database)
             .await?;
         let mut data: Vec<Value> = Vec::with_capacity(results.len());
         for (index, result) in results.into_iter().enumerate() {
@@ -430,6 +458,14 @@ impl Runtime {
         }
         Ok(json!({"data": data, "count": data.len(), "plugin": label}))
     }
+}
+
+/// What a node runs on behalf of: the workflow (its statements' workload), the caller's tenant,
+/// and the policy for its plugin's statements.
+struct RunsOn<'a> {
+    workload: &'a str,
+    tenant: &'a str,
+    database_policy: Option<super::DatabasePolicy>,
 }
 
 /// The pool operations of one run, per database, and the tenant checkouts they hold open.

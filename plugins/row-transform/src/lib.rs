@@ -4,6 +4,9 @@
 //! - `rename`: an object mapping old field names to new ones (default: none);
 //! - `full_name_from`: two field names joined with a space into `full_name` (default: none).
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use trellis_sdk::{Info, Node, Record, Value, config, json, serde_json};
 
 struct RowTransform;
@@ -21,7 +24,7 @@ impl Node for RowTransform {
 
     fn transform(record: Value) -> Result<Value, String> {
         let text = record.to_string();
-        let out = Settings::read()?.apply(&text)?;
+        let out = config::parse::<Settings>()?.apply(&text)?;
         serde_json::from_str(&out).map_err(|e| e.to_string())
     }
 
@@ -31,51 +34,23 @@ impl Node for RowTransform {
         if records.is_empty() {
             return Vec::new();
         }
-        match Settings::read() {
+        match config::parse::<Settings>() {
             Ok(settings) => records.iter().map(|r| settings.apply(r)).collect(),
-            Err(e) => records.iter().map(|_| Err(e.clone())).collect(),
+            Err(e) => records.iter().map(|_| Err(e.to_string())).collect(),
         }
     }
 }
 
-/// The node config, read once and checked.
+/// The node config, read once per batch; every key is optional, and `null` is the same as absent.
+#[derive(Deserialize)]
 struct Settings {
-    rename: Vec<(String, String)>,
-    full_name_from: Vec<String>,
+    /// Old field name → new one, applied in the order of the old names.
+    rename: Option<BTreeMap<String, String>>,
+    /// Fields joined with a space into `full_name`.
+    full_name_from: Option<Vec<String>>,
 }
 
 impl Settings {
-    fn read() -> Result<Settings, String> {
-        let mut rename = Vec::new();
-        match config::get("rename") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(map)) => {
-                for (old, new) in map {
-                    let Value::String(new) = new else {
-                        return Err(format!("rename target for `{old}` is not a string"));
-                    };
-                    rename.push((old, new));
-                }
-            }
-            Some(_) => return Err("`rename` must be an object of field names".into()),
-        }
-        let full_name_from = match config::get("full_name_from") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(parts)) => parts
-                .into_iter()
-                .map(|p| match p {
-                    Value::String(s) => Ok(s),
-                    _ => Err("`full_name_from` must list field names".to_owned()),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err("`full_name_from` must list field names".into()),
-        };
-        Ok(Settings {
-            rename,
-            full_name_from,
-        })
-    }
-
     fn apply(&self, text: &str) -> Result<String, String> {
         let mut record = Record::parse(text).map_err(|e| {
             if text.trim_start().starts_with('{') {
@@ -84,13 +59,13 @@ impl Settings {
                 "a record must be a JSON object".to_owned()
             }
         })?;
-        for (old, new) in &self.rename {
+        for (old, new) in self.rename.iter().flatten() {
             record.rename(old, new);
         }
-        if !self.full_name_from.is_empty() {
+        if let Some(full_name_from) = self.full_name_from.as_ref().filter(|f| !f.is_empty()) {
             let mut name = String::new();
             let mut first = true;
-            for key in &self.full_name_from {
+            for key in full_name_from {
                 let word = match record.raw(key) {
                     None | Some("null") => continue,
                     Some(json) if json.starts_with('"') => record.str(key)?.unwrap_or_default(),
@@ -110,3 +85,87 @@ impl Settings {
 }
 
 trellis_sdk::export_node!(RowTransform);
+
+#[cfg(test)]
+mod tests {
+    use trellis_sdk::testing;
+
+    use super::*;
+
+    fn config() -> Value {
+        json!({"rename": {"dept": "department"}, "full_name_from": ["first", "last"]})
+    }
+
+    #[test]
+    fn renames_and_derives_full_name() {
+        let out = testing::run_node::<RowTransform>(
+            vec![
+                json!({"first": "Ada", "last": "Lovelace", "dept": "eng"}),
+                json!({"first": "Alan", "last": null, "dept": "math"}),
+                json!({"first": [1, 2], "last": 7}),
+                json!([1, 2]),
+            ],
+            config(),
+        );
+        assert_eq!(
+            out,
+            vec![
+                Ok(
+                    json!({"first": "Ada", "last": "Lovelace", "department": "eng", "full_name": "Ada Lovelace"})
+                ),
+                Ok(
+                    json!({"first": "Alan", "last": null, "department": "math", "full_name": "Alan"})
+                ),
+                Ok(json!({"first": [1, 2], "last": 7, "full_name": "[1,2] 7"})),
+                Err("a record must be a JSON object".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_config_leaves_records_alone() {
+        let record = json!({"first": "Ada", "dept": "eng"});
+        for config in [json!({}), json!({"rename": null, "full_name_from": null})] {
+            let out = testing::run_node::<RowTransform>(vec![record.clone()], config);
+            assert_eq!(out, vec![Ok(record.clone())]);
+        }
+    }
+
+    /// The fast path keeps untouched values byte for byte and a duplicate key's last value.
+    #[test]
+    fn untouched_values_stay_as_written() {
+        testing::set_config(config());
+        let out = RowTransform::transform_json(vec![
+            r#"{"n":1.50,"tags":[1, {"a":null}],"first":"A","first":"B","last":"C","dept":"x"}"#
+                .into(),
+        ]);
+        assert_eq!(
+            out,
+            vec![Ok(
+                r#"{"n":1.50,"tags":[1, {"a":null}],"first":"B","last":"C","department":"x","full_name":"B C"}"#
+                    .to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_bad_config_fails_every_record_and_names_the_key() {
+        let out = testing::run_node::<RowTransform>(
+            vec![json!({"dept": "eng"}), json!({})],
+            json!({"rename": {"dept": "s3cr3t", "x": 31337}}),
+        );
+        let expected = "config key `rename.x`: invalid type: integer, expected a string";
+        assert_eq!(
+            out,
+            vec![Err(expected.to_owned()), Err(expected.to_owned())]
+        );
+        let out =
+            testing::run_node::<RowTransform>(vec![json!({})], json!({"full_name_from": "first"}));
+        assert_eq!(
+            out,
+            vec![Err(
+                "config key `full_name_from`: invalid type: string, expected a sequence".to_owned()
+            )]
+        );
+    }
+}

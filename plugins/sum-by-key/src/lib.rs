@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use serde::Deserialize;
 use trellis_sdk::{Info, Node, Value, config, json};
 
 struct SumByKey;
@@ -43,10 +44,17 @@ impl Node for SumByKey {
     }
 
     fn transform_batch(records: Vec<Value>) -> Vec<Result<Value, String>> {
-        let key = config_string("key").unwrap_or_else(|| "department".into());
-        let field = config_string("field").unwrap_or_else(|| "salary".into());
-        let total_as = config_string("as").unwrap_or_else(|| format!("{field}_total"));
-        let count_as = config_string("count_as").unwrap_or_else(|| format!("{field}_count"));
+        let Settings {
+            key,
+            field,
+            total_as,
+            count_as,
+        } = match config::parse() {
+            Ok(settings) => settings,
+            Err(e) => return records.iter().map(|_| Err(e.to_string())).collect(),
+        };
+        let total_as = total_as.unwrap_or_else(|| format!("{field}_total"));
+        let count_as = count_as.unwrap_or_else(|| format!("{field}_count"));
 
         // First pass: check each record and add it to its group.
         let mut groups: HashMap<String, (f64, bool, u64)> = HashMap::new();
@@ -97,11 +105,126 @@ impl Node for SumByKey {
     }
 }
 
-fn config_string(key: &str) -> Option<String> {
-    match config::get(key) {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    }
+/// The node config; every key is optional.
+#[derive(Deserialize)]
+struct Settings {
+    /// The field to group by.
+    #[serde(default = "default_key")]
+    key: String,
+    /// The numeric field to sum.
+    #[serde(default = "default_field")]
+    field: String,
+    /// The added total's name (default `<field>_total`).
+    #[serde(rename = "as")]
+    total_as: Option<String>,
+    /// The added group size's name (default `<field>_count`).
+    count_as: Option<String>,
+}
+
+fn default_key() -> String {
+    "department".into()
+}
+
+fn default_field() -> String {
+    "salary".into()
 }
 
 trellis_sdk::export_node!(SumByKey);
+
+#[cfg(test)]
+mod tests {
+    use trellis_sdk::testing;
+
+    use super::*;
+
+    fn totals(out: &[Result<Value, String>], total: &str, count: &str) -> Vec<(Value, Value)> {
+        out.iter()
+            .map(|r| {
+                let r = r.as_ref().expect("a record");
+                (r[total].clone(), r[count].clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_record_gets_its_groups_total_and_count() {
+        let out = testing::run_node::<SumByKey>(
+            vec![
+                json!({"name": "a", "department": "eng", "salary": 100}),
+                json!({"name": "b", "department": "ops", "salary": 50}),
+                json!({"name": "c", "department": "eng", "salary": 25}),
+                json!({"name": "e", "salary": 7}),
+                json!({"name": "f", "salary": 1}),
+            ],
+            json!({}),
+        );
+        assert_eq!(
+            totals(&out, "salary_total", "salary_count"),
+            vec![
+                (json!(125), json!(2)),
+                (json!(50), json!(1)),
+                (json!(125), json!(2)),
+                (json!(8), json!(2)),
+                (json!(8), json!(2)),
+            ]
+        );
+        assert_eq!(out[0].as_ref().unwrap()["name"], "a");
+    }
+
+    #[test]
+    fn a_bad_record_fails_alone_and_counts_for_nothing() {
+        let out = testing::run_node::<SumByKey>(
+            vec![
+                json!({"department": "eng", "salary": 100}),
+                json!({"department": "eng", "salary": "lots"}),
+                json!([1]),
+                json!({"department": "eng", "salary": null}),
+            ],
+            json!({}),
+        );
+        assert_eq!(
+            out[1],
+            Err("record 1: `salary` is \"lots\", not a number".to_owned())
+        );
+        assert_eq!(out[2], Err("record 2 is not a JSON object".to_owned()));
+        // A missing amount still counts as a member of its group.
+        let first = out[0].as_ref().unwrap();
+        assert_eq!(
+            (&first["salary_total"], &first["salary_count"]),
+            (&json!(100), &json!(2))
+        );
+    }
+
+    #[test]
+    fn key_field_and_names_come_from_the_config() {
+        let out = testing::run_node::<SumByKey>(
+            vec![
+                json!({"team": "x", "hours": 1.5}),
+                json!({"team": "x", "hours": 2}),
+                json!({"team": "y", "hours": 2}),
+            ],
+            json!({"key": "team", "field": "hours", "as": "team_hours", "count_as": "members"}),
+        );
+        assert_eq!(
+            totals(&out, "team_hours", "members"),
+            vec![
+                (json!(3.5), json!(2)),
+                (json!(3.5), json!(2)),
+                (json!(2), json!(1))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_config_fails_every_record_and_names_the_key() {
+        let out = testing::run_node::<SumByKey>(
+            vec![json!({"salary": 1}), json!({"salary": 2})],
+            json!({"field": 31337}),
+        );
+        let expected = "config key `field`: invalid type: integer, expected a string";
+        assert_eq!(
+            out,
+            vec![Err(expected.to_owned()), Err(expected.to_owned())]
+        );
+    }
+}

@@ -1,9 +1,15 @@
 //! The `config` import: read-only lookups in the config the host passed for this call.
 
 use super::CallState;
-use crate::plugins::bindings::trellis::plugin::config::Host;
+use crate::plugins::bindings::{v1, v2};
 
-impl Host for CallState {
+impl v1::trellis::plugin::config::Host for CallState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).map(|value| value.to_string())
+    }
+}
+
+impl v2::trellis::plugin::config::Host for CallState {
     fn get(&mut self, key: String) -> Option<String> {
         self.config.get(&key).map(|value| value.to_string())
     }

@@ -4,11 +4,46 @@
 //! rest is dropped, so a plugin cannot flood the host's logs.
 
 use super::{CallState, LOG_LINES_PER_CALL, LOG_MESSAGE_CAP};
-use crate::plugins::bindings::Level;
-use crate::plugins::bindings::trellis::plugin::log::Host;
+use crate::plugins::bindings::{v1, v2};
 
-impl Host for CallState {
-    fn log(&mut self, level: Level, message: String) {
+/// A log level of either interface version.
+#[derive(Clone, Copy)]
+enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl v1::trellis::plugin::log::Host for CallState {
+    fn log(&mut self, level: v1::Level, message: String) {
+        let level = match level {
+            v1::Level::Trace => Level::Trace,
+            v1::Level::Debug => Level::Debug,
+            v1::Level::Info => Level::Info,
+            v1::Level::Warn => Level::Warn,
+            v1::Level::Error => Level::Error,
+        };
+        self.write_log(level, message);
+    }
+}
+
+impl v2::trellis::plugin::log::Host for CallState {
+    fn log(&mut self, level: v2::Level, message: String) {
+        let level = match level {
+            v2::Level::Trace => Level::Trace,
+            v2::Level::Debug => Level::Debug,
+            v2::Level::Info => Level::Info,
+            v2::Level::Warn => Level::Warn,
+            v2::Level::Error => Level::Error,
+        };
+        self.write_log(level, message);
+    }
+}
+
+impl CallState {
+    fn write_log(&mut self, level: Level, message: String) {
         if self.log_budget == 0 {
             return;
         }

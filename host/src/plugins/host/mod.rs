@@ -1,9 +1,9 @@
 //! What a plugin call's store holds, and the host functions a plugin imports: one file per
-//! imported interface (`log`, `config`). A later capability (a database query) gets its own file
-//! here, whose first act is the policy check.
+//! imported interface (`log`, `config`, and `database`, which only 0.2.0 components import).
 
 pub(crate) mod clock;
 mod config;
+pub(crate) mod database;
 mod log;
 pub(crate) mod output;
 
@@ -28,8 +28,11 @@ pub(crate) struct CallState {
     pub(crate) stderr: CapturedOutput,
     /// How many more log lines this call may write.
     pub(crate) log_budget: u32,
-    /// When the call's time is up: no wait a plugin starts (a clock subscription) lasts past it.
-    deadline: tokio::time::Instant,
+    /// When the call's time is up: no wait a plugin starts (a clock subscription, a statement)
+    /// lasts past it.
+    pub(crate) deadline: tokio::time::Instant,
+    /// What the call may do with the host's databases (`None`: every statement is denied).
+    pub(crate) database: Option<database::DatabaseGrant>,
     /// The call's monotonic clock (WASI's, so a `subscribe-instant` can be measured against it).
     clock: clock::CallClock,
     wasi: WasiCtx,
@@ -69,6 +72,7 @@ impl CallState {
             stderr,
             log_budget: LOG_LINES_PER_CALL,
             deadline: tokio::time::Instant::now() + call_timeout,
+            database: None,
             clock,
             wasi,
             table: ResourceTable::new(),
@@ -88,7 +92,8 @@ impl CallState {
 }
 
 /// The `types` interface has only types; the generated trait is empty.
-impl crate::plugins::bindings::trellis::plugin::types::Host for CallState {}
+impl crate::plugins::bindings::v1::trellis::plugin::types::Host for CallState {}
+impl crate::plugins::bindings::v2::trellis::plugin::types::Host for CallState {}
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {

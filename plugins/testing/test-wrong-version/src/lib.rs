@@ -1,10 +1,10 @@
 //! Test-only plugin `wrong-version`: a well-behaved node plugin built against
-//! `trellis:plugin@0.2.0`, an interface version this host does not provide. Loading it must fail
+//! `trellis:plugin@0.9.0`, an interface version this host does not provide. Loading it must fail
 //! and name the missing import.
 
 wit_bindgen::generate!({
     path: "wit",
-    world: "trellis:plugin/plugin@0.2.0",
+    world: "trellis:plugin/plugin@0.9.0",
 });
 
 use exports::trellis::plugin::mask::{Guest as MaskGuest, MaskRequest};

@@ -1,0 +1,232 @@
+//! A plugin node's database access in a run: each statement it sends through the `database`
+//! import is decided by the policy engine for the run's user (`database:read` or
+//! `database:write`, by the statement's shape as the tokenizer sees it, on
+//! `Trellis::Database::"NAME"`, with the plugin, its version, the node and the workflow in the
+//! context), then run through the database's pool (the tenant's, for a database per tenant).
+//!
+//! The runtime itself does not know the user: [`super::AccessControlledRuntime`] puts a
+//! [`DatabasePolicy`] in the run's [`super::Plan`]. A run without one denies every statement.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::database::Databases;
+use crate::plugins::{DatabaseCallError, DatabaseErrorKind, DatabaseGate, DatabaseRequest};
+use crate::pool::Pool;
+use crate::pool::breaker::Outcome;
+use crate::sql::params::{self, Params, Shape, Statement};
+use crate::sql::{ErrorKind, Fetch};
+
+/// Who asks for a database, from where: the decision's context besides the run's.
+#[derive(Debug, Clone)]
+pub struct DatabaseCaller {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Its version.
+    pub plugin_version: String,
+    /// The node it runs as.
+    pub node: String,
+    /// The workflow.
+    pub workflow: String,
+}
+
+/// Decides whether the run's user may have `permission` (`read` or `write`) on database `name`
+/// for `caller`; audited like every decision. Returns whether it is allowed.
+pub type DatabasePolicy = Arc<dyn Fn(&str, &'static str, &DatabaseCaller) -> bool + Send + Sync>;
+
+/// The permission a statement needs: `read` for one plain query that leaves nothing behind
+/// (`SELECT`, `VALUES`, `TABLE`); `write` for anything else.
+pub(crate) fn permission_for(stmt: &Statement) -> &'static str {
+    let plain_read = stmt.shape == Shape::Query
+        && stmt.statements <= 1
+        && !stmt.touches_session
+        && !stmt.leaves_state;
+    if plain_read { "read" } else { "write" }
+}
+
+/// One plugin call's database access.
+pub(crate) struct PluginDatabase {
+    pub(crate) databases: Databases,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) policy: Option<DatabasePolicy>,
+    pub(crate) caller: DatabaseCaller,
+}
+
+fn fail(kind: DatabaseErrorKind, message: impl Into<String>) -> DatabaseCallError {
+    DatabaseCallError::new(kind, message)
+}
+
+#[async_trait::async_trait]
+impl DatabaseGate for PluginDatabase {
+    async fn query(&self, request: DatabaseRequest) -> Result<Value, DatabaseCallError> {
+        let DatabaseRequest {
+            database,
+            statement,
+            params,
+            max_rows,
+            deadline,
+        } = request;
+        let name = database.as_str();
+        let (pool, checkout) = if let Some(pool) = self.databases.get(name) {
+            (pool.clone(), None)
+        } else if let Some(tenants) = self.databases.per_tenant(name) {
+            let checkout = tenants.checkout(&self.tenant).map_err(|e| {
+                tracing::warn!(database = name, error = %e, "plugin statement: tenant pool unavailable");
+                fail(
+                    DatabaseErrorKind::Query,
+                    format!("database `{name}` is not available for this tenant"),
+                )
+            })?;
+            (checkout.pool().clone(), Some(checkout))
+        } else {
+            return Err(fail(
+                DatabaseErrorKind::Query,
+                format!("no database `{name}` is configured"),
+            ));
+        };
+        let stmt = params::prepare(&statement, &Params::Named(params), pool.kind())
+            .map_err(|e| fail(DatabaseErrorKind::Query, e.to_string()))?;
+        let permission = permission_for(&stmt);
+        let allowed = self
+            .policy
+            .as_ref()
+            .is_some_and(|decide| decide(name, permission, &self.caller));
+        if !allowed {
+            tracing::info!(
+                plugin = %self.caller.plugin,
+                node = %self.caller.node,
+                workflow = %self.caller.workflow,
+                database = name,
+                permission,
+                "plugin statement denied by policy"
+            );
+            return Err(fail(
+                DatabaseErrorKind::Denied,
+                format!("`database:{permission}` on `{name}` is denied for this user"),
+            ));
+        }
+        let bounds = Bounds {
+            database: name,
+            max_rows,
+            deadline,
+        };
+        let result = run(&pool, &self.caller.workflow, stmt, &bounds).await;
+        if let Some(checkout) = checkout {
+            checkout.finish(match &result {
+                Ok(_) => Outcome::Reached,
+                Err((kind, _)) => match kind {
+                    ErrorKind::Connection => Outcome::Unreachable,
+                    ErrorKind::Query | ErrorKind::Timeout => Outcome::Reached,
+                    _ => Outcome::Inconclusive,
+                },
+            });
+        }
+        result.map_err(|(_, e)| e)
+    }
+}
+
+/// Where a statement runs, and its limits.
+struct Bounds<'a> {
+    database: &'a str,
+    max_rows: usize,
+    deadline: tokio::time::Instant,
+}
+
+/// Runs `stmt` on `pool` within the request's deadline and row cap.
+async fn run(
+    pool: &Pool,
+    workflow: &str,
+    stmt: Statement,
+    request: &Bounds<'_>,
+) -> Result<Value, (ErrorKind, DatabaseCallError)> {
+    let name = request.database;
+    let left = request
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        return Err((
+            ErrorKind::Timeout,
+            fail(DatabaseErrorKind::Timeout, "the call's deadline has passed"),
+        ));
+    }
+    // One row past the cap tells a capped answer from one that fits.
+    let fetch = Fetch::Many(request.max_rows.saturating_add(1));
+    match pool.run_for(Some(workflow), stmt, fetch, Some(left)).await {
+        Ok(output) => {
+            if output.rows.len() > request.max_rows {
+                return Err((
+                    ErrorKind::Query,
+                    fail(
+                        DatabaseErrorKind::Limit,
+                        format!(
+                            "the statement returns more than {} rows (`max_rows`)",
+                            request.max_rows
+                        ),
+                    ),
+                ));
+            }
+            Ok(json!({
+                "data": Value::Array(output.rows.into_iter().map(Value::Object).collect()),
+                "row_count": output.row_count,
+                "database_type": pool.kind().as_str(),
+            }))
+        }
+        Err(error) => {
+            let kind = error.kind();
+            tracing::warn!(database = name, %error, "plugin statement failed");
+            let e = match kind {
+                ErrorKind::Timeout | ErrorKind::PoolExhausted => fail(
+                    DatabaseErrorKind::Timeout,
+                    "the call's deadline passed while the statement waited or ran",
+                ),
+                ErrorKind::Connection => fail(
+                    DatabaseErrorKind::Query,
+                    format!("database `{name}` could not be reached"),
+                ),
+                _ => {
+                    let code = match &error {
+                        crate::pool::PoolError::Query(crate::pool::QueryError::Database {
+                            sqlstate: Some(code),
+                            ..
+                        }) => format!(" (SQLSTATE {code})"),
+                        _ => String::new(),
+                    };
+                    fail(
+                        DatabaseErrorKind::Query,
+                        format!("database `{name}` refused the statement{code}"),
+                    )
+                }
+            };
+            Err((kind, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::values::DatabaseKind;
+
+    fn permission(sql: &str) -> &'static str {
+        permission_for(&params::prepare(sql, &Params::None, DatabaseKind::Postgres).unwrap())
+    }
+
+    #[test]
+    fn only_a_plain_query_reads() {
+        assert_eq!(permission("SELECT 1"), "read");
+        assert_eq!(permission("  (SELECT 1)"), "read");
+        assert_eq!(permission("VALUES (1)"), "read");
+        assert_eq!(permission("/* x */ select * from t"), "read");
+        assert_eq!(permission("SELECT 1 INTO t"), "write");
+        assert_eq!(
+            permission("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"),
+            "write"
+        );
+        assert_eq!(permission("SELECT 1; DELETE FROM t"), "write");
+        assert_eq!(permission("DELETE FROM t"), "write");
+        assert_eq!(permission("UPDATE t SET a = 1"), "write");
+        assert_eq!(permission("SET search_path = x"), "write");
+        assert_eq!(permission("BEGIN"), "write");
+    }
+}
