@@ -21,9 +21,13 @@ from typing import Any, Callable, Iterable, List, Optional
 
 from componentize_py_types import Err, Ok
 from wit_world.imports import config as _config
-from wit_world.imports import database as _database
 from wit_world.imports import log as _log
 from wit_world.imports import types as _types
+
+try:
+    from wit_world.imports import database as _database
+except ImportError:  # a world before trellis:plugin@0.2.0, which has no `database` import
+    _database = None
 
 __all__ = [
     "DatabaseError",
@@ -226,12 +230,7 @@ class DatabaseError(Exception):
         self.message = message
 
 
-_KINDS = {
-    _database.ErrorKind.DENIED: "denied",
-    _database.ErrorKind.QUERY: "query",
-    _database.ErrorKind.TIMEOUT: "timeout",
-    _database.ErrorKind.LIMIT: "limit",
-}
+_KINDS = {"DENIED": "denied", "QUERY": "query", "TIMEOUT": "timeout", "LIMIT": "limit"}
 
 
 def query(database: str, statement: str, params: Optional[dict] = None) -> dict:
@@ -243,11 +242,13 @@ def query(database: str, statement: str, params: Optional[dict] = None) -> dict:
     The plugin must list `"database"` in its capabilities, and the host's policy must allow the
     statement for the user the run is for.
     """
+    if _database is None:
+        raise DatabaseError("denied", "this plugin's WIT world has no `database` import")
     try:
         text = _database.query(database, statement, json.dumps(params))
     except Err as e:
         error = e.value
-        raise DatabaseError(_KINDS.get(error.kind, "query"), error.message) from None
+        raise DatabaseError(_KINDS.get(error.kind.name, "query"), error.message) from None
     try:
         return json.loads(text)
     except ValueError as e:
