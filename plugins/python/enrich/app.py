@@ -41,22 +41,26 @@ CHUNK = 100
 IDENTIFIER = "^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _IDENTIFIER = re.compile(IDENTIFIER)
 
+# Without `additionalProperties`, the host itself names an unknown key, with a did-you-mean.
 CONFIG_SCHEMA = {
     "type": "object",
     "properties": {
         "database": {
             "type": "string",
-            "description": "The database to read (a `[databases.NAME]`); default `main`",
+            "default": "main",
+            "description": "The database to read (a `[databases.NAME]`)",
         },
         "table": {"type": "string", "pattern": IDENTIFIER, "description": "The table to read"},
         "column": {
             "type": "string",
             "pattern": IDENTIFIER,
-            "description": "The table's column to match; default `id`",
+            "default": "id",
+            "description": "The table's column to match",
         },
         "key": {
             "type": "string",
-            "description": "The record field whose value is looked up; default `id`",
+            "default": "id",
+            "description": "The record field whose value is looked up",
         },
         "fields": {
             "type": "array",
@@ -66,15 +70,16 @@ CONFIG_SCHEMA = {
         },
         "prefix": {
             "type": "string",
-            "description": "Put before each copied column's name in the record; default none",
+            "default": "",
+            "description": "Put before each copied column's name in the record",
         },
         "on_missing": {
             "enum": ["keep", "fail"],
-            "description": "A record whose value has no row: `keep` it unchanged (default) or `fail` it",
+            "default": "keep",
+            "description": "A record whose value has no row: keep it unchanged, or fail it",
         },
     },
     "required": ["table", "fields"],
-    "additionalProperties": False,
 }
 
 # The column alias the matched value comes back under.
