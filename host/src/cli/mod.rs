@@ -4,6 +4,7 @@ mod database_arg;
 mod migrate;
 mod plugin;
 mod plugin_call;
+mod plugin_python;
 mod policy;
 mod query;
 pub mod report;

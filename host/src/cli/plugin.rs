@@ -1,12 +1,12 @@
 //! `trellis plugin list|new|build`: see what the plugins directory holds, start a plugin crate,
-//! build one into the plugins directory.
+//! build one into the plugins directory. Python plugins are `plugin_python`'s.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::diagnostic::Hinted;
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::plugins::{LoadStatus, PluginEngine, PluginRegistry, engine_options};
@@ -26,16 +26,22 @@ enum PluginCommand {
   $ trellis plugin list --json
   $ trellis plugin list --config trellis.toml")]
     List(ListArgs),
-    /// Create a plugin crate that builds as it is.
+    /// Create a plugin crate (or a Python project) that builds as it is.
     #[command(after_help = "Examples:
   $ trellis plugin new word-count                 creates ./word-count (a node plugin)
   $ trellis plugin new ssn-mask --masking
+  $ trellis plugin new enrich --lang python       a Python project, built with componentize-py
   $ trellis plugin new word-count --sdk ../trellis/sdk   uses a Trellis checkout's SDK")]
     New(NewArgs),
-    /// Build a plugin crate for wasm32-wasip2 and copy the `.wasm` into the plugins directory.
+    /// Build a plugin crate for wasm32-wasip2 (or a Python project with componentize-py) and
+    /// copy the `.wasm` into the plugins directory.
     #[command(after_help = "Examples:
   $ trellis plugin build word-count
-  $ trellis plugin build . --config trellis.toml")]
+  $ trellis plugin build . --config trellis.toml
+
+A directory with an `app.py` and no Cargo.toml is a Python project: it is built with
+componentize-py, installed the first time into ~/.cache/trellis/ unless the pinned version is
+on PATH.")]
     Build(BuildArgs),
     /// Run one plugin file on records from a file or stdin, as `serve` would, and print the
     /// results as JSON lines.
@@ -69,15 +75,27 @@ struct NewArgs {
     /// Make a masking plugin instead of a node plugin.
     #[arg(long)]
     masking: bool,
+    /// The language to write the plugin in.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
     /// The trellis-sdk crate to depend on [default: the SDK built into this binary, written into
     /// the new crate's `trellis-sdk/`]
     #[arg(long, value_name = "DIR")]
     sdk: Option<PathBuf>,
 }
 
+/// What a new plugin is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Lang {
+    /// A Rust crate on the trellis-sdk crate.
+    Rust,
+    /// A Python project, built with componentize-py.
+    Python,
+}
+
 #[derive(Debug, Args)]
 struct BuildArgs {
-    /// The plugin crate's directory.
+    /// The plugin's directory: a Rust crate, or a Python project (`app.py`).
     dir: PathBuf,
     /// Configuration file (its `paths.plugins` is where the `.wasm` goes)
     #[arg(long, short = 'c', value_name = "FILE", env = "TRELLIS_CONFIG")]
@@ -168,6 +186,15 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
             "pick another name, or `--dir` for another place"
         ));
     }
+    if args.lang == Lang::Python {
+        if args.sdk.is_some() {
+            bail!(Hinted::new(
+                "`--sdk` is for Rust plugins",
+                "a Python project gets its helper module and WIT from this binary; leave `--sdk` out"
+            ));
+        }
+        return super::plugin_python::new(name, &dir, args.masking);
+    }
     let sdk_path = match &args.sdk {
         Some(sdk) => checkout_sdk(sdk)?,
         None => {
@@ -203,11 +230,14 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
     let config = Config::discover(args.config.as_deref())?;
+    if super::plugin_python::is_project(&args.dir) {
+        return super::plugin_python::build(&args.dir, &config.paths.plugins);
+    }
     let manifest = args.dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(Hinted::new(
-            format!("`{}` has no Cargo.toml", args.dir.display()),
-            "give the plugin crate's directory, e.g. `trellis plugin build word-count`"
+            format!("`{}` has no Cargo.toml (nor app.py)", args.dir.display()),
+            "give the plugin's directory: a Rust crate, or a Python project, e.g. `trellis plugin build word-count`"
         ));
     }
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
