@@ -68,6 +68,7 @@ pub use cli::{Cli, LogFormat, exit_code, run as run_cli};
 pub use config::{
     Config, DatabaseConfig, DatabaseKind, DatabaseTarget, Secret, parse_database_url,
 };
+pub use database::Databases;
 /// A configured database's pool.
 pub use database::open as open_database;
 /// An error's text without its drawing.
@@ -108,7 +109,8 @@ pub use vector::{
 /// Workflows: files and the builder, the runtime, policy in front of it.
 pub use workflow::{
     AccessControlledRuntime, AnyName, DatabaseCaller, DatabasePolicy, InputType, NodeError, Plan,
-    RunError, RunOutput, RunReport, Runtime, Workflow, WorkflowBuilder, WorkflowSet,
+    PluginDatabase, RunError, RunOutput, RunReport, Runtime, Workflow, WorkflowBuilder,
+    WorkflowSet, decided_by as database_policy,
 };
 
 /// The version of this build, as shown by `/health`, `/metrics` and `trellis --version`.

@@ -42,6 +42,7 @@ pub(super) struct CallArgs {
 pub(super) async fn run(args: CallArgs) -> anyhow::Result<()> {
     let config = Config::discover(None)?;
     let records = read_records(&args.records)?;
+    let records_len = records.len();
     let (registry, plugin) = load(&config, &args.file).await?;
     let outcome = match plugin.kind() {
         PluginKind::Node => transform(&plugin, &args.config, records).await,
@@ -49,12 +50,13 @@ pub(super) async fn run(args: CallArgs) -> anyhow::Result<()> {
     };
     // The engine's epoch ticker (which ends a call at its deadline) stops only now.
     registry.shutdown();
+    let total = records_len;
     let (results, failed) = outcome?;
     for line in &results {
         println!("{line}");
     }
     if failed > 0 {
-        bail!("{failed} of {} records failed (see above)", results.len());
+        bail!("{failed} of {total} records failed (see above)");
     }
     Ok(())
 }

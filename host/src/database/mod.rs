@@ -54,6 +54,13 @@ impl Databases {
         Ok(databases)
     }
 
+    /// These databases and `pool`, already open, as database `name` (for embedding and
+    /// benchmarks; `serve` opens its databases with [`Databases::open_all`]).
+    pub fn with_pool(mut self, name: impl Into<String>, pool: Pool) -> Databases {
+        self.by_name.insert(name.into(), pool);
+        self
+    }
+
     /// The pool of the database called `name` (not one per tenant).
     pub fn get(&self, name: &str) -> Option<&Pool> {
         self.by_name.get(name)

@@ -118,11 +118,12 @@ impl PluginEngine {
             }
         );
         let mut pool = PoolingAllocationConfig::new();
-        // A Rust component has a handful of core instances (the module and its shims) and one
-        // memory. Each memory slot reserves address space (not memory) for its largest size plus
+        // A Rust component has a handful of core instances (the module and its shims), a Python
+        // one 14, and each one memory. Each memory slot reserves address space (not memory) for its largest size plus
         // guard pages, so the memory count is kept to one per instance.
         pool.total_component_instances(options.max_instances)
-            .total_core_instances(options.max_instances.saturating_mul(8))
+            // A Python component (componentize-py) has 14 core instances, a Rust one a handful.
+            .total_core_instances(options.max_instances.saturating_mul(16))
             .total_memories(options.max_instances)
             .total_tables(options.max_instances.saturating_mul(8))
             .total_stacks(options.max_instances)

@@ -316,31 +316,13 @@ impl Decisions<'_> {
     /// the run's context plus who asks (`plugin`, `plugin_version`, `node`; `workflow` is the
     /// run's). Each decision is audited.
     fn database_policy(&self, ctx: &Value) -> super::DatabasePolicy {
-        let policy = self.policy.clone();
-        let generation = self.generation.clone();
-        let user = self.user.clone();
-        let ctx = ctx.clone();
-        let now = self.now;
-        Arc::new(move |database, permission, caller| {
-            let mut runtime = ctx.clone();
-            runtime["plugin"] = json!(caller.plugin);
-            runtime["plugin_version"] = json!(caller.plugin_version);
-            runtime["node"] = json!(caller.node);
-            runtime["workflow"] = json!(caller.workflow);
-            policy
-                .decide_in(
-                    &generation,
-                    &AccessRequest {
-                        user: &user,
-                        resource_type: ResourceType::Database,
-                        resource_id: database,
-                        permission,
-                        now,
-                        runtime: &runtime,
-                    },
-                )
-                .allowed
-        })
+        super::plugin_database::decided_by(
+            self.policy.clone(),
+            self.generation.clone(),
+            self.user.clone(),
+            ctx.clone(),
+            self.now,
+        )
     }
 
     /// The filter showing downstream nodes what this user would see of `mask_downstream` nodes.

@@ -24,7 +24,7 @@ pub use access::{
 };
 pub use builder::WorkflowBuilder;
 pub use failure::CallerError;
-pub use plugin_database::{DatabaseCaller, DatabasePolicy};
+pub use plugin_database::{DatabaseCaller, DatabasePolicy, PluginDatabase, decided_by};
 pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
 pub use set::{WorkflowSet, WorkflowWatcher};
 pub use spec::{AnyName, InputType, Known, SpecError, Workflow};

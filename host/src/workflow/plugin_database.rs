@@ -11,8 +11,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use jiff::Timestamp;
+
 use crate::database::Databases;
 use crate::plugins::{DatabaseCallError, DatabaseErrorKind, DatabaseGate, DatabaseRequest};
+use crate::policy::{AccessRequest, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType};
 use crate::pool::Pool;
 use crate::pool::breaker::Outcome;
 use crate::sql::params::{self, Params, Shape, Statement};
@@ -35,6 +38,39 @@ pub struct DatabaseCaller {
 /// for `caller`; audited like every decision. Returns whether it is allowed.
 pub type DatabasePolicy = Arc<dyn Fn(&str, &'static str, &DatabaseCaller) -> bool + Send + Sync>;
 
+/// The policy deciding a run's plugin statements: `database:read`/`database:write` on
+/// `Trellis::Database::"NAME"` for `user`, on `generation`, at `now`, with the run's context
+/// `ctx` plus who asks (`plugin`, `plugin_version`, `node`, `workflow`). Each decision is
+/// audited by the engine.
+pub fn decided_by(
+    policy: Arc<PolicyEngine>,
+    generation: Arc<PolicyGeneration>,
+    user: PreparedUser,
+    ctx: Value,
+    now: Timestamp,
+) -> DatabasePolicy {
+    Arc::new(move |database, permission, caller| {
+        let mut runtime = ctx.clone();
+        runtime["plugin"] = json!(caller.plugin);
+        runtime["plugin_version"] = json!(caller.plugin_version);
+        runtime["node"] = json!(caller.node);
+        runtime["workflow"] = json!(caller.workflow);
+        policy
+            .decide_in(
+                &generation,
+                &AccessRequest {
+                    user: &user,
+                    resource_type: ResourceType::Database,
+                    resource_id: database,
+                    permission,
+                    now,
+                    runtime: &runtime,
+                },
+            )
+            .allowed
+    })
+}
+
 /// The permission a statement needs: `read` for one plain query that leaves nothing behind
 /// (`SELECT`, `VALUES`, `TABLE`); `write` for anything else.
 pub(crate) fn permission_for(stmt: &Statement) -> &'static str {
@@ -45,12 +81,31 @@ pub(crate) fn permission_for(stmt: &Statement) -> &'static str {
     if plain_read { "read" } else { "write" }
 }
 
-/// One plugin call's database access.
-pub(crate) struct PluginDatabase {
-    pub(crate) databases: Databases,
-    pub(crate) tenant: Arc<str>,
-    pub(crate) policy: Option<DatabasePolicy>,
-    pub(crate) caller: DatabaseCaller,
+/// One plugin call's database access: what a served run gives a plugin node that asks for
+/// `database` (and what the benchmark measures).
+pub struct PluginDatabase {
+    databases: Databases,
+    tenant: Arc<str>,
+    policy: Option<DatabasePolicy>,
+    caller: DatabaseCaller,
+}
+
+impl PluginDatabase {
+    /// `caller`'s access to `databases` (for a database per tenant, `tenant`'s pool), each
+    /// statement decided by `policy` (`None`: all denied).
+    pub fn new(
+        databases: Databases,
+        tenant: Arc<str>,
+        policy: Option<DatabasePolicy>,
+        caller: DatabaseCaller,
+    ) -> PluginDatabase {
+        PluginDatabase {
+            databases,
+            tenant,
+            policy,
+            caller,
+        }
+    }
 }
 
 fn fail(kind: DatabaseErrorKind, message: impl Into<String>) -> DatabaseCallError {

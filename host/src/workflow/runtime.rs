@@ -421,17 +421,17 @@ impl Runtime {
         let texts: Vec<String> = config.records.iter().map(Value::to_string).collect();
         let label = format!("{}@{}", plugin.name(), plugin.version());
         let database = plugin.uses_database().then(|| {
-            Arc::new(PluginDatabase {
-                databases: self.databases.clone(),
-                tenant: Arc::from(on.tenant),
-                policy: on.database_policy.clone(),
-                caller: DatabaseCaller {
+            Arc::new(PluginDatabase::new(
+                self.databases.clone(),
+                Arc::from(on.tenant),
+                on.database_policy.clone(),
+                DatabaseCaller {
                     plugin: plugin.name().to_owned(),
                     plugin_version: plugin.version().to_owned(),
                     node: node.id.clone(),
                     workflow: on.workload.to_owned(),
                 },
-            }) as Arc<dyn crate::plugins::DatabaseGate>
+            )) as Arc<dyn crate::plugins::DatabaseGate>
         });
         let results = plugin
             .clone()

@@ -1,0 +1,225 @@
+//! `SELECT 1` through a plugin's `database` import (issue 19), against `Pool::execute` directly:
+//! 32 tasks, one pool of 8 connections to PostgreSQL (no TLS), in alternating rounds of one run.
+//!
+//! The plugin is `plugins/testing/test-query` (built for `trellis:plugin@0.2.0`), asked to run the
+//! statement `REPEAT` times per call. Every statement takes the path a served run's does
+//! ([`PluginDatabase`]): the host import on the plugin's fiber, a task of its own, the tokenizer,
+//! the Cedar decision (`database:read` on `Trellis::Database::"main"`, granted by a rule on
+//! `runtime.plugin`; the decision cache on, as in `serve`; the audit trail off), then the pool.
+//! A call's instantiation is spread over its `REPEAT` statements.
+//!
+//! ```console
+//! $ scripts/build-plugins && eval "$(scripts/services)"
+//! $ cargo bench -p trellis-host --bench plugin_database -- --seconds 3 --rounds 6
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use trellis_host::{
+    CallConfig, DatabaseCaller, Databases, EngineOptions, EngineSettings, Fetch, LimitsConfig,
+    Params, PluginEngine, PluginLimits, PluginRegistry, PolicyEngine, Pool, PoolConfig,
+    PreparedUser, ReloadOutcome, UserContext, database_policy, parse_database_url,
+};
+
+const TASKS: usize = 32;
+const CONNECTIONS: usize = 8;
+/// Statements per plugin call.
+const REPEAT: u64 = 100;
+
+/// Runs `TASKS` copies of `op` (each returning how many statements it ran) for `seconds`;
+/// returns statements per second.
+async fn throughput<F, Fut>(seconds: f64, op: F) -> f64
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..TASKS {
+        let (op, stop, count) = (op.clone(), stop.clone(), count.clone());
+        handles.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = op().await;
+                count.fetch_add(n, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start_count = count.load(Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let done = count.load(Ordering::Relaxed) - start_count;
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    done as f64 / elapsed
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let (mut seconds, mut rounds) = (3.0, 6);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    let url = std::env::var("TRELLIS_BENCH_PG_URL")
+        .or_else(|_| std::env::var("TRELLIS_TEST_PG_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    let target =
+        parse_database_url(&format!("{url}{joiner}sslmode=disable")).expect("a PostgreSQL URL");
+    let mut config = PoolConfig::new("main", target);
+    config.min_connections = CONNECTIONS;
+    config.max_connections = CONNECTIONS;
+    let pool = Pool::new(config);
+    pool.initialize().await.expect("the pool opens");
+
+    // The policy: plugin `query` may read `main` for department finance.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(
+        dir.path().join("bench.rules.json"),
+        json!({"rules": [{"id": "query-reads-main", "resource_type": "database",
+            "resource_id": "main", "permission": "read", "effect": "allow",
+            "conditions": {"type": "and", "conditions": [
+                {"type": "attribute_expression", "value": {"attribute_path": "runtime.plugin",
+                    "operator": "equals", "value": "query"}},
+                {"type": "department_hierarchy", "value": {"department": "finance",
+                    "include_children": true}}]}}]})
+        .to_string(),
+    )
+    .expect("write the rules");
+    let engine = Arc::new(
+        PolicyEngine::load(dir.path(), EngineSettings::default()).expect("the policies load"),
+    );
+    let user: UserContext = serde_json::from_value(
+        json!({"user_id": "bench", "attributes": {"department": "finance.analysis"}}),
+    )
+    .expect("a user");
+    let policy = database_policy(
+        engine.clone(),
+        engine.generation(),
+        PreparedUser::new(user),
+        json!({"workflow": "bench", "run_id": "bench"}),
+        jiff::Timestamp::now(),
+    );
+
+    // The plugin, allowed enough statements per call.
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/testing/wasm/test_query.wasm");
+    let mut limits = LimitsConfig::default();
+    limits.by_name.insert(
+        "query".into(),
+        PluginLimits {
+            call_timeout: Duration::from_secs(60),
+            max_statements: REPEAT as u32,
+            ..PluginLimits::default()
+        },
+    );
+    let plugins = PluginRegistry::new(
+        PluginEngine::new(EngineOptions::default()).expect("an engine"),
+        wasm.parent().unwrap(),
+        limits,
+    );
+    let plugin = match plugins.load_file(&wasm) {
+        ReloadOutcome::Loaded(p) => p,
+        other => panic!("cannot load test_query.wasm ({other:?}): run scripts/build-plugins"),
+    };
+    let gate = Arc::new(trellis_host::PluginDatabase::new(
+        Databases::default().with_pool("main", pool.clone()),
+        Arc::from(""),
+        Some(policy),
+        DatabaseCaller {
+            plugin: "query".into(),
+            plugin_version: plugin.version().into(),
+            node: "q".into(),
+            workflow: "bench".into(),
+        },
+    ));
+    let call_config: Arc<CallConfig> = Arc::new(
+        json!({"database": "main", "statement": "SELECT 1 AS one", "repeat": REPEAT})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    // Every statement must have run and been allowed.
+    let out = plugin
+        .clone()
+        .transform_for(vec!["{}".into()], call_config.clone(), Some(gate.clone()))
+        .await
+        .expect("the plugin runs");
+    assert!(
+        out[0].as_ref().is_ok_and(|r| r.contains("\"one\":1")),
+        "{out:?}"
+    );
+
+    println!(
+        "# SELECT 1: plugin database import ({REPEAT} per call, Cedar decision each) vs \
+         Pool::execute; {TASKS} tasks, {CONNECTIONS} connections, {seconds}s x {rounds} rounds"
+    );
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let run_direct = || {
+            let pool = pool.clone();
+            throughput(seconds, move || {
+                let pool = pool.clone();
+                async move {
+                    pool.execute("SELECT 1 AS one", &Params::None, Fetch::All)
+                        .await
+                        .expect("SELECT 1");
+                    1
+                }
+            })
+        };
+        let run_plugin = || {
+            let (plugin, gate, config) = (plugin.clone(), gate.clone(), call_config.clone());
+            throughput(seconds, move || {
+                let (plugin, gate, config) = (plugin.clone(), gate.clone(), config.clone());
+                async move {
+                    let gate: Arc<dyn trellis_host::DatabaseGate> = gate;
+                    plugin
+                        .transform_for(vec!["{}".into()], config, Some(gate))
+                        .await
+                        .expect("the plugin call");
+                    REPEAT
+                }
+            })
+        };
+        // Alternate which goes first.
+        let (d, p) = if round % 2 == 0 {
+            let d = run_direct().await;
+            (d, run_plugin().await)
+        } else {
+            let p = run_plugin().await;
+            (run_direct().await, p)
+        };
+        println!(
+            "round {round}: Pool::execute {d:.0}/s, plugin import {p:.0}/s, ratio {:.3}",
+            p / d
+        );
+        direct.push(d);
+        through.push(p);
+    }
+    let ratios: Vec<f64> = direct.iter().zip(&through).map(|(d, p)| p / d).collect();
+    let (d, p) = (median(&mut direct), median(&mut through));
+    println!(
+        "median: Pool::execute {d:.0}/s, plugin import {p:.0}/s, ratio of medians {:.3}, median of ratios {:.3}",
+        p / d,
+        median(&mut ratios.clone())
+    );
+}
