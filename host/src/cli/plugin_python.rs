@@ -401,6 +401,40 @@ mod tests {
         )));
     }
 
+    /// So do the test-only Python plugins the benchmarks build (`plugins/python/testing/`).
+    #[test]
+    fn the_test_plugins_have_the_sdks_helper_and_wit() {
+        let copies = [
+            (
+                "py-stamp",
+                include_str!("../../../plugins/python/testing/py-stamp/trellis.py"),
+                include_str!("../../../plugins/python/testing/py-stamp/wit/plugin.wit"),
+            ),
+            (
+                "py-echo",
+                include_str!("../../../plugins/python/testing/py-echo/trellis.py"),
+                include_str!("../../../plugins/python/testing/py-echo/wit/plugin.wit"),
+            ),
+            (
+                "py-stamp-parts",
+                include_str!("../../../plugins/python/testing/py-stamp-parts/trellis.py"),
+                include_str!("../../../plugins/python/testing/py-stamp-parts/wit/plugin.wit"),
+            ),
+        ];
+        for (name, helper, wit) in copies {
+            assert_eq!(
+                helper,
+                templates::HELPER,
+                "copy sdk/python/trellis.py to plugins/python/testing/{name}/"
+            );
+            assert_eq!(
+                wit,
+                templates::WIT,
+                "copy sdk/wit/plugin.wit to plugins/python/testing/{name}/wit/"
+            );
+        }
+    }
+
     #[test]
     fn project_name_and_world_from_pyproject() {
         let both = "[project]\nname = \"word-count\"\n[tool.trellis]\nworld = \"trellis:plugin/plugin@0.3.0\"\n";
