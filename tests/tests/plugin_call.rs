@@ -117,3 +117,64 @@ fn a_masking_plugin_takes_params_and_fails_closed() {
     assert!(!status.success());
     assert!(stderr.contains("did you mean `keep`?"), "{stderr}");
 }
+
+/// `--db NAME --user JSON`: the plugin's statements reach that database, decided by the
+/// configured policies for that user, as in a served run (issue 19 §4; no such options on
+/// 4e5864d). Without `--db` every statement is denied.
+#[test]
+fn db_and_user_let_the_policies_decide_the_plugins_statements() {
+    let Some(pg) = trellis_tests::TestDb::Postgres.url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trellis.toml"),
+        format!("[databases.main]\nurl = \"{pg}\"\n"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/db.rules.json"),
+        json!({"rules": [{"id": "query-reads-main", "resource_type": "database",
+            "resource_id": "main", "permission": "read", "effect": "allow",
+            "conditions": {"type": "department_hierarchy",
+                "value": {"department": "finance", "include_children": true}}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let plugin = repo().join("plugins/testing/wasm/test_query.wasm");
+    let call = |user: Option<&str>| {
+        let mut args = vec![
+            "plugin",
+            "call",
+            plugin.to_str().unwrap(),
+            "--config",
+            "statement=SELECT 41 + 1 AS answer",
+        ];
+        if let Some(user) = user {
+            args.extend(["--db", "main", "--user", user]);
+        }
+        run_trellis_with_stdin(dir.path(), &args, "{\"id\": 1}\n", T)
+    };
+
+    let (status, stdout, stderr) = call(Some(
+        r#"{"user_id": "f1", "attributes": {"department": "finance.ops"}}"#,
+    ));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        lines(&stdout)[0]["rows"],
+        json!([{"answer": 42}]),
+        "{stdout}"
+    );
+
+    // Another department, and no `--db` at all: denied, named on stderr.
+    for user in [
+        Some(r#"{"user_id": "s1", "attributes": {"department": "sales"}}"#),
+        None,
+    ] {
+        let (status, stdout, stderr) = call(user);
+        assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(stderr.contains("Denied"), "{stderr}");
+        assert!(stderr.contains("1 of 1 records failed"), "{stderr}");
+    }
+}

@@ -49,7 +49,11 @@ on PATH.")]
   $ trellis plugin call plugins/sum_by_key.wasm --records rows.jsonl --config field=salary
   $ echo '\"alice@example.com\"' | trellis plugin call plugins/email_mask.wasm --params '{\"keep\": 2}'
 
-The `[plugins]` limits come from ./trellis.toml (or $TRELLIS_CONFIG) when there is one.
+  $ trellis plugin call enrich.wasm --records rows.jsonl --db main --user '{\"user_id\": \"u1\", \"attributes\": {\"department\": \"finance\"}}'
+
+The `[plugins]` limits come from ./trellis.toml (or $TRELLIS_CONFIG) when there is one. With
+`--db`, the plugin's statements reach those databases, each decided by the configured policies
+for `--user` (workflow and node `trellis:plugin-call` in the decision's context).
 A record the plugin refuses, or a value it fails to mask (then shown redacted), is named on
 stderr and the command exits with 1.")]
     Call(super::plugin_call::CallArgs),

@@ -1,6 +1,8 @@
 //! `trellis plugin call`: runs one plugin file from the command line as `serve` runs it (the
 //! `[plugins]` limits of the discovered `trellis.toml`, its config or params checked against the
-//! schema it declares, a masking plugin failing closed), in the way of `extism call`.
+//! schema it declares, a masking plugin failing closed), in the way of `extism call`. With
+//! `--db NAME --user JSON`, a node plugin's statements reach that configured database, each
+//! decided by the configured policies for that user, as in a served run.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -11,11 +13,14 @@ use clap::Args;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::database::Databases;
 use crate::diagnostic::Hinted;
 use crate::plugins::{
-    MaskInput, Plugin, PluginEngine, PluginKind, PluginRegistry, REDACTED, ReloadOutcome,
-    engine_options,
+    DatabaseGate, MaskInput, Plugin, PluginEngine, PluginKind, PluginRegistry, REDACTED,
+    ReloadOutcome, engine_options,
 };
+use crate::policy::{EngineSettings, PolicyEngine, PreparedUser, UserContext};
+use crate::workflow::{DatabaseCaller, PluginDatabase, decided_by};
 
 #[derive(Debug, Args)]
 pub(super) struct CallArgs {
@@ -35,6 +40,15 @@ pub(super) struct CallArgs {
     /// The field path a masking plugin is told each value sits at.
     #[arg(long, value_name = "PATH", default_value = "value")]
     field: String,
+    /// A database of trellis.toml the plugin's statements may reach (repeatable); each
+    /// statement is decided by the configured policies for `--user`. Without it, every
+    /// statement is denied.
+    #[arg(long = "db", value_name = "NAME", requires = "user")]
+    databases: Vec<String>,
+    /// The user the call is for, as `serve` would see them: a JSON object like
+    /// `{"user_id": "u1", "roles": ["analyst"], "attributes": {"department": "finance"}}`.
+    #[arg(long, value_name = "JSON")]
+    user: Option<String>,
 }
 
 /// Runs the call; prints each result as a line of JSON. A record the plugin refuses (or a value
@@ -45,7 +59,10 @@ pub(super) async fn run(args: CallArgs) -> anyhow::Result<()> {
     let records_len = records.len();
     let (registry, plugin) = load(&config, &args.file).await?;
     let outcome = match plugin.kind() {
-        PluginKind::Node => transform(&plugin, &args.config, records).await,
+        PluginKind::Node => match database_gate(&config, &plugin, &args).await {
+            Ok(gate) => transform(&plugin, &args.config, records, gate).await,
+            Err(e) => Err(e),
+        },
         PluginKind::Masking => mask(&plugin, args.params.as_deref(), &args.field, records).await,
     };
     // The engine's epoch ticker (which ends a call at its deadline) stops only now.
@@ -140,18 +157,85 @@ fn check(plugin: &Plugin, what: &str, settings: &Map<String, Value>) -> anyhow::
     Ok(())
 }
 
+/// The databases of `--db`, opened, behind the configured policies for `--user`: what a served
+/// run gives a plugin node (`None` without `--db`: every statement denied).
+async fn database_gate(
+    config: &Config,
+    plugin: &Plugin,
+    args: &CallArgs,
+) -> anyhow::Result<Option<Arc<dyn DatabaseGate>>> {
+    if args.databases.is_empty() {
+        return Ok(None);
+    }
+    let user: UserContext = match args.user.as_deref().map(serde_json::from_str) {
+        Some(Ok(user)) => user,
+        _ => bail!(Hinted::new(
+            "`--user` must be a JSON object with at least `user_id`",
+            r#"e.g. --user '{"user_id": "u1", "attributes": {"department": "finance"}}'"#
+        )),
+    };
+    let mut databases = Databases::default();
+    for name in &args.databases {
+        let Some(db) = config.database(name) else {
+            bail!(Hinted::new(
+                format!("no database `{name}` in the configuration"),
+                "`--db` names a `[databases.NAME]` of trellis.toml"
+            ));
+        };
+        let pool = crate::database::open(db)
+            .await
+            .with_context(|| format!("cannot open database `{name}`"))?;
+        databases = databases.with_pool(name.clone(), pool);
+    }
+    let timezone = jiff::tz::TimeZone::get(&config.policy.timezone)
+        .with_context(|| format!("unknown time zone `{}`", config.policy.timezone))?;
+    let settings = EngineSettings {
+        timezone,
+        ..EngineSettings::default()
+    };
+    let dir = config.paths.policies.clone();
+    let engine = tokio::task::spawn_blocking(move || PolicyEngine::load(&dir, settings))
+        .await
+        .context("loading the policies failed")??;
+    let engine = Arc::new(engine);
+    let tenant: Arc<str> = Arc::from(user.tenant_id.as_str());
+    let policy = decided_by(
+        engine.clone(),
+        engine.generation(),
+        PreparedUser::new(user),
+        serde_json::json!({"workflow": CALL_WORKFLOW}),
+        jiff::Timestamp::now(),
+    );
+    Ok(Some(Arc::new(PluginDatabase::new(
+        databases,
+        tenant,
+        Some(policy),
+        DatabaseCaller {
+            plugin: plugin.name().to_owned(),
+            plugin_version: plugin.version().to_owned(),
+            node: CALL_NODE.to_owned(),
+            workflow: CALL_WORKFLOW.to_owned(),
+        },
+    ))))
+}
+
+/// The workflow and node a call's database decisions name (no workflow file can have them).
+const CALL_WORKFLOW: &str = "trellis:plugin-call";
+const CALL_NODE: &str = "trellis:plugin-call";
+
 /// A node plugin's batch transform; returns the output lines and how many records failed.
 async fn transform(
     plugin: &Arc<Plugin>,
     pairs: &[String],
     records: Vec<Value>,
+    database: Option<Arc<dyn DatabaseGate>>,
 ) -> anyhow::Result<(Vec<String>, usize)> {
     let config = config_of(pairs)?;
     check(plugin, "config", &config)?;
     let texts = records.iter().map(Value::to_string).collect();
     let results = plugin
         .clone()
-        .transform_async(texts, Arc::new(config))
+        .transform_for(texts, Arc::new(config), database)
         .await?;
     let mut failed = 0;
     let mut lines = Vec::with_capacity(results.len());
