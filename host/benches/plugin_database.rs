@@ -24,6 +24,10 @@ use trellis_host::{
     PreparedUser, ReloadOutcome, UserContext, database_policy, parse_database_url,
 };
 
+/// The allocator the `trellis` binary ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TASKS: usize = 32;
 const CONNECTIONS: usize = 8;
 /// Statements per plugin call.
@@ -69,12 +73,14 @@ fn median(v: &mut [f64]) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let (mut seconds, mut rounds) = (3.0, 6);
+    let (mut seconds, mut rounds, mut only) = (3.0, 6, None::<String>);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            // One side only, e.g. under a profiler.
+            "--only" => only = Some(it.next().expect("--only pool|plugin")),
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -200,6 +206,15 @@ async fn main() {
                 }
             })
         };
+        if let Some(side) = only.as_deref() {
+            let rate = if side == "pool" {
+                run_direct().await
+            } else {
+                run_plugin().await
+            };
+            println!("round {round}: {side} {rate:.0}/s");
+            continue;
+        }
         // Alternate which goes first.
         let (d, p) = if round % 2 == 0 {
             let d = run_direct().await;
@@ -214,6 +229,9 @@ async fn main() {
         );
         direct.push(d);
         through.push(p);
+    }
+    if only.is_some() {
+        return;
     }
     let ratios: Vec<f64> = direct.iter().zip(&through).map(|(d, p)| p / d).collect();
     let (d, p) = (median(&mut direct), median(&mut through));

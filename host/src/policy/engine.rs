@@ -508,8 +508,41 @@ impl PolicyEngine {
         (verdict, false)
     }
 
+    /// Evaluates with Cedar on a stack it can measure. Cedar refuses to evaluate ("recursion
+    /// limit reached") when `stacker` says less than 100 KiB is left, and `stacker` measures
+    /// against the thread's stack: on a plugin's fiber (a 0.2.0 plugin's statement is decided
+    /// there) that reading is meaningless. `maybe_grow` moves the evaluation to a stack of its
+    /// own when the reading is short; on a thread with room it costs one comparison.
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
+        &self,
+        generation: &PolicyGeneration,
+        slice: &Slice,
+        pset: &PolicySet,
+        user: &PreparedUser,
+        action: &str,
+        rt: ResourceType,
+        resource_id: &str,
+        now: Timestamp,
+        runtime: &Value,
+    ) -> Verdict {
+        stacker::maybe_grow(CEDAR_RED_ZONE, CEDAR_STACK, || {
+            self.evaluate_here(
+                generation,
+                slice,
+                pset,
+                user,
+                action,
+                rt,
+                resource_id,
+                now,
+                runtime,
+            )
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_here(
         &self,
         generation: &PolicyGeneration,
         slice: &Slice,
@@ -882,6 +915,12 @@ fn database_fingerprint(runtime: &Value) -> u128 {
     let d = h.finalize();
     u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
 }
+
+/// Below this much stack (as `stacker` reads it), Cedar is run on a stack of its own (Cedar
+/// itself needs 100 KiB).
+const CEDAR_RED_ZONE: usize = 256 * 1024;
+/// The size of that stack.
+const CEDAR_STACK: usize = 4 * 1024 * 1024;
 
 fn runtime_fingerprint(paths: &[AttrPath], runtime: &Value) -> u128 {
     use sha2::Digest;

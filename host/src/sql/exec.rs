@@ -58,6 +58,11 @@ pub enum Fetch {
     /// further; elsewhere (MySQL, statements a cursor cannot run) the rest are read but never
     /// decoded.
     Many(usize),
+    /// The first `n` rows in one round trip, as a plain statement runs: the rest are read but
+    /// never decoded (on MariaDB `sql_select_limit` stops them at the server, on SQLite no
+    /// further step is taken). Cheaper than [`Fetch::Many`]'s cursor on PostgreSQL when most
+    /// answers fit; what a plugin's statement runs with.
+    Capped(usize),
 }
 
 /// What a statement returned.
@@ -285,7 +290,7 @@ pub(super) async fn run_mysql(
         return collect(stream, fetch, |d| d.rows_affected(), mysql_row).await;
     }
     let sql = match fetch {
-        Fetch::Many(n) if mariadb && stmt.shape.reads_rows() => {
+        Fetch::Many(n) | Fetch::Capped(n) if mariadb && stmt.shape.reads_rows() => {
             AssertSqlSafe(format!("SET STATEMENT sql_select_limit = {n} FOR {}", stmt.sql).into())
         }
         _ => sql,
@@ -355,7 +360,7 @@ fn limit_of(fetch: Fetch) -> usize {
     match fetch {
         Fetch::One => 1,
         Fetch::All => usize::MAX,
-        Fetch::Many(n) => n,
+        Fetch::Many(n) | Fetch::Capped(n) => n,
     }
 }
 

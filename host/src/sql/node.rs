@@ -245,7 +245,7 @@ impl SqlNode {
                             .into_iter()
                             .next()
                             .map_or(Value::Null, Value::Object),
-                        Fetch::All | Fetch::Many(_) => {
+                        Fetch::All | Fetch::Many(_) | Fetch::Capped(_) => {
                             Value::Array(output.rows.into_iter().map(Value::Object).collect())
                         }
                     };

@@ -34,14 +34,52 @@ pub struct DatabaseCaller {
     pub workflow: String,
 }
 
-/// Decides whether the run's user may have `permission` (`read` or `write`) on database `name`
-/// for `caller`; audited like every decision. Returns whether it is allowed.
-pub type DatabasePolicy = Arc<dyn Fn(&str, &'static str, &DatabaseCaller) -> bool + Send + Sync>;
+/// How a run's plugin statements are decided: `database:read`/`database:write` on
+/// `Trellis::Database::"NAME"` for the run's user, on the run's pinned generation, at the run's
+/// instant, with the run's context plus who asks. Each decision is audited by the engine.
+#[derive(Clone)]
+pub struct DatabasePolicy {
+    policy: Arc<PolicyEngine>,
+    generation: Arc<PolicyGeneration>,
+    user: PreparedUser,
+    /// The run's context (`runtime.…`).
+    ctx: Value,
+    now: Timestamp,
+}
 
-/// The policy deciding a run's plugin statements: `database:read`/`database:write` on
-/// `Trellis::Database::"NAME"` for `user`, on `generation`, at `now`, with the run's context
-/// `ctx` plus who asks (`plugin`, `plugin_version`, `node`, `workflow`). Each decision is
-/// audited by the engine.
+impl DatabasePolicy {
+    /// The decision context for `caller`: the run's, plus `plugin`, `plugin_version`, `node`
+    /// and `workflow`. Built once per plugin call.
+    fn context_for(&self, caller: &DatabaseCaller) -> Value {
+        let mut runtime = self.ctx.clone();
+        runtime["plugin"] = json!(caller.plugin);
+        runtime["plugin_version"] = json!(caller.plugin_version);
+        runtime["node"] = json!(caller.node);
+        runtime["workflow"] = json!(caller.workflow);
+        runtime
+    }
+
+    /// Whether `permission` (`read` or `write`) on database `name` is allowed in `runtime`
+    /// (from [`DatabasePolicy::context_for`]).
+    fn allows(&self, name: &str, permission: &'static str, runtime: &Value) -> bool {
+        self.policy
+            .decide_in(
+                &self.generation,
+                &AccessRequest {
+                    user: &self.user,
+                    resource_type: ResourceType::Database,
+                    resource_id: name,
+                    permission,
+                    now: self.now,
+                    runtime,
+                },
+            )
+            .allowed
+    }
+}
+
+/// The policy deciding a run's plugin statements (see [`DatabasePolicy`]): for `user`, on
+/// `generation`, at `now`, in the run's context `ctx`.
 pub fn decided_by(
     policy: Arc<PolicyEngine>,
     generation: Arc<PolicyGeneration>,
@@ -49,26 +87,13 @@ pub fn decided_by(
     ctx: Value,
     now: Timestamp,
 ) -> DatabasePolicy {
-    Arc::new(move |database, permission, caller| {
-        let mut runtime = ctx.clone();
-        runtime["plugin"] = json!(caller.plugin);
-        runtime["plugin_version"] = json!(caller.plugin_version);
-        runtime["node"] = json!(caller.node);
-        runtime["workflow"] = json!(caller.workflow);
-        policy
-            .decide_in(
-                &generation,
-                &AccessRequest {
-                    user: &user,
-                    resource_type: ResourceType::Database,
-                    resource_id: database,
-                    permission,
-                    now,
-                    runtime: &runtime,
-                },
-            )
-            .allowed
-    })
+    DatabasePolicy {
+        policy,
+        generation,
+        user,
+        ctx,
+        now,
+    }
 }
 
 /// The permission a statement needs: `read` for one plain query that leaves nothing behind
@@ -86,7 +111,8 @@ pub(crate) fn permission_for(stmt: &Statement) -> &'static str {
 pub struct PluginDatabase {
     databases: Databases,
     tenant: Arc<str>,
-    policy: Option<DatabasePolicy>,
+    /// The policy, with the decision context for this caller.
+    policy: Option<(DatabasePolicy, Value)>,
     caller: DatabaseCaller,
 }
 
@@ -102,7 +128,10 @@ impl PluginDatabase {
         PluginDatabase {
             databases,
             tenant,
-            policy,
+            policy: policy.map(|p| {
+                let runtime = p.context_for(&caller);
+                (p, runtime)
+            }),
             caller,
         }
     }
@@ -146,7 +175,7 @@ impl DatabaseGate for PluginDatabase {
         let allowed = self
             .policy
             .as_ref()
-            .is_some_and(|decide| decide(name, permission, &self.caller));
+            .is_some_and(|(policy, runtime)| policy.allows(name, permission, runtime));
         if !allowed {
             tracing::info!(
                 plugin = %self.caller.plugin,
@@ -205,8 +234,9 @@ async fn run(
             fail(DatabaseErrorKind::Timeout, "the call's deadline has passed"),
         ));
     }
-    // One row past the cap tells a capped answer from one that fits.
-    let fetch = Fetch::Many(request.max_rows.saturating_add(1));
+    // One row past the cap tells a capped answer from one that fits. In one round trip (no
+    // cursor): the rows past it are read and dropped, never decoded or kept.
+    let fetch = Fetch::Capped(request.max_rows.saturating_add(1));
     match pool.run_for(Some(workflow), stmt, fetch, Some(left)).await {
         Ok(output) => {
             if output.rows.len() > request.max_rows {

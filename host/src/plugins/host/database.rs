@@ -82,28 +82,6 @@ pub(crate) struct DatabaseGrant {
     pub(crate) max_rows: usize,
 }
 
-/// A spawned task, aborted when dropped unfinished.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    /// Its output; `None` when it panicked or was cancelled (logged).
-    async fn join(mut self) -> Option<T> {
-        match (&mut self.0).await {
-            Ok(output) => Some(output),
-            Err(e) => {
-                tracing::error!(error = %e, "a plugin's database task failed");
-                None
-            }
-        }
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 fn error(kind: DatabaseErrorKind, message: impl Into<String>) -> DatabaseError {
     DatabaseError {
         kind: match kind {
@@ -159,18 +137,12 @@ impl v2::trellis::plugin::database::Host for CallState {
             max_rows: grant.max_rows,
             deadline: self.deadline,
         };
-        // The statement is decided and run on a task of its own, off the plugin's fiber: the
-        // policy engine and the drivers get a thread's full stack (Cedar measures what is left
-        // of it, and a fiber's is small), and the fiber only waits. A call that ends first (its
-        // deadline) aborts the task.
-        let task = AbortOnDrop(tokio::spawn(async move { gate.query(request).await }));
-        match tokio::time::timeout_at(self.deadline, task.join()).await {
-            Ok(Some(Ok(result))) => Ok(result.to_string()),
-            Ok(Some(Err(e))) => Err(error(e.kind, e.message)),
-            Ok(None) => Err(error(
-                DatabaseErrorKind::Query,
-                "the statement's task failed; the server log has the detail",
-            )),
+        // Decided and run here, on the plugin's fiber: waiting suspends the fiber and frees the
+        // worker. When the call's deadline passes first, the statement's future is dropped (the
+        // pool stops the statement on the server: it runs under the time that was left).
+        match tokio::time::timeout_at(self.deadline, gate.query(request)).await {
+            Ok(Ok(result)) => Ok(result.to_string()),
+            Ok(Err(e)) => Err(error(e.kind, e.message)),
             Err(_) => Err(error(
                 DatabaseErrorKind::Timeout,
                 "the call's deadline passed while waiting for the database",
