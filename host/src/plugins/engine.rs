@@ -90,10 +90,6 @@ pub struct PluginEngine {
 /// the most the host keeps is this times the slots in use at the busiest moment.
 const KEEP_RESIDENT_WITH_PAGEMAP: usize = 1 << 20;
 
-/// How much of a reused fiber stack stays resident between calls (the top of it, which every
-/// call touches), per stack slot.
-const ASYNC_STACK_KEEP_RESIDENT: usize = 256 * 1024;
-
 pub(crate) struct EngineInner {
     pub(crate) engine: Engine,
     /// `trellis:plugin@0.1.0`, synchronous.
@@ -147,11 +143,7 @@ impl PluginEngine {
             } else {
                 0
             })
-            .table_keep_resident(1 << 16)
-            // A 0.2.0 plugin's call runs on a pooled fiber stack; without this every call
-            // faults the part of the stack it uses back in (zeroed pages: `clear_page` was 4% of
-            // the plugin database benchmark).
-            .async_stack_keep_resident(ASYNC_STACK_KEEP_RESIDENT);
+            .table_keep_resident(1 << 16);
         let mut config = Config::new();
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
