@@ -333,13 +333,21 @@ fn write_sdk(dir: &Path) -> anyhow::Result<()> {
     let files = [("Cargo.toml", manifest.as_str())]
         .into_iter()
         .chain(templates::SDK_FILES.iter().copied());
+    write_files(dir, files)
+}
+
+/// Writes each `(relative path, text)` under `dir`, creating directories as needed.
+pub(super) fn write_files<T: AsRef<str>>(
+    dir: &Path,
+    files: impl IntoIterator<Item = (&'static str, T)>,
+) -> anyhow::Result<()> {
     for (path, text) in files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create `{}`", parent.display()))?;
         }
-        std::fs::write(&path, text)
+        std::fs::write(&path, text.as_ref())
             .with_context(|| format!("cannot write `{}`", path.display()))?;
     }
     Ok(())

@@ -69,15 +69,7 @@ pub(super) fn new(name: &str, dir: &Path, masking: bool) -> anyhow::Result<()> {
         ("README.md", fill(templates::README)),
         (".gitignore", templates::GITIGNORE.to_owned()),
     ];
-    for (path, text) in files {
-        let path = dir.join(path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create `{}`", parent.display()))?;
-        }
-        std::fs::write(&path, text)
-            .with_context(|| format!("cannot write `{}`", path.display()))?;
-    }
+    super::plugin::write_files(dir, files)?;
     println!(
         "created {kind} plugin `{name}` (Python) in {}",
         dir.display()

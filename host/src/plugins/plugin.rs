@@ -732,11 +732,7 @@ fn call<R: Send>(
             Ok(plugin) => {
                 f(&plugin, &mut store).map_err(|e| classify(e, &store, label, export, limits))
             }
-            Err(e) if is_runtime_failure(&e) => Err(classify(e, &store, label, export, limits)),
-            Err(e) => Err(CallError::Instantiate {
-                plugin: label.to_string(),
-                reason: format!("{e:#}"),
-            }),
+            Err(e) => Err(instantiate_failed(e, &store, label, export, limits)),
         };
         store.data().log_output();
         result
@@ -865,11 +861,7 @@ async fn call_v2(
             };
             answer.map_err(|e| classify(e, &store, label, export, limits))
         }
-        Err(e) if is_runtime_failure(&e) => Err(classify(e, &store, label, export, limits)),
-        Err(e) => Err(CallError::Instantiate {
-            plugin: label.to_string(),
-            reason: format!("{e:#}"),
-        }),
+        Err(e) => Err(instantiate_failed(e, &store, label, export, limits)),
     };
     store.data().log_output();
     result
@@ -923,6 +915,25 @@ fn call_v2_blocking(
             reason: format!("cannot start a runtime for the call: {e}"),
         })
     })
+}
+
+/// Why instantiating failed: a trap, deadline or memory limit during start-up, classified like a
+/// call's; anything else (no free instance slot) as [`CallError::Instantiate`].
+fn instantiate_failed(
+    e: wasmtime::Error,
+    store: &Store<CallState>,
+    label: &Arc<str>,
+    export: Export,
+    limits: Limits,
+) -> CallError {
+    if is_runtime_failure(&e) {
+        classify(e, store, label, export, limits)
+    } else {
+        CallError::Instantiate {
+            plugin: label.to_string(),
+            reason: format!("{e:#}"),
+        }
+    }
 }
 
 fn is_runtime_failure(e: &wasmtime::Error) -> bool {
