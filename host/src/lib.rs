@@ -66,7 +66,7 @@ pub use cli::report::render as render_error;
 pub use cli::{Cli, LogFormat, exit_code, run as run_cli};
 /// `trellis.toml` and database targets.
 pub use config::{
-    Config, DatabaseConfig, DatabaseKind, DatabaseTarget, Secret, parse_database_url,
+    Config, DatabaseConfig, DatabaseKind, DatabaseTarget, Pooler, Secret, parse_database_url,
 };
 pub use database::Databases;
 /// A configured database's pool.

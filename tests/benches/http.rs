@@ -15,6 +15,15 @@
 //! reporting the median of the per-round throughput ratios (this build / baseline).
 //! `--pg-params sslmode=disable` appends a query to the PostgreSQL URL (a build that predates
 //! TLS ignores it, and connects in plain TCP anyway).
+//!
+//! `--backend pgbouncer` serves the PostgreSQL pipeline twice from this build, once straight to
+//! PostgreSQL 15 and once through PgBouncer in transaction mode (`pooler = "transaction"`, the
+//! PgBouncer `scripts/services` starts, same database), and alternates `--rounds` rounds between
+//! the two: the median of the per-round ratios (through PgBouncer / direct).
+//!
+//! ```console
+//! $ cargo bench -p trellis-tests --bench http -- --backend pgbouncer --seconds 3 --concurrency 4 --rounds 6 --pg-params sslmode=disable
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -52,7 +61,9 @@ fn args() -> Args {
                     .map(|n| n.parse().expect("a number"))
                     .collect()
             }
-            "--backend" => a.backends = vec![it.next().expect("--backend sqlite|postgres")],
+            "--backend" => {
+                a.backends = vec![it.next().expect("--backend sqlite|postgres|pgbouncer")]
+            }
             "--baseline" => a.baseline = Some(it.next().expect("--baseline BIN").into()),
             "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).expect("--rounds N"),
             "--pg-params" => a.pg_params = Some(it.next().expect("--pg-params sslmode=disable")),
@@ -160,6 +171,10 @@ async fn main() {
         args.seconds
     );
     for backend in &args.backends {
+        if backend == "pgbouncer" {
+            bouncer_vs_direct(&args).await;
+            continue;
+        }
         let dir = example_dir();
         if backend == "postgres" {
             let Some(mut url) = postgres_database().await else {
@@ -175,17 +190,7 @@ async fn main() {
                 &format!("[databases.main]\nurl = \"{url}\"\nmax_connections = 16"),
             );
             std::fs::write(dir.path().join("trellis.toml"), config).unwrap();
-            // The example's vector step runs on the embedded SQLite backend (its embeddings are
-            // seeded in SQLite's vector layout; the PostgreSQL here has no pgvector): on
-            // PostgreSQL the pipeline is the other three nodes.
-            std::fs::remove_dir_all(dir.path().join("migrations/0003_transaction_embeddings"))
-                .unwrap();
-            let workflow = dir.path().join("workflows/finance_report.toml");
-            let text = std::fs::read_to_string(&workflow).unwrap();
-            let cut = text
-                .find("# The guide's vector step")
-                .expect("the example's vector step");
-            std::fs::write(&workflow, &text[..cut]).unwrap();
+            without_vector_step(dir.path());
         }
         if let Some(baseline) = &args.baseline {
             compare(&args, backend, dir.path(), baseline).await;
@@ -226,6 +231,108 @@ async fn main() {
             assert!(run.requests > 0);
         }
         drop(server);
+    }
+}
+
+/// The example's vector step runs on the embedded SQLite backend (its embeddings are seeded in
+/// SQLite's vector layout; the PostgreSQL here has no pgvector): on PostgreSQL the pipeline is the
+/// other three nodes.
+fn without_vector_step(dir: &std::path::Path) {
+    std::fs::remove_dir_all(dir.join("migrations/0003_transaction_embeddings")).unwrap();
+    let workflow = dir.join("workflows/finance_report.toml");
+    let text = std::fs::read_to_string(&workflow).unwrap();
+    let cut = text
+        .find("# The guide's vector step")
+        .expect("the example's vector step");
+    std::fs::write(&workflow, &text[..cut]).unwrap();
+}
+
+/// The PostgreSQL pipeline through PgBouncer (transaction mode) against the same pipeline
+/// straight to PostgreSQL, on one database, in alternating rounds.
+async fn bouncer_vs_direct(args: &Args) {
+    let (Some(mut direct), Ok(bouncer)) = (
+        postgres_database().await,
+        std::env::var("TRELLIS_TEST_PGBOUNCER_URL"),
+    ) else {
+        println!("pgbouncer: skipped (TRELLIS_TEST_PG_URL or TRELLIS_TEST_PGBOUNCER_URL not set)");
+        return;
+    };
+    // PgBouncer's `*` entry reaches PostgreSQL 15's database of the same name.
+    let mut bouncer = format!(
+        "{}/trellis_http_bench",
+        bouncer.rsplit_once('/').expect("a database URL").0
+    );
+    if let Some(params) = &args.pg_params {
+        direct = format!("{direct}?{params}");
+        bouncer = format!("{bouncer}?{params}");
+    }
+    let dirs = [
+        (direct.as_str(), ""),
+        (bouncer.as_str(), "pooler = \"transaction\"\n"),
+    ]
+    .map(|(url, pooler)| {
+        let dir = example_dir();
+        let config = std::fs::read_to_string(dir.path().join("trellis.toml")).unwrap();
+        let config = config.replace(
+            "[databases.main]\nurl = \"sqlite://data/trellis.db\"",
+            &format!("[databases.main]\nurl = \"{url}\"\nmax_connections = 16\n{pooler}"),
+        );
+        std::fs::write(dir.path().join("trellis.toml"), config).unwrap();
+        without_vector_step(dir.path());
+        dir
+    });
+    let env = [("RUST_LOG", "warn")];
+    // One at a time: the second finds the migrations applied.
+    let direct_server = Server::start_with_env(dirs[0].path(), &[], &env);
+    let bouncer_server = Server::start_with_env(dirs[1].path(), &[], &env);
+    let urls = [&direct_server, &bouncer_server]
+        .map(|s| format!("{}/v1/workflows/finance_report/run", s.base_url()));
+    for url in &urls {
+        let warm = load(url, true, 4, 1.0).await;
+        assert_eq!(warm.errors, 0, "the workflow fails on {url}");
+    }
+    println!("\npostgres: through PgBouncer (transaction mode) vs direct, this build");
+    println!(
+        "{:>11} | {:>10} {:>9} | {:>10} {:>9} | {:>14}",
+        "concurrency", "direct r/s", "p99 ms", "bouncer r/s", "p99 ms", "bouncer/direct"
+    );
+    for &c in &args.concurrency {
+        let (mut ratios, mut d_rps, mut b_rps, mut d_p99, mut b_p99) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut figures = [None, None];
+            for i in order {
+                figures[i] = Some(load(&urls[i], true, c, args.seconds).await);
+            }
+            let [Some(d), Some(b)] = figures else {
+                unreachable!()
+            };
+            assert_eq!(d.errors + b.errors, 0, "errors under load");
+            ratios.push(b.per_second / d.per_second);
+            d_rps.push(d.per_second);
+            b_rps.push(b.per_second);
+            d_p99.push(d.p99_ms);
+            b_p99.push(b.p99_ms);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "{:>11} | {:>10.0} {:>9.2} | {:>10.0} {:>9.2} | {:>13.3}x  (per round: {})",
+            c,
+            median(&mut d_rps),
+            median(&mut d_p99),
+            median(&mut b_rps),
+            median(&mut b_p99),
+            median(&mut ratios.clone()),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
 }
 

@@ -2,7 +2,8 @@
 //! binary started on a free port.
 //!
 //! The test command (`scripts/test`) starts the databases and exports their URLs as
-//! `TRELLIS_TEST_PG_URL`, `TRELLIS_TEST_PGVECTOR_URL` and `TRELLIS_TEST_MYSQL_URL`. A test that
+//! `TRELLIS_TEST_PG_URL`, `TRELLIS_TEST_PGVECTOR_URL`, `TRELLIS_TEST_MYSQL_URL` and, for PgBouncer
+//! in transaction mode, `TRELLIS_TEST_PGBOUNCER_URL` and `TRELLIS_TEST_PGBOUNCER_PGVECTOR_URL`. A test that
 //! needs one fails when it is missing under `CI=true`, and is skipped (with a message) otherwise.
 
 use std::io::{BufRead, BufReader, Read};
@@ -21,6 +22,11 @@ pub enum TestDb {
     PgVector,
     /// MariaDB on 127.0.0.1:3306.
     Mysql,
+    /// PgBouncer in transaction mode in front of PostgreSQL 15 (`test`; any other database
+    /// name reaches PostgreSQL 15's database of that name).
+    PgBouncer,
+    /// The same PgBouncer in front of PostgreSQL 18 + pgvector (`pgvector`).
+    PgBouncerPgVector,
 }
 
 impl TestDb {
@@ -30,6 +36,8 @@ impl TestDb {
             TestDb::Postgres => "TRELLIS_TEST_PG_URL",
             TestDb::PgVector => "TRELLIS_TEST_PGVECTOR_URL",
             TestDb::Mysql => "TRELLIS_TEST_MYSQL_URL",
+            TestDb::PgBouncer => "TRELLIS_TEST_PGBOUNCER_URL",
+            TestDb::PgBouncerPgVector => "TRELLIS_TEST_PGBOUNCER_PGVECTOR_URL",
         }
     }
 

@@ -30,6 +30,25 @@ pub struct DatabaseConfig {
     /// `search_path`) names `${tenant}`, and each tenant gets its own pool (see
     /// `database::tenants`).
     pub tenancy: Option<Tenancy>,
+    /// What sits between the host and the server (`pooler`).
+    pub pooler: Pooler,
+}
+
+/// What sits between the host and a PostgreSQL server (`pooler` in `[databases.NAME]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: each connection of the host is one server
+    /// session for as long as it is open (`"none"`, the default).
+    #[default]
+    None,
+    /// A pooler in transaction mode, such as PgBouncer with `pool_mode = transaction`: each
+    /// transaction may run in another server session. The host then keeps no state in a
+    /// session: every statement runs in a transaction of its own (or the caller's), with
+    /// unnamed prepared statements and its time limit as `SET LOCAL statement_timeout`;
+    /// statements that would leave session state (`SET`, `LISTEN`, `PREPARE`, session advisory
+    /// locks, …) are refused; migrations lock with a transaction-scoped advisory lock.
+    Transaction,
 }
 
 /// How a database per tenant is shared out.
@@ -52,6 +71,7 @@ impl DatabaseConfig {
             pool: PoolSettings::default(),
             search_path: None,
             tenancy: None,
+            pooler: Pooler::None,
         }
     }
 }
@@ -180,6 +200,8 @@ pub(crate) struct RawDatabase {
     pub(crate) search_path: Option<Interpolated<String>>,
     /// A database per tenant: at most this many tenants' pools at once.
     pub(crate) max_tenants: Option<usize>,
+    /// What sits between the host and the server: `"none"` or `"transaction"`.
+    pub(crate) pooler: Option<Pooler>,
 }
 impl RawDatabase {
     pub(crate) fn pool_settings(&mut self) -> PoolSettings {
@@ -317,6 +339,7 @@ pub(crate) fn resolve(
                 let pool = raw.pool_settings();
                 let search_path = raw.search_path.take().map(|s| s.0);
                 let max_tenants = raw.max_tenants.take();
+                let pooler = raw.pooler.take().unwrap_or_default();
                 let fail = |message: String| ResolveError {
                     span: span.clone(),
                     key: format!("databases.{name}"),
@@ -325,6 +348,7 @@ pub(crate) fn resolve(
                 let target = raw.resolve(base).map_err(&fail)?;
                 let tenancy =
                     resolve_tenancy(&target, search_path.as_deref(), max_tenants).map_err(&fail)?;
+                check_pooler(pooler, &target, search_path.as_deref()).map_err(&fail)?;
                 databases.insert(
                     name.clone(),
                     DatabaseConfig {
@@ -333,6 +357,7 @@ pub(crate) fn resolve(
                         pool,
                         search_path,
                         tenancy,
+                        pooler,
                     },
                 );
             }
@@ -343,6 +368,29 @@ pub(crate) fn resolve(
 
 /// Checks where `${tenant}` appears and `search_path`/`max_tenants` fit the database; the
 /// database is per tenant when its name, user, SQLite path or `search_path` names `${tenant}`.
+/// A transaction-mode pooler is for PostgreSQL, and keeps no session setting.
+fn check_pooler(
+    pooler: Pooler,
+    target: &DatabaseTarget,
+    search_path: Option<&str>,
+) -> Result<(), String> {
+    if pooler == Pooler::None {
+        return Ok(());
+    }
+    if target.kind() != DatabaseKind::Postgres {
+        return Err("`pooler = \"transaction\"` is for PostgreSQL (PgBouncer and the like)".into());
+    }
+    if search_path.is_some() {
+        return Err(
+            "`search_path` is a session setting, which a transaction-mode pooler does not keep: \
+             set it on the role instead (`ALTER ROLE … SET search_path = …`), or qualify the \
+             table names"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 fn resolve_tenancy(
     target: &DatabaseTarget,
     search_path: Option<&str>,

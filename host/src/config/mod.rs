@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub(crate) mod database;
 pub(crate) mod values;
 
-pub use database::{DatabaseConfig, DatabaseTarget, parse_database_url};
+pub use database::{DatabaseConfig, DatabaseTarget, Pooler, parse_database_url};
 pub use values::{DatabaseKind, Secret};
 
 use crate::auth::settings::RawAuth;

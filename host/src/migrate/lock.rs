@@ -4,7 +4,10 @@
 //! `GET_LOCK` on a name derived from the current database. Both are held by the session, so a
 //! runner that dies (process killed, connection lost) releases them with its connection. SQLite
 //! has no session lock: the runner opens an immediate (write-locking) transaction around each
-//! step instead, so [`DbLock::acquire`] holds nothing there.
+//! step instead, so [`DbLock::acquire`] holds nothing there. Nor does PostgreSQL behind a
+//! transaction-mode pooler, where a session lock would stay with a server session the runner
+//! may never see again: each step's transaction takes `pg_advisory_xact_lock` on the same key
+//! ([`step_lock_sql`]).
 //!
 //! [`DbLock::release`] unlocks and gives the connection back; a lock dropped without it (a
 //! cancelled run) rolls back and unlocks from a spawned task before the connection returns to
@@ -44,6 +47,16 @@ impl std::fmt::Debug for DbLock {
     }
 }
 
+/// PostgreSQL behind a transaction-mode pooler: opens a step's transaction and takes the
+/// migration lock for it, waiting at most `wait` (`lock_timeout`; `55P03` when it passes).
+pub(crate) fn step_lock_sql(wait: Duration) -> String {
+    let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+    format!(
+        "BEGIN; SET LOCAL lock_timeout = {ms}; \
+         SELECT pg_advisory_xact_lock(hashtext('trellis_migrations.' || current_schema()))"
+    )
+}
+
 fn lock_sql(kind: DatabaseKind) -> Option<(&'static str, &'static str)> {
     match kind {
         DatabaseKind::Postgres => Some((
@@ -59,6 +72,16 @@ fn lock_sql(kind: DatabaseKind) -> Option<(&'static str, &'static str)> {
 }
 
 impl DbLock {
+    /// Holds `lease` without a session lock: each step's transaction locks (SQLite, PostgreSQL
+    /// behind a transaction-mode pooler).
+    pub fn per_step(lease: Lease, kind: DatabaseKind) -> DbLock {
+        DbLock {
+            lease: Some(lease),
+            kind,
+            held: false,
+        }
+    }
+
     /// Takes the lock on `lease`, waiting at most `wait`.
     pub async fn acquire(
         lease: Lease,
@@ -66,11 +89,7 @@ impl DbLock {
         wait: Duration,
     ) -> Result<DbLock, LockError> {
         let Some((lock, _)) = lock_sql(kind) else {
-            return Ok(DbLock {
-                lease: Some(lease),
-                kind,
-                held: false,
-            });
+            return Ok(DbLock::per_step(lease, kind));
         };
         let got = match kind {
             DatabaseKind::Mysql => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::history::{self, HistoryRow, NewRow};
-use super::lock::{DbLock, LockError};
+use super::lock::{DbLock, LockError, step_lock_sql};
 use super::plan::{Plan, PlanError};
 use super::source::{LoadError, Migration, MigrationSet, Step, StepError, script};
 use crate::config::values::DatabaseKind;
@@ -289,7 +289,32 @@ impl Runner {
             .acquire()
             .await
             .map_err(db("cannot connect to run migrations"))?;
+        if self.per_step() {
+            return Ok(DbLock::per_step(lease, self.kind()));
+        }
         Ok(DbLock::acquire(lease, self.kind(), self.lock_wait).await?)
+    }
+
+    /// Whether each step's transaction takes the lock (SQLite, and PostgreSQL behind a
+    /// transaction-mode pooler) instead of one lock held for the whole run.
+    fn per_step(&self) -> bool {
+        self.kind() == DatabaseKind::Sqlite || self.pool.behind_pooler()
+    }
+
+    /// Opens the transaction a step runs in: SQLite's takes the write lock at once; behind a
+    /// transaction-mode pooler PostgreSQL's takes the migration lock (see `super::lock`).
+    async fn begin(&self, lease: &Lease, what: &'static str) -> Result<(), MigrateError> {
+        if self.kind() == DatabaseKind::Postgres && self.pool.behind_pooler() {
+            return match run(lease, &step_lock_sql(self.lock_wait)).await {
+                Err(e) if lock_not_available(&e) => Err(LockError::Timeout(self.lock_wait).into()),
+                other => other.map_err(db(what)),
+            };
+        }
+        let sql = match self.kind() {
+            DatabaseKind::Sqlite => "BEGIN IMMEDIATE",
+            _ => "BEGIN",
+        };
+        run(lease, sql).await.map_err(db(what))
     }
 
     /// Creates `trellis_migrations` when missing. Idempotent.
@@ -300,6 +325,26 @@ impl Runner {
     }
 
     async fn init_locked(&self, lease: &Lease) -> Result<(), MigrateError> {
+        // Behind a pooler the check and the creation are one locked transaction.
+        let pooled = self.pool.behind_pooler();
+        if pooled {
+            self.begin(lease, "cannot begin a transaction").await?;
+        }
+        let created = self.create_history(lease).await;
+        if pooled {
+            let end = if created.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            run(lease, end)
+                .await
+                .map_err(db("cannot end the transaction"))?;
+        }
+        created
+    }
+
+    async fn create_history(&self, lease: &Lease) -> Result<(), MigrateError> {
         let kind = self.kind();
         if history::exists(lease, kind)
             .await
@@ -516,9 +561,8 @@ impl Runner {
         let id = m.id();
         let checksum = m.checksum();
         let step = Step::new(lease, kind);
-        run(lease, begin(kind))
-            .await
-            .map_err(db("cannot begin the migration's transaction"))?;
+        self.begin(lease, "cannot begin the migration's transaction")
+            .await?;
         match self.run_recorded(lease, m, &step, &checksum).await {
             Ok(Some(Ok(elapsed))) => {
                 run(lease, "COMMIT")
@@ -616,10 +660,8 @@ impl Runner {
         let id = m.id();
         let checksum = m.checksum();
         let step = Step::new(lease, kind);
-        if kind == DatabaseKind::Sqlite {
-            run(lease, begin(kind))
-                .await
-                .map_err(db("cannot begin a transaction"))?;
+        if self.per_step() {
+            self.begin(lease, "cannot begin a transaction").await?;
         }
         let marked = async {
             if already_applied(lease, id).await? {
@@ -644,7 +686,7 @@ impl Runner {
             Ok(true)
         }
         .await;
-        if kind == DatabaseKind::Sqlite {
+        if self.per_step() {
             let end = if marked.is_ok() { "COMMIT" } else { "ROLLBACK" };
             run(lease, end)
                 .await
@@ -756,15 +798,14 @@ impl Runner {
         let id = m.id();
         let step = Step::new(lease, kind);
         let transactional = self.in_transaction(m);
-        if transactional || kind == DatabaseKind::Sqlite {
-            run(lease, begin(kind))
-                .await
-                .map_err(db("cannot begin the rollback's transaction"))?;
+        if transactional || self.per_step() {
+            self.begin(lease, "cannot begin the rollback's transaction")
+                .await?;
         }
         let row = history::read_one(lease, id).await;
         let applied = matches!(&row, Ok(Some(r)) if r.is_applied());
         if row.is_err() || !applied {
-            if transactional || kind == DatabaseKind::Sqlite {
+            if transactional || self.per_step() {
                 let _ = run(lease, "ROLLBACK").await;
             }
             row.map_err(db("cannot read the migration history"))?;
@@ -799,7 +840,7 @@ impl Runner {
             let marked =
                 history::set_error(lease, id, "the down step started and did not finish", true)
                     .await;
-            if kind == DatabaseKind::Sqlite {
+            if self.per_step() {
                 let end = if marked.is_ok() { "COMMIT" } else { "ROLLBACK" };
                 run(lease, end)
                     .await
@@ -860,20 +901,17 @@ async fn finish<T>(lock: DbLock, result: Result<T, MigrateError>) -> Result<T, M
     Ok(value)
 }
 
-/// Opens the transaction a step runs in: SQLite's takes the write lock at once.
-fn begin(kind: DatabaseKind) -> &'static str {
-    match kind {
-        DatabaseKind::Sqlite => "BEGIN IMMEDIATE",
-        _ => "BEGIN",
-    }
-}
-
 /// Runs one statement without parameters.
 async fn run(lease: &Lease, sql: &str) -> Result<(), PoolError> {
     lease
         .execute(sql, &crate::sql::params::Params::None, Fetch::All)
         .await
         .map(|_| ())
+}
+
+/// `55P03`: the lock was not taken within `lock_timeout`.
+fn lock_not_available(e: &PoolError) -> bool {
+    matches!(e, PoolError::Query(crate::pool::QueryError::Database { sqlstate: Some(code), .. }) if code == "55P03")
 }
 
 fn millis(d: Duration) -> i64 {

@@ -122,9 +122,10 @@ pub(crate) fn script(sql: &str, kind: DatabaseKind) -> Statement {
     // The tokenizer counts the statements; a script it cannot read (a stray `?` or `:name`) is
     // still sent as a script, and the database has the last word on it.
     // One it cannot read may leave anything behind: its connection is closed afterwards.
-    let (statements, leaves_state) = params::prepare(sql, &Params::None, kind)
-        .map(|s| (s.statements, s.leaves_state))
-        .unwrap_or((2, true));
+    let (statements, leaves_state, outlives_transaction) =
+        params::prepare(sql, &Params::None, kind)
+            .map(|s| (s.statements, s.leaves_state, s.outlives_transaction))
+            .unwrap_or((2, true, true));
     Statement {
         sql: sql.into(),
         args: Vec::new(),
@@ -132,6 +133,7 @@ pub(crate) fn script(sql: &str, kind: DatabaseKind) -> Statement {
         leaves_state,
         // SQLite prepares a single statement; several go through `raw_sql`.
         statements,
+        outlives_transaction,
         shape: params::Shape::Other,
     }
 }

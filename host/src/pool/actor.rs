@@ -223,11 +223,18 @@ async fn execute(
     };
     let outcome = tokio::select! {
         biased;
-        result = conn.run(stmt, fetch) => Ok(result),
+        result = conn.run(stmt, fetch, limit) => Ok(result),
         limit = deadline => Err(Stop::Limit(limit)),
         () = reply.closed() => Err(Stop::Abandoned),
     };
     let result = match outcome {
+        // The server stopped it at the limit (behind a transaction-mode pooler): the connection
+        // is sound, its transaction rolled back.
+        Ok(Err(ExecError::ServerTimeout)) => {
+            let now = Instant::now();
+            ctx.health.query_done(false, now);
+            return (Err(RunError::Timeout(limit.unwrap_or_default())), None, now);
+        }
         Ok(result) => result,
         Err(why) => {
             // The statement is stopped, so that one its caller was told failed (or no longer
@@ -329,6 +336,9 @@ async fn reset_and_checkin(
 pub(crate) fn is_connection_error(error: &ExecError) -> bool {
     match error {
         ExecError::Database(e) => e.is_connection_error(),
-        ExecError::Bind { .. } | ExecError::Unmapped { .. } => false,
+        ExecError::Bind { .. }
+        | ExecError::Unmapped { .. }
+        | ExecError::SessionState
+        | ExecError::ServerTimeout => false,
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::config::database::{DatabaseConfig, DatabaseTarget, parse_database_url};
+use crate::config::database::{DatabaseConfig, DatabaseTarget, Pooler, parse_database_url};
 use crate::config::values::{DatabaseKind, Secret};
 
 /// Settings of one [`Pool`](super::Pool).
@@ -40,6 +40,9 @@ pub struct PoolConfig {
     /// PostgreSQL: the `search_path` every connection starts with (`RESET ALL` on release keeps
     /// it, as it is a connect-time setting).
     pub search_path: Option<String>,
+    /// What sits between the pool and the server: behind a transaction-mode pooler no state is
+    /// kept in a server session (see [`Pooler::Transaction`]).
+    pub pooler: Pooler,
 }
 
 /// Invalid pool settings.
@@ -83,6 +86,7 @@ impl PoolConfig {
             lease_timeout: Duration::from_secs(5 * 60),
             connect_timeout: Duration::from_secs(10),
             search_path: None,
+            pooler: Pooler::None,
         };
         if config.in_memory() {
             // Every in-memory SQLite connection is its own database: keep exactly one.
@@ -96,6 +100,7 @@ impl PoolConfig {
     pub fn from_database(db: &DatabaseConfig) -> Result<PoolConfig, PoolConfigError> {
         let mut c = PoolConfig::new(db.name.clone(), db.target.clone());
         c.search_path = db.search_path.clone();
+        c.pooler = db.pooler;
         let p = &db.pool;
         if let Some(v) = p.min_connections {
             c.min_connections = v;

@@ -315,6 +315,11 @@ impl Pool {
         self.shared.config.target.kind()
     }
 
+    /// Whether the pool connects through a transaction-mode pooler (`pooler = "transaction"`).
+    pub(crate) fn behind_pooler(&self) -> bool {
+        self.shared.config.pooler == crate::config::database::Pooler::Transaction
+    }
+
     /// Opens connections until `min_connections` are open; fails if the database cannot be
     /// reached within `acquire_timeout`.
     pub async fn initialize(&self) -> Result<(), PoolError> {
@@ -726,6 +731,7 @@ impl Shared {
             &self.config.target,
             &self.config.name,
             self.config.search_path.as_deref(),
+            self.config.pooler,
             self.config.connect_timeout,
         )
         .await;

@@ -12,7 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection};
 
 use super::exec::{self, ExecError, Fetch, Output};
-use crate::config::database::DatabaseTarget;
+use super::pooled::{self, PooledSession};
+use crate::config::database::{DatabaseTarget, Pooler};
 use crate::config::values::DatabaseKind;
 use crate::sql::params::Statement;
 use crate::tls::{SslMode, Tls};
@@ -85,12 +86,26 @@ async fn open_sqlite(path: Option<&Path>) -> Result<DriverConnection, sqlx::Erro
     Ok(DriverConnection::Sqlite { conn, handle })
 }
 
-/// Connects to PostgreSQL with `options` under `tls`, and reads the server process id.
+/// Connects to PostgreSQL with `options` under `tls`, and reads the server process id (not
+/// behind a transaction-mode pooler, where the process changes with each transaction).
 async fn connect_postgres(
     tls: &Tls,
     options: PgConnectOptions,
+    pooler: Pooler,
 ) -> Result<DriverConnection, sqlx::Error> {
-    let options = apply_pg(tls, options);
+    let mut options = apply_pg(tls, options);
+    if pooler == Pooler::Transaction {
+        // No named statement may outlive a transaction; `extra_float_digits` is a startup
+        // parameter PgBouncer refuses (values come back in binary, where it does not apply).
+        options = options.statement_cache_capacity(0).extra_float_digits(None);
+        let conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
+        return Ok(DriverConnection::Postgres {
+            conn,
+            touched: false,
+            pid: None,
+            pooled: Some(Box::default()),
+        });
+    }
     let mut conn = options.connect().await.map_err(|e| tls_error(tls, e))?;
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut conn)
@@ -98,7 +113,8 @@ async fn connect_postgres(
     Ok(DriverConnection::Postgres {
         conn,
         touched: false,
-        pid,
+        pid: Some(pid),
+        pooled: None,
     })
 }
 
@@ -133,8 +149,11 @@ pub(crate) enum DriverConnection {
         /// A session statement (`BEGIN`, `SET`, …) ran since the last reset: a transaction
         /// may be open.
         touched: bool,
-        /// The server process (`pg_backend_pid()`), to cancel a statement from elsewhere.
-        pid: i32,
+        /// The server process (`pg_backend_pid()`), to cancel a statement from elsewhere;
+        /// `None` behind a transaction-mode pooler.
+        pid: Option<i32>,
+        /// Behind a transaction-mode pooler: what the connection keeps (see `super::pooled`).
+        pooled: Option<Box<PooledSession>>,
     },
     Mysql {
         conn: MySqlConnection,
@@ -168,9 +187,10 @@ impl DriverConnection {
         target: &DatabaseTarget,
         pool: &str,
         search_path: Option<&str>,
+        pooler: Pooler,
         timeout: Duration,
     ) -> Result<DriverConnection, DriverError> {
-        Self::open(target, pool, search_path, timeout)
+        Self::open(target, pool, search_path, pooler, timeout)
             .await
             .map_err(DriverError)
     }
@@ -179,6 +199,7 @@ impl DriverConnection {
         target: &DatabaseTarget,
         pool: &str,
         search_path: Option<&str>,
+        pooler: Pooler,
         timeout: Duration,
     ) -> Result<DriverConnection, sqlx::Error> {
         let mut application_name = format!("trellis/{pool}");
@@ -211,7 +232,7 @@ impl DriverConnection {
                         // A startup parameter: the session's default, which `RESET ALL` keeps.
                         options = options.options([("search_path", path)]);
                     }
-                    connect_postgres(tls, options).await?
+                    connect_postgres(tls, options, pooler).await?
                 }
                 DatabaseTarget::Server {
                     host,
@@ -240,13 +261,27 @@ impl DriverConnection {
             .map_err(|_| sqlx::Error::PoolTimedOut)?
     }
 
-    /// Runs one statement.
+    /// Runs one statement. `limit` is the time the caller allows it (behind a transaction-mode
+    /// pooler the server is told; elsewhere the caller enforces it alone).
     pub(crate) async fn run(
         &mut self,
         stmt: &Statement,
         fetch: Fetch,
+        limit: Option<Duration>,
     ) -> Result<Output, ExecError> {
         match self {
+            DriverConnection::Postgres {
+                conn,
+                touched,
+                pooled: Some(session),
+                ..
+            } => {
+                let maybe_in_transaction = *touched;
+                if stmt.touches_session {
+                    *touched = true;
+                }
+                pooled::run(conn, session, stmt, fetch, limit, maybe_in_transaction).await
+            }
             DriverConnection::Postgres { conn, touched, .. } => {
                 if stmt.touches_session {
                     *touched = true;
@@ -269,7 +304,7 @@ impl DriverConnection {
     /// server can (not SQLite).
     pub(crate) fn canceller(&self) -> Option<Canceller> {
         match self {
-            DriverConnection::Postgres { pid, .. } => Some(Canceller::Postgres(*pid)),
+            DriverConnection::Postgres { pid, .. } => pid.map(Canceller::Postgres),
             DriverConnection::Mysql { id, .. } => Some(Canceller::Mysql(*id)),
             DriverConnection::Sqlite { .. } => None,
         }
@@ -291,7 +326,14 @@ impl DriverConnection {
 
     /// A round trip to the server.
     pub(crate) async fn ping(&mut self) -> Result<(), DriverError> {
+        use sqlx::Executor;
         match self {
+            // A pooler may answer a bare `Sync` itself: ask a server.
+            DriverConnection::Postgres {
+                conn,
+                pooled: Some(_),
+                ..
+            } => conn.execute(sqlx::raw_sql("SELECT 1")).await.map(drop),
             DriverConnection::Postgres { conn, .. } => conn.ping().await,
             DriverConnection::Mysql { conn, .. } => conn.ping().await,
             DriverConnection::Sqlite { conn, .. } => conn.ping().await,
@@ -319,6 +361,17 @@ impl DriverConnection {
     async fn reset_session(&mut self) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
         match self {
+            DriverConnection::Postgres {
+                conn,
+                touched,
+                pooled: Some(_),
+                ..
+            } => {
+                // Behind a transaction-mode pooler nothing outlives a transaction (what would is
+                // refused): ending the caller's is all there is to do.
+                conn.execute(sqlx::raw_sql("ROLLBACK")).await?;
+                *touched = false;
+            }
             DriverConnection::Postgres { conn, touched, .. } => {
                 // `RESET ALL` returns every setting to its connect-time value (the startup
                 // parameters, `application_name` among them, stay); it leaves the role alone.
@@ -401,8 +454,14 @@ impl Canceller {
         pool: &str,
         timeout: Duration,
     ) -> Result<(), sqlx::Error> {
-        let mut conn =
-            DriverConnection::open(target, &format!("{pool}/cancel"), None, timeout).await?;
+        let mut conn = DriverConnection::open(
+            target,
+            &format!("{pool}/cancel"),
+            None,
+            Pooler::None,
+            timeout,
+        )
+        .await?;
         let result = match (&mut conn, self) {
             (DriverConnection::Postgres { conn, .. }, Canceller::Postgres(pid)) => {
                 sqlx::query("SELECT pg_cancel_backend($1)")

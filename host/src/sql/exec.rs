@@ -112,6 +112,23 @@ pub enum ExecError {
         /// Its type.
         ty: String,
     },
+    /// Behind a transaction-mode pooler, a statement that would leave state in the server
+    /// session (see [`Statement::outlives_transaction`]).
+    #[error(
+        "the statement would leave state in the server session (`SET`, `RESET`, `LISTEN`, \
+         `PREPARE`, `DEALLOCATE`, `DISCARD`, `LOAD`, a cursor `WITH HOLD`, a temporary object, a \
+         session advisory lock, `set_config`), which the database's transaction-mode pooler \
+         (`pooler = \"transaction\"`) does not keep"
+    )]
+    #[diagnostic(help(
+        "use `SET LOCAL` or `pg_advisory_xact_lock` inside a transaction, or connect to the \
+         server directly"
+    ))]
+    SessionState,
+    /// Behind a transaction-mode pooler, the server stopped the statement at its time limit
+    /// (the transaction's `statement_timeout`).
+    #[error("the server stopped the statement at its time limit")]
+    ServerTimeout,
 }
 
 /// Runs `stmt` on PostgreSQL.
@@ -127,6 +144,34 @@ pub(super) async fn run_pg(
         return collect(stream, fetch, |d| d.rows_affected(), pg_row).await;
     }
     let query = bind_pg_args(conn, stmt, sqlx::query::<Postgres>(sql)).await?;
+    run_pg_query(conn, stmt, query, fetch).await
+}
+
+/// Runs `stmt` on PostgreSQL as an unnamed statement, binding its arguments as `types` (what
+/// PostgreSQL inferred for its placeholders); `None`: a script, through the simple protocol.
+/// What a connection behind a transaction-mode pooler runs (see `super::pooled`).
+pub(super) async fn run_pg_unnamed(
+    conn: &mut PgConnection,
+    stmt: &Statement,
+    fetch: Fetch,
+    types: Option<&[String]>,
+) -> Result<Output, ExecError> {
+    let sql = AssertSqlSafe(stmt.sql.clone());
+    let Some(types) = types else {
+        let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
+        return collect(stream, fetch, |d| d.rows_affected(), pg_row).await;
+    };
+    let query = bind_pg_typed(sqlx::query::<Postgres>(sql).persistent(false), stmt, types)?;
+    run_pg_query(conn, stmt, query, fetch).await
+}
+
+/// Runs `query` (`stmt`, bound) on PostgreSQL.
+async fn run_pg_query(
+    conn: &mut PgConnection,
+    stmt: &Statement,
+    query: PgQuery<'_>,
+    fetch: Fetch,
+) -> Result<Output, ExecError> {
     if matches!(fetch, Fetch::One) && stmt.shape == Shape::Query {
         // One row of a query that always returns a result set (`SELECT … INTO` creates a table
         // instead): the driver's single-row path, which decodes only the first row and skips
@@ -149,18 +194,36 @@ pub(super) async fn run_pg(
 async fn bind_pg_args<'q>(
     conn: &mut PgConnection,
     stmt: &Statement,
-    mut query: PgQuery<'q>,
+    query: PgQuery<'q>,
 ) -> Result<PgQuery<'q>, ExecError> {
     if stmt.args.is_empty() {
         return Ok(query);
     }
+    let types = prepare_pg(conn, stmt).await?;
+    bind_pg_typed(query, stmt, &types)
+}
+
+/// Prepares `stmt` on PostgreSQL (a named statement, which the driver caches unless its cache is
+/// off): the types PostgreSQL inferred for its placeholders.
+pub(super) async fn prepare_pg(
+    conn: &mut PgConnection,
+    stmt: &Statement,
+) -> Result<Vec<String>, ExecError> {
     let prepared = (&mut *conn)
         .prepare(AssertSqlSafe(stmt.sql.clone()).into_sql_str())
         .await?;
-    let types: Vec<String> = match prepared.parameters() {
+    Ok(match prepared.parameters() {
         Some(Either::Left(types)) => types.iter().map(|t| t.name().to_owned()).collect(),
         _ => Vec::new(),
-    };
+    })
+}
+
+/// Binds `stmt`'s arguments to `query` as `types`, one per placeholder (`TEXT` past the end).
+fn bind_pg_typed<'q>(
+    mut query: PgQuery<'q>,
+    stmt: &Statement,
+    types: &[String],
+) -> Result<PgQuery<'q>, ExecError> {
     for (i, value) in stmt.args.iter().enumerate() {
         let ty = types.get(i).map_or("TEXT", String::as_str);
         query = bind_pg(query, value, ty).map_err(|reason| ExecError::Bind {

@@ -3,6 +3,7 @@
 //! - [`params`]: the `:name` tokenizer and per-dialect translation (pure).
 //! - [`exec`]: binding JSON arguments and mapping rows to JSON, per driver.
 //! - [`error`]: classifying failures; what is transient.
+//! - [`pooled`]: PostgreSQL behind a transaction-mode pooler (PgBouncer): no session state.
 //! - [`node`]: the node itself: fetch modes, per-query timeout, retries, output shape.
 
 pub(crate) mod driver;
@@ -10,6 +11,7 @@ pub(crate) mod error;
 pub(crate) mod exec;
 pub(crate) mod node;
 pub(crate) mod params;
+pub(crate) mod pooled;
 
 pub use error::ErrorKind;
 pub use exec::{Fetch, Output};

@@ -75,6 +75,13 @@ pub struct Statement {
     pub leaves_state: bool,
     /// How many statements the SQL holds (`SELECT 1; SELECT 2` holds two).
     pub statements: usize,
+    /// PostgreSQL: whether the statement may leave state in the server session past its
+    /// transaction: `SET` (not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`), `RESET`,
+    /// `LISTEN`, `UNLISTEN`, `PREPARE`, `DEALLOCATE`, `DISCARD`, `LOAD`, a cursor `WITH HOLD`,
+    /// a temporary object, a session advisory lock, `set_config`. Behind a transaction-mode
+    /// pooler the next transaction may run in another server session, so such a statement is
+    /// refused there (see `[databases.NAME] pooler`).
+    pub outlives_transaction: bool,
     /// What the (first) statement is, by its first keyword.
     pub shape: Shape,
 }
@@ -183,6 +190,7 @@ struct Template {
     touches_session: bool,
     leaves_state: bool,
     statements: usize,
+    outlives_transaction: bool,
     shape: Shape,
 }
 
@@ -228,6 +236,7 @@ impl Template {
             touches_session: scan.touches_session,
             leaves_state: scan.leaves_state,
             statements: scan.statements,
+            outlives_transaction: scan.outlives_transaction,
             shape: scan.shape(sql),
         })
     }
@@ -240,6 +249,7 @@ impl Template {
             touches_session: self.touches_session,
             leaves_state: self.leaves_state,
             statements: self.statements,
+            outlives_transaction: self.outlives_transaction,
             shape: self.shape,
         };
         let has_named = !self.names.is_empty();
@@ -351,6 +361,7 @@ struct Scan {
     touches_session: bool,
     leaves_state: bool,
     statements: usize,
+    outlives_transaction: bool,
     /// The first word of the first statement.
     first_word: Option<Token>,
     /// The word `INTO` appears outside literals and comments.
@@ -414,6 +425,25 @@ const SESSION_LOCK_FUNCTIONS: &[&str] = &[
     "get_lock",
 ];
 
+/// PostgreSQL statements (by their first word) that leave session state past their transaction.
+const PG_SESSION_STATEMENTS: &[&str] = &[
+    "RESET",
+    "LISTEN",
+    "UNLISTEN",
+    "PREPARE",
+    "DEALLOCATE",
+    "DISCARD",
+    "LOAD",
+];
+
+/// PostgreSQL's advisory lock functions whose lock outlives the transaction.
+const PG_SESSION_LOCK_FUNCTIONS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
 fn is_name_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_'
 }
@@ -432,10 +462,12 @@ fn scan(sql: &str, dialect: DatabaseKind) -> Result<Scan, ParamError> {
         statement_start: true,
         prev_word: None,
         set: SetState::No,
+        pg_set: false,
     };
     while scanner.i < scanner.b.len() {
         scanner.token()?;
     }
+    scanner.out.outlives_transaction |= scanner.pg_set;
     Ok(scanner.out)
 }
 
@@ -452,6 +484,8 @@ struct Scanner<'a> {
     /// The previous word of the current statement.
     prev_word: Option<Token>,
     set: SetState,
+    /// PostgreSQL: the statement began with `SET`, and the next word says for how long.
+    pg_set: bool,
 }
 
 impl Scanner<'_> {
@@ -514,6 +548,8 @@ impl Scanner<'_> {
                 self.statement_start = true;
                 self.prev_word = None;
                 self.set = SetState::No;
+                // `SET;` alone is a syntax error; a session `SET` is assumed.
+                self.out.outlives_transaction |= std::mem::take(&mut self.pg_set);
                 self.i += 1;
             }
             b'@' if dialect == DatabaseKind::Mysql => {
@@ -638,7 +674,10 @@ impl Scanner<'_> {
         let statement_start = self.statement_start;
         match self.dialect {
             // The reset undoes temporary tables (`DISCARD TEMP`).
-            DatabaseKind::Postgres => self.out.touches_session |= temp,
+            DatabaseKind::Postgres => {
+                self.out.touches_session |= temp;
+                self.out.outlives_transaction |= temp || self.pg_outlives(word);
+            }
             DatabaseKind::Mysql => {
                 self.out.leaves_state |= temp || (statement_start && is_word("PREPARE"));
                 self.set = self.mysql_set(word);
@@ -648,6 +687,28 @@ impl Scanner<'_> {
                     temp || (statement_start && (is_word("PRAGMA") || is_word("ATTACH")));
             }
         }
+    }
+
+    /// Whether PostgreSQL's `word` makes the statement leave session state past its transaction
+    /// (see [`Statement::outlives_transaction`]; temporary objects are noted by the caller).
+    fn pg_outlives(&mut self, word: &str) -> bool {
+        let is_word = |k: &str| word.eq_ignore_ascii_case(k);
+        if std::mem::take(&mut self.pg_set) {
+            return !(is_word("LOCAL") || is_word("TRANSACTION") || is_word("CONSTRAINTS"));
+        }
+        if self.statement_start {
+            if is_word("SET") {
+                self.pg_set = true;
+                return false;
+            }
+            return PG_SESSION_STATEMENTS.iter().any(|k| is_word(k));
+        }
+        let after_with = self
+            .prev_word
+            .is_some_and(|p| self.sql[p.start..p.end].eq_ignore_ascii_case("WITH"));
+        (after_with && is_word("HOLD"))
+            || is_word("set_config")
+            || PG_SESSION_LOCK_FUNCTIONS.iter().any(|k| is_word(k))
     }
 
     /// Where a MySQL `SET` statement is after `word` (noting a variable the reset cannot undo).
@@ -986,6 +1047,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn postgres_session_state_past_the_transaction_is_noticed() {
+        let outlives = |sql: &str| {
+            prepare(sql, &Params::None, PG)
+                .unwrap()
+                .outlives_transaction
+        };
+        for sql in [
+            "SET search_path = x",
+            "set session statement_timeout = 5",
+            "SET ROLE admin",
+            "SET SESSION AUTHORIZATION bob",
+            "SELECT 1; SET work_mem = '1GB'",
+            "RESET ALL",
+            "LISTEN ch",
+            "UNLISTEN *",
+            "PREPARE q AS SELECT 1",
+            "DEALLOCATE ALL",
+            "DISCARD ALL",
+            "LOAD 'auto_explain'",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CREATE TEMP TABLE t (a int)",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_try_advisory_lock_shared(1)",
+            "SELECT set_config('search_path', 'x', false)",
+            "SET",
+        ] {
+            assert!(outlives(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "SET LOCAL statement_timeout = 5",
+            "BEGIN; SET LOCAL hnsw.ef_search = 40",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "UPDATE t SET a = 1",
+            "UPDATE t SET reset = 1",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT 'SET x = 1'",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "BEGIN",
+            "COMMIT",
+        ] {
+            assert!(!outlives(sql), "{sql}");
+        }
+    }
     #[test]
     fn state_a_reset_cannot_undo_is_noticed() {
         let leaves = |sql, dialect| prepare(sql, &Params::None, dialect).unwrap().leaves_state;

@@ -309,6 +309,7 @@ fn stmt(sql: String, args: Vec<Value>) -> Statement {
         touches_session: false,
         leaves_state: false,
         statements: 1,
+        outlives_transaction: false,
         shape: Shape::Other,
     }
 }
@@ -321,6 +322,8 @@ fn script(sql: String) -> Statement {
         touches_session: true,
         leaves_state: false,
         statements,
+        // Its settings are `SET LOCAL`: they end with the transaction.
+        outlives_transaction: false,
         shape: Shape::Other,
     }
 }
