@@ -41,6 +41,7 @@ pub(crate) mod cli;
 pub(crate) mod config;
 pub(crate) mod database;
 pub(crate) mod diagnostic;
+pub(crate) mod generation;
 mod loopback;
 pub(crate) mod migrate;
 mod node_keys;
@@ -73,6 +74,8 @@ pub use database::Databases;
 pub use database::open as open_database;
 /// An error's text without its drawing.
 pub use diagnostic::plain as plain_error;
+/// One numbered generation of policies, plugins and workflows, which a run pins.
+pub use generation::{Generation, Generations};
 /// Migrations.
 pub use migrate::lock::{DbLock, LockError};
 pub use migrate::{

@@ -73,7 +73,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         )),
         Some(workflow) => app
             .runtime()
-            .run(&workflow, &PreparedUser::new(user), &inputs, new_run_id())
+            .run_in(
+                &app.generations().current(),
+                &workflow,
+                &PreparedUser::new(user),
+                &inputs,
+                new_run_id(),
+                None,
+            )
             .await
             .map_err(|e| match e {
                 AccessError::Denied(d) => anyhow::anyhow!(

@@ -1,13 +1,14 @@
 //! Masking plugins as the policy engine's `plugin:<name>` mask type: looks the plugin up in the
-//! registry on every call (so a hot-swapped plugin is used at once), masks a field's values in
-//! one call within the request's budget, and fails closed.
+//! registry on every call (so a hot-swapped plugin is used at once), or in the set a run pinned
+//! ([`SetMasker`]), masks a field's values in one call within the request's budget, and fails
+//! closed.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{MaskInput, PluginKind, PluginRegistry};
+use super::{MaskInput, Plugin, PluginKind, PluginRegistry, PluginSet};
 use crate::policy::ExternalMasker;
 
 /// [`ExternalMasker`] over the plugin registry.
@@ -31,30 +32,86 @@ impl ExternalMasker for RegistryMasker {
         values: &[Value],
         deadline: Option<Instant>,
     ) -> Result<Vec<Result<Value, String>>, String> {
-        let p = self
-            .registry
-            .get(plugin)
-            .ok_or_else(|| format!("masking plugin `{plugin}` is not loaded"))?;
-        if p.kind() != PluginKind::Masking {
-            return Err(format!("plugin `{}` is not a masking plugin", p.label()));
-        }
-        let inputs: Vec<MaskInput> = values
-            .iter()
-            .map(|value| MaskInput {
-                field_path: field.to_owned(),
-                value: value.clone(),
-                params: params.clone(),
-            })
-            .collect();
-        p.mask_until(&inputs, deadline).map_err(|e| e.to_string())
+        mask_with(
+            self.registry.get(plugin),
+            plugin,
+            field,
+            params,
+            values,
+            deadline,
+        )
     }
 
     fn params_problems(&self, plugin: &str, params: &Value) -> Vec<String> {
-        match (self.registry.get(plugin), params) {
-            (Some(p), Value::Object(params)) if p.kind() == PluginKind::Masking => {
-                p.config_problems(params, &[])
-            }
-            _ => Vec::new(),
+        params_problems(self.registry.get(plugin), params)
+    }
+}
+
+/// [`ExternalMasker`] over the plugins a run pinned.
+pub struct SetMasker {
+    set: Arc<PluginSet>,
+}
+
+impl SetMasker {
+    /// Masks with the plugins in `set`.
+    pub fn new(set: Arc<PluginSet>) -> SetMasker {
+        SetMasker { set }
+    }
+}
+
+impl ExternalMasker for SetMasker {
+    fn mask_batch(
+        &self,
+        plugin: &str,
+        field: &str,
+        params: &Value,
+        values: &[Value],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Result<Value, String>>, String> {
+        mask_with(
+            self.set.get(plugin),
+            plugin,
+            field,
+            params,
+            values,
+            deadline,
+        )
+    }
+
+    fn params_problems(&self, plugin: &str, params: &Value) -> Vec<String> {
+        params_problems(self.set.get(plugin), params)
+    }
+}
+
+/// Masks `values` of `field` with `found` (the plugin called `plugin`, if loaded).
+fn mask_with(
+    found: Option<Arc<Plugin>>,
+    plugin: &str,
+    field: &str,
+    params: &Value,
+    values: &[Value],
+    deadline: Option<Instant>,
+) -> Result<Vec<Result<Value, String>>, String> {
+    let p = found.ok_or_else(|| format!("masking plugin `{plugin}` is not loaded"))?;
+    if p.kind() != PluginKind::Masking {
+        return Err(format!("plugin `{}` is not a masking plugin", p.label()));
+    }
+    let inputs: Vec<MaskInput> = values
+        .iter()
+        .map(|value| MaskInput {
+            field_path: field.to_owned(),
+            value: value.clone(),
+            params: params.clone(),
+        })
+        .collect();
+    p.mask_until(&inputs, deadline).map_err(|e| e.to_string())
+}
+
+fn params_problems(found: Option<Arc<Plugin>>, params: &Value) -> Vec<String> {
+    match (found, params) {
+        (Some(p), Value::Object(params)) if p.kind() == PluginKind::Masking => {
+            p.config_problems(params, &[])
         }
+        _ => Vec::new(),
     }
 }

@@ -130,10 +130,25 @@ pub struct PluginStatus {
     pub error: Option<String>,
 }
 
+/// The plugins in service at one moment: what a run pins (see `crate::generation`), so that a
+/// plugin swapped during the run does not serve its later nodes or masks.
 #[derive(Clone, Default)]
-struct Snapshot {
+pub struct PluginSet {
     by_name: HashMap<String, Arc<Plugin>>,
     files: BTreeMap<PathBuf, FileEntry>,
+}
+
+impl PluginSet {
+    /// The plugin called `name` in this set.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.by_name.get(name).cloned()
+    }
+}
+
+impl std::fmt::Debug for PluginSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.by_name.keys()).finish()
+    }
 }
 
 #[derive(Clone)]
@@ -149,7 +164,7 @@ pub struct PluginRegistry {
     engine: PluginEngine,
     dir: PathBuf,
     limits: LimitsConfig,
-    state: ArcSwap<Snapshot>,
+    state: ArcSwap<PluginSet>,
     swap: Mutex<()>,
     changes: watch::Sender<u64>,
     live: Arc<AtomicUsize>,
@@ -162,7 +177,7 @@ impl PluginRegistry {
             engine,
             dir: dir.into(),
             limits,
-            state: ArcSwap::from_pointee(Snapshot::default()),
+            state: ArcSwap::from_pointee(PluginSet::default()),
             swap: Mutex::new(()),
             changes: watch::channel(0).0,
             live: Arc::new(AtomicUsize::new(0)),
@@ -306,7 +321,7 @@ impl PluginRegistry {
     /// another file's plugin has its name. Only this part is serialized.
     fn publish(&self, path: &Path, sha256: &str, plugin: &Arc<Plugin>) -> Result<(), LoadError> {
         let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = Snapshot::clone(&self.state.load());
+        let mut next = PluginSet::clone(&self.state.load());
         if let Some(other) = next.by_name.get(plugin.name())
             && other.file() != path
         {
@@ -340,7 +355,7 @@ impl PluginRegistry {
     pub fn unload_file(&self, path: &Path) -> ReloadOutcome {
         let path = &self.key(path);
         let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = Snapshot::clone(&self.state.load());
+        let mut next = PluginSet::clone(&self.state.load());
         let Some(entry) = next.files.remove(path) else {
             return ReloadOutcome::Unloaded;
         };
@@ -362,7 +377,7 @@ impl PluginRegistry {
     fn record_failure(&self, path: &Path, sha256: String, error: LoadError) -> ReloadOutcome {
         let message = error.to_string();
         let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = Snapshot::clone(&self.state.load());
+        let mut next = PluginSet::clone(&self.state.load());
         let entry = next.files.entry(path.to_owned()).or_insert(FileEntry {
             active: None,
             last_sha256: String::new(),
@@ -382,6 +397,11 @@ impl PluginRegistry {
             }
         }
         ReloadOutcome::Failed(error)
+    }
+
+    /// The plugins in service now.
+    pub fn snapshot(&self) -> Arc<PluginSet> {
+        self.state.load_full()
     }
 
     /// The serving version of the plugin called `name`. Keep the `Arc` for the whole request:

@@ -367,6 +367,7 @@ impl PolicyEngine {
     ) -> MaskOutcome {
         self.mask_in(
             &self.current.load_full(),
+            &self.settings.masker,
             user,
             resource_id,
             data,
@@ -376,13 +377,19 @@ impl PolicyEngine {
         )
     }
 
-    /// [`PolicyEngine::mask`] with a pinned `generation` (see [`PolicyEngine::decide_in`]).
-    /// A `plugin:` mask's call ends by `deadline` (the request's budget); past it, its values
-    /// are redacted.
+    /// The masker the engine was configured with (`hmac` key, `plugin:` masks).
+    pub fn masker(&self) -> &super::Masker {
+        &self.settings.masker
+    }
+
+    /// [`PolicyEngine::mask`] with a pinned `generation` (see [`PolicyEngine::decide_in`]),
+    /// masking with `masker` (the run's: its `plugin:` masks use the run's plugins). A `plugin:`
+    /// mask's call ends by `deadline` (the request's budget); past it, its values are redacted.
     #[allow(clippy::too_many_arguments)]
     pub fn mask_in(
         &self,
         generation: &Arc<PolicyGeneration>,
+        masker: &super::Masker,
         user: &PreparedUser,
         resource_id: &str,
         data: &Value,
@@ -417,12 +424,8 @@ impl PolicyEngine {
             if !applies {
                 continue;
             }
-            let (masked, count, mut failed) = self.settings.masker.mask_field_until(
-                &value,
-                &rule.field_path,
-                &rule.mask,
-                deadline,
-            );
+            let (masked, count, mut failed) =
+                masker.mask_field_until(&value, &rule.field_path, &rule.mask, deadline);
             value = masked;
             errors.append(&mut failed);
             if count > 0 {

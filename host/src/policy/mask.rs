@@ -96,6 +96,11 @@ impl Masker {
             .unwrap_or_default()
     }
 
+    /// Whether `plugin:<name>` masks have somewhere to go.
+    pub fn has_external(&self) -> bool {
+        self.external.is_some()
+    }
+
     /// Routes `plugin:<name>` masks to `external`.
     pub fn with_external(mut self, external: Arc<dyn ExternalMasker>) -> Masker {
         self.external = Some(external);

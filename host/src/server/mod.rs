@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{AuditTarget, Config};
 use crate::database::{DatabaseError, Databases};
+use crate::generation::Generations;
 use crate::plugins::{PluginService, PluginStartError, RegistryMasker};
 use crate::policy::{AuditLog, EngineSettings, Masker, PolicyEngine, PolicyWatcher};
 use crate::workflow::{AccessControlledRuntime, HostNames, Runtime, WorkflowSet, WorkflowWatcher};
@@ -46,6 +47,8 @@ struct AppInner {
     plugins: PluginService,
     policy: Arc<PolicyEngine>,
     workflows: Arc<WorkflowSet>,
+    /// Policies, plugins and workflows as one numbered generation, which each run pins.
+    generations: Arc<Generations>,
     runtime: AccessControlledRuntime,
     watchers: std::sync::Mutex<Watchers>,
     started: Instant,
@@ -60,6 +63,8 @@ struct Watchers {
     workflows: Option<WorkflowWatcher>,
     /// Logs node-scope warnings on every change (see [`crate::workflow::scope`]).
     scope: Option<tokio::task::JoinHandle<()>>,
+    /// Makes a new generation on every change (see [`crate::generation`]).
+    generations: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -83,11 +88,17 @@ impl App {
                 .await
                 .map_err(|e| StartError::Workflows(e.to_string()))?,
         );
+        let generations = Arc::new(Generations::new(
+            policy.clone(),
+            plugins.registry().clone(),
+            workflows.clone(),
+        ));
         let mut watchers = Watchers {
             scope: Some(crate::workflow::scope::watch(
                 policy.clone(),
                 workflows.clone(),
             )),
+            generations: Some(generations.follow()),
             ..Watchers::default()
         };
         if watch {
@@ -138,6 +149,7 @@ impl App {
                 plugins,
                 policy,
                 workflows,
+                generations,
                 runtime,
                 watchers: std::sync::Mutex::new(watchers),
                 started: Instant::now(),
@@ -176,6 +188,11 @@ impl App {
         &self.inner.workflows
     }
 
+    /// The generation in force, and the ones to come: pin [`Generations::current`] per run.
+    pub fn generations(&self) -> &Arc<Generations> {
+        &self.inner.generations
+    }
+
     /// The access-controlled workflow runtime.
     pub fn runtime(&self) -> &AccessControlledRuntime {
         &self.inner.runtime
@@ -202,6 +219,9 @@ impl App {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(scope) = w.scope.take() {
                 scope.abort();
+            }
+            if let Some(generations) = w.generations.take() {
+                generations.abort();
             }
             (w.policy.take(), w.workflows.take())
         };

@@ -115,8 +115,10 @@ pub async fn run(
     let ip = peer.map(|axum::Extension(axum::extract::ConnectInfo(peer))| {
         super::client_ip::client_ip(peer.ip(), &headers, &app.config().server.trusted_proxies)
     });
-    let Some(workflow) = app.workflows().get(&name) else {
-        let loaded = app.workflows().current();
+    // The run pins one generation: its workflow, policies and plugins.
+    let pinned = app.generations().current();
+    let Some(workflow) = pinned.workflows.workflows.get(&name).cloned() else {
+        let loaded = pinned.workflows.clone();
         // Only the names this caller may `view`, as in `GET /v1/workflows`.
         let caller = PreparedUser::new(user);
         let names: Vec<String> = loaded
@@ -149,7 +151,14 @@ pub async fn run(
     span.record("run_id", tracing::field::display(&run_id));
     let result = app
         .runtime()
-        .run_from(&workflow, &user, &request.inputs, run_id.clone(), ip)
+        .run_in(
+            &pinned,
+            &workflow,
+            &user,
+            &request.inputs,
+            run_id.clone(),
+            ip,
+        )
         .await;
     let took_ms = started.elapsed().as_secs_f64() * 1e3;
     let user_id = &user.context().user_id;

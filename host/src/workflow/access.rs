@@ -1,5 +1,6 @@
 //! The access-controlled runtime (Kailash's `AccessControlledRuntime`): every run is decided by
-//! the policy engine before anything runs, on one pinned policy generation.
+//! the policy engine before anything runs, on one pinned generation (see `crate::generation`):
+//! its policies decide and mask, its plugins run the plugin nodes and the `plugin:` masks.
 //!
 //! 1. workflow `execute`: denied → the run is refused.
 //! 2. per node, before the run: `skip` allowed → the node is skipped for this user; else `execute`
@@ -21,8 +22,10 @@ use serde_json::{Map, Value, json};
 
 use super::runtime::{OutputFilter, Plan, RunError, Runtime};
 use super::spec::{NodeSpec, Workflow};
+use crate::generation::Generation;
+use crate::plugins::SetMasker;
 use crate::policy::{
-    AccessRequest, Decision, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
+    AccessRequest, Decision, Masker, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
 };
 
 /// The policy resource (a workflow id no workflow can have) guarding the admin endpoints:
@@ -45,6 +48,9 @@ pub struct RunReport {
     pub run_id: String,
     /// The workflow.
     pub workflow: String,
+    /// The host's generation (policies, plugins and workflows) the whole run used; 0 outside a
+    /// served host.
+    pub generation: u64,
     /// The policy generation every decision of this run was made with.
     pub policy_generation: u64,
     /// Output per node the user may read, masked.
@@ -163,7 +169,8 @@ impl AccessControlledRuntime {
         self.run_from(workflow, user, inputs, run_id, None).await
     }
 
-    /// [`AccessControlledRuntime::run`] for a caller at address `ip` (`runtime.ip_address`).
+    /// [`AccessControlledRuntime::run`] for a caller at address `ip` (`runtime.ip_address`), on
+    /// the policies and plugins in service now.
     pub async fn run_from(
         &self,
         workflow: &Arc<Workflow>,
@@ -172,12 +179,42 @@ impl AccessControlledRuntime {
         run_id: String,
         ip: Option<std::net::IpAddr>,
     ) -> Result<RunReport, AccessError> {
+        let pinned = Generation::of(
+            self.policy.generation(),
+            self.runtime.plugins().snapshot(),
+            Arc::default(),
+        );
+        self.run_in(&pinned, workflow, user, inputs, run_id, ip)
+            .await
+    }
+
+    /// [`AccessControlledRuntime::run_from`] on `pinned`: its policies decide and mask, its
+    /// plugins run; whatever is swapped meanwhile serves later runs.
+    pub async fn run_in(
+        &self,
+        pinned: &Generation,
+        workflow: &Arc<Workflow>,
+        user: &PreparedUser,
+        inputs: &Map<String, Value>,
+        run_id: String,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<RunReport, AccessError> {
         let deadline = self.budget.map(|b| std::time::Instant::now() + b);
-        let generation = self.policy.generation();
+        let generation = pinned.policy.clone();
         let now = Timestamp::now();
+        // `plugin:` masks go to the pinned plugins.
+        let masker = if self.policy.masker().has_external() {
+            self.policy
+                .masker()
+                .clone()
+                .with_external(Arc::new(SetMasker::new(pinned.plugins.clone())))
+        } else {
+            self.policy.masker().clone()
+        };
         let decisions = Decisions {
             policy: &self.policy,
             generation: &generation,
+            masker: &masker,
             user,
             now,
         };
@@ -202,12 +239,14 @@ impl AccessControlledRuntime {
             downstream_filter,
             tenant: Arc::from(user.context().tenant_id.as_str()),
             database_policy: Some(decisions.database_policy(&ctx)),
+            plugins: Some(pinned.plugins.clone()),
         };
         let run = self.runtime.run(workflow, &inputs, &plan).await?;
 
         let report = RunReport {
             run_id,
             workflow: workflow.name.clone(),
+            generation: pinned.id,
             policy_generation: generation.id(),
             results: Map::new(),
             masked: Vec::new(),
@@ -222,6 +261,7 @@ impl AccessControlledRuntime {
         let finish = Finish {
             policy: self.policy.clone(),
             generation: generation.clone(),
+            masker,
             user: user.clone(),
             workflow: workflow.clone(),
             ctx,
@@ -236,6 +276,7 @@ impl AccessControlledRuntime {
 struct Decisions<'a> {
     policy: &'a Arc<PolicyEngine>,
     generation: &'a Arc<PolicyGeneration>,
+    masker: &'a Masker,
     user: &'a PreparedUser,
     now: Timestamp,
 }
@@ -336,11 +377,13 @@ impl Decisions<'_> {
         masked_downstream.iter().any(|&m| m).then(|| {
             let policy = self.policy.clone();
             let generation = self.generation.clone();
+            let masker = self.masker.clone();
             let user = self.user.clone();
             let ctx = ctx.clone();
             let now = self.now;
             let filter: OutputFilter = Arc::new(move |node: &NodeSpec, output: Value| {
-                mask_output(&policy, &generation, &user, node, output, now, &ctx, None).0
+                let pinned = (&*policy, &generation, &masker);
+                mask_output(pinned, &user, node, output, now, &ctx, None).0
             });
             (masked_downstream, filter)
         })
@@ -368,6 +411,7 @@ fn deny(
 struct Finish {
     policy: Arc<PolicyEngine>,
     generation: Arc<PolicyGeneration>,
+    masker: Masker,
     user: PreparedUser,
     workflow: Arc<Workflow>,
     ctx: Value,
@@ -427,8 +471,7 @@ impl Finish {
                 continue;
             }
             let (output, applied, errors) = mask_output(
-                &self.policy,
-                &self.generation,
+                (&self.policy, &self.generation, &self.masker),
                 &self.user,
                 node,
                 output,
@@ -454,10 +497,8 @@ impl Finish {
 
 /// Applies `node`'s masking rules to the rows of `output` (see
 /// [`super::NodeKind::records_pointer`]; the whole output when it has no rows there).
-#[allow(clippy::too_many_arguments)]
 fn mask_output(
-    policy: &PolicyEngine,
-    generation: &Arc<PolicyGeneration>,
+    (policy, generation, masker): (&PolicyEngine, &Arc<PolicyGeneration>, &Masker),
     user: &PreparedUser,
     node: &NodeSpec,
     mut output: Value,
@@ -474,7 +515,9 @@ fn mask_output(
     } else {
         &mut output
     };
-    let outcome = policy.mask_in(generation, user, &node.id, target, now, ctx, deadline);
+    let outcome = policy.mask_in(
+        generation, masker, user, &node.id, target, now, ctx, deadline,
+    );
     *target = outcome.value;
     (output, outcome.applied, outcome.errors)
 }

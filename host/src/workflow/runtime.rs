@@ -18,7 +18,7 @@ use super::plugin_database::{DatabaseCaller, PluginDatabase};
 use super::spec::{INPUT_PREFIX, NodeKind, NodeSpec, Workflow};
 use crate::database::Databases;
 use crate::database::tenants::{Checkout, TenantError};
-use crate::plugins::{CallError, PluginRegistry};
+use crate::plugins::{CallError, PluginRegistry, PluginSet};
 use crate::pool::breaker::Outcome;
 use crate::pool::ops::{OpError, PoolOperations};
 use crate::sql::{ErrorKind, SqlError, SqlNode};
@@ -40,6 +40,8 @@ pub struct Plan {
     /// Decides the statements plugin nodes send through the `database` import (`None`: every
     /// one is denied).
     pub database_policy: Option<super::DatabasePolicy>,
+    /// The plugins the run pinned (`None`: the registry's at each node).
+    pub plugins: Option<Arc<PluginSet>>,
 }
 
 /// What one run produced.
@@ -294,6 +296,7 @@ impl Runtime {
             let ops = ops.clone();
             let tenant = plan.tenant.clone();
             let database_policy = plan.database_policy.clone();
+            let plugins = plan.plugins.clone();
             running.spawn(async move {
                 let started = Instant::now();
                 let node = &workflow.nodes[i];
@@ -301,6 +304,7 @@ impl Runtime {
                     workload: &workflow.name,
                     tenant: &tenant,
                     database_policy,
+                    plugins: plugins.as_deref(),
                 };
                 let result =
                     tokio::time::timeout(limit, this.run_node(node, &config, &ops, on)).await;
@@ -405,10 +409,11 @@ impl Runtime {
         node: &NodeSpec,
         on: RunsOn<'_>,
     ) -> Result<Value, NodeError> {
-        let plugin = self
-            .plugins
-            .get(name)
-            .ok_or_else(|| NodeError::PluginMissing(name.to_owned()))?;
+        let plugin = match on.plugins {
+            Some(set) => set.get(name),
+            None => self.plugins.get(name),
+        }
+        .ok_or_else(|| NodeError::PluginMissing(name.to_owned()))?;
         // Checked at load against the plugin then loaded; now against the one that runs.
         let problems = plugin.config_problems(&config.settings, &["records"]);
         if !problems.is_empty() {
@@ -466,6 +471,8 @@ struct RunsOn<'a> {
     workload: &'a str,
     tenant: &'a str,
     database_policy: Option<super::DatabasePolicy>,
+    /// The plugins the run pinned.
+    plugins: Option<&'a PluginSet>,
 }
 
 /// The pool operations of one run, per database, and the tenant checkouts they hold open.
