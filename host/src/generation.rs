@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::plugins::{PluginRegistry, PluginSet};
 use crate::policy::{PolicyEngine, PolicyGeneration};
-use crate::workflow::{WorkflowSet, set::Loaded};
+use crate::workflow::{Pinned, WorkflowSet, set::Loaded};
 
 /// What one generation serves.
 #[derive(Debug)]
@@ -29,18 +29,12 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// A generation made of these parts, outside any [`Generations`] (numbered 0): what a run
-    /// outside a served host (`trellis run`, an embedder) pins.
-    pub fn of(
-        policy: Arc<PolicyGeneration>,
-        plugins: Arc<PluginSet>,
-        workflows: Arc<Loaded>,
-    ) -> Generation {
-        Generation {
-            id: 0,
-            policy,
-            plugins,
-            workflows,
+    /// What a run of this generation pins.
+    pub fn pinned(&self) -> Pinned {
+        Pinned {
+            generation: self.id,
+            policy: self.policy.clone(),
+            plugins: self.plugins.clone(),
         }
     }
 

@@ -111,8 +111,8 @@ pub use vector::{
 };
 /// Workflows: files and the builder, the runtime, policy in front of it.
 pub use workflow::{
-    AccessControlledRuntime, AnyName, DatabaseCaller, DatabasePolicy, InputType, NodeError, Plan,
-    PluginDatabase, RunError, RunOutput, RunReport, Runtime, Workflow, WorkflowBuilder,
+    AccessControlledRuntime, AnyName, DatabaseCaller, DatabasePolicy, InputType, NodeError, Pinned,
+    Plan, PluginDatabase, RunError, RunOutput, RunReport, Runtime, Workflow, WorkflowBuilder,
     WorkflowSet, decided_by as database_policy,
 };
 

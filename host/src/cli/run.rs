@@ -74,7 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(workflow) => app
             .runtime()
             .run_in(
-                &app.generations().current(),
+                &app.generations().current().pinned(),
                 &workflow,
                 &PreparedUser::new(user),
                 &inputs,

@@ -152,7 +152,7 @@ pub async fn run(
     let result = app
         .runtime()
         .run_in(
-            &pinned,
+            &pinned.pinned(),
             &workflow,
             &user,
             &request.inputs,

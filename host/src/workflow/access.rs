@@ -22,8 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::runtime::{OutputFilter, Plan, RunError, Runtime};
 use super::spec::{NodeSpec, Workflow};
-use crate::generation::Generation;
-use crate::plugins::SetMasker;
+use crate::plugins::{PluginSet, SetMasker};
 use crate::policy::{
     AccessRequest, Decision, Masker, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
 };
@@ -95,6 +94,17 @@ pub enum AccessError {
     /// A node failed.
     #[error(transparent)]
     Run(#[from] RunError),
+}
+
+/// What a run pins for its whole length (from the host's generation: see `crate::generation`).
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    /// The generation's number (0 outside a served host).
+    pub generation: u64,
+    /// The policies that decide and mask.
+    pub policy: Arc<PolicyGeneration>,
+    /// The plugins that run the plugin nodes and the `plugin:` masks.
+    pub plugins: Arc<PluginSet>,
 }
 
 /// The runtime with policy in front.
@@ -179,11 +189,11 @@ impl AccessControlledRuntime {
         run_id: String,
         ip: Option<std::net::IpAddr>,
     ) -> Result<RunReport, AccessError> {
-        let pinned = Generation::of(
-            self.policy.generation(),
-            self.runtime.plugins().snapshot(),
-            Arc::default(),
-        );
+        let pinned = Pinned {
+            generation: 0,
+            policy: self.policy.generation(),
+            plugins: self.runtime.plugins().snapshot(),
+        };
         self.run_in(&pinned, workflow, user, inputs, run_id, ip)
             .await
     }
@@ -192,7 +202,7 @@ impl AccessControlledRuntime {
     /// plugins run; whatever is swapped meanwhile serves later runs.
     pub async fn run_in(
         &self,
-        pinned: &Generation,
+        pinned: &Pinned,
         workflow: &Arc<Workflow>,
         user: &PreparedUser,
         inputs: &Map<String, Value>,
@@ -246,7 +256,7 @@ impl AccessControlledRuntime {
         let report = RunReport {
             run_id,
             workflow: workflow.name.clone(),
-            generation: pinned.id,
+            generation: pinned.generation,
             policy_generation: generation.id(),
             results: Map::new(),
             masked: Vec::new(),

@@ -20,7 +20,7 @@ pub(crate) mod spec;
 use std::sync::Arc;
 
 pub use access::{
-    ADMIN_RESOURCE, AccessControlledRuntime, AccessError, Denial, RunReport, new_run_id,
+    ADMIN_RESOURCE, AccessControlledRuntime, AccessError, Denial, Pinned, RunReport, new_run_id,
 };
 pub use builder::WorkflowBuilder;
 pub use failure::CallerError;
