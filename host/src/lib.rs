@@ -41,6 +41,7 @@ pub(crate) mod cli;
 pub(crate) mod config;
 pub(crate) mod database;
 pub(crate) mod diagnostic;
+pub(crate) mod fleet;
 pub(crate) mod generation;
 mod loopback;
 pub(crate) mod migrate;

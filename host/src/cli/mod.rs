@@ -6,6 +6,7 @@ mod plugin;
 mod plugin_call;
 mod plugin_python;
 mod policy;
+mod publish;
 mod query;
 pub mod report;
 mod run;
@@ -64,6 +65,9 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Load vectors from a JSONL file into a vector table, or search one.
     Vector(vector::VectorArgs),
+    /// Publish policies, plugins and workflows to the fleet's control database, or activate an
+    /// earlier generation.
+    Publish(publish::PublishArgs),
 }
 
 /// The exit code for a failure: `EXIT_CONFIG` (78) when a file the user wrote is invalid, else 1.
@@ -74,6 +78,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<crate::policy::LoadError>()
             || cause.is::<crate::workflow::SpecError>()
             || cause.is::<crate::auth::AuthSetupError>()
+            || matches!(
+                cause.downcast_ref::<crate::fleet::FleetError>(),
+                Some(crate::fleet::FleetError::Invalid(_))
+            )
             || matches!(
                 cause.downcast_ref::<StartError>(),
                 Some(StartError::Policy(_) | StartError::PolicyFiles(_) | StartError::Auth(_))
@@ -103,5 +111,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(args) => policy::run(args),
         Command::Migrate(args) => migrate::run(args).await,
         Command::Vector(args) => vector::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
     }
 }

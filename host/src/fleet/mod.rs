@@ -1,0 +1,71 @@
+//! A fleet's control plane in PostgreSQL (issue 20): bundles of policies, plugins and workflows
+//! published as numbered generations, each in one transaction, its files stored once by content.
+//!
+//! - [`schema`]: the control schema `trellis_control`, by migrations of its own.
+//! - [`bundle`]: a bundle directory, read and checked exactly as a host loads one.
+//! - [`publish`]: a bundle written as a new generation, and a generation activated.
+//!
+//! PostgreSQL's transaction is the one source of truth: no consensus of our own.
+
+pub(crate) mod bundle;
+pub(crate) mod publish;
+pub(crate) mod schema;
+
+use crate::migrate::MigrateError;
+use crate::pool::PoolError;
+
+/// The channel `NOTIFY` announces new and activated generations on.
+pub const CHANNEL: &str = "trellis_generations";
+
+/// Why a publish or an activation did not happen. Nothing is written when it fails.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum FleetError {
+    /// A bundle file could not be read.
+    #[error("cannot read `{path}`: {reason}")]
+    Read {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The bundle does not load as a host would load it.
+    #[error("the bundle does not load, nothing was published:\n{}", .0.join("\n"))]
+    #[diagnostic(help(
+        "fix these files, check them with `trellis serve` on the directory, and publish again"
+    ))]
+    Invalid(Vec<String>),
+    /// The control database is behind a transaction-mode pooler.
+    #[error("the control database `{0}` is behind a transaction-mode pooler")]
+    #[diagnostic(help(
+        "the control plane listens for notices (LISTEN), which needs a direct connection: give \
+         the PostgreSQL server's own URL"
+    ))]
+    Pooled(String),
+    /// The control database is not PostgreSQL.
+    #[error("the control database `{0}` is not PostgreSQL")]
+    NotPostgres(String),
+    /// The control schema could not be made current.
+    #[error("cannot set up the control schema")]
+    Schema(#[source] Box<MigrateError>),
+    /// The database failed.
+    #[error("{what}")]
+    Database {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<PoolError>,
+    },
+    /// `--activate N` named a generation never published.
+    #[error("no generation {0} was ever published")]
+    #[diagnostic(help("`trellis fleet status` lists the published generations"))]
+    NoSuchGeneration(i64),
+}
+
+/// Wraps a pool error with what was being done.
+pub(crate) fn db(what: &'static str) -> impl FnOnce(PoolError) -> FleetError {
+    move |source| FleetError::Database {
+        what,
+        source: Box::new(source),
+    }
+}

@@ -1,0 +1,174 @@
+//! Publishing a bundle as a new generation, and activating one, on the control database.
+//!
+//! A publish is one transaction: the files not stored yet (by SHA-256: an unchanged plugin is
+//! not uploaded again), the manifest as generation N+1, N+1 made active, and a `NOTIFY` on
+//! [`super::CHANNEL`] (delivered when the transaction commits). Publishers take turns on a
+//! transaction-scoped advisory lock, so generation numbers never collide.
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use super::bundle::{Bundle, sha256};
+use super::{CHANNEL, FleetError, db};
+use crate::pool::{Lease, Pool, PoolError};
+use crate::sql::exec::{Fetch, Output};
+use crate::sql::params::Params;
+
+/// What a publish wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The new generation, now active.
+    pub generation: i64,
+    /// Files stored by this publish.
+    pub uploaded: usize,
+    /// Files already stored (by content).
+    pub reused: usize,
+}
+
+fn named(value: Value) -> Params {
+    match value {
+        Value::Object(map) => Params::Named(map),
+        _ => Params::Named(Map::new()),
+    }
+}
+
+async fn run(lease: &Lease, sql: &str, params: Value) -> Result<Output, PoolError> {
+    lease.execute(sql, &named(params), Fetch::All).await
+}
+
+/// Runs `body` in a transaction on `lease` holding the publish lock; rolled back on error.
+async fn in_transaction<T>(
+    lease: &Lease,
+    body: impl std::future::Future<Output = Result<T, FleetError>>,
+) -> Result<T, FleetError> {
+    run(lease, "BEGIN", json!({}))
+        .await
+        .map_err(db("cannot begin the publish transaction"))?;
+    let done = async {
+        run(
+            lease,
+            "SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(hashtext('trellis_control.publish'))) l",
+            json!({}),
+        )
+        .await
+        .map_err(db("cannot take the publish lock"))?;
+        body.await
+    }
+    .await;
+    let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = run(lease, end, json!({})).await;
+    let value = done?;
+    ended.map_err(db("cannot commit the publish"))?;
+    Ok(value)
+}
+
+/// Writes `bundle` as a new, active generation (published by `by`).
+pub async fn publish(pool: &Pool, bundle: &Bundle, by: &str) -> Result<Published, FleetError> {
+    let lease = pool
+        .acquire()
+        .await
+        .map_err(db("cannot connect to the control database"))?;
+    let lease = &lease;
+    in_transaction(lease, async move {
+        let hashes: Vec<String> = bundle.files.values().map(|b| sha256(b)).collect();
+        let stored = run(
+            lease,
+            "SELECT sha256 FROM trellis_control.blobs WHERE sha256 = ANY(:hashes)",
+            json!({ "hashes": hashes }),
+        )
+        .await
+        .map_err(db("cannot read the stored files"))?;
+        let mut have: std::collections::HashSet<String> = stored
+            .rows
+            .iter()
+            .filter_map(|r| r.get("sha256").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        let (mut uploaded, mut reused) = (0, 0);
+        for bytes in bundle.files.values() {
+            let hash = sha256(bytes);
+            if !have.insert(hash.clone()) {
+                reused += 1;
+                continue;
+            }
+            run(
+                lease,
+                "INSERT INTO trellis_control.blobs (sha256, size, content) \
+                 VALUES (:sha256, :size, :content) ON CONFLICT (sha256) DO NOTHING",
+                json!({
+                    "sha256": hash,
+                    "size": bytes.len(),
+                    "content": base64::engine::general_purpose::STANDARD.encode(bytes),
+                }),
+            )
+            .await
+            .map_err(db("cannot store a file"))?;
+            uploaded += 1;
+        }
+        let next = run(
+            lease,
+            "SELECT coalesce(max(id), 0) + 1 AS id FROM trellis_control.generations",
+            json!({}),
+        )
+        .await
+        .map_err(db("cannot number the generation"))?;
+        let generation = next.rows[0]["id"].as_i64().unwrap_or(1);
+        run(
+            lease,
+            "INSERT INTO trellis_control.generations (id, manifest, published_by) \
+             VALUES (:id, :manifest, :by)",
+            json!({"id": generation, "manifest": bundle.manifest(), "by": by}),
+        )
+        .await
+        .map_err(db("cannot record the generation"))?;
+        activate_in(lease, generation).await?;
+        Ok(Published {
+            generation,
+            uploaded,
+            reused,
+        })
+    })
+    .await
+}
+
+/// Makes `generation` (published earlier) the active one: the fleet rolls back or forward to it.
+pub async fn activate(pool: &Pool, generation: i64) -> Result<(), FleetError> {
+    let lease = pool
+        .acquire()
+        .await
+        .map_err(db("cannot connect to the control database"))?;
+    let lease = &lease;
+    in_transaction(lease, async move {
+        let found = run(
+            lease,
+            "SELECT id FROM trellis_control.generations WHERE id = :id",
+            json!({ "id": generation }),
+        )
+        .await
+        .map_err(db("cannot read the generations"))?;
+        if found.rows.is_empty() {
+            return Err(FleetError::NoSuchGeneration(generation));
+        }
+        activate_in(lease, generation).await
+    })
+    .await
+}
+
+/// Inside the publish transaction: `generation` becomes active, and the fleet is told at commit.
+async fn activate_in(lease: &Lease, generation: i64) -> Result<(), FleetError> {
+    run(
+        lease,
+        "INSERT INTO trellis_control.active (one, generation) VALUES (true, :id) \
+         ON CONFLICT (one) DO UPDATE SET generation = EXCLUDED.generation, activated_at = now()",
+        json!({ "id": generation }),
+    )
+    .await
+    .map_err(db("cannot activate the generation"))?;
+    run(
+        lease,
+        "SELECT 1 AS sent FROM (SELECT pg_notify(:channel, :payload)) n",
+        json!({"channel": CHANNEL, "payload": json!({"active": generation}).to_string()}),
+    )
+    .await
+    .map_err(db("cannot notify the fleet"))?;
+    Ok(())
+}
