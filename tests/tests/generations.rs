@@ -51,7 +51,8 @@ fn setup() -> tempfile::TempDir {
     let d = dir.path();
     std::fs::write(
         d.join("trellis.toml"),
-        "[auth]\nmode = \"dev\"\n[plugins.limits.sleep]\ncall_timeout = \"10s\"\n",
+        "[auth]\nmode = \"dev\"\n[server]\npublic = [\"metrics\"]\n\
+         [plugins.limits.sleep]\ncall_timeout = \"10s\"\n",
     )
     .unwrap();
     for sub in ["workflows", "policies", "plugins"] {
@@ -143,4 +144,16 @@ async fn a_plugin_swapped_during_a_run_serves_the_next_run_only() {
     );
     // The policy generation is the same: only the plugins changed.
     assert_eq!(first["policy_generation"], second["policy_generation"]);
+    // /metrics shows the generation in force.
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shown = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trellis_generation "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(shown, Some(next as f64), "{metrics}");
 }

@@ -744,6 +744,7 @@ async fn metrics_cover_runs_policy_workflows_and_plugins() {
     for line in [
         "trellis_workflow_runs_total{workflow=\"finance_report\",outcome=\"ok\"} 1",
         "trellis_workflow_runs_total{workflow=\"finance_report\",outcome=\"denied\"} 1",
+        "trellis_generation 1",
         "trellis_policy_generation 1",
         "trellis_workflows_loaded 1",
         "trellis_plugin_files{status=\"loaded\"}",

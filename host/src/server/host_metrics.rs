@@ -1,5 +1,6 @@
 //! Prometheus figures of the policy engine, the workflows and the plugins, read at scrape time:
-//! generations, counts, reload errors, audit records written and dropped.
+//! the host's generation, the policy generation, counts, reload errors, audit records written and
+//! dropped.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use crate::generation::Generations;
 use crate::plugins::{LoadStatus, PluginRegistry};
 use crate::policy::PolicyEngine;
 use crate::workflow::WorkflowSet;
@@ -21,6 +23,8 @@ pub struct HostCollector {
     pub workflows: Arc<WorkflowSet>,
     /// The plugins.
     pub plugins: Arc<PluginRegistry>,
+    /// The generation runs pin.
+    pub generations: Arc<Generations>,
 }
 
 impl std::fmt::Debug for HostCollector {
@@ -38,6 +42,12 @@ impl Collector for HostCollector {
             }
             Ok::<(), std::fmt::Error>(())
         };
+        gauge(
+            "generation",
+            "The host's generation of policies, plugins and workflows in force (runs report it as \
+             `generation`)",
+            vec![(vec![], self.generations.current().id as f64)],
+        )?;
         let generation = self.policy.generation();
         gauge(
             "policy_generation",

@@ -129,6 +129,7 @@ impl App {
                 policy: policy.clone(),
                 workflows: workflows.clone(),
                 plugins: plugins.registry().clone(),
+                generations: generations.clone(),
             }),
         );
         // A run's masking plugins must be done a little before the request's deadline, so the
