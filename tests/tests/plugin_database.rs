@@ -417,3 +417,37 @@ async fn the_call_deadline_covers_the_wait_on_pg_sleep() {
     // (The marker is bound, so this probe's own text does not match.)
     assert_eq!(still, 0, "pg_sleep still running on the server");
 }
+
+/// A call's repeated statements are decided once (the request is the same each time) and
+/// audited every time.
+#[tokio::test]
+async fn every_statement_of_a_call_is_audited() {
+    let Some(pg) = TestDb::Postgres.url() else {
+        return;
+    };
+    let dir = served(
+        &pg,
+        &workflow("SELECT :n::int AS n", json!({"n": 1}), "repeat = 5"),
+        vec![database_rule("read")],
+        "",
+    );
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run_workflow(&server, "w", &finance(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        eventually(Duration::from_secs(10), || audited(
+            dir.path(),
+            "database:read",
+            "database:main"
+        )
+        .len()
+            >= 5)
+        .await,
+        "audit: {:?}",
+        audited(dir.path(), "database:read", "database:main")
+    );
+    assert_eq!(
+        audited(dir.path(), "database:read", "database:main"),
+        vec![true; 5]
+    );
+}

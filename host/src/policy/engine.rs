@@ -249,6 +249,29 @@ impl PolicyEngine {
         self.decide_in(&self.current.load_full(), req)
     }
 
+    /// Audits `decision` again for `req`: the same request, decided earlier on the same pinned
+    /// generation, at the same instant and in the same context (a plugin call's repeated
+    /// statements), so the same answer. Recorded as a cached decision.
+    pub fn decided_again(&self, req: &AccessRequest<'_>, decision: &Decision) {
+        if self.audit.is_none() {
+            return;
+        }
+        let action = super::compile::action_id(req.resource_type, req.permission);
+        let resource = format!("{}:{}", req.resource_type, req.resource_id);
+        let again = Decision {
+            cached: true,
+            ..decision.clone()
+        };
+        self.audit_decision(
+            req.user,
+            &action,
+            &resource,
+            &again,
+            Instant::now(),
+            Vec::new(),
+        );
+    }
+
     /// Decides `req` with `generation` (from [`PolicyEngine::generation`]): a workflow run pins
     /// one generation for all its decisions, so a reload never splits a run across two.
     pub fn decide_in(

@@ -7,7 +7,7 @@
 //! The runtime itself does not know the user: [`super::AccessControlledRuntime`] puts a
 //! [`DatabasePolicy`] in the run's [`super::Plan`]. A run without one denies every statement.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{Value, json};
 
@@ -15,7 +15,9 @@ use jiff::Timestamp;
 
 use crate::database::Databases;
 use crate::plugins::{DatabaseCallError, DatabaseErrorKind, DatabaseGate, DatabaseRequest};
-use crate::policy::{AccessRequest, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType};
+use crate::policy::{
+    AccessRequest, Decision, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
+};
 use crate::pool::Pool;
 use crate::pool::breaker::Outcome;
 use crate::sql::params::{self, Params, Shape, Statement};
@@ -60,21 +62,40 @@ impl DatabasePolicy {
     }
 
     /// Whether `permission` (`read` or `write`) on database `name` is allowed in `runtime`
-    /// (from [`DatabasePolicy::context_for`]).
-    fn allows(&self, name: &str, permission: &'static str, runtime: &Value) -> bool {
-        self.policy
-            .decide_in(
-                &self.generation,
-                &AccessRequest {
-                    user: &self.user,
-                    resource_type: ResourceType::Database,
-                    resource_id: name,
-                    permission,
-                    now: self.now,
-                    runtime,
-                },
-            )
-            .allowed
+    /// (from [`DatabasePolicy::context_for`]). Decided once per gate, database and permission
+    /// (everything else the decision reads is fixed for the gate), and audited every time.
+    fn allows(
+        &self,
+        name: &str,
+        permission: &'static str,
+        runtime: &Value,
+        decided: &Mutex<Vec<(Box<str>, &'static str, Decision)>>,
+    ) -> bool {
+        let req = AccessRequest {
+            user: &self.user,
+            resource_type: ResourceType::Database,
+            resource_id: name,
+            permission,
+            now: self.now,
+            runtime,
+        };
+        let known = decided
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(n, p, _)| &**n == name && *p == permission)
+            .map(|(_, _, d)| d.clone());
+        if let Some(decision) = known {
+            self.policy.decided_again(&req, &decision);
+            return decision.allowed;
+        }
+        let decision = self.policy.decide_in(&self.generation, &req);
+        let allowed = decision.allowed;
+        decided
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((name.into(), permission, decision));
+        allowed
     }
 }
 
@@ -114,6 +135,8 @@ pub struct PluginDatabase {
     /// The policy, with the decision context for this caller.
     policy: Option<(DatabasePolicy, Value)>,
     caller: DatabaseCaller,
+    /// The decisions made so far, by database and permission.
+    decided: Mutex<Vec<(Box<str>, &'static str, Decision)>>,
 }
 
 impl PluginDatabase {
@@ -133,6 +156,7 @@ impl PluginDatabase {
                 (p, runtime)
             }),
             caller,
+            decided: Mutex::new(Vec::new()),
         }
     }
 }
@@ -172,10 +196,9 @@ impl DatabaseGate for PluginDatabase {
         let stmt = params::prepare(&statement, &Params::Named(params), pool.kind())
             .map_err(|e| fail(DatabaseErrorKind::Query, e.to_string()))?;
         let permission = permission_for(&stmt);
-        let allowed = self
-            .policy
-            .as_ref()
-            .is_some_and(|(policy, runtime)| policy.allows(name, permission, runtime));
+        let allowed = self.policy.as_ref().is_some_and(|(policy, runtime)| {
+            policy.allows(name, permission, runtime, &self.decided)
+        });
         if !allowed {
             tracing::info!(
                 plugin = %self.caller.plugin,
