@@ -292,27 +292,39 @@ async fn bouncer_vs_direct(args: &Args) {
         assert_eq!(warm.errors, 0, "the workflow fails on {url}");
     }
     println!("\npostgres: through PgBouncer (transaction mode) vs direct, this build");
+    alternate(args, [&urls[1], &urls[0]], ["bouncer", "direct"]).await;
+}
+
+/// Per concurrency, `args.rounds` rounds of `urls[0]` and `urls[1]` (which goes first
+/// alternates): the median throughputs and p99s, and the median of the per-round ratios
+/// `urls[0] / urls[1]`.
+async fn alternate(args: &Args, urls: [&str; 2], names: [&str; 2]) {
     println!(
         "{:>11} | {:>10} {:>9} | {:>10} {:>9} | {:>14}",
-        "concurrency", "direct r/s", "p99 ms", "bouncer r/s", "p99 ms", "bouncer/direct"
+        "concurrency",
+        format!("{} r/s", names[0]),
+        "p99 ms",
+        format!("{} r/s", names[1]),
+        "p99 ms",
+        format!("{}/{}", names[0], names[1])
     );
     for &c in &args.concurrency {
-        let (mut ratios, mut d_rps, mut b_rps, mut d_p99, mut b_p99) =
+        let (mut ratios, mut a_rps, mut b_rps, mut a_p99, mut b_p99) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..args.rounds {
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             let mut figures = [None, None];
             for i in order {
-                figures[i] = Some(load(&urls[i], true, c, args.seconds).await);
+                figures[i] = Some(load(urls[i], true, c, args.seconds).await);
             }
-            let [Some(d), Some(b)] = figures else {
+            let [Some(a), Some(b)] = figures else {
                 unreachable!()
             };
-            assert_eq!(d.errors + b.errors, 0, "errors under load");
-            ratios.push(b.per_second / d.per_second);
-            d_rps.push(d.per_second);
+            assert_eq!(a.errors + b.errors, 0, "errors under load");
+            ratios.push(a.per_second / b.per_second);
+            a_rps.push(a.per_second);
             b_rps.push(b.per_second);
-            d_p99.push(d.p99_ms);
+            a_p99.push(a.p99_ms);
             b_p99.push(b.p99_ms);
         }
         let median = |v: &mut Vec<f64>| {
@@ -322,8 +334,8 @@ async fn bouncer_vs_direct(args: &Args) {
         println!(
             "{:>11} | {:>10.0} {:>9.2} | {:>10.0} {:>9.2} | {:>13.3}x  (per round: {})",
             c,
-            median(&mut d_rps),
-            median(&mut d_p99),
+            median(&mut a_rps),
+            median(&mut a_p99),
             median(&mut b_rps),
             median(&mut b_p99),
             median(&mut ratios.clone()),
@@ -360,49 +372,7 @@ async fn compare(args: &Args, backend: &str, dir: &std::path::Path, baseline: &s
         assert_eq!(warm.errors, 0, "the workflow fails on {url}");
     }
     println!("\n{backend}: this build vs {}", baseline.display());
-    println!(
-        "{:>11} | {:>10} {:>9} | {:>10} {:>9} | {:>12}",
-        "concurrency", "this r/s", "p99 ms", "base r/s", "p99 ms", "this/base"
-    );
-    for &c in &args.concurrency {
-        let mut ratios = Vec::new();
-        let (mut this_rps, mut base_rps) = (Vec::new(), Vec::new());
-        let (mut this_p99, mut base_p99) = (Vec::new(), Vec::new());
-        for round in 0..args.rounds {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            let mut figures = [None, None];
-            for i in order {
-                figures[i] = Some(load(&urls[i], true, c, args.seconds).await);
-            }
-            let [Some(this), Some(base)] = figures else {
-                unreachable!()
-            };
-            assert_eq!(this.errors + base.errors, 0, "errors under load");
-            ratios.push(this.per_second / base.per_second);
-            this_rps.push(this.per_second);
-            base_rps.push(base.per_second);
-            this_p99.push(this.p99_ms);
-            base_p99.push(base.p99_ms);
-        }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        println!(
-            "{:>11} | {:>10.0} {:>9.2} | {:>10.0} {:>9.2} | {:>11.3}x  (per round: {})",
-            c,
-            median(&mut this_rps),
-            median(&mut this_p99),
-            median(&mut base_rps),
-            median(&mut base_p99),
-            median(&mut ratios.clone()),
-            ratios
-                .iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
+    alternate(args, [&urls[0], &urls[1]], ["this", "base"]).await;
 }
 
 fn copy(from: &std::path::Path, to: &std::path::Path) {

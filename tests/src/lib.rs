@@ -344,6 +344,21 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// A test plugin built by `scripts/build-plugins` (`plugins/testing/wasm/NAME`).
+pub fn test_plugin(name: &str) -> PathBuf {
+    repo().join("plugins/testing/wasm").join(name)
+}
+
+/// Writes `bytes` beside `dest`, then renames: a watcher never sees half a file.
+pub fn replace_file(dest: &Path, bytes: &[u8]) {
+    let tmp = dest.with_file_name(format!(
+        ".{}.tmp",
+        dest.file_name().expect("a file name").to_string_lossy()
+    ));
+    std::fs::write(&tmp, bytes).expect("write the new content");
+    std::fs::rename(&tmp, dest).expect("rename it into place");
+}
+
 /// A temporary copy of the repository's example (what `trellis serve` serves in the
 /// repository): `trellis.toml`, `policies/`, `workflows/`, `migrations/` and the built example
 /// plugins (`plugins/*.wasm`, from `scripts/build-plugins`).

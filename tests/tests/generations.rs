@@ -5,25 +5,10 @@
 //! On 7343303 the run below got `served_by` 1.0.0 from its first `stamp` node and 2.0.0 from its
 //! last (each plugin node looked the plugin up when it ran), and reported no `generation`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_tests::{Server, repo};
-
-fn test_plugin(name: &str) -> PathBuf {
-    repo().join("plugins/testing/wasm").join(name)
-}
-
-/// Writes `bytes` beside `dest`, then renames: the watcher never sees half a file.
-fn replace(dest: &Path, bytes: &[u8]) {
-    let tmp = dest.with_file_name(format!(
-        ".{}.tmp",
-        dest.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dest).unwrap();
-}
+use trellis_tests::{Server, replace_file, test_plugin};
 
 /// `stamp` (which adds its version as `served_by`) at once, and again on what a 3 s `sleep`
 /// passes on.
@@ -105,7 +90,7 @@ async fn a_plugin_swapped_during_a_run_serves_the_next_run_only() {
     // While it sleeps: version 2.0.0 replaces 1.0.0, and serves.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let v2 = std::fs::read(test_plugin("test_stamp_next.wasm")).unwrap();
-    replace(&dir.path().join("plugins/stamp.wasm"), &v2);
+    replace_file(&dir.path().join("plugins/stamp.wasm"), &v2);
     let mut swapped = false;
     for _ in 0..200 {
         let list = server.get_json("/v1/plugins", Some(&user)).await;

@@ -3,27 +3,13 @@
 //! requests run (each run sees exactly one policy generation), and broken plugin, policy and
 //! workflow files (the last good version keeps serving; the error shows in the API).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_tests::{Server, repo};
-
-fn test_plugin(name: &str) -> PathBuf {
-    repo().join("plugins/testing/wasm").join(name)
-}
-
-/// Writes `bytes` beside `dest`, then renames: the watcher never sees half a file.
-fn replace(dest: &Path, bytes: &[u8]) {
-    let tmp = dest.with_file_name(format!(
-        ".{}.tmp",
-        dest.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dest).unwrap();
-}
+use trellis_tests::{Server, replace_file, repo, test_plugin};
 
 /// Everyone may run everything and read every output (but `skip` stays denied).
 const ALLOW_ALL: &str = r#"@id("allow-all")
@@ -115,7 +101,7 @@ async fn plugin_swapped_20_times_under_20_clients_fails_no_request() {
     let v1 = std::fs::read(test_plugin("test_stamp.wasm")).unwrap();
     let v2 = std::fs::read(test_plugin("test_stamp_next.wasm")).unwrap();
     let target = dir.path().join("plugins/stamp.wasm");
-    replace(&target, &v1);
+    replace_file(&target, &v1);
     let server = Server::start(dir.path(), &["--watch"]);
     let http = reqwest::Client::new();
     let first = run(&http, &server.base_url()).await.unwrap();
@@ -129,7 +115,7 @@ async fn plugin_swapped_20_times_under_20_clients_fails_no_request() {
         } else {
             (&v1, "1.0.0")
         };
-        replace(&target, bytes);
+        replace_file(&target, bytes);
         // Wait until the new version serves before the next swap.
         let mut served = false;
         for _ in 0..500 {
@@ -201,7 +187,7 @@ fn masks(letter: &str) -> String {
 async fn policy_changed_20_times_each_run_sees_one_generation() {
     let dir = setup(THREE_NODES);
     let rules = dir.path().join("policies/masks.rules.json");
-    replace(&rules, masks("A").as_bytes());
+    replace_file(&rules, masks("A").as_bytes());
     let server = Server::start(dir.path(), &["--watch"]);
     let http = reqwest::Client::new();
     let first = run(&http, &server.base_url()).await.unwrap();
@@ -211,7 +197,7 @@ async fn policy_changed_20_times_each_run_sees_one_generation() {
     let clients = load(server.base_url(), 20, stop.clone());
     for i in 0..20 {
         let letter = if i % 2 == 0 { "B" } else { "A" };
-        replace(&rules, masks(letter).as_bytes());
+        replace_file(&rules, masks(letter).as_bytes());
         let base = server.base_url();
         let http = http.clone();
         // Wait until runs see the new policy.
@@ -262,7 +248,7 @@ async fn policy_changed_20_times_each_run_sees_one_generation() {
 async fn broken_files_keep_the_last_good_version_and_show_the_error() {
     let dir = setup(STAMP_WORKFLOW);
     let d = dir.path();
-    replace(
+    replace_file(
         &d.join("plugins/stamp.wasm"),
         &std::fs::read(test_plugin("test_stamp.wasm")).unwrap(),
     );
@@ -274,7 +260,7 @@ async fn broken_files_keep_the_last_good_version_and_show_the_error() {
     assert!(run(&http, &base).await.is_ok());
 
     // A broken plugin file: the loaded version keeps serving; the error is listed.
-    replace(&d.join("plugins/stamp.wasm"), b"\0asm not really");
+    replace_file(&d.join("plugins/stamp.wasm"), b"\0asm not really");
     let mut listed = Value::Null;
     for _ in 0..500 {
         listed = get("/v1/plugins").await;

@@ -1,6 +1,6 @@
 //! Masking plugins as the policy engine's `plugin:<name>` mask type: looks the plugin up in the
 //! registry on every call (so a hot-swapped plugin is used at once), or in the set a run pinned
-//! ([`SetMasker`]), masks a field's values in one call within the request's budget, and fails
+//! ([`RegistryMasker::pinned`]), masks a field's values in one call within the request's budget, and fails
 //! closed.
 
 use std::sync::Arc;
@@ -11,15 +11,38 @@ use serde_json::Value;
 use super::{MaskInput, Plugin, PluginKind, PluginRegistry, PluginSet};
 use crate::policy::ExternalMasker;
 
-/// [`ExternalMasker`] over the plugin registry.
+/// [`ExternalMasker`] over the plugin registry (the serving version at each call), or over the
+/// plugins a run pinned.
 pub struct RegistryMasker {
-    registry: Arc<PluginRegistry>,
+    plugins: Plugins,
+}
+
+/// Where a masker finds its plugins.
+enum Plugins {
+    Registry(Arc<PluginRegistry>),
+    Pinned(Arc<PluginSet>),
 }
 
 impl RegistryMasker {
     /// Masks with the plugins in `registry`.
     pub fn new(registry: Arc<PluginRegistry>) -> RegistryMasker {
-        RegistryMasker { registry }
+        RegistryMasker {
+            plugins: Plugins::Registry(registry),
+        }
+    }
+
+    /// Masks with the plugins of `set` only.
+    pub fn pinned(set: Arc<PluginSet>) -> RegistryMasker {
+        RegistryMasker {
+            plugins: Plugins::Pinned(set),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        match &self.plugins {
+            Plugins::Registry(registry) => registry.get(name),
+            Plugins::Pinned(set) => set.get(name),
+        }
     }
 }
 
@@ -32,54 +55,11 @@ impl ExternalMasker for RegistryMasker {
         values: &[Value],
         deadline: Option<Instant>,
     ) -> Result<Vec<Result<Value, String>>, String> {
-        mask_with(
-            self.registry.get(plugin),
-            plugin,
-            field,
-            params,
-            values,
-            deadline,
-        )
+        mask_with(self.get(plugin), plugin, field, params, values, deadline)
     }
 
     fn params_problems(&self, plugin: &str, params: &Value) -> Vec<String> {
-        params_problems(self.registry.get(plugin), params)
-    }
-}
-
-/// [`ExternalMasker`] over the plugins a run pinned.
-pub struct SetMasker {
-    set: Arc<PluginSet>,
-}
-
-impl SetMasker {
-    /// Masks with the plugins in `set`.
-    pub fn new(set: Arc<PluginSet>) -> SetMasker {
-        SetMasker { set }
-    }
-}
-
-impl ExternalMasker for SetMasker {
-    fn mask_batch(
-        &self,
-        plugin: &str,
-        field: &str,
-        params: &Value,
-        values: &[Value],
-        deadline: Option<Instant>,
-    ) -> Result<Vec<Result<Value, String>>, String> {
-        mask_with(
-            self.set.get(plugin),
-            plugin,
-            field,
-            params,
-            values,
-            deadline,
-        )
-    }
-
-    fn params_problems(&self, plugin: &str, params: &Value) -> Vec<String> {
-        params_problems(self.set.get(plugin), params)
+        params_problems(self.get(plugin), params)
     }
 }
 

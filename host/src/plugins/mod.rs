@@ -51,7 +51,7 @@ pub use engine::{EngineOptions, PluginEngine};
 pub use host::CallConfig;
 pub use host::database::{DatabaseCallError, DatabaseErrorKind, DatabaseGate, DatabaseRequest};
 pub use limits::{Limits, LimitsConfig};
-pub use masker::{RegistryMasker, SetMasker};
+pub use masker::RegistryMasker;
 pub use plugin::{CallError, MaskInput, Plugin, PluginKind, REDACTED};
 pub use registry::{LoadError, LoadStatus, PluginRegistry, PluginSet, PluginStatus, ReloadOutcome};
 pub use service::{PluginService, PluginStartError, engine_options};

@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::runtime::{OutputFilter, Plan, RunError, Runtime};
 use super::spec::{NodeSpec, Workflow};
-use crate::plugins::{PluginSet, SetMasker};
+use crate::plugins::{PluginSet, RegistryMasker};
 use crate::policy::{
     AccessRequest, Decision, Masker, PolicyEngine, PolicyGeneration, PreparedUser, ResourceType,
 };
@@ -217,7 +217,7 @@ impl AccessControlledRuntime {
             self.policy
                 .masker()
                 .clone()
-                .with_external(Arc::new(SetMasker::new(pinned.plugins.clone())))
+                .with_external(Arc::new(RegistryMasker::pinned(pinned.plugins.clone())))
         } else {
             self.policy.masker().clone()
         };
