@@ -21,8 +21,17 @@ pub const PARTS: [&str; 3] = ["policies", "plugins", "workflows"];
 /// One bundle's files, by path (`policies/finance.rules.json`).
 #[derive(Debug, Clone, Default)]
 pub struct Bundle {
-    /// Path to content.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// Path to file.
+    pub files: BTreeMap<String, BundleFile>,
+}
+
+/// One file of a bundle.
+#[derive(Debug, Clone)]
+pub struct BundleFile {
+    /// Its content's SHA-256, in hex: the name it is stored under.
+    pub sha256: String,
+    /// Its content.
+    pub bytes: Vec<u8>,
 }
 
 /// The SHA-256 of `bytes`, in hex.
@@ -60,7 +69,8 @@ impl Bundle {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                files.insert(format!("{part}/{name}"), bytes);
+                let sha256 = sha256(&bytes);
+                files.insert(format!("{part}/{name}"), BundleFile { sha256, bytes });
             }
         }
         Ok(Bundle { files })
@@ -71,10 +81,10 @@ impl Bundle {
         let files: serde_json::Map<String, Value> = self
             .files
             .iter()
-            .map(|(path, bytes)| {
+            .map(|(path, file)| {
                 (
                     path.clone(),
-                    json!({"sha256": sha256(bytes), "size": bytes.len()}),
+                    json!({"sha256": file.sha256, "size": file.bytes.len()}),
                 )
             })
             .collect();

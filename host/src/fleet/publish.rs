@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::bundle::{Bundle, sha256};
+use super::bundle::Bundle;
 use super::{CHANNEL, FleetError, db};
 use crate::pool::{Lease, Pool, PoolError};
 use crate::sql::exec::{Fetch, Output};
@@ -36,11 +36,16 @@ async fn run(lease: &Lease, sql: &str, params: Value) -> Result<Output, PoolErro
     lease.execute(sql, &named(params), Fetch::All).await
 }
 
-/// Runs `body` in a transaction on `lease` holding the publish lock; rolled back on error.
+/// Runs `body` on a connection of `pool`, in a transaction holding the publish lock; rolled
+/// back on error.
 async fn in_transaction<T>(
-    lease: &Lease,
-    body: impl std::future::Future<Output = Result<T, FleetError>>,
+    pool: &Pool,
+    body: impl AsyncFnOnce(&Lease) -> Result<T, FleetError>,
 ) -> Result<T, FleetError> {
+    let lease = &pool
+        .acquire()
+        .await
+        .map_err(db("cannot connect to the control database"))?;
     run(lease, "BEGIN", json!({}))
         .await
         .map_err(db("cannot begin the publish transaction"))?;
@@ -52,7 +57,7 @@ async fn in_transaction<T>(
         )
         .await
         .map_err(db("cannot take the publish lock"))?;
-        body.await
+        body(lease).await
     }
     .await;
     let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
@@ -64,13 +69,8 @@ async fn in_transaction<T>(
 
 /// Writes `bundle` as a new, active generation (published by `by`).
 pub async fn publish(pool: &Pool, bundle: &Bundle, by: &str) -> Result<Published, FleetError> {
-    let lease = pool
-        .acquire()
-        .await
-        .map_err(db("cannot connect to the control database"))?;
-    let lease = &lease;
-    in_transaction(lease, async move {
-        let hashes: Vec<String> = bundle.files.values().map(|b| sha256(b)).collect();
+    in_transaction(pool, async |lease: &Lease| {
+        let hashes: Vec<&str> = bundle.files.values().map(|f| f.sha256.as_str()).collect();
         let stored = run(
             lease,
             "SELECT sha256 FROM trellis_control.blobs WHERE sha256 = ANY(:hashes)",
@@ -84,9 +84,8 @@ pub async fn publish(pool: &Pool, bundle: &Bundle, by: &str) -> Result<Published
             .filter_map(|r| r.get("sha256").and_then(Value::as_str).map(str::to_owned))
             .collect();
         let (mut uploaded, mut reused) = (0, 0);
-        for bytes in bundle.files.values() {
-            let hash = sha256(bytes);
-            if !have.insert(hash.clone()) {
+        for file in bundle.files.values() {
+            if !have.insert(file.sha256.clone()) {
                 reused += 1;
                 continue;
             }
@@ -95,9 +94,9 @@ pub async fn publish(pool: &Pool, bundle: &Bundle, by: &str) -> Result<Published
                 "INSERT INTO trellis_control.blobs (sha256, size, content) \
                  VALUES (:sha256, :size, :content) ON CONFLICT (sha256) DO NOTHING",
                 json!({
-                    "sha256": hash,
-                    "size": bytes.len(),
-                    "content": base64::engine::general_purpose::STANDARD.encode(bytes),
+                    "sha256": file.sha256,
+                    "size": file.bytes.len(),
+                    "content": base64::engine::general_purpose::STANDARD.encode(&file.bytes),
                 }),
             )
             .await
@@ -132,12 +131,7 @@ pub async fn publish(pool: &Pool, bundle: &Bundle, by: &str) -> Result<Published
 
 /// Makes `generation` (published earlier) the active one: the fleet rolls back or forward to it.
 pub async fn activate(pool: &Pool, generation: i64) -> Result<(), FleetError> {
-    let lease = pool
-        .acquire()
-        .await
-        .map_err(db("cannot connect to the control database"))?;
-    let lease = &lease;
-    in_transaction(lease, async move {
+    in_transaction(pool, async |lease: &Lease| {
         let found = run(
             lease,
             "SELECT id FROM trellis_control.generations WHERE id = :id",

@@ -55,43 +55,29 @@ impl ExternalMasker for RegistryMasker {
         values: &[Value],
         deadline: Option<Instant>,
     ) -> Result<Vec<Result<Value, String>>, String> {
-        mask_with(self.get(plugin), plugin, field, params, values, deadline)
+        let p = self
+            .get(plugin)
+            .ok_or_else(|| format!("masking plugin `{plugin}` is not loaded"))?;
+        if p.kind() != PluginKind::Masking {
+            return Err(format!("plugin `{}` is not a masking plugin", p.label()));
+        }
+        let inputs: Vec<MaskInput> = values
+            .iter()
+            .map(|value| MaskInput {
+                field_path: field.to_owned(),
+                value: value.clone(),
+                params: params.clone(),
+            })
+            .collect();
+        p.mask_until(&inputs, deadline).map_err(|e| e.to_string())
     }
 
     fn params_problems(&self, plugin: &str, params: &Value) -> Vec<String> {
-        params_problems(self.get(plugin), params)
-    }
-}
-
-/// Masks `values` of `field` with `found` (the plugin called `plugin`, if loaded).
-fn mask_with(
-    found: Option<Arc<Plugin>>,
-    plugin: &str,
-    field: &str,
-    params: &Value,
-    values: &[Value],
-    deadline: Option<Instant>,
-) -> Result<Vec<Result<Value, String>>, String> {
-    let p = found.ok_or_else(|| format!("masking plugin `{plugin}` is not loaded"))?;
-    if p.kind() != PluginKind::Masking {
-        return Err(format!("plugin `{}` is not a masking plugin", p.label()));
-    }
-    let inputs: Vec<MaskInput> = values
-        .iter()
-        .map(|value| MaskInput {
-            field_path: field.to_owned(),
-            value: value.clone(),
-            params: params.clone(),
-        })
-        .collect();
-    p.mask_until(&inputs, deadline).map_err(|e| e.to_string())
-}
-
-fn params_problems(found: Option<Arc<Plugin>>, params: &Value) -> Vec<String> {
-    match (found, params) {
-        (Some(p), Value::Object(params)) if p.kind() == PluginKind::Masking => {
-            p.config_problems(params, &[])
+        match (self.get(plugin), params) {
+            (Some(p), Value::Object(params)) if p.kind() == PluginKind::Masking => {
+                p.config_problems(params, &[])
+            }
+            _ => Vec::new(),
         }
-        _ => Vec::new(),
     }
 }
