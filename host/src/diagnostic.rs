@@ -141,6 +141,17 @@ impl<T: Diagnostic> Plain for T {
     }
 }
 
+/// Each problem `error` lists (its related diagnostics, each with its file and line), or the
+/// error itself when it lists none; one plain string each.
+pub fn problems(error: &dyn Diagnostic) -> Vec<String> {
+    let related: Vec<String> = error.related().into_iter().flatten().map(plain).collect();
+    if related.is_empty() {
+        vec![plain(error)]
+    } else {
+        related
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

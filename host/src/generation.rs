@@ -5,15 +5,19 @@
 //! generation in force when it starts, decides, runs its plugin nodes and masks with that
 //! generation's parts only, and reports its number (`generation`). A plugin or policy swapped
 //! during the run serves the next run, never the rest of this one. A watching host makes a new
-//! generation from each change; a host following a control plane will swap in whole bundles.
+//! generation from each change; a host following a control plane ([`crate::fleet::follow`])
+//! prepares a whole bundle as a generation off to the side ([`Generations::prepare`]) and swaps
+//! it in as one ([`Generations::install`]), numbered as the control plane numbers it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 
-use crate::plugins::{PluginRegistry, PluginSet};
+use std::path::Path;
+
+use crate::plugins::{PluginRegistry, PluginSet, PluginSource, RegistryMasker};
 use crate::policy::{PolicyEngine, PolicyGeneration};
-use crate::workflow::{Pinned, WorkflowSet, set::Loaded};
+use crate::workflow::{HostNames, Pinned, WorkflowSet, set::Loaded};
 
 /// What one generation serves.
 #[derive(Debug)]
@@ -74,8 +78,19 @@ impl Generations {
         plugins: Arc<PluginRegistry>,
         workflows: Arc<WorkflowSet>,
     ) -> Generations {
+        Generations::numbered(policy, plugins, workflows, 1)
+    }
+
+    /// Generation `id`: what the three serve now (0 on a host that has nothing from its control
+    /// plane yet).
+    pub fn numbered(
+        policy: Arc<PolicyEngine>,
+        plugins: Arc<PluginRegistry>,
+        workflows: Arc<WorkflowSet>,
+        id: u64,
+    ) -> Generations {
         let first = Generation {
-            id: 1,
+            id,
             policy: policy.generation(),
             plugins: plugins.snapshot(),
             workflows: workflows.current(),
@@ -125,6 +140,71 @@ impl Generations {
         let id = next.id;
         self.current.store(Arc::new(next));
         id
+    }
+
+    /// Loads the bundle in `dir` (`policies/`, `plugins/`, `workflows/`) as generation `id`,
+    /// off to the side: nothing serves it until [`Generations::install`]. Every part is checked
+    /// against the others (workflows against the staged plugins and `databases`, `plugin:` masks
+    /// against the staged plugins); any problem refuses the whole bundle, each problem naming
+    /// its file.
+    pub fn prepare(
+        &self,
+        dir: &Path,
+        id: u64,
+        databases: Vec<String>,
+    ) -> Result<Generation, Vec<String>> {
+        let (plugins, mut problems) = self.plugins.prepare(&dir.join("plugins"));
+        let plugins = Arc::new(plugins);
+        let policy = match self.policy.prepare(
+            &dir.join("policies"),
+            Arc::new(RegistryMasker::pinned(plugins.clone())),
+        ) {
+            Ok(policy) => Some(Arc::new(policy)),
+            Err(e) => {
+                problems.extend(crate::diagnostic::problems(&e));
+                None
+            }
+        };
+        let known = Arc::new(HostNames {
+            plugins: PluginSource::Pinned(plugins.clone()),
+            databases,
+        });
+        let workflows = WorkflowSet::prepare(&dir.join("workflows"), known);
+        problems.extend(
+            workflows
+                .errors
+                .values()
+                .map(|e| crate::diagnostic::plain(e)),
+        );
+        match policy {
+            Some(policy) if problems.is_empty() => Ok(Generation {
+                id,
+                policy,
+                plugins,
+                workflows,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// Puts `next` in service at once: runs that start from now on pin it, runs under way
+    /// finish on theirs. The registry, the policy engine and the workflow set then show it too
+    /// (listings, metrics, `/ready`).
+    pub fn install(&self, next: Generation) {
+        let _one = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        self.plugins.install(next.plugins.clone());
+        self.policy.install(next.policy.clone());
+        self.workflows.install(next.workflows.clone());
+        tracing::info!(
+            generation = next.id,
+            policy_generation = next.policy.id(),
+            "control-plane generation in service"
+        );
     }
 
     /// Refreshes on every change of a part, until the host stops (the task ends when the three

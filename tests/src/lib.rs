@@ -274,6 +274,34 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus
     }
 }
 
+/// A fresh database on PostgreSQL 15 (`TRELLIS_TEST_POSTGRES_URL`): its name and URL; `None`
+/// when PostgreSQL is not configured (outside CI).
+pub async fn fresh_postgres_database(prefix: &str) -> Option<(String, String)> {
+    use sqlx::Connection;
+    let url = TestDb::Postgres.url()?;
+    let name = unique(prefix).replace('-', "_");
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = url.rsplit_once('/').unwrap().0;
+    Some((name.clone(), format!("{base}/{name}")))
+}
+
+/// Drops a database [`fresh_postgres_database`] made, closing its connections.
+pub async fn drop_postgres_database(name: &str) {
+    use sqlx::Connection;
+    let url = TestDb::Postgres.url().unwrap();
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
 /// A name unique to this process and call, for tables and pools (`prefix_PID_N`).
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

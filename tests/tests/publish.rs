@@ -11,30 +11,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::Connection;
-use trellis_tests::{TestDb, example_dir, run_trellis, unique};
+use trellis_tests::{drop_postgres_database, example_dir, fresh_postgres_database, run_trellis};
 
-/// A fresh database on PostgreSQL 15: its name and URL.
 async fn control_database() -> Option<(String, String)> {
-    let url = TestDb::Postgres.url()?;
-    let name = unique("control").replace('-', "_");
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = url.rsplit_once('/').unwrap().0;
-    Some((name.clone(), format!("{base}/{name}")))
+    fresh_postgres_database("control").await
 }
 
 async fn drop_database(name: &str) {
-    let url = TestDb::Postgres.url().unwrap();
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    drop_postgres_database(name).await
 }
 
 fn publish(dir: &Path, bundle: &Path, to: &str) -> (bool, String, String) {
@@ -116,7 +100,7 @@ async fn a_bundle_is_published_once_per_content_and_told_to_the_fleet() {
             .fetch_one(&mut control)
             .await
             .unwrap();
-    assert_eq!(migrations, 1);
+    assert_eq!(migrations, 2);
 
     // Unchanged: a new generation, nothing uploaded.
     let (ok, stdout, stderr) = publish(bundle.path(), bundle.path(), &url);

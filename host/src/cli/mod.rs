@@ -1,6 +1,7 @@
 //! The `trellis` command line: one module per subcommand, each with a `run` function.
 
 mod database_arg;
+mod fleet;
 mod migrate;
 mod plugin;
 mod plugin_call;
@@ -68,6 +69,8 @@ pub enum Command {
     /// Publish policies, plugins and workflows to the fleet's control database, or activate an
     /// earlier generation.
     Publish(publish::PublishArgs),
+    /// Show every host following the fleet's control plane: `status`.
+    Fleet(fleet::FleetArgs),
 }
 
 /// The exit code for a failure: `EXIT_CONFIG` (78) when a file the user wrote is invalid, else 1.
@@ -112,5 +115,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(args).await,
         Command::Vector(args) => vector::run(args).await,
         Command::Publish(args) => publish::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
     }
 }

@@ -51,7 +51,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ => bail!("--inputs must be a JSON object"),
     };
     let config = Config::discover(args.config.as_deref())?;
-    let app = crate::server::App::start(config, false).await?;
+    let app = crate::server::App::start(config, false, None).await?;
     let loaded = app.workflows().current();
     let failed = loaded.errors.iter().find(|(file, _)| {
         file.file_stem()

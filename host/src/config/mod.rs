@@ -56,6 +56,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[migrations]`: migrations applied when the server starts.
     pub migrations: MigrationsConfig,
+    /// `[control]`: how the host follows a fleet's control plane.
+    pub control: crate::fleet::settings::ControlConfig,
 }
 
 /// `[migrations]`: a directory of migrations applied to one database when `trellis serve`
@@ -337,6 +339,8 @@ struct RawConfig {
     policy: Option<toml::Spanned<RawPolicy>>,
     #[serde(default)]
     migrations: RawMigrations,
+    #[serde(default)]
+    control: crate::fleet::settings::RawControl,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -408,6 +412,7 @@ impl RawConfig {
             });
         }
         let auth = crate::auth::settings::resolve(self.auth, base, &source)?;
+        let control = crate::fleet::settings::resolve(self.control, &databases)?;
         Ok(Config {
             source,
             server,
@@ -417,6 +422,7 @@ impl RawConfig {
             policy,
             migrations,
             auth,
+            control,
         })
     }
 }

@@ -130,23 +130,11 @@ pub async fn check(dir: &Path, config: &Config) -> Result<(), FleetError> {
     let policies = config.paths.policies.clone();
     match tokio::task::spawn_blocking(move || PolicyEngine::load(&policies, settings)).await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            // Each problem with its file and line, when the error lists them.
-            let related: Vec<String> = miette::Diagnostic::related(&e)
-                .into_iter()
-                .flatten()
-                .map(crate::diagnostic::plain)
-                .collect();
-            if related.is_empty() {
-                problems.push(crate::diagnostic::plain(&e));
-            } else {
-                problems.extend(related);
-            }
-        }
+        Ok(Err(e)) => problems.extend(crate::diagnostic::problems(&e)),
         Err(e) => problems.push(format!("policies: {e}")),
     }
     let known = Arc::new(HostNames {
-        plugins: plugins.registry().clone(),
+        plugins: crate::plugins::PluginSource::Registry(plugins.registry().clone()),
         databases: config.databases.keys().cloned().collect(),
     });
     let workflows = config.paths.workflows.clone();

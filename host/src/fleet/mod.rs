@@ -4,12 +4,18 @@
 //! - [`schema`]: the control schema `trellis_control`, by migrations of its own.
 //! - [`bundle`]: a bundle directory, read and checked exactly as a host loads one.
 //! - [`publish`]: a bundle written as a new generation, and a generation activated.
+//! - [`follow`]: a host following the control plane (`serve --control`), with its heartbeat.
+//! - [`status`]: every host's heartbeat and the generations (`fleet status`, `publish --wait`).
+//! - [`settings`]: `[control]` of trellis.toml.
 //!
 //! PostgreSQL's transaction is the one source of truth: no consensus of our own.
 
 pub(crate) mod bundle;
+pub mod follow;
 pub(crate) mod publish;
 pub(crate) mod schema;
+pub mod settings;
+pub mod status;
 
 use crate::migrate::MigrateError;
 use crate::pool::PoolError;
@@ -56,6 +62,13 @@ pub enum FleetError {
         #[source]
         source: Box<PoolError>,
     },
+    /// The LISTEN connection to the control database could not be opened.
+    #[error("cannot listen for the control plane's notices: {0}")]
+    #[diagnostic(help(
+        "a host needs a direct connection to the control database (not through a \
+         transaction-mode pooler), and the right to LISTEN"
+    ))]
+    Listen(String),
     /// `--activate N` named a generation never published.
     #[error("no generation {0} was ever published")]
     #[diagnostic(help("`trellis fleet status` lists the published generations"))]

@@ -1,8 +1,9 @@
 //! Publishing a bundle as a new generation, and activating one, on the control database.
 //!
 //! A publish is one transaction: the files not stored yet (by SHA-256: an unchanged plugin is
-//! not uploaded again), the manifest as generation N+1, N+1 made active, and a `NOTIFY` on
-//! [`super::CHANNEL`] (delivered when the transaction commits). Publishers take turns on a
+//! not uploaded again), the manifest as generation N+1, N+1 made active (or, for `--wait`, only
+//! announced, so hosts stage it), and a `NOTIFY` on [`super::CHANNEL`] (delivered when the
+//! transaction commits): `{"active":N}` or `{"published":N}`. Publishers take turns on a
 //! transaction-scoped advisory lock, so generation numbers never collide.
 
 use base64::Engine as _;
@@ -17,7 +18,7 @@ use crate::sql::params::Params;
 /// What a publish wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
-    /// The new generation, now active.
+    /// The new generation.
     pub generation: i64,
     /// Files stored by this publish.
     pub uploaded: usize,
@@ -67,8 +68,14 @@ async fn in_transaction<T>(
     Ok(value)
 }
 
-/// Writes `bundle` as a new, active generation (published by `by`).
-pub async fn publish(pool: &Pool, bundle: &Bundle, by: &str) -> Result<Published, FleetError> {
+/// Writes `bundle` as a new generation (published by `by`): active at once when `activate`,
+/// else only announced for the hosts to stage (`publish --wait` activates it when they have).
+pub async fn publish(
+    pool: &Pool,
+    bundle: &Bundle,
+    by: &str,
+    activate: bool,
+) -> Result<Published, FleetError> {
     in_transaction(pool, async |lease: &Lease| {
         let hashes: Vec<&str> = bundle.files.values().map(|f| f.sha256.as_str()).collect();
         let stored = run(
@@ -119,7 +126,11 @@ pub async fn publish(pool: &Pool, bundle: &Bundle, by: &str) -> Result<Published
         )
         .await
         .map_err(db("cannot record the generation"))?;
-        activate_in(lease, generation).await?;
+        if activate {
+            activate_in(lease, generation).await?;
+        } else {
+            notify(lease, json!({ "published": generation })).await?;
+        }
         Ok(Published {
             generation,
             uploaded,
@@ -157,10 +168,15 @@ async fn activate_in(lease: &Lease, generation: i64) -> Result<(), FleetError> {
     )
     .await
     .map_err(db("cannot activate the generation"))?;
+    notify(lease, json!({ "active": generation })).await
+}
+
+/// Inside the publish transaction: tells the fleet `payload` at commit.
+async fn notify(lease: &Lease, payload: Value) -> Result<(), FleetError> {
     run(
         lease,
         "SELECT 1 AS sent FROM (SELECT pg_notify(:channel, :payload)) n",
-        json!({"channel": CHANNEL, "payload": json!({"active": generation}).to_string()}),
+        json!({"channel": CHANNEL, "payload": payload.to_string()}),
     )
     .await
     .map_err(db("cannot notify the fleet"))?;

@@ -16,10 +16,11 @@ use crate::sql::params::Params;
 pub const SCHEMA: &str = "trellis_control";
 
 /// The control migrations, in order: id, description, SQL.
-const MIGRATIONS: &[(&str, &str, &str)] = &[(
-    "0001_bundles",
-    "bundle files by content, generations and the active one",
-    "CREATE TABLE trellis_control.blobs (
+const MIGRATIONS: &[(&str, &str, &str)] = &[
+    (
+        "0001_bundles",
+        "bundle files by content, generations and the active one",
+        "CREATE TABLE trellis_control.blobs (
         sha256 text PRIMARY KEY CHECK (sha256 ~ '^[0-9a-f]{64}$'),
         size bigint NOT NULL,
         content bytea NOT NULL,
@@ -36,7 +37,25 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[(
         generation bigint NOT NULL REFERENCES trellis_control.generations (id),
         activated_at timestamptz NOT NULL DEFAULT now()
     );",
-)];
+    ),
+    (
+        "0002_hosts",
+        "every host's heartbeat: what it has staged and serves, and its last error",
+        "CREATE TABLE trellis_control.hosts (
+        id text PRIMARY KEY,
+        address text NOT NULL,
+        version text NOT NULL,
+        staged bigint,
+        active bigint,
+        activated_at_us bigint,
+        failed bigint,
+        last_error text,
+        heartbeat_ms integer NOT NULL CHECK (heartbeat_ms > 0),
+        started_at timestamptz NOT NULL DEFAULT now(),
+        seen_at timestamptz NOT NULL DEFAULT now()
+    );",
+    ),
+];
 
 /// One control migration.
 struct ControlMigration {
@@ -89,8 +108,9 @@ fn migrations() -> MigrationSet {
 }
 
 /// Opens the control database `control` (PostgreSQL, directly: not behind a pooler) with the
-/// control schema current.
-pub async fn open(control: &DatabaseConfig) -> Result<Pool, FleetError> {
+/// control schema current; `by` (`trellis publish`, `trellis serve`) is recorded with the
+/// migrations it applies.
+pub async fn open(control: &DatabaseConfig, by: &str) -> Result<Pool, FleetError> {
     if control.target.kind() != DatabaseKind::Postgres {
         return Err(FleetError::NotPostgres(control.name.clone()));
     }
@@ -119,7 +139,7 @@ pub async fn open(control: &DatabaseConfig) -> Result<Pool, FleetError> {
             path: control.name.clone(),
             reason: e.to_string(),
         })?;
-    let runner = Runner::new(migrating.clone(), migrations()).by("trellis publish");
+    let runner = Runner::new(migrating.clone(), migrations()).by(by);
     let applied = runner
         .apply(None, &mut ())
         .await

@@ -8,41 +8,32 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{MaskInput, Plugin, PluginKind, PluginRegistry, PluginSet};
+use super::{MaskInput, Plugin, PluginKind, PluginRegistry, PluginSet, PluginSource};
 use crate::policy::ExternalMasker;
 
 /// [`ExternalMasker`] over the plugin registry (the serving version at each call), or over the
 /// plugins a run pinned.
 pub struct RegistryMasker {
-    plugins: Plugins,
-}
-
-/// Where a masker finds its plugins.
-enum Plugins {
-    Registry(Arc<PluginRegistry>),
-    Pinned(Arc<PluginSet>),
+    plugins: PluginSource,
 }
 
 impl RegistryMasker {
     /// Masks with the plugins in `registry`.
     pub fn new(registry: Arc<PluginRegistry>) -> RegistryMasker {
         RegistryMasker {
-            plugins: Plugins::Registry(registry),
+            plugins: PluginSource::Registry(registry),
         }
     }
 
     /// Masks with the plugins of `set` only.
     pub fn pinned(set: Arc<PluginSet>) -> RegistryMasker {
         RegistryMasker {
-            plugins: Plugins::Pinned(set),
+            plugins: PluginSource::Pinned(set),
         }
     }
 
     fn get(&self, name: &str) -> Option<Arc<Plugin>> {
-        match &self.plugins {
-            Plugins::Registry(registry) => registry.get(name),
-            Plugins::Pinned(set) => set.get(name),
-        }
+        self.plugins.get(name)
     }
 }
 

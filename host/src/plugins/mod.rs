@@ -53,6 +53,8 @@ pub use host::database::{DatabaseCallError, DatabaseErrorKind, DatabaseGate, Dat
 pub use limits::{Limits, LimitsConfig};
 pub use masker::RegistryMasker;
 pub use plugin::{CallError, MaskInput, Plugin, PluginKind, REDACTED};
-pub use registry::{LoadError, LoadStatus, PluginRegistry, PluginSet, PluginStatus, ReloadOutcome};
+pub use registry::{
+    LoadError, LoadStatus, PluginRegistry, PluginSet, PluginSource, PluginStatus, ReloadOutcome,
+};
 pub use service::{PluginService, PluginStartError, engine_options};
 pub use watcher::{DEFAULT_DEBOUNCE, PluginWatcher};

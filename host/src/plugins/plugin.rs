@@ -272,13 +272,12 @@ impl Plugin {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| file.display().to_string()),
         );
-        let describe_limits = Limits::default();
-        let raw = match &pre {
+        let describe = |limits: Limits| match &pre {
             Pre::V1(pre) => call(
                 engine,
                 pre,
                 &file_label,
-                describe_limits,
+                limits,
                 Arc::default(),
                 Export::Describe,
                 |plugin, store| plugin.trellis_plugin_meta().call_describe(store),
@@ -288,13 +287,26 @@ impl Plugin {
                 engine,
                 pre,
                 &file_label,
-                describe_limits,
+                limits,
                 Arc::default(),
                 V2Call::Describe,
             )
             .and_then(|answer| answer.description(&file_label)),
+        };
+        let describe_limits = Limits::default();
+        let raw = describe(describe_limits).map_err(ValidateError::Describe)?;
+        // Its name is known now: a plugin this host caps below the default must start within
+        // its own cap, or it is refused here rather than failing every call.
+        let own = limits(&raw.name);
+        if own.memory_bytes < describe_limits.memory_bytes
+            && let Err(e) = describe(own)
+        {
+            return Err(ValidateError::Description(format!(
+                "plugin `{}` cannot start within this host's memory limit of {} bytes ({e}); \
+                 raise `[plugins.limits.{}] max_memory_bytes`",
+                raw.name, own.memory_bytes, raw.name
+            )));
         }
-        .map_err(ValidateError::Describe)?;
         let known: &[&str] = match &pre {
             Pre::V1(_) => &KNOWN_CAPABILITIES_V1,
             Pre::V2(_) => &KNOWN_CAPABILITIES_V2,

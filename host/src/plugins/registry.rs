@@ -143,6 +143,65 @@ impl PluginSet {
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
         self.by_name.get(name).cloned()
     }
+
+    /// Every file's status, sorted by file name.
+    pub fn list(&self) -> Vec<PluginStatus> {
+        self.files
+            .iter()
+            .map(|(path, entry)| {
+                let active = entry.active.as_ref();
+                PluginStatus {
+                    file: path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    ),
+                    name: active.map(|p| p.name().to_owned()),
+                    version: active.map(|p| p.version().to_owned()),
+                    kind: active.map(|p| p.kind()),
+                    interface: active.map(|p| p.interface_version()),
+                    capabilities: active.map(|p| p.description().capabilities.clone()),
+                    status: if active.is_some() {
+                        LoadStatus::Loaded
+                    } else {
+                        LoadStatus::Failed
+                    },
+                    sha256: active
+                        .map_or_else(|| entry.last_sha256.clone(), |p| p.sha256().to_owned()),
+                    loaded_at: active
+                        .map(|p| humantime::format_rfc3339_millis(p.loaded_at()).to_string()),
+                    error: entry.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Where plugins are looked up: the registry (the serving version at each call), or one pinned
+/// set.
+#[derive(Clone)]
+pub enum PluginSource {
+    /// The serving version at each call.
+    Registry(Arc<PluginRegistry>),
+    /// The plugins of one set only.
+    Pinned(Arc<PluginSet>),
+}
+
+impl PluginSource {
+    /// The plugin called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        match self {
+            PluginSource::Registry(registry) => registry.get(name),
+            PluginSource::Pinned(set) => set.get(name),
+        }
+    }
+
+    /// Every file's status.
+    pub fn list(&self) -> Vec<PluginStatus> {
+        match self {
+            PluginSource::Registry(registry) => registry.list(),
+            PluginSource::Pinned(set) => set.list(),
+        }
+    }
 }
 
 impl std::fmt::Debug for PluginSet {
@@ -399,6 +458,84 @@ impl PluginRegistry {
         ReloadOutcome::Failed(error)
     }
 
+    /// Loads every plugin file in `dir` into a new set, without putting it in service (a
+    /// control-plane generation being staged): a file whose content a plugin in service already
+    /// has reuses that plugin. Returns the set, and a problem per file that does not load.
+    pub fn prepare(&self, dir: &Path) -> (PluginSet, Vec<String>) {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| is_plugin_file(p) && p.is_file())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        let serving = self.snapshot();
+        let mut next = PluginSet::default();
+        let mut problems = Vec::new();
+        for path in files {
+            let wasm = match std::fs::read(&path) {
+                Ok(wasm) => wasm,
+                Err(source) => {
+                    problems.push(
+                        LoadError::Read {
+                            file: path.clone(),
+                            source,
+                        }
+                        .to_string(),
+                    );
+                    continue;
+                }
+            };
+            let sha256 = sha256_hex(&wasm);
+            let reused = serving
+                .by_name
+                .values()
+                .find(|p| p.sha256() == sha256)
+                .cloned();
+            let plugin = match reused {
+                Some(plugin) => plugin,
+                None => match self.build(&path, &wasm) {
+                    Ok((plugin, _)) => plugin,
+                    Err(e) => {
+                        problems.push(e.to_string());
+                        continue;
+                    }
+                },
+            };
+            if let Some(other) = next.by_name.get(plugin.name()) {
+                problems.push(
+                    LoadError::NameTaken {
+                        file: path.clone(),
+                        name: plugin.name().to_owned(),
+                        other: other.file().to_owned(),
+                    }
+                    .to_string(),
+                );
+                continue;
+            }
+            next.by_name
+                .insert(plugin.name().to_owned(), plugin.clone());
+            next.files.insert(
+                path,
+                FileEntry {
+                    active: Some(plugin),
+                    last_sha256: sha256,
+                    last_error: None,
+                },
+            );
+        }
+        (next, problems)
+    }
+
+    /// Puts `set` (from [`PluginRegistry::prepare`]) in service in place of every plugin.
+    pub fn install(&self, set: Arc<PluginSet>) {
+        let _guard = self.swap.lock().unwrap_or_else(PoisonError::into_inner);
+        self.state.store(set);
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
     /// The plugins in service now.
     pub fn snapshot(&self) -> Arc<PluginSet> {
         self.state.load_full()
@@ -412,35 +549,7 @@ impl PluginRegistry {
 
     /// Every file's status, sorted by file name.
     pub fn list(&self) -> Vec<PluginStatus> {
-        let snapshot = self.state.load();
-        snapshot
-            .files
-            .iter()
-            .map(|(path, entry)| {
-                let active = entry.active.as_ref();
-                PluginStatus {
-                    file: path.file_name().map_or_else(
-                        || path.display().to_string(),
-                        |n| n.to_string_lossy().into_owned(),
-                    ),
-                    name: active.map(|p| p.name().to_owned()),
-                    version: active.map(|p| p.version().to_owned()),
-                    kind: active.map(|p| p.kind()),
-                    interface: active.map(|p| p.interface_version()),
-                    capabilities: active.map(|p| p.description().capabilities.clone()),
-                    status: if active.is_some() {
-                        LoadStatus::Loaded
-                    } else {
-                        LoadStatus::Failed
-                    },
-                    sha256: active
-                        .map_or_else(|| entry.last_sha256.clone(), |p| p.sha256().to_owned()),
-                    loaded_at: active
-                        .map(|p| humantime::format_rfc3339_millis(p.loaded_at()).to_string()),
-                    error: entry.last_error.clone(),
-                }
-            })
-            .collect()
+        self.state.load().list()
     }
 
     /// A receiver that sees a new generation number after every change (load, failure, unload).

@@ -244,6 +244,32 @@ impl PolicyEngine {
         }
     }
 
+    /// Loads and checks `dir` as a generation without putting it in service (a control-plane
+    /// generation being staged): its `plugin:` masks are checked against `plugins`, the staged
+    /// plugins, not the ones serving now.
+    pub fn prepare(
+        &self,
+        dir: &Path,
+        plugins: Arc<dyn super::ExternalMasker>,
+    ) -> Result<PolicyGeneration, LoadError> {
+        let generation = PolicyGeneration::load(dir)?;
+        check_masks(
+            &generation,
+            &self.settings.masker.clone().with_external(plugins),
+        )?;
+        Ok(generation)
+    }
+
+    /// Puts `generation` (from [`PolicyEngine::prepare`]) in service.
+    pub fn install(&self, generation: Arc<PolicyGeneration>) {
+        let id = generation.id();
+        self.current.store(generation);
+        self.entities.clear();
+        self.decisions.clear();
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.changes.send_replace(id);
+    }
+
     /// Decides `req` with the generation in force.
     pub fn decide(&self, req: &AccessRequest<'_>) -> Decision {
         self.decide_in(&self.current.load_full(), req)

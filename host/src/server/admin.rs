@@ -1,6 +1,7 @@
 //! The admin endpoints, allowed by policy (`admin` on workflow `trellis:api`):
 //! `POST /v1/authorize` (decide or explain one access question), `GET /v1/audit?limit=N` (the
-//! most recent decisions), `GET /v1/policies` (the generation in force and the last reload error).
+//! most recent decisions), `GET /v1/policies` (the generation in force and the last reload error),
+//! `GET /v1/fleet` (every host of the control plane this host follows).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -156,4 +157,36 @@ pub async fn policies(
         "policies": generation.policy_count(),
         "last_error": policy.last_error(),
     })))
+}
+
+/// `GET /v1/fleet`: every host following this host's control plane, the active and published
+/// generations, and this host's own view (what it has staged and serves, its last error).
+pub async fn fleet(
+    State(app): State<App>,
+    CurrentUser(caller): CurrentUser,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, caller)?;
+    let Some(follower) = app.follower() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this host does not follow a control plane",
+        )
+        .with(
+            "hint",
+            "start it with `trellis serve --control DATABASE` to follow one",
+        ));
+    };
+    let status = crate::fleet::status::status(follower.pool())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "GET /v1/fleet: cannot read the control database");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the control database does not answer",
+            )
+        })?;
+    let mut body = crate::fleet::status::to_json(&status);
+    body["this_host"] = json!(follower.state());
+    body["generation"] = json!(app.generations().current().id);
+    Ok(Json(body))
 }

@@ -53,6 +53,8 @@ struct AppInner {
     watchers: std::sync::Mutex<Watchers>,
     started: Instant,
     auth: Authenticator,
+    /// The control plane this host follows (`serve --control`), if any.
+    follower: Option<crate::fleet::follow::Follower>,
 }
 
 /// The policy and workflow watchers of `--watch` (the plugin watcher lives in [`PluginService`]), and
@@ -71,15 +73,30 @@ impl App {
     /// Opens the databases (applying `[migrations]`), starts the plugin runtime, loads the
     /// policies (a broken policy directory stops the start: the host never serves without
     /// policy) and the workflows, and in watch mode starts their watchers.
-    pub async fn start(config: Config, watch: bool) -> Result<App, StartError> {
+    ///
+    /// With `control`, the host follows that control plane instead of its directories: it
+    /// starts with nothing (every access denied), then puts the active generation in service
+    /// before this returns.
+    pub async fn start(
+        mut config: Config,
+        watch: bool,
+        control: Option<crate::config::database::DatabaseConfig>,
+    ) -> Result<App, StartError> {
         // First: a refused auth mode (dev mode off loopback, a bad key) opens nothing.
         let auth = Authenticator::new(&config.auth, config.server.listen)?;
+        if control.is_some() {
+            // Nothing from the directories: what serves comes from the control plane.
+            let none = config.paths.data.join("control").join("none");
+            config.paths.policies = none.join("policies");
+            config.paths.plugins = none.join("plugins");
+            config.paths.workflows = none.join("workflows");
+        }
         let databases = Databases::open_all(config.databases.values()).await?;
         migrate_on_start(&config, &databases).await?;
         let plugins = PluginService::start(&config, watch).await?;
         let policy = Arc::new(start_policy(&config, &databases, &plugins, watch).await?);
         let known = Arc::new(HostNames {
-            plugins: plugins.registry().clone(),
+            plugins: crate::plugins::PluginSource::Registry(plugins.registry().clone()),
             databases: databases.names().map(str::to_owned).collect(),
         });
         let dir = config.paths.workflows.clone();
@@ -88,17 +105,19 @@ impl App {
                 .await
                 .map_err(|e| StartError::Workflows(e.to_string()))?,
         );
-        let generations = Arc::new(Generations::new(
+        let generations = Arc::new(Generations::numbered(
             policy.clone(),
             plugins.registry().clone(),
             workflows.clone(),
+            if control.is_some() { 0 } else { 1 },
         ));
         let mut watchers = Watchers {
             scope: Some(crate::workflow::scope::watch(
                 policy.clone(),
                 workflows.clone(),
             )),
-            generations: Some(generations.follow()),
+            // A control-plane host swaps whole generations; its parts never change alone.
+            generations: control.is_none().then(|| generations.follow()),
             ..Watchers::default()
         };
         if watch {
@@ -142,6 +161,19 @@ impl App {
             policy.clone(),
         )
         .with_budget(budget);
+        let follower = match control {
+            Some(control) => Some(
+                crate::fleet::follow::Follower::start(
+                    control,
+                    config.control.clone(),
+                    generations.clone(),
+                    databases.names().map(str::to_owned).collect(),
+                    &config.paths.data,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         Ok(App {
             inner: Arc::new(AppInner {
                 config,
@@ -155,6 +187,7 @@ impl App {
                 watchers: std::sync::Mutex::new(watchers),
                 started: Instant::now(),
                 auth,
+                follower,
             }),
         })
     }
@@ -199,9 +232,17 @@ impl App {
         &self.inner.runtime
     }
 
+    /// The control plane this host follows, if any.
+    pub fn follower(&self) -> Option<&crate::fleet::follow::Follower> {
+        self.inner.follower.as_ref()
+    }
+
     /// Stops the watchers and the plugin runtime, writes out the audit trail and closes the
     /// databases (what `serve` does after draining; for embedders and `trellis run`).
     pub async fn shutdown(&self) {
+        if let Some(follower) = self.follower() {
+            follower.stop().await;
+        }
         self.stop_watchers().await;
         self.plugins().stop().await;
         if let Some(audit) = self.policy().audit() {
@@ -323,6 +364,10 @@ pub enum StartError {
     /// The workflows could not be loaded.
     #[error("cannot load the workflows: {0}")]
     Workflows(String),
+    /// The control plane could not be followed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Control(#[from] crate::fleet::FleetError),
     /// A watcher could not start.
     #[error("cannot watch the {what} directory `{dir}`: {reason}", dir = dir.display())]
     Watch {

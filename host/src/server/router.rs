@@ -31,6 +31,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/authorize", post(admin::authorize))
         .route("/v1/audit", get(admin::audit))
         .route("/v1/policies", get(admin::policies))
+        .route("/v1/fleet", get(admin::fleet))
         .route("/v1/whoami", get(auth::whoami))
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
         // A declared length over the limit is answered 413 at once, before any body is read.

@@ -514,6 +514,37 @@ impl InTransaction for sqlx::sqlite::LockedSqliteHandle<'_> {
     }
 }
 
+/// The connect options, TLS settings included, for a PostgreSQL `target` (none for another
+/// kind): for a connection the pool does not own, such as the control plane's LISTEN.
+pub(crate) fn pg_options(
+    target: &DatabaseTarget,
+    application_name: &str,
+) -> Option<PgConnectOptions> {
+    let DatabaseTarget::Server {
+        kind: DatabaseKind::Postgres,
+        host,
+        port,
+        database,
+        user,
+        password,
+        tls,
+    } = target
+    else {
+        return None;
+    };
+    let mut options = PgConnectOptions::new()
+        .host(host)
+        .port(*port)
+        .database(database)
+        .username(user)
+        .application_name(application_name)
+        .disable_statement_logging();
+    if let Some(password) = password {
+        options = options.password(password.expose());
+    }
+    Some(apply_pg(tls, options))
+}
+
 /// Applies these settings to PostgreSQL connect options.
 fn apply_pg(
     tls: &Tls,

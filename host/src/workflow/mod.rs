@@ -17,8 +17,6 @@ pub(crate) mod scope;
 pub(crate) mod set;
 pub(crate) mod spec;
 
-use std::sync::Arc;
-
 pub use access::{
     ADMIN_RESOURCE, AccessControlledRuntime, AccessError, Denial, Pinned, RunReport, new_run_id,
 };
@@ -29,12 +27,12 @@ pub use runtime::{NodeError, Plan, RunError, RunOutput, Runtime};
 pub use set::{WorkflowSet, WorkflowWatcher};
 pub use spec::{AnyName, InputType, Known, SpecError, Workflow};
 
-use crate::plugins::{PluginKind, PluginRegistry};
+use crate::plugins::{PluginKind, PluginSource};
 
 /// Checks names against the running host: loaded node plugins and configured databases.
 pub struct HostNames {
-    /// The plugin registry.
-    pub plugins: Arc<PluginRegistry>,
+    /// The plugins: the registry's, or a staged set's.
+    pub plugins: PluginSource,
     /// Configured database names.
     pub databases: Vec<String>,
 }

@@ -85,6 +85,22 @@ impl WorkflowSet {
         self.current.load().workflows.get(name).cloned()
     }
 
+    /// Loads every workflow file of `dir`, checked against `known`, without putting them in
+    /// service (a control-plane generation being staged). Files that fail are in `errors`.
+    pub fn prepare(dir: &Path, known: Arc<dyn Known + Send + Sync>) -> Arc<Loaded> {
+        WorkflowSet::load(dir, known).current()
+    }
+
+    /// Puts `loaded` (from [`WorkflowSet::prepare`]) in service.
+    pub fn install(&self, loaded: Arc<Loaded>) {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.current.store(loaded);
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
     /// Re-reads every `*.toml` file; swaps in a new generation if anything changed. Returns the
     /// generation in force afterwards.
     pub fn reload(&self) -> u64 {

@@ -1,0 +1,465 @@
+//! Issue 20 §3 and §4 against the real binary and PostgreSQL 15: hosts that follow a control
+//! plane (`trellis serve --control`), `trellis publish --wait`, `trellis fleet status` and
+//! `GET /v1/fleet`.
+//!
+//! - Three hosts serve while twenty generations are published, with clients on every host:
+//!   no request fails, every answer names one generation and carries exactly that
+//!   generation's workflow, a host's generations never go backwards, and all converge. Meanwhile
+//!   one host is killed and restarted (it is at the newest generation before it serves), and
+//!   every connection to the control database is cut (the hosts keep serving, reconnect and
+//!   resync).
+//! - A generation one host cannot load (a Python plugin over that host's memory cap) blocks
+//!   `publish --wait`, which names the host and why; `fleet status` shows it, and the fleet keeps
+//!   serving the active generation. The next `--wait` activates on every host together, and the
+//!   activation skew is measured.
+//! - A blob altered in the database is refused by every host, which keeps the last good
+//!   generation.
+//!
+//! On 863c270 there was no `serve --control`, `publish --wait` or `fleet status`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use trellis_tests::{
+    Server, drop_postgres_database, fresh_postgres_database, run_trellis, test_plugin,
+};
+
+/// One workflow `w`: the `stamp` plugin emits `{"marker": N}`, so an answer tells which
+/// generation's workflow ran.
+fn workflow(marker: u32) -> String {
+    format!(
+        "[[nodes]]\nid = \"stamp\"\ntype = \"plugin:stamp\"\n[nodes.config]\nrecords = [{{ marker = {marker} }}]\n"
+    )
+}
+
+/// A host's (and the publisher's) folder: `trellis.toml` with dev auth, fast heartbeats and
+/// the shared data directory `data` (the plugin compile cache and the blob cache), plus
+/// `extra`.
+fn host_dir(data: &Path, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trellis.toml"),
+        format!(
+            "[auth]\nmode = \"dev\"\n[paths]\ndata = \"{}\"\n\
+             [control]\nheartbeat_interval = \"200ms\"\npoll_interval = \"1s\"\n{extra}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// The bundle: `stamp`, rules letting anyone run `w`, and `w` with `marker`.
+fn bundle(dir: &Path, marker: u32) -> PathBuf {
+    let b = dir.join("bundle");
+    for sub in ["workflows", "policies", "plugins"] {
+        std::fs::create_dir_all(b.join(sub)).unwrap();
+    }
+    std::fs::copy(test_plugin("test_stamp.wasm"), b.join("plugins/stamp.wasm")).unwrap();
+    let rules = trellis_tests::allow_rules("w", &["stamp"]);
+    let mut admin = rules.clone();
+    admin.push(
+        json!({"id": "admin", "resource_type": "workflow", "resource_id": "trellis:api",
+        "permission": "admin", "effect": "allow"}),
+    );
+    std::fs::write(
+        b.join("policies/allow.rules.json"),
+        json!({ "rules": admin }).to_string(),
+    )
+    .unwrap();
+    std::fs::write(b.join("workflows/w.toml"), workflow(marker)).unwrap();
+    b
+}
+
+fn publish(dir: &Path, bundle: &Path, url: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["publish", bundle.to_str().unwrap(), "--to", url];
+    args.extend_from_slice(extra);
+    let (status, stdout, stderr) = run_trellis(dir, &args, Duration::from_secs(180));
+    (status.success(), stdout, stderr)
+}
+
+const USER: &str = r#"{"user_id": "u"}"#;
+
+/// One run of `w`: the HTTP status, the generation and the marker.
+async fn run(client: &reqwest::Client, base: &str) -> (u16, Option<u64>, Option<u64>) {
+    let response = client
+        .post(format!("{base}/v1/workflows/w/run"))
+        .header("x-trellis-user", USER)
+        .body("{}")
+        .send()
+        .await;
+    let Ok(response) = response else {
+        return (0, None, None);
+    };
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or_default();
+    (
+        status,
+        body["generation"].as_u64(),
+        body["results"]["stamp"]["data"][0]["marker"].as_u64(),
+    )
+}
+
+/// Answers one client saw, in order.
+type Seen = Vec<(u16, Option<u64>, Option<u64>)>;
+
+/// Runs `w` on `base` over and over until `stop`.
+fn client(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Seen> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            seen.push(run(&client, &base).await);
+        }
+        seen
+    })
+}
+
+/// Checks one client's answers: all 200, generation = marker, never backwards.
+fn check(host: &str, seen: &Seen) {
+    assert!(!seen.is_empty(), "{host}: no answers");
+    let mut last = 0;
+    for (i, (status, generation, marker)) in seen.iter().enumerate() {
+        assert_eq!(*status, 200, "{host}: answer {i} failed: {seen:?}");
+        let generation =
+            generation.unwrap_or_else(|| panic!("{host}: answer {i} names no generation"));
+        assert_eq!(
+            Some(generation),
+            *marker,
+            "{host}: answer {i} ran another generation's workflow"
+        );
+        assert!(
+            generation >= last,
+            "{host}: went back from {last} to {generation}"
+        );
+        last = generation;
+    }
+}
+
+async fn fleet_json(server: &Server) -> Value {
+    server
+        .get_json("/v1/fleet", Some(&serde_json::from_str(USER).unwrap()))
+        .await
+}
+
+/// Waits until every server answers with `generation`.
+async fn converge(servers: &[&Server], generation: u64) {
+    let client = reqwest::Client::new();
+    for server in servers {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, g, _) = run(&client, &server.base_url()).await;
+            if g == Some(generation) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} stayed at {g:?}, not {generation}",
+                server.base_url()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_follow_twenty_publishes_under_load() {
+    let Some((name, url)) = fresh_postgres_database("fleet").await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let dir = host_dir(data.path(), "");
+    let b = bundle(dir.path(), 1);
+    let (ok, out, err) = publish(dir.path(), &b, &url, &[]);
+    assert!(ok, "{out}\n{err}");
+
+    // Started after the publish: each serves generation 1 from its first answer.
+    let control = ["--control", url.as_str()];
+    let servers: Vec<Server> = (0..3)
+        .map(|_| Server::start(dir.path(), &control))
+        .collect();
+    let client0 = reqwest::Client::new();
+    for s in &servers {
+        assert_eq!(run(&client0, &s.base_url()).await, (200, Some(1), Some(1)));
+    }
+    let mut servers: Vec<Option<Server>> = servers.into_iter().map(Some).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients: Vec<(String, tokio::task::JoinHandle<Seen>)> = servers
+        .iter()
+        .map(|s| {
+            let base = s.as_ref().unwrap().base_url();
+            (base.clone(), client(base, stop.clone()))
+        })
+        .collect();
+    // The client of the host killed below, which stops first.
+    let stop_2 = Arc::new(AtomicBool::new(false));
+    let (base_2, _) = clients.pop().unwrap();
+    clients.push((base_2.clone(), client(base_2, stop_2.clone())));
+    let mut finished = Vec::new();
+
+    for marker in 2..=21u32 {
+        std::fs::write(b.join("workflows/w.toml"), workflow(marker)).unwrap();
+        if marker == 6 {
+            // Killed while a publish is under way (its client stops first).
+            stop_2.store(true, Ordering::Relaxed);
+            let (host, handle) = clients.remove(2);
+            finished.push((host, handle.await.unwrap()));
+            let (d, bundle, to) = (dir.path().to_owned(), b.clone(), url.clone());
+            let publishing = tokio::task::spawn_blocking(move || publish(&d, &bundle, &to, &[]));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(servers[2].take());
+            let (ok, out, err) = publishing.await.unwrap();
+            assert!(ok, "publish {marker}: {out}\n{err}");
+        } else {
+            let (ok, out, err) = publish(dir.path(), &b, &url, &[]);
+            assert!(ok, "publish {marker}: {out}\n{err}");
+            assert!(
+                out.contains(&format!("published generation {marker} ")),
+                "{out}"
+            );
+        }
+        if marker == 10 {
+            // Every connection to the control database cut, as a restart of PostgreSQL does:
+            // the notices of the next publish may be lost; the hosts resync when back.
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            let cut: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            assert!(cut.len() >= 2, "the hosts' connections: {cut:?}");
+            admin.close().await.unwrap();
+        }
+        if marker == 14 {
+            // Restarted: the newest generation before it serves.
+            let back = Server::start(dir.path(), &control);
+            assert_eq!(
+                run(&client0, &back.base_url()).await,
+                (200, Some(14), Some(14)),
+                "the restarted host"
+            );
+            clients.push((back.base_url(), client(back.base_url(), stop.clone())));
+            servers[2] = Some(back);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let live: Vec<&Server> = servers.iter().flatten().collect();
+    converge(&live, 21).await;
+    stop.store(true, Ordering::Relaxed);
+    for (host, handle) in clients {
+        finished.push((host, handle.await.unwrap()));
+    }
+    let mut answers = 0;
+    for (host, seen) in &finished {
+        check(host, seen);
+        answers += seen.len();
+    }
+    assert!(answers > 60, "only {answers} answers");
+
+    // Every live host shows, as staged and serving 21.
+    let fleet = fleet_json(live[0]).await;
+    let hosts = fleet["hosts"].as_array().unwrap();
+    let serving: Vec<&Value> = hosts.iter().filter(|h| h["live"] == true).collect();
+    assert_eq!(serving.len(), 3, "{fleet:#}");
+    for h in serving {
+        assert_eq!(h["active"], 21, "{fleet:#}");
+    }
+    assert_eq!(fleet["active"], 21);
+    assert_eq!(fleet["this_host"]["active"], 21);
+    let (status, table, err) = run_trellis(
+        dir.path(),
+        &["fleet", "status", "--control", &url],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{err}");
+    assert!(table.contains("active generation: 21"), "{table}");
+    assert!(table.matches(" live ").count() >= 3, "{table}");
+
+    drop(servers);
+    drop_postgres_database(&name).await;
+}
+
+/// The heartbeat rows: (id, staged, active, activated_at_us, failed, last_error).
+type Row = (
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
+async fn rows(url: &str) -> Vec<Row> {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let rows = sqlx::query_as(
+        "SELECT id, staged, active, activated_at_us, failed, last_error FROM trellis_control.hosts ORDER BY id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_is_blocked_by_a_host_that_cannot_load_and_a_tampered_blob_is_refused() {
+    let Some((name, url)) = fresh_postgres_database("fleet_wait").await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    // The Python plugin needs about 12 MiB to start: 256 MiB here, 4 MiB on host C.
+    let roomy = "[plugins.limits.py-stamp]\nmax_memory_bytes = 268435456\n";
+    let dir = host_dir(data.path(), roomy);
+    let tight = host_dir(
+        data.path(),
+        "[plugins.limits.py-stamp]\nmax_memory_bytes = 4194304\n",
+    );
+    let b = bundle(dir.path(), 1);
+    let (ok, out, err) = publish(dir.path(), &b, &url, &[]);
+    assert!(ok, "{out}\n{err}");
+    let control = ["--control", url.as_str()];
+    let a = Server::start(dir.path(), &control);
+    let bb = Server::start(dir.path(), &control);
+    let c = Server::start(tight.path(), &control);
+    let servers = [&a, &bb, &c];
+    converge(&servers, 1).await;
+    // Every host live in the heartbeat table before `--wait` counts them.
+    let mut live = 0;
+    for _ in 0..500 {
+        let fleet = fleet_json(&a).await;
+        live = fleet["hosts"]
+            .as_array()
+            .map_or(0, |h| h.iter().filter(|h| h["live"] == true).count());
+        if live == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(live, 3);
+
+    // Generation 2 holds a Python plugin host C cannot start: `--wait` names C and why, and
+    // nothing switches.
+    std::fs::copy(
+        trellis_tests::repo().join("plugins/python/wasm/py_stamp.wasm"),
+        b.join("plugins/py_stamp.wasm"),
+    )
+    .unwrap();
+    std::fs::write(b.join("workflows/w.toml"), workflow(2)).unwrap();
+    let (ok, out, err) = publish(dir.path(), &b, &url, &["--wait", "--timeout", "60s"]);
+    assert!(
+        !ok,
+        "activated although host C cannot load it:\n{out}\n{:#?}",
+        fleet_json(&a).await
+    );
+    assert!(
+        err.contains("generation 2 was published but NOT activated"),
+        "{err}"
+    );
+    assert!(err.contains("cannot load it"), "{err}");
+    assert!(err.contains("memory"), "{err}");
+    for s in servers {
+        let (status, generation, _) = run(&reqwest::Client::new(), &s.base_url()).await;
+        assert_eq!((status, generation), (200, Some(1)));
+    }
+    let (status, table, _) = run_trellis(
+        dir.path(),
+        &["fleet", "status", "--control", &url],
+        Duration::from_secs(30),
+    );
+    assert!(status.success());
+    assert!(table.contains("generation 2:"), "{table}");
+    let staged: Vec<Option<i64>> = rows(&url).await.iter().map(|r| r.1).collect();
+    assert_eq!(
+        staged.iter().filter(|s| **s == Some(2)).count(),
+        2,
+        "{staged:?}"
+    );
+
+    // Without the plugin: every host stages generation 3, then all switch on one notice.
+    std::fs::remove_file(b.join("plugins/py_stamp.wasm")).unwrap();
+    std::fs::write(b.join("workflows/w.toml"), workflow(3)).unwrap();
+    let (ok, out, err) = publish(dir.path(), &b, &url, &["--wait", "--timeout", "60s"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("generation 3 is active: staged by 3 live host(s)"),
+        "{out}"
+    );
+    converge(&servers, 3).await;
+    let switched: Vec<i64> = rows(&url)
+        .await
+        .iter()
+        .filter(|r| r.2 == Some(3))
+        .filter_map(|r| r.3)
+        .collect();
+    assert_eq!(switched.len(), 3);
+    let skew_ms = (switched.iter().max().unwrap() - switched.iter().min().unwrap()) as f64 / 1e3;
+    eprintln!("activation skew across 3 hosts: {skew_ms:.2} ms");
+    assert!(skew_ms < 1000.0, "skew {skew_ms} ms");
+
+    // A blob altered in the database: generation 4 names content that does not hash to its
+    // name. Every host refuses it and keeps serving 3.
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let honest = workflow(4);
+    let sha = sha256_hex(honest.as_bytes());
+    sqlx::query("INSERT INTO trellis_control.blobs (sha256, size, content) VALUES ($1, $2, $3)")
+        .bind(&sha)
+        .bind(honest.len() as i64)
+        .bind(workflow(666).into_bytes())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO trellis_control.generations (id, manifest, published_by) \
+         SELECT 4, jsonb_set(manifest, '{files,workflows/w.toml}', \
+         jsonb_build_object('sha256', $1::text, 'size', $2::bigint)), 'mallory' \
+         FROM trellis_control.generations WHERE id = 3",
+    )
+    .bind(&sha)
+    .bind(honest.len() as i64)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let (status, out, err) = run_trellis(
+        dir.path(),
+        &["publish", "--to", &url, "--activate", "4"],
+        Duration::from_secs(60),
+    );
+    assert!(status.success(), "{out}\n{err}");
+    let mut refused = false;
+    for _ in 0..500 {
+        let rows = rows(&url).await;
+        refused = rows.len() == 3
+            && rows.iter().all(|r| {
+                r.4 == Some(4)
+                    && r.5
+                        .as_deref()
+                        .is_some_and(|e| e.contains("does not match its SHA-256"))
+            });
+        if refused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "{:?}", rows(&url).await);
+    for s in servers {
+        let (status, generation, marker) = run(&reqwest::Client::new(), &s.base_url()).await;
+        assert_eq!((status, generation, marker), (200, Some(3), Some(3)));
+    }
+    drop((a, bb, c));
+    drop_postgres_database(&name).await;
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
