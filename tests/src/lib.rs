@@ -281,6 +281,13 @@ pub async fn fresh_postgres_database(prefix: &str) -> Option<(String, String)> {
     let url = TestDb::Postgres.url()?;
     let name = unique(prefix).replace('-', "_");
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    // A run that failed earlier under the same process id may have left it.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await

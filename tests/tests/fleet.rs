@@ -12,6 +12,7 @@
 //!   `publish --wait`, which names the host and why; `fleet status` shows it, and the fleet keeps
 //!   serving the active generation. The next `--wait` activates on every host together, and the
 //!   activation skew is measured.
+//! - A forged notice moves no host: what serves is read from the tables.
 //! - A blob altered in the database is refused by every host, which keeps the last good
 //!   generation.
 //!
@@ -401,6 +402,27 @@ async fn wait_is_blocked_by_a_host_that_cannot_load_and_a_tampered_blob_is_refus
     let skew_ms = (switched.iter().max().unwrap() - switched.iter().min().unwrap()) as f64 / 1e3;
     eprintln!("activation skew across 3 hosts: {skew_ms:.2} ms");
     assert!(skew_ms < 1000.0, "skew {skew_ms} ms");
+
+    // A notice is only a wake-up: anyone who can connect may send one. A forged
+    // `{"active":1}` rolls no host back (on 8fdb708 every host served generation 1 again).
+    let mut forger = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("SELECT pg_notify('trellis_generations', '{\"active\":1}')")
+        .execute(&mut forger)
+        .await
+        .unwrap();
+    forger.close().await.unwrap();
+    let client = reqwest::Client::new();
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        for s in servers {
+            let (status, generation, _) = run(&client, &s.base_url()).await;
+            assert_eq!(
+                (status, generation),
+                (200, Some(3)),
+                "a forged notice moved a host"
+            );
+        }
+    }
 
     // A blob altered in the database: generation 4 names content that does not hash to its
     // name. Every host refuses it and keeps serving 3.

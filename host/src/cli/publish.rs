@@ -11,7 +11,7 @@ use clap::Args;
 use crate::config::Config;
 use crate::config::database::{DatabaseConfig, parse_database_url};
 use crate::fleet::bundle::{Bundle, check};
-use crate::fleet::publish::{activate, publish};
+use crate::fleet::publish::{activate, activate_if, publish};
 use crate::fleet::schema;
 use crate::fleet::status::wait_staged;
 
@@ -125,7 +125,7 @@ async fn publish_and_wait(
     println!("published generation {n} ({files}); waiting for the hosts to stage it");
     match wait_staged(pool, n, timeout).await? {
         Ok(hosts) => {
-            activate(pool, n).await?;
+            activate_if(pool, n, published.active_before).await?;
             println!(
                 "generation {n} is active: staged by {} live host(s)",
                 hosts.len()

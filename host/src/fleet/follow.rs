@@ -76,13 +76,21 @@ struct Inner {
     databases: Vec<String>,
     /// `<data>/control`: the blob cache, shared by the hosts of one data directory.
     root: PathBuf,
-    /// `<root>/host-<pid>`: this process's staged generations.
+    /// `<root>/host-<pid>-<nonce>`: this process's staged generations, locked while it runs.
     staging: PathBuf,
+    /// This process among the hosts (its staging directory's name): a heartbeat row is only
+    /// ever overwritten by the process that wrote it, or once that one is silent.
+    instance: String,
+    /// The lock on `staging`, held for the life of the process.
+    _lock: std::fs::File,
     state: Mutex<HostState>,
     /// Told on every change of `state`: the heartbeat is written at once.
     changed: tokio::sync::Notify,
     /// The generation staged and not yet serving.
     staged: Mutex<Option<Generation>>,
+    /// Generations this host refused, with why: a bundle never changes, so it is not tried
+    /// again.
+    refused: Mutex<BTreeMap<i64, String>>,
     /// When this host started (RFC 3339).
     started_at: String,
 }
@@ -113,15 +121,22 @@ impl Follower {
     ) -> Result<Follower, FleetError> {
         let pool = super::schema::open(&control, "trellis serve").await?;
         let root = data.join("control");
-        let staging = root.join(format!("host-{}", std::process::id()));
         clean_stale(&root);
-        if let Err(e) = std::fs::create_dir_all(root.join("blobs")) {
-            pool.close().await;
-            return Err(FleetError::Read {
-                path: root.display().to_string(),
-                reason: e.to_string(),
-            });
-        }
+        let nonce = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let instance = format!("host-{}-{nonce:08x}", std::process::id());
+        let staging = root.join(&instance);
+        let lock = match make_staging(&root, &staging) {
+            Ok(lock) => lock,
+            Err(e) => {
+                pool.close().await;
+                return Err(FleetError::Read {
+                    path: root.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
         let inner = Arc::new(Inner {
             pool,
             control,
@@ -130,9 +145,12 @@ impl Follower {
             databases,
             root,
             staging,
+            instance,
+            _lock: lock,
             state: Mutex::new(HostState::default()),
             changed: tokio::sync::Notify::new(),
             staged: Mutex::new(None),
+            refused: Mutex::new(BTreeMap::new()),
             started_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
         });
         // Listen first, then read: a generation published in between is not missed.
@@ -140,11 +158,14 @@ impl Follower {
             Ok(listener) => listener,
             Err(e) => {
                 inner.pool.close().await;
-                return Err(FleetError::Listen(e.to_string()));
+                let _ = std::fs::remove_dir_all(&inner.staging);
+                return Err(FleetError::Listen(e));
             }
         };
         if let Err(e) = inner.sync().await {
+            drop(listener);
             inner.pool.close().await;
+            let _ = std::fs::remove_dir_all(&inner.staging);
             return Err(e);
         }
         let (address, address_rx) = watch::channel(None);
@@ -195,8 +216,8 @@ impl Follower {
                 .inner
                 .pool
                 .execute(
-                    "DELETE FROM trellis_control.hosts WHERE id = :id",
-                    &named(json!({ "id": id })),
+                    "DELETE FROM trellis_control.hosts WHERE id = :id AND instance = :instance",
+                    &named(json!({ "id": id, "instance": self.inner.instance })),
                     Fetch::All,
                 )
                 .await;
@@ -206,17 +227,33 @@ impl Follower {
     }
 }
 
-/// Removes the staging directories of host processes that are gone.
+/// The lock file in a staging directory: held by the process that stages there.
+const LOCK: &str = ".lock";
+
+/// Makes this process's staging directory and the blob cache, and locks the staging directory.
+fn make_staging(root: &Path, staging: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(root.join("blobs"))?;
+    std::fs::create_dir_all(staging)?;
+    let lock = std::fs::File::create(staging.join(LOCK))?;
+    lock.try_lock().map_err(std::io::Error::other)?;
+    Ok(lock)
+}
+
+/// Removes the staging directories no running host holds (hosts that share the data directory,
+/// in other containers too, hold their directory's lock).
 fn clean_stale(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("host-")
-            && pid.parse::<u32>().is_ok()
-            && !Path::new("/proc").join(pid).exists()
-        {
+        if !name.starts_with("host-") {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(entry.path().join(LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -298,7 +335,15 @@ impl Inner {
                 _ = stop.changed() => break,
                 _ = poll.tick() => self.resync().await,
                 received = notice => match received {
-                    Ok(Some(notice)) => self.on_notice(notice.payload()).await,
+                    Ok(Some(_)) => {
+                        // A notice only wakes the host: anyone who can connect may send one,
+                        // so what serves is read from the tables, never from the payload. The
+                        // notices queued meanwhile are answered by the same read.
+                        if let Some(l) = listener.as_mut() {
+                            while l.next_buffered().is_some() {}
+                        }
+                        self.resync().await;
+                    }
                     Ok(None) if listener.is_none() => {}
                     Ok(None) => {
                         tracing::warn!("control plane: the LISTEN connection was lost");
@@ -333,23 +378,6 @@ impl Inner {
         }
     }
 
-    /// Acts on one notice: `{"published":N}` stages N, `{"active":N}` serves it.
-    async fn on_notice(&self, payload: &str) {
-        let notice: Value = serde_json::from_str(payload).unwrap_or_default();
-        if let Some(n) = notice.get("active").and_then(Value::as_i64) {
-            tracing::debug!(generation = n, "control plane: activation notice");
-            self.activate(n).await;
-        } else if let Some(n) = notice.get("published").and_then(Value::as_i64) {
-            tracing::debug!(generation = n, "control plane: publish notice");
-            let _ = self.stage(n).await;
-        } else {
-            tracing::warn!(
-                payload,
-                "control plane: a notice this host does not understand"
-            );
-        }
-    }
-
     /// [`Inner::sync`], logging a failure (the last good generation keeps serving).
     async fn resync(&self) {
         if let Err(e) = self.sync().await {
@@ -371,6 +399,12 @@ impl Inner {
             )
             .await
             .map_err(db("cannot read the active generation"))?;
+        // The control plane answers: an earlier error that was not a refused generation is over.
+        self.update(|s| {
+            if s.failed.is_none() {
+                s.last_error = None;
+            }
+        });
         let head = heads.rows.first().cloned().unwrap_or_default();
         let active = head.get("active").and_then(Value::as_i64);
         let latest = head.get("latest").and_then(Value::as_i64);
@@ -437,13 +471,34 @@ impl Inner {
         {
             return Ok(());
         }
-        if state.failed == Some(n) {
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&n)
+            .cloned();
+        if let Some(why) = refused {
+            // Reported again, as the generation the control plane wants now.
+            self.update(|s| {
+                s.failed = Some(n);
+                s.last_error = Some(why);
+            });
             return Err(());
         }
         let started = std::time::Instant::now();
         match self.load(n).await {
             Ok(generation) => {
-                *self.staged.lock().unwrap_or_else(PoisonError::into_inner) = Some(generation);
+                let replaced = self
+                    .staged
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .replace(generation)
+                    .map(|g| g.id as i64);
+                if let Some(old) = replaced
+                    && Some(old) != state.active
+                {
+                    let _ = std::fs::remove_dir_all(self.staging.join(format!("gen-{old}")));
+                }
                 self.update(|s| {
                     s.staged = Some(n);
                     if s.failed.is_some() {
@@ -534,6 +589,8 @@ impl Inner {
                 .map_err(|e| transient(&e))??;
         }
         let dir = self.staging.join(format!("gen-{n}"));
+        // Problems name the bundle's files (`plugins/x.wasm`), not this host's layout.
+        let inside = format!("{}/", dir.display());
         let generations = self.generations.clone();
         let databases = self.databases.clone();
         let prepared = tokio::task::spawn_blocking(move || {
@@ -542,7 +599,7 @@ impl Inner {
         })
         .await
         .map_err(|e| transient(&e))??;
-        prepared.map_err(|problems| StageError::Refused(problems.join("; ")))
+        prepared.map_err(|problems| StageError::Refused(problems.join("; ").replace(&inside, "")))
     }
 
     /// Writes this host's heartbeat row (once it serves at an address).
@@ -562,24 +619,34 @@ impl Inner {
             "last_error": state.last_error,
             "heartbeat_ms": self.settings.heartbeat_interval.as_millis().min(i32::MAX as u128) as i64,
             "started_at": self.started_at,
+            "instance": self.instance,
         });
         let written = self
             .pool
             .execute(
                 "INSERT INTO trellis_control.hosts \
-                 (id, address, version, staged, active, activated_at_us, failed, last_error, heartbeat_ms, started_at, seen_at) \
-                 VALUES (:id, :address, :version, :staged, :active, :activated_at_us, :failed, :last_error, :heartbeat_ms, \
+                 (id, instance, address, version, staged, active, activated_at_us, failed, last_error, heartbeat_ms, started_at, seen_at) \
+                 VALUES (:id, :instance, :address, :version, :staged, :active, :activated_at_us, :failed, :last_error, :heartbeat_ms, \
                  CAST(:started_at AS timestamptz), now()) \
-                 ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, version = EXCLUDED.version, \
-                 staged = EXCLUDED.staged, active = EXCLUDED.active, activated_at_us = EXCLUDED.activated_at_us, \
-                 failed = EXCLUDED.failed, last_error = EXCLUDED.last_error, heartbeat_ms = EXCLUDED.heartbeat_ms, \
-                 started_at = EXCLUDED.started_at, seen_at = now()",
+                 ON CONFLICT (id) DO UPDATE SET instance = EXCLUDED.instance, address = EXCLUDED.address, \
+                 version = EXCLUDED.version, staged = EXCLUDED.staged, active = EXCLUDED.active, \
+                 activated_at_us = EXCLUDED.activated_at_us, failed = EXCLUDED.failed, \
+                 last_error = EXCLUDED.last_error, heartbeat_ms = EXCLUDED.heartbeat_ms, \
+                 started_at = EXCLUDED.started_at, seen_at = now() \
+                 WHERE hosts.instance = EXCLUDED.instance \
+                 OR (now() - hosts.seen_at) >= greatest(hosts.heartbeat_ms::bigint * 3, 5000) * interval '1 millisecond' \
+                 RETURNING id",
                 &named(row),
                 Fetch::All,
             )
             .await;
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "control plane: cannot write the heartbeat");
+        match written {
+            Ok(out) if out.rows.is_empty() => tracing::error!(
+                host_id = %self.host_id(&address),
+                "control plane: another live host writes its heartbeat under this host id; give each host its own `[control] host_id`"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "control plane: cannot write the heartbeat"),
         }
     }
 }

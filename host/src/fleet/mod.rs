@@ -63,12 +63,27 @@ pub enum FleetError {
         source: Box<PoolError>,
     },
     /// The LISTEN connection to the control database could not be opened.
-    #[error("cannot listen for the control plane's notices: {0}")]
+    #[error("cannot listen for the control plane's notices")]
     #[diagnostic(help(
         "a host needs a direct connection to the control database (not through a \
          transaction-mode pooler), and the right to LISTEN"
     ))]
-    Listen(String),
+    Listen(#[source] sqlx::Error),
+    /// Another generation was activated while `publish --wait` waited.
+    #[error(
+        "generation {generation} was not activated: generation {} was made active meanwhile",
+        active.map_or_else(|| "none".to_owned(), |a| a.to_string())
+    )]
+    #[diagnostic(help(
+        "someone else changed the fleet; `trellis fleet status` shows it, and `--activate` \
+         chooses between the two"
+    ))]
+    Superseded {
+        /// The generation this publish made.
+        generation: i64,
+        /// The one active now.
+        active: Option<i64>,
+    },
     /// `--activate N` named a generation never published.
     #[error("no generation {0} was ever published")]
     #[diagnostic(help("`trellis fleet status` lists the published generations"))]

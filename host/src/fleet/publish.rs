@@ -24,6 +24,8 @@ pub struct Published {
     pub uploaded: usize,
     /// Files already stored (by content).
     pub reused: usize,
+    /// The generation active when this one was published (before it, when it was activated).
+    pub active_before: Option<i64>,
 }
 
 fn named(value: Value) -> Params {
@@ -118,6 +120,7 @@ pub async fn publish(
         .await
         .map_err(db("cannot number the generation"))?;
         let generation = next.rows[0]["id"].as_i64().unwrap_or(1);
+        let active_before = active_in(lease).await?;
         run(
             lease,
             "INSERT INTO trellis_control.generations (id, manifest, published_by) \
@@ -135,6 +138,7 @@ pub async fn publish(
             generation,
             uploaded,
             reused,
+            active_before,
         })
     })
     .await
@@ -156,6 +160,43 @@ pub async fn activate(pool: &Pool, generation: i64) -> Result<(), FleetError> {
         activate_in(lease, generation).await
     })
     .await
+}
+
+/// Makes `generation` active only if the active generation is still `expected` (what
+/// `publish --wait` saw when it published): an activation made meanwhile by someone else is
+/// never undone.
+pub async fn activate_if(
+    pool: &Pool,
+    generation: i64,
+    expected: Option<i64>,
+) -> Result<(), FleetError> {
+    in_transaction(pool, async |lease: &Lease| {
+        let now = active_in(lease).await?;
+        if now != expected {
+            return Err(FleetError::Superseded {
+                generation,
+                active: now,
+            });
+        }
+        activate_in(lease, generation).await
+    })
+    .await
+}
+
+/// Inside a transaction: the active generation.
+async fn active_in(lease: &Lease) -> Result<Option<i64>, FleetError> {
+    let out = run(
+        lease,
+        "SELECT generation FROM trellis_control.active",
+        json!({}),
+    )
+    .await
+    .map_err(db("cannot read the active generation"))?;
+    Ok(out
+        .rows
+        .first()
+        .and_then(|r| r.get("generation"))
+        .and_then(Value::as_i64))
 }
 
 /// Inside the publish transaction: `generation` becomes active, and the fleet is told at commit.

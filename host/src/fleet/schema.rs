@@ -43,6 +43,7 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         "every host's heartbeat: what it has staged and serves, and its last error",
         "CREATE TABLE trellis_control.hosts (
         id text PRIMARY KEY,
+        instance text NOT NULL,
         address text NOT NULL,
         version text NOT NULL,
         staged bigint,

@@ -74,6 +74,9 @@ pub(crate) fn resolve(
             return Err(fail(key, "must be at least 10ms".into()));
         }
     }
+    if control.heartbeat_interval > Duration::from_secs(3600) {
+        return Err(fail("heartbeat_interval", "must be at most 1h".into()));
+    }
     if let Some(id) = &control.host_id
         && (id.is_empty() || id.len() > 200)
     {

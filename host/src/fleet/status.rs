@@ -64,7 +64,7 @@ pub async fn hosts(pool: &Pool) -> Result<Vec<HostRow>, FleetError> {
     let out = pool
         .execute(
             "SELECT id, address, version, staged, active, activated_at_us, failed, last_error, \
-             (now() - seen_at) < greatest(heartbeat_ms * 3, 5000) * interval '1 millisecond' AS live, \
+             (now() - seen_at) < greatest(heartbeat_ms::bigint * 3, 5000) * interval '1 millisecond' AS live, \
              (extract(epoch FROM now() - seen_at) * 1000)::bigint AS silent_ms \
              FROM trellis_control.hosts ORDER BY id",
             &Params::None,

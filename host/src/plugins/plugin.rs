@@ -225,6 +225,15 @@ pub(crate) enum ValidateError {
     Describe(CallError),
     /// The description is not acceptable.
     Description(String),
+    /// It cannot start within the memory this host gives it.
+    MemoryCap {
+        /// The plugin.
+        name: String,
+        /// Its memory cap on this host, in bytes.
+        limit: usize,
+        /// Why it did not start.
+        source: CallError,
+    },
 }
 
 impl Plugin {
@@ -301,11 +310,11 @@ impl Plugin {
         if own.memory_bytes < describe_limits.memory_bytes
             && let Err(e) = describe(own)
         {
-            return Err(ValidateError::Description(format!(
-                "plugin `{}` cannot start within this host's memory limit of {} bytes ({e}); \
-                 raise `[plugins.limits.{}] max_memory_bytes`",
-                raw.name, own.memory_bytes, raw.name
-            )));
+            return Err(ValidateError::MemoryCap {
+                name: raw.name,
+                limit: own.memory_bytes,
+                source: e,
+            });
         }
         let known: &[&str] = match &pre {
             Pre::V1(_) => &KNOWN_CAPABILITIES_V1,

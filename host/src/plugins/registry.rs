@@ -68,6 +68,19 @@ pub enum LoadError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The plugin cannot start within the memory this host gives it.
+    #[error("plugin file `{file}`: plugin `{name}` cannot start within this host's memory limit of {limit} bytes: {source}", file = file.display())]
+    #[diagnostic(help("raise `[plugins.limits.{name}] max_memory_bytes` in trellis.toml"))]
+    MemoryCap {
+        /// The file.
+        file: PathBuf,
+        /// The plugin.
+        name: String,
+        /// Its cap on this host, in bytes.
+        limit: usize,
+        /// Why it did not start.
+        source: CallError,
+    },
     /// Another file already provides a plugin of this name.
     #[error("plugin file `{file}`: plugin `{name}` is already loaded from `{other}`", file = file.display(), other = other.display())]
     #[diagnostic(help("remove one of the two files, or give one plugin another name"))]
@@ -371,6 +384,16 @@ impl PluginRegistry {
                     },
                     ValidateError::Describe(source) => LoadError::Describe { file, source },
                     ValidateError::Description(reason) => LoadError::Description { file, reason },
+                    ValidateError::MemoryCap {
+                        name,
+                        limit,
+                        source,
+                    } => LoadError::MemoryCap {
+                        file,
+                        name,
+                        limit,
+                        source,
+                    },
                 })
             }
         }

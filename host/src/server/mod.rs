@@ -162,16 +162,31 @@ impl App {
         )
         .with_budget(budget);
         let follower = match control {
-            Some(control) => Some(
-                crate::fleet::follow::Follower::start(
+            Some(control) => {
+                let started = crate::fleet::follow::Follower::start(
                     control,
                     config.control.clone(),
                     generations.clone(),
                     databases.names().map(str::to_owned).collect(),
                     &config.paths.data,
                 )
-                .await?,
-            ),
+                .await;
+                match started {
+                    Ok(follower) => Some(follower),
+                    Err(e) => {
+                        // What started is stopped as `shutdown` stops it.
+                        if let Some(scope) = watchers.scope.take() {
+                            scope.abort();
+                        }
+                        plugins.stop().await;
+                        if let Some(audit) = policy.audit() {
+                            audit.flush();
+                        }
+                        databases.close().await;
+                        return Err(e.into());
+                    }
+                }
+            }
             None => None,
         };
         Ok(App {
