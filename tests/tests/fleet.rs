@@ -485,3 +485,71 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Two hosts given one `[control] host_id`: the row stays the first one's (the second cannot
+/// overwrite a live host's heartbeat, and says why in its log), and the first one's stop
+/// removes only its own row. A host that follows no control plane answers `GET /v1/fleet`
+/// with 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_id_is_one_live_host() {
+    let Some((name, url)) = fresh_postgres_database("fleet_ids").await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let dir = host_dir(data.path(), "host_id = \"web-1\"\n");
+    let b = bundle(dir.path(), 1);
+    let (ok, out, err) = publish(dir.path(), &b, &url, &[]);
+    assert!(ok, "{out}\n{err}");
+    let control = ["--control", url.as_str()];
+    let first = Server::start(dir.path(), &control);
+    converge(&[&first], 1).await;
+    let second = Server::start(dir.path(), &control);
+    converge(&[&second], 1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let address = |fleet: &Value| {
+        fleet["hosts"]
+            .as_array()
+            .map(|h| h.iter().map(|h| h["address"].clone()).collect::<Vec<_>>())
+    };
+    let fleet = fleet_json(&first).await;
+    assert_eq!(
+        address(&fleet),
+        Some(vec![json!(first.base_url().trim_start_matches("http://"))]),
+        "{fleet:#}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (_, log) = second.wait(Duration::from_secs(30));
+    assert!(
+        log.contains("another live host writes its heartbeat under this host id"),
+        "{log}"
+    );
+    // The second host's stop left the first one's row.
+    let fleet = fleet_json(&first).await;
+    assert_eq!(
+        fleet["hosts"].as_array().map(Vec::len),
+        Some(1),
+        "{fleet:#}"
+    );
+
+    // A host serving its directories follows no control plane.
+    std::fs::write(b.join("trellis.toml"), "[auth]\nmode = \"dev\"\n").unwrap();
+    let plain = Server::start(&b, &[]);
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/fleet", plain.base_url()))
+        .header("x-trellis-user", USER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"], "this host does not follow a control plane",
+        "{body}"
+    );
+    drop((first, plain));
+    drop_postgres_database(&name).await;
+}
