@@ -21,10 +21,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
 use sqlx::Connection;
 use trellis_tests::{
-    Server, drop_postgres_database, fresh_postgres_database, run_trellis, test_plugin,
+    Server, drop_postgres_database, fresh_postgres_database, run_trellis, stamp_bundle,
+    stamp_workflow,
 };
 
 struct Args {
@@ -57,34 +57,17 @@ fn args() -> Args {
     a
 }
 
-fn workflow(marker: usize) -> String {
-    format!(
-        "[[nodes]]\nid = \"stamp\"\ntype = \"plugin:stamp\"\n[nodes.config]\nrecords = [{{ marker = {marker} }}]\n"
-    )
-}
-
 fn setup(dir: &Path) {
     std::fs::write(
         dir.join("trellis.toml"),
         "[auth]\nmode = \"dev\"\n[control]\nheartbeat_interval = \"200ms\"\n",
     )
     .unwrap();
-    let b = dir.join("bundle");
-    for sub in ["workflows", "policies", "plugins"] {
-        std::fs::create_dir_all(b.join(sub)).unwrap();
-    }
-    std::fs::copy(test_plugin("test_stamp.wasm"), b.join("plugins/stamp.wasm")).unwrap();
-    let rules = trellis_tests::allow_rules("w", &["stamp"]);
-    std::fs::write(
-        b.join("policies/allow.rules.json"),
-        json!({ "rules": rules }).to_string(),
-    )
-    .unwrap();
-    std::fs::write(b.join("workflows/w.toml"), workflow(0)).unwrap();
+    stamp_bundle(dir, 0);
 }
 
-fn publish(dir: &Path, url: &str, marker: usize, wait: bool) {
-    std::fs::write(dir.join("bundle/workflows/w.toml"), workflow(marker)).unwrap();
+fn publish(dir: &Path, url: &str, marker: u64, wait: bool) {
+    std::fs::write(dir.join("bundle/workflows/w.toml"), stamp_workflow(marker)).unwrap();
     let mut args = vec!["publish", "bundle", "--to", url];
     if wait {
         args.extend(["--wait", "--timeout", "30s"]);
@@ -196,7 +179,7 @@ async fn main() {
     let mut generation = 1;
     let (mut latency, mut spread_plain) = (Vec::new(), Vec::new());
     for i in 0..a.publishes {
-        publish(dir.path(), &url, generation as usize + 1, false);
+        publish(dir.path(), &url, generation as u64 + 1, false);
         generation += 1;
         let (published, at) = switched(&url, generation, a.hosts).await;
         let (min, max) = (*at.iter().min().unwrap(), *at.iter().max().unwrap());
@@ -208,7 +191,7 @@ async fn main() {
     }
     let mut skew = Vec::new();
     for i in 0..a.waits {
-        publish(dir.path(), &url, generation as usize + 1, true);
+        publish(dir.path(), &url, generation as u64 + 1, true);
         generation += 1;
         let (_, at) = switched(&url, generation, a.hosts).await;
         let (min, max) = (*at.iter().min().unwrap(), *at.iter().max().unwrap());

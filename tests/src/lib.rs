@@ -483,3 +483,55 @@ pub fn allow_rules(workflow: &str, nodes: &[&str]) -> Vec<serde_json::Value> {
     }
     rules
 }
+
+/// A workflow `w` whose one node, the `stamp` test plugin, emits `{"marker": MARKER}`: an answer
+/// tells which bundle's workflow ran (the fleet tests and benchmark publish one per generation).
+pub fn stamp_workflow(marker: u64) -> String {
+    format!(
+        "[[nodes]]\nid = \"stamp\"\ntype = \"plugin:stamp\"\n[nodes.config]\nrecords = [{{ marker = {marker} }}]\n"
+    )
+}
+
+/// `dir/bundle`, a bundle to publish: the `stamp` plugin, rules letting anyone run `w` (and be
+/// an admin, for `GET /v1/fleet`), and `w` with `marker`.
+pub fn stamp_bundle(dir: &Path, marker: u64) -> PathBuf {
+    let b = dir.join("bundle");
+    for sub in ["workflows", "policies", "plugins"] {
+        std::fs::create_dir_all(b.join(sub)).expect("create a bundle directory");
+    }
+    std::fs::copy(test_plugin("test_stamp.wasm"), b.join("plugins/stamp.wasm"))
+        .expect("copy the stamp plugin");
+    let mut rules = allow_rules("w", &["stamp"]);
+    rules.push(
+        serde_json::json!({"id": "admin", "resource_type": "workflow",
+        "resource_id": "trellis:api", "permission": "admin", "effect": "allow"}),
+    );
+    std::fs::write(
+        b.join("policies/allow.rules.json"),
+        serde_json::json!({ "rules": rules }).to_string(),
+    )
+    .expect("write the rules");
+    std::fs::write(b.join("workflows/w.toml"), stamp_workflow(marker)).expect("write w");
+    b
+}
+
+/// One run of [`stamp_workflow`]'s `w` on `base` as user `u`: the HTTP status (0 when the host
+/// did not answer), the generation the answer names, and the marker it carries.
+pub async fn run_stamp(client: &reqwest::Client, base: &str) -> (u16, Option<u64>, Option<u64>) {
+    let response = client
+        .post(format!("{base}/v1/workflows/w/run"))
+        .header("x-trellis-user", r#"{"user_id": "u"}"#)
+        .body("{}")
+        .send()
+        .await;
+    let Ok(response) = response else {
+        return (0, None, None);
+    };
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (
+        status,
+        body["generation"].as_u64(),
+        body["results"]["stamp"]["data"][0]["marker"].as_u64(),
+    )
+}

@@ -26,15 +26,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use trellis_tests::{
-    Server, drop_postgres_database, fresh_postgres_database, run_trellis, test_plugin,
+    Server, drop_postgres_database, fresh_postgres_database, run_stamp, run_trellis, stamp_bundle,
+    stamp_workflow,
 };
 
-/// One workflow `w`: the `stamp` plugin emits `{"marker": N}`, so an answer tells which
-/// generation's workflow ran.
 fn workflow(marker: u32) -> String {
-    format!(
-        "[[nodes]]\nid = \"stamp\"\ntype = \"plugin:stamp\"\n[nodes.config]\nrecords = [{{ marker = {marker} }}]\n"
-    )
+    stamp_workflow(marker.into())
 }
 
 /// A host's (and the publisher's) folder: `trellis.toml` with dev auth, fast heartbeats and
@@ -54,26 +51,8 @@ fn host_dir(data: &Path, extra: &str) -> tempfile::TempDir {
     dir
 }
 
-/// The bundle: `stamp`, rules letting anyone run `w`, and `w` with `marker`.
 fn bundle(dir: &Path, marker: u32) -> PathBuf {
-    let b = dir.join("bundle");
-    for sub in ["workflows", "policies", "plugins"] {
-        std::fs::create_dir_all(b.join(sub)).unwrap();
-    }
-    std::fs::copy(test_plugin("test_stamp.wasm"), b.join("plugins/stamp.wasm")).unwrap();
-    let rules = trellis_tests::allow_rules("w", &["stamp"]);
-    let mut admin = rules.clone();
-    admin.push(
-        json!({"id": "admin", "resource_type": "workflow", "resource_id": "trellis:api",
-        "permission": "admin", "effect": "allow"}),
-    );
-    std::fs::write(
-        b.join("policies/allow.rules.json"),
-        json!({ "rules": admin }).to_string(),
-    )
-    .unwrap();
-    std::fs::write(b.join("workflows/w.toml"), workflow(marker)).unwrap();
-    b
+    stamp_bundle(dir, marker.into())
 }
 
 fn publish(dir: &Path, bundle: &Path, url: &str, extra: &[&str]) -> (bool, String, String) {
@@ -85,24 +64,8 @@ fn publish(dir: &Path, bundle: &Path, url: &str, extra: &[&str]) -> (bool, Strin
 
 const USER: &str = r#"{"user_id": "u"}"#;
 
-/// One run of `w`: the HTTP status, the generation and the marker.
 async fn run(client: &reqwest::Client, base: &str) -> (u16, Option<u64>, Option<u64>) {
-    let response = client
-        .post(format!("{base}/v1/workflows/w/run"))
-        .header("x-trellis-user", USER)
-        .body("{}")
-        .send()
-        .await;
-    let Ok(response) = response else {
-        return (0, None, None);
-    };
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or_default();
-    (
-        status,
-        body["generation"].as_u64(),
-        body["results"]["stamp"]["data"][0]["marker"].as_u64(),
-    )
+    run_stamp(client, base).await
 }
 
 /// Answers one client saw, in order.

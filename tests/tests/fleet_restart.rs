@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use trellis_tests::{Server, free_port, run_trellis, test_plugin};
+use trellis_tests::{Server, free_port, run_stamp, run_trellis, stamp_bundle, stamp_workflow};
 
 /// A PostgreSQL server of this test's own, stopped on drop.
 struct OwnServer {
@@ -116,31 +115,6 @@ impl Drop for OwnServer {
     }
 }
 
-fn workflow(marker: u32) -> String {
-    format!(
-        "[[nodes]]\nid = \"stamp\"\ntype = \"plugin:stamp\"\n[nodes.config]\nrecords = [{{ marker = {marker} }}]\n"
-    )
-}
-
-async fn run(client: &reqwest::Client, base: &str) -> (u16, Option<u64>, Option<u64>) {
-    let Ok(response) = client
-        .post(format!("{base}/v1/workflows/w/run"))
-        .header("x-trellis-user", r#"{"user_id": "u"}"#)
-        .body("{}")
-        .send()
-        .await
-    else {
-        return (0, None, None);
-    };
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or_default();
-    (
-        status,
-        body["generation"].as_u64(),
-        body["results"]["stamp"]["data"][0]["marker"].as_u64(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_ride_out_a_restart_of_the_control_database() {
     let Some(bin) = std::env::var_os("TRELLIS_TEST_PG_BIN") else {
@@ -159,18 +133,9 @@ async fn hosts_ride_out_a_restart_of_the_control_database() {
         "[auth]\nmode = \"dev\"\n[control]\nheartbeat_interval = \"200ms\"\npoll_interval = \"1s\"\n",
     )
     .unwrap();
-    let b = d.join("bundle");
-    for sub in ["workflows", "policies", "plugins"] {
-        std::fs::create_dir_all(b.join(sub)).unwrap();
-    }
-    std::fs::copy(test_plugin("test_stamp.wasm"), b.join("plugins/stamp.wasm")).unwrap();
-    std::fs::write(
-        b.join("policies/allow.rules.json"),
-        json!({ "rules": trellis_tests::allow_rules("w", &["stamp"]) }).to_string(),
-    )
-    .unwrap();
-    let publish = |marker: u32| {
-        std::fs::write(b.join("workflows/w.toml"), workflow(marker)).unwrap();
+    let b = stamp_bundle(d, 1);
+    let publish = |marker: u64| {
+        std::fs::write(b.join("workflows/w.toml"), stamp_workflow(marker)).unwrap();
         let (status, out, err) = run_trellis(
             d,
             &["publish", "bundle", "--to", &url],
@@ -190,7 +155,7 @@ async fn hosts_ride_out_a_restart_of_the_control_database() {
                 let client = reqwest::Client::new();
                 let mut seen = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    seen.push(run(&client, &base).await);
+                    seen.push(run_stamp(&client, &base).await);
                 }
                 seen
             })
@@ -209,7 +174,7 @@ async fn hosts_ride_out_a_restart_of_the_control_database() {
     for h in &hosts {
         let mut at = None;
         for _ in 0..1000 {
-            at = run(&client, &h.base_url()).await.1;
+            at = run_stamp(&client, &h.base_url()).await.1;
             if at == Some(2) {
                 break;
             }

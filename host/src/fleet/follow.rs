@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::bundle::{PARTS, sha256};
 use super::settings::ControlConfig;
-use super::{CHANNEL, FleetError, db};
+use super::{CHANNEL, FleetError};
 use crate::config::database::DatabaseConfig;
 use crate::generation::{Generation, Generations};
 use crate::pool::Pool;
@@ -389,25 +389,13 @@ impl Inner {
     /// Serves the active generation, and stages a newer published one (a `publish --wait`
     /// under way).
     async fn sync(&self) -> Result<(), FleetError> {
-        let heads = self
-            .pool
-            .execute(
-                "SELECT (SELECT generation FROM trellis_control.active) AS active, \
-                 (SELECT max(id) FROM trellis_control.generations) AS latest",
-                &Params::None,
-                Fetch::One,
-            )
-            .await
-            .map_err(db("cannot read the active generation"))?;
+        let (active, latest) = super::status::heads(&self.pool).await?;
         // The control plane answers: an earlier error that was not a refused generation is over.
         self.update(|s| {
             if s.failed.is_none() {
                 s.last_error = None;
             }
         });
-        let head = heads.rows.first().cloned().unwrap_or_default();
-        let active = head.get("active").and_then(Value::as_i64);
-        let latest = head.get("latest").and_then(Value::as_i64);
         if let Some(n) = active {
             self.activate(n).await;
         }

@@ -90,9 +90,9 @@ pub async fn hosts(pool: &Pool) -> Result<Vec<HostRow>, FleetError> {
         .collect())
 }
 
-/// The fleet's state.
-pub async fn status(pool: &Pool) -> Result<FleetStatus, FleetError> {
-    let heads = pool
+/// The active generation and the newest published one.
+pub async fn heads(pool: &Pool) -> Result<(Option<i64>, Option<i64>), FleetError> {
+    let out = pool
         .execute(
             "SELECT (SELECT generation FROM trellis_control.active) AS active, \
              (SELECT max(id) FROM trellis_control.generations) AS latest",
@@ -101,7 +101,13 @@ pub async fn status(pool: &Pool) -> Result<FleetStatus, FleetError> {
         )
         .await
         .map_err(db("cannot read the active generation"))?;
-    let head = heads.rows.first().cloned().unwrap_or_default();
+    let head = out.rows.first().cloned().unwrap_or_default();
+    Ok((int(&head, "active"), int(&head, "latest")))
+}
+
+/// The fleet's state.
+pub async fn status(pool: &Pool) -> Result<FleetStatus, FleetError> {
+    let (active, latest) = heads(pool).await?;
     let generations = pool
         .execute(
             "SELECT id, published_by, \
@@ -114,8 +120,8 @@ pub async fn status(pool: &Pool) -> Result<FleetStatus, FleetError> {
         .await
         .map_err(db("cannot read the generations"))?;
     Ok(FleetStatus {
-        active: int(&head, "active"),
-        latest: int(&head, "latest"),
+        active,
+        latest,
         generations: generations.rows.into_iter().map(Value::Object).collect(),
         hosts: hosts(pool).await?,
     })

@@ -211,23 +211,10 @@ impl DriverConnection {
                 DatabaseTarget::Sqlite { path } => open_sqlite(path.as_deref()).await?,
                 DatabaseTarget::Server {
                     kind: DatabaseKind::Postgres,
-                    host,
-                    port,
-                    database,
-                    user,
-                    password,
-                    tls,
+                    ..
                 } => {
-                    let mut options = PgConnectOptions::new()
-                        .host(host)
-                        .port(*port)
-                        .database(database)
-                        .username(user)
-                        .application_name(&application_name)
-                        .disable_statement_logging();
-                    if let Some(password) = password {
-                        options = options.password(password.expose());
-                    }
+                    let (mut options, tls) =
+                        pg_target(target, &application_name).expect("a PostgreSQL target");
                     if let Some(path) = search_path {
                         // A startup parameter: the session's default, which `RESET ALL` keeps.
                         options = options.options([("search_path", path)]);
@@ -520,6 +507,14 @@ pub(crate) fn pg_options(
     target: &DatabaseTarget,
     application_name: &str,
 ) -> Option<PgConnectOptions> {
+    pg_target(target, application_name).map(|(options, tls)| apply_pg(tls, options))
+}
+
+/// The connect options for a PostgreSQL `target` before its TLS settings, and those settings.
+fn pg_target<'a>(
+    target: &'a DatabaseTarget,
+    application_name: &str,
+) -> Option<(PgConnectOptions, &'a Tls)> {
     let DatabaseTarget::Server {
         kind: DatabaseKind::Postgres,
         host,
@@ -542,7 +537,7 @@ pub(crate) fn pg_options(
     if let Some(password) = password {
         options = options.password(password.expose());
     }
-    Some(apply_pg(tls, options))
+    Some((options, tls))
 }
 
 /// Applies these settings to PostgreSQL connect options.
