@@ -2,7 +2,7 @@
 //! plane (`trellis serve --control`), `trellis publish --wait`, `trellis fleet status` and
 //! `GET /v1/fleet`.
 //!
-//! - Three hosts serve while twenty generations are published, with clients on every host:
+//! - Three hosts serve while twenty generations are published, with clients going round them:
 //!   no request fails, every answer names one generation and carries exactly that
 //!   generation's workflow, a host's generations never go backwards, and all converge. Meanwhile
 //!   one host is killed and restarted (it is at the newest generation before it serves), and
@@ -19,8 +19,8 @@
 //! On 863c270 there was no `serve --control`, `publish --wait` or `fleet status`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -68,39 +68,55 @@ async fn run(client: &reqwest::Client, base: &str) -> (u16, Option<u64>, Option<
     run_stamp(client, base).await
 }
 
-/// Answers one client saw, in order.
-type Seen = Vec<(u16, Option<u64>, Option<u64>)>;
+/// Answers one client saw, in order: the host, the status, the generation, the marker.
+type Seen = Vec<(String, u16, Option<u64>, Option<u64>)>;
 
-/// Runs `w` on `base` over and over until `stop`.
-fn client(base: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Seen> {
+/// Runs `w` round-robin on the hosts in `hosts` (starting at the `first`), as a load balancer
+/// would, until `stop`.
+fn client(
+    hosts: Arc<Mutex<Vec<String>>>,
+    first: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Seen> {
     tokio::spawn(async move {
         let client = reqwest::Client::new();
         let mut seen = Vec::new();
+        let mut next = first;
         while !stop.load(Ordering::Relaxed) {
-            seen.push(run(&client, &base).await);
+            let base = {
+                let hosts = hosts.lock().unwrap();
+                next = (next + 1) % hosts.len();
+                hosts[next].clone()
+            };
+            let (status, generation, marker) = run(&client, &base).await;
+            seen.push((base, status, generation, marker));
         }
         seen
     })
 }
 
-/// Checks one client's answers: all 200, generation = marker, never backwards.
-fn check(host: &str, seen: &Seen) {
-    assert!(!seen.is_empty(), "{host}: no answers");
-    let mut last = 0;
-    for (i, (status, generation, marker)) in seen.iter().enumerate() {
-        assert_eq!(*status, 200, "{host}: answer {i} failed: {seen:?}");
+/// Checks one client's answers: all 200, generation = marker, and on each host never
+/// backwards.
+fn check(client: usize, seen: &Seen) {
+    assert!(!seen.is_empty(), "client {client}: no answers");
+    let mut last: std::collections::HashMap<&str, u64> = Default::default();
+    for (i, (host, status, generation, marker)) in seen.iter().enumerate() {
+        assert_eq!(
+            *status, 200,
+            "client {client}: answer {i} from {host} failed"
+        );
         let generation =
-            generation.unwrap_or_else(|| panic!("{host}: answer {i} names no generation"));
+            generation.unwrap_or_else(|| panic!("client {client}: answer {i} names no generation"));
         assert_eq!(
             Some(generation),
             *marker,
-            "{host}: answer {i} ran another generation's workflow"
+            "client {client}: answer {i} from {host} ran another generation's workflow"
         );
+        let before = last.insert(host, generation).unwrap_or(0);
         assert!(
-            generation >= last,
-            "{host}: went back from {last} to {generation}"
+            generation >= before,
+            "{host} went back from {before} to {generation}"
         );
-        last = generation;
     }
 }
 
@@ -151,27 +167,26 @@ async fn three_hosts_follow_twenty_publishes_under_load() {
         assert_eq!(run(&client0, &s.base_url()).await, (200, Some(1), Some(1)));
     }
     let mut servers: Vec<Option<Server>> = servers.into_iter().map(Some).collect();
+    // Three clients, each going round the live hosts.
+    let hosts = Arc::new(Mutex::new(
+        servers
+            .iter()
+            .flatten()
+            .map(Server::base_url)
+            .collect::<Vec<_>>(),
+    ));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients: Vec<(String, tokio::task::JoinHandle<Seen>)> = servers
-        .iter()
-        .map(|s| {
-            let base = s.as_ref().unwrap().base_url();
-            (base.clone(), client(base, stop.clone()))
-        })
+    let clients: Vec<_> = (0..3)
+        .map(|i| client(hosts.clone(), i, stop.clone()))
         .collect();
-    // The client of the host killed below, which stops first.
-    let stop_2 = Arc::new(AtomicBool::new(false));
-    let (base_2, _) = clients.pop().unwrap();
-    clients.push((base_2.clone(), client(base_2, stop_2.clone())));
-    let mut finished = Vec::new();
 
     for marker in 2..=21u32 {
         std::fs::write(b.join("workflows/w.toml"), workflow(marker)).unwrap();
         if marker == 6 {
-            // Killed while a publish is under way (its client stops first).
-            stop_2.store(true, Ordering::Relaxed);
-            let (host, handle) = clients.remove(2);
-            finished.push((host, handle.await.unwrap()));
+            // Killed while a publish is under way, once the balancer no longer sends it
+            // requests (those under way finish first).
+            let gone = servers[2].as_ref().unwrap().base_url();
+            hosts.lock().unwrap().retain(|h| *h != gone);
             let (d, bundle, to) = (dir.path().to_owned(), b.clone(), url.clone());
             let publishing = tokio::task::spawn_blocking(move || publish(&d, &bundle, &to, &[]));
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -187,8 +202,9 @@ async fn three_hosts_follow_twenty_publishes_under_load() {
             );
         }
         if marker == 10 {
-            // Every connection to the control database cut, as a restart of PostgreSQL does:
-            // the notices of the next publish may be lost; the hosts resync when back.
+            // Every connection to the control database cut (what the hosts see of a restart of
+            // the shared server; tests/fleet_restart.rs restarts one of its own): the notices
+            // of the next publish may be lost, and the hosts resync when back.
             let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
             let cut: Vec<bool> = sqlx::query_scalar(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -201,14 +217,14 @@ async fn three_hosts_follow_twenty_publishes_under_load() {
             admin.close().await.unwrap();
         }
         if marker == 14 {
-            // Restarted: the newest generation before it serves.
+            // Restarted: the newest generation before it serves, then back behind the balancer.
             let back = Server::start(dir.path(), &control);
             assert_eq!(
                 run(&client0, &back.base_url()).await,
                 (200, Some(14), Some(14)),
                 "the restarted host"
             );
-            clients.push((back.base_url(), client(back.base_url(), stop.clone())));
+            hosts.lock().unwrap().push(back.base_url());
             servers[2] = Some(back);
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -216,15 +232,18 @@ async fn three_hosts_follow_twenty_publishes_under_load() {
     let live: Vec<&Server> = servers.iter().flatten().collect();
     converge(&live, 21).await;
     stop.store(true, Ordering::Relaxed);
-    for (host, handle) in clients {
-        finished.push((host, handle.await.unwrap()));
-    }
     let mut answers = 0;
-    for (host, seen) in &finished {
-        check(host, seen);
+    let mut per_host: std::collections::HashMap<String, usize> = Default::default();
+    for (i, handle) in clients.into_iter().enumerate() {
+        let seen = handle.await.unwrap();
+        check(i, &seen);
         answers += seen.len();
+        for (host, ..) in &seen {
+            *per_host.entry(host.clone()).or_default() += 1;
+        }
     }
     assert!(answers > 60, "only {answers} answers");
+    assert_eq!(per_host.len(), 4, "answers per host: {per_host:?}");
 
     // Every live host shows, as staged and serving 21.
     let fleet = fleet_json(live[0]).await;
