@@ -456,7 +456,21 @@ async fn wait_is_blocked_by_a_host_that_cannot_load_and_a_tampered_blob_is_refus
         let (status, generation, marker) = run(&reqwest::Client::new(), &s.base_url()).await;
         assert_eq!((status, generation, marker), (200, Some(3), Some(3)));
     }
-    drop((a, bb, c));
+    // A refused generation is not fetched and checked again on every poll (1 s here): the
+    // bundle cannot change.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (_, log) = a.wait(Duration::from_secs(30));
+    let tries = log
+        .lines()
+        .filter(|l| l.contains("generation not loaded") && l.contains("generation=4"))
+        .count();
+    assert_eq!(tries, 1, "{log}");
+    drop((bb, c));
     drop_postgres_database(&name).await;
 }
 

@@ -507,7 +507,16 @@ impl Inner {
                     error = e.message(),
                     "control plane: generation not loaded; the last good one keeps serving"
                 );
+                if state.active != Some(n) {
+                    let _ = std::fs::remove_dir_all(self.staging.join(format!("gen-{n}")));
+                }
                 let message = format!("generation {n}: {}", e.message());
+                if let StageError::Refused(_) = e {
+                    self.refused
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(n, message.clone());
+                }
                 self.update(|s| {
                     s.last_error = Some(message);
                     if let StageError::Refused(_) = e {
