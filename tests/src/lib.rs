@@ -277,36 +277,29 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus
 /// A fresh database on PostgreSQL 15 (`TRELLIS_TEST_POSTGRES_URL`): its name and URL; `None`
 /// when PostgreSQL is not configured (outside CI).
 pub async fn fresh_postgres_database(prefix: &str) -> Option<(String, String)> {
-    use sqlx::Connection;
     let url = TestDb::Postgres.url()?;
     let name = unique(prefix).replace('-', "_");
-    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
     // A run that failed earlier under the same process id may have left it.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    drop_postgres_database(&name).await;
+    postgres_admin(&format!("CREATE DATABASE {name}")).await;
     let base = url.rsplit_once('/').unwrap().0;
     Some((name.clone(), format!("{base}/{name}")))
 }
 
-/// Drops a database [`fresh_postgres_database`] made, closing its connections.
-pub async fn drop_postgres_database(name: &str) {
+/// Runs `sql` on PostgreSQL 15's test database (for what cannot run in a transaction).
+async fn postgres_admin(sql: &str) {
     use sqlx::Connection;
     let url = TestDb::Postgres.url().unwrap();
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// Drops a database [`fresh_postgres_database`] made, closing its connections.
+pub async fn drop_postgres_database(name: &str) {
+    postgres_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
 }
 
 /// A name unique to this process and call, for tables and pools (`prefix_PID_N`).
