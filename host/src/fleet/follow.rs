@@ -20,15 +20,14 @@ use tokio::sync::watch;
 
 use super::bundle::{PARTS, sha256};
 use super::settings::ControlConfig;
-use super::{CHANNEL, FleetError};
+use super::{CHANNEL, FleetError, named};
 use crate::config::database::DatabaseConfig;
 use crate::generation::{Generation, Generations};
 use crate::pool::Pool;
 use crate::sql::exec::Fetch;
-use crate::sql::params::Params;
 
 /// What this host has from the control plane: written in its heartbeat row.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HostState {
     /// The generation staged, ready to serve.
     pub staged: Option<i64>,
@@ -93,19 +92,14 @@ struct Inner {
     refused: Mutex<BTreeMap<i64, String>>,
     /// When this host started (RFC 3339).
     started_at: String,
+    /// The machine's name, for the default host id.
+    hostname: String,
 }
 
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
-}
-
-fn named(value: Value) -> Params {
-    match value {
-        Value::Object(map) => Params::Named(map),
-        _ => Params::Named(Map::new()),
-    }
 }
 
 impl Follower {
@@ -131,9 +125,9 @@ impl Follower {
             Ok(lock) => lock,
             Err(e) => {
                 pool.close().await;
-                return Err(FleetError::Read {
-                    path: root.display().to_string(),
-                    reason: e.to_string(),
+                return Err(FleetError::Staging {
+                    dir: staging.display().to_string(),
+                    source: e,
                 });
             }
         };
@@ -152,6 +146,9 @@ impl Follower {
             staged: Mutex::new(None),
             refused: Mutex::new(BTreeMap::new()),
             started_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|n| n.trim().to_owned())
+                .unwrap_or_else(|_| "host".into()),
         });
         // Listen first, then read: a generation published in between is not missed.
         let listener = match inner.listen().await {
@@ -267,18 +264,24 @@ impl Inner {
             .clone()
     }
 
+    /// Changes the state; the heartbeat is written at once when anything changed.
     fn update(&self, change: impl FnOnce(&mut HostState)) {
-        change(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
-        self.changed.notify_one();
+        let changed = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = state.clone();
+            change(&mut state);
+            *state != before
+        };
+        if changed {
+            self.changed.notify_one();
+        }
     }
 
     fn host_id(&self, address: &str) -> String {
-        self.settings.host_id.clone().unwrap_or_else(|| {
-            let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|n| n.trim().to_owned())
-                .unwrap_or_else(|_| "host".into());
-            format!("{name}@{address}")
-        })
+        self.settings
+            .host_id
+            .clone()
+            .unwrap_or_else(|| format!("{}@{address}", self.hostname))
     }
 
     /// A LISTEN connection of its own, straight to the control database.
@@ -448,15 +451,13 @@ impl Inner {
     /// Makes generation `n` ready to serve: fetched, checked and loaded off to the side.
     async fn stage(&self, n: i64) -> Result<(), ()> {
         let state = self.state();
-        if state.active == Some(n)
-            || (state.staged == Some(n)
-                && self
-                    .staged
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .as_ref()
-                    .is_some_and(|g| g.id == n as u64))
-        {
+        let in_slot = self
+            .staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|g| g.id == n as u64);
+        if state.active == Some(n) || in_slot {
             return Ok(());
         }
         let refused = self

@@ -19,6 +19,7 @@ pub mod status;
 
 use crate::migrate::MigrateError;
 use crate::pool::PoolError;
+use crate::sql::params::Params;
 
 /// The channel `NOTIFY` announces new and activated generations on.
 pub const CHANNEL: &str = "trellis_generations";
@@ -40,6 +41,29 @@ pub enum FleetError {
         "fix these files, check them with `trellis serve` on the directory, and publish again"
     ))]
     Invalid(Vec<String>),
+    /// The control database could not be opened.
+    #[error("cannot open the control database `{database}`")]
+    #[diagnostic(help(
+        "check its URL (or `[databases.{database}]`), that PostgreSQL runs there, and that \
+         this user may connect"
+    ))]
+    Connect {
+        /// The database.
+        database: String,
+        /// Why.
+        #[source]
+        source: Box<crate::database::DatabaseError>,
+    },
+    /// A host's staging directory could not be made.
+    #[error("cannot make the staging directory `{dir}`")]
+    #[diagnostic(help("the host stages generations under `[paths] data`: it must be writable"))]
+    Staging {
+        /// The directory.
+        dir: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The control database is behind a transaction-mode pooler.
     #[error("the control database `{0}` is behind a transaction-mode pooler")]
     #[diagnostic(help(
@@ -88,6 +112,14 @@ pub enum FleetError {
     #[error("no generation {0} was ever published")]
     #[diagnostic(help("`trellis fleet status` lists the published generations"))]
     NoSuchGeneration(i64),
+}
+
+/// A JSON object as a statement's named parameters.
+pub(crate) fn named(value: serde_json::Value) -> Params {
+    match value {
+        serde_json::Value::Object(map) => Params::Named(map),
+        _ => Params::Named(serde_json::Map::new()),
+    }
 }
 
 /// Wraps a pool error with what was being done.

@@ -7,13 +7,12 @@
 //! transaction-scoped advisory lock, so generation numbers never collide.
 
 use base64::Engine as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::bundle::Bundle;
-use super::{CHANNEL, FleetError, db};
+use super::{CHANNEL, FleetError, db, named};
 use crate::pool::{Lease, Pool, PoolError};
 use crate::sql::exec::{Fetch, Output};
-use crate::sql::params::Params;
 
 /// What a publish wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,13 +25,6 @@ pub struct Published {
     pub reused: usize,
     /// The generation active when this one was published (before it, when it was activated).
     pub active_before: Option<i64>,
-}
-
-fn named(value: Value) -> Params {
-    match value {
-        Value::Object(map) => Params::Named(map),
-        _ => Params::Named(Map::new()),
-    }
 }
 
 async fn run(lease: &Lease, sql: &str, params: Value) -> Result<Output, PoolError> {

@@ -118,12 +118,11 @@ pub async fn open(control: &DatabaseConfig, by: &str) -> Result<Pool, FleetError
     if control.pooler != Pooler::None {
         return Err(FleetError::Pooled(control.name.clone()));
     }
-    let pool = crate::database::open(control)
-        .await
-        .map_err(|e| FleetError::Read {
-            path: control.name.clone(),
-            reason: e.to_string(),
-        })?;
+    let connect = |e| FleetError::Connect {
+        database: control.name.clone(),
+        source: Box::new(e),
+    };
+    let pool = crate::database::open(control).await.map_err(connect)?;
     pool.execute(
         "CREATE SCHEMA IF NOT EXISTS trellis_control",
         &Params::None,
@@ -134,12 +133,7 @@ pub async fn open(control: &DatabaseConfig, by: &str) -> Result<Pool, FleetError
     // The runner keeps its history in the current schema: the control schema's own.
     let mut scoped = control.clone();
     scoped.search_path = Some(SCHEMA.to_owned());
-    let migrating = crate::database::open(&scoped)
-        .await
-        .map_err(|e| FleetError::Read {
-            path: control.name.clone(),
-            reason: e.to_string(),
-        })?;
+    let migrating = crate::database::open(&scoped).await.map_err(connect)?;
     let runner = Runner::new(migrating.clone(), migrations()).by(by);
     let applied = runner
         .apply(None, &mut ())

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{FleetError, db};
 use crate::pool::Pool;
@@ -196,9 +196,4 @@ pub async fn wait_staged(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The status as JSON, for `GET /v1/fleet` and `trellis fleet status --json`.
-pub fn to_json(status: &FleetStatus) -> Value {
-    json!(status)
 }

@@ -185,7 +185,7 @@ pub async fn fleet(
                 "the control database does not answer",
             )
         })?;
-    let mut body = crate::fleet::status::to_json(&status);
+    let mut body = json!(status);
     body["this_host"] = json!(follower.state());
     body["generation"] = json!(app.generations().current().id);
     Ok(Json(body))
