@@ -3,15 +3,22 @@
 //!
 //! The plugin is `plugins/testing/test-query` (built for `trellis:plugin@0.2.0`), asked to run the
 //! statement `REPEAT` times per call. Every statement takes the path a served run's does
-//! ([`PluginDatabase`]): the host import on the plugin's fiber, a task of its own, the tokenizer,
-//! the Cedar decision (`database:read` on `Trellis::Database::"main"`, granted by a rule on
-//! `runtime.plugin`; the decision cache on, as in `serve`; the audit trail off), then the pool.
-//! A call's instantiation is spread over its `REPEAT` statements.
+//! ([`PluginDatabase`]): the host import on the plugin's fiber, the tokenizer, the policy
+//! decision (`database:read` on `Trellis::Database::"main"`, granted by a rule on
+//! `runtime.plugin`; decided once per call and database as in `serve`; the audit trail off), then
+//! the pool. A call's instantiation is spread over its `REPEAT` statements.
 //!
 //! ```console
 //! $ scripts/build-plugins && eval "$(scripts/services)"
 //! $ cargo bench -p trellis-host --bench plugin_database -- --seconds 3 --rounds 6
 //! ```
+//!
+//! `--only pool|plugin|canned|canned-yield` runs one side (under a profiler, say; with
+//! `TRELLIS_BENCH_PERF_MAP=1` `perf report` names the plugin's functions). `canned` is the plugin
+//! side with no database: a gate that answers at once what PostgreSQL answers, so what is left is
+//! the plugin's own cost per statement (the component-model call, the guest's JSON, the
+//! instantiation spread over a call). `canned-yield` waits once before answering, as a statement
+//! on the pool does: the fiber suspends and resumes once per statement.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,6 +73,27 @@ where
     done as f64 / elapsed
 }
 
+/// A gate that allows every statement and answers at once what PostgreSQL answers to
+/// `SELECT 1 AS one` (`--only canned`).
+struct Canned {
+    /// Whether the answer waits once first (`--only canned-yield`: the plugin's fiber suspends
+    /// and resumes once per statement, as it does while the pool runs it).
+    yields: bool,
+}
+
+#[async_trait::async_trait]
+impl trellis_host::DatabaseGate for Canned {
+    async fn query(
+        &self,
+        _request: trellis_host::DatabaseRequest,
+    ) -> Result<String, trellis_host::DatabaseCallError> {
+        if self.yields {
+            tokio::task::yield_now().await;
+        }
+        Ok(r#"{"data":[{"one":1}],"row_count":1,"database_type":"postgresql"}"#.to_owned())
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -80,7 +108,9 @@ async fn main() {
             "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             // One side only, e.g. under a profiler.
-            "--only" => only = Some(it.next().expect("--only pool|plugin")),
+            // `canned`: the plugin side without a database (the gate answers at once, as the
+            // pool would for `SELECT 1 AS one`), to see what the plugin itself costs.
+            "--only" => only = Some(it.next().expect("--only pool|plugin|canned")),
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -138,7 +168,12 @@ async fn main() {
         },
     );
     let plugins = PluginRegistry::new(
-        PluginEngine::new(EngineOptions::default()).expect("an engine"),
+        PluginEngine::new(EngineOptions {
+            // `TRELLIS_BENCH_PERF_MAP=1`: name the plugin's functions in `perf report`.
+            perf_map: std::env::var_os("TRELLIS_BENCH_PERF_MAP").is_some(),
+            ..EngineOptions::default()
+        })
+        .expect("an engine"),
         wasm.parent().unwrap(),
         limits,
     );
@@ -207,10 +242,26 @@ async fn main() {
             })
         };
         if let Some(side) = only.as_deref() {
-            let rate = if side == "pool" {
-                run_direct().await
-            } else {
-                run_plugin().await
+            let rate = match side {
+                "pool" => run_direct().await,
+                "canned" | "canned-yield" => {
+                    let yields = side == "canned-yield";
+                    let (plugin, config) = (plugin.clone(), call_config.clone());
+                    throughput(seconds, move || {
+                        let (plugin, config) = (plugin.clone(), config.clone());
+                        async move {
+                            let gate: Arc<dyn trellis_host::DatabaseGate> =
+                                Arc::new(Canned { yields });
+                            plugin
+                                .transform_for(vec!["{}".into()], config, Some(gate))
+                                .await
+                                .expect("the plugin call");
+                            REPEAT
+                        }
+                    })
+                    .await
+                }
+                _ => run_plugin().await,
             };
             println!("round {round}: {side} {rate:.0}/s");
             continue;

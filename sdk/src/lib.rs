@@ -375,7 +375,14 @@ pub mod database {
     /// on database `name`. Returns the SQL node's `result` form:
     /// `{"data": [...], "row_count": N, "database_type": "..."}`.
     pub fn query(name: &str, statement: &str, params: &Value) -> Result<Value, Error> {
-        let text = crate::imports::database_query(name, statement, &params.to_string())?;
+        // No parameters is the common case: no serializer for it.
+        let params = match params {
+            Value::Null => std::borrow::Cow::Borrowed("null"),
+            other => std::borrow::Cow::Owned(
+                serde_json::to_string(other).expect("JSON values always serialize"),
+            ),
+        };
+        let text = crate::imports::database_query(name, statement, &params)?;
         serde_json::from_str(&text).map_err(|e| Error {
             kind: ErrorKind::Query,
             message: format!("the host returned rows that are not JSON: {e}"),

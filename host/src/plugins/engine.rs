@@ -50,6 +50,9 @@ pub struct EngineOptions {
     /// Turn wasmtime's `concurrency_support` on (only takes effect with the `wasm-concurrency`
     /// feature; used to measure its cost).
     pub concurrency_support: bool,
+    /// Write `/tmp/perf-PID.map` as components are compiled, so that `perf report` names the
+    /// plugins' own functions instead of `[JIT]` addresses (for profiling; off in `serve`).
+    pub perf_map: bool,
 }
 
 impl Default for EngineOptions {
@@ -60,6 +63,7 @@ impl Default for EngineOptions {
             max_instances: 128,
             cache_dir: None,
             concurrency_support: false,
+            perf_map: false,
         }
     }
 }
@@ -149,6 +153,9 @@ impl PluginEngine {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
             .wasm_component_model(true);
+        if options.perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if cfg!(feature = "wasm-concurrency") {
             config.concurrency_support(options.concurrency_support);
         }

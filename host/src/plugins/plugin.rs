@@ -509,6 +509,7 @@ impl Plugin {
             statements_left: self.limits.max_statements,
             max_statements: self.limits.max_statements,
             max_rows: self.limits.max_rows,
+            timer: None,
         });
         let results = call_v2(
             &self.engine,

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use jiff::Timestamp;
 
@@ -69,7 +69,7 @@ impl DatabasePolicy {
         name: &str,
         permission: &'static str,
         runtime: &Value,
-        decided: &Mutex<Vec<(Box<str>, &'static str, Decision)>>,
+        decided: &Mutex<Vec<(Box<str>, &'static str, Arc<Decision>)>>,
     ) -> bool {
         let req = AccessRequest {
             user: &self.user,
@@ -84,7 +84,7 @@ impl DatabasePolicy {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .find(|(n, p, _)| &**n == name && *p == permission)
-            .map(|(_, _, d)| d.clone());
+            .map(|(_, _, d)| Arc::clone(d));
         if let Some(decision) = known {
             self.policy.decided_again(&req, &decision);
             return decision.allowed;
@@ -94,7 +94,7 @@ impl DatabasePolicy {
         decided
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((name.into(), permission, decision));
+            .push((name.into(), permission, Arc::new(decision)));
         allowed
     }
 }
@@ -136,7 +136,7 @@ pub struct PluginDatabase {
     policy: Option<(DatabasePolicy, Value)>,
     caller: DatabaseCaller,
     /// The decisions made so far, by database and permission.
-    decided: Mutex<Vec<(Box<str>, &'static str, Decision)>>,
+    decided: Mutex<Vec<(Box<str>, &'static str, Arc<Decision>)>>,
 }
 
 impl PluginDatabase {
@@ -167,7 +167,7 @@ fn fail(kind: DatabaseErrorKind, message: impl Into<String>) -> DatabaseCallErro
 
 #[async_trait::async_trait]
 impl DatabaseGate for PluginDatabase {
-    async fn query(&self, request: DatabaseRequest) -> Result<Value, DatabaseCallError> {
+    async fn query(&self, request: DatabaseRequest) -> Result<String, DatabaseCallError> {
         let DatabaseRequest {
             database,
             statement,
@@ -233,6 +233,23 @@ impl DatabaseGate for PluginDatabase {
     }
 }
 
+/// The SQL node's `result` object (`{"data", "row_count", "database_type"}`) as JSON text,
+/// written straight from the rows (no `Value` built for the answer first).
+fn answer_text(rows: &[Map<String, Value>], row_count: u64, database_type: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        data: &'a [Map<String, Value>],
+        row_count: u64,
+        database_type: &'a str,
+    }
+    serde_json::to_string(&Answer {
+        data: rows,
+        row_count,
+        database_type,
+    })
+    .expect("JSON values always serialize")
+}
+
 /// Where a statement runs, and its limits.
 struct Bounds<'a> {
     database: &'a str,
@@ -246,7 +263,7 @@ async fn run(
     workflow: &str,
     stmt: Statement,
     request: &Bounds<'_>,
-) -> Result<Value, (ErrorKind, DatabaseCallError)> {
+) -> Result<String, (ErrorKind, DatabaseCallError)> {
     let name = request.database;
     let left = request
         .deadline
@@ -274,11 +291,11 @@ async fn run(
                     ),
                 ));
             }
-            Ok(json!({
-                "data": Value::Array(output.rows.into_iter().map(Value::Object).collect()),
-                "row_count": output.row_count,
-                "database_type": pool.kind().as_str(),
-            }))
+            Ok(answer_text(
+                &output.rows,
+                output.row_count,
+                pool.kind().as_str(),
+            ))
         }
         Err(error) => {
             let kind = error.kind();

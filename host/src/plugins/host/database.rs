@@ -6,6 +6,7 @@
 //! call, `describe`) is denied. The wait counts against the call's deadline: when it passes, the
 //! plugin gets a `timeout` error, and the epoch deadline stops it at its next step.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -70,8 +71,8 @@ impl DatabaseCallError {
 #[async_trait::async_trait]
 pub trait DatabaseGate: Send + Sync {
     /// Decides `request` and, when allowed, runs it: the SQL node's `result` object
-    /// (`{"data", "row_count", "database_type"}`).
-    async fn query(&self, request: DatabaseRequest) -> Result<Value, DatabaseCallError>;
+    /// (`{"data", "row_count", "database_type"}`), as the JSON text the plugin is given.
+    async fn query(&self, request: DatabaseRequest) -> Result<String, DatabaseCallError>;
 }
 
 /// What one call may do with the database: its gate and what is left of its limits.
@@ -80,6 +81,10 @@ pub(crate) struct DatabaseGrant {
     pub(crate) statements_left: u32,
     pub(crate) max_statements: u32,
     pub(crate) max_rows: usize,
+    /// The call's deadline as one timer, set at the first statement and shared by all of them:
+    /// a timer per statement would be registered with tokio's timer wheel and removed again on
+    /// every wait (a lock both workers take), which cost more than the rest of the wait.
+    pub(crate) timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 fn error(kind: DatabaseErrorKind, message: impl Into<String>) -> DatabaseError {
@@ -137,13 +142,17 @@ impl v2::trellis::plugin::database::Host for CallState {
             max_rows: grant.max_rows,
             deadline: self.deadline,
         };
+        let deadline = self.deadline;
+        let timer = grant
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         // Decided and run here, on the plugin's fiber: waiting suspends the fiber and frees the
         // worker. When the call's deadline passes first, the statement's future is dropped (the
         // pool stops the statement on the server: it runs under the time that was left).
-        match tokio::time::timeout_at(self.deadline, gate.query(request)).await {
-            Ok(Ok(result)) => Ok(result.to_string()),
-            Ok(Err(e)) => Err(error(e.kind, e.message)),
-            Err(_) => Err(error(
+        tokio::select! {
+            biased;
+            answer = gate.query(request) => answer.map_err(|e| error(e.kind, e.message)),
+            () = timer.as_mut() => Err(error(
                 DatabaseErrorKind::Timeout,
                 "the call's deadline passed while waiting for the database",
             )),
