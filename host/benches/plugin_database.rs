@@ -227,12 +227,12 @@ async fn main() {
                 }
             })
         };
-        let run_plugin = || {
-            let (plugin, gate, config) = (plugin.clone(), gate.clone(), call_config.clone());
+        // The plugin side, its statements answered by `gate`.
+        let run_with = |gate: Arc<dyn trellis_host::DatabaseGate>| {
+            let (plugin, config) = (plugin.clone(), call_config.clone());
             throughput(seconds, move || {
                 let (plugin, gate, config) = (plugin.clone(), gate.clone(), config.clone());
                 async move {
-                    let gate: Arc<dyn trellis_host::DatabaseGate> = gate;
                     plugin
                         .transform_for(vec!["{}".into()], config, Some(gate))
                         .await
@@ -241,26 +241,12 @@ async fn main() {
                 }
             })
         };
+        let run_plugin = || run_with(gate.clone());
         if let Some(side) = only.as_deref() {
             let rate = match side {
                 "pool" => run_direct().await,
-                "canned" | "canned-yield" => {
-                    let yields = side == "canned-yield";
-                    let (plugin, config) = (plugin.clone(), call_config.clone());
-                    throughput(seconds, move || {
-                        let (plugin, config) = (plugin.clone(), config.clone());
-                        async move {
-                            let gate: Arc<dyn trellis_host::DatabaseGate> =
-                                Arc::new(Canned { yields });
-                            plugin
-                                .transform_for(vec!["{}".into()], config, Some(gate))
-                                .await
-                                .expect("the plugin call");
-                            REPEAT
-                        }
-                    })
-                    .await
-                }
+                "canned" => run_with(Arc::new(Canned { yields: false })).await,
+                "canned-yield" => run_with(Arc::new(Canned { yields: true })).await,
                 _ => run_plugin().await,
             };
             println!("round {round}: {side} {rate:.0}/s");
