@@ -69,7 +69,7 @@ impl DatabasePolicy {
         name: &str,
         permission: &'static str,
         runtime: &Value,
-        decided: &Mutex<Vec<(Box<str>, &'static str, Arc<Decision>)>>,
+        decided: &Decided,
     ) -> bool {
         let req = AccessRequest {
             user: &self.user,
@@ -98,6 +98,9 @@ impl DatabasePolicy {
         allowed
     }
 }
+
+/// The decisions a call has made, by database and permission.
+type Decided = Mutex<Vec<(Box<str>, &'static str, Arc<Decision>)>>;
 
 /// The policy deciding a run's plugin statements (see [`DatabasePolicy`]): for `user`, on
 /// `generation`, at `now`, in the run's context `ctx`.
@@ -136,7 +139,7 @@ pub struct PluginDatabase {
     policy: Option<(DatabasePolicy, Value)>,
     caller: DatabaseCaller,
     /// The decisions made so far, by database and permission.
-    decided: Mutex<Vec<(Box<str>, &'static str, Arc<Decision>)>>,
+    decided: Decided,
 }
 
 impl PluginDatabase {
