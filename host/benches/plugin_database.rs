@@ -73,8 +73,9 @@ where
     done as f64 / elapsed
 }
 
-/// A gate that allows every statement and answers at once what PostgreSQL answers to
-/// `SELECT 1 AS one` (`--only canned`).
+/// A gate that allows every statement and answers at once what `PluginDatabase` answers for
+/// `SELECT 1 AS one` on PostgreSQL (`--only canned`). The text is written out here, so a change
+/// to the answer's form must be made here too for the two sides to stay comparable.
 struct Canned {
     /// Whether the answer waits once first (`--only canned-yield`: the plugin's fiber suspends
     /// and resumes once per statement, as it does while the pool runs it).
@@ -107,10 +108,10 @@ async fn main() {
         match flag.as_str() {
             "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
-            // One side only, e.g. under a profiler.
-            // `canned`: the plugin side without a database (the gate answers at once, as the
-            // pool would for `SELECT 1 AS one`), to see what the plugin itself costs.
-            "--only" => only = Some(it.next().expect("--only pool|plugin|canned")),
+            // One side only (see the module's docs).
+            "--only" => {
+                only = Some(it.next().expect("--only pool|plugin|canned|canned-yield"));
+            }
             _ => {} // cargo bench passes `--bench`
         }
     }
