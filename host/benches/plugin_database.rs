@@ -172,7 +172,19 @@ async fn main() {
         PluginEngine::new(EngineOptions {
             // `TRELLIS_BENCH_PERF_MAP=1`: name the plugin's functions in `perf report`.
             perf_map: std::env::var_os("TRELLIS_BENCH_PERF_MAP").is_some(),
-            ..EngineOptions::default()
+            // `TRELLIS_BENCH_VALGRIND=1`: few small slots, so that valgrind can map them (it
+            // cannot map wasmtime's default 4 GiB reservation per slot for 128 slots). The
+            // plugin's code then checks bounds explicitly: count the host's side with it.
+            ..if std::env::var_os("TRELLIS_BENCH_VALGRIND").is_some() {
+                EngineOptions {
+                    max_instances: TASKS as u32 + 4,
+                    max_memory_bytes: 64 << 20,
+                    memory_reservation: Some(64 << 20),
+                    ..EngineOptions::default()
+                }
+            } else {
+                EngineOptions::default()
+            }
         })
         .expect("an engine"),
         wasm.parent().unwrap(),

@@ -374,7 +374,67 @@ pub mod database {
     /// Runs `statement` (with `:name` parameters, values in the object `params`, or `Value::Null`)
     /// on database `name`. Returns the SQL node's `result` form:
     /// `{"data": [...], "row_count": N, "database_type": "..."}`.
+    ///
+    /// [`query_as`] reads the rows into the plugin's own types instead, and [`rows`] into
+    /// `Value`s; both skip the `Value` this builds for the whole answer.
     pub fn query(name: &str, statement: &str, params: &Value) -> Result<Value, Error> {
+        let text = answer(name, statement, params)?;
+        serde_json::from_str(&text).map_err(|e| Error {
+            kind: ErrorKind::Query,
+            message: format!("the host returned rows that are not JSON: {e}"),
+        })
+    }
+
+    /// A statement's answer with its rows typed ([`query_as`]).
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+    pub struct Rows<T> {
+        /// The rows in the database's order, each read from its JSON object (keyed by column
+        /// name).
+        pub data: Vec<T>,
+        /// How many rows the statement returned (for a write: how many it changed).
+        pub row_count: u64,
+    }
+
+    /// Runs `statement` like [`query`], and reads each row straight into a `T`: a
+    /// `#[derive(serde::Deserialize)]` struct whose fields are the columns, or `Value`. No
+    /// `Value` is built for the answer first, so this is the cheapest way to read rows.
+    ///
+    /// A row that does not fit `T` is a [`ErrorKind::Query`] error naming the row and column
+    /// (`data[0].id`), never the value.
+    ///
+    /// ```
+    /// use trellis_sdk::{Value, database, json, testing};
+    ///
+    /// #[derive(Debug, PartialEq, serde::Deserialize)]
+    /// struct Customer { id: i64, name: String }
+    ///
+    /// testing::answer_query("main", "SELECT id, name FROM customers", |_| {
+    ///     Ok(testing::query_result(vec![json!({"id": 7, "name": "Ada"})]))
+    /// });
+    /// let rows = database::query_as::<Customer>("main", "SELECT id, name FROM customers", &Value::Null)?;
+    /// assert_eq!(rows.data, [Customer { id: 7, name: "Ada".into() }]);
+    /// assert_eq!(rows.row_count, 1);
+    /// # Ok::<(), database::Error>(())
+    /// ```
+    pub fn query_as<T: serde::de::DeserializeOwned>(
+        name: &str,
+        statement: &str,
+        params: &Value,
+    ) -> Result<Rows<T>, Error> {
+        let text = answer(name, statement, params)?;
+        crate::decode::from_str(&text).map_err(|e| Error {
+            kind: ErrorKind::Query,
+            message: format!("the rows do not fit the plugin's type: {e}"),
+        })
+    }
+
+    /// [`query`]'s rows (`data`), for a statement that returns rows.
+    pub fn rows(name: &str, statement: &str, params: &Value) -> Result<Vec<Value>, Error> {
+        Ok(query_as::<Value>(name, statement, params)?.data)
+    }
+
+    /// The host's answer to `statement`, as JSON text.
+    fn answer(name: &str, statement: &str, params: &Value) -> Result<String, Error> {
         // No parameters is the common case: no serializer for it.
         let params = match params {
             Value::Null => std::borrow::Cow::Borrowed("null"),
@@ -382,20 +442,7 @@ pub mod database {
                 serde_json::to_string(other).expect("JSON values always serialize"),
             ),
         };
-        let text = crate::imports::database_query(name, statement, &params)?;
-        serde_json::from_str(&text).map_err(|e| Error {
-            kind: ErrorKind::Query,
-            message: format!("the host returned rows that are not JSON: {e}"),
-        })
-    }
-
-    /// [`query`]'s rows (`data`), for a statement that returns rows.
-    pub fn rows(name: &str, statement: &str, params: &Value) -> Result<Vec<Value>, Error> {
-        let result = query(name, statement, params)?;
-        Ok(match result.get("data") {
-            Some(Value::Array(rows)) => rows.clone(),
-            _ => Vec::new(),
-        })
+        crate::imports::database_query(name, statement, &params)
     }
 }
 

@@ -411,6 +411,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn typed_rows_name_the_column_that_does_not_fit_but_not_its_value() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct Person {
+            id: i64,
+            ssn: u64,
+        }
+        answer_rows(
+            "main",
+            "SELECT id, ssn FROM people",
+            vec![
+                json!({"id": 1, "ssn": 123456789}),
+                json!({"id": 2, "ssn": "987-65-4321"}),
+            ],
+        );
+        let error =
+            database::query_as::<Person>("main", "SELECT id, ssn FROM people", &Value::Null)
+                .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Query);
+        assert!(error.message.contains("data[1].ssn"), "{}", error.message);
+        assert!(!error.message.contains("987"), "{}", error.message);
+        answer_rows(
+            "main",
+            "SELECT 1 AS id, 2 AS ssn",
+            vec![json!({"id": 1, "ssn": 2})],
+        );
+        let rows = database::query_as::<Person>("main", "SELECT 1 AS id, 2 AS ssn", &Value::Null);
+        assert_eq!(
+            rows,
+            Ok(database::Rows {
+                data: vec![Person { id: 1, ssn: 2 }],
+                row_count: 1
+            })
+        );
+    }
+
     struct NoCapability;
 
     impl Node for NoCapability {

@@ -53,6 +53,11 @@ pub struct EngineOptions {
     /// Write `/tmp/perf-PID.map` as components are compiled, so that `perf report` names the
     /// plugins' own functions instead of `[JIT]` addresses (for profiling; off in `serve`).
     pub perf_map: bool,
+    /// Address space reserved per memory slot, when not wasmtime's default (4 GiB on 64-bit,
+    /// which lets compiled code skip bounds checks). Smaller means explicit bounds checks; it is
+    /// for running the benchmarks under valgrind, which cannot map 4 GiB per instance. Must be
+    /// at least `max_memory_bytes`.
+    pub memory_reservation: Option<u64>,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +69,7 @@ impl Default for EngineOptions {
             cache_dir: None,
             concurrency_support: false,
             perf_map: false,
+            memory_reservation: None,
         }
     }
 }
@@ -153,6 +159,9 @@ impl PluginEngine {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
             .wasm_component_model(true);
+        if let Some(bytes) = options.memory_reservation {
+            config.memory_reservation(bytes);
+        }
         if options.perf_map {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }

@@ -9,7 +9,9 @@ const HISTORY: usize = 50;
 
 #[derive(Debug, Default)]
 pub(crate) struct Workloads {
-    inner: Mutex<HashMap<String, Workload>>,
+    /// By workload name: names come from the configuration, not from callers, so a fast
+    /// unkeyed-quality hash does (it is taken twice per statement of a served run).
+    inner: Mutex<HashMap<String, Workload, foldhash::fast::RandomState>>,
 }
 
 #[derive(Debug, Default)]

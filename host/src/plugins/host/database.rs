@@ -124,7 +124,12 @@ impl v2::trellis::plugin::database::Host for CallState {
             ));
         }
         grant.statements_left -= 1;
-        let params = match serde_json::from_str::<Value>(&params) {
+        // `null` (no parameters, what the SDK sends for none) without the parser.
+        let parsed = match params.as_str() {
+            "null" => Ok(Value::Null),
+            text => serde_json::from_str::<Value>(text),
+        };
+        let params = match parsed {
             Ok(Value::Object(map)) => map,
             Ok(Value::Null) => Map::new(),
             _ => {

@@ -37,7 +37,7 @@ impl Node for Query {
             message: "not run".into(),
         });
         for _ in 0..repeat.max(1) {
-            answer = database::query(&name, &statement, &params);
+            answer = database::query_as::<Value>(&name, &statement, &params);
             if answer.is_err() {
                 break;
             }
@@ -46,8 +46,8 @@ impl Node for Query {
             .into_iter()
             .map(|mut record| match &answer {
                 Ok(result) => {
-                    record["rows"] = result.get("data").cloned().unwrap_or(Value::Null);
-                    record["row_count"] = result.get("row_count").cloned().unwrap_or(Value::Null);
+                    record["rows"] = Value::Array(result.data.clone());
+                    record["row_count"] = result.row_count.into();
                     Ok(record)
                 }
                 Err(e) if carry => {
