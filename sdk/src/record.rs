@@ -107,7 +107,18 @@ impl<'a> Record<'a> {
         }
         match serde_json::from_str::<String>(json) {
             Ok(text) => Ok(Some(Cow::Owned(text))),
-            Err(_) => Err(format!("field `{key}` is not a string: {json}")),
+            // Which kind of value, never the value: records may hold secrets, and the host logs
+            // plugin errors (as `decode` does).
+            Err(_) => Err(format!(
+                "field `{key}`: invalid type: {}, expected a string",
+                match json.as_bytes().first() {
+                    Some(b'{') => "object",
+                    Some(b'[') => "array",
+                    Some(b't' | b'f') => "boolean",
+                    Some(b'"') => "string with an invalid escape",
+                    _ => "number",
+                }
+            )),
         }
     }
 
@@ -303,7 +314,18 @@ mod tests {
         ));
         assert_eq!(record.str("n").unwrap(), None);
         assert_eq!(record.str("missing").unwrap(), None);
-        assert!(record.str("i").unwrap_err().contains("`i`"));
+        assert_eq!(
+            record.str("i").unwrap_err(),
+            "field `i`: invalid type: number, expected a string"
+        );
+        let secret = Record::parse(r#"{"ssn":123456789,"card":{"pan":"4111"}}"#).unwrap();
+        for key in ["ssn", "card"] {
+            let error = secret.str(key).unwrap_err();
+            assert!(
+                !error.contains("123456789") && !error.contains("4111"),
+                "{error}"
+            );
+        }
         let back: Value = serde_json::from_str(&record.to_json()).unwrap();
         assert_eq!(
             back,
