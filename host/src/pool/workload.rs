@@ -9,8 +9,9 @@ const HISTORY: usize = 50;
 
 #[derive(Debug, Default)]
 pub(crate) struct Workloads {
-    /// By workload name: names come from the configuration, not from callers, so a fast
-    /// unkeyed-quality hash does (it is taken twice per statement of a served run).
+    /// By workload name, hashed with foldhash's fast hash rather than SipHash: it is taken twice
+    /// per statement of a served run, and the names come from the configuration (workflow
+    /// names), not from callers, so there is no flooding to resist.
     inner: Mutex<HashMap<String, Workload, foldhash::fast::RandomState>>,
 }
 
