@@ -214,8 +214,12 @@ async fn main() {
             "p50 ms",
             "run/health"
         );
+        let mut runs = warm.requests;
+        let mut failed = 0;
         for &c in &args.concurrency {
             let run = load(&run_url, true, c, args.seconds).await;
+            runs += run.requests;
+            failed += run.errors;
             let health = load(&health_url, false, c, args.seconds).await;
             println!(
                 "{:>11} | {:>10.0} {:>9.2} {:>9.2} {:>6} | {:>10.0} {:>9.2} | {:>8.2}",
@@ -230,7 +234,47 @@ async fn main() {
             );
             assert!(run.requests > 0);
         }
+        // What the audit trail takes per run (issue 21): the records every run of this backend
+        // left, once the background writer has caught up.
+        let (bytes, records) = audit_written(&dir.path().join("data")).await;
+        println!(
+            "audit: {records} records, {bytes} bytes for {runs} runs ({failed} failed): \
+             {:.1} records, {:.0} bytes per run, {:.0} bytes per record",
+            records as f64 / runs as f64,
+            bytes as f64 / runs as f64,
+            bytes as f64 / records.max(1) as f64,
+        );
         drop(server);
+    }
+}
+
+/// The bytes and lines of the audit files in `data` (`audit.jsonl` and its rotated files), once
+/// they stop growing: the writer works in the background.
+async fn audit_written(data: &std::path::Path) -> (u64, u64) {
+    let read = || {
+        let mut total = (0, 0);
+        for entry in std::fs::read_dir(data).expect("the data directory") {
+            let entry = entry.expect("a directory entry");
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("audit.jsonl")
+            {
+                let text = std::fs::read(entry.path()).expect("an audit file");
+                total.0 += text.len() as u64;
+                total.1 += text.iter().filter(|&&b| b == b'\n').count() as u64;
+            }
+        }
+        total
+    };
+    let mut last = read();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
     }
 }
 
