@@ -852,3 +852,97 @@ async fn fetch_many_reads_pgvector_columns() {
     drop(lease);
     pool.close().await;
 }
+
+/// `Fetch::Capped` (what a plugin's statement runs with) writes the rows as JSON text straight
+/// from the driver's row: the text must be exactly what the rows of `Fetch::All` serialize to,
+/// on every dialect, with escaping, nulls, two columns of one name, no rows and the cap.
+async fn capped_rows_are_the_text_of_the_rows(url: &str, typed: &str, series: &str) {
+    let pool = pool(url);
+    let exec = |sql: String, fetch: Fetch| {
+        let pool = pool.clone();
+        async move { pool.execute(&sql, &Params::None, fetch).await.unwrap() }
+    };
+    for sql in [
+        typed.to_owned(),
+        // A row with two columns of one name keeps the last value, in the first one's place.
+        "SELECT 1 AS a, 'x' AS b, 2 AS a".to_owned(),
+        format!("{series} LIMIT 0"),
+    ] {
+        let all = exec(sql.clone(), Fetch::All).await;
+        let capped = exec(sql.clone(), Fetch::Capped(100)).await;
+        // No rows at all reads as a statement without rows: no text, as no `rows`.
+        let text = capped.text.as_deref().unwrap_or("[]");
+        assert_eq!(text, serde_json::to_string(&all.rows).unwrap(), "{sql}");
+        assert_eq!(capped.text.is_some(), !all.rows.is_empty(), "{sql}");
+        assert!(capped.rows.is_empty());
+        assert_eq!(capped.row_count, all.row_count, "{sql}");
+        assert_eq!(capped.returns_rows, all.returns_rows, "{sql}");
+    }
+    // The cap: the first rows only, counted.
+    let capped = exec(series.to_owned(), Fetch::Capped(2)).await;
+    assert_eq!(capped.text.as_deref(), Some(r#"[{"g":1},{"g":2}]"#));
+    assert_eq!(capped.row_count, 2);
+    // A statement without rows: rows affected, no text.
+    let table = unique("capped");
+    exec(format!("CREATE TABLE {table} (a INT)"), Fetch::All).await;
+    let insert = exec(
+        format!("INSERT INTO {table} (a) VALUES (1), (2)"),
+        Fetch::Capped(1),
+    )
+    .await;
+    assert_eq!(
+        (insert.text, insert.row_count, insert.returns_rows),
+        (None, 2, false)
+    );
+    exec(format!("DROP TABLE {table}"), Fetch::All).await;
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn capped_rows_are_json_text_on_postgres() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    capped_rows_are_the_text_of_the_rows(
+        &url,
+        "SELECT g AS \"we\"\"ird \\ name\", E'he said \"hi\"\\n\\t\\u00e9 \u{1F600}' AS s, \
+         NULL::text AS n, 1.5::float8 AS f, 'NaN'::float8 AS nan, 12345.6789::numeric AS d, \
+         '{\"k\": [1, null]}'::jsonb AS j, '\\x00ff'::bytea AS b, ARRAY['a', 'b'] AS arr, \
+         timestamptz '2024-05-01 09:30:00+02' AS at, g % 2 = 0 AS even \
+         FROM generate_series(1, 3) AS g",
+        "SELECT g FROM generate_series(1, 5) AS g",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn capped_rows_are_json_text_on_mariadb() {
+    let Some(url) = TestDb::Mysql.url() else {
+        return;
+    };
+    capped_rows_are_the_text_of_the_rows(
+        &url,
+        "SELECT 7 AS `we\"ird \\\\ name`, 'he said \"hi\"\\n\\t\u{e9} \u{1F600}' AS s, NULL AS n, \
+         2.5e0 AS f, CAST(1234567890.123456789 AS DECIMAL(20,9)) AS d, X'00ff' AS b, \
+         TIMESTAMP '2024-05-01 09:30:00' AS ts, TRUE AS yes \
+         UNION ALL SELECT 8, '', NULL, -0.5e0, 0, X'', TIMESTAMP '2024-05-02 00:00:00', FALSE",
+        "WITH RECURSIVE s (g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 5) \
+         SELECT g FROM s",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn capped_rows_are_json_text_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    capped_rows_are_the_text_of_the_rows(
+        &url,
+        "SELECT 7 AS \"we\"\"ird \\ name\", 'he said \"hi\"' || char(10, 9) || '\u{e9} \u{1F600}' AS s, \
+         NULL AS n, 0.25 AS f, X'00ff' AS b \
+         UNION ALL SELECT 8, '', NULL, -1.5, X''",
+        "WITH RECURSIVE s (g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 5) \
+         SELECT g FROM s",
+    )
+    .await;
+}

@@ -97,6 +97,7 @@ impl<'a> Step<'a> {
             // Only comments and whitespace (a fresh template): nothing to send.
             return Ok(Output {
                 rows: Vec::new(),
+                text: None,
                 row_count: 0,
                 returns_rows: false,
                 elapsed: std::time::Duration::ZERO,

@@ -61,15 +61,21 @@ pub enum Fetch {
     /// The first `n` rows in one round trip, as a plain statement runs: the rest are read but
     /// never decoded (on MariaDB `sql_select_limit` stops them at the server, on SQLite no
     /// further step is taken). Cheaper than [`Fetch::Many`]'s cursor on PostgreSQL when most
-    /// answers fit; what a plugin's statement runs with.
+    /// answers fit; what a plugin's statement runs with. The rows come as JSON text
+    /// ([`Output::text`]), written straight from the driver's row: what a plugin is handed.
     Capped(usize),
 }
 
 /// What a statement returned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// The rows (at most one for [`Fetch::One`]).
+    /// The rows (at most one for [`Fetch::One`]); none for [`Fetch::Capped`], whose rows are
+    /// in `text`.
     pub rows: Vec<Map<String, Value>>,
+    /// For [`Fetch::Capped`], a statement that returns rows: the rows as the JSON text of an
+    /// array of objects, the text `rows` would serialize to (a row with two columns of one name
+    /// keeps the last value, in the first one's place, as in `rows`).
+    pub text: Option<String>,
     /// Rows returned, or rows affected for a statement that returns none.
     pub row_count: u64,
     /// Whether the statement returns rows at all.
@@ -141,7 +147,7 @@ pub(super) async fn run_pg(
     if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
         // Session statements and scripts go through the simple protocol.
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
-        return collect(stream, fetch, |d| d.rows_affected(), pg_row).await;
+        return collect(stream, fetch, |d| d.rows_affected(), pg_columns).await;
     }
     let query = bind_pg_args(conn, stmt, sqlx::query::<Postgres>(sql)).await?;
     run_pg_query(conn, stmt, query, fetch).await
@@ -159,7 +165,7 @@ pub(super) async fn run_pg_unnamed(
     let sql = AssertSqlSafe(stmt.sql.clone());
     let Some(types) = types else {
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
-        return collect(stream, fetch, |d| d.rows_affected(), pg_row).await;
+        return collect(stream, fetch, |d| d.rows_affected(), pg_columns).await;
     };
     let query = bind_pg_typed(sqlx::query::<Postgres>(sql).persistent(false), stmt, types)?;
     run_pg_query(conn, stmt, query, fetch).await
@@ -178,14 +184,14 @@ async fn run_pg_query(
         // the wrapper stream `fetch_many` adds (on a short query that costs as much as the rest
         // of the call). Rows affected do not apply.
         let rows = match query.fetch_optional(&mut *conn).await? {
-            Some(row) => vec![pg_row(&row)?],
+            Some(row) => vec![to_map(&row, pg_columns)?],
             None => Vec::new(),
         };
         return Ok(with_rows(rows));
     }
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = query.fetch_many(&mut *conn);
-    collect(stream, fetch, |d| d.rows_affected(), pg_row).await
+    collect(stream, fetch, |d| d.rows_affected(), pg_columns).await
 }
 
 /// Binds `stmt`'s arguments to `query`, each as the type PostgreSQL inferred for its placeholder
@@ -314,7 +320,7 @@ pub(super) async fn run_pg_many(
     let stream = sqlx::query::<Postgres>(AssertSqlSafe(fetch_sql))
         .persistent(false)
         .fetch_many(&mut *conn);
-    let fetched = collect(stream, Fetch::All, |_| 0, pg_row).await;
+    let fetched = collect(stream, Fetch::All, |_| 0, pg_columns).await;
     let finish = match (&fetched, nested) {
         (Ok(_), false) => Some("COMMIT".to_owned()),
         (Err(_), false) => Some("ROLLBACK".to_owned()),
@@ -350,7 +356,7 @@ pub(super) async fn run_mysql(
     let sql = AssertSqlSafe(stmt.sql.clone());
     if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
-        return collect(stream, fetch, |d| d.rows_affected(), mysql_row).await;
+        return collect(stream, fetch, |d| d.rows_affected(), mysql_columns).await;
     }
     let sql = match fetch {
         Fetch::Many(n) | Fetch::Capped(n) if mariadb && stmt.shape.reads_rows() => {
@@ -364,7 +370,7 @@ pub(super) async fn run_mysql(
     }
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = query.fetch_many(&mut *conn);
-    collect(stream, fetch, |d| d.rows_affected(), mysql_row).await
+    collect(stream, fetch, |d| d.rows_affected(), mysql_columns).await
 }
 
 /// Runs `stmt` on SQLite.
@@ -376,7 +382,7 @@ pub(super) async fn run_sqlite(
     let sql = AssertSqlSafe(stmt.sql.clone());
     if stmt.args.is_empty() && stmt.statements > 1 {
         let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
-        return collect(stream, fetch, |d| d.rows_affected(), sqlite_row).await;
+        return collect(stream, fetch, |d| d.rows_affected(), sqlite_columns).await;
     }
     let mut query = sqlx::query::<Sqlite>(sql);
     for value in &stmt.args {
@@ -384,7 +390,7 @@ pub(super) async fn run_sqlite(
     }
     #[allow(deprecated)] // one statement: the deprecation is about several
     let stream = query.fetch_many(&mut *conn);
-    collect(stream, fetch, |d| d.rows_affected(), sqlite_row).await
+    collect(stream, fetch, |d| d.rows_affected(), sqlite_columns).await
 }
 
 /// Drains a `fetch_many` stream into an [`Output`]: rows (up to the fetch limit, then it stops
@@ -393,10 +399,15 @@ async fn collect<R, D>(
     mut stream: futures_util::stream::BoxStream<'_, Result<Either<D, R>, sqlx::Error>>,
     fetch: Fetch,
     affected_of: fn(&D) -> u64,
-    map: fn(&R) -> Result<Map<String, Value>, ExecError>,
-) -> Result<Output, ExecError> {
+    columns: Columns<R>,
+) -> Result<Output, ExecError>
+where
+    R: Row,
+{
     let limit = limit_of(fetch);
     let mut rows = Vec::new();
+    let mut text: Option<RowsText> = None;
+    let mut taken = 0;
     let mut affected = 0;
     let mut returns_rows = false;
     while let Some(item) = stream.try_next().await? {
@@ -404,19 +415,101 @@ async fn collect<R, D>(
             Either::Left(done) => affected += affected_of(&done),
             Either::Right(row) => {
                 returns_rows = true;
-                if rows.len() == limit {
+                if taken == limit {
                     break;
                 }
-                rows.push(map(&row)?);
+                taken += 1;
+                if matches!(fetch, Fetch::Capped(_)) {
+                    text.get_or_insert_with(|| RowsText::new(&row))
+                        .push(&row, columns)?;
+                } else {
+                    rows.push(to_map(&row, columns)?);
+                }
             }
         }
     }
     drop(stream);
-    Ok(if returns_rows {
-        with_rows(rows)
-    } else {
+    Ok(if !returns_rows {
         no_rows(affected)
+    } else if matches!(fetch, Fetch::Capped(_)) {
+        let text = text.map_or_else(|| "[]".to_owned(), RowsText::finish);
+        Output {
+            rows: Vec::new(),
+            text: Some(text),
+            row_count: taken as u64,
+            returns_rows: true,
+            elapsed: std::time::Duration::ZERO,
+        }
+    } else {
+        with_rows(rows)
     })
+}
+
+/// Calls `each` with every column of a row, in order: its name and its value as JSON.
+type Columns<R> = fn(&R, &mut dyn FnMut(&str, Value)) -> Result<(), ExecError>;
+
+/// A row as a JSON object.
+fn to_map<R: Row>(row: &R, columns: Columns<R>) -> Result<Map<String, Value>, ExecError> {
+    let mut out = Map::with_capacity(row.len());
+    columns(row, &mut |name, value| {
+        out.insert(name.to_owned(), value);
+    })?;
+    Ok(out)
+}
+
+/// Rows written as the JSON text of an array of objects, each as it is read: no map is built
+/// for a row, and its column names are not copied.
+struct RowsText {
+    out: Vec<u8>,
+    /// Whether two columns share a name: each row then goes through a map, which keeps one.
+    duplicate_names: bool,
+}
+
+impl RowsText {
+    /// For the rows of the statement `first` is the first row of.
+    fn new<R: Row>(first: &R) -> RowsText {
+        let names: Vec<&str> = first.columns().iter().map(|c| c.name()).collect();
+        let duplicate_names = names
+            .iter()
+            .enumerate()
+            .any(|(i, name)| names[..i].contains(name));
+        let mut out = Vec::with_capacity(64);
+        out.push(b'[');
+        RowsText {
+            out,
+            duplicate_names,
+        }
+    }
+
+    fn push<R: Row>(&mut self, row: &R, columns: Columns<R>) -> Result<(), ExecError> {
+        let out = &mut self.out;
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        if self.duplicate_names {
+            let map = to_map(row, columns)?;
+            serde_json::to_writer(&mut *out, &map).expect("writing JSON to memory cannot fail");
+            return Ok(());
+        }
+        out.push(b'{');
+        let mut first = true;
+        columns(row, &mut |name, value| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, name).expect("writing JSON to memory cannot fail");
+            out.push(b':');
+            serde_json::to_writer(&mut *out, &value).expect("writing JSON to memory cannot fail");
+        })?;
+        out.push(b'}');
+        Ok(())
+    }
+
+    fn finish(mut self) -> String {
+        self.out.push(b']');
+        String::from_utf8(self.out).expect("serde_json writes UTF-8")
+    }
 }
 
 fn limit_of(fetch: Fetch) -> usize {
@@ -431,6 +524,7 @@ fn with_rows(rows: Vec<Map<String, Value>>) -> Output {
     Output {
         row_count: rows.len() as u64,
         rows,
+        text: None,
         returns_rows: true,
         elapsed: std::time::Duration::ZERO,
     }
@@ -439,6 +533,7 @@ fn with_rows(rows: Vec<Map<String, Value>>) -> Output {
 fn no_rows(affected: u64) -> Output {
     Output {
         rows: Vec::new(),
+        text: None,
         row_count: affected,
         returns_rows: false,
         elapsed: std::time::Duration::ZERO,
@@ -672,8 +767,7 @@ fn array<T>(items: Vec<T>, f: impl Fn(T) -> Value) -> Value {
     Value::Array(items.into_iter().map(f).collect())
 }
 
-fn pg_row(row: &PgRow) -> Result<Map<String, Value>, ExecError> {
-    let mut out = Map::with_capacity(row.len());
+fn pg_columns(row: &PgRow, each: &mut dyn FnMut(&str, Value)) -> Result<(), ExecError> {
     for (i, column) in row.columns().iter().enumerate() {
         let raw = row.try_get_raw(i)?;
         let value = if raw.is_null() {
@@ -688,9 +782,9 @@ fn pg_row(row: &PgRow) -> Result<Map<String, Value>, ExecError> {
                 other => other,
             })?
         };
-        out.insert(column.name().to_owned(), value);
+        each(column.name(), value);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Column `i` of `row`, of PostgreSQL type `ty`, as JSON. Each arm is chosen by the column's
@@ -834,13 +928,12 @@ fn numeric_text(bytes: &[u8]) -> Option<String> {
     Some(out)
 }
 
-fn mysql_row(row: &MySqlRow) -> Result<Map<String, Value>, ExecError> {
+fn mysql_columns(row: &MySqlRow, each: &mut dyn FnMut(&str, Value)) -> Result<(), ExecError> {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
-    let mut out = Map::with_capacity(row.len());
     for (i, column) in row.columns().iter().enumerate() {
         let raw = row.try_get_raw(i)?;
         if raw.is_null() {
-            out.insert(column.name().to_owned(), Value::Null);
+            each(column.name(), Value::Null);
             continue;
         }
         let ty = raw.type_info().name().to_owned();
@@ -877,17 +970,16 @@ fn mysql_row(row: &MySqlRow) -> Result<Map<String, Value>, ExecError> {
                 });
             }
         };
-        out.insert(column.name().to_owned(), value);
+        each(column.name(), value);
     }
-    Ok(out)
+    Ok(())
 }
 
-fn sqlite_row(row: &SqliteRow) -> Result<Map<String, Value>, ExecError> {
-    let mut out = Map::with_capacity(row.len());
+fn sqlite_columns(row: &SqliteRow, each: &mut dyn FnMut(&str, Value)) -> Result<(), ExecError> {
     for (i, column) in row.columns().iter().enumerate() {
         let raw = row.try_get_raw(i)?;
         if raw.is_null() {
-            out.insert(column.name().to_owned(), Value::Null);
+            each(column.name(), Value::Null);
             continue;
         }
         // SQLite is dynamically typed: map the value's storage class, and honour a BOOLEAN
@@ -907,9 +999,9 @@ fn sqlite_row(row: &SqliteRow) -> Result<Map<String, Value>, ExecError> {
                 });
             }
         };
-        out.insert(column.name().to_owned(), value);
+        each(column.name(), value);
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

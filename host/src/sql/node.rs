@@ -245,9 +245,16 @@ impl SqlNode {
                             .into_iter()
                             .next()
                             .map_or(Value::Null, Value::Object),
-                        Fetch::All | Fetch::Many(_) | Fetch::Capped(_) => {
+                        Fetch::All | Fetch::Many(_) => {
                             Value::Array(output.rows.into_iter().map(Value::Object).collect())
                         }
+                        // Not a fetch mode a node is configured with: its rows come as the JSON
+                        // text the pool wrote, which always parses.
+                        Fetch::Capped(_) => output
+                            .text
+                            .as_deref()
+                            .and_then(|text| serde_json::from_str(text).ok())
+                            .unwrap_or_else(|| Value::Array(Vec::new())),
                     };
                     let mut result = json!({
                         "data": data,

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use jiff::Timestamp;
 
@@ -237,17 +237,20 @@ impl DatabaseGate for PluginDatabase {
 }
 
 /// The SQL node's `result` object (`{"data", "row_count", "database_type"}`) as JSON text,
-/// written straight from the rows (no `Value` built for the answer first); only the rows go
-/// through the serializer, the frame around them is fixed text.
-fn answer_text(rows: &[Map<String, Value>], row_count: u64, database_type: &str) -> String {
+/// around `rows`, the rows' JSON text as the pool wrote it ([`Fetch::Capped`]): the frame is
+/// fixed text, nothing is parsed or serialized again.
+fn answer_text(rows: &str, row_count: u64, database_type: &str) -> String {
     debug_assert!(
         database_type.bytes().all(|b| b.is_ascii_lowercase()),
         "a database type is a plain identifier: no JSON escaping needed"
     );
-    let mut out = serde_json::to_string(rows).expect("JSON values always serialize");
-    out.insert_str(0, r#"{"data":"#);
+    let mut count = itoa::Buffer::new();
+    let count = count.format(row_count);
+    let mut out = String::with_capacity(rows.len() + count.len() + database_type.len() + 48);
+    out.push_str(r#"{"data":"#);
+    out.push_str(rows);
     out.push_str(r#","row_count":"#);
-    out.push_str(itoa::Buffer::new().format(row_count));
+    out.push_str(count);
     out.push_str(r#","database_type":""#);
     out.push_str(database_type);
     out.push_str(r#""}"#);
@@ -283,7 +286,7 @@ async fn run(
     let fetch = Fetch::Capped(request.max_rows.saturating_add(1));
     match pool.run_for(Some(workflow), stmt, fetch, Some(left)).await {
         Ok(output) => {
-            if output.rows.len() > request.max_rows {
+            if output.returns_rows && output.row_count > request.max_rows as u64 {
                 return Err((
                     ErrorKind::Query,
                     fail(
@@ -296,7 +299,7 @@ async fn run(
                 ));
             }
             Ok(answer_text(
-                &output.rows,
+                output.text.as_deref().unwrap_or("[]"),
                 output.row_count,
                 pool.kind().as_str(),
             ))
@@ -343,12 +346,7 @@ mod tests {
 
     #[test]
     fn the_answer_is_the_sql_nodes_result_object() {
-        let rows: Vec<Map<String, Value>> = vec![
-            json!({"one": 1, "name": "A \"quoted\"\n name"})
-                .as_object()
-                .unwrap()
-                .clone(),
-        ];
+        let rows = json!([{"one": 1, "name": "A \"quoted\"\n name"}]).to_string();
         let text = answer_text(&rows, 1, "postgresql");
         assert_eq!(
             serde_json::from_str::<Value>(&text).unwrap(),
@@ -356,7 +354,7 @@ mod tests {
                 "database_type": "postgresql"})
         );
         assert_eq!(
-            answer_text(&[], 12_345_678_901, "mysql"),
+            answer_text("[]", 12_345_678_901, "mysql"),
             r#"{"data":[],"row_count":12345678901,"database_type":"mysql"}"#
         );
     }
