@@ -13,7 +13,11 @@
 //! $ cargo bench -p trellis-host --bench plugin_database -- --seconds 3 --rounds 6
 //! ```
 //!
-//! `--only pool|plugin|canned|canned-yield` runs one side (under a profiler, say; with
+//! The plugin reads each answer's rows typed (`rows_as = "one"`, `query_as::<One>`, the typed
+//! read a Rust plugin does), and in a third side of each round as `Value`s (`rows_as =
+//! "value"`); both ratios are printed.
+//!
+//! `--only pool|plugin|plugin-value|canned|canned-yield` runs one side (under a profiler, say; with
 //! `TRELLIS_BENCH_PERF_MAP=1` `perf report` names the plugin's functions). `canned` is the plugin
 //! side with no database: a gate that answers at once what PostgreSQL answers, so what is left is
 //! the plugin's own cost per statement (the component-model call, the guest's JSON, the
@@ -110,7 +114,10 @@ async fn main() {
             "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             // One side only (see the module's docs).
             "--only" => {
-                only = Some(it.next().expect("--only pool|plugin|canned|canned-yield"));
+                only = Some(
+                    it.next()
+                        .expect("--only pool|plugin|plugin-value|canned|canned-yield"),
+                );
             }
             _ => {} // cargo bench passes `--bench`
         }
@@ -205,28 +212,38 @@ async fn main() {
             workflow: "bench".into(),
         },
     ));
-    let call_config: Arc<CallConfig> = Arc::new(
-        json!({"database": "main", "statement": "SELECT 1 AS one", "repeat": REPEAT})
+    // The plugin reads its rows typed (`rows_as = "one"`: `query_as::<One>`), or as `Value`s.
+    let call_config = |rows_as: &str| -> Arc<CallConfig> {
+        Arc::new(
+            json!({"database": "main", "statement": "SELECT 1 AS one", "repeat": REPEAT,
+                "rows_as": rows_as})
             .as_object()
             .unwrap()
             .clone(),
-    );
-    // Every statement must have run and been allowed.
-    let out = plugin
-        .clone()
-        .transform_for(vec!["{}".into()], call_config.clone(), Some(gate.clone()))
-        .await
-        .expect("the plugin runs");
-    assert!(
-        out[0].as_ref().is_ok_and(|r| r.contains("\"one\":1")),
-        "{out:?}"
-    );
+        )
+    };
+    let (typed_config, value_config) = (call_config("one"), call_config("value"));
+    // Every statement must have run and been allowed, both ways.
+    for config in [&typed_config, &value_config] {
+        let out = plugin
+            .clone()
+            .transform_for(vec!["{}".into()], config.clone(), Some(gate.clone()))
+            .await
+            .expect("the plugin runs");
+        assert!(
+            out[0]
+                .as_ref()
+                .is_ok_and(|r| r.contains("\"rows\":[{\"one\":1}]")),
+            "{out:?}"
+        );
+    }
 
     println!(
-        "# SELECT 1: plugin database import ({REPEAT} per call, Cedar decision each) vs \
-         Pool::execute; {TASKS} tasks, {CONNECTIONS} connections, {seconds}s x {rounds} rounds"
+        "# SELECT 1: plugin database import ({REPEAT} per call, Cedar decision each; rows read \
+         typed, and as Values) vs Pool::execute; {TASKS} tasks, {CONNECTIONS} connections, \
+         {seconds}s x {rounds} rounds"
     );
-    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    let (mut direct, mut typed, mut values) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let run_direct = || {
             let pool = pool.clone();
@@ -241,8 +258,8 @@ async fn main() {
             })
         };
         // The plugin side, its statements answered by `gate`.
-        let run_with = |gate: Arc<dyn trellis_host::DatabaseGate>| {
-            let (plugin, config) = (plugin.clone(), call_config.clone());
+        let run_with = |gate: Arc<dyn trellis_host::DatabaseGate>, config: &Arc<CallConfig>| {
+            let (plugin, config) = (plugin.clone(), config.clone());
             throughput(seconds, move || {
                 let (plugin, gate, config) = (plugin.clone(), gate.clone(), config.clone());
                 async move {
@@ -254,40 +271,49 @@ async fn main() {
                 }
             })
         };
-        let run_plugin = || run_with(gate.clone());
         if let Some(side) = only.as_deref() {
             let rate = match side {
                 "pool" => run_direct().await,
-                "canned" => run_with(Arc::new(Canned { yields: false })).await,
-                "canned-yield" => run_with(Arc::new(Canned { yields: true })).await,
-                _ => run_plugin().await,
+                "canned" => run_with(Arc::new(Canned { yields: false }), &typed_config).await,
+                "canned-yield" => run_with(Arc::new(Canned { yields: true }), &typed_config).await,
+                "plugin-value" => run_with(gate.clone(), &value_config).await,
+                _ => run_with(gate.clone(), &typed_config).await,
             };
             println!("round {round}: {side} {rate:.0}/s");
             continue;
         }
-        // Alternate which goes first.
-        let (d, p) = if round % 2 == 0 {
-            let d = run_direct().await;
-            (d, run_plugin().await)
-        } else {
-            let p = run_plugin().await;
-            (run_direct().await, p)
-        };
+        // Rotate which goes first.
+        let (mut d, mut t, mut v) = (0.0, 0.0, 0.0);
+        for side in 0..3 {
+            match (round + side) % 3 {
+                0 => d = run_direct().await,
+                1 => t = run_with(gate.clone(), &typed_config).await,
+                _ => v = run_with(gate.clone(), &value_config).await,
+            }
+        }
         println!(
-            "round {round}: Pool::execute {d:.0}/s, plugin import {p:.0}/s, ratio {:.3}",
-            p / d
+            "round {round}: Pool::execute {d:.0}/s, plugin import typed {t:.0}/s (ratio {:.3}), \
+             as Values {v:.0}/s (ratio {:.3})",
+            t / d,
+            v / d
         );
         direct.push(d);
-        through.push(p);
+        typed.push(t);
+        values.push(v);
     }
     if only.is_some() {
         return;
     }
-    let ratios: Vec<f64> = direct.iter().zip(&through).map(|(d, p)| p / d).collect();
-    let (d, p) = (median(&mut direct), median(&mut through));
+    let ratios =
+        |side: &[f64]| -> Vec<f64> { direct.iter().zip(side).map(|(d, p)| p / d).collect() };
+    let (mut typed_ratios, mut value_ratios) = (ratios(&typed), ratios(&values));
     println!(
-        "median: Pool::execute {d:.0}/s, plugin import {p:.0}/s, ratio of medians {:.3}, median of ratios {:.3}",
-        p / d,
-        median(&mut ratios.clone())
+        "median: Pool::execute {:.0}/s; plugin import, rows typed {:.0}/s, median of ratios \
+         {:.3}; rows as Values {:.0}/s, median of ratios {:.3}",
+        median(&mut direct),
+        median(&mut typed),
+        median(&mut typed_ratios),
+        median(&mut values),
+        median(&mut value_ratios),
     );
 }

@@ -3,14 +3,53 @@
 //! - `database`, `statement`, `params` (an object): what to run;
 //! - `repeat`: how many times to run it (default 1; the last answer is kept);
 //! - `on_error`: `fail` (default) fails every record with the error; `carry` adds it to each
-//!   record as `db_error: {"kind", "message"}` and goes on.
+//!   record as `db_error: {"kind", "message"}` and goes on;
+//! - `rows_as`: `value` (default) reads each row as a `Value`; `one` reads it into a struct with
+//!   one integer field `one` (`database::query_as::<One>`), the typed read a Rust plugin does
+//!   (what the `plugin_database` benchmark runs, for `SELECT 1 AS one`).
 //!
 //! A record then carries `rows` (the statement's `data`) and `row_count`.
 
-use trellis_sdk::database::{self, ErrorKind};
+use trellis_sdk::database::{self, Rows};
 use trellis_sdk::{Info, Node, Value, config, json};
 
 struct Query;
+
+/// A row of `SELECT 1 AS one`, read typed (`rows_as = "one"`).
+#[derive(serde::Deserialize)]
+struct One {
+    one: i64,
+}
+
+/// Runs the statement `repeat` times (at least once), reading its rows as `rows_as` says;
+/// stops at the first error. The last answer, its rows as `Value`s.
+fn run(
+    name: &str,
+    statement: &str,
+    params: &Value,
+    repeat: u64,
+    typed: bool,
+) -> Result<Rows<Value>, database::Error> {
+    if !typed {
+        let mut answer = database::query_as::<Value>(name, statement, params)?;
+        for _ in 1..repeat {
+            answer = database::query_as::<Value>(name, statement, params)?;
+        }
+        return Ok(answer);
+    }
+    let mut answer = database::query_as::<One>(name, statement, params)?;
+    for _ in 1..repeat {
+        answer = database::query_as::<One>(name, statement, params)?;
+    }
+    Ok(Rows {
+        data: answer
+            .data
+            .into_iter()
+            .map(|row| json!({"one": row.one}))
+            .collect(),
+        row_count: answer.row_count,
+    })
+}
 
 impl Node for Query {
     fn info() -> Info {
@@ -32,16 +71,9 @@ impl Node for Query {
         let repeat = config::get("repeat").and_then(|v| v.as_u64()).unwrap_or(1);
         let carry = config::get("on_error").and_then(|v| v.as_str().map(str::to_owned))
             == Some("carry".into());
-        let mut answer = Err(database::Error {
-            kind: ErrorKind::Query,
-            message: "not run".into(),
-        });
-        for _ in 0..repeat.max(1) {
-            answer = database::query_as::<Value>(&name, &statement, &params);
-            if answer.is_err() {
-                break;
-            }
-        }
+        let typed = config::get("rows_as").and_then(|v| v.as_str().map(str::to_owned))
+            == Some("one".into());
+        let answer = run(&name, &statement, &params, repeat, typed);
         records
             .into_iter()
             .map(|mut record| match &answer {
