@@ -323,9 +323,44 @@ async fn admin_endpoints_are_for_admins_only() {
             "no audit record {expected:?} in {body}"
         );
     }
-    // The same trail is on disk.
+    // The same trail is on disk, where what a run's decisions share is written once per run:
+    // a run line (`run`, `run_id`, `time`, `user_id`, `generation`), then decision lines that
+    // name its `run` and carry no user, time or generation of their own.
     let on_disk = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
     assert!(on_disk.contains("\"resource\":\"node:employee_expenses\""));
+    let mut runs: std::collections::HashMap<u64, Value> = Default::default();
+    let mut whole = Vec::new();
+    for line in on_disk.lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        match (line.get("run_id"), line.get("run").and_then(Value::as_u64)) {
+            (Some(_), Some(n)) => {
+                runs.insert(n, line);
+            }
+            (None, Some(n)) => {
+                assert!(
+                    line.get("user_id").is_none() && line.get("time").is_none(),
+                    "{line}"
+                );
+                let run = &runs[&n];
+                whole.push(json!({"run_id": run["run_id"], "user_id": run["user_id"],
+                    "generation": run["generation"], "action": line["action"],
+                    "resource": line["resource"], "decision": line["decision"],
+                    "policies": line["policies"]}));
+            }
+            _ => assert!(line.get("user_id").is_some(), "{line}"),
+        }
+    }
+    let run_lines = on_disk.lines().filter(|l| l.contains("\"run_id\"")).count();
+    let run_ids: std::collections::HashSet<_> = runs.values().map(|r| &r["run_id"]).collect();
+    assert_eq!(run_lines, run_ids.len(), "one run line per run:\n{on_disk}");
+    let of_runs: Vec<&Value> = records.iter().filter(|r| r["run_id"].is_string()).collect();
+    assert!(!of_runs.is_empty(), "{body}");
+    for r in of_runs {
+        let expected = json!({"run_id": r["run_id"], "user_id": r["user_id"],
+            "generation": r["generation"], "action": r["action"], "resource": r["resource"],
+            "decision": r["decision"], "policies": r["policies"]});
+        assert!(whole.contains(&expected), "{expected} is not in the file:\n{on_disk}");
+    }
 
     let policies = server.get_json("/v1/policies", Some(&admin())).await;
     assert_eq!(policies["last_error"], Value::Null);

@@ -1,7 +1,26 @@
-//! The audit trail: one record per decision (time, user, action, resource, decision, deciding
-//! policies, generation, errors, latency, masks applied), written as JSON lines to a file by a
-//! background thread, or into the table `policy_audit` of a SQLite, PostgreSQL or MySQL/MariaDB
-//! database by a background task, so that deciding never waits on a disk.
+//! The audit trail: one record per decision (time, user, run, action, resource, decision,
+//! deciding policies, generation, errors, latency, masks applied), written as JSON lines to a
+//! file by a background thread, or into the table `policy_audit` of a SQLite, PostgreSQL or
+//! MySQL/MariaDB database by a background task, so that deciding never waits on a disk.
+//!
+//! # The file's lines
+//!
+//! What every decision of a workflow run shares (the run, its user, its policy generation, its
+//! start) is written once per run and file, not once per decision. A file holds three kinds of
+//! line:
+//!
+//! - a **run**: `{"run": 3, "run_id": "8d4…", "time": "2026-12-06T03:44:28.5Z", "user_id":
+//!   "fin001", "generation": 7}`; `run` numbers the file's runs from 1;
+//! - a **decision of a run**: `{"run": 3, "at_us": 412, "action": "node:execute", "resource":
+//!   "node:report", "decision": "allow", "policies": ["p1"], "latency_us": 9}`, plus `"cached":
+//!   true`, `"errors": […]` and `"masks": […]` when there are any. Its run is the last run line
+//!   of that number above it in the same file (numbers start again at 1 in a new file and when
+//!   the host restarts); `at_us` is its time in microseconds after that line's `time`;
+//! - a **decision outside a run** (`/v1/authorize`, `trellis policy`): the whole record, as
+//!   [`AuditRecord`] serializes (`time`, `user_id`, `action`, …, `generation`).
+//!
+//! Every file starts its runs afresh, so each file (a rotated one too) reads on its own.
+//! `GET /v1/audit` and the audit table give every decision whole.
 //!
 //! The file is rotated by size and age, and only the newest rotated files are kept. When
 //! records cannot be written (a full disk, the audit database gone), what happens is the
@@ -27,6 +46,9 @@ use serde::Serialize;
 pub struct AuditRecord {
     /// When (RFC 3339, UTC).
     pub time: String,
+    /// The workflow run the decision is part of (`None`: a decision outside a run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// The user's id.
     pub user_id: String,
     /// The Cedar action (`node:execute`, `mask`, …).
@@ -389,6 +411,134 @@ struct FileSink {
     len: u64,
     opened: std::time::Instant,
     rotation: Rotation,
+    /// The runs this file has a run line for.
+    runs: RunLines,
+}
+
+/// The run lines a file holds, by run id (see the module's docs).
+#[derive(Default)]
+struct RunLines {
+    by_id: std::collections::HashMap<String, RunLine>,
+    /// The number of the file's last run line.
+    last: u64,
+}
+
+/// One run line: its number in the file, and what its decisions share.
+struct RunLine {
+    number: u64,
+    time: Option<jiff::Timestamp>,
+    user_id: String,
+    generation: u64,
+}
+
+/// The most runs remembered per file: past it they are forgotten, and a later decision of a
+/// forgotten run writes its run line again (with a new number).
+const MAX_RUNS: usize = 4096;
+
+/// A run line as written.
+#[derive(Serialize)]
+struct RunOut<'a> {
+    run: u64,
+    run_id: &'a str,
+    time: &'a str,
+    user_id: &'a str,
+    generation: u64,
+}
+
+/// A decision of a run, as written: what the run line does not say.
+#[derive(Serialize)]
+struct DecisionOut<'a> {
+    run: u64,
+    at_us: i64,
+    action: &'a str,
+    resource: &'a str,
+    decision: &'a str,
+    policies: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    errors: &'a [String],
+    latency_us: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cached: bool,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    masks: &'a [String],
+}
+
+impl RunLines {
+    /// Forgets the run lines numbered after `last` (they were not written).
+    fn forget_after(&mut self, last: u64) {
+        self.by_id.retain(|_, line| line.number <= last);
+        self.last = last;
+    }
+
+    /// Writes `record` to `out` as its lines: the run's line first when this file has none for
+    /// it (or one with another user or generation), then the decision.
+    fn write(&mut self, record: &AuditRecord, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let Some(run_id) = record.run_id.as_deref() else {
+            serde_json::to_writer(&mut *out, record)?;
+            out.push(b'\n');
+            return Ok(());
+        };
+        let time = record.time.parse::<jiff::Timestamp>().ok();
+        let known = self
+            .by_id
+            .get(run_id)
+            .filter(|r| r.user_id == record.user_id && r.generation == record.generation);
+        let line = match known {
+            Some(line) => line,
+            None => {
+                if self.by_id.len() >= MAX_RUNS {
+                    self.by_id.clear();
+                }
+                self.last += 1;
+                serde_json::to_writer(
+                    &mut *out,
+                    &RunOut {
+                        run: self.last,
+                        run_id,
+                        time: &record.time,
+                        user_id: &record.user_id,
+                        generation: record.generation,
+                    },
+                )?;
+                out.push(b'\n');
+                self.by_id.insert(
+                    run_id.to_owned(),
+                    RunLine {
+                        number: self.last,
+                        time,
+                        user_id: record.user_id.clone(),
+                        generation: record.generation,
+                    },
+                );
+                &self.by_id[run_id]
+            }
+        };
+        let at_us = match (line.time, time) {
+            (Some(start), Some(at)) => {
+                at.duration_since(start)
+                    .as_micros()
+                    .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+            }
+            _ => 0,
+        };
+        serde_json::to_writer(
+            &mut *out,
+            &DecisionOut {
+                run: line.number,
+                at_us,
+                action: &record.action,
+                resource: &record.resource,
+                decision: record.decision,
+                policies: &record.policies,
+                errors: &record.errors,
+                latency_us: record.latency_us,
+                cached: record.cached,
+                masks: &record.masks,
+            },
+        )?;
+        out.push(b'\n');
+        Ok(())
+    }
 }
 
 impl FileSink {
@@ -402,6 +552,9 @@ impl FileSink {
             len,
             opened: std::time::Instant::now(),
             rotation,
+            // An existing file's run lines are not read back: numbering starts again at 1, and
+            // a decision's run is the last run line of its number above it.
+            runs: RunLines::default(),
         })
     }
 
@@ -429,6 +582,7 @@ impl FileSink {
         self.file = crate::private_fs::open_append(&self.path)?;
         self.len = 0;
         self.opened = std::time::Instant::now();
+        self.runs = RunLines::default();
         tracing::info!(file = %rotated.display(), "audit file rotated");
         self.prune(&name)
     }
@@ -459,15 +613,22 @@ impl Sink for FileSink {
     fn write(&mut self, records: &[AuditRecord]) -> Result<(), String> {
         self.rotate_if_due()
             .map_err(|e| format!("cannot rotate `{}`: {e}", self.path.display()))?;
-        let mut bytes = Vec::with_capacity(records.len() * 256);
-        for r in records {
-            serde_json::to_writer(&mut bytes, r).map_err(|e| e.to_string())?;
-            bytes.push(b'\n');
+        let mut bytes = Vec::with_capacity(records.len() * 160);
+        // What the file knows of its runs before this batch: a batch that is not written
+        // leaves it as it was, so its retry writes the run lines again.
+        let last = self.runs.last;
+        let serialized = records
+            .iter()
+            .try_for_each(|r| self.runs.write(r, &mut bytes));
+        if let Err(e) = serialized {
+            self.runs.forget_after(last);
+            return Err(e.to_string());
         }
         if let Err(e) = self.file.write_all(&bytes) {
             // A full disk can take part of the batch: cut it off, so the retry writes whole
             // lines only.
             let _ = self.file.set_len(self.len);
+            self.runs.forget_after(last);
             return Err(format!("cannot write `{}`: {e}", self.path.display()));
         }
         self.len += bytes.len() as u64;
@@ -569,5 +730,137 @@ impl Drop for AuditLog {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn record(run: Option<&str>, time: &str, user: &str, generation: u64) -> AuditRecord {
+        AuditRecord {
+            time: time.into(),
+            run_id: run.map(str::to_owned),
+            user_id: user.into(),
+            action: "node:execute".into(),
+            resource: "node:report".into(),
+            decision: "allow",
+            policies: vec!["p1".into()],
+            generation,
+            errors: Vec::new(),
+            latency_us: 9,
+            cached: false,
+            masks: Vec::new(),
+        }
+    }
+
+    fn lines(bytes: &[u8]) -> Vec<Value> {
+        std::str::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_runs_shared_context_is_written_once() {
+        let mut runs = RunLines::default();
+        let mut out = Vec::new();
+        let mut masked = record(Some("r-1"), "2026-12-06T03:44:28.000500Z", "ada", 7);
+        masked.action = "mask".into();
+        masked.masks = vec!["ssn:redact".into()];
+        masked.cached = true;
+        for r in [
+            record(Some("r-1"), "2026-12-06T03:44:28Z", "ada", 7),
+            masked,
+            record(None, "2026-12-06T03:44:29Z", "root", 7),
+            // The same run id with another generation (or user) is a run of its own.
+            record(Some("r-1"), "2026-12-06T03:44:30Z", "ada", 8),
+        ] {
+            runs.write(&r, &mut out).unwrap();
+        }
+        let lines = lines(&out);
+        assert_eq!(
+            lines,
+            [
+                json!({"run": 1, "run_id": "r-1", "time": "2026-12-06T03:44:28Z",
+                    "user_id": "ada", "generation": 7}),
+                json!({"run": 1, "at_us": 0, "action": "node:execute", "resource": "node:report",
+                    "decision": "allow", "policies": ["p1"], "latency_us": 9}),
+                json!({"run": 1, "at_us": 500, "action": "mask", "resource": "node:report",
+                    "decision": "allow", "policies": ["p1"], "latency_us": 9, "cached": true,
+                    "masks": ["ssn:redact"]}),
+                serde_json::to_value(record(None, "2026-12-06T03:44:29Z", "root", 7)).unwrap(),
+                json!({"run": 2, "run_id": "r-1", "time": "2026-12-06T03:44:30Z",
+                    "user_id": "ada", "generation": 8}),
+                json!({"run": 2, "at_us": 0, "action": "node:execute", "resource": "node:report",
+                    "decision": "allow", "policies": ["p1"], "latency_us": 9}),
+            ]
+        );
+        // A decision outside a run keeps every field, as before.
+        assert_eq!(lines[3]["user_id"], "root");
+        assert_eq!(lines[3]["errors"], json!([]));
+    }
+
+    #[test]
+    fn a_batch_not_written_writes_its_run_lines_again() {
+        let mut runs = RunLines::default();
+        let mut out = Vec::new();
+        runs.write(
+            &record(Some("a"), "2026-12-06T03:44:28Z", "ada", 7),
+            &mut out,
+        )
+        .unwrap();
+        let last = runs.last;
+        let mut lost = Vec::new();
+        runs.write(
+            &record(Some("b"), "2026-12-06T03:44:28Z", "bob", 7),
+            &mut lost,
+        )
+        .unwrap();
+        runs.forget_after(last);
+        let mut retry = Vec::new();
+        runs.write(
+            &record(Some("b"), "2026-12-06T03:44:28Z", "bob", 7),
+            &mut retry,
+        )
+        .unwrap();
+        runs.write(
+            &record(Some("a"), "2026-12-06T03:44:29Z", "ada", 7),
+            &mut retry,
+        )
+        .unwrap();
+        let retry = lines(&retry);
+        assert_eq!(retry[0]["run_id"], "b", "{retry:?}");
+        assert_eq!(retry[0]["run"], 2);
+        assert_eq!(retry[1]["run"], 2);
+        // Run `a`'s line was written before: its decision only.
+        assert_eq!(retry[2]["run"], 1);
+        assert_eq!(retry[2]["at_us"], 1_000_000);
+        assert_eq!(retry.len(), 3);
+    }
+
+    #[test]
+    fn a_file_has_fewer_bytes_per_decision_of_a_run() {
+        let mut runs = RunLines::default();
+        let (mut compact, mut whole) = (Vec::new(), Vec::new());
+        for i in 0..16 {
+            let r = record(
+                Some("8d6f6c2e-0c6b-4a53-9a8e-3f3f8c1e2d4b"),
+                &format!("2026-12-06T03:44:28.{i:06}Z"),
+                "fin001",
+                7,
+            );
+            runs.write(&r, &mut compact).unwrap();
+            serde_json::to_writer(&mut whole, &r).unwrap();
+            whole.push(b'\n');
+        }
+        assert!(
+            compact.len() * 10 < whole.len() * 7,
+            "{} against {} bytes",
+            compact.len(),
+            whole.len()
+        );
     }
 }

@@ -290,6 +290,7 @@ impl PolicyEngine {
         };
         self.audit_decision(
             req.user,
+            req.runtime,
             &action,
             &resource,
             &again,
@@ -319,7 +320,15 @@ impl PolicyEngine {
         );
         let slice = generation.slice(&action, &resource);
         let decision = describe(&verdict, slice, generation.id(), cached);
-        self.audit_decision(req.user, &action, &resource, &decision, started, Vec::new());
+        self.audit_decision(
+            req.user,
+            req.runtime,
+            &action,
+            &resource,
+            &decision,
+            started,
+            Vec::new(),
+        );
         decision
     }
 
@@ -491,6 +500,7 @@ impl PolicyEngine {
         };
         self.audit_decision(
             user,
+            runtime,
             MASK_ACTION,
             &format!("node:{resource_id}"),
             &decision,
@@ -788,9 +798,11 @@ impl PolicyEngine {
         Context::from_pairs(pairs).map_err(|e| e.to_string())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn audit_decision(
         &self,
         user: &PreparedUser,
+        runtime: &Value,
         action: &str,
         resource: &str,
         d: &Decision,
@@ -800,6 +812,10 @@ impl PolicyEngine {
         let Some(audit) = &self.audit else { return };
         audit.record(AuditRecord {
             time: Timestamp::now().to_string(),
+            run_id: runtime
+                .get("run_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             user_id: user.context().user_id.clone(),
             action: action.to_owned(),
             resource: resource.to_owned(),
