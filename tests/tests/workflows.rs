@@ -359,7 +359,10 @@ async fn admin_endpoints_are_for_admins_only() {
         let expected = json!({"run_id": r["run_id"], "user_id": r["user_id"],
             "generation": r["generation"], "action": r["action"], "resource": r["resource"],
             "decision": r["decision"], "policies": r["policies"]});
-        assert!(whole.contains(&expected), "{expected} is not in the file:\n{on_disk}");
+        assert!(
+            whole.contains(&expected),
+            "{expected} is not in the file:\n{on_disk}"
+        );
     }
 
     let policies = server.get_json("/v1/policies", Some(&admin())).await;
