@@ -24,6 +24,17 @@
 //! ```console
 //! $ cargo bench -p trellis-tests --bench http -- --backend pgbouncer --seconds 3 --concurrency 4 --rounds 6 --pg-params sslmode=disable
 //! ```
+//!
+//! `--profile N` counts where a request's instructions go instead: it serves the example under
+//! callgrind (valgrind; `TRELLIS_VALGRIND=1` gives the plugins slots valgrind can map), sends
+//! `N` runs one after another (after 20 to warm up), then `N` requests to `/health`, and prints
+//! the user-space instructions per request by part (HTTP, authentication, policy, SQL, plugin,
+//! masking, audit, serialization, …), every thread of the server counted (the audit writer's
+//! too). The kernel's share (sockets, the disk) is not in these counts.
+//!
+//! ```console
+//! $ cargo bench -p trellis-tests --bench http -- --profile 200 --pg-params sslmode=disable
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +49,8 @@ struct Args {
     rounds: usize,
     /// Appended to the PostgreSQL URL as its query, e.g. `sslmode=disable`.
     pg_params: Option<String>,
+    /// `--profile N`: instructions per request by part, over `N` requests under callgrind.
+    profile: Option<usize>,
 }
 
 fn args() -> Args {
@@ -48,6 +61,7 @@ fn args() -> Args {
         baseline: None,
         rounds: 4,
         pg_params: None,
+        profile: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +81,9 @@ fn args() -> Args {
             "--baseline" => a.baseline = Some(it.next().expect("--baseline BIN").into()),
             "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).expect("--rounds N"),
             "--pg-params" => a.pg_params = Some(it.next().expect("--pg-params sslmode=disable")),
+            "--profile" => {
+                a.profile = Some(it.next().and_then(|s| s.parse().ok()).expect("--profile N"))
+            }
             // cargo bench passes --bench.
             _ => {}
         }
@@ -196,6 +213,10 @@ async fn main() {
             compare(&args, backend, dir.path(), baseline).await;
             continue;
         }
+        if let Some(requests) = args.profile {
+            profile(backend, dir.path(), requests).await;
+            continue;
+        }
         let server = Server::start_with_env(dir.path(), &[], &[("RUST_LOG", "warn")]);
         let run_url = format!("{}/v1/workflows/finance_report/run", server.base_url());
         let health_url = format!("{}/health", server.base_url());
@@ -238,8 +259,8 @@ async fn main() {
         // left, once the background writer has caught up.
         let (bytes, records) = audit_written(&dir.path().join("data")).await;
         println!(
-            "audit: {records} records, {bytes} bytes for {runs} runs ({failed} failed): \
-             {:.1} records, {:.0} bytes per run, {:.0} bytes per record",
+            "audit: {records} decisions, {bytes} bytes for {runs} runs ({failed} failed): \
+             {:.1} decisions, {:.0} bytes per run, {:.0} bytes per decision",
             records as f64 / runs as f64,
             bytes as f64 / runs as f64,
             bytes as f64 / records.max(1) as f64,
@@ -248,8 +269,9 @@ async fn main() {
     }
 }
 
-/// The bytes and lines of the audit files in `data` (`audit.jsonl` and its rotated files), once
-/// they stop growing: the writer works in the background.
+/// The bytes and decisions of the audit files in `data` (`audit.jsonl` and its rotated files),
+/// once they stop growing: the writer works in the background. A decision is a line with an
+/// `action` (a run's line, which its decisions share, is not one).
 async fn audit_written(data: &std::path::Path) -> (u64, u64) {
     let read = || {
         let mut total = (0, 0);
@@ -260,9 +282,15 @@ async fn audit_written(data: &std::path::Path) -> (u64, u64) {
                 .to_string_lossy()
                 .starts_with("audit.jsonl")
             {
-                let text = std::fs::read(entry.path()).expect("an audit file");
+                let text = std::fs::read_to_string(entry.path()).expect("an audit file");
                 total.0 += text.len() as u64;
-                total.1 += text.iter().filter(|&&b| b == b'\n').count() as u64;
+                total.1 += text
+                    .lines()
+                    .filter(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .is_ok_and(|v| v.get("action").is_some())
+                    })
+                    .count() as u64;
             }
         }
         total
@@ -432,5 +460,307 @@ fn copy(from: &std::path::Path, to: &std::path::Path) {
         } else {
             std::fs::copy(&path, &dest).unwrap();
         }
+    }
+}
+
+// ---- --profile: instructions per request by part, under callgrind -------------------------------
+
+/// The parts of a request, each a list of patterns on a function's name (a pattern ending in
+/// `*` is a prefix, any other is a substring), tried in order: the first that matches names the
+/// function's part. `???` is code callgrind has no name for: the plugins' compiled code.
+const PARTS: &[(&str, &[&str])] = &[
+    (
+        "plugin (wasmtime, the plugin's code)",
+        &["???*", "wasmtime", "trellis_host::plugins", "cranelift"],
+    ),
+    ("masking", &["trellis_host::policy::mask"]),
+    ("audit", &["trellis_host::policy::audit"]),
+    ("policy (Cedar)", &["cedar_policy", "trellis_host::policy"]),
+    ("authentication", &["trellis_host::auth", "jsonwebtoken"]),
+    (
+        "SQL (pool, sqlx, the database's client)",
+        &[
+            "sqlx",
+            "trellis_host::pool",
+            "trellis_host::sql",
+            "sqlite3*",
+            "trellis_host::vector",
+        ],
+    ),
+    (
+        "HTTP (hyper, axum)",
+        &["hyper", "axum", "tower", "http::", "httparse"],
+    ),
+    (
+        "JSON: values, their maps, serialization",
+        &["serde", "indexmap", "itoa", "ryu", "zmij"],
+    ),
+    (
+        "workflow runtime",
+        &["trellis_host::workflow", "trellis_host::server"],
+    ),
+    ("async runtime (tokio)", &["tokio", "futures", "mio"]),
+    (
+        "allocation",
+        &[
+            "mi_*",
+            "_mi_*",
+            "mimalloc",
+            "malloc*",
+            "free*",
+            "__rust_alloc",
+            "__rust_dealloc",
+        ],
+    ),
+    ("memcpy, memset", &["__mem*"]),
+    ("tracing", &["tracing"]),
+    ("hashing (SipHash, SHA-256)", &["hash", "sip::", "sha2"]),
+];
+
+fn part_of(function: &str) -> &'static str {
+    for (part, patterns) in PARTS {
+        let hit = patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => function.starts_with(prefix),
+            None => function.contains(p),
+        });
+        if hit {
+            return part;
+        }
+    }
+    "other"
+}
+
+/// The instructions of a callgrind dump: in all, and by function (exclusive), from
+/// `callgrind_annotate`.
+fn annotate(file: &std::path::Path) -> (u64, Vec<(String, u64)>) {
+    let out = std::process::Command::new("callgrind_annotate")
+        .args(["--auto=no", "--threshold=100"])
+        .arg(file)
+        .output()
+        .expect("callgrind_annotate (apt-get install valgrind)");
+    assert!(out.status.success(), "callgrind_annotate failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut total, mut functions) = (0, Vec::new());
+    for line in text.lines() {
+        let line = line.trim_start();
+        let Some((count, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.replace(',', "").parse::<u64>() else {
+            continue;
+        };
+        // `(12.34%)  file:function [object]`, or `PROGRAM TOTALS`.
+        let Some((_, name)) = rest.split_once(')') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.starts_with("PROGRAM TOTALS") {
+            total = count;
+            continue;
+        }
+        let name = name.rsplit_once(" [").map_or(name, |(n, _)| n);
+        // Drop the source file before the function's name (`/path/x.rs:tokio::…`).
+        let name = if name.starts_with("???") {
+            name
+        } else {
+            name.char_indices()
+                .find(|&(i, c)| {
+                    c == ':'
+                        && name[i + 1..]
+                            .chars()
+                            .next()
+                            .is_some_and(|n| n.is_alphabetic() || n == '_' || n == '<')
+                })
+                .map_or(name, |(i, _)| &name[i + 1..])
+        };
+        functions.push((name.to_owned(), count));
+    }
+    (total, functions)
+}
+
+/// Sends `n` requests one after another; each must succeed.
+async fn sequential(client: &reqwest::Client, url: &str, post: bool, n: usize) {
+    for _ in 0..n {
+        let request = if post {
+            client
+                .post(url)
+                .header("x-trellis-user", ANALYST)
+                .body(r#"{"inputs": {"start_date": "2024-01-01"}}"#)
+        } else {
+            client.get(url)
+        };
+        let response = request.send().await.expect("a response");
+        assert_eq!(response.status(), 200, "{url}");
+        let _ = response.bytes().await;
+    }
+}
+
+/// Asks the callgrind of process `pid` to `command` (`--zero`, `--dump`).
+fn callgrind_control(pid: u32, command: &str) {
+    let status = std::process::Command::new("callgrind_control")
+        .arg(command)
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("callgrind_control (apt-get install valgrind)");
+    assert!(status.success(), "callgrind_control {command} {pid} failed");
+}
+
+/// What a server under callgrind counts while it serves one window: `window` runs against its
+/// base URL with instrumentation on (after warm-up runs with it off), then the server stops and
+/// callgrind writes its counts. A dump taken while the server runs would be wrong: callgrind's
+/// call stack does not follow a plugin's fiber switching stacks, and a running dump charges the
+/// frames still open with everything below them. Returns the counts' file and how long the
+/// window ran.
+async fn window<F, Fut>(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    window: F,
+) -> (std::path::PathBuf, Duration)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let wrapper = dir.join("trellis-under-callgrind");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no \
+             --callgrind-out-file={} {} \"$@\"\n",
+            out.display(),
+            trellis_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let server = Server::start_within(
+        &wrapper,
+        dir,
+        &[],
+        &[("RUST_LOG", "warn"), ("TRELLIS_VALGRIND", "1")],
+        Duration::from_secs(600),
+    );
+    let client = reqwest::Client::new();
+    let base = server.base_url();
+    sequential(
+        &client,
+        &format!("{base}/v1/workflows/finance_report/run"),
+        true,
+        20,
+    )
+    .await;
+    sequential(&client, &format!("{base}/health"), false, 20).await;
+    callgrind_control(server.pid(), "--instr=on");
+    let started = Instant::now();
+    window(base).await;
+    // The audit writer works in the background: let it write the last records first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    callgrind_control(server.pid(), "--instr=off");
+    let elapsed = started.elapsed();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("stop the server");
+    server.wait(Duration::from_secs(300));
+    (out.to_owned(), elapsed)
+}
+
+/// `--profile N` for one backend (see the module's docs).
+async fn profile(backend: &str, dir: &std::path::Path, requests: usize) {
+    // A plain start first: the migrations run and the plugin cache fills, so the server under
+    // callgrind loads compiled plugins instead of compiling them at valgrind's pace.
+    {
+        let server = Server::start_with_env(dir, &[], &[("RUST_LOG", "warn")]);
+        let url = format!("{}/v1/workflows/finance_report/run", server.base_url());
+        let warm = load(&url, true, 1, 0.5).await;
+        assert_eq!(warm.errors, 0, "the workflow fails: check the example");
+    }
+    // Kept for a closer look (`callgrind_annotate --inclusive=yes FILE`).
+    let kept = std::env::temp_dir().join(format!("trellis-http-profile-{backend}"));
+    std::fs::create_dir_all(&kept).unwrap();
+    // What the server does with no request (the plugin engine's epoch ticker, timers, the
+    // pools' upkeep) runs through the windows too: counted alone for 5 s, its rate is taken
+    // out of each window's counts.
+    let (idle_file, idle_window) = window(dir, &kept.join("idle.callgrind"), |_| {
+        tokio::time::sleep(Duration::from_secs(5))
+    })
+    .await;
+    let (run_file, run_window) = window(dir, &kept.join("run.callgrind"), |base| async move {
+        let url = format!("{base}/v1/workflows/finance_report/run");
+        sequential(&reqwest::Client::new(), &url, true, requests).await;
+    })
+    .await;
+    let (health_file, health_window) =
+        window(dir, &kept.join("health.callgrind"), |base| async move {
+            let url = format!("{base}/health");
+            sequential(&reqwest::Client::new(), &url, false, requests).await;
+        })
+        .await;
+    let idle = annotate(&idle_file);
+    let less_idle = |(total, functions): (u64, Vec<(String, u64)>), window: Duration| {
+        let scale = window.as_secs_f64() / idle_window.as_secs_f64();
+        let background = |count: u64| (count as f64 * scale) as i64;
+        let functions: Vec<(String, i64)> = functions
+            .into_iter()
+            .map(|(name, count)| {
+                let quiet = idle.1.iter().find(|(n, _)| *n == name).map_or(0, |f| f.1);
+                (name, count as i64 - background(quiet))
+            })
+            .collect();
+        (total as i64 - background(idle.0), functions)
+    };
+    let run = less_idle(annotate(&run_file), run_window);
+    let health = less_idle(annotate(&health_file), health_window);
+    println!(
+        "\n{backend}: callgrind dumps in {} (idle {idle_window:.1?}, runs {run_window:.1?}, \
+         /health {health_window:.1?})",
+        kept.display()
+    );
+
+    let by_part = |functions: &[(String, i64)]| {
+        let mut parts: Vec<(&'static str, i64)> = Vec::new();
+        for (name, count) in functions {
+            let part = part_of(name);
+            match parts.iter_mut().find(|(p, _)| *p == part) {
+                Some((_, total)) => *total += count,
+                None => parts.push((part, *count)),
+            }
+        }
+        parts
+    };
+    let (run_parts, health_parts) = (by_part(&run.1), by_part(&health.1));
+    let per = |count: i64| count as f64 / requests as f64;
+    println!(
+        "\n{backend}: user-space instructions per request, {requests} requests one after \
+         another, under callgrind"
+    );
+    println!("{:<40} {:>14} {:>10}", "part", "workflow run", "/health");
+    let mut order: Vec<&str> = PARTS.iter().map(|(p, _)| *p).collect();
+    order.push("other");
+    for part in order {
+        let get = |parts: &[(&str, i64)]| parts.iter().find(|(p, _)| *p == part).map_or(0, |p| p.1);
+        println!(
+            "{part:<40} {:>14.0} {:>10.0}",
+            per(get(&run_parts)),
+            per(get(&health_parts))
+        );
+    }
+    println!(
+        "{:<40} {:>14.0} {:>10.0}",
+        "in all",
+        per(run.0),
+        per(health.0)
+    );
+    let mut top = run.1.clone();
+    top.sort_by_key(|f| std::cmp::Reverse(f.1));
+    println!("\nthe run's functions that take most (exclusive, per request):");
+    for (name, count) in top.iter().take(25) {
+        let name: String = name.chars().take(110).collect();
+        println!("{:>10.0}  {name}  [{}]", per(*count), part_of(&name));
     }
 }

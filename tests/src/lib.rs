@@ -161,6 +161,18 @@ impl Server {
 
     /// Like [`Server::start_with_env`], with another `trellis` binary (a benchmark's baseline).
     pub fn start_binary(bin: &Path, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_within(bin, dir, extra, env, Duration::from_secs(30))
+    }
+
+    /// Like [`Server::start_binary`], waiting up to `wait` for the server to listen (a server
+    /// under valgrind starts slowly).
+    pub fn start_within(
+        bin: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        wait: Duration,
+    ) -> Server {
         let mut command = Command::new(bin);
         command
             .arg("serve")
@@ -186,7 +198,7 @@ impl Server {
                 }
             }
         });
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        match rx.recv_timeout(wait) {
             Ok(addr) => Server {
                 child,
                 addr,
@@ -196,7 +208,7 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "trellis serve did not report its address within 30 s; its stderr:\n{}",
+                    "trellis serve did not report its address within {wait:?}; its stderr:\n{}",
                     join(stderr)
                 );
             }

@@ -21,6 +21,11 @@ pub enum PluginStartError {
 
 /// The engine options for `config`: the pool fits the largest configured memory cap, and the
 /// precompiled cache lives in `<data>/plugin-cache`.
+///
+/// With `TRELLIS_VALGRIND=1` in the environment (profiling the server under valgrind, as the
+/// `http` bench's `--profile` does) each of at most 32 slots reserves only its memory cap:
+/// valgrind cannot map wasmtime's default 4 GiB per slot. Compiled plugins then check bounds
+/// explicitly, so they run a little slower.
 pub fn engine_options(config: &Config) -> EngineOptions {
     let limits = &config.plugins.limits;
     let largest = limits
@@ -30,11 +35,19 @@ pub fn engine_options(config: &Config) -> EngineOptions {
         .chain([limits.default.memory_bytes])
         .max()
         .unwrap_or(limits.default.memory_bytes);
-    EngineOptions {
+    let options = EngineOptions {
         max_memory_bytes: largest,
         cache_dir: Some(config.paths.data.join("plugin-cache")),
         ..EngineOptions::default()
+    };
+    if std::env::var_os("TRELLIS_VALGRIND").is_some_and(|v| v == "1") {
+        return EngineOptions {
+            max_instances: 32,
+            memory_reservation: Some(largest as u64),
+            ..options
+        };
     }
+    options
 }
 
 /// The registry and, in watch mode, its watcher.
