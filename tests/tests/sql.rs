@@ -866,6 +866,8 @@ async fn capped_rows_are_the_text_of_the_rows(url: &str, typed: &str, series: &s
         typed.to_owned(),
         // A row with two columns of one name keeps the last value, in the first one's place.
         "SELECT 1 AS a, 'x' AS b, 2 AS a".to_owned(),
+        // A script: each result set's columns are its own.
+        "SELECT 1 AS a, 2 AS b; SELECT 3 AS b, 4 AS b".to_owned(),
         format!("{series} LIMIT 0"),
     ] {
         let all = exec(sql.clone(), Fetch::All).await;

@@ -420,8 +420,7 @@ where
                 }
                 taken += 1;
                 if matches!(fetch, Fetch::Capped(_)) {
-                    text.get_or_insert_with(|| RowsText::new(&row))
-                        .push(&row, columns)?;
+                    text.get_or_insert_with(RowsText::new).push(&row, columns)?;
                 } else {
                     rows.push(to_map(&row, columns)?);
                 }
@@ -461,27 +460,44 @@ fn to_map<R: Row>(row: &R, columns: Columns<R>) -> Result<Map<String, Value>, Ex
 /// for a row, and its column names are not copied.
 struct RowsText {
     out: Vec<u8>,
+    /// The column names `duplicate_names` was worked out for, each followed by a NUL (one
+    /// allocation per statement; a script's next result set has columns of its own).
+    names: String,
     /// Whether two columns share a name: each row then goes through a map, which keeps one.
     duplicate_names: bool,
 }
 
 impl RowsText {
-    /// For the rows of the statement `first` is the first row of.
-    fn new<R: Row>(first: &R) -> RowsText {
-        let names: Vec<&str> = first.columns().iter().map(|c| c.name()).collect();
-        let duplicate_names = names
-            .iter()
-            .enumerate()
-            .any(|(i, name)| names[..i].contains(name));
+    fn new() -> RowsText {
         let mut out = Vec::with_capacity(64);
         out.push(b'[');
         RowsText {
             out,
-            duplicate_names,
+            names: String::new(),
+            duplicate_names: false,
         }
     }
 
     fn push<R: Row>(&mut self, row: &R, columns: Columns<R>) -> Result<(), ExecError> {
+        let mut known = self.names.as_str();
+        let same = row.columns().iter().all(|column| {
+            let rest = known
+                .strip_prefix(column.name())
+                .and_then(|rest| rest.strip_prefix('\0'));
+            rest.inspect(|rest| known = rest).is_some()
+        }) && known.is_empty();
+        if !same {
+            let columns = row.columns();
+            self.duplicate_names = columns
+                .iter()
+                .enumerate()
+                .any(|(i, c)| columns[..i].iter().any(|d| d.name() == c.name()));
+            self.names.clear();
+            for column in columns {
+                self.names.push_str(column.name());
+                self.names.push('\0');
+            }
+        }
         let out = &mut self.out;
         if out.len() > 1 {
             out.push(b',');
