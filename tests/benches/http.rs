@@ -610,13 +610,9 @@ fn callgrind_control(pid: u32, command: &str) {
 /// base URL with instrumentation on (after warm-up runs with it off), then the server stops and
 /// callgrind writes its counts. A dump taken while the server runs would be wrong: callgrind's
 /// call stack does not follow a plugin's fiber switching stacks, and a running dump charges the
-/// frames still open with everything below them. Returns the counts' file and how long the
+/// frames still open with everything below them. The counts go to `out`; returns how long the
 /// window ran.
-async fn window<F, Fut>(
-    dir: &std::path::Path,
-    out: &std::path::Path,
-    window: F,
-) -> (std::path::PathBuf, Duration)
+async fn window<F, Fut>(dir: &std::path::Path, out: &std::path::Path, window: F) -> Duration
 where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -667,7 +663,7 @@ where
     )
     .expect("stop the server");
     server.wait(Duration::from_secs(300));
-    (out.to_owned(), elapsed)
+    elapsed
 }
 
 /// `--profile N` for one backend (see the module's docs).
@@ -686,21 +682,25 @@ async fn profile(backend: &str, dir: &std::path::Path, requests: usize) {
     // What the server does with no request (the plugin engine's epoch ticker, timers, the
     // pools' upkeep) runs through the windows too: counted alone for 5 s, its rate is taken
     // out of each window's counts.
-    let (idle_file, idle_window) = window(dir, &kept.join("idle.callgrind"), |_| {
+    let (idle_file, run_file, health_file) = (
+        kept.join("idle.callgrind"),
+        kept.join("run.callgrind"),
+        kept.join("health.callgrind"),
+    );
+    let idle_window = window(dir, &idle_file, |_| {
         tokio::time::sleep(Duration::from_secs(5))
     })
     .await;
-    let (run_file, run_window) = window(dir, &kept.join("run.callgrind"), |base| async move {
+    let run_window = window(dir, &run_file, |base| async move {
         let url = format!("{base}/v1/workflows/finance_report/run");
         sequential(&reqwest::Client::new(), &url, true, requests).await;
     })
     .await;
-    let (health_file, health_window) =
-        window(dir, &kept.join("health.callgrind"), |base| async move {
-            let url = format!("{base}/health");
-            sequential(&reqwest::Client::new(), &url, false, requests).await;
-        })
-        .await;
+    let health_window = window(dir, &health_file, |base| async move {
+        let url = format!("{base}/health");
+        sequential(&reqwest::Client::new(), &url, false, requests).await;
+    })
+    .await;
     let idle = annotate(&idle_file);
     let less_idle = |(total, functions): (u64, Vec<(String, u64)>), window: Duration| {
         let scale = window.as_secs_f64() / idle_window.as_secs_f64();
