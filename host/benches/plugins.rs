@@ -4,7 +4,9 @@
 //!
 //! The batch runs three plugins: `row-transform` (the example: parse, rename, derive, serialize),
 //! `stamp` (parse, add one field, serialize) and `echo` (no JSON work: what the runtime itself
-//! costs per record: instantiation, copying strings in and out, the host's JSON check).
+//! costs per record: instantiation, copying strings in and out, the host's JSON check), on a
+//! fresh instance per call (the production path) and, for `row-transform` and `echo`, on a warm
+//! one. `TRELLIS_BENCH_PERF_MAP=1` names the plugins' functions in `perf report`.
 //!
 //! Needs the example plugins built (`scripts/build-plugins`). Run:
 //!
@@ -44,6 +46,8 @@ fn wasm(path: &Path) -> Vec<u8> {
 fn load(file: &Path, concurrency: bool) -> (PluginRegistry, Arc<Plugin>) {
     let engine = PluginEngine::new(EngineOptions {
         concurrency_support: concurrency,
+        // `TRELLIS_BENCH_PERF_MAP=1`: name the plugins' functions in `perf report`.
+        perf_map: std::env::var_os("TRELLIS_BENCH_PERF_MAP").is_some(),
         ..EngineOptions::default()
     })
     .expect("engine");
@@ -139,6 +143,12 @@ fn calls(c: &mut Criterion) {
         let echo = plugins_dir().join("testing/wasm/test_echo.wasm");
         let (_registry, echo) = load(&echo, false);
         b.iter(|| echo.transform(&batch, empty.clone()).expect("transform"))
+    });
+    group.bench_function("echo_1000_warm_instance", |b| {
+        let echo = plugins_dir().join("testing/wasm/test_echo.wasm");
+        let (_registry, echo) = load(&echo, false);
+        let mut warm = echo.warm_instance(empty.clone()).expect("instantiate");
+        b.iter(|| warm.transform(&batch).expect("transform"))
     });
     group.finish();
 }
