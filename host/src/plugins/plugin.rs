@@ -890,20 +890,38 @@ async fn call_v2(
 }
 
 /// Runs `future` to completion from synchronous code. On a multi-thread runtime (a worker, or
-/// its blocking pool) it blocks this thread on that runtime, handing a worker's queue off first;
-/// elsewhere (no runtime, or a current-thread one, which this thread may be driving) it runs on
-/// a scoped thread with a runtime of its own (an error when that cannot be started).
+/// its blocking pool) it blocks this thread on that runtime, handing a worker's queue off first.
+/// Outside any runtime (the CLI, benchmarks) it runs on this thread, on a runtime shared by such
+/// calls and started by the first one: starting one per call (a thread, an epoll instance, an
+/// eventfd) cost more than a whole 1,000-record batch of `echo` (BENCHMARKS.md, issue 21). On a
+/// current-thread runtime, which this thread may be driving, it runs on a scoped thread with a
+/// runtime of its own. An error when a runtime cannot be started.
 fn block_on<F>(future: F) -> std::io::Result<F::Output>
 where
     F: std::future::Future + Send,
     F::Output: Send,
 {
-    use tokio::runtime::{Builder, Handle, RuntimeFlavor};
+    use tokio::runtime::{Builder, Handle, Runtime, RuntimeFlavor};
+    static SHARED: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
     match Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
             Ok(tokio::task::block_in_place(|| handle.block_on(future)))
         }
-        _ => std::thread::scope(|scope| {
+        Err(_) => {
+            let runtime = match SHARED.get() {
+                Some(runtime) => runtime,
+                None => {
+                    let runtime = Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .thread_name("trellis-plugin-calls")
+                        .enable_all()
+                        .build()?;
+                    SHARED.get_or_init(|| runtime)
+                }
+            };
+            Ok(runtime.block_on(future))
+        }
+        Ok(_) => std::thread::scope(|scope| {
             // The plugin's log lines go to this thread's subscriber, as a 0.1.0 call's do.
             let dispatch = tracing::dispatcher::get_default(|d| d.clone());
             let run = scope.spawn(move || {
