@@ -11,11 +11,16 @@ use serde_json::value::RawValue;
 
 use crate::Value;
 
+/// Room for this many fields is made when a record is parsed.
+const FIELDS: usize = 8;
+
 /// One record as its top-level fields, in their original order, each value still the exact JSON
 /// text it arrived as (nested objects and arrays are checked but never built).
 ///
 /// Reading a field parses only that field; writing the record out copies untouched values
-/// verbatim. Duplicate keys keep the last value, as [`Value`] does.
+/// verbatim. Duplicate keys keep the last value, as [`Value`] does. Names and strings the plugin
+/// writes are borrowed when they live as long as the record's text (a `&'static str`, or the
+/// plugin's config parsed once per batch) and copied when they are `String`s.
 ///
 /// ```
 /// use trellis_sdk::Record;
@@ -24,7 +29,7 @@ use crate::Value;
 /// let mut record = Record::parse(text).unwrap();
 /// record.rename("active", "is_active");
 /// let name = format!("{} {}", record.str("first").unwrap().unwrap(), record.str("last").unwrap().unwrap());
-/// record.insert_str("full_name", &name);
+/// record.insert_str("full_name", name);
 /// assert_eq!(
 ///     record.to_json(),
 ///     r#"{"first":"Ada","last":"Lovelace","is_active":true,"full_name":"Ada Lovelace"}"#
@@ -32,28 +37,79 @@ use crate::Value;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Record<'a> {
-    fields: Vec<(Cow<'a, str>, Field<'a>)>,
+    fields: Vec<Entry<'a>>,
+    /// One bit per name in the record, by [`name_bit`]: a name whose bit is clear is not here,
+    /// so most lookups of a missing name, and the check for a repeated name as a record is
+    /// read, compare no names. Bits are never cleared (a removed name may leave its bit set).
+    names: u64,
 }
 
-/// A field's value as JSON text: borrowed from the input, or written by the plugin.
+/// One field: its name, whether the name can be written out without escapes (checked once,
+/// when the name is read or set), and its value.
+#[derive(Debug, Clone)]
+struct Entry<'a> {
+    key: Cow<'a, str>,
+    plain: bool,
+    value: Field<'a>,
+}
+
+impl<'a> Entry<'a> {
+    fn new(key: Cow<'a, str>, value: Field<'a>) -> Entry<'a> {
+        let plain = !needs_escape(&key);
+        Entry { key, plain, value }
+    }
+}
+
+/// A field's value: JSON text borrowed from the input or written by the plugin, or a string the
+/// plugin set, escaped only when the record is written out.
 #[derive(Debug, Clone)]
 enum Field<'a> {
-    Raw(&'a RawValue),
-    Owned(String),
+    Raw(&'a str),
+    Json(String),
+    Str(Cow<'a, str>),
 }
 
 impl Field<'_> {
-    fn json(&self) -> &str {
+    fn json(&self) -> Cow<'_, str> {
         match self {
-            Field::Raw(raw) => raw.get(),
-            Field::Owned(text) => text,
+            Field::Raw(raw) => Cow::Borrowed(raw),
+            Field::Json(text) => Cow::Borrowed(text),
+            Field::Str(text) => {
+                let mut json = String::with_capacity(text.len() + 2);
+                push_json_str(&mut json, text);
+                Cow::Owned(json)
+            }
+        }
+    }
+
+    fn push_json(&self, out: &mut String) {
+        match self {
+            Field::Raw(raw) => out.push_str(raw),
+            Field::Json(text) => out.push_str(text),
+            Field::Str(text) => push_json_str(out, text),
+        }
+    }
+
+    /// An upper bound of the JSON text's length, for sizing the output once.
+    fn json_len(&self) -> usize {
+        match self {
+            Field::Raw(raw) => raw.len(),
+            Field::Json(text) => text.len(),
+            Field::Str(text) => text.len() + 2,
         }
     }
 }
 
 impl<'a> Record<'a> {
     /// Parses one record; anything but a JSON object is an error.
+    ///
+    /// A record whose top-level values are all strings, numbers, booleans or nulls, with plain
+    /// names, is read by one scan ([`scan`]); any other record, and any text the scan does not
+    /// accept, by serde_json, which also gives the error.
     pub fn parse(text: &'a str) -> Result<Record<'a>, String> {
+        if let Some(record) = scan(text) {
+            return Ok(record);
+        }
         let mut de = serde_json::Deserializer::from_str(text);
         let record = Record::deserialize(&mut de).map_err(|e| e.to_string())?;
         de.end().map_err(|e| e.to_string())?;
@@ -72,30 +128,48 @@ impl<'a> Record<'a> {
 
     /// The field names, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.fields.iter().map(|(k, _)| k.as_ref())
+        self.fields.iter().map(|e| e.key.as_ref())
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.fields.iter().position(|(k, _)| k == key)
+        if self.names & name_bit(key) == 0 {
+            return None;
+        }
+        self.fields.iter().position(|e| same(&e.key, key))
     }
 
-    /// The JSON text of a field's value (`None` when the field is missing).
-    pub fn raw(&self, key: &str) -> Option<&str> {
-        self.position(key).map(|i| self.fields[i].1.json())
+    /// Appends a field whose name is not in the record yet.
+    fn push(&mut self, entry: Entry<'a>) {
+        self.names |= name_bit(&entry.key);
+        self.fields.push(entry);
+    }
+
+    /// The JSON text of a field's value (`None` when the field is missing). Borrowed, except for
+    /// a string set with [`Record::insert_str`], which is escaped here.
+    pub fn raw(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.position(key).map(|i| self.fields[i].value.json())
     }
 
     /// A field's value, parsed (`None` when the field is missing).
     pub fn get(&self, key: &str) -> Option<Value> {
+        let field = &self.fields[self.position(key)?].value;
+        if let Field::Str(text) = field {
+            return Some(Value::String(text.as_ref().to_owned()));
+        }
         // The text was checked when the record was parsed or the field was written.
-        self.raw(key)
-            .map(|json| serde_json::from_str(json).unwrap_or(Value::Null))
+        Some(serde_json::from_str(&field.json()).unwrap_or(Value::Null))
     }
 
     /// A string field without copying it when it has no escapes. `Ok(None)` when the field is
     /// missing or null; an error naming the field when it holds anything else.
     pub fn str(&self, key: &str) -> Result<Option<Cow<'_, str>>, String> {
-        let Some(json) = self.raw(key) else {
+        let Some(i) = self.position(key) else {
             return Ok(None);
+        };
+        let json = match &self.fields[i].value {
+            Field::Str(text) => return Ok(Some(Cow::Borrowed(text))),
+            Field::Raw(raw) => *raw,
+            Field::Json(text) => text.as_str(),
         };
         if json == "null" {
             return Ok(None);
@@ -125,47 +199,53 @@ impl<'a> Record<'a> {
     /// Removes a field and gives back its JSON text.
     pub fn remove(&mut self, key: &str) -> Option<String> {
         let i = self.position(key)?;
-        Some(self.fields.remove(i).1.json().to_owned())
+        Some(self.fields.remove(i).value.json().into_owned())
     }
 
     /// Renames a field in place; a field already called `to` is replaced, as with a map's
     /// remove-then-insert. Returns whether `from` was there.
-    pub fn rename(&mut self, from: &str, to: &str) -> bool {
+    pub fn rename(&mut self, from: &str, to: impl Into<Cow<'a, str>>) -> bool {
         let Some(i) = self.position(from) else {
             return false;
         };
+        let to = to.into();
         if from == to {
             return true;
         }
-        let i = match self.position(to) {
+        let i = match self.position(&to) {
             Some(j) => {
                 self.fields.remove(j);
                 if j < i { i - 1 } else { i }
             }
             None => i,
         };
-        self.fields[i].0 = Cow::Owned(to.to_owned());
+        self.names |= name_bit(&to);
+        self.fields[i].plain = !needs_escape(&to);
+        self.fields[i].key = to;
         true
     }
 
     /// Sets a field to any serializable value (appended when new, replaced in place when not).
-    pub fn insert(&mut self, key: &str, value: &impl Serialize) -> Result<(), String> {
+    pub fn insert(
+        &mut self,
+        key: impl Into<Cow<'a, str>>,
+        value: &impl Serialize,
+    ) -> Result<(), String> {
+        let key = key.into();
         let json = serde_json::to_string(value).map_err(|e| format!("field `{key}`: {e}"))?;
-        self.set(key, Field::Owned(json));
+        self.set(key, Field::Json(json));
         Ok(())
     }
 
-    /// Sets a field to a string.
-    pub fn insert_str(&mut self, key: &str, value: &str) {
-        let mut json = String::with_capacity(value.len() + 2);
-        push_json_str(&mut json, value);
-        self.set(key, Field::Owned(json));
+    /// Sets a field to a string (kept as it is, escaped when the record is written out).
+    pub fn insert_str(&mut self, key: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
+        self.set(key.into(), Field::Str(value.into()));
     }
 
-    fn set(&mut self, key: &str, field: Field<'a>) {
-        match self.position(key) {
-            Some(i) => self.fields[i].1 = field,
-            None => self.fields.push((Cow::Owned(key.to_owned()), field)),
+    fn set(&mut self, key: Cow<'a, str>, field: Field<'a>) {
+        match self.position(&key) {
+            Some(i) => self.fields[i].value = field,
+            None => self.push(Entry::new(key, field)),
         }
     }
 
@@ -174,17 +254,23 @@ impl<'a> Record<'a> {
         let size: usize = self
             .fields
             .iter()
-            .map(|(k, v)| k.len() + v.json().len() + 4)
+            .map(|e| e.key.len() + e.value.json_len() + 4)
             .sum();
         let mut out = String::with_capacity(size + 2);
         out.push('{');
-        for (i, (key, value)) in self.fields.iter().enumerate() {
+        for (i, entry) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_json_str(&mut out, key);
+            if entry.plain {
+                out.push('"');
+                out.push_str(&entry.key);
+                out.push('"');
+            } else {
+                push_json_str(&mut out, &entry.key);
+            }
             out.push(':');
-            out.push_str(value.json());
+            entry.value.push_json(&mut out);
         }
         out.push('}');
         out
@@ -202,12 +288,60 @@ impl fmt::Display for Record<'_> {
     }
 }
 
+/// A name's bit in [`Record::names`], from its length and last byte.
+#[inline]
+fn name_bit(key: &str) -> u64 {
+    let last = key.as_bytes().last().copied().unwrap_or(0);
+    1 << ((key.len() ^ usize::from(last)) & 63)
+}
+
+/// Whether two names are equal; most names differ in length or first byte, so those are
+/// compared before the bytes.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
+}
+
+/// Whether `text` needs escapes as a JSON string: a control character, `"` or `\\`.
+fn needs_escape(text: &str) -> bool {
+    plain_run(text.as_bytes(), 0) < text.len()
+}
+
+/// The index of the first byte at or after `i` that a JSON string cannot hold as it is (a
+/// control character, `"` or `\\`), or `b.len()`. Eight bytes at a time: a string is most of a
+/// record's text.
+#[inline]
+fn plain_run(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+        let x = u64::from_le_bytes(chunk);
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        // Each term marks the high bit of a byte that is zero (`"`, `\\`) or below 0x20. A
+        // borrow can mark bytes after the first such byte, never before it, so the lowest mark
+        // is exact.
+        let marks = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (x.wrapping_sub(ONES * 0x20) & !x))
+            & HIGH;
+        if marks != 0 {
+            return i + (marks.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c < 0x20 || c == b'"' || c == b'\\' {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
 /// Appends `text` as a JSON string literal.
 fn push_json_str(out: &mut String, text: &str) {
-    if text
-        .bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f)
-    {
+    if !needs_escape(text) {
         out.push('"');
         out.push_str(text);
         out.push('"');
@@ -216,6 +350,140 @@ fn push_json_str(out: &mut String, text: &str) {
         let escaped = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
         out.push_str(&escaped);
     }
+}
+
+/// The one-scan reading of a record: a JSON object whose names have no escapes. Strings,
+/// numbers, `true`, `false` and `null` are checked here by the grammar serde_json checks them
+/// by; arrays and objects are skipped by serde_json ([`nested_len`]). `None` for anything else
+/// (escaped names and every kind of invalid text),
+/// which [`Record::parse`] then hands to serde_json whole: so this scan only has to accept
+/// exactly what serde_json accepts, never to explain a refusal. The tests compare the two on
+/// mutated records.
+fn scan(text: &str) -> Option<Record<'_>> {
+    let b = text.as_bytes();
+    let mut i = whitespace(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut record = Record {
+        fields: Vec::with_capacity(FIELDS),
+        names: 0,
+    };
+    i = whitespace(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (whitespace(b, i + 1) == b.len()).then_some(record);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let end = string_end(b, i, false)?;
+        let key = &text[i + 1..end - 1];
+        i = whitespace(b, end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = whitespace(b, i + 1);
+        i = match *b.get(start)? {
+            b'"' => string_end(b, start, true)?,
+            b't' if b[start..].starts_with(b"true") => start + 4,
+            b'f' if b[start..].starts_with(b"false") => start + 5,
+            b'n' if b[start..].starts_with(b"null") => start + 4,
+            b'-' | b'0'..=b'9' => number_end(b, start)?,
+            b'[' | b'{' => start + nested_len(&text[start..])?,
+            _ => return None,
+        };
+        let value = Field::Raw(&text[start..i]);
+        match record.position(key) {
+            Some(p) => record.fields[p].value = value,
+            // The scan refused escapes and control characters in the name.
+            None => record.push(Entry {
+                key: Cow::Borrowed(key),
+                plain: true,
+                value,
+            }),
+        }
+        i = whitespace(b, i);
+        match b.get(i) {
+            Some(b',') => i = whitespace(b, i + 1),
+            Some(b'}') => return (whitespace(b, i + 1) == b.len()).then_some(record),
+            _ => return None,
+        }
+    }
+}
+
+/// The length of the array or object `text` starts with, checked and skipped by serde_json as
+/// its parse of the whole record does (without a depth limit, in both).
+fn nested_len(text: &str) -> Option<usize> {
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+    Some(values.next()?.ok()?.get().len())
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+fn whitespace(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string that starts at `b[i]` (a `"`). Escapes are checked as
+/// serde_json checks a string it skips (`\uXXXX` needs four hex digits, nothing more); with
+/// `escapes` false, any escape is refused. Control characters are refused, as JSON says.
+fn string_end(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
+    i += 1;
+    loop {
+        i = plain_run(b, i);
+        match *b.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' if escapes => match *b.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+}
+
+/// The index just past the number that starts at `b[i]`: `-? (0 | [1-9][0-9]*) (.[0-9]+)?
+/// ([eE][+-]?[0-9]+)?`. A leading zero followed by a digit ends the number at the zero, and the
+/// caller then refuses the digit.
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match *b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(b, i + 1),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let end = digits(b, i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let end = digits(b, i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    Some(i)
+}
+
+fn digits(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
 }
 
 impl<'de> Deserialize<'de> for Record<'de> {
@@ -235,13 +503,14 @@ impl<'de> Visitor<'de> for RecordVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record<'de>, A::Error> {
         let mut record = Record {
-            fields: Vec::with_capacity(map.size_hint().unwrap_or(8)),
+            fields: Vec::with_capacity(FIELDS),
+            names: 0,
         };
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let value: &'de RawValue = map.next_value()?;
-            match record.fields.iter().position(|(k, _)| *k == key) {
-                Some(i) => record.fields[i].1 = Field::Raw(value),
-                None => record.fields.push((key, Field::Raw(value))),
+            match record.position(&key) {
+                Some(i) => record.fields[i].value = Field::Raw(value.get()),
+                None => record.push(Entry::new(key, Field::Raw(value.get()))),
             }
         }
         Ok(record)
@@ -340,6 +609,114 @@ mod tests {
         let value: Value = serde_json::from_str(text).unwrap();
         assert_eq!(record.to_value(), value);
         assert_eq!(record.len(), 2);
+    }
+
+    /// The one-scan reading accepts a text only when serde_json does, with the same fields.
+    /// Every text here is a record from the corpus with bytes changed, dropped or repeated.
+    #[test]
+    fn the_scan_accepts_only_what_serde_json_accepts() {
+        let corpus = [
+            r#"{"id":1,"first":"Ada","last":"Lovelace","salary":100000.5,"active":true,"x":null}"#,
+            r#" { "a" : -0.5e+10 , "b":"tab\t\u00e9\ud800 \"q\" \/","c":false,"a":7 } "#,
+            r#"{"n":[1,{"k":"v"}],"o":{}}"#,
+            r#"{"e":1E-3,"z":0,"big":123456789012345678901234567890,"s":"é ünï 😀"}"#,
+            r#"{}"#,
+            r#"{"k\u0041":1}"#,
+        ];
+        let alphabet = b" \t\n{}[]\":,.-+eE0123456789abcdefnrtu\\/x\x01\x7f";
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut scanned, mut refused) = (0, 0);
+        for round in 0..200_000 {
+            let mut bytes = corpus[round % corpus.len()].as_bytes().to_vec();
+            for _ in 0..=next() % 3 {
+                let at = (next() as usize) % (bytes.len() + 1);
+                let byte = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 4 {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    2 if at < bytes.len() => bytes.insert(at, bytes[at]),
+                    _ => bytes.insert(at, byte),
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            let by_serde = {
+                let mut de = serde_json::Deserializer::from_str(text);
+                Record::deserialize(&mut de).and_then(|r| de.end().map(|()| r))
+            };
+            match (scan(text), by_serde) {
+                (Some(fast), Ok(slow)) => {
+                    scanned += 1;
+                    assert_eq!(fast.to_json(), slow.to_json(), "{text}");
+                    assert_eq!(
+                        fast.keys().collect::<Vec<_>>(),
+                        slow.keys().collect::<Vec<_>>()
+                    );
+                }
+                (Some(_), Err(e)) => panic!("the scan accepts {text:?}, serde_json does not: {e}"),
+                (None, _) => refused += 1,
+            }
+        }
+        // Both kinds were exercised.
+        assert!(scanned > 10_000 && refused > 10_000, "{scanned} {refused}");
+    }
+
+    /// The eight-at-a-time search finds the first byte a string cannot hold, wherever it is,
+    /// whatever follows it.
+    #[test]
+    fn plain_run_finds_the_first_special_byte() {
+        let special = |c: u8| c < 0x20 || c == b'"' || c == b'\\';
+        for len in 0..20 {
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    for after in [b'a', 0x00, 0xff, b'"'] {
+                        let mut bytes = vec![b'a'; len];
+                        bytes[at] = c;
+                        bytes[at + 1..].fill(after);
+                        let first = (0..len).find(|&i| special(bytes[i])).unwrap_or(len);
+                        assert_eq!(plain_run(&bytes, 0), first, "{bytes:?}");
+                        if at > 0 {
+                            assert_eq!(plain_run(&bytes, 1), first.max(1), "{bytes:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn records_the_scan_leaves_to_serde_json_still_parse() {
+        // Escaped names.
+        for text in [r#"{"a\u0041":1}"#, r#"{"x":1,"b\n":[2]}"#] {
+            assert!(scan(text).is_none(), "{text}");
+            assert_eq!(
+                Record::parse(text).unwrap().to_value(),
+                serde_json::from_str::<Value>(text).unwrap()
+            );
+        }
+        // serde_json skips a nested value without a depth limit, inside a record or alone.
+        for levels in [1, 127, 128, 300] {
+            let text = format!(r#"{{"n":{}{}}}"#, "[".repeat(levels), "]".repeat(levels));
+            let by_serde = {
+                let mut de = serde_json::Deserializer::from_str(&text);
+                Record::deserialize(&mut de).and_then(|r| de.end().map(|()| r))
+            };
+            assert_eq!(scan(&text).unwrap().to_json(), by_serde.unwrap().to_json());
+        }
+        let text = r#"{"n":[1,{"k":"v"}],"o":{}}"#;
+        assert_eq!(scan(text).unwrap().to_json(), text);
+        let text = r#"{"first":"Ada","n":-1.5e3,"ok":false,"none":null}"#;
+        assert_eq!(scan(text).unwrap().len(), 4);
+        assert_eq!(Record::parse(text).unwrap().to_json(), text);
     }
 
     #[test]

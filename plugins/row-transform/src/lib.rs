@@ -35,7 +35,9 @@ impl Node for RowTransform {
             return Vec::new();
         }
         match config::parse::<Settings>() {
-            Ok(settings) => records.iter().map(|r| settings.apply(r)).collect(),
+            // Each record's text is freed once its result is made, so later results reuse its
+            // memory instead of growing the instance's.
+            Ok(settings) => records.into_iter().map(|r| settings.apply(&r)).collect(),
             Err(e) => records.iter().map(|_| Err(e.to_string())).collect(),
         }
     }
@@ -51,7 +53,8 @@ struct Settings {
 }
 
 impl Settings {
-    fn apply(&self, text: &str) -> Result<String, String> {
+    /// The record's new text. Names from the config are borrowed by the record, not copied.
+    fn apply<'a>(&'a self, text: &'a str) -> Result<String, String> {
         let mut record = Record::parse(text).map_err(|e| {
             if text.trim_start().starts_with('{') {
                 format!("the record is not JSON: {e}")
@@ -60,13 +63,13 @@ impl Settings {
             }
         })?;
         for (old, new) in self.rename.iter().flatten() {
-            record.rename(old, new);
+            record.rename(old, new.as_str());
         }
         if let Some(full_name_from) = self.full_name_from.as_ref().filter(|f| !f.is_empty()) {
-            let mut name = String::new();
+            let mut name = String::with_capacity(32);
             let mut first = true;
             for key in full_name_from {
-                let word = match record.raw(key) {
+                let word = match record.raw(key).as_deref() {
                     None | Some("null") => continue,
                     Some(json) if json.starts_with('"') => record.str(key)?.unwrap_or_default(),
                     // Numbers, booleans, arrays and objects are joined as compact JSON.
@@ -78,7 +81,7 @@ impl Settings {
                 first = false;
                 name.push_str(&word);
             }
-            record.insert_str("full_name", &name);
+            record.insert_str("full_name", name);
         }
         Ok(record.to_json())
     }
