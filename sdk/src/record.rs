@@ -103,9 +103,8 @@ impl Field<'_> {
 impl<'a> Record<'a> {
     /// Parses one record; anything but a JSON object is an error.
     ///
-    /// A record whose top-level values are all strings, numbers, booleans or nulls, with plain
-    /// names, is read by one scan ([`scan`]); any other record, and any text the scan does not
-    /// accept, by serde_json, which also gives the error.
+    /// A record whose names have no escapes is read by one scan of its text; any other record,
+    /// and any text the scan does not accept, by serde_json, which also gives the error.
     pub fn parse(text: &'a str) -> Result<Record<'a>, String> {
         if let Some(record) = scan(text) {
             return Ok(record);
@@ -355,10 +354,9 @@ fn push_json_str(out: &mut String, text: &str) {
 /// The one-scan reading of a record: a JSON object whose names have no escapes. Strings,
 /// numbers, `true`, `false` and `null` are checked here by the grammar serde_json checks them
 /// by; arrays and objects are skipped by serde_json ([`nested_len`]). `None` for anything else
-/// (escaped names and every kind of invalid text),
-/// which [`Record::parse`] then hands to serde_json whole: so this scan only has to accept
-/// exactly what serde_json accepts, never to explain a refusal. The tests compare the two on
-/// mutated records.
+/// (escaped names and every kind of invalid text), which [`Record::parse`] then hands to
+/// serde_json whole: so this scan only has to accept exactly what serde_json accepts, never to
+/// explain a refusal. The tests compare the two on mutated records.
 fn scan(text: &str) -> Option<Record<'_>> {
     let b = text.as_bytes();
     let mut i = whitespace(b, 0);
