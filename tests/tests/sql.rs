@@ -233,6 +233,41 @@ async fn postgres_rows_map_to_json() {
     pool.close().await;
 }
 
+/// A NULL element of an array is `null` in its place. The mapper read arrays as `Vec<T>`, and
+/// sqlx refused the first NULL element ("unexpected null"), failing the whole statement.
+#[tokio::test]
+async fn postgres_array_elements_may_be_null() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let out = run(
+        &pool,
+        "SELECT ARRAY[true, NULL] AS b, ARRAY[1::int2, NULL] AS i2, ARRAY[NULL, 1] AS i4, \
+         ARRAY[1::int8, NULL] AS i8, ARRAY[1.5::float4, NULL] AS f4, ARRAY[2.25::float8, NULL] AS f8, \
+         ARRAY[2::numeric, NULL] AS n, ARRAY['a', NULL] AS t, ARRAY['v'::varchar, NULL] AS vc, \
+         ARRAY['8d6f6c2e-0c6b-4a53-9a8e-3f3f8c1e2d4b'::uuid, NULL] AS u, \
+         ARRAY['{\"k\": 1}'::jsonb, NULL] AS jb, \
+         ARRAY[timestamptz '2024-05-01 09:30:00+00', NULL] AS tstz, \
+         ARRAY[date '2024-05-01', NULL] AS d, ARRAY[NULL::text, NULL] AS only_nulls",
+        Params::None,
+        Fetch::One,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out["result"]["data"],
+        json!({
+            "b": [true, null], "i2": [1, null], "i4": [null, 1], "i8": [1, null],
+            "f4": [1.5, null], "f8": [2.25, null], "n": ["2", null], "t": ["a", null],
+            "vc": ["v", null], "u": ["8d6f6c2e-0c6b-4a53-9a8e-3f3f8c1e2d4b", null],
+            "jb": [{"k": 1}, null], "tstz": ["2024-05-01T09:30:00Z", null],
+            "d": ["2024-05-01", null], "only_nulls": [null, null]
+        })
+    );
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn mariadb_rows_map_to_json() {
     let Some(url) = TestDb::Mysql.url() else {

@@ -779,8 +779,14 @@ fn base64(bytes: &[u8]) -> Value {
     Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-fn array<T>(items: Vec<T>, f: impl Fn(T) -> Value) -> Value {
-    Value::Array(items.into_iter().map(f).collect())
+/// A PostgreSQL array as JSON: each element by `f`, a NULL element as `null` in its place.
+fn array<T>(items: Vec<Option<T>>, f: impl Fn(T) -> Value) -> Value {
+    Value::Array(
+        items
+            .into_iter()
+            .map(|item| item.map_or(Value::Null, &f))
+            .collect(),
+    )
 }
 
 fn pg_columns(row: &PgRow, each: &mut dyn FnMut(&str, Value)) -> Result<(), ExecError> {
@@ -837,37 +843,56 @@ fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
             row.try_get_unchecked::<DateTime<Utc>, _>(i)?
                 .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         ),
-        "BOOL[]" => array(row.try_get_unchecked::<Vec<bool>, _>(i)?, Value::Bool),
-        "INT2[]" => array(row.try_get_unchecked::<Vec<i16>, _>(i)?, Value::from),
-        "INT4[]" => array(row.try_get_unchecked::<Vec<i32>, _>(i)?, Value::from),
-        "INT8[]" => array(row.try_get_unchecked::<Vec<i64>, _>(i)?, Value::from),
-        "FLOAT4[]" => array(row.try_get_unchecked::<Vec<f32>, _>(i)?, |f| {
+        "BOOL[]" => array(
+            row.try_get_unchecked::<Vec<Option<bool>>, _>(i)?,
+            Value::Bool,
+        ),
+        "INT2[]" => array(
+            row.try_get_unchecked::<Vec<Option<i16>>, _>(i)?,
+            Value::from,
+        ),
+        "INT4[]" => array(
+            row.try_get_unchecked::<Vec<Option<i32>>, _>(i)?,
+            Value::from,
+        ),
+        "INT8[]" => array(
+            row.try_get_unchecked::<Vec<Option<i64>>, _>(i)?,
+            Value::from,
+        ),
+        "FLOAT4[]" => array(row.try_get_unchecked::<Vec<Option<f32>>, _>(i)?, |f| {
             float(f64::from(f))
         }),
-        "FLOAT8[]" => array(row.try_get_unchecked::<Vec<f64>, _>(i)?, float),
+        "FLOAT8[]" => array(row.try_get_unchecked::<Vec<Option<f64>>, _>(i)?, float),
         "NUMERIC[]" => array(
-            row.try_get_unchecked::<Vec<bigdecimal::BigDecimal>, _>(i)?,
+            row.try_get_unchecked::<Vec<Option<bigdecimal::BigDecimal>>, _>(i)?,
             |d| Value::String(d.to_string()),
         ),
-        "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => {
-            array(row.try_get_unchecked::<Vec<String>, _>(i)?, Value::String)
-        }
-        "UUID[]" => array(row.try_get_unchecked::<Vec<uuid::Uuid>, _>(i)?, |u| {
-            Value::String(u.to_string())
-        }),
+        "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => array(
+            row.try_get_unchecked::<Vec<Option<String>>, _>(i)?,
+            Value::String,
+        ),
+        "UUID[]" => array(
+            row.try_get_unchecked::<Vec<Option<uuid::Uuid>>, _>(i)?,
+            |u| Value::String(u.to_string()),
+        ),
         "JSONB[]" | "JSON[]" => array(
-            row.try_get_unchecked::<Vec<sqlx::types::Json<Value>>, _>(i)?,
+            row.try_get_unchecked::<Vec<Option<sqlx::types::Json<Value>>>, _>(i)?,
             |j| j.0,
         ),
-        "TIMESTAMPTZ[]" => array(row.try_get_unchecked::<Vec<DateTime<Utc>>, _>(i)?, |d| {
-            Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        }),
-        "DATE[]" => array(row.try_get_unchecked::<Vec<NaiveDate>, _>(i)?, |d| {
-            Value::String(d.to_string())
-        }),
-        "vector" => array(
-            row.try_get_unchecked::<pgvector::Vector, _>(i)?.to_vec(),
-            |f| float(f64::from(f)),
+        "TIMESTAMPTZ[]" => array(
+            row.try_get_unchecked::<Vec<Option<DateTime<Utc>>>, _>(i)?,
+            |d| Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        ),
+        "DATE[]" => array(
+            row.try_get_unchecked::<Vec<Option<NaiveDate>>, _>(i)?,
+            |d| Value::String(d.to_string()),
+        ),
+        "vector" => Value::Array(
+            row.try_get_unchecked::<pgvector::Vector, _>(i)?
+                .as_slice()
+                .iter()
+                .map(|&f| float(f64::from(f)))
+                .collect(),
         ),
         other => {
             return Err(ExecError::Unmapped {
