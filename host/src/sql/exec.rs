@@ -779,14 +779,19 @@ fn base64(bytes: &[u8]) -> Value {
     Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-/// A PostgreSQL array as JSON: each element by `f`, a NULL element as `null` in its place.
-fn array<T>(items: Vec<Option<T>>, f: impl Fn(T) -> Value) -> Value {
-    Value::Array(
+/// Column `i` of `row`, a PostgreSQL array of `T`, as JSON: each element by `f`, a NULL
+/// element as `null` in its place.
+fn pg_array<T>(row: &PgRow, i: usize, f: impl Fn(T) -> Value) -> Result<Value, ExecError>
+where
+    Vec<Option<T>>: for<'r> sqlx::Decode<'r, Postgres>,
+{
+    let items = row.try_get_unchecked::<Vec<Option<T>>, _>(i)?;
+    Ok(Value::Array(
         items
             .into_iter()
             .map(|item| item.map_or(Value::Null, &f))
             .collect(),
-    )
+    ))
 }
 
 fn pg_columns(row: &PgRow, each: &mut dyn FnMut(&str, Value)) -> Result<(), ExecError> {
@@ -843,50 +848,24 @@ fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
             row.try_get_unchecked::<DateTime<Utc>, _>(i)?
                 .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         ),
-        "BOOL[]" => array(
-            row.try_get_unchecked::<Vec<Option<bool>>, _>(i)?,
-            Value::Bool,
-        ),
-        "INT2[]" => array(
-            row.try_get_unchecked::<Vec<Option<i16>>, _>(i)?,
-            Value::from,
-        ),
-        "INT4[]" => array(
-            row.try_get_unchecked::<Vec<Option<i32>>, _>(i)?,
-            Value::from,
-        ),
-        "INT8[]" => array(
-            row.try_get_unchecked::<Vec<Option<i64>>, _>(i)?,
-            Value::from,
-        ),
-        "FLOAT4[]" => array(row.try_get_unchecked::<Vec<Option<f32>>, _>(i)?, |f| {
-            float(f64::from(f))
-        }),
-        "FLOAT8[]" => array(row.try_get_unchecked::<Vec<Option<f64>>, _>(i)?, float),
-        "NUMERIC[]" => array(
-            row.try_get_unchecked::<Vec<Option<bigdecimal::BigDecimal>>, _>(i)?,
-            |d| Value::String(d.to_string()),
-        ),
-        "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => array(
-            row.try_get_unchecked::<Vec<Option<String>>, _>(i)?,
-            Value::String,
-        ),
-        "UUID[]" => array(
-            row.try_get_unchecked::<Vec<Option<uuid::Uuid>>, _>(i)?,
-            |u| Value::String(u.to_string()),
-        ),
-        "JSONB[]" | "JSON[]" => array(
-            row.try_get_unchecked::<Vec<Option<sqlx::types::Json<Value>>>, _>(i)?,
-            |j| j.0,
-        ),
-        "TIMESTAMPTZ[]" => array(
-            row.try_get_unchecked::<Vec<Option<DateTime<Utc>>>, _>(i)?,
-            |d| Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-        ),
-        "DATE[]" => array(
-            row.try_get_unchecked::<Vec<Option<NaiveDate>>, _>(i)?,
-            |d| Value::String(d.to_string()),
-        ),
+        "BOOL[]" => pg_array::<bool>(row, i, Value::Bool)?,
+        "INT2[]" => pg_array::<i16>(row, i, Value::from)?,
+        "INT4[]" => pg_array::<i32>(row, i, Value::from)?,
+        "INT8[]" => pg_array::<i64>(row, i, Value::from)?,
+        "FLOAT4[]" => pg_array::<f32>(row, i, |f| float(f64::from(f)))?,
+        "FLOAT8[]" => pg_array::<f64>(row, i, float)?,
+        "NUMERIC[]" => {
+            pg_array::<bigdecimal::BigDecimal>(row, i, |d| Value::String(d.to_string()))?
+        }
+        "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => {
+            pg_array::<String>(row, i, Value::String)?
+        }
+        "UUID[]" => pg_array::<uuid::Uuid>(row, i, |u| Value::String(u.to_string()))?,
+        "JSONB[]" | "JSON[]" => pg_array::<sqlx::types::Json<Value>>(row, i, |j| j.0)?,
+        "TIMESTAMPTZ[]" => pg_array::<DateTime<Utc>>(row, i, |d| {
+            Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        })?,
+        "DATE[]" => pg_array::<NaiveDate>(row, i, |d| Value::String(d.to_string()))?,
         "vector" => Value::Array(
             row.try_get_unchecked::<pgvector::Vector, _>(i)?
                 .as_slice()
