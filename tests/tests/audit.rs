@@ -2,7 +2,8 @@
 //! rotates by size and keeps only the newest rotated files, and when records cannot be written
 //! (a full disk: a 64 KiB tmpfs; the audit database refusing connections) the host refuses
 //! requests by default and serves again once the records are written, or, with
-//! `audit_on_failure = "serve"`, keeps serving and counts every lost record.
+//! `audit_on_failure = "serve"`, keeps serving and counts every lost record. The audit table
+//! names each decision's run, also in a table made before it had the column, on every database.
 //! Mounting the tmpfs needs root, which the test command has.
 
 use std::path::PathBuf;
@@ -294,4 +295,164 @@ async fn served_again(server: &Server, within: Duration, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The audit table as a host before `run_id` made it (SQLite's key; the other two only differ
+/// in it), with one decision in it.
+fn old_table(key: &str) -> [String; 2] {
+    [
+        format!(
+            "CREATE TABLE policy_audit ({key}, time TEXT NOT NULL, user_id TEXT NOT NULL, \
+             action TEXT NOT NULL, resource TEXT NOT NULL, decision TEXT NOT NULL, \
+             policies TEXT NOT NULL, generation BIGINT NOT NULL, errors TEXT NOT NULL, \
+             latency_us BIGINT NOT NULL, cached INTEGER NOT NULL, masks TEXT NOT NULL)"
+        ),
+        "INSERT INTO policy_audit (time, user_id, action, resource, decision, policies, \
+         generation, errors, latency_us, cached, masks) VALUES ('2026-12-01T00:00:00Z', \
+         'before-upgrade', 'node:execute', 'node:n', 'allow', '[]', 1, '[]', 3, 0, '[]')"
+            .to_owned(),
+    ]
+}
+
+/// What the audit table holds: `(user_id, run_id)` per decision, in the order written.
+const AUDIT_ROWS: &str = "SELECT user_id, run_id FROM policy_audit ORDER BY id";
+
+/// Serves the workflow with its audit table in `url` (which holds `old_table` already), runs it
+/// twice, and checks that every decision of each run names it in the table, and that the row from
+/// before is kept. `rows` reads [`AUDIT_ROWS`].
+async fn audit_table_names_the_run<F, Fut>(backend: &str, url: &str, rows: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<(String, Option<String>)>>,
+{
+    let dir = custom_dir(
+        WORKFLOW,
+        &rules(),
+        &format!(
+            "[databases.main]\nurl = \"sqlite://data/trellis.db\"\n[databases.audit]\nurl = \"{url}\"\n[policy]\naudit_database = \"audit\"\n"
+        ),
+    );
+    let server = Server::start(dir.path(), &[]);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = run_workflow(&server, "w", &user(), json!({})).await;
+        assert_eq!(status, 200, "{backend}: {body}");
+        runs.push(body["run_id"].as_str().unwrap().to_owned());
+    }
+    // The writer is a background task: wait for both runs' decisions (at least the workflow's
+    // and its node's each), then for any stragglers of the last batch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows().await.len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let table = rows().await;
+    drop(server);
+    assert_eq!(
+        table[0],
+        ("before-upgrade".to_owned(), None),
+        "{backend}: the row from before the column is kept, with no run"
+    );
+    let ours = &table[1..];
+    let of_run = |run: &String| {
+        ours.iter()
+            .filter(|(user, id)| user == "auditor-test" && id.as_ref() == Some(run))
+            .count()
+    };
+    assert!(of_run(&runs[0]) >= 2, "{backend}: {table:?}");
+    assert_eq!(
+        of_run(&runs[0]) + of_run(&runs[1]),
+        ours.len(),
+        "{backend}: every decision since names its run: {table:?}"
+    );
+    assert_eq!(of_run(&runs[0]), of_run(&runs[1]), "{backend}: {table:?}");
+}
+
+#[tokio::test]
+async fn the_audit_table_names_each_decisions_run_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.db");
+    let url = format!("sqlite://{}", file.display());
+    let db = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    for sql in old_table("id INTEGER PRIMARY KEY AUTOINCREMENT") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    audit_table_names_the_run("sqlite", &url, || async {
+        sqlx::query_as(AUDIT_ROWS).fetch_all(&db).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_audit_table_names_each_decisions_run_on_postgres() {
+    let Some(pg) = TestDb::Postgres.url() else {
+        return;
+    };
+    let name = unique("audit_runs");
+    let admin = sqlx::PgPool::connect(&pg).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = pg
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{name}"))
+        .unwrap();
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    for sql in old_table("id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    audit_table_names_the_run("postgres", &url, || async {
+        sqlx::query_as(AUDIT_ROWS).fetch_all(&db).await.unwrap()
+    })
+    .await;
+    db.close().await;
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
+}
+
+#[tokio::test]
+async fn the_audit_table_names_each_decisions_run_on_mariadb() {
+    let Some(my) = TestDb::Mysql.url() else {
+        return;
+    };
+    let name = unique("audit_runs");
+    let admin = sqlx::MySqlPool::connect(&my).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, query) = my.split_once('?').unwrap_or((&my, ""));
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap();
+    let url = if query.is_empty() {
+        format!("{base}/{name}")
+    } else {
+        format!("{base}/{name}?{query}")
+    };
+    let db = sqlx::MySqlPool::connect(&url).await.unwrap();
+    for sql in old_table("id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    audit_table_names_the_run("mariadb", &url, || async {
+        sqlx::query_as(AUDIT_ROWS).fetch_all(&db).await.unwrap()
+    })
+    .await;
+    db.close().await;
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&admin)
+        .await;
 }

@@ -659,14 +659,36 @@ impl Sink for TableSink {
     }
 }
 
-/// Creates the audit table when missing.
+/// Creates the audit table when missing, and adds the `run_id` column to a table made before
+/// it existed (hosts before it wrote no run id; their rows keep `NULL` there).
 async fn create(pool: &crate::pool::Pool) -> Result<(), crate::pool::PoolError> {
     let lease = pool.acquire().await?;
     lease
         .execute(&create_table(pool.kind()), &Params::None, Fetch::All)
         .await?;
+    let has_run_id = async || {
+        lease
+            .execute(HAS_RUN_ID, &Params::None, Fetch::All)
+            .await
+            .is_ok()
+    };
+    if !has_run_id().await {
+        let added = lease.execute(ADD_RUN_ID, &Params::None, Fetch::All).await;
+        // Another host of the fleet may have added it between the check and here.
+        if let Err(e) = added
+            && !has_run_id().await
+        {
+            return Err(e);
+        }
+    }
     Ok(())
 }
+
+/// Succeeds, with no rows, when the table has the `run_id` column.
+const HAS_RUN_ID: &str = "SELECT run_id FROM policy_audit WHERE 1 = 0";
+
+/// The same column as in [`COLUMNS`], for a table made before it existed.
+const ADD_RUN_ID: &str = "ALTER TABLE policy_audit ADD COLUMN run_id TEXT";
 
 /// The table, in `kind`'s dialect: only the auto-numbered key differs.
 fn create_table(kind: crate::config::values::DatabaseKind) -> String {
@@ -683,11 +705,12 @@ fn create_table(kind: crate::config::values::DatabaseKind) -> String {
 const COALESCE: Duration = Duration::from_millis(2);
 
 /// The audit table's columns after `id`, the same on every database (`BIGINT` is a 64-bit
-/// integer on all three).
+/// integer on all three). `run_id` is `NULL` for a decision outside a workflow run; it comes last
+/// because a table made before it existed gets it added at the end ([`ADD_RUN_ID`]).
 const COLUMNS: &str = "time TEXT NOT NULL, user_id TEXT NOT NULL, action TEXT NOT NULL, \
     resource TEXT NOT NULL, decision TEXT NOT NULL, policies TEXT NOT NULL, \
     generation BIGINT NOT NULL, errors TEXT NOT NULL, latency_us BIGINT NOT NULL, \
-    cached INTEGER NOT NULL, masks TEXT NOT NULL";
+    cached INTEGER NOT NULL, masks TEXT NOT NULL, run_id TEXT";
 
 /// Inserts a batch in one transaction, on one lease.
 async fn insert(
@@ -706,14 +729,15 @@ async fn insert(
             // Numbers, not booleans: every dialect stores `cached` as an integer 0 or 1.
             "latency_us": r.latency_us, "cached": i64::from(r.cached),
             "masks": serde_json::to_string(&r.masks).unwrap_or_default(),
+            "run_id": r.run_id,
         });
         let serde_json::Value::Object(params) = params else {
             unreachable!("a json! object literal is an object")
         };
         lease
             .execute(
-                "INSERT INTO policy_audit (time, user_id, action, resource, decision, policies, generation, errors, latency_us, cached, masks) \
-                 VALUES (:time, :user_id, :action, :resource, :decision, :policies, :generation, :errors, :latency_us, :cached, :masks)",
+                "INSERT INTO policy_audit (time, user_id, action, resource, decision, policies, generation, errors, latency_us, cached, masks, run_id) \
+                 VALUES (:time, :user_id, :action, :resource, :decision, :policies, :generation, :errors, :latency_us, :cached, :masks, :run_id)",
                 &Params::Named(params),
                 Fetch::All,
             )
