@@ -38,6 +38,9 @@ const FIELDS: usize = 8;
 #[derive(Debug, Clone, Default)]
 pub struct Record<'a> {
     fields: Vec<Entry<'a>>,
+    /// The text the record was scanned from (empty when serde_json read it), which the fields
+    /// it has not changed are copied from whole ([`Entry::span`]).
+    text: &'a str,
     /// One bit per name in the record, by [`name_bit`]: a name whose bit is clear is not here,
     /// so most lookups of a missing name, and the check for a repeated name as a record is
     /// read, compare no names. Bits are never cleared (a removed name may leave its bit set).
@@ -51,12 +54,21 @@ struct Entry<'a> {
     key: Cow<'a, str>,
     plain: bool,
     value: Field<'a>,
+    /// Where the field's compact text (`"name":value`, exactly as [`Record::to_json`] writes
+    /// it) is in [`Record::text`], while neither its name nor its value has changed; `None`
+    /// otherwise. Fields that follow each other there are written out with one copy.
+    span: Option<(usize, usize)>,
 }
 
 impl<'a> Entry<'a> {
     fn new(key: Cow<'a, str>, value: Field<'a>) -> Entry<'a> {
         let plain = !needs_escape(&key);
-        Entry { key, plain, value }
+        Entry {
+            key,
+            plain,
+            value,
+            span: None,
+        }
     }
 }
 
@@ -219,8 +231,10 @@ impl<'a> Record<'a> {
             None => i,
         };
         self.names |= name_bit(&to);
-        self.fields[i].plain = !needs_escape(&to);
-        self.fields[i].key = to;
+        let entry = &mut self.fields[i];
+        entry.plain = !needs_escape(&to);
+        entry.key = to;
+        entry.span = None;
         true
     }
 
@@ -243,7 +257,10 @@ impl<'a> Record<'a> {
 
     fn set(&mut self, key: Cow<'a, str>, field: Field<'a>) {
         match self.position(&key) {
-            Some(i) => self.fields[i].value = field,
+            Some(i) => {
+                self.fields[i].value = field;
+                self.fields[i].span = None;
+            }
             None => self.push(Entry::new(key, field)),
         }
     }
@@ -257,10 +274,35 @@ impl<'a> Record<'a> {
             .sum();
         let mut out = String::with_capacity(size + 2);
         out.push('{');
-        for (i, entry) in self.fields.iter().enumerate() {
-            if i > 0 {
+        // Unchanged fields that follow each other in the text, with only a `,` between them,
+        // are copied in one piece: the same bytes as writing them one by one.
+        let mut run: Option<(usize, usize)> = None;
+        let mut first = true;
+        let mut separate = |out: &mut String| {
+            if !std::mem::take(&mut first) {
                 out.push(',');
             }
+        };
+        for entry in &self.fields {
+            if let Some((start, end)) = entry.span {
+                run = match run {
+                    Some((from, to)) if start == to + 1 && self.text.as_bytes()[to] == b',' => {
+                        Some((from, end))
+                    }
+                    Some((from, to)) => {
+                        separate(&mut out);
+                        out.push_str(&self.text[from..to]);
+                        Some((start, end))
+                    }
+                    None => Some((start, end)),
+                };
+                continue;
+            }
+            if let Some((from, to)) = run.take() {
+                separate(&mut out);
+                out.push_str(&self.text[from..to]);
+            }
+            separate(&mut out);
             if entry.plain {
                 out.push('"');
                 out.push_str(&entry.key);
@@ -270,6 +312,10 @@ impl<'a> Record<'a> {
             }
             out.push(':');
             entry.value.push_json(&mut out);
+        }
+        if let Some((from, to)) = run {
+            separate(&mut out);
+            out.push_str(&self.text[from..to]);
         }
         out.push('}');
         out
@@ -365,6 +411,7 @@ fn scan(text: &str) -> Option<Record<'_>> {
     }
     let mut record = Record {
         fields: Vec::with_capacity(FIELDS),
+        text,
         names: 0,
     };
     i = whitespace(b, i + 1);
@@ -393,12 +440,17 @@ fn scan(text: &str) -> Option<Record<'_>> {
         };
         let value = Field::Raw(&text[start..i]);
         match record.position(key) {
-            Some(p) => record.fields[p].value = value,
+            Some(p) => {
+                record.fields[p].value = value;
+                record.fields[p].span = None;
+            }
             // The scan refused escapes and control characters in the name.
             None => record.push(Entry {
                 key: Cow::Borrowed(key),
                 plain: true,
                 value,
+                // Compact (`"name":value`) as `to_json` writes it, or not copied whole.
+                span: (start == end + 1).then_some((end - key.len() - 2, i)),
             }),
         }
         i = whitespace(b, i);
@@ -502,6 +554,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record<'de>, A::Error> {
         let mut record = Record {
             fields: Vec::with_capacity(FIELDS),
+            text: "",
             names: 0,
         };
         while let Some(key) = map.next_key_seed(KeySeed)? {
@@ -652,13 +705,30 @@ mod tests {
                 Record::deserialize(&mut de).and_then(|r| de.end().map(|()| r))
             };
             match (scan(text), by_serde) {
-                (Some(fast), Ok(slow)) => {
+                (Some(mut fast), Ok(mut slow)) => {
                     scanned += 1;
                     assert_eq!(fast.to_json(), slow.to_json(), "{text}");
                     assert_eq!(
                         fast.keys().collect::<Vec<_>>(),
                         slow.keys().collect::<Vec<_>>()
                     );
+                    // The same edits to both: the scanned record copies its unchanged fields
+                    // from the text, serde_json's writes every field.
+                    const KEYS: [&str; 7] = ["a", "b", "c", "id", "first", "x", "new"];
+                    for _ in 0..next() % 4 {
+                        let key = KEYS[next() as usize % KEYS.len()];
+                        let other = KEYS[next() as usize % KEYS.len()];
+                        let edit = next() % 4;
+                        for record in [&mut fast, &mut slow] {
+                            match edit {
+                                0 => drop(record.rename(key, other)),
+                                1 => record.insert_str(key, "v"),
+                                2 => drop(record.remove(key)),
+                                _ => record.insert(key, &7).unwrap(),
+                            }
+                        }
+                        assert_eq!(fast.to_json(), slow.to_json(), "{text} after edits");
+                    }
                 }
                 (Some(_), Err(e)) => panic!("the scan accepts {text:?}, serde_json does not: {e}"),
                 (None, _) => refused += 1,

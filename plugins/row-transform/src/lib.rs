@@ -69,11 +69,16 @@ impl Settings {
             let mut name = String::with_capacity(32);
             let mut first = true;
             for key in full_name_from {
-                let word = match record.raw(key).as_deref() {
-                    None | Some("null") => continue,
-                    Some(json) if json.starts_with('"') => record.str(key)?.unwrap_or_default(),
+                // One lookup for a string (the common case); missing and null are skipped.
+                let word = match record.str(key) {
+                    Ok(Some(word)) => word,
+                    Ok(None) => continue,
+                    // A string that cannot be read (a lone surrogate escape) fails the record.
+                    Err(e) if record.raw(key).is_some_and(|json| json.starts_with('"')) => {
+                        return Err(e);
+                    }
                     // Numbers, booleans, arrays and objects are joined as compact JSON.
-                    Some(_) => record.get(key).unwrap_or_default().to_string().into(),
+                    Err(_) => record.get(key).unwrap_or_default().to_string().into(),
                 };
                 if !first {
                     name.push(' ');
