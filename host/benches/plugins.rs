@@ -29,6 +29,11 @@ use trellis_host::{
     ReloadOutcome,
 };
 
+/// The allocator the `trellis` binary ships with: the host's side of every call (lowering the
+/// records, lifting and checking the results) allocates as it does in `serve`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn plugins_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins")
 }
