@@ -268,6 +268,35 @@ async fn postgres_array_elements_may_be_null() {
     pool.close().await;
 }
 
+/// The elements of a `NUMERIC[]` read as a single `NUMERIC` does: with PostgreSQL's display
+/// scale, and `NaN` and the infinities as PostgreSQL prints them. They were read through sqlx's
+/// `BigDecimal`, which gave `1.5000` for `1.50` and refused `NaN`, failing the whole statement.
+#[tokio::test]
+async fn postgres_numeric_array_elements_read_as_a_numeric_does() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let out = run(
+        &pool,
+        "SELECT ARRAY[1.50, NULL, -0.001, 12345678901234567890.1, 0]::numeric[] AS n, \
+         1.50::numeric AS one, ARRAY['NaN', 'Infinity', '-Infinity', '2.0']::numeric[] AS special",
+        Params::None,
+        Fetch::One,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out["result"]["data"],
+        json!({
+            "n": ["1.50", null, "-0.001", "12345678901234567890.1", "0"],
+            "one": "1.50",
+            "special": ["NaN", "Infinity", "-Infinity", "2.0"]
+        })
+    );
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn mariadb_rows_map_to_json() {
     let Some(url) = TestDb::Mysql.url() else {

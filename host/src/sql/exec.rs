@@ -854,9 +854,7 @@ fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
         "INT8[]" => pg_array::<i64>(row, i, Value::from)?,
         "FLOAT4[]" => pg_array::<f32>(row, i, |f| float(f64::from(f)))?,
         "FLOAT8[]" => pg_array::<f64>(row, i, float)?,
-        "NUMERIC[]" => {
-            pg_array::<bigdecimal::BigDecimal>(row, i, |d| Value::String(d.to_string()))?
-        }
+        "NUMERIC[]" => pg_array::<NumericText>(row, i, |n| Value::String(n.0))?,
         "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => {
             pg_array::<String>(row, i, Value::String)?
         }
@@ -885,11 +883,42 @@ fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
 /// PostgreSQL `NUMERIC` as PostgreSQL itself prints it (scale kept, `NaN`, `Infinity`).
 fn pg_numeric(row: &PgRow, i: usize) -> Result<String, ExecError> {
     let raw = row.try_get_raw(i)?;
-    let decode_err = |e: sqlx::error::BoxDynError| ExecError::from(sqlx::Error::Decode(e));
-    match raw.format() {
-        sqlx::postgres::PgValueFormat::Text => Ok(raw.as_str().map_err(decode_err)?.to_owned()),
-        sqlx::postgres::PgValueFormat::Binary => numeric_text(raw.as_bytes().map_err(decode_err)?)
-            .ok_or_else(|| decode_err("malformed NUMERIC value".into())),
+    NumericText::read(raw)
+        .map(|n| n.0)
+        .map_err(|e| ExecError::from(sqlx::Error::Decode(e)))
+}
+
+/// A `NUMERIC` decoded to PostgreSQL's own text, for the elements of a `NUMERIC[]` as for a
+/// single value (sqlx's `BigDecimal` drops the display scale, `1.50` → `1.5000`, and refuses
+/// `NaN` and the infinities).
+struct NumericText(String);
+
+impl NumericText {
+    fn read(raw: sqlx::postgres::PgValueRef<'_>) -> Result<NumericText, sqlx::error::BoxDynError> {
+        match raw.format() {
+            sqlx::postgres::PgValueFormat::Text => Ok(NumericText(raw.as_str()?.to_owned())),
+            sqlx::postgres::PgValueFormat::Binary => numeric_text(raw.as_bytes()?)
+                .map(NumericText)
+                .ok_or_else(|| "malformed NUMERIC value".into()),
+        }
+    }
+}
+
+impl sqlx::Type<Postgres> for NumericText {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <bigdecimal::BigDecimal as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl sqlx::postgres::PgHasArrayType for NumericText {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        <bigdecimal::BigDecimal as sqlx::postgres::PgHasArrayType>::array_type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for NumericText {
+    fn decode(raw: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        NumericText::read(raw)
     }
 }
 
