@@ -297,6 +297,34 @@ async fn postgres_numeric_array_elements_read_as_a_numeric_does() {
     pool.close().await;
 }
 
+/// A `null` element of a JSON array bound to a PostgreSQL array parameter is a NULL element, so
+/// an array read from a row (where a NULL element is `null`) binds back as it was. It was
+/// refused ("element 1: expected an integer, got `null`").
+#[tokio::test]
+async fn postgres_array_parameters_may_hold_null() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let pool = pool(&url);
+    let arrays = json!({
+        "b": [null, true], "i2": [1, null], "i4": [1, null, 3], "i8": [null],
+        "f4": [1.5, null], "f8": [null, 2.25], "n": ["1.50", null], "t": ["a", null],
+        "u": [null, "8d6f6c2e-0c6b-4a53-9a8e-3f3f8c1e2d4b"]
+    });
+    let out = run(
+        &pool,
+        "SELECT CAST(:b AS bool[]) AS b, CAST(:i2 AS int2[]) AS i2, CAST(:i4 AS int4[]) AS i4, \
+         CAST(:i8 AS int8[]) AS i8, CAST(:f4 AS float4[]) AS f4, CAST(:f8 AS float8[]) AS f8, \
+         CAST(:n AS numeric[]) AS n, CAST(:t AS text[]) AS t, CAST(:u AS uuid[]) AS u",
+        named(arrays.clone()),
+        Fetch::One,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["result"]["data"], arrays);
+    pool.close().await;
+}
+
 #[tokio::test]
 async fn mariadb_rows_map_to_json() {
     let Some(url) = TestDb::Mysql.url() else {

@@ -583,21 +583,21 @@ fn bind_pg<'q>(query: PgQuery<'q>, value: &Value, ty: &str) -> Result<PgQuery<'q
         "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "UNKNOWN" | "\"CHAR\"" | "CITEXT" => {
             query.bind(as_text(value))
         }
-        "BOOL[]" => query.bind(as_array(value, as_bool)?),
-        "INT2[]" => query.bind(as_array(value, |v| {
+        "BOOL[]" => query.bind(as_pg_array(value, as_bool)?),
+        "INT2[]" => query.bind(as_pg_array(value, |v| {
             i16::try_from(as_i64(v)?).map_err(|_| "out of range for INT2".to_owned())
         })?),
-        "INT4[]" => query.bind(as_array(value, |v| {
+        "INT4[]" => query.bind(as_pg_array(value, |v| {
             i32::try_from(as_i64(v)?).map_err(|_| "out of range for INT4".to_owned())
         })?),
-        "INT8[]" => query.bind(as_array(value, as_i64)?),
-        "FLOAT4[]" => query.bind(as_array(value, |v| as_f64(v).map(|f| f as f32))?),
-        "FLOAT8[]" => query.bind(as_array(value, as_f64)?),
-        "NUMERIC[]" => query.bind(as_array(value, as_decimal)?),
+        "INT8[]" => query.bind(as_pg_array(value, as_i64)?),
+        "FLOAT4[]" => query.bind(as_pg_array(value, |v| as_f64(v).map(|f| f as f32))?),
+        "FLOAT8[]" => query.bind(as_pg_array(value, as_f64)?),
+        "NUMERIC[]" => query.bind(as_pg_array(value, as_decimal)?),
         "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => {
-            query.bind(as_array(value, |v| Ok(as_text(v)))?)
+            query.bind(as_pg_array(value, |v| Ok(as_text(v)))?)
         }
-        "UUID[]" => query.bind(as_array(value, as_uuid)?),
+        "UUID[]" => query.bind(as_pg_array(value, as_uuid)?),
         "vector" => query.bind(pgvector::Vector::from(as_array(value, |v| {
             as_f64(v).map(|f| f as f32)
         })?)),
@@ -767,6 +767,21 @@ fn as_array<T>(v: &Value, item: impl Fn(&Value) -> Result<T, String>) -> Result<
             .collect(),
         other => Err(format!("expected an array, got `{other}`")),
     }
+}
+
+/// A JSON array for a PostgreSQL array parameter: each element by `item`, and `null` as a NULL
+/// element, as a row read maps one (so an array read from a row binds back as it was).
+fn as_pg_array<T>(
+    v: &Value,
+    item: impl Fn(&Value) -> Result<T, String>,
+) -> Result<Vec<Option<T>>, String> {
+    as_array(v, |v| {
+        if v.is_null() {
+            Ok(None)
+        } else {
+            item(v).map(Some)
+        }
+    })
 }
 
 // ---- rows -------------------------------------------------------------------------------------
