@@ -278,10 +278,12 @@ impl<'a> Record<'a> {
         // are copied in one piece: the same bytes as writing them one by one.
         let mut run: Option<(usize, usize)> = None;
         let mut first = true;
-        let mut separate = |out: &mut String| {
+        // Starts the next field (a `,` after the first), with `text` as its start.
+        let mut next = |out: &mut String, text: &str| {
             if !std::mem::take(&mut first) {
                 out.push(',');
             }
+            out.push_str(text);
         };
         for entry in &self.fields {
             if let Some((start, end)) = entry.span {
@@ -290,8 +292,7 @@ impl<'a> Record<'a> {
                         Some((from, end))
                     }
                     Some((from, to)) => {
-                        separate(&mut out);
-                        out.push_str(&self.text[from..to]);
+                        next(&mut out, &self.text[from..to]);
                         Some((start, end))
                     }
                     None => Some((start, end)),
@@ -299,10 +300,9 @@ impl<'a> Record<'a> {
                 continue;
             }
             if let Some((from, to)) = run.take() {
-                separate(&mut out);
-                out.push_str(&self.text[from..to]);
+                next(&mut out, &self.text[from..to]);
             }
-            separate(&mut out);
+            next(&mut out, "");
             if entry.plain {
                 out.push('"');
                 out.push_str(&entry.key);
@@ -314,8 +314,7 @@ impl<'a> Record<'a> {
             entry.value.push_json(&mut out);
         }
         if let Some((from, to)) = run {
-            separate(&mut out);
-            out.push_str(&self.text[from..to]);
+            next(&mut out, &self.text[from..to]);
         }
         out.push('}');
         out
