@@ -20,6 +20,7 @@
 //!   secrets kept out of logs and errors, `${VAR}` interpolation) and `[databases]` (`database`).
 //! - `database`: the databases named in the configuration, one pool each (or one per tenant).
 //! - `diagnostic`: errors with the lines at fault and their help, rendered once at the edge.
+//! - `json`: JSON objects built by moving their values in (`json!` copies them).
 //! - `migrate`: migrations: dependency-ordered, locked, checksummed, reversible.
 //! - `pool`: WorkflowConnectionPool: connection actors, a supervisor, leases, stats; the
 //!   Kailash JSON operations; the per-tenant AsyncConnectionManager.
@@ -43,6 +44,7 @@ pub(crate) mod database;
 pub(crate) mod diagnostic;
 pub(crate) mod fleet;
 pub(crate) mod generation;
+mod json;
 mod loopback;
 pub(crate) mod migrate;
 mod node_keys;

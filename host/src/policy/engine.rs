@@ -423,16 +423,22 @@ impl PolicyEngine {
         now: Timestamp,
         runtime: &Value,
     ) -> MaskOutcome {
-        self.mask_in(
+        let mut value = data.clone();
+        let (applied, errors) = self.mask_in(
             &self.current.load_full(),
             &self.settings.masker,
             user,
             resource_id,
-            data,
+            &mut value,
             now,
             runtime,
             None,
-        )
+        );
+        MaskOutcome {
+            value,
+            applied,
+            errors,
+        }
     }
 
     /// The masker the engine was configured with (`hmac` key, `plugin:` masks).
@@ -441,8 +447,9 @@ impl PolicyEngine {
     }
 
     /// [`PolicyEngine::mask`] with a pinned `generation` (see [`PolicyEngine::decide_in`]),
-    /// masking with `masker` (the run's: its `plugin:` masks use the run's plugins). A `plugin:`
-    /// mask's call ends by `deadline` (the request's budget); past it, its values are redacted.
+    /// masking `data` in place with `masker` (the run's: its `plugin:` masks use the run's
+    /// plugins): the masks applied and the errors, as in [`MaskOutcome`]. A `plugin:` mask's
+    /// call ends by `deadline` (the request's budget); past it, its values are redacted.
     #[allow(clippy::too_many_arguments)]
     pub fn mask_in(
         &self,
@@ -450,18 +457,14 @@ impl PolicyEngine {
         masker: &super::Masker,
         user: &PreparedUser,
         resource_id: &str,
-        data: &Value,
+        data: &mut Value,
         now: Timestamp,
         runtime: &Value,
         deadline: Option<Instant>,
-    ) -> MaskOutcome {
+    ) -> (Vec<String>, Vec<String>) {
         let started = Instant::now();
         let Some(masks) = generation.masks.get(resource_id) else {
-            return MaskOutcome {
-                value: data.clone(),
-                applied: Vec::new(),
-                errors: Vec::new(),
-            };
+            return (Vec::new(), Vec::new());
         };
         let (verdict, cached) = self.verdict(
             generation,
@@ -473,7 +476,6 @@ impl PolicyEngine {
             runtime,
         );
         let mut errors = verdict.errors.clone();
-        let mut value = data.clone();
         let mut applied = Vec::new();
         for (id, rule) in masks {
             // On an evaluation error every mask applies: masking fails closed.
@@ -482,9 +484,8 @@ impl PolicyEngine {
             if !applies {
                 continue;
             }
-            let (masked, count, mut failed) =
-                masker.mask_field_until(&value, &rule.field_path, &rule.mask, deadline);
-            value = masked;
+            let (count, mut failed) =
+                masker.mask_field_until(data, &rule.field_path, &rule.mask, deadline);
             errors.append(&mut failed);
             if count > 0 {
                 applied.push(format!("{}:{}", rule.field_path.text, rule.mask));
@@ -507,11 +508,7 @@ impl PolicyEngine {
             started,
             applied.clone(),
         );
-        MaskOutcome {
-            value,
-            applied,
-            errors,
-        }
+        (applied, errors)
     }
 
     /// Watches the policy directory and reloads once changed files are stable for

@@ -201,20 +201,21 @@ impl Masker {
         path: &FieldPath,
         mask: &MaskType,
     ) -> (Value, usize, Vec<String>) {
-        self.mask_field_until(data, path, mask, None)
+        let mut out = data.clone();
+        let (count, errors) = self.mask_field_until(&mut out, path, mask, None);
+        (out, count, errors)
     }
 
-    /// [`Masker::mask_field`] within a budget: a `plugin:` mask masks every value of the field
-    /// in one call that ends by `deadline`; once the deadline has passed, the values are
-    /// redacted without a call.
+    /// [`Masker::mask_field`] in place (`out` itself is masked), within a budget: a `plugin:`
+    /// mask masks every value of the field in one call that ends by `deadline`; once the
+    /// deadline has passed, the values are redacted without a call.
     pub fn mask_field_until(
         &self,
-        data: &Value,
+        out: &mut Value,
         path: &FieldPath,
         mask: &MaskType,
         deadline: Option<Instant>,
-    ) -> (Value, usize, Vec<String>) {
-        let mut out = data.clone();
+    ) -> (usize, Vec<String>) {
         let mut targets = Vec::new();
         // Rows: every element, unless the path itself starts at the array (`[].x`).
         let rows =
@@ -224,7 +225,7 @@ impl Masker {
                 collect(row, &path.segments, &mut targets);
             }
         } else {
-            collect(&mut out, &path.segments, &mut targets);
+            collect(out, &path.segments, &mut targets);
         }
         let count = targets.len();
         let mut errors = Vec::new();
@@ -239,7 +240,7 @@ impl Masker {
                 }
             }
         }
-        (out, count, errors)
+        (count, errors)
     }
 
     /// Masks `targets` with plugin `name` in one call; every value whose masking failed (all of

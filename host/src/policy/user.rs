@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{Entities, Entity, EntityUid, RestrictedExpression};
 use serde::{Deserialize, Serialize};
@@ -33,9 +34,15 @@ pub struct UserContext {
     pub attributes: serde_json::Map<String, Value>,
 }
 
-/// A user prepared for decisions: its JSON view and a fingerprint of everything in it.
+/// A user prepared for decisions: its JSON view and a fingerprint of everything in it. Cheap
+/// to clone (a run's parts each hold one).
 #[derive(Debug, Clone)]
 pub struct PreparedUser {
+    inner: Arc<Prepared>,
+}
+
+#[derive(Debug)]
+struct Prepared {
     context: UserContext,
     view: Value,
     fingerprint: u128,
@@ -44,41 +51,47 @@ pub struct PreparedUser {
 impl PreparedUser {
     /// Prepares `context`; do it once per request (or once per user) and reuse it.
     pub fn new(context: UserContext) -> PreparedUser {
-        let view = serde_json::json!({
-            "user_id": context.user_id,
-            "tenant_id": context.tenant_id,
-            "email": context.email,
-            "roles": context.roles,
-            "attributes": context.attributes,
-        });
-        // serde_json keeps object keys sorted (no `preserve_order`), so this text is canonical.
-        let digest = Sha256::digest(view.to_string().as_bytes());
+        let view = crate::json::object([
+            ("user_id", context.user_id.clone().into()),
+            ("tenant_id", context.tenant_id.clone().into()),
+            ("email", context.email.clone().into()),
+            ("roles", context.roles.clone().into()),
+            ("attributes", Value::Object(context.attributes.clone())),
+        ]);
+        // The text keeps the attributes in the order they came in (serde_json's
+        // `preserve_order` is on for the whole build: cedar-policy asks for it), so one user
+        // may have two fingerprints; that costs a cache entry, never a wrong decision, since two
+        // users with different views never share a text.
+        let text = serde_json::to_vec(&view).unwrap_or_default();
+        let digest = Sha256::digest(&text);
         let fingerprint = u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"));
         PreparedUser {
-            context,
-            view,
-            fingerprint,
+            inner: Arc::new(Prepared {
+                context,
+                view,
+                fingerprint,
+            }),
         }
     }
 
     /// The user as given.
     pub fn context(&self) -> &UserContext {
-        &self.context
+        &self.inner.context
     }
 
     /// `{"user_id", "tenant_id", "email", "roles", "attributes"}`, what `user.…` paths read.
     pub fn view(&self) -> &Value {
-        &self.view
+        &self.inner.view
     }
 
     /// A fingerprint of the id, tenant, e-mail, roles and every attribute.
     pub fn fingerprint(&self) -> u128 {
-        self.fingerprint
+        self.inner.fingerprint
     }
 
     /// `Trellis::User::"id"`.
     pub fn uid(&self) -> EntityUid {
-        uid("User", &self.context.user_id)
+        uid("User", &self.inner.context.user_id)
     }
 
     /// The user, role and department entities, with `slots` projected onto the user.
@@ -86,31 +99,31 @@ impl PreparedUser {
         let mut attrs = HashMap::new();
         attrs.insert(
             "user_id".to_owned(),
-            RestrictedExpression::new_string(self.context.user_id.clone()),
+            RestrictedExpression::new_string(self.inner.context.user_id.clone()),
         );
         attrs.insert(
             "tenant_id".to_owned(),
-            RestrictedExpression::new_string(self.context.tenant_id.clone()),
+            RestrictedExpression::new_string(self.inner.context.tenant_id.clone()),
         );
         attrs.insert(
             "email".to_owned(),
-            RestrictedExpression::new_string(self.context.email.clone()),
+            RestrictedExpression::new_string(self.inner.context.email.clone()),
         );
         let empty = Value::Null;
         for slot in slots.iter().filter(|s| !s.path.is_runtime()) {
-            if let Some(v) = slot.project(lookup(&slot.path, &self.view, &empty)) {
+            if let Some(v) = slot.project(lookup(&slot.path, &self.inner.view, &empty)) {
                 attrs.insert(slot.name(), v);
             }
         }
         let mut parents = HashSet::new();
         let mut entities = Vec::new();
-        for role in &self.context.roles {
+        for role in &self.inner.context.roles {
             let r = uid("Role", role);
             if parents.insert(r.clone()) {
                 entities.push(Entity::new_no_attrs(r, HashSet::new()));
             }
         }
-        if let Some(Value::String(dept)) = self.context.attributes.get("department") {
+        if let Some(Value::String(dept)) = self.inner.context.attributes.get("department") {
             let chain = department_chain(dept);
             if let Some(first) = chain.first() {
                 parents.insert(uid("Department", first));

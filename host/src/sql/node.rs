@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use super::ErrorKind;
 use super::exec::Fetch;
 use super::params::{self, ParamError, Params};
+use crate::json::object;
 use crate::pool::{Pool, PoolError, QueryError};
 
 /// The keys of the node's config.
@@ -256,15 +257,15 @@ impl SqlNode {
                             .and_then(|text| serde_json::from_str(text).ok())
                             .unwrap_or_else(|| Value::Array(Vec::new())),
                     };
-                    let mut result = json!({
-                        "data": data,
-                        "row_count": output.row_count,
-                        "database_type": self.pool.kind().as_str(),
-                    });
+                    let mut result = object([
+                        ("data", data),
+                        ("row_count", output.row_count.into()),
+                        ("database_type", self.pool.kind().as_str().into()),
+                    ]);
                     if self.config.return_query {
-                        result["query"] = json!(self.config.query);
+                        result["query"] = self.config.query.clone().into();
                     }
-                    return Ok(json!({ "result": result }));
+                    return Ok(object([("result", result)]));
                 }
                 Err(error) => {
                     let transient = matches!(&error, PoolError::Query(q) if q.is_transient());

@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use super::filter::Filter;
 use super::store::{IndexSpec, IndexType, Metric, NewVector, SearchQuery, VectorStore};
 use super::{TableName, VectorError};
+use crate::json::object;
 
 /// A configured vector node: one operation on one table.
 #[derive(Debug, Clone)]
@@ -369,14 +370,24 @@ impl VectorNode {
                 let hits = store.search(t, q).await?;
                 let matches: Vec<Value> = hits
                     .into_iter()
-                    .map(|h| json!({"id": h.id, "distance": h.distance, "metadata": h.metadata}))
+                    .map(|h| {
+                        object([
+                            ("id", h.id.into()),
+                            ("distance", h.distance.into()),
+                            ("metadata", h.metadata),
+                        ])
+                    })
                     .collect();
-                json!({"count": matches.len(), "matches": matches, "distance_metric": q.metric.as_str()})
+                object([
+                    ("count", matches.len().into()),
+                    ("matches", Value::Array(matches)),
+                    ("distance_metric", q.metric.as_str().into()),
+                ])
             }
             Operation::Delete(ids) => json!({"deleted": store.delete(t, ids).await?}),
             Operation::Count(filter) => json!({"count": store.count(t, filter.as_ref()).await?}),
         };
-        Ok(json!({ "result": result }))
+        Ok(object([("result", result)]))
     }
 }
 

@@ -525,9 +525,8 @@ fn mask_output(
     } else {
         &mut output
     };
-    let outcome = policy.mask_in(
+    let (applied, errors) = policy.mask_in(
         generation, masker, user, &node.id, target, now, ctx, deadline,
     );
-    *target = outcome.value;
-    (output, outcome.applied, outcome.errors)
+    (output, applied, errors)
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
 use super::node_config::{ConfigError, NodeConfig, PluginConfig, Typed};
@@ -18,6 +18,7 @@ use super::plugin_database::{DatabaseCaller, PluginDatabase};
 use super::spec::{INPUT_PREFIX, NodeKind, NodeSpec, Workflow};
 use crate::database::Databases;
 use crate::database::tenants::{Checkout, TenantError};
+use crate::json::object;
 use crate::plugins::{CallError, PluginRegistry, PluginSet};
 use crate::pool::breaker::Outcome;
 use crate::pool::ops::{OpError, PoolOperations};
@@ -423,7 +424,13 @@ impl Runtime {
                 problems.join("; ")
             )));
         }
-        let texts: Vec<String> = config.records.iter().map(Value::to_string).collect();
+        // `to_string` writes into the `String` directly; `Value`'s `Display` (what
+        // `ToString` on it uses) goes through a `fmt::Formatter` for every piece.
+        let texts: Vec<String> = config
+            .records
+            .iter()
+            .map(|record| serde_json::to_string(record).unwrap_or_default())
+            .collect();
         let label = format!("{}@{}", plugin.name(), plugin.version());
         let database = plugin.uses_database().then(|| {
             Arc::new(PluginDatabase::new(
@@ -461,7 +468,12 @@ impl Runtime {
                 }
             }
         }
-        Ok(json!({"data": data, "count": data.len(), "plugin": label}))
+        let count = data.len();
+        Ok(object([
+            ("data", Value::Array(data)),
+            ("count", count.into()),
+            ("plugin", label.into()),
+        ]))
     }
 }
 
@@ -489,8 +501,9 @@ type NodeDone = (usize, Duration, Result<Result<Value, NodeError>, Duration>);
 /// The scheduler's state during one run: what each node produced, and what waits on what.
 struct Schedule {
     /// Per node: its output, once it ran.
-    outputs: Vec<Option<Value>>,
-    /// Per node: its output as downstream nodes see it (filtered).
+    outputs: Vec<Option<Arc<Value>>>,
+    /// Per node: its output as downstream nodes see it (filtered; else the output itself,
+    /// shared, not copied).
     views: Vec<Option<Arc<Value>>>,
     /// Per node: how long it ran.
     durations: Vec<Option<Duration>>,
@@ -595,13 +608,14 @@ impl Schedule {
             }
         };
         self.durations[i] = Some(elapsed);
+        let output = Arc::new(output);
         let view = match &plan.downstream_filter {
             Some((which, filter)) if which.get(i).copied().unwrap_or(false) => {
-                filter(node, output.clone())
+                Arc::new(filter(node, (*output).clone()))
             }
             _ => output.clone(),
         };
-        self.views[i] = Some(Arc::new(view));
+        self.views[i] = Some(view);
         self.outputs[i] = Some(output);
         self.complete(i);
         Ok(())
@@ -620,6 +634,13 @@ impl Schedule {
 
     /// What the run produced: per node its output and time, and the nodes skipped with why.
     fn into_output(self, workflow: &Workflow) -> RunOutput {
+        // The views go first, so that an output no node filtered is moved out, not copied.
+        drop(self.views);
+        let outputs = self
+            .outputs
+            .into_iter()
+            .map(|output| output.map(Arc::unwrap_or_clone))
+            .collect();
         let skipped = workflow
             .nodes
             .iter()
@@ -627,7 +648,7 @@ impl Schedule {
             .filter_map(|(node, reason)| reason.map(|r| (node.id.clone(), r)))
             .collect();
         RunOutput {
-            outputs: self.outputs,
+            outputs,
             skipped,
             durations: self.durations,
         }
@@ -758,6 +779,7 @@ fn set_path(config: &mut Value, path: &[String], value: Value) -> Result<(), Nod
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn inputs_are_substituted_only_as_whole_values() {
