@@ -16,10 +16,11 @@
 //! A record that is not an object, or whose `field` is present but not a number, fails with an
 //! error and is left out of every total.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use trellis_sdk::{Info, Node, Value, config, json};
+use trellis_sdk::{Info, Node, Record, Value, config, json, serde_json};
 
 struct SumByKey;
 
@@ -44,64 +45,97 @@ impl Node for SumByKey {
     }
 
     fn transform_batch(records: Vec<Value>) -> Vec<Result<Value, String>> {
-        let Settings {
-            key,
-            field,
-            total_as,
-            count_as,
-        } = match config::parse() {
+        let texts = records.iter().map(Value::to_string).collect();
+        Self::transform_json(texts)
+            .into_iter()
+            .map(|out| serde_json::from_str(&out?).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// Each record stays JSON text except the two fields read and the two added ([`Record`]):
+    /// a record is never built into a [`Value`].
+    fn transform_json(records: Vec<String>) -> Vec<Result<String, String>> {
+        let settings = match config::parse::<Settings>() {
             Ok(settings) => settings,
             Err(e) => return records.iter().map(|_| Err(e.to_string())).collect(),
         };
-        let total_as = total_as.unwrap_or_else(|| format!("{field}_total"));
-        let count_as = count_as.unwrap_or_else(|| format!("{field}_count"));
+        let total_as = settings
+            .total_as
+            .clone()
+            .unwrap_or_else(|| format!("{}_total", settings.field));
+        let count_as = settings
+            .count_as
+            .clone()
+            .unwrap_or_else(|| format!("{}_count", settings.field));
 
-        // First pass: check each record and add it to its group.
+        // Per group (the key's compact JSON text): the sum, whether every amount was an
+        // integer, and the members.
         let mut groups: HashMap<String, (f64, bool, u64)> = HashMap::new();
-        let checked: Vec<Result<(Value, String), String>> = records
-            .into_iter()
+        let read: Vec<Result<(Record<'_>, String), String>> = records
+            .iter()
             .enumerate()
-            .map(|(i, record)| {
-                let Value::Object(ref fields) = record else {
-                    return Err(format!("record {i} is not a JSON object"));
-                };
-                let amount = match fields.get(&field) {
-                    None | Some(Value::Null) => None,
-                    Some(Value::Number(n)) => Some(n),
-                    Some(other) => {
-                        return Err(format!("record {i}: `{field}` is {other}, not a number"));
+            .map(|(i, text)| {
+                let record = Record::parse(text).map_err(|e| {
+                    if text.trim_start().starts_with('{') {
+                        format!("record {i} is not JSON: {e}")
+                    } else {
+                        format!("record {i} is not a JSON object")
                     }
-                };
-                let group = fields.get(&key).cloned().unwrap_or(Value::Null).to_string();
+                })?;
+                let amount = settings.amount(&record, i)?;
+                let group = group_of(&record, &settings.key);
                 let entry = groups.entry(group.clone()).or_insert((0.0, true, 0));
                 entry.2 += 1;
                 if let Some(n) = amount {
-                    match n.as_i64() {
-                        Some(_) => {}
-                        None => entry.1 = false,
-                    }
+                    entry.1 &= n.as_i64().is_some();
                     entry.0 += n.as_f64().unwrap_or(0.0);
                 }
                 Ok((record, group))
             })
             .collect();
 
-        // Second pass: annotate each record with its group's total and count.
-        checked
-            .into_iter()
-            .map(|checked| {
-                let (mut record, group) = checked?;
+        read.into_iter()
+            .map(|read| {
+                let (mut record, group) = read?;
                 let (sum, all_integers, count) = groups[&group];
-                let total = if all_integers && sum.abs() < 9.0e15 {
-                    json!(sum as i64)
+                if all_integers && sum.abs() < 9.0e15 {
+                    record.insert(total_as.as_str(), &(sum as i64))?;
                 } else {
-                    json!(sum)
-                };
-                record[&total_as] = total;
-                record[&count_as] = json!(count);
-                Ok(record)
+                    record.insert(total_as.as_str(), &sum)?;
+                }
+                record.insert(count_as.as_str(), &count)?;
+                Ok(record.to_json())
             })
             .collect()
+    }
+}
+
+impl Settings {
+    /// Record `i`'s amount: `None` when the field is missing or null.
+    fn amount(&self, record: &Record<'_>, i: usize) -> Result<Option<serde_json::Number>, String> {
+        let field = &self.field;
+        match record.raw(field).as_deref() {
+            None | Some("null") => Ok(None),
+            Some(json) => match serde_json::from_str::<Value>(json) {
+                Ok(Value::Number(n)) => Ok(Some(n)),
+                Ok(other) => Err(format!("record {i}: `{field}` is {other}, not a number")),
+                Err(e) => Err(format!("record {i}: `{field}`: {e}")),
+            },
+        }
+    }
+}
+
+/// The compact JSON text of `record`'s `key` (`null` when missing): a string without escapes
+/// as it came, anything else written again, so that equal values always group together.
+fn group_of(record: &Record<'_>, key: &str) -> String {
+    match record.raw(key) {
+        None => "null".to_owned(),
+        Some(Cow::Borrowed(json)) if json.starts_with('"') && !json.contains('\\') => {
+            json.to_owned()
+        }
+        Some(json) => serde_json::from_str::<Value>(&json)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| json.into_owned()),
     }
 }
 
@@ -212,6 +246,33 @@ mod tests {
                 (json!(3.5), json!(2)),
                 (json!(2), json!(1))
             ]
+        );
+    }
+
+    #[test]
+    fn equal_keys_group_together_however_the_text_writes_them() {
+        // As the records arrive from `trellis plugin call`: text, not written by the host.
+        testing::set_config(json!({}));
+        testing::new_instance();
+        let out = SumByKey::transform_json(vec![
+            r#"{"department": "eng", "salary": 1}"#.to_owned(),
+            r#"{"department":"\u0065ng","salary":2}"#.to_owned(),
+            r#"{"department":["a", 1],"salary":4}"#.to_owned(),
+            r#"{"department":["a",1],"salary":8}"#.to_owned(),
+            r#"{"salary":16}"#.to_owned(),
+            r#"{"department":null,"salary":32}"#.to_owned(),
+        ]);
+        let totals: Vec<Value> = out
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<Value>(r.as_ref().unwrap()).unwrap()["salary_total"].clone()
+            })
+            .collect();
+        assert_eq!(totals, [3, 3, 12, 12, 48, 48].map(|n| json!(n)));
+        // Untouched fields keep their text; the two added come last.
+        assert_eq!(
+            out[0].as_deref(),
+            Ok(r#"{"department":"eng","salary":1,"salary_total":3,"salary_count":2}"#)
         );
     }
 
