@@ -128,7 +128,7 @@ impl Default for Rotation {
 }
 
 enum Message {
-    Record(Box<AuditRecord>),
+    Record(Arc<AuditRecord>),
     Flush(mpsc::Sender<()>),
 }
 
@@ -148,13 +148,14 @@ pub struct AuditLog {
     shared: Arc<Shared>,
     on_failure: OnFailure,
     writer: Option<JoinHandle<()>>,
-    recent: std::sync::Mutex<std::collections::VecDeque<AuditRecord>>,
+    /// Shared with the writer's queue: a record is built once, never copied.
+    recent: std::sync::Mutex<std::collections::VecDeque<Arc<AuditRecord>>>,
     recent_capacity: usize,
 }
 
 /// Where a writer puts a batch of records.
 trait Sink: Send + 'static {
-    fn write(&mut self, records: &[AuditRecord]) -> Result<(), String>;
+    fn write(&mut self, records: &[Arc<AuditRecord>]) -> Result<(), String>;
 }
 
 /// The most records kept for a retry while writes fail (refuse mode); beyond it the oldest are
@@ -250,6 +251,7 @@ impl AuditLog {
 
     /// Queues `record`; when the queue is full the record is counted as dropped.
     pub fn record(&self, record: AuditRecord) {
+        let record = Arc::new(record);
         if self.recent_capacity > 0 {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             if recent.len() >= self.recent_capacity {
@@ -258,7 +260,7 @@ impl AuditLog {
             recent.push_back(record.clone());
         }
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(Message::Record(Box::new(record))) {
+        match tx.try_send(Message::Record(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -288,7 +290,12 @@ impl AuditLog {
     /// The `limit` most recent records, newest first.
     pub fn recent(&self, limit: usize) -> Vec<AuditRecord> {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.iter().rev().take(limit).cloned().collect()
+        recent
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|r| AuditRecord::clone(r))
+            .collect()
     }
 
     /// Waits until every record queued so far is written (or, while writes fail, tried).
@@ -329,7 +336,7 @@ fn write_loop(
     shared: &Shared,
     on_failure: OnFailure,
 ) {
-    let mut pending: Vec<AuditRecord> = Vec::new();
+    let mut pending: Vec<Arc<AuditRecord>> = Vec::new();
     loop {
         let wait = if pending.is_empty() {
             Duration::from_secs(3600)
@@ -351,7 +358,7 @@ fn write_loop(
         let mut flushes = Vec::new();
         for msg in batch {
             match msg {
-                Message::Record(r) => pending.push(*r),
+                Message::Record(r) => pending.push(r),
                 Message::Flush(done) => flushes.push(done),
             }
         }
@@ -372,7 +379,7 @@ fn write_pending(
     sink: &mut impl Sink,
     shared: &Shared,
     on_failure: OnFailure,
-    pending: &mut Vec<AuditRecord>,
+    pending: &mut Vec<Arc<AuditRecord>>,
 ) {
     let n = pending.len() as u64;
     match sink.write(pending) {
@@ -610,7 +617,7 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, records: &[AuditRecord]) -> Result<(), String> {
+    fn write(&mut self, records: &[Arc<AuditRecord>]) -> Result<(), String> {
         self.rotate_if_due()
             .map_err(|e| format!("cannot rotate `{}`: {e}", self.path.display()))?;
         let mut bytes = Vec::with_capacity(records.len() * 160);
@@ -645,7 +652,7 @@ struct TableSink {
 }
 
 impl Sink for TableSink {
-    fn write(&mut self, records: &[AuditRecord]) -> Result<(), String> {
+    fn write(&mut self, records: &[Arc<AuditRecord>]) -> Result<(), String> {
         let pool = &self.pool;
         let recreate = self.failed;
         let result = self.handle.block_on(async {
@@ -715,7 +722,7 @@ const COLUMNS: &str = "time TEXT NOT NULL, user_id TEXT NOT NULL, action TEXT NO
 /// Inserts a batch in one transaction, on one lease.
 async fn insert(
     pool: &crate::pool::Pool,
-    records: &[AuditRecord],
+    records: &[Arc<AuditRecord>],
 ) -> Result<(), crate::pool::PoolError> {
     let lease = pool.acquire().await?;
     lease.execute("BEGIN", &Params::None, Fetch::All).await?;

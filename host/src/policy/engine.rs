@@ -309,16 +309,17 @@ impl PolicyEngine {
         let started = Instant::now();
         let action = super::compile::action_id(req.resource_type, req.permission);
         let resource = format!("{}:{}", req.resource_type, req.resource_id);
-        let (verdict, cached) = self.verdict(
+        let slice = generation.slice(&action, &resource);
+        let (verdict, cached) = self.verdict_in(
             generation,
+            slice,
             req.user,
-            &action,
+            (&action, &resource),
             req.resource_type,
             req.resource_id,
             req.now,
             req.runtime,
         );
-        let slice = generation.slice(&action, &resource);
         let decision = describe(&verdict, slice, generation.id(), cached);
         self.audit_decision(
             req.user,
@@ -531,11 +532,37 @@ impl PolicyEngine {
     ) -> (Arc<Verdict>, bool) {
         let resource = format!("{rt}:{resource_id}");
         let slice = generation.slice(action, &resource);
+        self.verdict_in(
+            generation,
+            slice,
+            user,
+            (action, &resource),
+            rt,
+            resource_id,
+            now,
+            runtime,
+        )
+    }
+
+    /// [`PolicyEngine::verdict`] once the caller has looked up `slice` for `(action,
+    /// resource)` (`resource` is `"{rt}:{resource_id}"`).
+    #[allow(clippy::too_many_arguments)]
+    fn verdict_in(
+        &self,
+        generation: &PolicyGeneration,
+        slice: &Slice,
+        user: &PreparedUser,
+        (action, resource): (&str, &str),
+        rt: ResourceType,
+        resource_id: &str,
+        now: Timestamp,
+        runtime: &Value,
+    ) -> (Arc<Verdict>, bool) {
         let key = DecisionKey {
             generation: generation.id(),
             user: user.fingerprint(),
             action: action.to_owned(),
-            resource,
+            resource: resource.to_owned(),
             runtime: if slice.uses_runtime {
                 runtime_fingerprint(&slice.runtime_paths, runtime)
             } else {
