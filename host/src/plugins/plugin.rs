@@ -504,6 +504,52 @@ impl Plugin {
         let Pre::V2(pre) = &self.pre else {
             return self.transform_async(records, config).await;
         };
+        let results = self.transform_v2(pre, &records, config, database).await?;
+        self.check_batch(records.len(), results, Export::Transform)
+    }
+
+    /// [`Plugin::transform_for`], each record's result parsed: what a workflow's plugin node
+    /// keeps. A result that is not JSON fails the call as there ([`CallError::Malformed`]); a
+    /// 0.2.0 component's results are read once, not checked and then parsed.
+    pub async fn transform_values_for(
+        self: Arc<Self>,
+        records: Vec<String>,
+        config: Arc<CallConfig>,
+        database: Option<Arc<dyn DatabaseGate>>,
+    ) -> Result<Vec<Result<Value, String>>, CallError> {
+        self.expect_kind(PluginKind::Node, Export::Transform)?;
+        let expected = records.len();
+        let results = match &self.pre {
+            Pre::V2(pre) => self.transform_v2(pre, &records, config, database).await?,
+            // Checked on the blocking pool already; parsed here.
+            Pre::V1(_) => self.clone().transform_async(records, config).await?,
+        };
+        if results.len() != expected {
+            return Err(self.malformed(
+                Export::Transform,
+                format!("{} results for {expected} inputs", results.len()),
+            ));
+        }
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, result)| match result {
+                Ok(text) => serde_json::from_str(&text).map(Ok).map_err(|e| {
+                    self.malformed(Export::Transform, format!("result {i} is not JSON: {e}"))
+                }),
+                Err(message) => Ok(Err(message)),
+            })
+            .collect()
+    }
+
+    /// A 0.2.0 component's transform of `records` on this task, its results as they came.
+    async fn transform_v2(
+        &self,
+        pre: &v2::PluginPre<CallState>,
+        records: &[String],
+        config: Arc<CallConfig>,
+        database: Option<Arc<dyn DatabaseGate>>,
+    ) -> Result<Vec<Result<String, String>>, CallError> {
         let grant = database.map(|gate| DatabaseGrant {
             gate,
             statements_left: self.limits.max_statements,
@@ -511,18 +557,17 @@ impl Plugin {
             max_rows: self.limits.max_rows,
             timer: None,
         });
-        let results = call_v2(
+        call_v2(
             &self.engine,
             pre,
             &self.label,
             self.limits,
             config,
             grant,
-            V2Call::Transform(&records),
+            V2Call::Transform(records),
         )
         .await?
-        .batch(&self.label, Export::Transform)?;
-        self.check_batch(records.len(), results, Export::Transform)
+        .batch(&self.label, Export::Transform)
     }
 
     /// Whether the plugin can reach the database: built for 0.2.0 and asking for `database`.
@@ -700,24 +745,27 @@ impl Plugin {
         export: Export,
     ) -> Result<Vec<Result<String, String>>, CallError> {
         if results.len() != expected {
-            return Err(CallError::Malformed {
-                plugin: self.label.to_string(),
+            return Err(self.malformed(
                 export,
-                reason: format!("{} results for {expected} inputs", results.len()),
-            });
+                format!("{} results for {expected} inputs", results.len()),
+            ));
         }
         for (i, result) in results.iter().enumerate() {
             if let Ok(text) = result
                 && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text)
             {
-                return Err(CallError::Malformed {
-                    plugin: self.label.to_string(),
-                    export,
-                    reason: format!("result {i} is not JSON: {e}"),
-                });
+                return Err(self.malformed(export, format!("result {i} is not JSON: {e}")));
             }
         }
         Ok(results)
+    }
+
+    fn malformed(&self, export: Export, reason: String) -> CallError {
+        CallError::Malformed {
+            plugin: self.label.to_string(),
+            export,
+            reason,
+        }
     }
 }
 

@@ -447,18 +447,12 @@ impl Runtime {
         });
         let results = plugin
             .clone()
-            .transform_for(texts, config.settings.clone(), database)
+            .transform_values_for(texts, config.settings.clone(), database)
             .await?;
         let mut data: Vec<Value> = Vec::with_capacity(results.len());
         for (index, result) in results.into_iter().enumerate() {
             match result {
-                Ok(text) => {
-                    data.push(serde_json::from_str(&text).map_err(|e| NodeError::Record {
-                        plugin: label.clone(),
-                        index,
-                        message: format!("returned invalid JSON: {e}"),
-                    })?)
-                }
+                Ok(record) => data.push(record),
                 Err(message) => {
                     return Err(NodeError::Record {
                         plugin: label,
