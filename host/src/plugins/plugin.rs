@@ -524,12 +524,7 @@ impl Plugin {
             // Checked on the blocking pool already; parsed here.
             Pre::V1(_) => self.clone().transform_async(records, config).await?,
         };
-        if results.len() != expected {
-            return Err(self.malformed(
-                Export::Transform,
-                format!("{} results for {expected} inputs", results.len()),
-            ));
-        }
+        self.check_count(expected, results.len(), Export::Transform)?;
         results
             .into_iter()
             .enumerate()
@@ -744,12 +739,7 @@ impl Plugin {
         results: Vec<Result<String, String>>,
         export: Export,
     ) -> Result<Vec<Result<String, String>>, CallError> {
-        if results.len() != expected {
-            return Err(self.malformed(
-                export,
-                format!("{} results for {expected} inputs", results.len()),
-            ));
-        }
+        self.check_count(expected, results.len(), export)?;
         for (i, result) in results.iter().enumerate() {
             if let Ok(text) = result
                 && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text)
@@ -758,6 +748,14 @@ impl Plugin {
             }
         }
         Ok(results)
+    }
+
+    /// One result per input.
+    fn check_count(&self, expected: usize, got: usize, export: Export) -> Result<(), CallError> {
+        if got == expected {
+            return Ok(());
+        }
+        Err(self.malformed(export, format!("{got} results for {expected} inputs")))
     }
 
     fn malformed(&self, export: Export, reason: String) -> CallError {
