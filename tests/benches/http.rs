@@ -25,6 +25,16 @@
 //! $ cargo bench -p trellis-tests --bench http -- --backend pgbouncer --seconds 3 --concurrency 4 --rounds 6 --pg-params sslmode=disable
 //! ```
 //!
+//! `--audit-table` (PostgreSQL) writes the audit trail into the bench database's tables
+//! (`[policy] audit_database = "main"`) instead of the file, and reports their bytes per run
+//! (`pg_column_size` of every row, tuple headers included), beside what the same decisions would
+//! take as whole rows (one row per decision with its run's id, user, time and generation, as
+//! `policy_audit` holds a decision).
+//!
+//! ```console
+//! $ cargo bench -p trellis-tests --bench http -- --backend postgres --audit-table --seconds 3 --concurrency 4 --pg-params sslmode=disable
+//! ```
+//!
 //! `--profile N` counts where a request's instructions go instead: it serves the example under
 //! callgrind (valgrind; `TRELLIS_VALGRIND=1` gives the plugins slots valgrind can map), sends
 //! `N` runs one after another (after 20 to warm up), then `N` requests to `/health`, and prints
@@ -51,6 +61,8 @@ struct Args {
     pg_params: Option<String>,
     /// `--profile N`: instructions per request by part, over `N` requests under callgrind.
     profile: Option<usize>,
+    /// `--audit-table`: the audit trail in the PostgreSQL bench database's tables.
+    audit_table: bool,
 }
 
 fn args() -> Args {
@@ -62,6 +74,7 @@ fn args() -> Args {
         rounds: 4,
         pg_params: None,
         profile: None,
+        audit_table: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -81,6 +94,7 @@ fn args() -> Args {
             "--baseline" => a.baseline = Some(it.next().expect("--baseline BIN").into()),
             "--rounds" => a.rounds = it.next().and_then(|s| s.parse().ok()).expect("--rounds N"),
             "--pg-params" => a.pg_params = Some(it.next().expect("--pg-params sslmode=disable")),
+            "--audit-table" => a.audit_table = true,
             "--profile" => {
                 a.profile = Some(it.next().and_then(|s| s.parse().ok()).expect("--profile N"))
             }
@@ -202,10 +216,13 @@ async fn main() {
                 url = format!("{url}?{params}");
             }
             let config = std::fs::read_to_string(dir.path().join("trellis.toml")).unwrap();
-            let config = config.replace(
+            let mut config = config.replace(
                 "[databases.main]\nurl = \"sqlite://data/trellis.db\"",
                 &format!("[databases.main]\nurl = \"{url}\"\nmax_connections = 16"),
             );
+            if args.audit_table {
+                config = config.replace("[policy]\n", "[policy]\naudit_database = \"main\"\n");
+            }
             std::fs::write(dir.path().join("trellis.toml"), config).unwrap();
             without_vector_step(dir.path());
         }
@@ -257,6 +274,11 @@ async fn main() {
         }
         // What the audit trail takes per run (issue 21): the records every run of this backend
         // left, once the background writer has caught up.
+        if args.audit_table && backend == "postgres" {
+            audit_tables(runs, failed).await;
+            drop(server);
+            continue;
+        }
         let (bytes, records) = audit_written(&dir.path().join("data")).await;
         println!(
             "audit: {records} decisions, {bytes} bytes for {runs} runs ({failed} failed): \
@@ -304,6 +326,71 @@ async fn audit_written(data: &std::path::Path) -> (u64, u64) {
         }
         last = now;
     }
+}
+
+/// What the audit tables of the PostgreSQL bench database hold for `runs` runs, once they stop
+/// growing: the bytes of their rows, and what the same decisions would take as whole rows. A
+/// build before the runs table (`TRELLIS_BIN`) wrote its decisions whole, into `policy_audit`:
+/// those are counted as they are.
+async fn audit_tables(runs: usize, failed: usize) {
+    let url = TestDb::Postgres.url().expect("the PostgreSQL URL");
+    let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    let mut conn = sqlx::PgConnection::connect(&format!("{base}/trellis_http_bench"))
+        .await
+        .expect("connect to the bench database");
+    // Decisions of a run written whole, and their bytes.
+    const WHOLE: &str = "SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0)::bigint \
+        FROM policy_audit t WHERE run_id IS NOT NULL";
+    // Rows and bytes: the runs table, the decisions table, and the same decisions as whole
+    // rows (the run's fields beside each decision, `time` as long as the run's).
+    const SIZES: &str = "SELECT \
+        (SELECT count(*) FROM policy_audit_runs), \
+        (SELECT coalesce(sum(pg_column_size(r.*)), 0) FROM policy_audit_runs r)::bigint, \
+        (SELECT count(*) FROM policy_audit_decisions), \
+        (SELECT coalesce(sum(pg_column_size(d.*)), 0) FROM policy_audit_decisions d)::bigint, \
+        (SELECT coalesce(sum(pg_column_size(ROW(d.id, r.time, r.user_id, d.action, d.resource, \
+            d.decision, d.policies, r.generation, d.errors, d.latency_us, d.cached, d.masks, \
+            r.run_id))), 0) FROM policy_audit_decisions d JOIN policy_audit_runs r \
+            ON r.writer = d.writer AND r.run = d.run)::bigint";
+    let split: bool = sqlx::query_scalar("SELECT to_regclass('policy_audit_runs') IS NOT NULL")
+        .fetch_one(&mut conn)
+        .await
+        .expect("the catalog");
+    let mut last = None;
+    let ((whole_rows, whole_bytes), (run_rows, run_bytes, decisions, decision_bytes, as_whole)) = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let whole: (i64, i64) = sqlx::query_as(WHOLE)
+            .fetch_one(&mut conn)
+            .await
+            .expect("the audit table");
+        let split: (i64, i64, i64, i64, i64) = if split {
+            sqlx::query_as(SIZES)
+                .fetch_one(&mut conn)
+                .await
+                .expect("the audit tables")
+        } else {
+            (0, 0, 0, 0, 0)
+        };
+        if last == Some((whole, split)) {
+            break (whole, split);
+        }
+        last = Some((whole, split));
+    };
+    let per_run = |v: i64| v as f64 / runs as f64;
+    println!(
+        "audit tables: {runs} runs ({failed} failed), {:.1} decisions per run, {:.0} bytes per \
+         run: {decisions} decisions and {run_rows} runs rows ({:.0} bytes per run in runs rows, \
+         {:.0} in decisions rows, {:.0} bytes per decision; {:.0} bytes per run as whole rows, \
+         {:.2}x), {whole_rows} decisions of runs as whole rows ({:.0} bytes per run)",
+        per_run(decisions + whole_rows),
+        per_run(run_bytes + decision_bytes + whole_bytes),
+        per_run(run_bytes),
+        per_run(decision_bytes),
+        decision_bytes as f64 / decisions.max(1) as f64,
+        per_run(as_whole),
+        (run_bytes + decision_bytes) as f64 / as_whole.max(1) as f64,
+        per_run(whole_bytes),
+    );
 }
 
 /// The example's vector step runs on the embedded SQLite backend (its embeddings are seeded in

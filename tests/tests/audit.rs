@@ -326,12 +326,20 @@ fn old_table(key: &str) -> [String; 2] {
     ]
 }
 
-/// What the audit table holds: `(user_id, run_id)` per decision, in the order written.
+/// What the whole-record table holds: `(user_id, run_id)` per decision, in the order written.
 const AUDIT_ROWS: &str = "SELECT user_id, run_id FROM policy_audit ORDER BY id";
 
+/// The runs table: `(user_id, run_id)` per run row.
+const RUN_ROWS: &str = "SELECT user_id, run_id FROM policy_audit_runs ORDER BY run";
+
+/// Each decision of a run with its run's row: `(user_id, run_id)`, in the order written.
+const DECISION_ROWS: &str = "SELECT r.user_id, r.run_id FROM policy_audit_decisions d \
+    JOIN policy_audit_runs r ON r.writer = d.writer AND r.run = d.run ORDER BY d.id";
+
 /// Makes [`old_table`] (with the auto-numbered key `key`) through `db`, serves the workflow with
-/// its audit table in that database (`url`), runs it twice, and checks that every decision of
-/// each run names it in the table, and that the row from before is kept.
+/// its audit tables in that database (`url`), runs it twice, and checks that each run has one
+/// row in `policy_audit_runs`, that every decision since names its run's row (and none is written
+/// whole), and that the row from before is kept.
 async fn audit_table_names_the_run<DB>(backend: &str, url: &str, db: &sqlx::Pool<DB>, key: &str)
 where
     DB: sqlx::Database,
@@ -345,8 +353,8 @@ where
             .await
             .unwrap();
     }
-    let rows = || async {
-        sqlx::query_as::<DB, (String, Option<String>)>(AUDIT_ROWS)
+    let rows = |sql: &'static str| async move {
+        sqlx::query_as::<DB, (String, Option<String>)>(sql)
             .fetch_all(db)
             .await
             .unwrap()
@@ -368,30 +376,40 @@ where
     // The writer is a background task: wait for both runs' decisions (at least the workflow's
     // and its node's each), then for any stragglers of the last batch.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while rows().await.len() < 5 && Instant::now() < deadline {
+    while rows(DECISION_ROWS).await.len() < 4 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let table = rows().await;
+    let (whole, run_rows, decisions) = (
+        rows(AUDIT_ROWS).await,
+        rows(RUN_ROWS).await,
+        rows(DECISION_ROWS).await,
+    );
     drop(server);
     assert_eq!(
-        table[0],
-        ("before-upgrade".to_owned(), None),
-        "{backend}: the row from before the column is kept, with no run"
+        whole,
+        [("before-upgrade".to_owned(), None)],
+        "{backend}: the row from before the split is kept, with no run, and no decision of a \
+         run is written whole"
     );
-    let ours = &table[1..];
-    let of_run = |run: &String| {
-        ours.iter()
-            .filter(|(user, id)| user == "auditor-test" && id.as_ref() == Some(run))
-            .count()
-    };
-    assert!(of_run(&runs[0]) >= 2, "{backend}: {table:?}");
+    let named = |run: &String| ("auditor-test".to_owned(), Some(run.clone()));
+    assert_eq!(
+        run_rows,
+        [named(&runs[0]), named(&runs[1])],
+        "{backend}: one row per run holds its user and run id"
+    );
+    let of_run = |run: &String| decisions.iter().filter(|d| **d == named(run)).count();
+    assert!(of_run(&runs[0]) >= 2, "{backend}: {decisions:?}");
     assert_eq!(
         of_run(&runs[0]) + of_run(&runs[1]),
-        ours.len(),
-        "{backend}: every decision since names its run: {table:?}"
+        decisions.len(),
+        "{backend}: every decision since names its run: {decisions:?}"
     );
-    assert_eq!(of_run(&runs[0]), of_run(&runs[1]), "{backend}: {table:?}");
+    assert_eq!(
+        of_run(&runs[0]),
+        of_run(&runs[1]),
+        "{backend}: {decisions:?}"
+    );
 }
 
 #[tokio::test]

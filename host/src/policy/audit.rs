@@ -1,6 +1,6 @@
 //! The audit trail: one record per decision (time, user, run, action, resource, decision,
 //! deciding policies, generation, errors, latency, masks applied), written as JSON lines to a
-//! file by a background thread, or into the table `policy_audit` of a SQLite, PostgreSQL or
+//! file by a background thread, or into the audit tables of a SQLite, PostgreSQL or
 //! MySQL/MariaDB database by a background task, so that deciding never waits on a disk.
 //!
 //! # The file's lines
@@ -20,7 +20,25 @@
 //!   [`AuditRecord`] serializes (`time`, `user_id`, `action`, …, `generation`).
 //!
 //! Every file starts its runs afresh, so each file (a rotated one too) reads on its own.
-//! `GET /v1/audit` and the audit table give every decision whole.
+//! `GET /v1/audit` gives every decision whole.
+//!
+//! # The tables
+//!
+//! In a database the same split holds, in three tables:
+//!
+//! - `policy_audit_runs`: one row per run (`writer`, `run`, `run_id`, `time`, `user_id`,
+//!   `generation`), keyed by `(writer, run)`: a number each writer draws at random when it
+//!   starts, and its runs numbered from 1, so that hosts sharing the tables need no round trip
+//!   for a key;
+//! - `policy_audit_decisions`: one row per decision of a run (`id`, its run's `writer` and
+//!   `run`, `at_us` after the run's `time`, `action`, `resource`, `decision`, `policies`,
+//!   `errors`, `latency_us`, `cached`, `masks`; the lists as JSON text);
+//! - `policy_audit`: a decision outside a run, whole (and the rows hosts before the split
+//!   wrote, which name their run in `run_id`).
+//!
+//! A run's decisions read whole with `SELECT r.run_id, r.user_id, r.generation, r.time, d.*
+//! FROM policy_audit_decisions d JOIN policy_audit_runs r ON r.writer = d.writer AND r.run =
+//! d.run`. A batch of records is one transaction of a few multi-row statements.
 //!
 //! The file is rotated by size and age, and only the newest rotated files are kept. When
 //! records cannot be written (a full disk, the audit database gone), what happens is the
@@ -85,7 +103,7 @@ pub enum AuditError {
         source: std::io::Error,
     },
     /// The table could not be created.
-    #[error("cannot create the audit table `policy_audit` in database `{database}`")]
+    #[error("cannot create the audit tables `policy_audit*` in database `{database}`")]
     Table {
         /// The database's configured name.
         database: String,
@@ -191,9 +209,9 @@ impl AuditLog {
         })
     }
 
-    /// Writes into the table `policy_audit` of the SQLite, PostgreSQL or MySQL/MariaDB database
-    /// behind `pool` (created if missing), with room for `capacity` queued records. Must be
-    /// called inside a Tokio runtime.
+    /// Writes into the audit tables (see the module's docs) of the SQLite, PostgreSQL or
+    /// MySQL/MariaDB database behind `pool` (created if missing), with room for `capacity`
+    /// queued records. Must be called inside a Tokio runtime.
     pub async fn open_database(
         pool: &crate::pool::Pool,
         capacity: usize,
@@ -216,6 +234,7 @@ impl AuditLog {
             pool: pool.clone(),
             handle: tokio::runtime::Handle::current(),
             failed: false,
+            runs: RunRows::default(),
         };
         AuditLog::spawn("trellis-audit-db", sink, capacity, on_failure).map_err(|source| {
             AuditError::File {
@@ -520,14 +539,7 @@ impl RunLines {
                 &self.by_id[run_id]
             }
         };
-        let at_us = match (line.time, time) {
-            (Some(start), Some(at)) => {
-                at.duration_since(start)
-                    .as_micros()
-                    .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-            }
-            _ => 0,
-        };
+        let at_us = micros_after(line.time, time);
         serde_json::to_writer(
             &mut *out,
             &DecisionOut {
@@ -643,36 +655,85 @@ impl Sink for FileSink {
     }
 }
 
-/// The audit table: a batch per transaction; after a failure the table is made again first
-/// (the database may have come back empty).
+/// The audit tables: a batch per transaction, a few rows per statement; after a failure the
+/// tables are made again first (the database may have come back empty) and the runs rows known
+/// before are forgotten.
 struct TableSink {
     pool: crate::pool::Pool,
     handle: tokio::runtime::Handle,
     failed: bool,
+    /// The runs rows written so far.
+    runs: RunRows,
 }
 
 impl Sink for TableSink {
     fn write(&mut self, records: &[Arc<AuditRecord>]) -> Result<(), String> {
         let pool = &self.pool;
         let recreate = self.failed;
+        if recreate {
+            self.runs.known.clear();
+        }
+        let runs = &mut self.runs;
         let result = self.handle.block_on(async {
             if recreate {
                 create(pool).await?;
             }
-            insert(pool, records).await
+            insert(pool, records, runs).await
         });
         self.failed = result.is_err();
-        result.map_err(|e| format!("cannot write the audit table: {e}"))
+        result.map_err(|e| format!("cannot write the audit tables: {e}"))
     }
 }
 
-/// Creates the audit table when missing, and adds the `run_id` column to a table made before
-/// it existed (hosts before it wrote no run id; their rows keep `NULL` there).
+/// A run as the tables know it: what its decisions share.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct RunKey {
+    run_id: String,
+    user_id: String,
+    generation: u64,
+}
+
+/// The `policy_audit_runs` rows this writer wrote. A runs row is keyed by `(writer, run)`: the
+/// writer's own random number, and the runs it wrote numbered from 1 (as a file numbers its
+/// runs), so that hosts sharing the tables never need a round trip for a key.
+struct RunRows {
+    writer: i64,
+    /// The number of the last runs row.
+    last: i64,
+    /// Each run's number and start, by run (at most [`MAX_RUNS`]; a decision of a forgotten run
+    /// writes its run's row again, with a new number).
+    known: std::collections::HashMap<RunKey, (i64, Option<jiff::Timestamp>)>,
+}
+
+impl Default for RunRows {
+    fn default() -> RunRows {
+        RunRows {
+            writer: fastrand::i64(..),
+            last: 0,
+            known: Default::default(),
+        }
+    }
+}
+
+/// Microseconds from `start` to `at` (0 when either is unknown).
+fn micros_after(start: Option<jiff::Timestamp>, at: Option<jiff::Timestamp>) -> i64 {
+    match (start, at) {
+        (Some(start), Some(at)) => {
+            at.duration_since(start)
+                .as_micros()
+                .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+        }
+        _ => 0,
+    }
+}
+
+/// Creates the audit tables when missing, and adds the `run_id` column to a `policy_audit` made
+/// before it existed (hosts before it wrote no run id; their rows keep `NULL` there).
 async fn create(pool: &crate::pool::Pool) -> Result<(), crate::pool::PoolError> {
     let lease = pool.acquire().await?;
-    lease
-        .execute(&create_table(pool.kind()), &Params::None, Fetch::All)
-        .await?;
+    for table in create_tables(pool.kind()) {
+        lease.execute(&table, &Params::None, Fetch::All).await?;
+    }
     let has_run_id = async || {
         lease
             .execute(HAS_RUN_ID, &Params::None, Fetch::All)
@@ -697,21 +758,26 @@ const HAS_RUN_ID: &str = "SELECT run_id FROM policy_audit WHERE 1 = 0";
 /// The same column as in [`COLUMNS`], for a table made before it existed.
 const ADD_RUN_ID: &str = "ALTER TABLE policy_audit ADD COLUMN run_id TEXT";
 
-/// The table, in `kind`'s dialect: only the auto-numbered key differs.
-fn create_table(kind: crate::config::values::DatabaseKind) -> String {
+/// The tables, in `kind`'s dialect: only the auto-numbered key differs. The runs table comes
+/// before the decisions table that refers to it.
+fn create_tables(kind: crate::config::values::DatabaseKind) -> [String; 3] {
     use crate::config::values::DatabaseKind;
     let id = match kind {
         DatabaseKind::Sqlite => "id INTEGER PRIMARY KEY AUTOINCREMENT",
         DatabaseKind::Postgres => "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
         DatabaseKind::Mysql => "id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
     };
-    format!("CREATE TABLE IF NOT EXISTS policy_audit ({id}, {COLUMNS})")
+    [
+        format!("CREATE TABLE IF NOT EXISTS policy_audit ({id}, {COLUMNS})"),
+        format!("CREATE TABLE IF NOT EXISTS policy_audit_runs ({RUN_COLUMNS})"),
+        format!("CREATE TABLE IF NOT EXISTS policy_audit_decisions ({id}, {DECISION_COLUMNS})"),
+    ]
 }
 
 /// How long the writer lets records gather after the first one of a batch.
 const COALESCE: Duration = Duration::from_millis(2);
 
-/// The audit table's columns after `id`, the same on every database (`BIGINT` is a 64-bit
+/// `policy_audit`'s columns after `id`, the same on every database (`BIGINT` is a 64-bit
 /// integer on all three). `run_id` is `NULL` for a decision outside a workflow run; it comes last
 /// because a table made before it existed gets it added at the end ([`ADD_RUN_ID`]).
 const COLUMNS: &str = "time TEXT NOT NULL, user_id TEXT NOT NULL, action TEXT NOT NULL, \
@@ -719,40 +785,191 @@ const COLUMNS: &str = "time TEXT NOT NULL, user_id TEXT NOT NULL, action TEXT NO
     generation BIGINT NOT NULL, errors TEXT NOT NULL, latency_us BIGINT NOT NULL, \
     cached INTEGER NOT NULL, masks TEXT NOT NULL, run_id TEXT";
 
-/// Inserts a batch in one transaction, on one lease.
+/// `policy_audit_runs`' columns: its key (see [`RunRows`]) and what a run's decisions share.
+const RUN_COLUMNS: &str = "writer BIGINT NOT NULL, run BIGINT NOT NULL, run_id TEXT NOT NULL, \
+    time TEXT NOT NULL, user_id TEXT NOT NULL, generation BIGINT NOT NULL, \
+    PRIMARY KEY (writer, run)";
+
+/// `policy_audit_decisions`' columns after `id`: a decision of a run, without what its run's row
+/// says.
+const DECISION_COLUMNS: &str = "writer BIGINT NOT NULL, run BIGINT NOT NULL, \
+    at_us BIGINT NOT NULL, action TEXT NOT NULL, resource TEXT NOT NULL, \
+    decision TEXT NOT NULL, policies TEXT NOT NULL, errors TEXT NOT NULL, \
+    latency_us BIGINT NOT NULL, cached INTEGER NOT NULL, masks TEXT NOT NULL, \
+    FOREIGN KEY (writer, run) REFERENCES policy_audit_runs (writer, run)";
+
+/// A list column's JSON text.
+fn list(items: &[String]) -> serde_json::Value {
+    serde_json::Value::String(serde_json::to_string(items).expect("a list of strings is JSON"))
+}
+
+/// Inserts a batch in one transaction, on one lease. The runs rows it writes are known to
+/// `runs` only once it commits.
 async fn insert(
     pool: &crate::pool::Pool,
     records: &[Arc<AuditRecord>],
+    runs: &mut RunRows,
 ) -> Result<(), crate::pool::PoolError> {
+    use serde_json::Value;
+    let kind = pool.kind();
+    let mut whole = Vec::new();
+    let mut run_rows = Vec::new();
+    let mut decisions = Vec::new();
+    let mut written: std::collections::HashMap<RunKey, (i64, Option<jiff::Timestamp>)> =
+        Default::default();
+    let mut last = runs.last;
+    for r in records {
+        let shared = [
+            Value::from(r.action.as_str()),
+            Value::from(r.resource.as_str()),
+            Value::from(r.decision),
+            list(&r.policies),
+            list(&r.errors),
+            Value::from(r.latency_us),
+            // A number, not a boolean: every dialect stores `cached` as an integer 0 or 1.
+            Value::from(i64::from(r.cached)),
+            list(&r.masks),
+        ];
+        let Some(run_id) = &r.run_id else {
+            whole.push(
+                [
+                    Value::from(r.time.as_str()),
+                    Value::from(r.user_id.as_str()),
+                    Value::from(r.generation),
+                ]
+                .into_iter()
+                .chain(shared)
+                .collect::<Vec<_>>(),
+            );
+            continue;
+        };
+        let key = RunKey {
+            run_id: run_id.clone(),
+            user_id: r.user_id.clone(),
+            generation: r.generation,
+        };
+        let time = r.time.parse::<jiff::Timestamp>().ok();
+        let known = runs.known.get(&key).or_else(|| written.get(&key)).copied();
+        let (run, start) = match known {
+            Some(known) => known,
+            None => {
+                last += 1;
+                run_rows.push(vec![
+                    Value::from(runs.writer),
+                    Value::from(last),
+                    Value::from(run_id.as_str()),
+                    Value::from(r.time.as_str()),
+                    Value::from(r.user_id.as_str()),
+                    Value::from(r.generation),
+                ]);
+                written.insert(key, (last, time));
+                (last, time)
+            }
+        };
+        decisions.push(
+            [
+                Value::from(runs.writer),
+                Value::from(run),
+                Value::from(micros_after(start, time)),
+            ]
+            .into_iter()
+            .chain(shared)
+            .collect::<Vec<_>>(),
+        );
+    }
     let lease = pool.acquire().await?;
     lease.execute("BEGIN", &Params::None, Fetch::All).await?;
-    for r in records {
-        let params = serde_json::json!({
-            "time": r.time, "user_id": r.user_id, "action": r.action, "resource": r.resource,
-            "decision": r.decision,
-            "policies": serde_json::to_string(&r.policies).unwrap_or_default(),
-            "generation": r.generation,
-            "errors": serde_json::to_string(&r.errors).unwrap_or_default(),
-            // Numbers, not booleans: every dialect stores `cached` as an integer 0 or 1.
-            "latency_us": r.latency_us, "cached": i64::from(r.cached),
-            "masks": serde_json::to_string(&r.masks).unwrap_or_default(),
-            "run_id": r.run_id,
-        });
-        let serde_json::Value::Object(params) = params else {
-            unreachable!("a json! object literal is an object")
-        };
-        lease
-            .execute(
-                "INSERT INTO policy_audit (time, user_id, action, resource, decision, policies, generation, errors, latency_us, cached, masks, run_id) \
-                 VALUES (:time, :user_id, :action, :resource, :decision, :policies, :generation, :errors, :latency_us, :cached, :masks, :run_id)",
-                &Params::Named(params),
-                Fetch::All,
-            )
-            .await?;
-    }
+    // Runs rows before the decisions that refer to them.
+    insert_rows(
+        &lease,
+        kind,
+        "policy_audit (time, user_id, generation, action, resource, decision, policies, errors, \
+         latency_us, cached, masks)",
+        whole,
+    )
+    .await?;
+    insert_rows(
+        &lease,
+        kind,
+        "policy_audit_runs (writer, run, run_id, time, user_id, generation)",
+        run_rows,
+    )
+    .await?;
+    insert_rows(
+        &lease,
+        kind,
+        "policy_audit_decisions (writer, run, at_us, action, resource, decision, policies, \
+         errors, latency_us, cached, masks)",
+        decisions,
+    )
+    .await?;
     // A failed insert leaves the transaction open: dropping the lease rolls it back.
     lease.execute("COMMIT", &Params::None, Fetch::All).await?;
+    runs.last = last;
+    if runs.known.len() + written.len() > MAX_RUNS {
+        runs.known.clear();
+    }
+    runs.known.extend(written);
     Ok(())
+}
+
+/// Rows per statement: a batch is written in statements of these many rows, the largest that
+/// fits first, so that a table sees at most four statement texts (each prepared once per
+/// connection). 64 rows of 11 values stay far below every database's limit on parameters.
+const ROWS_PER_STATEMENT: [usize; 4] = [64, 16, 4, 1];
+
+/// Inserts `rows` (each the values of `target`'s columns, in order) with as few statements as
+/// [`ROWS_PER_STATEMENT`] allows.
+async fn insert_rows(
+    lease: &crate::pool::Lease,
+    kind: crate::config::values::DatabaseKind,
+    target: &str,
+    rows: Vec<Vec<serde_json::Value>>,
+) -> Result<(), crate::pool::PoolError> {
+    let mut rows = rows.into_iter();
+    while rows.len() > 0 {
+        let n = ROWS_PER_STATEMENT
+            .into_iter()
+            .find(|&n| n <= rows.len())
+            .unwrap_or(1);
+        let chunk: Vec<Vec<serde_json::Value>> = rows.by_ref().take(n).collect();
+        let sql = insert_sql(kind, target, n, chunk[0].len());
+        let values = chunk.into_iter().flatten().collect();
+        lease
+            .execute(&sql, &Params::Positional(values), Fetch::All)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `INSERT INTO target VALUES (…), (…)`: `rows` rows of `width` placeholders in `kind`'s
+/// dialect.
+fn insert_sql(
+    kind: crate::config::values::DatabaseKind,
+    target: &str,
+    rows: usize,
+    width: usize,
+) -> String {
+    use std::fmt::Write as _;
+    let mut sql = format!("INSERT INTO {target} VALUES ");
+    let mut n = 0;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            n += 1;
+            match kind {
+                crate::config::values::DatabaseKind::Postgres => {
+                    let _ = write!(sql, "${n}");
+                }
+                _ => sql.push('?'),
+            }
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 impl Drop for AuditLog {
@@ -870,6 +1087,21 @@ mod tests {
         assert_eq!(retry[2]["run"], 1);
         assert_eq!(retry[2]["at_us"], 1_000_000);
         assert_eq!(retry.len(), 3);
+    }
+
+    #[test]
+    fn a_statement_inserts_rows_of_placeholders_in_the_dialect() {
+        use crate::config::values::DatabaseKind;
+        assert_eq!(
+            insert_sql(DatabaseKind::Postgres, "t (a, b)", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+        for kind in [DatabaseKind::Sqlite, DatabaseKind::Mysql] {
+            assert_eq!(
+                insert_sql(kind, "t (a, b, c)", 1, 3),
+                "INSERT INTO t (a, b, c) VALUES (?, ?, ?)"
+            );
+        }
     }
 
     #[test]

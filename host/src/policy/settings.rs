@@ -34,7 +34,8 @@ pub struct PolicyConfig {
 pub enum AuditTarget {
     /// JSON lines appended to a file (default `<data>/audit.jsonl`).
     File(PathBuf),
-    /// The `policy_audit` table of a configured database.
+    /// The audit tables (`policy_audit_runs`, `policy_audit_decisions`, `policy_audit`) of a
+    /// configured database.
     Database(String),
     /// Nowhere (only the in-memory recent list).
     Off,
