@@ -2,7 +2,8 @@
 //! rotates by size and keeps only the newest rotated files, and when records cannot be written
 //! (a full disk: a 64 KiB tmpfs; the audit database refusing connections) the host refuses
 //! requests by default and serves again once the records are written, or, with
-//! `audit_on_failure = "serve"`, keeps serving and counts every lost record. The audit table
+//! `audit_on_failure = "serve"`, keeps serving and counts every lost record; a writer behind by
+//! more than its queue holds refuses requests too, and loses nothing. The audit table
 //! names each decision's run, also in a table made before it had the column, on every database.
 //! Mounting the tmpfs needs root, which the test command has.
 
@@ -269,6 +270,77 @@ async fn the_audit_database_going_away_refuses_requests_until_it_is_back() {
         0.0
     );
     drop(server);
+    drop_postgres_database(&admin, &name).await;
+}
+
+/// The writer falls behind: the audit table is locked, so its inserts wait (they do not fail).
+/// Once more records wait than `audit_queue` holds, refuse mode refuses requests instead of
+/// dropping records, and serves again once the writer has written every one of them.
+#[tokio::test]
+async fn a_writer_behind_refuses_requests_and_loses_no_record() {
+    let Some((admin, name, url)) = own_postgres_database("audit_behind").await else {
+        return;
+    };
+    let dir = custom_dir(
+        WORKFLOW,
+        &rules(),
+        &format!(
+            "[databases.main]\nurl = \"sqlite://data/trellis.db\"\n[databases.audit]\nurl = \"{url}\"\n[policy]\naudit_database = \"audit\"\naudit_queue = 4\n"
+        ),
+    );
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run_workflow(&server, "w", &user(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    settled(&server, 0.0).await;
+
+    // The decisions table is locked until the transaction holding the lock ends.
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE policy_audit_decisions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let (ran, refused) = run_until_refused(&server, 200).await;
+    assert!(
+        refused,
+        "{ran} runs and never refused with the writer behind"
+    );
+    assert_eq!(metric(&server, "trellis_audit_behind").await, 1.0);
+    assert_eq!(metric(&server, "trellis_audit_failing").await, 0.0);
+    assert_eq!(
+        metric(&server, "trellis_audit_records_dropped_total").await,
+        0.0
+    );
+
+    // Unlocked: the writer writes what waited, and the host serves again.
+    lock.rollback().await.unwrap();
+    served_again(&server, Duration::from_secs(10), "the table was unlocked").await;
+    let written = settled(&server, 0.0).await;
+    assert_eq!(metric(&server, "trellis_audit_behind").await, 0.0);
+    assert_eq!(
+        metric(&server, "trellis_audit_records_dropped_total").await,
+        0.0
+    );
+    // Every run served has its row, and every decision recorded is in the table.
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_audit_runs")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM policy_audit_decisions")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs as usize,
+        ran + 2,
+        "the first run, {ran} before the refusal, the last"
+    );
+    assert_eq!(
+        decisions as f64, written,
+        "every record written is a decision of a run"
+    );
+    drop(server);
+    db.close().await;
     drop_postgres_database(&admin, &name).await;
 }
 

@@ -529,6 +529,16 @@ mod tests {
     }
 
     #[test]
+    fn audit_queue_is_read_and_must_hold_a_record() {
+        let config = parse("[policy]\naudit_queue = 16\n").unwrap();
+        assert_eq!(config.policy.audit_queue, 16);
+        assert_eq!(parse("").unwrap().policy.audit_queue, 65_536);
+        let err = parse("[policy]\naudit_queue = 0\n").unwrap_err().plain();
+        assert!(err.contains("key `policy.audit_queue`"), "{err}");
+        assert!(err.contains("must be above zero"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_and_wrong_type_name_line_and_key() {
         let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
             .unwrap_err()

@@ -46,7 +46,9 @@
 //! decide anything ([`AuditLog::refusing`]), keeps the unwritten records and retries them every
 //! second, and serves again once they are written; or it keeps **serving** and counts every
 //! lost record in [`AuditLog::dropped`] (`trellis_audit_records_dropped` on `/metrics`).
-//! Nothing is silently lost either way.
+//! Nothing is silently lost either way. The same holds when the writer falls behind and its
+//! queue (`[policy] audit_queue`) is full: refuse mode keeps the records that do not fit and
+//! refuses requests until the writer has written them; serve mode drops and counts them.
 
 use crate::sql::{Fetch, Params};
 use std::io::Write;
@@ -157,6 +159,18 @@ struct Shared {
     written: AtomicU64,
     /// The last write failed, and records wait to be written again.
     failing: AtomicBool,
+    /// Records that found the queue full in refuse mode, for the writer's next batch (at most
+    /// [`MAX_PENDING`]; beyond it they are dropped and counted).
+    overflow: std::sync::Mutex<Vec<Arc<AuditRecord>>>,
+    /// The queue was full (refuse mode): requests are refused until the writer has taken and
+    /// written what overflowed.
+    behind: AtomicBool,
+}
+
+impl Shared {
+    fn overflow(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AuditRecord>>> {
+        self.overflow.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A JSON-lines audit file (or table) fed through a bounded queue.
@@ -281,6 +295,19 @@ impl AuditLog {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(Message::Record(record)) {
             Ok(()) => {}
+            // The writer is behind: refuse mode keeps the record and refuses requests until the
+            // writer has caught up, so that no decision goes unrecorded.
+            Err(TrySendError::Full(Message::Record(record)))
+                if self.on_failure == OnFailure::Refuse =>
+            {
+                let mut overflow = self.shared.overflow();
+                if overflow.len() < MAX_PENDING {
+                    overflow.push(record);
+                    self.shared.behind.store(true, Ordering::Relaxed);
+                } else {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -341,9 +368,15 @@ impl AuditLog {
         self.shared.failing.load(Ordering::Relaxed)
     }
 
-    /// Whether requests must be refused now: writes fail and `audit_on_failure = "refuse"`.
+    /// Whether records overflowed the queue (refuse mode) and wait for the writer.
+    pub fn behind(&self) -> bool {
+        self.shared.behind.load(Ordering::Relaxed)
+    }
+
+    /// Whether requests must be refused now (`audit_on_failure = "refuse"`): writes fail, or
+    /// the queue was full and the writer has not caught up yet.
     pub fn refusing(&self) -> bool {
-        self.on_failure == OnFailure::Refuse && self.failing()
+        self.on_failure == OnFailure::Refuse && (self.failing() || self.behind())
     }
 }
 
@@ -357,10 +390,13 @@ fn write_loop(
 ) {
     let mut pending: Vec<Arc<AuditRecord>> = Vec::new();
     loop {
-        let wait = if pending.is_empty() {
-            Duration::from_secs(3600)
-        } else {
+        let wait = if !pending.is_empty() {
             RETRY
+        } else if shared.behind.load(Ordering::Relaxed) {
+            // What overflowed is taken below at once.
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
         };
         let mut batch = Vec::new();
         match rx.recv_timeout(wait) {
@@ -381,8 +417,16 @@ fn write_loop(
                 Message::Flush(done) => flushes.push(done),
             }
         }
+        pending.append(&mut shared.overflow());
         if !pending.is_empty() {
             write_pending(sink, shared, on_failure, &mut pending);
+        }
+        if pending.is_empty() {
+            // Caught up, unless more overflowed meanwhile (the flag is set under the same lock).
+            let overflow = shared.overflow();
+            if overflow.is_empty() {
+                shared.behind.store(false, Ordering::Relaxed);
+            }
         }
         for done in flushes {
             let _ = done.send(());

@@ -27,6 +27,8 @@ pub struct PolicyConfig {
     pub audit_rotation: crate::policy::audit::Rotation,
     /// What happens while audit records cannot be written.
     pub audit_on_failure: crate::policy::audit::OnFailure,
+    /// How many records may wait for the audit writer (default 65536).
+    pub audit_queue: usize,
 }
 
 /// Where the audit trail goes.
@@ -55,6 +57,7 @@ pub(crate) struct RawPolicy {
     audit_max_age: Option<Interpolated<HumanDuration>>,
     audit_keep: Option<usize>,
     audit_on_failure: Option<crate::policy::audit::OnFailure>,
+    audit_queue: Option<usize>,
 }
 
 pub(crate) fn resolve(
@@ -119,6 +122,13 @@ pub(crate) fn resolve(
             "`audit_max_bytes` and `audit_max_age` must be above zero".into(),
         ));
     }
+    let audit_queue = raw.audit_queue.unwrap_or(65_536);
+    if audit_queue == 0 {
+        return Err(error(
+            "audit_queue",
+            "`audit_queue` must be above zero (records wait there for the writer)".into(),
+        ));
+    }
     Ok(PolicyConfig {
         timezone,
         hmac_key: raw.hmac_key.map(|k| k.0),
@@ -127,5 +137,6 @@ pub(crate) fn resolve(
         audit_recent: raw.audit_recent.unwrap_or(10_000),
         audit_rotation,
         audit_on_failure: raw.audit_on_failure.unwrap_or_default(),
+        audit_queue,
     })
 }

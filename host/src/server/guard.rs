@@ -112,11 +112,11 @@ pub(super) fn audit_refusal(app: &App) -> Result<(), ApiError> {
     match app.policy().audit() {
         Some(audit) if audit.refusing() => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the audit trail cannot be written, and no decision is made without its record",
+            "the audit trail cannot be written now (it fails, or its writer is behind), and no decision is made without its record",
         )
         .with(
             "hint",
-            "free space for the audit file (or bring the audit database back): the host serves again within a second; `[policy] audit_on_failure = \"serve\"` keeps serving and counts lost records",
+            "retry shortly: the host serves again as soon as the records are written (free space for the audit file, or bring the audit database back, if they fail); `[policy] audit_on_failure = \"serve\"` keeps serving and counts lost records",
         )),
         _ => Ok(()),
     }

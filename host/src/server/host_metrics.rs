@@ -128,6 +128,14 @@ impl Collector for HostCollector {
             )?;
             prometheus_client::metrics::gauge::ConstGauge::new(i64::from(audit.failing()))
                 .encode(family)?;
+            let family = encoder.encode_descriptor(
+                "audit_behind",
+                "1 while more audit records wait than the queue holds (requests are refused until they are written, unless audit_on_failure = \"serve\")",
+                None,
+                MetricType::Gauge,
+            )?;
+            prometheus_client::metrics::gauge::ConstGauge::new(i64::from(audit.behind()))
+                .encode(family)?;
         }
         Ok(())
     }

@@ -465,14 +465,14 @@ async fn start_policy(
     let audit = match &p.audit {
         AuditTarget::Off => AuditLog::memory_only(p.audit_recent),
         AuditTarget::File(path) => {
-            AuditLog::open_file(path, 65_536, p.audit_rotation, p.audit_on_failure)?
+            AuditLog::open_file(path, p.audit_queue, p.audit_rotation, p.audit_on_failure)?
                 .with_recent(p.audit_recent)
         }
         AuditTarget::Database(name) => {
             let pool = databases.get(name).ok_or_else(|| {
                 StartError::Policy(format!("audit database `{name}` is not configured"))
             })?;
-            AuditLog::open_table(pool, 65_536, p.audit_on_failure)
+            AuditLog::open_table(pool, p.audit_queue, p.audit_on_failure)
                 .await?
                 .with_recent(p.audit_recent)
         }
