@@ -103,6 +103,26 @@ async fn drop_postgres_database(admin: &sqlx::PgPool, name: &str) {
     .await;
 }
 
+/// The test workflow's folder with its audit trail in the database at `url`; `database` and
+/// `policy` are more lines for those sections.
+fn audited_in(url: &str, database: &str, policy: &str) -> tempfile::TempDir {
+    custom_dir(
+        WORKFLOW,
+        &rules(),
+        &format!(
+            "[databases.main]\nurl = \"sqlite://data/trellis.db\"\n[databases.audit]\nurl = \"{url}\"\n{database}[policy]\naudit_database = \"audit\"\n{policy}"
+        ),
+    )
+}
+
+/// Serves `dir` and runs its workflow once.
+async fn serve_after_one_run(dir: &tempfile::TempDir) -> Server {
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = run_workflow(&server, "w", &user(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    server
+}
+
 /// Runs the workflow until a run is refused (503), at most `limit` times; how many ran.
 async fn run_until_refused(server: &Server, limit: usize) -> (usize, bool) {
     for i in 0..limit {
@@ -231,16 +251,8 @@ async fn the_audit_database_going_away_refuses_requests_until_it_is_back() {
     let Some((admin, name, url)) = own_postgres_database("audit_db").await else {
         return;
     };
-    let dir = custom_dir(
-        WORKFLOW,
-        &rules(),
-        &format!(
-            "[databases.main]\nurl = \"sqlite://data/trellis.db\"\n[databases.audit]\nurl = \"{url}\"\nmin_connections = 0\n[policy]\naudit_database = \"audit\"\n"
-        ),
-    );
-    let server = Server::start(dir.path(), &[]);
-    let (status, body) = run_workflow(&server, "w", &user(), json!({})).await;
-    assert_eq!(status, 200, "{body}");
+    let dir = audited_in(&url, "min_connections = 0\n", "");
+    let server = serve_after_one_run(&dir).await;
 
     // The database goes away: no new connection, and the open ones are cut.
     let away = |allow: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}");
@@ -281,16 +293,8 @@ async fn a_writer_behind_refuses_requests_and_loses_no_record() {
     let Some((admin, name, url)) = own_postgres_database("audit_behind").await else {
         return;
     };
-    let dir = custom_dir(
-        WORKFLOW,
-        &rules(),
-        &format!(
-            "[databases.main]\nurl = \"sqlite://data/trellis.db\"\n[databases.audit]\nurl = \"{url}\"\n[policy]\naudit_database = \"audit\"\naudit_queue = 4\n"
-        ),
-    );
-    let server = Server::start(dir.path(), &[]);
-    let (status, body) = run_workflow(&server, "w", &user(), json!({})).await;
-    assert_eq!(status, 200, "{body}");
+    let dir = audited_in(&url, "", "audit_queue = 4\n");
+    let server = serve_after_one_run(&dir).await;
     settled(&server, 0.0).await;
 
     // The decisions table is locked until the transaction holding the lock ends.
@@ -431,13 +435,7 @@ where
             .await
             .unwrap()
     };
-    let dir = custom_dir(
-        WORKFLOW,
-        &rules(),
-        &format!(
-            "[databases.main]\nurl = \"sqlite://data/trellis.db\"\n[databases.audit]\nurl = \"{url}\"\n[policy]\naudit_database = \"audit\"\n"
-        ),
-    );
+    let dir = audited_in(url, "", "");
     let server = Server::start(dir.path(), &[]);
     let mut runs = Vec::new();
     for _ in 0..2 {
