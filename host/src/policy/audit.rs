@@ -921,6 +921,9 @@ async fn insert(
             .collect::<Vec<_>>(),
         );
     }
+    // The numbers are taken whatever happens next: a commit that succeeded on the server but
+    // whose answer was lost must not make the retry's rows collide with its own.
+    runs.last = last;
     let lease = pool.acquire().await?;
     lease.execute("BEGIN", &Params::None, Fetch::All).await?;
     // Runs rows before the decisions that refer to them.
@@ -949,7 +952,6 @@ async fn insert(
     .await?;
     // A failed insert leaves the transaction open: dropping the lease rolls it back.
     lease.execute("COMMIT", &Params::None, Fetch::All).await?;
-    runs.last = last;
     if runs.known.len() + written.len() > MAX_RUNS {
         runs.known.clear();
     }
