@@ -432,7 +432,9 @@ fn write_loop(
             let _ = done.send(());
         }
     }
-    // Stopping: one last try; what still cannot be written is lost, and counted.
+    // Stopping: one last try, with what overflowed the queue too; what still cannot be written
+    // is lost, and counted.
+    pending.append(&mut shared.overflow());
     if !pending.is_empty() {
         write_pending(sink, shared, OnFailure::Serve, &mut pending);
     }
