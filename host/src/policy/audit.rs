@@ -248,7 +248,8 @@ impl AuditLog {
             pool: pool.clone(),
             handle: tokio::runtime::Handle::current(),
             failed: false,
-            runs: RunRows::default(),
+            writer: fastrand::i64(..),
+            runs: Runs::default(),
         };
         AuditLog::spawn("trellis-audit-db", sink, capacity, on_failure).map_err(|source| {
             AuditError::File {
@@ -484,27 +485,37 @@ struct FileSink {
     opened: std::time::Instant,
     rotation: Rotation,
     /// The runs this file has a run line for.
-    runs: RunLines,
+    runs: Runs,
 }
 
-/// The run lines a file holds, by run id (see the module's docs).
+/// The runs a sink has written what their decisions share for (a file's run lines, the tables'
+/// runs rows), by run id: see the module's docs.
 #[derive(Default)]
-struct RunLines {
-    by_id: std::collections::HashMap<String, RunLine>,
-    /// The number of the file's last run line.
+struct Runs {
+    by_id: std::collections::HashMap<String, Run>,
+    /// The number of the last run.
     last: u64,
 }
 
-/// One run line: its number in the file, and what its decisions share.
-struct RunLine {
+/// One run: its number, and what its decisions share.
+struct Run {
     number: u64,
     time: Option<jiff::Timestamp>,
     user_id: String,
     generation: u64,
 }
 
-/// The most runs remembered per file: past it they are forgotten, and a later decision of a
-/// forgotten run writes its run line again (with a new number).
+/// A decision's run, as [`Runs::of`] finds it.
+struct OfRun {
+    number: u64,
+    /// The decision's time, in microseconds after the run's start.
+    at_us: i64,
+    /// Numbered just now: what its decisions share is still to be written.
+    new: bool,
+}
+
+/// The most runs remembered per sink: past it the older half is forgotten, and a later
+/// decision of a forgotten run writes its run again (with a new number).
 const MAX_RUNS: usize = 4096;
 
 /// A run line as written.
@@ -535,11 +546,54 @@ struct DecisionOut<'a> {
     masks: &'a [String],
 }
 
-impl RunLines {
-    /// Forgets the run lines numbered after `last` (they were not written).
+impl Runs {
+    /// Forgets the runs numbered after `last` (they were not written), and numbers again from
+    /// there.
     fn forget_after(&mut self, last: u64) {
         self.by_id.retain(|_, line| line.number <= last);
         self.last = last;
+    }
+
+    /// Forgets every run, and goes on numbering.
+    fn forget(&mut self) {
+        self.by_id.clear();
+    }
+
+    /// The run (`run_id`) of `record`: a run this sink knows when it has the same user and
+    /// generation, else a new one.
+    fn of(&mut self, run_id: &str, record: &AuditRecord) -> OfRun {
+        let time = record.time.parse::<jiff::Timestamp>().ok();
+        let known = self
+            .by_id
+            .get(run_id)
+            .filter(|r| r.user_id == record.user_id && r.generation == record.generation);
+        if let Some(run) = known {
+            return OfRun {
+                number: run.number,
+                at_us: micros_after(run.time, time),
+                new: false,
+            };
+        }
+        if self.by_id.len() >= MAX_RUNS {
+            // The older half goes: a run still deciding is among the newest.
+            let keep_after = self.last.saturating_sub(MAX_RUNS as u64 / 2);
+            self.by_id.retain(|_, run| run.number > keep_after);
+        }
+        self.last += 1;
+        self.by_id.insert(
+            run_id.to_owned(),
+            Run {
+                number: self.last,
+                time,
+                user_id: record.user_id.clone(),
+                generation: record.generation,
+            },
+        );
+        OfRun {
+            number: self.last,
+            at_us: 0,
+            new: true,
+        }
     }
 
     /// Writes `record` to `out` as its lines: the run's line first when this file has none for
@@ -550,47 +604,25 @@ impl RunLines {
             out.push(b'\n');
             return Ok(());
         };
-        let time = record.time.parse::<jiff::Timestamp>().ok();
-        let known = self
-            .by_id
-            .get(run_id)
-            .filter(|r| r.user_id == record.user_id && r.generation == record.generation);
-        let line = match known {
-            Some(line) => line,
-            None => {
-                if self.by_id.len() >= MAX_RUNS {
-                    self.by_id.clear();
-                }
-                self.last += 1;
-                serde_json::to_writer(
-                    &mut *out,
-                    &RunOut {
-                        run: self.last,
-                        run_id,
-                        time: &record.time,
-                        user_id: &record.user_id,
-                        generation: record.generation,
-                    },
-                )?;
-                out.push(b'\n');
-                self.by_id.insert(
-                    run_id.to_owned(),
-                    RunLine {
-                        number: self.last,
-                        time,
-                        user_id: record.user_id.clone(),
-                        generation: record.generation,
-                    },
-                );
-                &self.by_id[run_id]
-            }
-        };
-        let at_us = micros_after(line.time, time);
+        let run = self.of(run_id, record);
+        if run.new {
+            serde_json::to_writer(
+                &mut *out,
+                &RunOut {
+                    run: run.number,
+                    run_id,
+                    time: &record.time,
+                    user_id: &record.user_id,
+                    generation: record.generation,
+                },
+            )?;
+            out.push(b'\n');
+        }
         serde_json::to_writer(
             &mut *out,
             &DecisionOut {
-                run: line.number,
-                at_us,
+                run: run.number,
+                at_us: run.at_us,
                 action: &record.action,
                 resource: &record.resource,
                 decision: record.decision,
@@ -619,7 +651,7 @@ impl FileSink {
             rotation,
             // An existing file's run lines are not read back: numbering starts again at 1, and
             // a decision's run is the last run line of its number above it.
-            runs: RunLines::default(),
+            runs: Runs::default(),
         })
     }
 
@@ -647,7 +679,7 @@ impl FileSink {
         self.file = crate::private_fs::open_append(&self.path)?;
         self.len = 0;
         self.opened = std::time::Instant::now();
-        self.runs = RunLines::default();
+        self.runs = Runs::default();
         tracing::info!(file = %rotated.display(), "audit file rotated");
         self.prune(&name)
     }
@@ -708,8 +740,13 @@ struct TableSink {
     pool: crate::pool::Pool,
     handle: tokio::runtime::Handle,
     failed: bool,
-    /// The runs rows written so far.
-    runs: RunRows,
+    /// This writer's number, drawn at random when it starts: its runs rows are keyed by it and
+    /// their own number, so that hosts sharing the tables never need a round trip for a key.
+    writer: i64,
+    /// The runs this writer wrote a row for. After a failure it forgets them all (their rows may
+    /// be gone) but never numbers a run again with a number it gave: a commit that succeeded
+    /// on the server, with its answer lost, must not make the retry collide with its own rows.
+    runs: Runs,
 }
 
 impl Sink for TableSink {
@@ -717,47 +754,17 @@ impl Sink for TableSink {
         let pool = &self.pool;
         let recreate = self.failed;
         if recreate {
-            self.runs.known.clear();
+            self.runs.forget();
         }
-        let runs = &mut self.runs;
+        let (runs, writer) = (&mut self.runs, self.writer);
         let result = self.handle.block_on(async {
             if recreate {
                 create(pool).await?;
             }
-            insert(pool, records, runs).await
+            insert(pool, records, runs, writer).await
         });
         self.failed = result.is_err();
         result.map_err(|e| format!("cannot write the audit tables: {e}"))
-    }
-}
-
-/// A run as the tables know it: what its decisions share.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct RunKey {
-    run_id: String,
-    user_id: String,
-    generation: u64,
-}
-
-/// The `policy_audit_runs` rows this writer wrote. A runs row is keyed by `(writer, run)`: the
-/// writer's own random number, and the runs it wrote numbered from 1 (as a file numbers its
-/// runs), so that hosts sharing the tables never need a round trip for a key.
-struct RunRows {
-    writer: i64,
-    /// The number of the last runs row.
-    last: i64,
-    /// Each run's number and start, by run (at most [`MAX_RUNS`]; a decision of a forgotten run
-    /// writes its run's row again, with a new number).
-    known: std::collections::HashMap<RunKey, (i64, Option<jiff::Timestamp>)>,
-}
-
-impl Default for RunRows {
-    fn default() -> RunRows {
-        RunRows {
-            writer: fastrand::i64(..),
-            last: 0,
-            known: Default::default(),
-        }
     }
 }
 
@@ -831,7 +838,8 @@ const COLUMNS: &str = "time TEXT NOT NULL, user_id TEXT NOT NULL, action TEXT NO
     generation BIGINT NOT NULL, errors TEXT NOT NULL, latency_us BIGINT NOT NULL, \
     cached INTEGER NOT NULL, masks TEXT NOT NULL, run_id TEXT";
 
-/// `policy_audit_runs`' columns: its key (see [`RunRows`]) and what a run's decisions share.
+/// `policy_audit_runs`' columns: its key (see [`TableSink::writer`]) and what a run's decisions
+/// share.
 const RUN_COLUMNS: &str = "writer BIGINT NOT NULL, run BIGINT NOT NULL, run_id TEXT NOT NULL, \
     time TEXT NOT NULL, user_id TEXT NOT NULL, generation BIGINT NOT NULL, \
     PRIMARY KEY (writer, run)";
@@ -849,21 +857,19 @@ fn list(items: &[String]) -> serde_json::Value {
     serde_json::Value::String(serde_json::to_string(items).expect("a list of strings is JSON"))
 }
 
-/// Inserts a batch in one transaction, on one lease. The runs rows it writes are known to
-/// `runs` only once it commits.
+/// Inserts a batch in one transaction, on one lease: the runs rows of `writer` that `runs` does
+/// not know yet, then the decisions.
 async fn insert(
     pool: &crate::pool::Pool,
     records: &[Arc<AuditRecord>],
-    runs: &mut RunRows,
+    runs: &mut Runs,
+    writer: i64,
 ) -> Result<(), crate::pool::PoolError> {
     use serde_json::Value;
     let kind = pool.kind();
     let mut whole = Vec::new();
     let mut run_rows = Vec::new();
     let mut decisions = Vec::new();
-    let mut written: std::collections::HashMap<RunKey, (i64, Option<jiff::Timestamp>)> =
-        Default::default();
-    let mut last = runs.last;
     for r in records {
         let shared = [
             Value::from(r.action.as_str()),
@@ -889,43 +895,28 @@ async fn insert(
             );
             continue;
         };
-        let key = RunKey {
-            run_id: run_id.clone(),
-            user_id: r.user_id.clone(),
-            generation: r.generation,
-        };
-        let time = r.time.parse::<jiff::Timestamp>().ok();
-        let known = runs.known.get(&key).or_else(|| written.get(&key)).copied();
-        let (run, start) = match known {
-            Some(known) => known,
-            None => {
-                last += 1;
-                run_rows.push(vec![
-                    Value::from(runs.writer),
-                    Value::from(last),
-                    Value::from(run_id.as_str()),
-                    Value::from(r.time.as_str()),
-                    Value::from(r.user_id.as_str()),
-                    Value::from(r.generation),
-                ]);
-                written.insert(key, (last, time));
-                (last, time)
-            }
-        };
+        let run = runs.of(run_id, r);
+        if run.new {
+            run_rows.push(vec![
+                Value::from(writer),
+                Value::from(run.number),
+                Value::from(run_id.as_str()),
+                Value::from(r.time.as_str()),
+                Value::from(r.user_id.as_str()),
+                Value::from(r.generation),
+            ]);
+        }
         decisions.push(
             [
-                Value::from(runs.writer),
-                Value::from(run),
-                Value::from(micros_after(start, time)),
+                Value::from(writer),
+                Value::from(run.number),
+                Value::from(run.at_us),
             ]
             .into_iter()
             .chain(shared)
             .collect::<Vec<_>>(),
         );
     }
-    // The numbers are taken whatever happens next: a commit that succeeded on the server but
-    // whose answer was lost must not make the retry's rows collide with its own.
-    runs.last = last;
     let lease = pool.acquire().await?;
     lease.execute("BEGIN", &Params::None, Fetch::All).await?;
     // Runs rows before the decisions that refer to them.
@@ -954,10 +945,6 @@ async fn insert(
     .await?;
     // A failed insert leaves the transaction open: dropping the lease rolls it back.
     lease.execute("COMMIT", &Params::None, Fetch::All).await?;
-    if runs.known.len() + written.len() > MAX_RUNS {
-        runs.known.clear();
-    }
-    runs.known.extend(written);
     Ok(())
 }
 
@@ -1061,7 +1048,7 @@ mod tests {
 
     #[test]
     fn a_runs_shared_context_is_written_once() {
-        let mut runs = RunLines::default();
+        let mut runs = Runs::default();
         let mut out = Vec::new();
         let mut masked = record(Some("r-1"), "2026-12-06T03:44:28.000500Z", "ada", 7);
         masked.action = "mask".into();
@@ -1100,8 +1087,24 @@ mod tests {
     }
 
     #[test]
+    fn a_full_memory_of_runs_forgets_the_older_half() {
+        let mut runs = Runs::default();
+        let at = "2026-12-06T03:44:28Z";
+        for i in 0..MAX_RUNS {
+            let run = runs.of(&format!("r-{i}"), &record(Some("x"), at, "ada", 7));
+            assert!(run.new);
+        }
+        // The next new run makes room: the newest runs are still known, the oldest are not.
+        assert!(runs.of("r-next", &record(Some("x"), at, "ada", 7)).new);
+        let newest = format!("r-{}", MAX_RUNS - 1);
+        assert!(!runs.of(&newest, &record(Some("x"), at, "ada", 7)).new);
+        assert!(runs.of("r-0", &record(Some("x"), at, "ada", 7)).new);
+        assert!(runs.by_id.len() <= MAX_RUNS / 2 + 2, "{}", runs.by_id.len());
+    }
+
+    #[test]
     fn a_batch_not_written_writes_its_run_lines_again() {
-        let mut runs = RunLines::default();
+        let mut runs = Runs::default();
         let mut out = Vec::new();
         runs.write(
             &record(Some("a"), "2026-12-06T03:44:28Z", "ada", 7),
@@ -1154,7 +1157,7 @@ mod tests {
 
     #[test]
     fn a_file_has_fewer_bytes_per_decision_of_a_run() {
-        let mut runs = RunLines::default();
+        let mut runs = Runs::default();
         let (mut compact, mut whole) = (Vec::new(), Vec::new());
         for i in 0..16 {
             let r = record(
