@@ -207,6 +207,8 @@ async fn main() {
             continue;
         }
         let dir = example_dir();
+        // The bench database's URL, on PostgreSQL.
+        let mut pg_url = None;
         if backend == "postgres" {
             let Some(mut url) = postgres_database().await else {
                 println!("postgres: skipped (TRELLIS_TEST_PG_URL not set)");
@@ -225,6 +227,7 @@ async fn main() {
             }
             std::fs::write(dir.path().join("trellis.toml"), config).unwrap();
             without_vector_step(dir.path());
+            pg_url = Some(url);
         }
         if let Some(baseline) = &args.baseline {
             compare(&args, backend, dir.path(), baseline).await;
@@ -274,8 +277,10 @@ async fn main() {
         }
         // What the audit trail takes per run (issue 21): the records every run of this backend
         // left, once the background writer has caught up.
-        if args.audit_table && backend == "postgres" {
-            audit_tables(runs, failed).await;
+        if args.audit_table
+            && let Some(url) = &pg_url
+        {
+            audit_tables(url, runs, failed).await;
             drop(server);
             continue;
         }
@@ -328,14 +333,12 @@ async fn audit_written(data: &std::path::Path) -> (u64, u64) {
     }
 }
 
-/// What the audit tables of the PostgreSQL bench database hold for `runs` runs, once they stop
-/// growing: the bytes of their rows, and what the same decisions would take as whole rows. A
-/// build before the runs table (`TRELLIS_BIN`) wrote its decisions whole, into `policy_audit`:
-/// those are counted as they are.
-async fn audit_tables(runs: usize, failed: usize) {
-    let url = TestDb::Postgres.url().expect("the PostgreSQL URL");
-    let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-    let mut conn = sqlx::PgConnection::connect(&format!("{base}/trellis_http_bench"))
+/// What the audit tables of the PostgreSQL bench database (`url`) hold for `runs` runs, once
+/// they stop growing: the bytes of their rows, and what the same decisions would take as whole
+/// rows. A build before the runs table (`TRELLIS_BIN`) wrote its decisions whole, into
+/// `policy_audit`: those are counted as they are.
+async fn audit_tables(url: &str, runs: usize, failed: usize) {
+    let mut conn = sqlx::PgConnection::connect(url)
         .await
         .expect("connect to the bench database");
     // Decisions of a run written whole, and their bytes.
