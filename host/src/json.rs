@@ -1,8 +1,15 @@
-//! JSON objects built by moving their values in. `serde_json::json!` turns every value it is
-//! given into a new one through the serializer (`to_value(&v)`), a deep copy: a node's rows
-//! wrapped in its output object would be copied whole.
+//! JSON on the request path: objects built by moving their values in, and values written out
+//! as serde_json writes them, only faster.
+//!
+//! `serde_json::json!` turns every value it is given into a new one through the serializer
+//! (`to_value(&v)`), a deep copy: a node's rows wrapped in its output object would be copied
+//! whole. serde_json's writer checks a string byte by byte for what needs escaping, and hands
+//! each run between escapes to its formatter: the largest single cost of writing a run's answer
+//! (BENCHMARKS.md, issue 21). [`write_value`] checks eight bytes at a time, copies a string
+//! that needs no escape in one piece, and leaves every other string and every number to
+//! serde_json, so its bytes are serde_json's.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 /// The object of `fields`, in their order, each value moved in (a name given twice keeps the
 /// last value, in the first one's place, as `json!` does).
@@ -14,9 +21,170 @@ pub(crate) fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
     Value::Object(map)
 }
 
+/// `value` as compact JSON text: the bytes of `serde_json::to_string(value)`.
+pub(crate) fn to_string(value: &Value) -> String {
+    let mut out = Vec::with_capacity(128);
+    write_value(&mut out, value);
+    // Only whole UTF-8 strings and ASCII are written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `value` as compact JSON, byte for byte what `serde_json::to_writer` writes.
+pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(number) => write_number(out, number),
+        Value::String(text) => write_str(out, text),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => write_object(out, map),
+    }
+}
+
+/// Appends `map` as a compact JSON object (see [`write_value`]).
+pub(crate) fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
+    out.push(b'{');
+    for (i, (name, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        write_value(out, value);
+    }
+    out.push(b'}');
+}
+
+/// Appends `text` as a JSON string: copied whole between its quotes when nothing in it needs
+/// an escape, else written by serde_json.
+pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
+    if needs_escape(text.as_bytes()) {
+        // Writing a `str` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    } else {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
+}
+
+fn write_number(out: &mut Vec<u8>, number: &Number) {
+    if let Some(n) = number.as_u64() {
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    } else if let Some(n) = number.as_i64() {
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    } else {
+        // A float: serde_json's own shortest form (and `null` where it writes that).
+        let _ = serde_json::to_writer(&mut *out, number);
+    }
+}
+
+/// Whether a byte of `bytes` is one serde_json escapes: `"`, `\\` or a control character
+/// below 0x20. Eight bytes at a time, the last eight overlapping the ones before (a string of 4
+/// to 7 bytes is read as two overlapping halves): a byte below 0x20 is one whose value minus
+/// 0x20 borrows into its top bit while its own top bit is clear; `"` and `\\` are the bytes
+/// that become zero when xor-ed with them.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let special = |x: u64| {
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        control | zero_byte(x ^ (ONES * u64::from(b'"'))) | zero_byte(x ^ (ONES * u64::from(b'\\')))
+            != 0
+    };
+    let word = |at: usize| {
+        let mut word = [0; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
+    let half = |at: usize| {
+        let mut half = [0; 4];
+        half.copy_from_slice(&bytes[at..at + 4]);
+        u64::from(u32::from_le_bytes(half))
+    };
+    let n = bytes.len();
+    if n >= 8 {
+        let mut at = 0;
+        while at + 8 <= n {
+            if special(word(at)) {
+                return true;
+            }
+            at += 8;
+        }
+        at < n && special(word(n - 8))
+    } else if n >= 4 {
+        special(half(0) | (half(n - 4) << 32))
+    } else {
+        bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
+
+    /// Every value [`super::write_value`] writes is what serde_json writes, byte for byte:
+    /// strings with and without escapes at every position of an eight-byte word, control
+    /// characters, non-ASCII text, every kind of number, nesting.
+    #[test]
+    fn values_are_written_as_serde_json_writes_them() {
+        let mut strings: Vec<String> = vec![
+            String::new(),
+            "plain".into(),
+            "exactly8".into(),
+            "ünïcødé 🙂 text of some length".into(),
+            "\u{7f}\u{80}".into(),
+        ];
+        for special in [
+            '"', '\\', '\n', '\t', '\u{0}', '\u{1f}', '\u{8}', ' ', '~', 'é',
+        ] {
+            for len in 0..20 {
+                for at in 0..len {
+                    let mut s: String = "abcdefghijklmnopqrstuvwxyz".chars().take(len).collect();
+                    s.insert(at, special);
+                    strings.push(s);
+                }
+            }
+        }
+        let numbers = [
+            json!(0),
+            json!(-1),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(1.5),
+            json!(-0.0),
+            json!(1e20),
+            json!(1e-7),
+            json!(123456.789),
+            json!(f64::MAX),
+            json!(0.1 + 0.2),
+        ];
+        let mut values: Vec<Value> = strings.iter().map(|s| json!(s)).collect();
+        values.extend(numbers.iter().cloned());
+        values.extend([json!(null), json!(true), json!(false), json!([]), json!({})]);
+        let mut object = serde_json::Map::new();
+        for (i, s) in strings.iter().enumerate().take(200) {
+            object.insert(s.clone(), values[i % values.len()].clone());
+        }
+        values.push(Value::Object(object));
+        values.push(json!([{"a": [1, "x\"y", {"b": null}], "c": 2.5}, [[]], "é"]));
+        for value in &values {
+            let ours = super::to_string(value);
+            assert_eq!(ours, serde_json::to_string(value).unwrap(), "{value:?}");
+        }
+    }
 
     #[test]
     fn object_is_what_json_builds() {

@@ -583,7 +583,14 @@ const PARTS: &[(&str, &[&str])] = &[
     ),
     (
         "JSON: values, their maps, serialization",
-        &["serde", "indexmap", "itoa", "ryu", "zmij"],
+        &[
+            "serde",
+            "indexmap",
+            "itoa",
+            "ryu",
+            "zmij",
+            "trellis_host::json",
+        ],
     ),
     (
         "workflow runtime",

@@ -589,7 +589,7 @@ impl Plugin {
         records: &[serde_json::Value],
         config: Arc<CallConfig>,
     ) -> Result<Vec<Result<serde_json::Value, String>>, CallError> {
-        let texts: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+        let texts: Vec<String> = records.iter().map(crate::json::to_string).collect();
         let results = self.transform(&texts, config)?;
         Ok(results
             .into_iter()
@@ -625,8 +625,8 @@ impl Plugin {
                     .iter()
                     .map(|i| v1::MaskRequest {
                         field_path: i.field_path.clone(),
-                        value: i.value.to_string(),
-                        params: i.params.to_string(),
+                        value: crate::json::to_string(&i.value),
+                        params: crate::json::to_string(&i.params),
                     })
                     .collect();
                 call(
@@ -644,8 +644,8 @@ impl Plugin {
                     .iter()
                     .map(|i| v2::MaskRequest {
                         field_path: i.field_path.clone(),
-                        value: i.value.to_string(),
-                        params: i.params.to_string(),
+                        value: crate::json::to_string(&i.value),
+                        params: crate::json::to_string(&i.params),
                     })
                     .collect();
                 call_v2_blocking(

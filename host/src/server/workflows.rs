@@ -8,6 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -15,7 +16,7 @@ use super::App;
 use super::auth::CurrentUser;
 use super::error::{ApiError, parse_body};
 use crate::policy::PreparedUser;
-use crate::workflow::{AccessError, Denial, RunReport, Workflow, new_run_id};
+use crate::workflow::{AccessError, Denial, Workflow, new_run_id};
 
 /// Lists the workflows in service that the caller may `view` (all of them when the listing is
 /// public and nobody is authenticated), and the files that failed to load.
@@ -111,7 +112,7 @@ pub async fn run(
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: axum::http::HeaderMap,
     body: Bytes,
-) -> Result<Json<RunReport>, ApiError> {
+) -> Result<Response, ApiError> {
     let ip = peer.map(|axum::Extension(axum::extract::ConnectInfo(peer))| {
         super::client_ip::client_ip(peer.ip(), &headers, &app.config().server.trusted_proxies)
     });
@@ -167,7 +168,14 @@ pub async fn run(
             app.metrics().record_run(&workflow.name, "ok");
             tracing::debug!(%run_id, workflow = %workflow.name, user = ?user_id, took_ms, skipped = report.skipped.len(), withheld = report.withheld.len(), "run finished");
             // Written straight from the report: a `Value` of it first would copy every row.
-            Ok(Json(report))
+            Ok((
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                )],
+                report.to_json(),
+            )
+                .into_response())
         }
         Err(AccessError::Denied(denial)) => {
             app.metrics().record_run(&workflow.name, "denied");

@@ -424,20 +424,9 @@ impl Runtime {
                 problems.join("; ")
             )));
         }
-        // `to_string` writes into the `String` directly; `Value`'s `Display` (what
-        // `ToString` on it uses) goes through a `fmt::Formatter` for every piece. Writing a
-        // `Value` cannot fail; if it ever did, the node fails rather than send a record that
-        // is not the one it was given.
-        let texts = config
-            .records
-            .iter()
-            .enumerate()
-            .map(|(index, record)| {
-                serde_json::to_string(record).map_err(|e| {
-                    NodeError::Config(format!("record {index} cannot be written as JSON: {e}"))
-                })
-            })
-            .collect::<Result<Vec<String>, NodeError>>()?;
+        // Written as serde_json writes them, into each `String` directly (`Value`'s `Display`
+        // goes through a `fmt::Formatter` for every piece).
+        let texts: Vec<String> = config.records.iter().map(crate::json::to_string).collect();
         let label = format!("{}@{}", plugin.name(), plugin.version());
         let database = plugin.uses_database().then(|| {
             Arc::new(PluginDatabase::new(
