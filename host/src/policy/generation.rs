@@ -94,17 +94,22 @@ impl Slice {
     }
 }
 
+/// A generation's maps by name, read on every decision: hashed with foldhash (seeded per
+/// process) rather than SipHash, several times cheaper on a short name. Their keys come from
+/// the policy and workflow files, not from callers.
+pub(crate) type Lookup<V> = HashMap<String, V, foldhash::quality::RandomState>;
+
 /// A loaded, validated policy directory.
 #[derive(Debug)]
 pub struct PolicyGeneration {
     id: u64,
     dir: PathBuf,
-    /// Action → resource → slice: looked up without allocating.
-    pub(crate) slices: HashMap<String, HashMap<String, Slice>>,
+    /// Action → resource → slice: looked up without allocating, on every decision.
+    pub(crate) slices: Lookup<Lookup<Slice>>,
     pub(crate) fallback: Slice,
     pub(crate) user_slots: Vec<Slot>,
     pub(crate) derived: Vec<DerivedLeaf>,
-    pub(crate) masks: HashMap<String, Vec<(String, MaskingRule)>>,
+    pub(crate) masks: Lookup<Vec<(String, MaskingRule)>>,
     node_refs: Vec<NodeRef>,
     compiled: String,
     schema: String,
@@ -608,8 +613,8 @@ fn generated_schema(schema_text: &str, problems: &mut Vec<Problem>) -> Option<Sc
 }
 
 /// The slices by action, then resource.
-fn by_action(slices: HashMap<SliceKey, Slice>) -> HashMap<String, HashMap<String, Slice>> {
-    let mut by_action: HashMap<String, HashMap<String, Slice>> = HashMap::new();
+fn by_action(slices: HashMap<SliceKey, Slice>) -> Lookup<Lookup<Slice>> {
+    let mut by_action: Lookup<Lookup<Slice>> = Lookup::default();
     for ((action, resource), slice) in slices {
         by_action.entry(action).or_default().insert(resource, slice);
     }
@@ -832,11 +837,8 @@ fn compile_rules(rules_list: &[PermissionRule], out: &mut Passes) {
 
 /// Pass: compiles each masking rule's condition into one permit under the `mask` action, in its
 /// node's slice; returns the masks by node.
-fn compile_masks(
-    masks: Vec<MaskingRule>,
-    out: &mut Passes,
-) -> HashMap<String, Vec<(String, MaskingRule)>> {
-    let mut mask_map: HashMap<String, Vec<(String, MaskingRule)>> = HashMap::new();
+fn compile_masks(masks: Vec<MaskingRule>, out: &mut Passes) -> Lookup<Vec<(String, MaskingRule)>> {
+    let mut mask_map: Lookup<Vec<(String, MaskingRule)>> = Lookup::default();
     let mut mask_builds: HashMap<String, usize> = HashMap::new();
     for m in masks {
         let id = format!("mask:{}:{}", file_name(&m.loc.file), m.index);
