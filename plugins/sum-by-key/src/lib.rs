@@ -17,7 +17,7 @@
 //! error and is left out of every total.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use trellis_sdk::{Info, Node, Record, Value, config, json, serde_json};
@@ -68,10 +68,12 @@ impl Node for SumByKey {
             .clone()
             .unwrap_or_else(|| format!("{}_count", settings.field));
 
-        // Per group (the key's compact JSON text): the sum, whether every amount was an
-        // integer, and the members.
-        let mut groups: HashMap<String, (f64, bool, u64)> = HashMap::new();
-        let read: Vec<Result<(Record<'_>, String), String>> = records
+        // Per group: the sum, whether every amount was an integer, and the members. Each
+        // record keeps its group's index; the groups are found by the key's compact JSON text
+        // in an ordered map (no hashing, and no copy of the text per record).
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        let mut groups: Vec<(f64, bool, u64)> = Vec::new();
+        let read: Vec<Result<(Record<'_>, usize), String>> = records
             .iter()
             .enumerate()
             .map(|(i, text)| {
@@ -84,20 +86,28 @@ impl Node for SumByKey {
                 })?;
                 let amount = settings.amount(&record, i)?;
                 let group = group_of(&record, &settings.key);
-                let entry = groups.entry(group.clone()).or_insert((0.0, true, 0));
+                let at = match index.get(group.as_str()) {
+                    Some(&at) => at,
+                    None => {
+                        groups.push((0.0, true, 0));
+                        index.insert(group, groups.len() - 1);
+                        groups.len() - 1
+                    }
+                };
+                let entry = &mut groups[at];
                 entry.2 += 1;
                 if let Some(n) = amount {
                     entry.1 &= n.as_i64().is_some();
                     entry.0 += n.as_f64().unwrap_or(0.0);
                 }
-                Ok((record, group))
+                Ok((record, at))
             })
             .collect();
 
         read.into_iter()
             .map(|read| {
-                let (mut record, group) = read?;
-                let (sum, all_integers, count) = groups[&group];
+                let (mut record, at) = read?;
+                let (sum, all_integers, count) = groups[at];
                 if all_integers && sum.abs() < 9.0e15 {
                     record.insert(total_as.as_str(), &(sum as i64))?;
                 } else {
