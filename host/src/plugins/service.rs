@@ -25,7 +25,9 @@ pub enum PluginStartError {
 /// With `TRELLIS_VALGRIND=1` in the environment (profiling the server under valgrind, as the
 /// `http` bench's `--profile` does) each of at most 32 slots reserves only its memory cap:
 /// valgrind cannot map wasmtime's default 4 GiB per slot. Compiled plugins then check bounds
-/// explicitly, so they run a little slower.
+/// explicitly, so they run a little slower. The engine also writes `/tmp/perf-PID.map`, which
+/// names the plugins' compiled functions at their addresses (the bench's `--profile` reads it:
+/// callgrind has no names for code made at run time).
 pub fn engine_options(config: &Config) -> EngineOptions {
     let limits = &config.plugins.limits;
     let largest = limits
@@ -44,6 +46,7 @@ pub fn engine_options(config: &Config) -> EngineOptions {
         return EngineOptions {
             max_instances: 32,
             memory_reservation: Some(largest as u64),
+            perf_map: true,
             ..options
         };
     }
