@@ -33,7 +33,58 @@ pub struct PluginConfig {
     /// What the plugin reads through its config calls (checked against its `config_schema`).
     pub settings: Arc<Map<String, Value>>,
     /// The records (`records`, written in the file or filled by a connection).
-    pub records: Vec<Value>,
+    pub records: Records,
+}
+
+/// A plugin node's records: its own, or the array an upstream node's output holds, shared
+/// with that output instead of copied (a node's rows are the records of the next, and they
+/// are only read, to be written out for the plugin).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Records {
+    /// Written in the file, or filled in as a value.
+    Own(Vec<Value>),
+    /// The array at `path` in `output` (checked to be one when this was made).
+    Shared {
+        /// The upstream node's output, as downstream nodes see it.
+        output: Arc<Value>,
+        /// The keys (and array indexes) from the output to the array.
+        path: Vec<String>,
+    },
+}
+
+impl Records {
+    /// `value` at `path` in `output` as records: an array is shared, `null` (or nothing) is
+    /// none, anything else is refused as [`PluginConfig::records`] refuses it.
+    pub(crate) fn shared(output: &Arc<Value>, path: &[String]) -> Result<Records, ConfigError> {
+        match follow(output, path) {
+            Some(Value::Array(_)) => Ok(Records::Shared {
+                output: output.clone(),
+                path: path.to_vec(),
+            }),
+            None | Some(Value::Null) => Ok(Records::Own(Vec::new())),
+            Some(other) => Err(not_records(other)),
+        }
+    }
+
+    /// The records, in order.
+    pub fn as_slice(&self) -> &[Value] {
+        match self {
+            Records::Own(records) => records,
+            Records::Shared { output, path } => match follow(output, path) {
+                Some(Value::Array(records)) => records,
+                _ => &[],
+            },
+        }
+    }
+}
+
+/// What `path` (object keys, array indexes) leads to in `value`.
+pub(crate) fn follow<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |value, key| match value {
+        Value::Object(map) => map.get(key),
+        Value::Array(items) => key.parse::<usize>().ok().and_then(|k| items.get(k)),
+        _ => None,
+    })
 }
 
 /// Why a node's config does not parse.
@@ -154,26 +205,43 @@ impl NodeConfig {
                 records: records(Some(value))?,
             }),
             // `Typed::prepare` pairs each part only with its node type.
-            (_, part) => {
-                return Err(ConfigError::Plugin(format!(
-                    "`{}` is not filled in at run time for this node type",
-                    part.key()
-                )));
-            }
+            (_, part) => return Err(not_filled(part)),
         })
+    }
+
+    /// This plugin node's config with `records` set (filled in by a run).
+    pub(crate) fn with_records(&self, records: Records) -> Result<NodeConfig, ConfigError> {
+        match self {
+            NodeConfig::Plugin(plugin) => Ok(NodeConfig::Plugin(PluginConfig {
+                settings: plugin.settings.clone(),
+                records,
+            })),
+            _ => Err(not_filled(Part::Records)),
+        }
     }
 }
 
+fn not_filled(part: Part) -> ConfigError {
+    ConfigError::Plugin(format!(
+        "`{}` is not filled in at run time for this node type",
+        part.key()
+    ))
+}
+
 /// A plugin node's `records`: an array, or nothing.
-fn records(value: Option<Value>) -> Result<Vec<Value>, ConfigError> {
+fn records(value: Option<Value>) -> Result<Records, ConfigError> {
     match value {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => Ok(items),
-        Some(other) => Err(ConfigError::Plugin(format!(
-            "`records` must be an array of records, not {}",
-            kind_of(&other)
-        ))),
+        None | Some(Value::Null) => Ok(Records::Own(Vec::new())),
+        Some(Value::Array(items)) => Ok(Records::Own(items)),
+        Some(other) => Err(not_records(&other)),
     }
+}
+
+fn not_records(value: &Value) -> ConfigError {
+    ConfigError::Plugin(format!(
+        "`records` must be an array of records, not {}",
+        kind_of(value)
+    ))
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -234,7 +302,7 @@ mod tests {
         let NodeConfig::Plugin(filled) = plugin.with_part(part, json!([{"a": 1}])).unwrap() else {
             panic!("a plugin config");
         };
-        assert_eq!(filled.records, vec![json!({"a": 1})]);
+        assert_eq!(filled.records.as_slice(), [json!({"a": 1})]);
         assert_eq!(filled.settings.get("key"), Some(&json!("k")));
         let err = plugin.with_part(part, json!("x")).unwrap_err();
         assert_eq!(

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
-use super::node_config::{ConfigError, NodeConfig, PluginConfig, Typed};
+use super::node_config::{self, ConfigError, NodeConfig, Part, PluginConfig, Records, Typed};
 use super::plugin_database::{DatabaseCaller, PluginDatabase};
-use super::spec::{INPUT_PREFIX, NodeKind, NodeSpec, Workflow};
+use super::spec::{Connection, INPUT_PREFIX, NodeKind, NodeSpec, Workflow};
 use crate::database::Databases;
 use crate::database::tenants::{Checkout, TenantError};
 use crate::json::object;
@@ -327,6 +327,11 @@ impl Runtime {
         let node = &workflow.nodes[i];
         Ok(match &node.typed {
             Typed::Ready(config) => config.clone(),
+            Typed::Except(config, Part::Records)
+                if let Some(records) = shared_records(workflow, i, views)? =>
+            {
+                Arc::new(config.with_records(records)?)
+            }
             Typed::Except(config, part) => {
                 let value = fill(workflow, i, Some(part.key()), inputs, views)?;
                 Arc::new(config.with_part(*part, value)?)
@@ -426,7 +431,12 @@ impl Runtime {
         }
         // Written as serde_json writes them, into each `String` directly (`Value`'s `Display`
         // goes through a `fmt::Formatter` for every piece).
-        let texts: Vec<String> = config.records.iter().map(crate::json::to_string).collect();
+        let texts: Vec<String> = config
+            .records
+            .as_slice()
+            .iter()
+            .map(crate::json::to_string)
+            .collect();
         let label = format!("{}@{}", plugin.name(), plugin.version());
         let database = plugin.uses_database().then(|| {
             Arc::new(PluginDatabase::new(
@@ -694,31 +704,66 @@ fn fill(
                 c.from
             )));
         };
-        let mut value: &Value = view;
-        for key in &c.output {
-            value = match value {
-                Value::Object(map) => map.get(key),
-                Value::Array(items) => key.parse::<usize>().ok().and_then(|k| items.get(k)),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                NodeError::Connection(format!(
-                    "the output of `{}` has no `{}` (connection `{}` → `{}.{}`)",
-                    c.from,
-                    c.output.join("."),
-                    [c.from.as_str()]
-                        .into_iter()
-                        .chain(c.output.iter().map(String::as_str))
-                        .collect::<Vec<_>>()
-                        .join("."),
-                    c.to,
-                    c.input.join(".")
-                ))
-            })?;
-        }
+        let value = follow(view, c)?;
         set_path(&mut config, into, value.clone())?;
     }
     Ok(config)
+}
+
+/// The output of `c`'s upstream node at the connection's path, as `view` (that output as
+/// downstream nodes see it) holds it.
+fn follow<'v>(view: &'v Value, c: &Connection) -> Result<&'v Value, NodeError> {
+    node_config::follow(view, &c.output).ok_or_else(|| {
+        NodeError::Connection(format!(
+            "the output of `{}` has no `{}` (connection `{}` → `{}.{}`)",
+            c.from,
+            c.output.join("."),
+            [c.from.as_str()]
+                .into_iter()
+                .chain(c.output.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join("."),
+            c.to,
+            c.input.join(".")
+        ))
+    })
+}
+
+/// Plugin node `i`'s records when one connection fills them whole and the file sets none:
+/// the upstream output's array, shared ([`Records::Shared`]) rather than copied into a
+/// config. `None` when the records are made another way (see [`fill`]).
+fn shared_records(
+    workflow: &Workflow,
+    i: usize,
+    views: &[Option<Arc<Value>>],
+) -> Result<Option<Records>, NodeError> {
+    let node = &workflow.nodes[i];
+    if node.config.get(Part::Records.key()).is_some() {
+        return Ok(None);
+    }
+    let mut filling = workflow
+        .connections
+        .iter()
+        .filter(|c| c.to == node.id && c.input.first().map(String::as_str) == Some("records"));
+    let (Some(c), None) = (filling.next(), filling.next()) else {
+        return Ok(None);
+    };
+    if c.input.len() != 1 {
+        return Ok(None);
+    }
+    let from = workflow
+        .nodes
+        .iter()
+        .position(|n| n.id == c.from)
+        .expect("validated connection");
+    let Some(view) = &views[from] else {
+        return Err(NodeError::Connection(format!(
+            "upstream node `{}` has no output",
+            c.from
+        )));
+    };
+    follow(view, c)?;
+    Ok(Some(Records::shared(view, &c.output)?))
 }
 
 /// Replaces every string that is exactly `$inputs.NAME` with the input's value.
@@ -770,6 +815,70 @@ fn set_path(config: &mut Value, path: &[String], value: Value) -> Result<(), Nod
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A plugin node's records filled whole by one connection share the upstream output (no
+    /// copy), and are refused or emptied as a copied value would be.
+    #[test]
+    fn records_from_one_connection_share_the_upstream_output() {
+        let text = r#"
+[[nodes]]
+id = "rows"
+type = "AsyncSQLDatabaseNode"
+config = { query = "SELECT 1" }
+
+[[nodes]]
+id = "sum"
+type = "plugin:sum-by-key"
+
+[[connections]]
+from = "rows.result.data"
+to = "sum.records"
+"#;
+        let workflow = Workflow::parse(
+            text,
+            std::path::Path::new("w.toml"),
+            &crate::workflow::AnyName,
+        )
+        .unwrap();
+        let view = |data: Value| vec![Some(Arc::new(json!({"result": {"data": data}}))), None];
+        let rows = json!([{"a": 1}, {"a": "x"}]);
+        let views = view(rows.clone());
+        let Some(Records::Shared { output, .. }) = shared_records(&workflow, 1, &views).unwrap()
+        else {
+            panic!("the records should be shared");
+        };
+        assert!(Arc::ptr_eq(&output, views[0].as_ref().unwrap()));
+        let records = shared_records(&workflow, 1, &views).unwrap().unwrap();
+        assert_eq!(records.as_slice(), rows.as_array().unwrap().as_slice());
+        assert_eq!(
+            shared_records(&workflow, 1, &view(Value::Null))
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            [] as [Value; 0]
+        );
+        let err = shared_records(&workflow, 1, &view(json!("text"))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`records` must be an array of records, not a string"),
+            "{err}"
+        );
+        let missing = vec![Some(Arc::new(json!({"result": {}}))), None];
+        let err = shared_records(&workflow, 1, &missing).unwrap_err();
+        assert!(err.to_string().contains("has no `result.data`"), "{err}");
+        // Records the file gives are filled in as before.
+        let own = text.replace(
+            "type = \"plugin:sum-by-key\"",
+            "type = \"plugin:sum-by-key\"\nconfig = { records = [] }",
+        );
+        let workflow = Workflow::parse(
+            &own,
+            std::path::Path::new("w.toml"),
+            &crate::workflow::AnyName,
+        )
+        .unwrap();
+        assert!(shared_records(&workflow, 1, &views).unwrap().is_none());
+    }
 
     #[test]
     fn inputs_are_substituted_only_as_whole_values() {
