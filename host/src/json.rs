@@ -37,18 +37,30 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(number) => write_number(out, number),
         Value::String(text) => write_str(out, text),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item);
-            }
-            out.push(b']');
-        }
+        Value::Array(items) => write_values(out, items),
         Value::Object(map) => write_object(out, map),
     }
+}
+
+/// Appends `items` as a JSON array (see [`write_value`]).
+pub(crate) fn write_values(out: &mut Vec<u8>, items: &[Value]) {
+    write_array(out, items, write_value);
+}
+
+/// Appends `items` as a JSON array of strings (see [`write_str`]).
+pub(crate) fn write_strings(out: &mut Vec<u8>, items: &[String]) {
+    write_array(out, items, |out, item| write_str(out, item));
+}
+
+fn write_array<T>(out: &mut Vec<u8>, items: &[T], write: impl Fn(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
 }
 
 /// Appends `map` as a compact JSON object (see [`write_value`]).

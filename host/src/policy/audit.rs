@@ -570,17 +570,10 @@ impl DecisionOut<'_> {
     /// Appends the line's JSON, the bytes `serde_json::to_writer` gives, written faster
     /// ([`crate::json::write_str`]): the writer thread writes one per decision.
     fn write(&self, out: &mut Vec<u8>) {
-        use crate::json::write_str;
+        use crate::json::{write_str, write_strings};
         let strings = |out: &mut Vec<u8>, name: &[u8], items: &[String]| {
             out.extend_from_slice(name);
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, item);
-            }
-            out.push(b']');
+            write_strings(out, items);
         };
         let mut number = itoa::Buffer::new();
         out.extend_from_slice(b"{\"run\":");

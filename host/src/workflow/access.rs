@@ -69,7 +69,7 @@ impl RunReport {
     /// The report as JSON text, the bytes `serde_json::to_vec(self)` gives, written faster
     /// ([`crate::json::write_value`]): what `POST /v1/workflows/{name}/run` answers.
     pub fn to_json(&self) -> Vec<u8> {
-        use crate::json::{write_object, write_str, write_value};
+        use crate::json::{write_object, write_str, write_strings, write_values};
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(b"{\"run_id\":");
         write_str(&mut out, &self.run_id);
@@ -85,33 +85,15 @@ impl RunReport {
         );
         out.extend_from_slice(b",\"results\":");
         write_object(&mut out, &self.results);
-        let values = |out: &mut Vec<u8>, name: &[u8], items: &[Value]| {
-            out.extend_from_slice(name);
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item);
-            }
-            out.push(b']');
-        };
-        let strings = |out: &mut Vec<u8>, name: &[u8], items: &[String]| {
-            out.extend_from_slice(name);
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, item);
-            }
-            out.push(b']');
-        };
-        values(&mut out, b",\"masked\":", &self.masked);
-        values(&mut out, b",\"skipped\":", &self.skipped);
-        strings(&mut out, b",\"withheld\":", &self.withheld);
+        out.extend_from_slice(b",\"masked\":");
+        write_values(&mut out, &self.masked);
+        out.extend_from_slice(b",\"skipped\":");
+        write_values(&mut out, &self.skipped);
+        out.extend_from_slice(b",\"withheld\":");
+        write_strings(&mut out, &self.withheld);
         if !self.mask_errors.is_empty() {
-            strings(&mut out, b",\"mask_errors\":", &self.mask_errors);
+            out.extend_from_slice(b",\"mask_errors\":");
+            write_strings(&mut out, &self.mask_errors);
         }
         out.push(b'}');
         out

@@ -693,21 +693,26 @@ fn fill(
             None => &c.input[..],
         };
 
-        let from = workflow
-            .nodes
-            .iter()
-            .position(|n| n.id == c.from)
-            .expect("validated connection");
-        let Some(view) = &views[from] else {
-            return Err(NodeError::Connection(format!(
-                "upstream node `{}` has no output",
-                c.from
-            )));
-        };
-        let value = follow(view, c)?;
+        let value = follow(upstream(workflow, views, c)?, c)?;
         set_path(&mut config, into, value.clone())?;
     }
     Ok(config)
+}
+
+/// The output of `c`'s upstream node as downstream nodes see it.
+fn upstream<'v>(
+    workflow: &Workflow,
+    views: &'v [Option<Arc<Value>>],
+    c: &Connection,
+) -> Result<&'v Arc<Value>, NodeError> {
+    let from = workflow
+        .nodes
+        .iter()
+        .position(|n| n.id == c.from)
+        .expect("validated connection");
+    views[from]
+        .as_ref()
+        .ok_or_else(|| NodeError::Connection(format!("upstream node `{}` has no output", c.from)))
 }
 
 /// The output of `c`'s upstream node at the connection's path, as `view` (that output as
@@ -751,17 +756,7 @@ fn shared_records(
     if c.input.len() != 1 {
         return Ok(None);
     }
-    let from = workflow
-        .nodes
-        .iter()
-        .position(|n| n.id == c.from)
-        .expect("validated connection");
-    let Some(view) = &views[from] else {
-        return Err(NodeError::Connection(format!(
-            "upstream node `{}` has no output",
-            c.from
-        )));
-    };
+    let view = upstream(workflow, views, c)?;
     follow(view, c)?;
     Ok(Some(Records::shared(view, &c.output)?))
 }
