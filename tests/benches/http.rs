@@ -40,7 +40,8 @@
 //! `N` runs one after another (after 20 to warm up), then `N` requests to `/health`, and prints
 //! the user-space instructions per request by part (HTTP, authentication, policy, SQL, plugin,
 //! masking, audit, serialization, …), every thread of the server counted (the audit writer's
-//! too). The kernel's share (sockets, the disk) is not in these counts.
+//! too). The kernel's share (sockets, the disk) is not in these counts. The plugins' compiled
+//! functions, which callgrind has no names for, are named from the engine's perf map (`??? NAME`).
 //!
 //! ```console
 //! $ cargo bench -p trellis-tests --bench http -- --profile 200 --pg-params sslmode=disable
@@ -637,7 +638,8 @@ fn annotate(file: &std::path::Path) -> (u64, Vec<(String, u64)>) {
         .expect("callgrind_annotate (apt-get install valgrind)");
     assert!(out.status.success(), "callgrind_annotate failed");
     let text = String::from_utf8_lossy(&out.stdout);
-    let (mut total, mut functions) = (0, Vec::new());
+    let jit = JitNames::read(&file.with_extension("perfmap"));
+    let (mut total, mut functions): (u64, Vec<(String, u64)>) = (0, Vec::new());
     for line in text.lines() {
         let line = line.trim_start();
         let Some((count, rest)) = line.split_once(' ') else {
@@ -670,9 +672,63 @@ fn annotate(file: &std::path::Path) -> (u64, Vec<(String, u64)>) {
                 })
                 .map_or(name, |(i, _)| &name[i + 1..])
         };
-        functions.push((name.to_owned(), count));
+        let name = match name.strip_prefix("???:0x") {
+            Some(address) => jit.name(address).unwrap_or_else(|| name.to_owned()),
+            None => name.to_owned(),
+        };
+        match functions.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += count,
+            None => functions.push((name, count)),
+        }
     }
     (total, functions)
+}
+
+/// The plugins' compiled functions, from the engine's perf map (`START SIZE NAME` per line,
+/// hexadecimal): callgrind only has their addresses.
+struct JitNames(Vec<(u64, u64, String)>);
+
+impl JitNames {
+    fn read(path: &std::path::Path) -> JitNames {
+        let mut functions: Vec<(u64, u64, String)> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                let start = u64::from_str_radix(parts.next()?.trim_start_matches("0x"), 16).ok()?;
+                let size = u64::from_str_radix(parts.next()?, 16).ok()?;
+                Some((start, size, parts.next()?.to_owned()))
+            })
+            .collect();
+        // A function named in the module is listed twice at one address: by its name, and
+        // cut short after `wasm[0]::function[N]::`. The first is kept.
+        functions.sort_by_key(|f| (f.0, f.2.starts_with("wasm[")));
+        functions.dedup_by_key(|f| f.0);
+        JitNames(functions)
+    }
+
+    /// `??? NAME` for the function at `address` (hexadecimal), its Rust name demangled; `None`
+    /// when the map does not hold it.
+    fn name(&self, address: &str) -> Option<String> {
+        let address = u64::from_str_radix(address, 16).ok()?;
+        let at = self.0.partition_point(|f| f.0 <= address).checked_sub(1)?;
+        let (start, size, name) = &self.0[at];
+        if address >= start + size {
+            return None;
+        }
+        // `wasm[0]::function[12]::MANGLED`: the guest's own name, demangled when it is Rust's.
+        // A plugin built without its names (`scripts/build-plugins` strips them; build with
+        // `CARGO_PROFILE_RELEASE_STRIP=false` to keep them) has only its function's index, which
+        // another plugin's may share: the address tells them apart.
+        let short = name.rsplit_once("]::").map_or(name.as_str(), |(_, n)| n);
+        Some(
+            if short.starts_with("function[") || short.starts_with("wasm[") {
+                format!("??? {name} at {start:#x}")
+            } else {
+                format!("??? {:#}", rustc_demangle::demangle(short))
+            },
+        )
+    }
 }
 
 /// Sends `n` requests one after another; each must succeed.
@@ -759,7 +815,14 @@ where
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("stop the server");
+    let pid = server.pid();
     server.wait(Duration::from_secs(300));
+    // The engine's names for the plugins' compiled code (`TRELLIS_VALGRIND=1` writes them),
+    // kept beside the dump for `annotate`.
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    if std::fs::copy(&map, out.with_extension("perfmap")).is_ok() {
+        let _ = std::fs::remove_file(&map);
+    }
     elapsed
 }
 
