@@ -25,8 +25,9 @@ pub(crate) fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
 pub(crate) fn to_string(value: &Value) -> String {
     let mut out = Vec::with_capacity(128);
     write_value(&mut out, value);
-    // Only whole UTF-8 strings and ASCII are written.
-    String::from_utf8(out).unwrap_or_default()
+    // Only whole UTF-8 strings and ASCII are written; were that ever not so, serde_json's own
+    // text is sent rather than anything else.
+    String::from_utf8(out).unwrap_or_else(|_| value.to_string())
 }
 
 /// Appends `value` as compact JSON, byte for byte what `serde_json::to_writer` writes.

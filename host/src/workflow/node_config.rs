@@ -53,16 +53,21 @@ pub enum Records {
 }
 
 impl Records {
-    /// `value` at `path` in `output` as records: an array is shared, `null` (or nothing) is
-    /// none, anything else is refused as [`PluginConfig::records`] refuses it.
-    pub(crate) fn shared(output: &Arc<Value>, path: &[String]) -> Result<Records, ConfigError> {
-        match follow(output, path) {
-            Some(Value::Array(_)) => Ok(Records::Shared {
+    /// `found`, what `path` leads to in `output` (the caller followed it, for an error of its
+    /// own when it leads nowhere), as records: an array is shared, `null` is none, anything
+    /// else is refused as [`PluginConfig::records`] refuses it.
+    pub(crate) fn shared(
+        output: &Arc<Value>,
+        path: &[String],
+        found: &Value,
+    ) -> Result<Records, ConfigError> {
+        match found {
+            Value::Array(_) => Ok(Records::Shared {
                 output: output.clone(),
                 path: path.to_vec(),
             }),
-            None | Some(Value::Null) => Ok(Records::Own(Vec::new())),
-            Some(other) => Err(not_records(other)),
+            Value::Null => Ok(Records::Own(Vec::new())),
+            other => Err(not_records(other)),
         }
     }
 
@@ -200,10 +205,7 @@ impl NodeConfig {
                 sql.params = Params::from_json(Some(&value)).map_err(SqlError::Params)?;
                 NodeConfig::Sql(sql)
             }
-            (NodeConfig::Plugin(plugin), Part::Records) => NodeConfig::Plugin(PluginConfig {
-                settings: plugin.settings.clone(),
-                records: records(Some(value))?,
-            }),
+            (NodeConfig::Plugin(_), Part::Records) => self.with_records(records(Some(value))?)?,
             // `Typed::prepare` pairs each part only with its node type.
             (_, part) => return Err(not_filled(part)),
         })

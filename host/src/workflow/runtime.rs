@@ -746,10 +746,9 @@ fn shared_records(
     if node.config.get(Part::Records.key()).is_some() {
         return Ok(None);
     }
-    let mut filling = workflow
-        .connections
-        .iter()
-        .filter(|c| c.to == node.id && c.input.first().map(String::as_str) == Some("records"));
+    let mut filling = workflow.connections.iter().filter(|c| {
+        c.to == node.id && c.input.first().map(String::as_str) == Some(Part::Records.key())
+    });
     let (Some(c), None) = (filling.next(), filling.next()) else {
         return Ok(None);
     };
@@ -757,8 +756,8 @@ fn shared_records(
         return Ok(None);
     }
     let view = upstream(workflow, views, c)?;
-    follow(view, c)?;
-    Ok(Some(Records::shared(view, &c.output)?))
+    let found = follow(view, c)?;
+    Ok(Some(Records::shared(view, &c.output, found)?))
 }
 
 /// Replaces every string that is exactly `$inputs.NAME` with the input's value.
