@@ -19,24 +19,25 @@
 //! `concurrency_support` off and on. The medians of the criterion estimates are the p50 figures
 //! in `BENCHMARKS.md`.
 
-use std::path::{Path, PathBuf};
+#[path = "support/batch.rs"]
+mod support;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use support::{
+    echo_file, empty_config, engine_options, plugins_dir, records, row_config, row_file,
+};
 use trellis_host::{
-    CallConfig, EngineOptions, LimitsConfig, Plugin, PluginEngine, PluginRegistry, PluginWatcher,
-    ReloadOutcome,
+    EngineOptions, LimitsConfig, Plugin, PluginEngine, PluginRegistry, PluginWatcher,
 };
 
 /// The allocator the `trellis` binary ships with: the host's side of every call (lowering the
 /// records, lifting and checking the results) allocates as it does in `serve`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn plugins_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins")
-}
 
 fn wasm(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| {
@@ -47,22 +48,15 @@ fn wasm(path: &Path) -> Vec<u8> {
     })
 }
 
-/// Loads one plugin file into a fresh registry on an engine with `concurrency_support` as given.
+/// Loads one plugin file on an engine with `concurrency_support` as given.
 fn load(file: &Path, concurrency: bool) -> (PluginRegistry, Arc<Plugin>) {
-    let engine = PluginEngine::new(EngineOptions {
-        concurrency_support: concurrency,
-        // `TRELLIS_BENCH_PERF_MAP=1`: name the plugins' functions in `perf report`.
-        perf_map: std::env::var_os("TRELLIS_BENCH_PERF_MAP").is_some(),
-        ..EngineOptions::default()
-    })
-    .expect("engine");
-    let dir = file.parent().unwrap().to_owned();
-    let registry = PluginRegistry::new(engine, dir, LimitsConfig::default());
-    let plugin = match registry.load_file(file) {
-        ReloadOutcome::Loaded(plugin) => plugin,
-        other => panic!("cannot load `{}`: {other:?}", file.display()),
-    };
-    (registry, plugin)
+    support::load(
+        file,
+        EngineOptions {
+            concurrency_support: concurrency,
+            ..engine_options(false)
+        },
+    )
 }
 
 fn modes() -> Vec<bool> {
@@ -81,28 +75,8 @@ fn mode_name(concurrency: bool) -> &'static str {
     }
 }
 
-/// ~100-byte records.
-fn records(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"id":{i},"first":"Ada","last":"Lovelace","department":"engineering","salary":{},"active":true}}"#,
-                100_000 + i
-            )
-        })
-        .collect()
-}
-
-fn row_config() -> Arc<CallConfig> {
-    let value = serde_json::json!({
-        "rename": {"active": "is_active"},
-        "full_name_from": ["first", "last"],
-    });
-    Arc::new(value.as_object().unwrap().clone())
-}
-
 fn calls(c: &mut Criterion) {
-    let file = plugins_dir().join("row_transform.wasm");
+    let file = row_file();
     for concurrency in modes() {
         let (_registry, plugin) = load(&file, concurrency);
         let mut group = c.benchmark_group("plugin_call");
@@ -138,19 +112,19 @@ fn calls(c: &mut Criterion) {
             assert_eq!(out.len(), 1_000);
         })
     });
-    let empty = Arc::new(CallConfig::new());
+    let empty = empty_config();
     group.bench_function("stamp_1000_new_instance", |b| {
         let stamp = plugins_dir().join("testing/wasm/test_stamp.wasm");
         let (_registry, stamp) = load(&stamp, false);
         b.iter(|| stamp.transform(&batch, empty.clone()).expect("transform"))
     });
     group.bench_function("echo_1000_new_instance", |b| {
-        let echo = plugins_dir().join("testing/wasm/test_echo.wasm");
+        let echo = echo_file();
         let (_registry, echo) = load(&echo, false);
         b.iter(|| echo.transform(&batch, empty.clone()).expect("transform"))
     });
     group.bench_function("echo_1000_warm_instance", |b| {
-        let echo = plugins_dir().join("testing/wasm/test_echo.wasm");
+        let echo = echo_file();
         let (_registry, echo) = load(&echo, false);
         let mut warm = echo.warm_instance(empty.clone()).expect("instantiate");
         b.iter(|| warm.transform(&batch).expect("transform"))
