@@ -3,6 +3,7 @@
 //! re-serializing a whole [`Value`] per record (see [`crate::Node::transform_json`]).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -11,8 +12,25 @@ use serde_json::value::RawValue;
 
 use crate::Value;
 
-/// Room for this many fields is made when a record is parsed.
+/// Room for this many fields is made when a record is parsed and no list is spare.
 const FIELDS: usize = 8;
+
+thread_local! {
+    /// The field list of the last record dropped, emptied, for the next record read to fill: a
+    /// plugin reads its records one after another, so each after the first is read without
+    /// allocating its list (a plugin's instance runs one thread).
+    static SPARE: Cell<Vec<Entry<'static>>> = const { Cell::new(Vec::new()) };
+}
+
+/// An empty field list for a record being read: the spare one when there is one.
+fn field_list<'a>() -> Vec<Entry<'a>> {
+    let spare = SPARE.take();
+    if spare.capacity() == 0 {
+        Vec::with_capacity(FIELDS)
+    } else {
+        spare
+    }
+}
 
 /// One record as its top-level fields, in their original order, each value still the exact JSON
 /// text it arrived as (nested objects and arrays are checked but never built).
@@ -326,6 +344,21 @@ impl<'a> Record<'a> {
     }
 }
 
+impl Drop for Record<'_> {
+    /// Keeps the emptied field list for the next record read ([`SPARE`]).
+    fn drop(&mut self) {
+        let mut fields = std::mem::take(&mut self.fields);
+        if fields.capacity() == 0 {
+            return;
+        }
+        fields.clear();
+        // An empty list holds no borrow, so it can be kept for any lifetime: `collect` into
+        // entries of the same layout reuses the allocation in place.
+        let spare: Vec<Entry<'static>> = fields.into_iter().map(|_| unreachable!()).collect();
+        SPARE.set(spare);
+    }
+}
+
 impl fmt::Display for Record<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_json())
@@ -409,7 +442,7 @@ fn scan(text: &str) -> Option<Record<'_>> {
         return None;
     }
     let mut record = Record {
-        fields: Vec::with_capacity(FIELDS),
+        fields: field_list(),
         text,
         names: 0,
     };
@@ -552,7 +585,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record<'de>, A::Error> {
         let mut record = Record {
-            fields: Vec::with_capacity(FIELDS),
+            fields: field_list(),
             text: "",
             names: 0,
         };
@@ -609,6 +642,18 @@ mod tests {
         let record = Record::parse(text).unwrap();
         assert_eq!(record.to_json(), r#"{"a":[1, 2],"b":{"c":"d"},"e":1.50}"#);
         assert_eq!(record.get("a"), Some(json!([1, 2])));
+    }
+
+    /// A record read after another was dropped fills the same field list, emptied.
+    #[test]
+    fn a_dropped_records_field_list_is_reused() {
+        let first = Record::parse(r#"{"a":1,"b":[2]}"#).unwrap();
+        let list = first.fields.as_ptr() as usize;
+        drop(first);
+        let second = Record::parse(r#"{"c":3}"#).unwrap();
+        assert_eq!(second.fields.as_ptr() as usize, list);
+        assert_eq!(second.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(second.to_json(), r#"{"c":3}"#);
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl Node for RowTransform {
 
     fn transform(record: Value) -> Result<Value, String> {
         let text = record.to_string();
-        let out = config::parse::<Settings>()?.apply(&text)?;
+        let out = config::parse::<Settings>()?.apply(&text, &mut String::new())?;
         serde_json::from_str(&out).map_err(|e| e.to_string())
     }
 
@@ -37,7 +37,14 @@ impl Node for RowTransform {
         match config::parse::<Settings>() {
             // Each record's text is freed once its result is made, so later results reuse its
             // memory instead of growing the instance's.
-            Ok(settings) => records.into_iter().map(|r| settings.apply(&r)).collect(),
+            // `full_name` is built in one buffer for the whole batch.
+            Ok(settings) => {
+                let mut name = String::with_capacity(32);
+                records
+                    .into_iter()
+                    .map(|r| settings.apply(&r, &mut name))
+                    .collect()
+            }
             Err(e) => records.iter().map(|_| Err(e.to_string())).collect(),
         }
     }
@@ -53,8 +60,9 @@ struct Settings {
 }
 
 impl Settings {
-    /// The record's new text. Names from the config are borrowed by the record, not copied.
-    fn apply<'a>(&'a self, text: &'a str) -> Result<String, String> {
+    /// The record's new text. Names from the config, and `full_name` (built in `name`), are
+    /// borrowed by the record, not copied.
+    fn apply(&self, text: &str, name: &mut String) -> Result<String, String> {
         let mut record = Record::parse(text).map_err(|e| {
             if text.trim_start().starts_with('{') {
                 format!("the record is not JSON: {e}")
@@ -66,7 +74,7 @@ impl Settings {
             record.rename(old, new.as_str());
         }
         if let Some(full_name_from) = self.full_name_from.as_ref().filter(|f| !f.is_empty()) {
-            let mut name = String::with_capacity(32);
+            name.clear();
             let mut first = true;
             for key in full_name_from {
                 // One lookup for a string (the common case); missing and null are skipped.
@@ -86,7 +94,7 @@ impl Settings {
                 first = false;
                 name.push_str(&word);
             }
-            record.insert_str("full_name", name);
+            record.insert_str("full_name", name.as_str());
         }
         Ok(record.to_json())
     }
