@@ -43,10 +43,14 @@
 //! $ cargo bench -p trellis-host --bench plugin_python -- --only py-stamp --measure instantiate   # one figure, for a profiler
 //! ```
 
-use std::path::{Path, PathBuf};
+#[path = "support/batch.rs"]
+mod support;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::{plugins_dir, records};
 use trellis_host::{
     CacheOutcome, CallConfig, EngineOptions, LimitsConfig, Plugin, PluginEngine, PluginRegistry,
     ReloadOutcome,
@@ -78,22 +82,6 @@ const MEASURES: [&str; 6] = [
     "1000 warm",
     "1000 new",
 ];
-
-fn plugins_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins")
-}
-
-/// ~100-byte records, as in `benches/plugins.rs`.
-fn records(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"id":{i},"first":"Ada","last":"Lovelace","department":"engineering","salary":{},"active":true}}"#,
-                100_000 + i
-            )
-        })
-        .collect()
-}
 
 /// Minor page faults of this process so far (field 10 of `/proc/self/stat`).
 fn minor_faults() -> u64 {
