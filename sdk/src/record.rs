@@ -15,6 +15,10 @@ use crate::Value;
 /// Room for this many fields is made when a record is parsed and no list is spare.
 const FIELDS: usize = 8;
 
+/// A dropped record's field list is kept for the next record only up to this many fields, so
+/// that one very wide record does not hold its memory for the rest of the instance's life.
+const SPARE_FIELDS: usize = 256;
+
 thread_local! {
     /// The field list of the last record dropped, emptied, for the next record read to fill: a
     /// plugin reads its records one after another, so each after the first is read without
@@ -356,7 +360,7 @@ impl Drop for Record<'_> {
     /// Keeps the emptied field list for the next record read ([`SPARE`]).
     fn drop(&mut self) {
         let mut fields = std::mem::take(&mut self.fields);
-        if fields.capacity() == 0 {
+        if fields.capacity() == 0 || fields.capacity() > SPARE_FIELDS {
             return;
         }
         fields.clear();
@@ -696,7 +700,9 @@ mod tests {
         }
     }
 
-    /// A record read after another was dropped fills the same field list, emptied.
+    /// A record read after another was dropped fills the same field list, emptied. (This
+    /// checks that `collect` still reuses the list in place, which `Drop` counts on for speed
+    /// only: were it not to, each record would allocate its own list again.)
     #[test]
     fn a_dropped_records_field_list_is_reused() {
         let first = Record::parse(r#"{"a":1,"b":[2]}"#).unwrap();
