@@ -215,8 +215,11 @@ impl<'a> Record<'a> {
         if json == "null" {
             return Ok(None);
         }
+        // A checked string with no `\\` in it is its own value. `plain_run` stops at nothing
+        // else in a checked string, and looks at eight bytes at a time where `contains` calls
+        // `memchr`.
         if let Some(inner) = json.strip_prefix('"').and_then(|s| s.strip_suffix('"'))
-            && !inner.contains('\\')
+            && plain_run(inner.as_bytes(), 0) == inner.len()
         {
             return Ok(Some(Cow::Borrowed(inner)));
         }
@@ -600,7 +603,23 @@ fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
     Some(i)
 }
 
+/// The index of the first byte at or after `i` that is not an ASCII digit. Eight bytes at a
+/// time, like [`plain_run`]: in a plugin a loop over bytes costs several times as much.
 fn digits(b: &[u8], mut i: usize) -> usize {
+    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const LOW_NIBBLES: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    const SIXES: u64 = 0x0606_0606_0606_0606;
+    while let Some(chunk) = b.get(i..).and_then(|rest| rest.first_chunk::<8>()) {
+        let x = u64::from_le_bytes(*chunk);
+        // A byte of `other` is non-zero exactly where `x`'s is not `0x30..=0x39`: its high
+        // nibble is not 3, or its low nibble is over 9 (no carry crosses a byte: 0xF + 6 < 0x100).
+        let other = ((x & HIGH_NIBBLES) ^ THREES) | (((x & LOW_NIBBLES) + SIXES) & HIGH_NIBBLES);
+        if other != 0 {
+            return i + (other.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
     while b.get(i).is_some_and(u8::is_ascii_digit) {
         i += 1;
     }
@@ -681,6 +700,22 @@ mod tests {
         let record = Record::parse(text).unwrap();
         assert_eq!(record.to_json(), r#"{"a":[1, 2],"b":{"c":"d"},"e":1.50}"#);
         assert_eq!(record.get("a"), Some(json!([1, 2])));
+    }
+
+    /// Digits are counted exactly, whatever byte follows them and wherever they stand.
+    #[test]
+    fn digits_end_at_the_first_other_byte() {
+        for stop in 0..=255u8 {
+            for len in 0..20 {
+                let mut text = vec![b'x'];
+                text.extend((0..len).map(|k| b'0' + (k % 10) as u8));
+                text.push(stop);
+                text.extend_from_slice(b"0123456789");
+                let expected = 1 + len + usize::from(stop.is_ascii_digit()) * (1 + 10);
+                assert_eq!(digits(&text, 1), expected, "{stop} {len}");
+                assert_eq!(digits(&text[..1 + len], 1), 1 + len);
+            }
+        }
     }
 
     /// Names of every length compare equal exactly when their bytes are: a difference at any
