@@ -14,8 +14,9 @@
 //! ```
 //!
 //! `--only row|echo` runs one side, for a profiler. Counted in instructions per batch (one call
-//! of the host's `transform` per batch; `TRELLIS_BENCH_VALGRIND=1` gives the engine slots small
-//! enough for valgrind to map, so the plugins' code checks bounds explicitly under it):
+//! of the host's `transform` per batch; `TRELLIS_BENCH_VALGRIND=1` gives the engine two slots
+//! only, of wasmtime's default reservation, which valgrind can map: the plugins' code is counted
+//! as `serve` runs it, with no explicit bounds checks):
 //!
 //! ```console
 //! $ B=$(cargo bench -p trellis-host --bench batch --no-run 2>&1 | grep -o 'target/[^)]*')

@@ -24,9 +24,9 @@ pub fn echo_file() -> PathBuf {
 }
 
 /// Engine options for a bench: `TRELLIS_BENCH_PERF_MAP=1` names the plugins' functions in
-/// `perf report` and callgrind; `valgrind` asks for few small slots, which valgrind can map (it
-/// cannot map wasmtime's default 4 GiB reservation per slot), so the plugins' code then checks
-/// bounds explicitly.
+/// `perf report` and callgrind; `valgrind` asks for two slots only, whose reservations (wasmtime's
+/// default, 4 GiB and guard pages each) valgrind can still map. The plugins' code is then compiled
+/// as `serve` compiles it, with no explicit bounds checks, so it is counted as it runs there.
 pub fn engine_options(valgrind: bool) -> EngineOptions {
     let options = EngineOptions {
         perf_map: std::env::var_os("TRELLIS_BENCH_PERF_MAP").is_some(),
