@@ -421,11 +421,43 @@ pub mod database {
         statement: &str,
         params: &Value,
     ) -> Result<Rows<T>, Error> {
-        let text = answer(name, statement, params)?;
-        crate::decode::from_str(&text).map_err(|e| Error {
+        read_rows(&answer(name, statement, params)?)
+    }
+
+    /// An answer's rows as `T`s. The host writes its answer as fixed text around the rows
+    /// (`{"data":ROWS,"row_count":N,"database_type":"KIND"}`), so only the rows go through the
+    /// JSON parser; any other text (another host's, a test's) is parsed whole, and so is an
+    /// answer whose rows do not fit `T`, for the error that names the row and column.
+    fn read_rows<T: serde::de::DeserializeOwned>(text: &str) -> Result<Rows<T>, Error> {
+        if let Some(rows) = framed(text).and_then(|(rows, row_count)| {
+            let data = serde_json::from_str(rows).ok()?;
+            Some(Rows { data, row_count })
+        }) {
+            return Ok(rows);
+        }
+        crate::decode::from_str(text).map_err(|e| Error {
             kind: ErrorKind::Query,
             message: format!("the rows do not fit the plugin's type: {e}"),
         })
+    }
+
+    /// The rows' text and the row count of an answer in the host's frame, `None` for any other
+    /// text. The frame's tail is read from the end, so rows that hold the same characters (in a
+    /// string, or a column called `row_count`) are never taken for it; what is left before it
+    /// must then be one JSON value, which the caller's parse checks.
+    fn framed(text: &str) -> Option<(&str, u64)> {
+        let rest = text.strip_prefix(r#"{"data":"#)?.strip_suffix(r#""}"#)?;
+        // The database type: a plain lowercase name.
+        let kind = rest.bytes().rev().take_while(u8::is_ascii_lowercase).count();
+        let rest = rest[..rest.len() - kind].strip_suffix(r#","database_type":""#)?;
+        let digits = rest.bytes().rev().take_while(u8::is_ascii_digit).count();
+        let (rest, count) = rest.split_at(rest.len() - digits);
+        // JSON has no leading zeros.
+        if count.is_empty() || (count.len() > 1 && count.starts_with('0')) {
+            return None;
+        }
+        let row_count = count.parse().ok()?;
+        Some((rest.strip_suffix(r#","row_count":"#)?, row_count))
     }
 
     /// [`query`]'s rows (`data`), for a statement that returns rows.
@@ -443,6 +475,81 @@ pub mod database {
             ),
         };
         crate::imports::database_query(name, statement, &params)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct One {
+            one: i64,
+        }
+
+        /// The answer read whole, as before the host's frame was read apart.
+        fn whole<T: serde::de::DeserializeOwned>(text: &str) -> Result<Rows<T>, String> {
+            crate::decode::from_str(text).map_err(|e| e.to_string())
+        }
+
+        #[test]
+        fn the_hosts_frame_is_read_around_its_rows() {
+            let text = r#"{"data":[{"one":1},{"one":2}],"row_count":2,"database_type":"postgres"}"#;
+            assert_eq!(framed(text), Some((r#"[{"one":1},{"one":2}]"#, 2)));
+            let rows = read_rows::<One>(text).unwrap();
+            assert_eq!(rows, whole::<One>(text).unwrap());
+            assert_eq!(rows.data, [One { one: 1 }, One { one: 2 }]);
+            // A write: no rows, the rows it changed.
+            let text = r#"{"data":[],"row_count":12,"database_type":"mysql"}"#;
+            assert_eq!(framed(text), Some(("[]", 12)));
+            assert_eq!(read_rows::<Value>(text).unwrap().row_count, 12);
+        }
+
+        #[test]
+        fn rows_that_look_like_the_frame_are_rows() {
+            // A column called `row_count`, and strings holding the frame's text.
+            let text = r#"{"data":[{"a":1,"row_count":5,"s":"\",\"row_count\":9,\"database_type\":\"x\"}"}],"row_count":1,"database_type":"sqlite"}"#;
+            let rows = read_rows::<Value>(text).unwrap();
+            assert_eq!(Ok(rows.clone()), whole::<Value>(text));
+            assert_eq!(rows.row_count, 1);
+            assert_eq!(rows.data[0]["row_count"], 5);
+        }
+
+        #[test]
+        fn any_other_text_reads_as_the_whole_parse_does() {
+            for text in [
+                // Another order, whitespace, extra fields: not the frame, still an answer.
+                r#"{"data":[{"one":1}],"database_type":"postgres","row_count":1}"#,
+                r#"{ "data": [{"one": 1}], "row_count": 1, "database_type": "postgres" }"#,
+                r#"{"row_count":1,"data":[{"one":1}],"database_type":"postgres","more":true}"#,
+                // Not JSON, in the frame's shape.
+                r#"{"data":[{"one":1}],"row_count":01,"database_type":"postgres"}"#,
+                r#"{"data":[{"one":1}],"row_count":,"database_type":"postgres"}"#,
+                r#"{"data":[{"one":1}]],"row_count":1,"database_type":"postgres"}"#,
+                r#"{"data":[{"one":1}],"row_count":1,"database_type":"post\"gres"}"#,
+                r#"{"data":[{"one":1}],"row_count":1,"database_type":"postgres"}x"#,
+                r#"{"data":[{"one":1}],"row_count":99999999999999999999,"database_type":"postgres"}"#,
+                // The frame's parts overlapping, or cut short.
+                r#"{"data":,"row_count":1,"database_type":"postgres"}"#,
+                r#"{"data":"}"#,
+                r#"{"data":"#,
+                "",
+                // Rows that do not fit.
+                r#"{"data":[{"one":"1"}],"row_count":1,"database_type":"postgres"}"#,
+                r#"{"data":{"one":1},"row_count":1,"database_type":"postgres"}"#,
+            ] {
+                let read = read_rows::<One>(text).map_err(|e| e.message);
+                let expected = whole::<One>(text)
+                    .map_err(|e| format!("the rows do not fit the plugin's type: {e}"));
+                assert_eq!(read, expected, "{text}");
+            }
+            let error = read_rows::<One>(
+                r#"{"data":[{"one":1},{"one":"secret"}],"row_count":2,"database_type":"postgres"}"#,
+            )
+            .unwrap_err();
+            assert_eq!(error.kind, ErrorKind::Query);
+            assert!(error.message.contains("data[1].one"), "{}", error.message);
+            assert!(!error.message.contains("secret"), "{}", error.message);
+        }
     }
 }
 
