@@ -448,7 +448,11 @@ pub mod database {
     fn framed(text: &str) -> Option<(&str, u64)> {
         let rest = text.strip_prefix(r#"{"data":"#)?.strip_suffix(r#""}"#)?;
         // The database type: a plain lowercase name.
-        let kind = rest.bytes().rev().take_while(u8::is_ascii_lowercase).count();
+        let kind = rest
+            .bytes()
+            .rev()
+            .take_while(u8::is_ascii_lowercase)
+            .count();
         let rest = rest[..rest.len() - kind].strip_suffix(r#","database_type":""#)?;
         let digits = rest.bytes().rev().take_while(u8::is_ascii_digit).count();
         let (rest, count) = rest.split_at(rest.len() - digits);
