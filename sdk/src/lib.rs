@@ -425,7 +425,8 @@ pub mod database {
     }
 
     /// An answer's rows as `T`s. The host writes its answer as fixed text around the rows
-    /// (`{"data":ROWS,"row_count":N,"database_type":"KIND"}`), so only the rows go through the
+    /// (`{"data":ROWS,"row_count":N,"database_type":"KIND"}`, its `answer_text` in
+    /// `host/src/workflow/plugin_database.rs`), so only the rows go through the
     /// JSON parser; any other text (another host's, a test's) is parsed whole, and so is an
     /// answer whose rows do not fit `T`, for the error that names the row and column.
     fn read_rows<T: serde::de::DeserializeOwned>(text: &str) -> Result<Rows<T>, Error> {

@@ -238,7 +238,9 @@ impl DatabaseGate for PluginDatabase {
 
 /// The SQL node's `result` object (`{"data", "row_count", "database_type"}`) as JSON text,
 /// around `rows`, the rows' JSON text as the pool wrote it ([`Fetch::Capped`]): the frame is
-/// fixed text, nothing is parsed or serialized again.
+/// fixed text, nothing is parsed or serialized again. The SDK reads this exact frame by hand
+/// (`trellis_sdk::database`'s `framed`) and parses only the rows; any other text it parses whole,
+/// so a change here stays correct but makes every plugin statement dearer: change both.
 fn answer_text(rows: &str, row_count: u64, database_type: &str) -> String {
     debug_assert!(
         database_type.bytes().all(|b| b.is_ascii_lowercase()),
