@@ -10,7 +10,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use trellis_tests::{Server, allow_rules, custom_dir, repo, run_trellis, run_workflow};
+use trellis_tests::{
+    Server, allow_rules, custom_dir, repo, run_trellis, run_workflow, trellis_bin,
+};
 
 /// The first build may install componentize-py (a virtual environment and a pip install).
 const BUILD: Duration = Duration::from_secs(600);
@@ -192,10 +194,17 @@ fn enrich_dir(database_read: bool) -> tempfile::TempDir {
     dir
 }
 
+/// Serves `dir`, whose `enrich.wasm` (18 MB: CPython in a component) `serve` compiles before it
+/// listens. With this file's other tests building Python projects at the same time on two
+/// cores, the debug build's compile has taken over the 30 s [`Server::start`] waits.
+fn serve_enrich(dir: &std::path::Path) -> Server {
+    Server::start_within(&trellis_bin(), dir, &[], &[], Duration::from_secs(180))
+}
+
 #[tokio::test]
 async fn enrich_adds_the_employee_read_through_the_database_import() {
     let dir = enrich_dir(true);
-    let server = Server::start(dir.path(), &[]);
+    let server = serve_enrich(dir.path());
     let user = json!({"user_id": "u"});
     let (status, body) = run_workflow(&server, "w", &user, json!({})).await;
     assert_eq!(status, 200, "{body}");
@@ -222,7 +231,7 @@ async fn enrich_adds_the_employee_read_through_the_database_import() {
 #[tokio::test]
 async fn enrich_without_a_database_rule_fails_its_records_as_denied() {
     let dir = enrich_dir(false);
-    let server = Server::start(dir.path(), &[]);
+    let server = serve_enrich(dir.path());
     let user = json!({"user_id": "u"});
     let (status, body): (u16, Value) = run_workflow(&server, "w", &user, json!({})).await;
     assert_eq!(status, 500, "{body}");
