@@ -1521,6 +1521,53 @@ async fn a_statement_past_its_time_limit_is_interrupted_on_sqlite() {
     pool.close().await;
 }
 
+/// Each statement is stopped at its own time limit, counted from its own start. A connection
+/// keeps one timer across its statements (set for an earlier statement, it is moved on when it
+/// fires); a statement stopped at an earlier one's limit would fail too soon, and one whose own
+/// shorter limit did not move the timer would run too long.
+#[tokio::test]
+async fn each_statement_is_stopped_at_its_own_time_limit() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let mut c = config(&unique("own-limit"), &url);
+    c.max_connections = 1;
+    c.command_timeout = Some(Duration::from_millis(800));
+    let pool = Pool::new(c);
+    let quick = |pool: &Pool| {
+        let pool = pool.clone();
+        async move { pool.execute("SELECT 1", &Params::None, Fetch::One).await }
+    };
+    // The connection's timer is set for 800 ms from this statement's start.
+    quick(&pool).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    assert_overran(pool.execute("SELECT pg_sleep(5)", &Params::None, Fetch::All)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "stopped after {took:?}, the limit is 800 ms"
+    );
+    // A new connection (the stopped one closed); its timer is set for the pool's limit, and a
+    // statement with a shorter limit of its own comes before it.
+    quick(&pool).await.unwrap();
+    let stmt = trellis_host::prepare_statement(
+        "SELECT pg_sleep(5)",
+        &Params::None,
+        pool.config().target.kind(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    assert_overran(pool.run(stmt, Fetch::All, Some(Duration::from_millis(100)))).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(700),
+        "stopped after {took:?}, its own limit is 100 ms"
+    );
+    quick(&pool).await.unwrap();
+    pool.close().await;
+}
+
 /// A statement that overruns `command_timeout` is stopped on the server too: the caller was told
 /// it failed, so it must not go on to commit (`insert` sleeps two seconds, then inserts a row).
 async fn a_statement_past_its_time_limit_is_stopped_on_the_server(

@@ -9,7 +9,10 @@
 //! statement overran its limit or was abandoned; its guard then tells the pool, so the
 //! supervisor can replace it.
 
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -75,6 +78,7 @@ async fn run(
         reason: Some(CloseReason::Died),
     };
     let mut healthy = true;
+    let mut deadline = Deadline::default();
     while let Some(command) = rx.recv().await {
         match command {
             Command::Run {
@@ -86,6 +90,7 @@ async fn run(
                 let (result, stop, _) = execute(
                     &mut conn,
                     &ctx,
+                    &mut deadline,
                     &stmt,
                     fetch,
                     timeout.or(command_timeout),
@@ -101,8 +106,14 @@ async fn run(
                 }
             }
             Command::Job { job, slot, running } => {
-                if let Some(reason) =
-                    run_jobs(&mut conn, &ctx, (job, slot, running), command_timeout).await
+                if let Some(reason) = run_jobs(
+                    &mut conn,
+                    &ctx,
+                    &mut deadline,
+                    (job, slot, running),
+                    command_timeout,
+                )
+                .await
                 {
                     guard.reason = Some(reason);
                     healthy = false;
@@ -143,6 +154,7 @@ async fn run(
 async fn run_jobs(
     conn: &mut DriverConnection,
     ctx: &Ctx,
+    deadline: &mut Deadline,
     first: (Job, Slot, Running),
     command_timeout: Option<Duration>,
 ) -> Option<CloseReason> {
@@ -155,6 +167,7 @@ async fn run_jobs(
         let (result, stop, ended_at) = execute(
             conn,
             ctx,
+            deadline,
             &job.stmt,
             job.fetch,
             job.timeout.or(command_timeout),
@@ -191,12 +204,53 @@ async fn run_jobs(
     ended
 }
 
+/// The actor's one timer for its statements' time limits.
+///
+/// Setting a timer is a trip through tokio's timer wheel, as is taking it out again, and most
+/// statements end long before their limit. So the timer is moved only when the running
+/// statement's limit comes before it; when it fires first (it was set for an earlier
+/// statement), it is moved on to the running statement's limit then.
+#[derive(Default)]
+struct Deadline {
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    /// Makes the timer fire at `due` or before it.
+    fn arm(&mut self, due: Instant) {
+        let due = tokio::time::Instant::from_std(due);
+        match &mut self.timer {
+            Some(timer) if timer.deadline() <= due && !timer.is_elapsed() => {}
+            Some(timer) => timer.as_mut().reset(due),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+        }
+    }
+
+    /// Ready once `due` (which [`Deadline::arm`] was given) has passed.
+    fn poll_due(&mut self, due: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(timer) = &mut self.timer else {
+            return Poll::Pending;
+        };
+        while timer.as_mut().poll(cx).is_ready() {
+            let due = tokio::time::Instant::from_std(due);
+            if tokio::time::Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            // Set for an earlier statement: on to this one's limit.
+            timer.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
+}
+
 /// Runs one statement, which started at `started`, under its time limit and for as long as its
 /// caller waits on `reply`. Returns the reply, why the actor must end when the connection cannot
 /// be used any more, and when it ended.
+#[allow(clippy::too_many_arguments)] // one call site's worth of state, in the order it is used
 async fn execute(
     conn: &mut DriverConnection,
     ctx: &Ctx,
+    deadline: &mut Deadline,
     stmt: &Statement,
     fetch: Fetch,
     limit: Option<Duration>,
@@ -212,20 +266,29 @@ async fn execute(
         // Given up on before it started (a queued statement handed over as its caller left).
         return (Err(RunError::Timeout(Duration::ZERO)), None, Instant::now());
     }
-    let deadline = async {
-        match limit {
-            Some(limit) => {
-                tokio::time::sleep(limit).await;
-                limit
+    // A limit past the end of time is none.
+    let due = limit.and_then(|limit| Some((started.checked_add(limit)?, limit)));
+    if let Some((due, _)) = due {
+        deadline.arm(due);
+    }
+    let outcome = {
+        let mut running = pin!(conn.run(stmt, fetch, limit));
+        // In this order: a statement that has its answer is answered, even at its limit.
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = running.as_mut().poll(cx) {
+                return Poll::Ready(Ok(result));
             }
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
-        biased;
-        result = conn.run(stmt, fetch, limit) => Ok(result),
-        limit = deadline => Err(Stop::Limit(limit)),
-        () = reply.closed() => Err(Stop::Abandoned),
+            if let Some((due, limit)) = due
+                && deadline.poll_due(due, cx).is_ready()
+            {
+                return Poll::Ready(Err(Stop::Limit(limit)));
+            }
+            if reply.poll_closed(cx).is_ready() {
+                return Poll::Ready(Err(Stop::Abandoned));
+            }
+            Poll::Pending
+        })
+        .await
     };
     let result = match outcome {
         // The server stopped it at the limit (behind a transaction-mode pooler): the connection
