@@ -106,7 +106,7 @@ pub use pool::{Pool, PoolConfig, PoolError, QueryError};
 pub use sql::error::DatabaseError;
 pub use sql::exec::ExecError;
 pub use sql::params::prepare as prepare_statement;
-pub use sql::{ErrorKind, Fetch, Output, Params, SqlError, SqlNode, SqlNodeConfig};
+pub use sql::{ErrorKind, Fetch, Output, Params, Row, SqlError, SqlNode, SqlNodeConfig};
 /// Vectors.
 pub use vector::{
     Filter as VectorFilter, IndexSpec, IndexType, Metric, NewVector, SearchQuery, TableName,

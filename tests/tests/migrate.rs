@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use trellis_host::{DatabaseKind, parse_database_url};
 use trellis_host::{DbLock, LockError};
 use trellis_host::{Fetch, Params};
@@ -37,7 +37,7 @@ fn pool_for(url: &str, max: usize) -> Pool {
     Pool::new(c)
 }
 
-async fn exec(pool: &Pool, sql: &str) -> Vec<serde_json::Map<String, Value>> {
+async fn exec(pool: &Pool, sql: &str) -> Vec<trellis_host::Row> {
     let lease = pool.acquire().await.unwrap();
     lease
         .execute(sql, &Params::None, Fetch::All)

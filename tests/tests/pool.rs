@@ -25,7 +25,7 @@ fn config(name: &str, url: &str) -> PoolConfig {
     c
 }
 
-async fn sql(pool: &Pool, query: &str) -> Vec<serde_json::Map<String, Value>> {
+async fn sql(pool: &Pool, query: &str) -> Vec<trellis_host::Row> {
     let lease = pool.acquire().await.unwrap();
     lease
         .execute(query, &Params::None, Fetch::All)

@@ -880,7 +880,7 @@ async fn fetch_many_maps_every_type_and_leaves_nothing_open() {
     let many = run(typed, Fetch::Many(2)).await.unwrap();
     assert_eq!(many.rows, all.rows[..2].to_vec());
     assert_eq!(
-        Value::Object(many.rows[0].clone()),
+        Value::from(many.rows[0].clone()),
         json!({"at": "2024-05-01T09:30:00Z", "b": "AQI=", "j": {"k": [1]}, "n": "12345.6789", "a": [1, 2]})
     );
     assert_eq!(state().await, idle);

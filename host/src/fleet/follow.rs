@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
 
@@ -25,6 +25,7 @@ use crate::config::database::DatabaseConfig;
 use crate::generation::{Generation, Generations};
 use crate::pool::Pool;
 use crate::sql::exec::Fetch;
+use crate::sql::row::Row;
 
 /// What this host has from the control plane: written in its heartbeat row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -705,11 +706,7 @@ fn materialize(dir: &Path, files: &BTreeMap<String, String>, blobs: &Path) -> st
 
 /// Checks each wanted blob (SHA-256, path) among the fetched `rows` against its name and keeps
 /// it in the cache directory.
-fn keep_blobs(
-    rows: &[Map<String, Value>],
-    wanted: &[(String, String)],
-    cache: &Path,
-) -> Result<(), StageError> {
+fn keep_blobs(rows: &[Row], wanted: &[(String, String)], cache: &Path) -> Result<(), StageError> {
     let mut fetched = BTreeMap::new();
     for row in rows {
         if let (Some(sha), Some(content)) = (

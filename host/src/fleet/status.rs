@@ -5,12 +5,13 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{FleetError, db};
 use crate::pool::Pool;
 use crate::sql::exec::Fetch;
 use crate::sql::params::Params;
+use crate::sql::row::Row;
 
 /// One host's heartbeat row.
 #[derive(Debug, Clone, Serialize)]
@@ -51,11 +52,11 @@ pub struct FleetStatus {
     pub hosts: Vec<HostRow>,
 }
 
-fn int(row: &Map<String, Value>, key: &str) -> Option<i64> {
+fn int(row: &Row, key: &str) -> Option<i64> {
     row.get(key).and_then(Value::as_i64)
 }
 
-fn text(row: &Map<String, Value>, key: &str) -> Option<String> {
+fn text(row: &Row, key: &str) -> Option<String> {
     row.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
@@ -101,8 +102,11 @@ pub async fn heads(pool: &Pool) -> Result<(Option<i64>, Option<i64>), FleetError
         )
         .await
         .map_err(db("cannot read the active generation"))?;
-    let head = out.rows.first().cloned().unwrap_or_default();
-    Ok((int(&head, "active"), int(&head, "latest")))
+    let head = out.rows.first();
+    Ok((
+        head.and_then(|h| int(h, "active")),
+        head.and_then(|h| int(h, "latest")),
+    ))
 }
 
 /// The fleet's state.
@@ -122,7 +126,7 @@ pub async fn status(pool: &Pool) -> Result<FleetStatus, FleetError> {
     Ok(FleetStatus {
         active,
         latest,
-        generations: generations.rows.into_iter().map(Value::Object).collect(),
+        generations: generations.rows.into_iter().map(Value::from).collect(),
         hosts: hosts(pool).await?,
     })
 }

@@ -5,12 +5,13 @@
 //! back, so the next run tries again). A step outside a transaction sets `dirty` before it starts
 //! and clears it when it succeeds; a dirty row blocks every run until it is resolved.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::config::values::DatabaseKind;
 use crate::pool::{Lease, PoolError};
 use crate::sql::exec::Fetch;
 use crate::sql::params::Params;
+use crate::sql::row::Row;
 
 /// One row of the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +272,7 @@ pub(crate) async fn resolve(
     Ok(())
 }
 
-fn row(r: &Map<String, Value>) -> HistoryRow {
+fn row(r: &Row) -> HistoryRow {
     let text = |k: &str| match r.get(k) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Null) | None => None,

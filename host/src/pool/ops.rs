@@ -163,8 +163,8 @@ impl PoolOperations {
                         .rows
                         .into_iter()
                         .next()
-                        .map_or(Value::Null, Value::Object),
-                    _ => Value::Array(output.rows.into_iter().map(Value::Object).collect()),
+                        .map_or(Value::Null, Value::from),
+                    _ => Value::Array(output.rows.into_iter().map(Value::from).collect()),
                 };
                 Ok(json!({"connection_id": id, "data": data, "row_count": output.row_count}))
             }

@@ -45,6 +45,7 @@ use sqlx::{
 };
 
 use super::params::{Shape, Statement};
+use super::row::Row as OutputRow;
 
 /// How many rows to return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +72,7 @@ pub enum Fetch {
 pub struct Output {
     /// The rows (at most one for [`Fetch::One`]); none for [`Fetch::Capped`], whose rows are
     /// in `text`.
-    pub rows: Vec<Map<String, Value>>,
+    pub rows: Vec<OutputRow>,
     /// For [`Fetch::Capped`], a statement that returns rows: the rows as the JSON text of an
     /// array of objects, the text `rows` would serialize to (a row with two columns of one name
     /// keeps the last value, in the first one's place, as in `rows`).
@@ -184,7 +185,7 @@ async fn run_pg_query(
         // the wrapper stream `fetch_many` adds (on a short query that costs as much as the rest
         // of the call). Rows affected do not apply.
         let rows = match query.fetch_optional(&mut *conn).await? {
-            Some(row) => vec![to_map(&row, pg_columns)?],
+            Some(row) => vec![to_row(&row, pg_columns, &mut Names::default())?],
             None => Vec::new(),
         };
         return Ok(with_rows(rows));
@@ -406,6 +407,7 @@ where
 {
     let limit = limit_of(fetch);
     let mut rows = Vec::new();
+    let mut names = Names::default();
     let mut text: Option<RowsText> = None;
     let mut taken = 0;
     let mut affected = 0;
@@ -422,7 +424,7 @@ where
                 if matches!(fetch, Fetch::Capped(_)) {
                     text.get_or_insert_with(RowsText::new).push(&row, columns)?;
                 } else {
-                    rows.push(to_map(&row, columns)?);
+                    rows.push(to_row(&row, columns, &mut names)?);
                 }
             }
         }
@@ -446,6 +448,50 @@ where
 
 /// Calls `each` with every column of a row, in order: its name and its value as JSON.
 type Columns<R> = fn(&R, &mut dyn FnMut(&str, Value)) -> Result<(), ExecError>;
+
+/// The column names the rows of one result set share, made once for them.
+#[derive(Default)]
+struct Names(Option<std::sync::Arc<[String]>>);
+
+thread_local! {
+    /// The names of the last result set decoded on this thread: a statement run again (the
+    /// common case) shares them instead of copying each name once more.
+    static LAST_NAMES: std::cell::RefCell<Option<std::sync::Arc<[String]>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Names {
+    /// `row`'s column names: the last row's, when they are the same.
+    fn of<R: sqlx::Row>(&mut self, row: &R) -> std::sync::Arc<[String]> {
+        let columns = row.columns();
+        let same = |names: &[String]| {
+            names.len() == columns.len() && names.iter().zip(columns).all(|(n, c)| n == c.name())
+        };
+        if let Some(names) = &self.0
+            && same(names)
+        {
+            return names.clone();
+        }
+        let names = LAST_NAMES.with_borrow_mut(|last| match last {
+            Some(names) if same(names) => names.clone(),
+            _ => last
+                .insert(columns.iter().map(|c| c.name().to_owned()).collect())
+                .clone(),
+        });
+        self.0.insert(names).clone()
+    }
+}
+
+/// A row as the driver decoded it, its values mapped to JSON.
+fn to_row<R: sqlx::Row>(
+    row: &R,
+    columns: Columns<R>,
+    names: &mut Names,
+) -> Result<OutputRow, ExecError> {
+    let mut values = Vec::with_capacity(row.len());
+    columns(row, &mut |_, value| values.push(value))?;
+    Ok(OutputRow::new(names.of(row), values))
+}
 
 /// A row as a JSON object.
 fn to_map<R: Row>(row: &R, columns: Columns<R>) -> Result<Map<String, Value>, ExecError> {
@@ -536,7 +582,7 @@ fn limit_of(fetch: Fetch) -> usize {
     }
 }
 
-fn with_rows(rows: Vec<Map<String, Value>>) -> Output {
+fn with_rows(rows: Vec<OutputRow>) -> Output {
     Output {
         row_count: rows.len() as u64,
         rows,

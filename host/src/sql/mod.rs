@@ -12,8 +12,10 @@ pub(crate) mod exec;
 pub(crate) mod node;
 pub(crate) mod params;
 pub(crate) mod pooled;
+pub(crate) mod row;
 
 pub use error::ErrorKind;
 pub use exec::{Fetch, Output};
 pub use node::{SqlError, SqlNode, SqlNodeConfig};
 pub use params::Params;
+pub use row::Row;

@@ -245,9 +245,9 @@ impl SqlNode {
                             .rows
                             .into_iter()
                             .next()
-                            .map_or(Value::Null, Value::Object),
+                            .map_or(Value::Null, Value::from),
                         Fetch::All | Fetch::Many(_) => {
-                            Value::Array(output.rows.into_iter().map(Value::Object).collect())
+                            Value::Array(output.rows.into_iter().map(Value::from).collect())
                         }
                         // Not a fetch mode a node is configured with: its rows come as the JSON
                         // text the pool wrote, which always parses.

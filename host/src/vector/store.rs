@@ -941,7 +941,7 @@ impl VectorStore {
                     .get("distance")
                     .and_then(Value::as_f64)
                     .unwrap_or(f64::NAN),
-                metadata: r.remove("metadata").unwrap_or(Value::Null),
+                metadata: r.take("metadata").unwrap_or(Value::Null),
             })
             .collect())
     }

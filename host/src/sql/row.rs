@@ -1,0 +1,150 @@
+//! A result row as the driver decoded it: its values in column order, and the column names its
+//! result set shares. No JSON object is built for it unless a caller asks for one
+//! ([`Row::into_map`]): reading a column by name needs none.
+
+use std::ops::Index;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// One row of a statement's result.
+///
+/// Two columns of one name read as the last of them, which a JSON object of the row keeps (in
+/// the first one's place), so [`Row::get`] and [`Row::into_map`] agree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    names: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl Row {
+    /// A row of `values`, one for each of `names`.
+    pub(crate) fn new(names: Arc<[String]>, values: Vec<Value>) -> Row {
+        debug_assert_eq!(names.len(), values.len());
+        Row { names, values }
+    }
+
+    /// The value of the column named `name`, if the row has one.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        let at = self.names.iter().rposition(|n| n == name)?;
+        self.values.get(at)
+    }
+
+    /// Takes the value of the column named `name` out of the row (leaving `null`).
+    pub fn take(&mut self, name: &str) -> Option<Value> {
+        let at = self.names.iter().rposition(|n| n == name)?;
+        self.values.get_mut(at).map(Value::take)
+    }
+
+    /// The column names, in order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The values, in column order.
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
+    /// How many columns the row has.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the row has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The row as a JSON object.
+    pub fn into_map(self) -> Map<String, Value> {
+        let mut map = Map::with_capacity(self.values.len());
+        for (name, value) in self.names.iter().zip(self.values) {
+            map.insert(name.clone(), value);
+        }
+        map
+    }
+
+    /// The row as a JSON object, copied.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.clone().into_map()
+    }
+}
+
+/// `row["name"]`: the column's value, or `null` when the row has no such column (as indexing a
+/// JSON object gives).
+impl Index<&str> for Row {
+    type Output = Value;
+
+    fn index(&self, name: &str) -> &Value {
+        static NULL: Value = Value::Null;
+        self.get(name).unwrap_or(&NULL)
+    }
+}
+
+/// A row equals the JSON object it reads as.
+impl PartialEq<Map<String, Value>> for Row {
+    fn eq(&self, other: &Map<String, Value>) -> bool {
+        self.to_map() == *other
+    }
+}
+
+/// Written as the JSON object it reads as.
+impl serde::Serialize for Row {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let names = &self.names;
+        if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+            return self.to_map().serialize(serializer);
+        }
+        let mut map = serializer.serialize_map(Some(self.values.len()))?;
+        for (name, value) in names.iter().zip(&self.values) {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl From<Row> for Value {
+    fn from(row: Row) -> Value {
+        Value::Object(row.into_map())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(names: &[&str], values: Vec<Value>) -> Row {
+        Row::new(names.iter().map(|n| (*n).to_owned()).collect(), values)
+    }
+
+    #[test]
+    fn reads_by_name_as_its_json_object_does() {
+        let r = row(&["a", "b"], vec![json!(1), json!("x")]);
+        assert_eq!(r["a"], json!(1));
+        assert_eq!(r.get("b"), Some(&json!("x")));
+        assert_eq!(r["missing"], Value::Null);
+        assert_eq!(r.get("missing"), None);
+        assert_eq!(Value::from(r.clone()), json!({"a": 1, "b": "x"}));
+        assert_eq!(r, *json!({"a": 1, "b": "x"}).as_object().unwrap());
+    }
+
+    #[test]
+    fn a_repeated_name_reads_as_its_last_column_in_the_first_ones_place() {
+        let r = row(&["a", "b", "a"], vec![json!(1), json!(2), json!(3)]);
+        assert_eq!(r["a"], json!(3));
+        let map = r.into_map();
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(map["a"], json!(3));
+    }
+
+    #[test]
+    fn serializes_as_its_json_object() {
+        let r = row(&["a", "b"], vec![json!(1), json!("x")]);
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"a":1,"b":"x"}"#);
+        let r = row(&["a", "b", "a"], vec![json!(1), json!(2), json!(3)]);
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"a":3,"b":2}"#);
+    }
+}
