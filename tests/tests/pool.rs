@@ -1534,12 +1534,10 @@ async fn each_statement_is_stopped_at_its_own_time_limit() {
     c.max_connections = 1;
     c.command_timeout = Some(Duration::from_millis(800));
     let pool = Pool::new(c);
-    let quick = |pool: &Pool| {
-        let pool = pool.clone();
-        async move { pool.execute("SELECT 1", &Params::None, Fetch::One).await }
-    };
     // The connection's timer is set for 800 ms from this statement's start.
-    quick(&pool).await.unwrap();
+    pool.execute("SELECT 1", &Params::None, Fetch::One)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let started = Instant::now();
     assert_overran(pool.execute("SELECT pg_sleep(5)", &Params::None, Fetch::All)).await;
@@ -1550,7 +1548,9 @@ async fn each_statement_is_stopped_at_its_own_time_limit() {
     );
     // A new connection (the stopped one closed); its timer is set for the pool's limit, and a
     // statement with a shorter limit of its own comes before it.
-    quick(&pool).await.unwrap();
+    pool.execute("SELECT 1", &Params::None, Fetch::One)
+        .await
+        .unwrap();
     let stmt = trellis_host::prepare_statement(
         "SELECT pg_sleep(5)",
         &Params::None,
@@ -1564,7 +1564,9 @@ async fn each_statement_is_stopped_at_its_own_time_limit() {
         took >= Duration::from_millis(100) && took < Duration::from_millis(700),
         "stopped after {took:?}, its own limit is 100 ms"
     );
-    quick(&pool).await.unwrap();
+    pool.execute("SELECT 1", &Params::None, Fetch::One)
+        .await
+        .unwrap();
     pool.close().await;
 }
 

@@ -24,36 +24,20 @@ impl Row {
         Row { names, values }
     }
 
+    /// Where the column named `name` is: the last of that name.
+    fn position(&self, name: &str) -> Option<usize> {
+        self.names.iter().rposition(|n| n == name)
+    }
+
     /// The value of the column named `name`, if the row has one.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        let at = self.names.iter().rposition(|n| n == name)?;
-        self.values.get(at)
+        self.values.get(self.position(name)?)
     }
 
     /// Takes the value of the column named `name` out of the row (leaving `null`).
     pub fn take(&mut self, name: &str) -> Option<Value> {
-        let at = self.names.iter().rposition(|n| n == name)?;
+        let at = self.position(name)?;
         self.values.get_mut(at).map(Value::take)
-    }
-
-    /// The column names, in order.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    /// The values, in column order.
-    pub fn values(&self) -> &[Value] {
-        &self.values
-    }
-
-    /// How many columns the row has.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Whether the row has no columns.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
     }
 
     /// The row as a JSON object.
