@@ -144,14 +144,20 @@ pub(super) async fn run_pg(
     stmt: &Statement,
     fetch: Fetch,
 ) -> Result<Output, ExecError> {
-    let sql = AssertSqlSafe(stmt.sql.clone());
     if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
         // Session statements and scripts go through the simple protocol.
-        let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
+        let stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
         return collect(stream, fetch, |d| d.rows_affected(), pg_columns).await;
     }
-    let query = bind_pg_args(conn, stmt, sqlx::query::<Postgres>(sql)).await?;
-    run_pg_query(conn, stmt, query, fetch).await
+    // Without arguments nothing is prepared first (the query prepares itself, once per
+    // connection), and the query is built where it runs: it is moved by copying, and handing
+    // it through `bind_pg_args` and into `run_pg_query` copied it three times per statement.
+    let types = if stmt.args.is_empty() {
+        Vec::new()
+    } else {
+        prepare_pg(conn, stmt).await?
+    };
+    run_pg_query(conn, stmt, fetch, &types, true).await
 }
 
 /// Runs `stmt` on PostgreSQL as an unnamed statement, binding its arguments as `types` (what
@@ -163,22 +169,29 @@ pub(super) async fn run_pg_unnamed(
     fetch: Fetch,
     types: Option<&[String]>,
 ) -> Result<Output, ExecError> {
-    let sql = AssertSqlSafe(stmt.sql.clone());
     let Some(types) = types else {
-        let stream = sqlx::raw_sql(sql).fetch_many(&mut *conn);
+        let stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
         return collect(stream, fetch, |d| d.rows_affected(), pg_columns).await;
     };
-    let query = bind_pg_typed(sqlx::query::<Postgres>(sql).persistent(false), stmt, types)?;
-    run_pg_query(conn, stmt, query, fetch).await
+    run_pg_query(conn, stmt, fetch, types, false).await
 }
 
-/// Runs `query` (`stmt`, bound) on PostgreSQL.
+/// Runs `stmt` on PostgreSQL through the extended protocol, its arguments bound as `types`, as
+/// a named statement the driver caches (`persistent`) or an unnamed one.
 async fn run_pg_query(
     conn: &mut PgConnection,
     stmt: &Statement,
-    query: PgQuery<'_>,
     fetch: Fetch,
+    types: &[String],
+    persistent: bool,
 ) -> Result<Output, ExecError> {
+    let mut query = sqlx::query::<Postgres>(AssertSqlSafe(stmt.sql.clone()));
+    if !persistent {
+        query = query.persistent(false);
+    }
+    if !stmt.args.is_empty() {
+        query = bind_pg_typed(query, stmt, types)?;
+    }
     if matches!(fetch, Fetch::One) && stmt.shape == Shape::Query {
         // One row of a query that always returns a result set (`SELECT … INTO` creates a table
         // instead): the driver's single-row path, which decodes only the first row and skips
