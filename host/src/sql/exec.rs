@@ -35,7 +35,7 @@ use base64::Engine as _;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Number, Value};
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlRow};
-use sqlx::postgres::{PgArguments, PgConnection, PgRow, Postgres};
+use sqlx::postgres::{PgArguments, PgConnection, PgRow, PgValueRef, Postgres};
 use sqlx::query::Query;
 
 use super::error::DatabaseError;
@@ -853,13 +853,13 @@ fn base64(bytes: &[u8]) -> Value {
     Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-/// Column `i` of `row`, a PostgreSQL array of `T`, as JSON: each element by `f`, a NULL
+/// Column `i` (its value `raw`), a PostgreSQL array of `T`, as JSON: each element by `f`, a NULL
 /// element as `null` in its place.
-fn pg_array<T>(row: &PgRow, i: usize, f: impl Fn(T) -> Value) -> Result<Value, ExecError>
+fn pg_array<T>(raw: PgValueRef<'_>, i: usize, f: impl Fn(T) -> Value) -> Result<Value, ExecError>
 where
     Vec<Option<T>>: for<'r> sqlx::Decode<'r, Postgres>,
 {
-    let items = row.try_get_unchecked::<Vec<Option<T>>, _>(i)?;
+    let items = decode::<Vec<Option<T>>>(raw, i)?;
     Ok(Value::Array(
         items
             .into_iter()
@@ -874,8 +874,9 @@ fn pg_columns(row: &PgRow, each: &mut dyn FnMut(&str, Value)) -> Result<(), Exec
         let value = if raw.is_null() {
             Value::Null
         } else {
-            let info = raw.type_info();
-            pg_value(row, i, info.name()).map_err(|e| match e {
+            // The column's type is the value's (sqlx copies it into the value), and the value
+            // is decoded as it was read: not looked up and copied again per decode.
+            pg_value(raw, i, column.type_info().name()).map_err(|e| match e {
                 ExecError::Unmapped { ty, .. } => ExecError::Unmapped {
                     column: column.name().to_owned(),
                     ty,
@@ -888,58 +889,70 @@ fn pg_columns(row: &PgRow, each: &mut dyn FnMut(&str, Value)) -> Result<(), Exec
     Ok(())
 }
 
-/// Column `i` of `row`, of PostgreSQL type `ty`, as JSON. Each arm is chosen by the column's
-/// own type name, so sqlx's check that the Rust type fits it (which `try_get` repeats for every
-/// value: a type-info clone and comparison, 65 instructions of `SELECT 1`'s 1.1 k per row) is
-/// skipped: the decoders read the value by its own type and format.
-fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
+/// Column `i`'s value `raw` decoded as `T`, failing as sqlx's `try_get` does.
+fn decode<'r, T: sqlx::Decode<'r, Postgres>>(
+    raw: PgValueRef<'r>,
+    i: usize,
+) -> Result<T, ExecError> {
+    T::decode(raw).map_err(|source| {
+        ExecError::from(sqlx::Error::ColumnDecode {
+            index: format!("{i:?}"),
+            source,
+        })
+    })
+}
+
+/// Column `i` (its value `raw`), of PostgreSQL type `ty`, as JSON. Each arm is chosen by the
+/// column's own type name, so sqlx's check that the Rust type fits it (which `try_get` repeats
+/// for every value: a type-info clone and comparison, 65 instructions of `SELECT 1`'s 1.1 k per
+/// row) is skipped: the decoders read the value by its own type and format.
+fn pg_value(raw: PgValueRef<'_>, i: usize, ty: &str) -> Result<Value, ExecError> {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
     Ok(match ty {
-        "BOOL" => Value::Bool(row.try_get_unchecked(i)?),
+        "BOOL" => Value::Bool(decode(raw, i)?),
         // `SELECT pg_sleep(1)` and other procedures-as-functions return `void`.
         "VOID" => Value::Null,
-        "INT2" => Value::from(row.try_get_unchecked::<i16, _>(i)?),
-        "INT4" => Value::from(row.try_get_unchecked::<i32, _>(i)?),
-        "INT8" => Value::from(row.try_get_unchecked::<i64, _>(i)?),
-        "OID" => Value::from(row.try_get_unchecked::<sqlx::postgres::types::Oid, _>(i)?.0),
-        "FLOAT4" => float(f64::from(row.try_get_unchecked::<f32, _>(i)?)),
-        "FLOAT8" => float(row.try_get_unchecked::<f64, _>(i)?),
-        "NUMERIC" => Value::String(pg_numeric(row, i)?),
+        "INT2" => Value::from(decode::<i16>(raw, i)?),
+        "INT4" => Value::from(decode::<i32>(raw, i)?),
+        "INT8" => Value::from(decode::<i64>(raw, i)?),
+        "OID" => Value::from(decode::<sqlx::postgres::types::Oid>(raw, i)?.0),
+        "FLOAT4" => float(f64::from(decode::<f32>(raw, i)?)),
+        "FLOAT8" => float(decode::<f64>(raw, i)?),
+        "NUMERIC" => Value::String(pg_numeric(raw)?),
         "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "\"CHAR\"" | "UNKNOWN" | "CITEXT" => {
-            Value::String(row.try_get_unchecked::<String, _>(i)?)
+            Value::String(decode::<String>(raw, i)?)
         }
-        "UUID" => Value::String(row.try_get_unchecked::<uuid::Uuid, _>(i)?.to_string()),
-        "JSON" | "JSONB" => row.try_get_unchecked::<sqlx::types::Json<Value>, _>(i)?.0,
-        "BYTEA" => base64(&row.try_get_unchecked::<Vec<u8>, _>(i)?),
-        "DATE" => Value::String(row.try_get_unchecked::<NaiveDate, _>(i)?.to_string()),
-        "TIME" => Value::String(row.try_get_unchecked::<NaiveTime, _>(i)?.to_string()),
+        "UUID" => Value::String(decode::<uuid::Uuid>(raw, i)?.to_string()),
+        "JSON" | "JSONB" => decode::<sqlx::types::Json<Value>>(raw, i)?.0,
+        "BYTEA" => base64(&decode::<Vec<u8>>(raw, i)?),
+        "DATE" => Value::String(decode::<NaiveDate>(raw, i)?.to_string()),
+        "TIME" => Value::String(decode::<NaiveTime>(raw, i)?.to_string()),
         "TIMESTAMP" => Value::String(
-            row.try_get_unchecked::<NaiveDateTime, _>(i)?
+            decode::<NaiveDateTime>(raw, i)?
                 .format("%Y-%m-%dT%H:%M:%S%.f")
                 .to_string(),
         ),
         "TIMESTAMPTZ" => Value::String(
-            row.try_get_unchecked::<DateTime<Utc>, _>(i)?
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            decode::<DateTime<Utc>>(raw, i)?.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         ),
-        "BOOL[]" => pg_array::<bool>(row, i, Value::Bool)?,
-        "INT2[]" => pg_array::<i16>(row, i, Value::from)?,
-        "INT4[]" => pg_array::<i32>(row, i, Value::from)?,
-        "INT8[]" => pg_array::<i64>(row, i, Value::from)?,
-        "FLOAT4[]" => pg_array::<f32>(row, i, |f| float(f64::from(f)))?,
-        "FLOAT8[]" => pg_array::<f64>(row, i, float)?,
-        "NUMERIC[]" => pg_array::<NumericText>(row, i, |n| Value::String(n.0))?,
+        "BOOL[]" => pg_array::<bool>(raw, i, Value::Bool)?,
+        "INT2[]" => pg_array::<i16>(raw, i, Value::from)?,
+        "INT4[]" => pg_array::<i32>(raw, i, Value::from)?,
+        "INT8[]" => pg_array::<i64>(raw, i, Value::from)?,
+        "FLOAT4[]" => pg_array::<f32>(raw, i, |f| float(f64::from(f)))?,
+        "FLOAT8[]" => pg_array::<f64>(raw, i, float)?,
+        "NUMERIC[]" => pg_array::<NumericText>(raw, i, |n| Value::String(n.0))?,
         "TEXT[]" | "VARCHAR[]" | "BPCHAR[]" | "NAME[]" => {
-            pg_array::<String>(row, i, Value::String)?
+            pg_array::<String>(raw, i, Value::String)?
         }
-        "UUID[]" => pg_array::<uuid::Uuid>(row, i, |u| Value::String(u.to_string()))?,
-        "JSONB[]" | "JSON[]" => pg_array::<sqlx::types::Json<Value>>(row, i, |j| j.0)?,
-        "TIMESTAMPTZ[]" => pg_array::<DateTime<Utc>>(row, i, |d| {
+        "UUID[]" => pg_array::<uuid::Uuid>(raw, i, |u| Value::String(u.to_string()))?,
+        "JSONB[]" | "JSON[]" => pg_array::<sqlx::types::Json<Value>>(raw, i, |j| j.0)?,
+        "TIMESTAMPTZ[]" => pg_array::<DateTime<Utc>>(raw, i, |d| {
             Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         })?,
-        "DATE[]" => pg_array::<NaiveDate>(row, i, |d| Value::String(d.to_string()))?,
+        "DATE[]" => pg_array::<NaiveDate>(raw, i, |d| Value::String(d.to_string()))?,
         "vector" => Value::Array(
-            row.try_get_unchecked::<pgvector::Vector, _>(i)?
+            decode::<pgvector::Vector>(raw, i)?
                 .as_slice()
                 .iter()
                 .map(|&f| float(f64::from(f)))
@@ -955,8 +968,7 @@ fn pg_value(row: &PgRow, i: usize, ty: &str) -> Result<Value, ExecError> {
 }
 
 /// PostgreSQL `NUMERIC` as PostgreSQL itself prints it (scale kept, `NaN`, `Infinity`).
-fn pg_numeric(row: &PgRow, i: usize) -> Result<String, ExecError> {
-    let raw = row.try_get_raw(i)?;
+fn pg_numeric(raw: PgValueRef<'_>) -> Result<String, ExecError> {
     NumericText::read(raw)
         .map(|n| n.0)
         .map_err(|e| ExecError::from(sqlx::Error::Decode(e)))
