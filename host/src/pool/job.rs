@@ -188,6 +188,10 @@ impl Drop for Queued<'_> {
 impl State {
     /// An idle connection that needs no check first (none broke since it last proved itself).
     pub(super) fn take_proven(&mut self) -> Option<Slot> {
+        if self.idle.is_empty() {
+            // A busy pool's usual case: nothing to sweep or search.
+            return None;
+        }
         self.idle.retain(|slot| slot.health.is_alive());
         let suspect = self.suspect_since;
         let at = self
