@@ -1610,3 +1610,33 @@ async fn a_statement_past_its_time_limit_is_stopped_on_postgres_and_mariadb() {
         .await;
     }
 }
+
+/// A lease dropped while its statement runs does not hand the connection to the next caller
+/// behind that statement's back: the abandoned statement closes the connection, and the next
+/// lease gets a sound one, not `ConnectionGone` on its first statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_dropped_mid_statement_does_not_pass_on_a_closing_connection() {
+    let Some(url) = TestDb::Postgres.url() else {
+        return;
+    };
+    let mut c = config(&unique("dropped-mid"), &url);
+    c.max_connections = 1;
+    let pool = Pool::new(c);
+    for _ in 0..3 {
+        let lease = pool.acquire().await.unwrap();
+        let slow = lease.execute("SELECT pg_sleep(5)", &Params::None, Fetch::All);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), slow)
+                .await
+                .is_err()
+        );
+        drop(lease);
+        let next = pool.acquire().await.unwrap();
+        let out = next
+            .execute("SELECT 1 AS n", &Params::None, Fetch::One)
+            .await
+            .unwrap();
+        assert_eq!(out.rows[0]["n"], json!(1));
+    }
+    pool.close().await;
+}

@@ -142,7 +142,16 @@ impl Lease {
                 return Err(QueryError::ConnectionGone.into());
             }
         }
-        let result = match answer.await {
+        // Dropped before the answer (the caller gave up on the statement), this sends the
+        // connection back through its actor, behind the statement: the actor closes it if it
+        // stops the statement, and no other caller is handed it in between.
+        let mut waiting = Answering {
+            lease: self,
+            armed: true,
+        };
+        let answer = answer.await;
+        waiting.armed = false;
+        let result = match answer {
             Ok(Ok(output)) => return Ok(output),
             Ok(Err(RunError::Timeout(limit))) => {
                 // The connection is closed, or (an in-memory SQLite database's, which stays
@@ -173,6 +182,24 @@ impl Lease {
         PoolError::Reclaimed {
             id: self.id(),
             timeout: self.shared.config.lease_timeout,
+        }
+    }
+}
+
+/// A lease's statement its caller still waits for (see [`Lease::run_with_timeout`]).
+struct Answering<'a> {
+    lease: &'a Lease,
+    armed: bool,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(slot) = self.lease.lock_slot().as_mut()
+        {
+            // Released through the actor (a rollback after the statement), never straight to
+            // the idle set while the statement may still run.
+            slot.session_dirty = true;
         }
     }
 }
