@@ -102,8 +102,9 @@ impl Lease {
 
     /// Runs an already translated statement.
     ///
-    /// Cancellation-safe: if the future is dropped, the actor still finishes the statement, and a
-    /// statement that may open a transaction has already marked the connection for rollback.
+    /// Cancellation-safe: if the future is dropped, the actor stops the statement and closes the
+    /// connection (except an in-memory SQLite database's), and the lease's connection goes back
+    /// through the actor, after the statement: never to another caller while it may still run.
     pub async fn run(&self, stmt: Statement, fetch: Fetch) -> Result<Output, PoolError> {
         self.run_with_timeout(stmt, fetch, None).await
     }
