@@ -326,7 +326,21 @@ async fn admin_endpoints_are_for_admins_only() {
     // The same trail is on disk, where what a run's decisions share is written once per run:
     // a run line (`run`, `run_id`, `time`, `user_id`, `generation`), then decision lines that
     // name its `run` and carry no user, time or generation of their own.
-    let on_disk = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    // The writer appends in the background: read until the file ends on a whole line and has
+    // as many decision lines as the API lists decisions of runs (a read can land mid-write).
+    let of_runs = records.iter().filter(|r| r["run_id"].is_string()).count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let on_disk = loop {
+        let text = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+        let decisions = text
+            .lines()
+            .filter(|l| l.contains("\"run\":") && !l.contains("\"run_id\""))
+            .count();
+        if (text.ends_with('\n') && decisions >= of_runs) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(on_disk.contains("\"resource\":\"node:employee_expenses\""));
     let mut runs: std::collections::HashMap<u64, Value> = Default::default();
     let mut whole = Vec::new();
