@@ -329,18 +329,17 @@ async fn admin_endpoints_are_for_admins_only() {
     // The writer appends in the background: read until the file ends on a whole line and has
     // as many decision lines as the API lists decisions of runs (a read can land mid-write).
     let of_runs = records.iter().filter(|r| r["run_id"].is_string()).count();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let on_disk = loop {
-        let text = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
-        let decisions = text
+    let path = dir.path().join("data/audit.jsonl");
+    let mut on_disk = String::new();
+    trellis_tests::eventually(std::time::Duration::from_secs(10), || {
+        on_disk = std::fs::read_to_string(&path).unwrap();
+        let decisions = on_disk
             .lines()
             .filter(|l| l.contains("\"run\":") && !l.contains("\"run_id\""))
             .count();
-        if (text.ends_with('\n') && decisions >= of_runs) || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        on_disk.ends_with('\n') && decisions >= of_runs
+    })
+    .await;
     assert!(on_disk.contains("\"resource\":\"node:employee_expenses\""));
     let mut runs: std::collections::HashMap<u64, Value> = Default::default();
     let mut whole = Vec::new();
