@@ -38,7 +38,9 @@ impl Pool {
     ) -> Result<Output, PoolError> {
         let stmt = params::prepare(sql, params, self.shared.config.target.kind())
             .map_err(QueryError::from)?;
-        self.run(stmt, fetch, None).await
+        // Straight to `run_for`: each `async fn` layer between the caller and the queue moves
+        // the statement once more.
+        self.run_for(None, stmt, fetch, None).await
     }
 
     /// Runs an already translated statement like [`Pool::execute`], with a time limit for this
