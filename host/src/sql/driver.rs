@@ -278,7 +278,7 @@ impl DriverConnection {
                 {
                     return Ok(output);
                 }
-                exec::run_pg(conn, stmt, fetch).await
+                exec::run_pg(conn, stmt, fetch, exec::PgMode::Cached).await
             }
             DriverConnection::Mysql { conn, mariadb, .. } => {
                 exec::run_mysql(conn, stmt, fetch, *mariadb).await

@@ -138,55 +138,55 @@ pub enum ExecError {
     ServerTimeout,
 }
 
-/// Runs `stmt` on PostgreSQL.
+/// How [`run_pg`] runs a PostgreSQL statement.
+#[derive(Clone, Copy)]
+pub(super) enum PgMode<'a> {
+    /// As a named statement the driver caches, its arguments (if any) bound as the types
+    /// PostgreSQL inferred when it was prepared; a session statement or a script without
+    /// arguments goes through the simple protocol.
+    Cached,
+    /// As an unnamed statement, its arguments bound as `types` (what PostgreSQL inferred for its
+    /// placeholders): what a connection behind a transaction-mode pooler runs (see
+    /// `super::pooled`).
+    Unnamed(&'a [String]),
+    /// Through the simple protocol (a script behind a transaction-mode pooler).
+    Simple,
+}
+
+/// Runs `stmt` on PostgreSQL as `mode` says.
+///
+/// Every PostgreSQL statement takes this path, in one `async fn` from the connection to the
+/// driver: a second layer (this was `run_pg` and `run_pg_query`) cost about 20 instructions a
+/// statement, in its state machine and the moves into it.
 pub(super) async fn run_pg(
     conn: &mut PgConnection,
     stmt: &Statement,
     fetch: Fetch,
+    mode: PgMode<'_>,
 ) -> Result<Output, ExecError> {
-    if stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1) {
+    let simple = match mode {
+        PgMode::Cached => stmt.args.is_empty() && (stmt.touches_session || stmt.statements > 1),
+        PgMode::Unnamed(_) => false,
+        PgMode::Simple => true,
+    };
+    if simple {
         // Session statements and scripts go through the simple protocol.
         let stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
         return collect(stream, fetch, |d| d.rows_affected(), pg_columns).await;
     }
     // Without arguments nothing is prepared first (the query prepares itself, once per
-    // connection), and the query is built where it runs: it is moved by copying, and handing
-    // it through `bind_pg_args` and into `run_pg_query` copied it three times per statement.
-    let types = if stmt.args.is_empty() {
-        Vec::new()
-    } else {
-        prepare_pg(conn, stmt).await?
+    // connection), and the query is built where it runs: it is moved by copying.
+    let prepared;
+    let types: &[String] = match mode {
+        PgMode::Unnamed(types) => types,
+        _ if stmt.args.is_empty() => &[],
+        _ => {
+            prepared = prepare_pg(conn, stmt).await?;
+            &prepared
+        }
     };
-    run_pg_query(conn, stmt, fetch, &types, true).await
-}
-
-/// Runs `stmt` on PostgreSQL as an unnamed statement, binding its arguments as `types` (what
-/// PostgreSQL inferred for its placeholders); `None`: a script, through the simple protocol.
-/// What a connection behind a transaction-mode pooler runs (see `super::pooled`).
-pub(super) async fn run_pg_unnamed(
-    conn: &mut PgConnection,
-    stmt: &Statement,
-    fetch: Fetch,
-    types: Option<&[String]>,
-) -> Result<Output, ExecError> {
-    let Some(types) = types else {
-        let stream = sqlx::raw_sql(AssertSqlSafe(stmt.sql.clone())).fetch_many(&mut *conn);
-        return collect(stream, fetch, |d| d.rows_affected(), pg_columns).await;
-    };
-    run_pg_query(conn, stmt, fetch, types, false).await
-}
-
-/// Runs `stmt` on PostgreSQL through the extended protocol, its arguments bound as `types`, as
-/// a named statement the driver caches (`persistent`) or an unnamed one.
-async fn run_pg_query(
-    conn: &mut PgConnection,
-    stmt: &Statement,
-    fetch: Fetch,
-    types: &[String],
-    persistent: bool,
-) -> Result<Output, ExecError> {
     let mut query = sqlx::query::<Postgres>(AssertSqlSafe(stmt.sql.clone()));
-    if !persistent {
+    if matches!(mode, PgMode::Unnamed(_)) {
         query = query.persistent(false);
     }
     if !stmt.args.is_empty() {

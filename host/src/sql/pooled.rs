@@ -23,7 +23,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Executor};
 
-use super::exec::{self, ExecError, Fetch, Output};
+use super::exec::{self, ExecError, Fetch, Output, PgMode};
 use super::params::Statement;
 
 /// At most this many statement texts' parameter types are kept per connection.
@@ -62,9 +62,9 @@ pub(super) async fn run(
                 let mut bounded = stmt.clone();
                 bounded.sql = format!("{}; {}", timeout_setting(limit), stmt.sql).into();
                 bounded.statements += 1;
-                exec::run_pg_unnamed(conn, &bounded, fetch, None).await
+                exec::run_pg(conn, &bounded, fetch, PgMode::Simple).await
             }
-            _ => exec::run_pg_unnamed(conn, stmt, fetch, None).await,
+            _ => exec::run_pg(conn, stmt, fetch, PgMode::Simple).await,
         };
         return timed_out(result, limit);
     }
@@ -85,7 +85,7 @@ pub(super) async fn run(
             .await?;
     }
     let result = match parameter_types(conn, session, stmt).await {
-        Ok(types) => exec::run_pg_unnamed(conn, stmt, fetch, Some(&types)).await,
+        Ok(types) => exec::run_pg(conn, stmt, fetch, PgMode::Unnamed(&types)).await,
         Err(error) => Err(error),
     };
     if !in_transaction {
