@@ -87,7 +87,7 @@ async fn run(
                 timeout,
                 mut reply,
             } => {
-                let (result, stop, _) = execute(
+                let (result, stop, ended) = execute(
                     &mut conn,
                     &ctx,
                     &mut deadline,
@@ -98,6 +98,10 @@ async fn run(
                     &mut reply,
                 )
                 .await;
+                if result.is_ok() {
+                    // The lease holds the slot: the proof goes to the record they share.
+                    health.proved_ok(ended);
+                }
                 let _ = reply.send(result);
                 if let Some(reason) = stop {
                     guard.reason = Some(reason);
@@ -176,6 +180,9 @@ async fn run_jobs(
         )
         .await;
         started = ended_at;
+        if result.is_ok() {
+            slot.proven_at = ended_at;
+        }
         drop(running);
         let _ = job.reply.send(result);
         if let Some(reason) = stop {
@@ -295,7 +302,7 @@ async fn execute(
         // is sound, its transaction rolled back.
         Ok(Err(ExecError::ServerTimeout)) => {
             let now = Instant::now();
-            ctx.health.query_done(false, now);
+            ctx.health.query_done(false);
             return (Err(RunError::Timeout(limit.unwrap_or_default())), None, now);
         }
         Ok(result) => result,
@@ -308,7 +315,7 @@ async fn execute(
             // its driver ends the interrupted statement before it runs the next one.
             conn.interrupt();
             let now = Instant::now();
-            ctx.health.query_done(false, now);
+            ctx.health.query_done(false);
             let shared = ctx.shared.upgrade();
             let (error, reason) = match why {
                 Stop::Limit(limit) => (RunError::Timeout(limit), CloseReason::Timeout),
@@ -333,12 +340,12 @@ async fn execute(
     let now = Instant::now();
     match result {
         Ok(mut output) => {
-            ctx.health.query_done(true, now);
+            ctx.health.query_done(true);
             output.elapsed = now.saturating_duration_since(started);
             (Ok(output), None, now)
         }
         Err(error) => {
-            ctx.health.query_done(false, now);
+            ctx.health.query_done(false);
             let broken = is_connection_error(&error);
             if broken && let Some(shared) = ctx.shared.upgrade() {
                 shared.connection_lost();

@@ -21,7 +21,11 @@ pub(crate) struct ConnHealth {
     pub(crate) checks_passed: AtomicU64,
     pub(crate) queries: AtomicU64,
     pub(crate) query_errors: AtomicU64,
-    /// When the connection last proved itself (a query or a check), as nanos since `created`.
+    /// When the connection last proved itself (a health check, or a statement on a lease), as
+    /// nanos since `created`. A queued statement's proof is kept in its [`Slot`] instead
+    /// (`proven_at`), which the actor holds while it runs: no clock arithmetic per statement.
+    ///
+    /// [`Slot`]: super::protocol::Slot
     last_ok: AtomicU64,
 }
 
@@ -52,12 +56,11 @@ impl ConnHealth {
             });
     }
 
-    /// A statement ended at `now`.
-    pub(crate) fn query_done(&self, ok: bool, now: Instant) {
+    /// A statement ended; one that succeeded proves the connection where its caller records it
+    /// (`proved_ok`, or the slot's `proven_at`).
+    pub(crate) fn query_done(&self, ok: bool) {
         self.queries.fetch_add(1, Ordering::Relaxed);
-        if ok {
-            self.proved_ok(now);
-        } else {
+        if !ok {
             self.query_errors.fetch_add(1, Ordering::Relaxed);
             self.adjust(HEALTH_QUERY_FAILED);
         }
@@ -74,13 +77,15 @@ impl ConnHealth {
         }
     }
 
-    fn proved_ok(&self, now: Instant) {
+    /// The connection answered correctly at `now`.
+    pub(crate) fn proved_ok(&self, now: Instant) {
         let since = now.saturating_duration_since(self.created);
         let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
         self.last_ok.store(nanos, Ordering::Relaxed);
     }
 
-    /// When the connection last answered correctly.
+    /// When the connection last answered a health check or a lease's statement correctly (see
+    /// `Slot::last_ok` for when it last answered at all).
     pub(crate) fn last_ok(&self) -> Instant {
         self.created + Duration::from_nanos(self.last_ok.load(Ordering::Relaxed))
     }

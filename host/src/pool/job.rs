@@ -199,7 +199,7 @@ impl State {
         let at = self
             .idle
             .iter()
-            .position(|slot| suspect.is_none_or(|since| slot.health.last_ok() >= since))?;
+            .position(|slot| suspect.is_none_or(|since| slot.last_ok() >= since))?;
         self.idle.remove(at)
     }
 

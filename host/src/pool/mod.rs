@@ -525,7 +525,7 @@ fn take_unsuspected_idle(shared: &Shared) -> Option<Slot> {
         Some(slot)
             if state
                 .suspect_since
-                .is_none_or(|since| slot.health.last_ok() >= since) =>
+                .is_none_or(|since| slot.last_ok() >= since) =>
         {
             Some(slot)
         }
@@ -550,7 +550,7 @@ fn take_idle_or_open(
         Some(slot) => {
             let verify = state
                 .suspect_since
-                .is_some_and(|since| slot.health.last_ok() < since);
+                .is_some_and(|since| slot.last_ok() < since);
             Ok((Some(slot), verify))
         }
         None => {
@@ -651,7 +651,7 @@ impl Shared {
         let mut state = self.lock_state();
         let proven = state
             .suspect_since
-            .is_none_or(|since| slot.health.last_ok() >= since);
+            .is_none_or(|since| slot.last_ok() >= since);
         if proven
             && (state.waiters == 0 || !state.last_to_job)
             && let Some(job) = state.jobs.pop_front()
@@ -746,6 +746,7 @@ impl Shared {
                     health: health.clone(),
                     retire_at: Instant::now() + self.config.jittered_lifetime(),
                     idle_since: Instant::now(),
+                    proven_at: health.created,
                     session_dirty: false,
                     keeps_state: false,
                     replaceable: !self.config.in_memory(),

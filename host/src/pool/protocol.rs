@@ -82,6 +82,8 @@ pub(crate) struct Slot {
     pub(crate) retire_at: Instant,
     /// When it was last handed back.
     pub(crate) idle_since: Instant,
+    /// When a queued statement last succeeded on it (see `ConnHealth::last_ok` for the rest).
+    pub(crate) proven_at: Instant,
     /// Something run on it may have left a transaction or session setting behind.
     pub(crate) session_dirty: bool,
     /// Something run on it may have left session state the reset cannot undo (a MySQL user
@@ -96,6 +98,11 @@ pub(crate) struct Slot {
 impl Slot {
     pub(crate) fn id(&self) -> u64 {
         self.health.id
+    }
+
+    /// When the connection last answered correctly: a statement, or a health check.
+    pub(crate) fn last_ok(&self) -> Instant {
+        self.proven_at.max(self.health.last_ok())
     }
 
     /// Notes what `stmt`, run on this connection, may leave behind: a reset on release

@@ -105,7 +105,7 @@ fn run_once(shared: &Arc<Shared>) {
                 to_close.push((slot, reason));
                 continue;
             }
-            let last_ok = slot.health.last_ok();
+            let last_ok = slot.last_ok();
             let due = now.duration_since(last_ok) >= config.health_check_interval
                 || suspect.is_some_and(|since| last_ok < since);
             if due {
