@@ -100,7 +100,6 @@ impl<'a> Step<'a> {
                 text: None,
                 row_count: 0,
                 returns_rows: false,
-                elapsed: std::time::Duration::ZERO,
             });
         }
         Ok(self.lease.run(stmt, Fetch::All).await?)

@@ -339,9 +339,8 @@ async fn execute(
     };
     let now = Instant::now();
     match result {
-        Ok(mut output) => {
+        Ok(output) => {
             ctx.health.query_done(true);
-            output.elapsed = now.saturating_duration_since(started);
             (Ok(output), None, now)
         }
         Err(error) => {

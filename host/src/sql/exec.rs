@@ -81,9 +81,6 @@ pub struct Output {
     pub row_count: u64,
     /// Whether the statement returns rows at all.
     pub returns_rows: bool,
-    /// Time the connection spent on the statement (set by the pool's connection actor, which
-    /// reads the clock once per statement for this, the health record and the next wait).
-    pub elapsed: std::time::Duration,
 }
 
 impl From<sqlx::Error> for ExecError {
@@ -452,7 +449,6 @@ where
             text: Some(text),
             row_count: taken as u64,
             returns_rows: true,
-            elapsed: std::time::Duration::ZERO,
         }
     } else {
         with_rows(rows)
@@ -601,7 +597,6 @@ fn with_rows(rows: Vec<OutputRow>) -> Output {
         rows,
         text: None,
         returns_rows: true,
-        elapsed: std::time::Duration::ZERO,
     }
 }
 
@@ -611,7 +606,6 @@ fn no_rows(affected: u64) -> Output {
         text: None,
         row_count: affected,
         returns_rows: false,
-        elapsed: std::time::Duration::ZERO,
     }
 }
 
