@@ -163,11 +163,12 @@ async fn run_jobs(
     command_timeout: Option<Duration>,
 ) -> Option<CloseReason> {
     let shared = &ctx.shared;
-    let mut next = Some(first);
-    let mut ended = None;
+    // The next statement is taken into these same variables: handing it on as a tuple in an
+    // `Option` moved each job and slot twice more.
+    let (mut job, mut slot, mut running) = first;
     // One clock reading per statement: when it ended is when the next one starts.
     let mut started = Instant::now();
-    while let Some((mut job, mut slot, running)) = next.take() {
+    loop {
         let (result, stop, ended_at) = execute(
             conn,
             ctx,
@@ -187,28 +188,27 @@ async fn run_jobs(
         let _ = job.reply.send(result);
         if let Some(reason) = stop {
             drop(slot);
-            ended = Some(reason);
-            break;
+            return Some(reason);
         }
         slot.record(&job.stmt);
         if slot.keeps_state {
             if let Some(shared) = shared.upgrade() {
                 shared.retire(slot, CloseReason::Session);
             }
-        } else if slot.session_dirty {
-            if !reset_and_checkin(conn, shared, slot).await {
-                ended = Some(CloseReason::Broken);
-            }
-        } else if let Some(shared) = shared.upgrade() {
-            next = shared.checkin_or_next(slot, started).map(|(slot, job)| {
-                let running = shared.start(&job, started);
-                (job, slot, running)
-            });
-        } else {
-            ended = Some(CloseReason::Broken);
+            return None;
         }
+        if slot.session_dirty {
+            let checked_in = reset_and_checkin(conn, shared, slot).await;
+            return (!checked_in).then_some(CloseReason::Broken);
+        }
+        let Some(shared) = shared.upgrade() else {
+            return Some(CloseReason::Broken);
+        };
+        let (next_slot, next_job) = shared.checkin_or_next(slot, started)?;
+        running = shared.start(&next_job, started);
+        slot = next_slot;
+        job = next_job;
     }
-    ended
 }
 
 /// The actor's one timer for its statements' time limits.
