@@ -163,8 +163,8 @@ async fn run_jobs(
     command_timeout: Option<Duration>,
 ) -> Option<CloseReason> {
     let shared = &ctx.shared;
-    // The next statement is taken into these same variables: handing it on as a tuple in an
-    // `Option` moved each job and slot twice more.
+    // The next statement is taken into these same variables, so a job and its slot are moved
+    // once per hand-over (each further move is a `memcpy` of both, per statement).
     let (mut job, mut slot, mut running) = first;
     // One clock reading per statement: when it ended is when the next one starts.
     let mut started = Instant::now();

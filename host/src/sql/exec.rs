@@ -153,8 +153,7 @@ pub(super) enum PgMode<'a> {
 /// Runs `stmt` on PostgreSQL as `mode` says.
 ///
 /// Every PostgreSQL statement takes this path, in one `async fn` from the connection to the
-/// driver: a second layer (this was `run_pg` and `run_pg_query`) cost about 20 instructions a
-/// statement, in its state machine and the moves into it.
+/// driver: each further layer would cost a state machine and the moves into it, per statement.
 pub(super) async fn run_pg(
     conn: &mut PgConnection,
     stmt: &Statement,
