@@ -33,7 +33,7 @@ use support::{echo_file, empty_config, engine_options, load, records, row_config
 
 /// The allocator the `trellis` binary ships with.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: trellis_host::Allocator = trellis_host::Allocator;
 
 const RECORDS: usize = 1_000;
 

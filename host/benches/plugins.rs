@@ -37,7 +37,7 @@ use trellis_host::{
 /// The allocator the `trellis` binary ships with: the host's side of every call (lowering the
 /// records, lifting and checking the results) allocates as it does in `serve`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: trellis_host::Allocator = trellis_host::Allocator;
 
 fn wasm(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| {

@@ -31,7 +31,7 @@ use trellis_host::{Pool, PoolConfig};
 
 /// The allocator the `trellis` binary ships with.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: trellis_host::Allocator = trellis_host::Allocator;
 
 const TASKS: usize = 32;
 const CONNECTIONS: usize = 8;

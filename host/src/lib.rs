@@ -14,6 +14,8 @@
 //! `trellis` binary, the benches and the end-to-end tests use only that). Data flows one way:
 //! server → workflow runtime → policy → node → masking → response.
 //!
+//! - `alloc`: the binary's global allocator (mimalloc, without its alignment checks when a
+//!   word's alignment suffices).
 //! - `auth`: who is calling: JWT bearer tokens, or a trusted header in dev mode (loopback only).
 //! - `cli`: the `trellis` subcommands, one file each, and the edge that draws an error once.
 //! - `config`: `trellis.toml`: finding and reading it; its shared value types (`values`:
@@ -37,6 +39,7 @@
 //! - `watch`: the one directory watcher (`--watch`): debounced, and only stable files.
 //! - `shutdown`: the one stop signal (SIGINT, SIGTERM or a test's own future).
 
+mod alloc;
 pub(crate) mod auth;
 pub(crate) mod cli;
 pub(crate) mod config;
@@ -65,6 +68,8 @@ pub(crate) mod workflow;
 // The library's surface: the modules are the crate's own; what an embedder (and the `trellis`
 // binary, the benches and the end-to-end tests) uses is re-exported here.
 
+/// The global allocator of the binary and the benches.
+pub use alloc::Allocator;
 /// The `trellis` command line, for the binary.
 pub use cli::report::render as render_error;
 pub use cli::{Cli, LogFormat, exit_code, run as run_cli};

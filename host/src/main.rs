@@ -9,7 +9,7 @@ use trellis_host::{Cli, LogFormat};
 /// mimalloc: requests allocate many small JSON values on several threads; glibc's allocator
 /// spent a tenth of the host's time on the HTTP benchmark in `malloc`/`free`/consolidation.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: trellis_host::Allocator = trellis_host::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
