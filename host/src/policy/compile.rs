@@ -809,7 +809,18 @@ impl SliceTexts {
 
 /// The Cedar action id of a rule's permission, e.g. `node:execute`.
 pub fn action_id(resource_type: super::rules::ResourceType, permission: &str) -> String {
-    format!("{resource_type}:{permission}")
+    qualified(resource_type.as_str(), permission)
+}
+
+/// `kind:id`, the form of an action's or a resource's id, in one allocation. `format!` writes
+/// each piece through a `fmt::Formatter` (about 700 instructions for such an id, against about
+/// 100), and a run makes two of them per decision.
+pub(crate) fn qualified(kind: &str, id: &str) -> String {
+    let mut out = String::with_capacity(kind.len() + 1 + id.len());
+    out.push_str(kind);
+    out.push(':');
+    out.push_str(id);
+    out
 }
 
 /// The action masking conditions are evaluated under.

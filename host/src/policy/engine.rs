@@ -283,7 +283,7 @@ impl PolicyEngine {
             return;
         }
         let action = super::compile::action_id(req.resource_type, req.permission);
-        let resource = format!("{}:{}", req.resource_type, req.resource_id);
+        let resource = super::compile::qualified(req.resource_type.as_str(), req.resource_id);
         let again = Decision {
             cached: true,
             ..decision.clone()
@@ -308,7 +308,7 @@ impl PolicyEngine {
     ) -> Decision {
         let started = Instant::now();
         let action = super::compile::action_id(req.resource_type, req.permission);
-        let resource = format!("{}:{}", req.resource_type, req.resource_id);
+        let resource = super::compile::qualified(req.resource_type.as_str(), req.resource_id);
         let slice = generation.slice(&action, &resource);
         let (verdict, cached) = self.verdict_in(
             generation,
@@ -339,7 +339,7 @@ impl PolicyEngine {
         let generation = self.current.load_full();
         let decision = {
             let action = super::compile::action_id(req.resource_type, req.permission);
-            let resource = format!("{}:{}", req.resource_type, req.resource_id);
+            let resource = super::compile::qualified(req.resource_type.as_str(), req.resource_id);
             let (verdict, _) = self.verdict(
                 &generation,
                 req.user,
@@ -357,7 +357,7 @@ impl PolicyEngine {
             )
         };
         let action = super::compile::action_id(req.resource_type, req.permission);
-        let resource = format!("{}:{}", req.resource_type, req.resource_id);
+        let resource = super::compile::qualified(req.resource_type.as_str(), req.resource_id);
         let slice = generation.slice(&action, &resource);
         let held = self.probe(
             &generation,
@@ -504,7 +504,7 @@ impl PolicyEngine {
             user,
             runtime,
             MASK_ACTION,
-            &format!("node:{resource_id}"),
+            &super::compile::qualified("node", resource_id),
             &decision,
             started,
             applied.clone(),
@@ -530,7 +530,7 @@ impl PolicyEngine {
         now: Timestamp,
         runtime: &Value,
     ) -> (Arc<Verdict>, bool) {
-        let resource = format!("{rt}:{resource_id}");
+        let resource = super::compile::qualified(rt.as_str(), resource_id);
         let slice = generation.slice(action, &resource);
         self.verdict_in(
             generation,
@@ -944,18 +944,21 @@ fn describe(v: &Verdict, slice: &Slice, generation: u64, cached: bool) -> Decisi
     let reason = if !v.errors.is_empty() {
         format!("denied: policy evaluation failed: {}", v.errors.join("; "))
     } else {
+        // Joined, not `format!`ted: one allocation per decision, no `fmt::Formatter`.
         match (v.allowed, first.map(|e| &e.kind)) {
             (true, Some(PolicyKind::Rule { .. })) => {
-                format!("rule `{}` granted access", v.reasons[0])
+                ["rule `", &v.reasons[0], "` granted access"].concat()
             }
-            (true, _) => format!(
-                "policy `{}` permits access",
-                v.reasons.first().map_or("", String::as_str)
-            ),
+            (true, _) => [
+                "policy `",
+                v.reasons.first().map_or("", String::as_str),
+                "` permits access",
+            ]
+            .concat(),
             (false, Some(PolicyKind::Rule { .. })) => {
-                format!("rule `{}` denied access", v.reasons[0])
+                ["rule `", &v.reasons[0], "` denied access"].concat()
             }
-            (false, Some(_)) => format!("policy `{}` forbids access", v.reasons[0]),
+            (false, Some(_)) => ["policy `", &v.reasons[0], "` forbids access"].concat(),
             (false, None) => "no rule granted access".to_owned(),
         }
     };
