@@ -224,64 +224,68 @@ impl SqlNode {
 
     /// Runs the statement with `params` instead of the configured ones.
     pub async fn run_with(&self, params: &Params) -> Result<Value, SqlError> {
-        let stmt = params::prepare(&self.config.query, params, self.pool.kind())
-            .map_err(SqlError::Params)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self
-                .pool
-                .run_for(
-                    self.workload.as_deref(),
-                    stmt.clone(),
-                    self.config.fetch,
-                    self.config.timeout,
-                )
-                .await;
-            match result {
-                Ok(output) => {
-                    let data = match self.config.fetch {
-                        Fetch::One => output
-                            .rows
-                            .into_iter()
-                            .next()
-                            .map_or(Value::Null, Value::from),
-                        Fetch::All | Fetch::Many(_) => {
-                            Value::Array(output.rows.into_iter().map(Value::from).collect())
-                        }
-                        // Not a fetch mode a node is configured with: its rows come as the JSON
-                        // text the pool wrote, which always parses.
-                        Fetch::Capped(_) => output
-                            .text
-                            .as_deref()
-                            .and_then(|text| serde_json::from_str(text).ok())
-                            .unwrap_or_else(|| Value::Array(Vec::new())),
-                    };
-                    let mut result = object([
-                        ("data", data),
-                        ("row_count", output.row_count.into()),
-                        ("database_type", self.pool.kind().as_str().into()),
-                    ]);
-                    if self.config.return_query {
-                        result["query"] = self.config.query.clone().into();
+        run(&self.pool, &self.config, self.workload.as_deref(), params).await
+    }
+}
+
+/// Runs `config`'s statement on `pool` with `params`, its statements counted under `workload`
+/// (see [`Pool::run_for`]): what [`SqlNode::run_with`] does, for a caller that holds the config
+/// and would otherwise copy it into a node (a workflow run's node task).
+pub(crate) async fn run(
+    pool: &Pool,
+    config: &SqlNodeConfig,
+    workload: Option<&str>,
+    params: &Params,
+) -> Result<Value, SqlError> {
+    let stmt = params::prepare(&config.query, params, pool.kind()).map_err(SqlError::Params)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = pool
+            .run_for(workload, stmt.clone(), config.fetch, config.timeout)
+            .await;
+        match result {
+            Ok(output) => {
+                let data = match config.fetch {
+                    Fetch::One => output
+                        .rows
+                        .into_iter()
+                        .next()
+                        .map_or(Value::Null, Value::from),
+                    Fetch::All | Fetch::Many(_) => {
+                        Value::Array(output.rows.into_iter().map(Value::from).collect())
                     }
-                    return Ok(object([("result", result)]));
+                    // Not a fetch mode a node is configured with: its rows come as the JSON
+                    // text the pool wrote, which always parses.
+                    Fetch::Capped(_) => output
+                        .text
+                        .as_deref()
+                        .and_then(|text| serde_json::from_str(text).ok())
+                        .unwrap_or_else(|| Value::Array(Vec::new())),
+                };
+                let mut result = object([
+                    ("data", data),
+                    ("row_count", output.row_count.into()),
+                    ("database_type", pool.kind().as_str().into()),
+                ]);
+                if config.return_query {
+                    result["query"] = config.query.clone().into();
                 }
-                Err(error) => {
-                    let transient = matches!(&error, PoolError::Query(q) if q.is_transient());
-                    if !transient || attempt > self.config.max_retries {
-                        return Err(SqlError::Pool {
-                            error,
-                            attempts: attempt,
-                        });
-                    }
-                    let delay = self
-                        .config
-                        .retry_delay
-                        .saturating_mul(1 << (attempt - 1).min(16));
-                    tracing::warn!(pool = self.pool.name(), attempt, ?delay, %error, "transient failure; retrying");
-                    tokio::time::sleep(delay).await;
+                return Ok(object([("result", result)]));
+            }
+            Err(error) => {
+                let transient = matches!(&error, PoolError::Query(q) if q.is_transient());
+                if !transient || attempt > config.max_retries {
+                    return Err(SqlError::Pool {
+                        error,
+                        attempts: attempt,
+                    });
                 }
+                let delay = config
+                    .retry_delay
+                    .saturating_mul(1 << (attempt - 1).min(16));
+                tracing::warn!(pool = pool.name(), attempt, ?delay, %error, "transient failure; retrying");
+                tokio::time::sleep(delay).await;
             }
         }
     }

@@ -275,7 +275,8 @@ impl AccessControlledRuntime {
         let given = inputs;
         let inputs = workflow.bind_inputs(inputs).map_err(AccessError::Inputs)?;
         ctx["inputs"] = Value::Object(inputs.clone());
-        let ctx = ctx;
+        // Shared from here: the plugin nodes' database policy keeps it for the whole run.
+        let ctx = Arc::new(ctx);
 
         let skip = decisions.skips(workflow, &ctx, given)?;
         let downstream_filter = decisions.downstream_filter(workflow, &ctx);
@@ -401,12 +402,12 @@ impl Decisions<'_> {
     /// `Trellis::Database::"NAME"` for this user, on this generation, at the run's instant, with
     /// the run's context plus who asks (`plugin`, `plugin_version`, `node`; `workflow` is the
     /// run's). Each decision is audited.
-    fn database_policy(&self, ctx: &Value) -> super::DatabasePolicy {
+    fn database_policy(&self, ctx: &Arc<Value>) -> super::DatabasePolicy {
         super::plugin_database::decided_by(
             self.policy.clone(),
             self.generation.clone(),
             self.user.clone(),
-            ctx.clone(),
+            Arc::clone(ctx),
             self.now,
         )
     }
@@ -459,7 +460,7 @@ struct Finish {
     masker: Masker,
     user: PreparedUser,
     workflow: Arc<Workflow>,
-    ctx: Value,
+    ctx: Arc<Value>,
     now: Timestamp,
     deadline: Option<std::time::Instant>,
 }

@@ -39,13 +39,16 @@ pub struct DatabaseCaller {
 /// How a run's plugin statements are decided: `database:read`/`database:write` on
 /// `Trellis::Database::"NAME"` for the run's user, on the run's pinned generation, at the run's
 /// instant, with the run's context plus who asks. Each decision is audited by the engine.
+///
+/// Cheap to clone: every node task of a run gets a copy, and the run's context is shared, not
+/// copied.
 #[derive(Clone)]
 pub struct DatabasePolicy {
     policy: Arc<PolicyEngine>,
     generation: Arc<PolicyGeneration>,
     user: PreparedUser,
     /// The run's context (`runtime.…`).
-    ctx: Value,
+    ctx: Arc<Value>,
     now: Timestamp,
 }
 
@@ -53,7 +56,7 @@ impl DatabasePolicy {
     /// The decision context for `caller`: the run's, plus `plugin`, `plugin_version`, `node`
     /// and `workflow`. Built once per plugin call.
     fn context_for(&self, caller: &DatabaseCaller) -> Value {
-        let mut runtime = self.ctx.clone();
+        let mut runtime = Value::clone(&self.ctx);
         runtime["plugin"] = json!(caller.plugin);
         runtime["plugin_version"] = json!(caller.plugin_version);
         runtime["node"] = json!(caller.node);
@@ -103,19 +106,19 @@ impl DatabasePolicy {
 type Decided = Mutex<Vec<(Box<str>, &'static str, Arc<Decision>)>>;
 
 /// The policy deciding a run's plugin statements (see [`DatabasePolicy`]): for `user`, on
-/// `generation`, at `now`, in the run's context `ctx`.
+/// `generation`, at `now`, in the run's context `ctx` (a `Value`, or one the run shares).
 pub fn decided_by(
     policy: Arc<PolicyEngine>,
     generation: Arc<PolicyGeneration>,
     user: PreparedUser,
-    ctx: Value,
+    ctx: impl Into<Arc<Value>>,
     now: Timestamp,
 ) -> DatabasePolicy {
     DatabasePolicy {
         policy,
         generation,
         user,
-        ctx,
+        ctx: ctx.into(),
         now,
     }
 }

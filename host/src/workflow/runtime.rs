@@ -22,7 +22,7 @@ use crate::json::object;
 use crate::plugins::{CallError, PluginRegistry, PluginSet};
 use crate::pool::breaker::Outcome;
 use crate::pool::ops::{OpError, PoolOperations};
-use crate::sql::{ErrorKind, SqlError, SqlNode};
+use crate::sql::{ErrorKind, SqlError};
 use crate::vector::{VectorError, VectorStore};
 
 /// Rewrites a node's output before downstream nodes read it (masking for nodes marked so).
@@ -376,12 +376,8 @@ impl Runtime {
         let database = || node.database.clone().unwrap_or_else(|| "main".into());
         match config {
             NodeConfig::Sql(sql) => {
-                let sql = sql.clone();
                 self.on_database(&database(), tenant, |pool, _| async move {
-                    Ok(SqlNode::new(pool, sql)
-                        .with_workload(workload)
-                        .run()
-                        .await?)
+                    Ok(crate::sql::node::run(&pool, sql, Some(workload), &sql.params).await?)
                 })
                 .await
             }
