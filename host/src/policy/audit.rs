@@ -64,8 +64,9 @@ use serde::Serialize;
 /// One decision, as recorded.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AuditRecord {
-    /// When (RFC 3339, UTC).
-    pub time: String,
+    /// When. Written as RFC 3339, UTC; kept as a timestamp until then, since most records'
+    /// time is written only as microseconds after their run's.
+    pub time: jiff::Timestamp,
     /// The workflow run the decision is part of (`None`: a decision outside a run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
@@ -500,7 +501,7 @@ struct Runs {
 /// One run: its number, and what its decisions share.
 struct Run {
     number: u64,
-    time: Option<jiff::Timestamp>,
+    time: jiff::Timestamp,
     user_id: String,
     generation: u64,
 }
@@ -618,7 +619,6 @@ impl Runs {
     /// The run (`run_id`) of `record`: a run this sink knows when it has the same user and
     /// generation, else a new one.
     fn of(&mut self, run_id: &str, record: &AuditRecord) -> OfRun {
-        let time = record.time.parse::<jiff::Timestamp>().ok();
         let known = self
             .by_id
             .get(run_id)
@@ -626,7 +626,7 @@ impl Runs {
         if let Some(run) = known {
             return OfRun {
                 number: run.number,
-                at_us: micros_after(run.time, time),
+                at_us: micros_after(run.time, record.time),
                 new: false,
             };
         }
@@ -640,7 +640,7 @@ impl Runs {
             run_id.to_owned(),
             Run {
                 number: self.last,
-                time,
+                time: record.time,
                 user_id: record.user_id.clone(),
                 generation: record.generation,
             },
@@ -665,7 +665,7 @@ impl Runs {
             RunOut {
                 run: run.number,
                 run_id,
-                time: &record.time,
+                time: &record.time.to_string(),
                 user_id: &record.user_id,
                 generation: record.generation,
             }
@@ -820,16 +820,11 @@ impl Sink for TableSink {
     }
 }
 
-/// Microseconds from `start` to `at` (0 when either is unknown).
-fn micros_after(start: Option<jiff::Timestamp>, at: Option<jiff::Timestamp>) -> i64 {
-    match (start, at) {
-        (Some(start), Some(at)) => {
-            at.duration_since(start)
-                .as_micros()
-                .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-        }
-        _ => 0,
-    }
+/// Microseconds from `start` to `at`.
+fn micros_after(start: jiff::Timestamp, at: jiff::Timestamp) -> i64 {
+    at.duration_since(start)
+        .as_micros()
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 /// Creates the audit tables when missing, and adds the `run_id` column to a `policy_audit` made
@@ -937,7 +932,7 @@ async fn insert(
         let Some(run_id) = &r.run_id else {
             whole.push(
                 [
-                    Value::from(r.time.as_str()),
+                    Value::from(r.time.to_string()),
                     Value::from(r.user_id.as_str()),
                     Value::from(r.generation),
                 ]
@@ -953,7 +948,7 @@ async fn insert(
                 Value::from(writer),
                 Value::from(run.number),
                 Value::from(run_id.as_str()),
-                Value::from(r.time.as_str()),
+                Value::from(r.time.to_string()),
                 Value::from(r.user_id.as_str()),
                 Value::from(r.generation),
             ]);
@@ -1075,7 +1070,7 @@ mod tests {
 
     fn record(run: Option<&str>, time: &str, user: &str, generation: u64) -> AuditRecord {
         AuditRecord {
-            time: time.into(),
+            time: time.parse().unwrap(),
             run_id: run.map(str::to_owned),
             user_id: user.into(),
             action: "node:execute".into(),

@@ -835,7 +835,7 @@ impl PolicyEngine {
     ) {
         let Some(audit) = &self.audit else { return };
         audit.record(AuditRecord {
-            time: Timestamp::now().to_string(),
+            time: Timestamp::now(),
             run_id: runtime
                 .get("run_id")
                 .and_then(Value::as_str)
