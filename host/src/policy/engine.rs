@@ -1020,10 +1020,17 @@ const CEDAR_STACK: usize = 4 * 1024 * 1024;
 fn runtime_fingerprint(paths: &[AttrPath], runtime: &Value) -> u128 {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
+    let mut text = Vec::new();
     for path in paths {
         match lookup(path, &Value::Null, runtime) {
             // JSON text never holds a raw 0x1f, so the concatenation is unambiguous.
-            Some(v) => h.update(format!("\u{1}{v}\u{1f}").as_bytes()),
+            Some(v) => {
+                text.clear();
+                text.push(1);
+                crate::json::write_value(&mut text, v);
+                text.push(0x1f);
+                h.update(&text);
+            }
             None => h.update(b"\x00\x1f"),
         }
     }

@@ -63,7 +63,7 @@ impl PreparedUser {
         // `preserve_order` is on for the whole build: cedar-policy asks for it), so one user
         // may have two fingerprints; that costs a cache entry, never a wrong decision, since two
         // users with different views never share a text.
-        let digest = Sha256::digest(view.to_string().as_bytes());
+        let digest = Sha256::digest(crate::json::to_string(&view).as_bytes());
         let fingerprint = u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"));
         PreparedUser {
             inner: Arc::new(Prepared {
