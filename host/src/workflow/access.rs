@@ -416,7 +416,7 @@ impl Decisions<'_> {
     fn downstream_filter(
         &self,
         workflow: &Workflow,
-        ctx: &Value,
+        ctx: &Arc<Value>,
     ) -> Option<(Vec<bool>, OutputFilter)> {
         let masked_downstream: Vec<bool> =
             workflow.nodes.iter().map(|n| n.mask_downstream).collect();
@@ -425,7 +425,8 @@ impl Decisions<'_> {
             let generation = self.generation.clone();
             let masker = self.masker.clone();
             let user = self.user.clone();
-            let ctx = ctx.clone();
+            // The run's context, shared with the filter (not copied).
+            let ctx = Arc::clone(ctx);
             let now = self.now;
             let filter: OutputFilter = Arc::new(move |node: &NodeSpec, output: Value| {
                 let pinned = (&*policy, &generation, &masker);
