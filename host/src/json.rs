@@ -7,9 +7,12 @@
 //! each run between escapes to its formatter: the largest single cost of writing a run's answer
 //! (BENCHMARKS.md, issue 21). [`write_value`] checks eight bytes at a time, copies a string
 //! that needs no escape in one piece, and leaves every other string and every number to
-//! serde_json, so its bytes are serde_json's.
+//! serde_json, so its bytes are serde_json's. [`parse`] reads text into a [`Value`] as
+//! `serde_json::from_str` does, but makes each object's map and each array at its final size.
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use smallvec::SmallVec;
 
 /// The object of `fields`, in their order, each value moved in (a name given twice keeps the
 /// last value, in the first one's place, as `json!` does).
@@ -19,6 +22,89 @@ pub(crate) fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
         map.insert(name.to_owned(), value);
     }
     Value::Object(map)
+}
+
+/// `text` read as JSON: the value `serde_json::from_str` gives (its errors too), with fewer
+/// allocations.
+///
+/// serde_json's own reader starts each object with an empty map and each array with an empty
+/// vector, and grows them as it reads: an object of eight fields has its hash table rebuilt twice
+/// (each key hashed again with SipHash) and its entries moved three times. Here the fields and
+/// items are collected on the stack first, and the map or vector is made once, at its size. The
+/// fields go in in their order, so a name given twice keeps the last value in the first one's
+/// place, as there.
+pub(crate) fn parse(text: &str) -> Result<Value, serde_json::Error> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let value = ValueSeed.deserialize(&mut reader)?;
+    reader.end()?;
+    Ok(value)
+}
+
+/// Reads one JSON value (see [`parse`]).
+struct ValueSeed;
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, reader: D) -> Result<Value, D::Error> {
+        reader.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Value, A::Error> {
+        let mut read: SmallVec<[Value; 16]> = SmallVec::new();
+        while let Some(item) = items.next_element_seed(ValueSeed)? {
+            read.push(item);
+        }
+        Ok(Value::Array(read.into_vec()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<Value, A::Error> {
+        let mut read: SmallVec<[(String, Value); 12]> = SmallVec::new();
+        while let Some(name) = fields.next_key::<String>()? {
+            read.push((name, fields.next_value_seed(ValueSeed)?));
+        }
+        let mut map = Map::with_capacity(read.len());
+        for (name, value) in read {
+            map.insert(name, value);
+        }
+        Ok(Value::Object(map))
+    }
 }
 
 /// `value` as compact JSON text: the bytes of `serde_json::to_string(value)`.
@@ -196,6 +282,75 @@ mod tests {
         for value in &values {
             let ours = super::to_string(value);
             assert_eq!(ours, serde_json::to_string(value).unwrap(), "{value:?}");
+        }
+    }
+
+    /// [`super::parse`] reads every text as `serde_json::from_str` does: the same value (the
+    /// same order of fields, the last of a repeated name in the first one's place, the same
+    /// numbers), and the same error for every text serde_json refuses.
+    #[test]
+    fn parse_reads_what_serde_json_reads() {
+        let valid = [
+            "null",
+            " true ",
+            "false",
+            "0",
+            "-0",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "18446744073709551616",
+            "1.5e300",
+            "1e999",
+            "-0.0",
+            "123456.789",
+            r#""a\"b\u00e9\ud83d\ude42""#,
+            "[]",
+            "{}",
+            r#"{"b":1,"a":2,"b":3}"#,
+            r#"{"name":"Ada Byron","email":"ada@x.example","salary":98000,"expenses":1760.4,"x":null,"y":[1,2,{"z":true}]}"#,
+            r#"[1,[2,[3,[4]]],{"a":{"b":{"c":[]}}}]"#,
+        ];
+        let mut texts: Vec<String> = valid.iter().map(|t| (*t).to_owned()).collect();
+        // Objects and arrays on both sides of the sizes kept on the stack.
+        for n in [0, 1, 11, 12, 13, 15, 16, 17, 40] {
+            let fields: Vec<String> = (0..n).map(|i| format!(r#""f{}":{i}"#, i % 7)).collect();
+            texts.push(format!("{{{}}}", fields.join(",")));
+            let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            texts.push(format!("[{}]", items.join(",")));
+        }
+        texts.push(format!("{}{}", "[".repeat(127), "]".repeat(127)));
+        let invalid = [
+            "",
+            " ",
+            "nul",
+            "[1,]",
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{1:2}"#,
+            "[1] x",
+            "01",
+            r#""\x""#,
+            "\"\u{1}\"",
+            r#""\ud800""#,
+            "{\"a\":[1,2}",
+        ];
+        texts.extend(invalid.iter().map(|t| (*t).to_owned()));
+        texts.push(format!("{}{}", "[".repeat(200), "]".repeat(200)));
+        texts.push(format!("{}1{}", "{\"a\":".repeat(130), "}".repeat(130)));
+        for text in &texts {
+            let theirs = serde_json::from_str::<Value>(text);
+            match (super::parse(text), theirs) {
+                (Ok(ours), Ok(theirs)) => {
+                    assert_eq!(ours, theirs, "{text}");
+                    let order =
+                        |v: &Value| v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>());
+                    assert_eq!(order(&ours), order(&theirs), "{text}");
+                }
+                (Err(ours), Err(theirs)) => {
+                    assert_eq!(ours.to_string(), theirs.to_string(), "{text}")
+                }
+                (ours, theirs) => panic!("{text}: {ours:?} against {theirs:?}"),
+            }
         }
     }
 

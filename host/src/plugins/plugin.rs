@@ -529,7 +529,7 @@ impl Plugin {
             .into_iter()
             .enumerate()
             .map(|(i, result)| match result {
-                Ok(text) => serde_json::from_str(&text).map(Ok).map_err(|e| {
+                Ok(text) => crate::json::parse(&text).map(Ok).map_err(|e| {
                     self.malformed(Export::Transform, format!("result {i} is not JSON: {e}"))
                 }),
                 Err(message) => Ok(Err(message)),
@@ -593,7 +593,7 @@ impl Plugin {
         let results = self.transform(&texts, config)?;
         Ok(results
             .into_iter()
-            .map(|r| r.map(|text| serde_json::from_str(&text).unwrap_or_default()))
+            .map(|r| r.map(|text| crate::json::parse(&text).unwrap_or_default()))
             .collect())
     }
 
@@ -662,7 +662,7 @@ impl Plugin {
         let results = self.check_batch(inputs.len(), results, Export::Mask)?;
         Ok(results
             .into_iter()
-            .map(|r| r.map(|text| serde_json::from_str(&text).unwrap_or_default()))
+            .map(|r| r.map(|text| crate::json::parse(&text).unwrap_or_default()))
             .collect())
     }
 
