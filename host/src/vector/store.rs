@@ -964,15 +964,22 @@ impl VectorStore {
             Fetch::All,
         )
         .await?;
-        let mut hits: Vec<Hit> = Vec::new();
+        // Each row's metadata is read only when a filter needs it, or when the row is among the
+        // `limit` closest: reading it is most of a row's cost, and most rows are not returned.
+        let mut rows = out.rows;
+        let mut hits: Vec<(Hit, usize)> = Vec::new();
         let mut vector = Vec::with_capacity(dim);
-        for row in out.rows {
-            let metadata = parse_json_text(row.get("metadata"));
-            if let Some(filter) = &query.filter
-                && !filter.matches(&metadata)
-            {
-                continue;
-            }
+        for (at, row) in rows.iter().enumerate() {
+            let metadata = match &query.filter {
+                Some(filter) => {
+                    let metadata = parse_json_text(row.get("metadata"));
+                    if !filter.matches(&metadata) {
+                        continue;
+                    }
+                    metadata
+                }
+                None => Value::Null,
+            };
             vector.clear();
             if let Some(Value::String(text)) = row.get("embedding")
                 && let Ok(v) = serde_json::from_str::<Vec<f32>>(text)
@@ -980,15 +987,27 @@ impl VectorStore {
                 vector.extend(v);
             }
             let distance = query.metric.distance(&vector, &query.vector);
-            hits.push(Hit {
-                id: row.get("id").and_then(Value::as_i64).unwrap_or_default(),
-                distance,
-                metadata,
-            });
+            let id = row.get("id").and_then(Value::as_i64).unwrap_or_default();
+            hits.push((
+                Hit {
+                    id,
+                    distance,
+                    metadata,
+                },
+                at,
+            ));
         }
-        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        hits.sort_by(|(a, _), (b, _)| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
         hits.truncate(limit);
-        Ok(hits)
+        Ok(hits
+            .into_iter()
+            .map(|(mut hit, at)| {
+                if query.filter.is_none() {
+                    hit.metadata = parse_json_text(rows[at].take("metadata").as_ref());
+                }
+                hit
+            })
+            .collect())
     }
 }
 
