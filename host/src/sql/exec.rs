@@ -887,11 +887,14 @@ fn decode<'r, T: sqlx::Decode<'r, Postgres>>(
     raw: PgValueRef<'r>,
     i: usize,
 ) -> Result<T, ExecError> {
-    T::decode(raw).map_err(|source| {
-        ExecError::from(sqlx::Error::ColumnDecode {
-            index: format!("{i:?}"),
-            source,
-        })
+    T::decode(raw).map_err(|source| column_decode(i, source))
+}
+
+/// Column `i`'s value could not be decoded: the error sqlx's `try_get` gives.
+fn column_decode(i: usize, source: sqlx::error::BoxDynError) -> ExecError {
+    ExecError::from(sqlx::Error::ColumnDecode {
+        index: format!("{i:?}"),
+        source,
     })
 }
 
@@ -1104,6 +1107,19 @@ fn mysql_columns(row: &MySqlRow, each: &mut dyn FnMut(&str, Value)) -> Result<()
 }
 
 fn sqlite_columns(row: &SqliteRow, each: &mut dyn FnMut(&str, Value)) -> Result<(), ExecError> {
+    /// A value's storage class.
+    enum Class {
+        Integer,
+        Real,
+        Text,
+        Blob,
+    }
+    fn decode<'r, T: sqlx::Decode<'r, Sqlite>>(
+        raw: sqlx::sqlite::SqliteValueRef<'r>,
+        i: usize,
+    ) -> Result<T, ExecError> {
+        T::decode(raw).map_err(|source| column_decode(i, source))
+    }
     for (i, column) in row.columns().iter().enumerate() {
         let raw = row.try_get_raw(i)?;
         if raw.is_null() {
@@ -1111,21 +1127,32 @@ fn sqlite_columns(row: &SqliteRow, each: &mut dyn FnMut(&str, Value)) -> Result<
             continue;
         }
         // SQLite is dynamically typed: map the value's storage class, and honour a BOOLEAN
-        // declaration for integers.
-        let storage = raw.type_info().name().to_owned();
-        let declared = column.type_info().name().to_ascii_uppercase();
-        let value = match storage.as_str() {
-            "INTEGER" if declared == "BOOLEAN" => Value::Bool(row.try_get::<i64, _>(i)? != 0),
-            "INTEGER" => Value::from(row.try_get::<i64, _>(i)?),
-            "REAL" => float(row.try_get::<f64, _>(i)?),
-            "TEXT" => Value::String(row.try_get::<String, _>(i)?),
-            "BLOB" => base64(&row.try_get::<Vec<u8>, _>(i)?),
+        // declaration for integers. Each value is decoded as its class (`try_get` would look
+        // the column up again and check the Rust type against the class it has).
+        let class = match raw.type_info().name() {
+            "INTEGER" => Class::Integer,
+            "REAL" => Class::Real,
+            "TEXT" => Class::Text,
+            "BLOB" => Class::Blob,
             other => {
                 return Err(ExecError::Unmapped {
                     column: column.name().to_owned(),
                     ty: other.to_owned(),
                 });
             }
+        };
+        let value = match class {
+            Class::Integer => {
+                let n: i64 = decode(raw, i)?;
+                if column.type_info().name().eq_ignore_ascii_case("BOOLEAN") {
+                    Value::Bool(n != 0)
+                } else {
+                    Value::from(n)
+                }
+            }
+            Class::Real => float(decode(raw, i)?),
+            Class::Text => Value::String(decode(raw, i)?),
+            Class::Blob => base64(&decode::<Vec<u8>>(raw, i)?),
         };
         each(column.name(), value);
     }

@@ -968,7 +968,7 @@ impl VectorStore {
         // `limit` closest: reading it is most of a row's cost, and most rows are not returned.
         let mut rows = out.rows;
         let mut hits: Vec<(Hit, usize)> = Vec::new();
-        let mut vector = Vec::with_capacity(dim);
+        let mut vector: Vec<f32> = Vec::with_capacity(dim);
         for (at, row) in rows.iter().enumerate() {
             let metadata = match &query.filter {
                 Some(filter) => {
@@ -980,11 +980,15 @@ impl VectorStore {
                 }
                 None => Value::Null,
             };
+            // Read into the one vector (a text that is not a list of numbers leaves it empty).
             vector.clear();
-            if let Some(Value::String(text)) = row.get("embedding")
-                && let Ok(v) = serde_json::from_str::<Vec<f32>>(text)
-            {
-                vector.extend(v);
+            if let Some(Value::String(text)) = row.get("embedding") {
+                let mut reader = serde_json::Deserializer::from_str(text);
+                let read = serde::Deserialize::deserialize_in_place(&mut reader, &mut vector)
+                    .and_then(|()| reader.end());
+                if read.is_err() {
+                    vector.clear();
+                }
             }
             let distance = query.metric.distance(&vector, &query.vector);
             let id = row.get("id").and_then(Value::as_i64).unwrap_or_default();
