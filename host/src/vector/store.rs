@@ -1018,7 +1018,7 @@ impl VectorStore {
 /// A JSON text column read back (SQLite stores metadata as text).
 fn parse_json_text(value: Option<&Value>) -> Value {
     match value {
-        Some(Value::String(text)) => serde_json::from_str(text).unwrap_or(Value::Null),
+        Some(Value::String(text)) => crate::json::parse(text).unwrap_or(Value::Null),
         Some(other) => other.clone(),
         None => Value::Null,
     }
