@@ -10,6 +10,12 @@
 //! $ cargo bench -p trellis-tests --bench http -- --seconds 5 --concurrency 1,4,8,16
 //! ```
 //!
+//! After the table, each point's CPU time per request is split between the server (user and
+//! system), PostgreSQL's processes, this process (the load generator, which shares the machine)
+//! and the rest, from `/proc`. The last column is the ceiling the database server and the load
+//! generator leave on this machine: the rate its cores would allow if the server took no CPU
+//! time at all, as a ratio to `/health`.
+//!
 //! `--baseline BIN` also serves the same example from another build (an earlier commit's
 //! release binary) and, per concurrency, alternates `--rounds` rounds between the two,
 //! reporting the median of the per-round throughput ratios (this build / baseline).
@@ -50,6 +56,7 @@
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
+use trellis_tests::cpu::{Snapshot, Split};
 use trellis_tests::{Server, TestDb, example_dir, trellis_bin};
 
 struct Args {
@@ -258,11 +265,29 @@ async fn main() {
         );
         let mut runs = warm.requests;
         let mut failed = 0;
+        let mut splits = Vec::new();
         for &c in &args.concurrency {
+            let before = Snapshot::take();
             let run = load(&run_url, true, c, args.seconds).await;
+            let run_split = Split::between(
+                &before,
+                &Snapshot::take(),
+                server.pid(),
+                DATABASE_PROCESS,
+                run.requests,
+            );
             runs += run.requests;
             failed += run.errors;
+            let before = Snapshot::take();
             let health = load(&health_url, false, c, args.seconds).await;
+            let health_split = Split::between(
+                &before,
+                &Snapshot::take(),
+                server.pid(),
+                DATABASE_PROCESS,
+                health.requests,
+            );
+            splits.push((c, run_split, health_split, health.per_second));
             println!(
                 "{:>11} | {:>10.0} {:>9.2} {:>9.2} {:>6} | {:>10.0} {:>9.2} | {:>8.2}",
                 c,
@@ -276,6 +301,7 @@ async fn main() {
             );
             assert!(run.requests > 0);
         }
+        cpu_table(&splits);
         // What the audit trail takes per run (issue 21): the records every run of this backend
         // left, once the background writer has caught up.
         if args.audit_table
@@ -294,6 +320,43 @@ async fn main() {
             bytes as f64 / records.max(1) as f64,
         );
         drop(server);
+    }
+}
+
+/// The command name of PostgreSQL's processes, whose CPU time is the database server's. On the
+/// embedded SQLite the engine runs inside the server, so nothing has this name's time but the
+/// other databases' idle processes.
+const DATABASE_PROCESS: &str = "postgres";
+
+/// Where each point's CPU time went, per request: the server (user and system), PostgreSQL's
+/// processes, this process (the load generator) and the rest of the machine. The last column
+/// is the ceiling the database server and load generator leave: the requests per second the
+/// machine's cores allow if the server took no CPU time at all, as a ratio to `/health`.
+fn cpu_table(splits: &[(usize, Split, Split, f64)]) {
+    println!(
+        "\nCPU µs per request | {:>6} {:>6} {:>8} {:>6} {:>6} {:>5} | ceiling without the server",
+        "user", "system", "database", "client", "other", "idle"
+    );
+    for (c, run, health, health_rate) in splits {
+        for (what, split) in [("run", run), ("health", health)] {
+            let ceiling = split.ceiling_without_server();
+            println!(
+                "{:>11} {:>6} | {:>6.0} {:>6.0} {:>8.0} {:>6.0} {:>6.0} {:>4.0}% | {}",
+                c,
+                what,
+                split.server_user,
+                split.server_system,
+                split.database,
+                split.client,
+                split.other,
+                split.idle_share * 100.0,
+                if what == "run" {
+                    format!("{ceiling:.0} req/s, {:.2}× /health", ceiling / health_rate)
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
 }
 

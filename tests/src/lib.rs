@@ -6,6 +6,8 @@
 //! in transaction mode, `TRELLIS_TEST_PGBOUNCER_URL` and `TRELLIS_TEST_PGBOUNCER_PGVECTOR_URL`. A test that
 //! needs one fails when it is missing under `CI=true`, and is skipped (with a message) otherwise.
 
+pub mod cpu;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
