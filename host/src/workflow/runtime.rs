@@ -307,8 +307,11 @@ impl Runtime {
                     database_policy,
                     plugins: plugins.as_deref(),
                 };
+                // Boxed, so the task's future stays small: spawning moves it several times,
+                // and a node's own future (SQL, plugins, masking) is large.
                 let result =
-                    tokio::time::timeout(limit, this.run_node(node, &config, &ops, on)).await;
+                    tokio::time::timeout(limit, Box::pin(this.run_node(node, &config, &ops, on)))
+                        .await;
                 (i, started.elapsed(), result.map_err(|_| limit))
             });
         }
