@@ -493,7 +493,9 @@ struct FileSink {
 /// runs rows), by run id: see the module's docs.
 #[derive(Default)]
 struct Runs {
-    by_id: std::collections::HashMap<String, Run>,
+    /// Hashed with foldhash (seeded per process), as the decision caches are: each decision
+    /// looks its run up, and SipHash of a run id cost about 240 instructions a lookup.
+    by_id: std::collections::HashMap<String, Run, foldhash::quality::RandomState>,
     /// The number of the last run.
     last: u64,
 }
