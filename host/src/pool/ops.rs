@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use super::{Lease, Pool, PoolError};
-use crate::sql::ErrorKind;
 use crate::sql::exec::Fetch;
 use crate::sql::params::Params;
+use crate::sql::{ErrorKind, Row};
 
 /// The operation API of one pool.
 pub struct PoolOperations {
@@ -164,7 +164,7 @@ impl PoolOperations {
                         .into_iter()
                         .next()
                         .map_or(Value::Null, Value::from),
-                    _ => Value::Array(output.rows.into_iter().map(Value::from).collect()),
+                    _ => Value::Array(Row::into_objects(output.rows)),
                 };
                 Ok(json!({"connection_id": id, "data": data, "row_count": output.row_count}))
             }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::ErrorKind;
+use super::Row;
 use super::exec::Fetch;
 use super::params::{self, ParamError, Params};
 use crate::json::object;
@@ -252,9 +253,7 @@ pub(crate) async fn run(
                         .into_iter()
                         .next()
                         .map_or(Value::Null, Value::from),
-                    Fetch::All | Fetch::Many(_) => {
-                        Value::Array(output.rows.into_iter().map(Value::from).collect())
-                    }
+                    Fetch::All | Fetch::Many(_) => Value::Array(Row::into_objects(output.rows)),
                     // Not a fetch mode a node is configured with: its rows come as the JSON
                     // text the pool wrote, which always parses.
                     Fetch::Capped(_) => output

@@ -49,6 +49,45 @@ impl Row {
         map
     }
 
+    /// Rows as JSON objects, in order. The rows of one result set share their names, so the
+    /// first row's object, its values left `null`, is copied for each row and filled in: a
+    /// copy keeps each name's hash, where inserting the names again hashes every one of them
+    /// (SipHash, serde_json's hasher) for every row.
+    pub fn into_objects(rows: Vec<Row>) -> Vec<Value> {
+        let mut out = Vec::with_capacity(rows.len());
+        // The names the template was made for, and the template; none while the names repeat
+        // (each such row is made on its own, as `into_map` makes it).
+        let mut template: Option<(Arc<[String]>, Option<Map<String, Value>>)> = None;
+        for row in rows {
+            let same = template
+                .as_ref()
+                .is_some_and(|(names, _)| Arc::ptr_eq(names, &row.names) || *names == row.names);
+            if !same {
+                let names = &row.names;
+                let unique = !(1..names.len()).any(|i| names[..i].contains(&names[i]));
+                let empty = unique.then(|| {
+                    let mut map = Map::with_capacity(names.len());
+                    for name in names.iter() {
+                        map.insert(name.clone(), Value::Null);
+                    }
+                    map
+                });
+                template = Some((row.names.clone(), empty));
+            }
+            match template.as_ref().and_then(|(_, empty)| empty.as_ref()) {
+                Some(empty) => {
+                    let mut map = empty.clone();
+                    for (slot, value) in map.values_mut().zip(row.values) {
+                        *slot = value;
+                    }
+                    out.push(Value::Object(map));
+                }
+                None => out.push(Value::Object(row.into_map())),
+            }
+        }
+        out
+    }
+
     /// The row as a JSON object, copied.
     pub fn to_map(&self) -> Map<String, Value> {
         self.clone().into_map()
@@ -113,6 +152,36 @@ mod tests {
         assert_eq!(r.get("missing"), None);
         assert_eq!(Value::from(r.clone()), json!({"a": 1, "b": "x"}));
         assert_eq!(r, *json!({"a": 1, "b": "x"}).as_object().unwrap());
+    }
+
+    #[test]
+    fn rows_become_the_objects_each_would_alone() {
+        let names: Arc<[String]> = ["a", "b"].map(str::to_owned).into();
+        let other: Arc<[String]> = ["a", "b", "a"].map(str::to_owned).into();
+        let copy: Arc<[String]> = ["a", "b"].map(str::to_owned).into();
+        let rows = vec![
+            Row::new(names.clone(), vec![json!(1), json!("x")]),
+            Row::new(names.clone(), vec![json!(null), json!([2])]),
+            // Another result's names, repeating one; then the first names again, as a copy.
+            Row::new(other.clone(), vec![json!(1), json!(2), json!(3)]),
+            Row::new(other, vec![json!(4), json!(5), json!(6)]),
+            Row::new(copy, vec![json!({"c": 1}), json!(false)]),
+            Row::new(names, vec![json!(7), json!(8)]),
+        ];
+        let alone: Vec<Value> = rows.iter().cloned().map(Value::from).collect();
+        let objects = Row::into_objects(rows);
+        assert_eq!(objects, alone);
+        // Field order too, which `==` on maps does not compare.
+        assert_eq!(
+            serde_json::to_string(&objects).unwrap(),
+            serde_json::to_string(&alone).unwrap()
+        );
+        assert_eq!(
+            objects[2],
+            json!({"a": 3, "b": 2}),
+            "a repeated name keeps its last value in the first one's place"
+        );
+        assert!(Row::into_objects(Vec::new()).is_empty());
     }
 
     #[test]
