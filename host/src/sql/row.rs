@@ -55,26 +55,27 @@ impl Row {
     /// (SipHash, serde_json's hasher) for every row.
     pub fn into_objects(rows: Vec<Row>) -> Vec<Value> {
         let mut out = Vec::with_capacity(rows.len());
-        // The names the template was made for, and the template; none while the names repeat
+        // The names the template was made for, and the template: none while the names repeat
         // (each such row is made on its own, as `into_map` makes it).
-        let mut template: Option<(Arc<[String]>, Option<Map<String, Value>>)> = None;
+        let mut names: Option<Arc<[String]>> = None;
+        let mut empty: Option<Map<String, Value>> = None;
         for row in rows {
-            let same = template
+            let same = names
                 .as_ref()
-                .is_some_and(|(names, _)| Arc::ptr_eq(names, &row.names) || *names == row.names);
+                .is_some_and(|n| Arc::ptr_eq(n, &row.names) || *n == row.names);
             if !same {
-                let names = &row.names;
-                let unique = !(1..names.len()).any(|i| names[..i].contains(&names[i]));
-                let empty = unique.then(|| {
-                    let mut map = Map::with_capacity(names.len());
-                    for name in names.iter() {
+                let n = &row.names;
+                let unique = !(1..n.len()).any(|i| n[..i].contains(&n[i]));
+                empty = unique.then(|| {
+                    let mut map = Map::with_capacity(n.len());
+                    for name in n.iter() {
                         map.insert(name.clone(), Value::Null);
                     }
                     map
                 });
-                template = Some((row.names.clone(), empty));
+                names = Some(row.names.clone());
             }
-            match template.as_ref().and_then(|(_, empty)| empty.as_ref()) {
+            match &empty {
                 Some(empty) => {
                     let mut map = empty.clone();
                     for (slot, value) in map.values_mut().zip(row.values) {
