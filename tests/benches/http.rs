@@ -267,26 +267,11 @@ async fn main() {
         let mut failed = 0;
         let mut splits = Vec::new();
         for &c in &args.concurrency {
-            let before = Snapshot::take();
-            let run = load(&run_url, true, c, args.seconds).await;
-            let run_split = Split::between(
-                &before,
-                &Snapshot::take(),
-                server.pid(),
-                DATABASE_PROCESS,
-                run.requests,
-            );
+            let (run, run_split) = load_split(&run_url, true, c, args.seconds, &server).await;
             runs += run.requests;
             failed += run.errors;
-            let before = Snapshot::take();
-            let health = load(&health_url, false, c, args.seconds).await;
-            let health_split = Split::between(
-                &before,
-                &Snapshot::take(),
-                server.pid(),
-                DATABASE_PROCESS,
-                health.requests,
-            );
+            let (health, health_split) =
+                load_split(&health_url, false, c, args.seconds, &server).await;
             splits.push((c, run_split, health_split, health.per_second));
             println!(
                 "{:>11} | {:>10.0} {:>9.2} {:>9.2} {:>6} | {:>10.0} {:>9.2} | {:>8.2}",
@@ -327,6 +312,26 @@ async fn main() {
 /// embedded SQLite the engine runs inside the server, so nothing has this name's time but the
 /// other databases' idle processes.
 const DATABASE_PROCESS: &str = "postgres";
+
+/// [`load`], with where the machine's CPU time went meanwhile.
+async fn load_split(
+    url: &str,
+    post: bool,
+    concurrency: usize,
+    seconds: f64,
+    server: &Server,
+) -> (Figures, Split) {
+    let before = Snapshot::take();
+    let figures = load(url, post, concurrency, seconds).await;
+    let split = Split::between(
+        &before,
+        &Snapshot::take(),
+        server.pid(),
+        DATABASE_PROCESS,
+        figures.requests,
+    );
+    (figures, split)
+}
 
 /// Where each point's CPU time went, per request: the server (user and system), PostgreSQL's
 /// processes, this process (the load generator) and the rest of the machine. The last column
