@@ -40,6 +40,125 @@ pub(crate) fn parse(text: &str) -> Result<Value, serde_json::Error> {
     Ok(value)
 }
 
+/// Reads a batch of texts, each as [`parse`] reads it, for a plugin's results, whose records
+/// mostly share their names: an object (the whole text) whose names, in order, are those of the
+/// last such object is made by copying that one's map of names, which keeps their hashes, and
+/// filling in its values. Otherwise its names are hashed as [`parse`] hashes them.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// The names of the last object read, in order, each with `null`; none when its names
+    /// repeated.
+    shape: Option<Map<String, Value>>,
+}
+
+impl Batch {
+    /// `text` as [`parse`] reads it: the same value, field order and errors.
+    pub(crate) fn parse(&mut self, text: &str) -> Result<Value, serde_json::Error> {
+        if !text.trim_start().starts_with('{') {
+            return parse(text);
+        }
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let value = reader.deserialize_map(Shaped(&mut self.shape))?;
+        reader.end()?;
+        Ok(value)
+    }
+}
+
+/// Reads the object a [`Batch`] text holds.
+struct Shaped<'a>(&'a mut Option<Map<String, Value>>);
+
+impl<'de> Visitor<'de> for Shaped<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<Value, A::Error> {
+        let mut read: SmallVec<[(Name<'de>, Value); 12]> = SmallVec::new();
+        while let Some(name) = fields.next_key_seed(NameSeed)? {
+            read.push((name, fields.next_value_seed(ValueSeed)?));
+        }
+        let same = self.0.as_ref().is_some_and(|shape| {
+            shape.len() == read.len() && shape.keys().zip(&read).all(|(k, (n, _))| k == n.as_str())
+        });
+        if !same {
+            let mut shape = Map::with_capacity(read.len());
+            for (name, _) in &read {
+                shape.insert(name.as_str().to_owned(), Value::Null);
+            }
+            if shape.len() < read.len() {
+                // A repeated name: made as `parse` makes it, and no shape kept.
+                *self.0 = None;
+                let mut map = Map::with_capacity(read.len());
+                for (name, value) in read {
+                    map.insert(name.into_string(), value);
+                }
+                return Ok(Value::Object(map));
+            }
+            *self.0 = Some(shape);
+        }
+        let mut map = self.0.as_ref().map(Map::clone).unwrap_or_default();
+        for (slot, (_, value)) in map.values_mut().zip(read) {
+            *slot = value;
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+/// An object's name as read: borrowed from the text when it holds no escape.
+enum Name<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl Name<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Borrowed(s) => s,
+            Name::Owned(s) => s,
+        }
+    }
+
+    fn into_string(self) -> String {
+        match self {
+            Name::Borrowed(s) => s.to_owned(),
+            Name::Owned(s) => s,
+        }
+    }
+}
+
+/// Reads a [`Name`].
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Name<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, reader: D) -> Result<Name<'de>, D::Error> {
+        reader.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = Name<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Name<'de>, E> {
+        Ok(Name::Borrowed(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Name<'de>, E> {
+        Ok(Name::Owned(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Name<'de>, E> {
+        Ok(Name::Owned(value))
+    }
+}
+
 /// Reads one JSON value (see [`parse`]).
 struct ValueSeed;
 
@@ -345,6 +464,48 @@ mod tests {
                     let order =
                         |v: &Value| v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>());
                     assert_eq!(order(&ours), order(&theirs), "{text}");
+                }
+                (Err(ours), Err(theirs)) => {
+                    assert_eq!(ours.to_string(), theirs.to_string(), "{text}")
+                }
+                (ours, theirs) => panic!("{text}: {ours:?} against {theirs:?}"),
+            }
+        }
+    }
+
+    /// [`super::Batch`] reads a run of texts as [`super::parse`] reads each: objects of the
+    /// same names one after another, of other names, with a repeated name, and every other
+    /// text of the test above, in turn.
+    #[test]
+    fn a_batch_reads_each_text_as_parse_does() {
+        let mut texts = vec![
+            r#"{"a":1,"b":"x"}"#.to_owned(),
+            r#"{"a":2,"b":{"c":[1]}}"#.to_owned(),
+            r#" {"a":3,"b":null} "#.to_owned(),
+            r#"{"b":4,"a":5}"#.to_owned(),
+            r#"{"a":6}"#.to_owned(),
+            r#"{"a":7,"b":8,"c":9}"#.to_owned(),
+            r#"{"a":7,"b":8,"a":9}"#.to_owned(),
+            r#"{"a":7,"b":8,"a":9}"#.to_owned(),
+            r#"{"ab":1,"b":2}"#.to_owned(),
+            r#"{"ab":3,"b":4}"#.to_owned(),
+            r#"{"a":1,"b":}"#.to_owned(),
+            r#"{"a":1,"b":2} x"#.to_owned(),
+            "[1]".to_owned(),
+            r#"{"a":1,"b":2}"#.to_owned(),
+            "{}".to_owned(),
+            "{}".to_owned(),
+            "{".to_owned(),
+            r#"{1:2}"#.to_owned(),
+        ];
+        texts.push(format!("{}1{}", "{\"a\":".repeat(130), "}".repeat(130)));
+        texts.push(format!("{}1{}", "{\"a\":".repeat(120), "}".repeat(120)));
+        let mut batch = super::Batch::default();
+        for text in texts.iter().chain(&texts) {
+            match (batch.parse(text), super::parse(text)) {
+                (Ok(ours), Ok(theirs)) => {
+                    assert_eq!(ours, theirs, "{text}");
+                    assert_eq!(super::to_string(&ours), super::to_string(&theirs), "{text}");
                 }
                 (Err(ours), Err(theirs)) => {
                     assert_eq!(ours.to_string(), theirs.to_string(), "{text}")

@@ -525,11 +525,12 @@ impl Plugin {
             Pre::V1(_) => self.clone().transform_async(records, config).await?,
         };
         self.check_count(expected, results.len(), Export::Transform)?;
+        let mut batch = crate::json::Batch::default();
         results
             .into_iter()
             .enumerate()
             .map(|(i, result)| match result {
-                Ok(text) => crate::json::parse(&text).map(Ok).map_err(|e| {
+                Ok(text) => batch.parse(&text).map(Ok).map_err(|e| {
                     self.malformed(Export::Transform, format!("result {i} is not JSON: {e}"))
                 }),
                 Err(message) => Ok(Err(message)),
