@@ -12,6 +12,8 @@ pub struct Snapshot {
     /// The machine's busy and idle ticks over all its cores (`/proc/stat`).
     busy: u64,
     idle: u64,
+    /// The cores `/proc/stat` counts those ticks over (its `cpuN` lines).
+    cores: usize,
 }
 
 impl Snapshot {
@@ -34,6 +36,7 @@ impl Snapshot {
             processes,
             busy,
             idle,
+            cores: cores(&stat),
         }
     }
 }
@@ -65,6 +68,16 @@ fn machine_times(stat: &str) -> Option<(u64, u64)> {
     Some((user + nice + system + irq + softirq + steal, idle + iowait))
 }
 
+/// The `cpuN` lines of `/proc/stat`: the cores its ticks are counted over.
+fn cores(stat: &str) -> usize {
+    stat.lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count()
+}
+
 /// CPU time per request between two snapshots, in microseconds.
 pub struct Split {
     pub server_user: f64,
@@ -74,7 +87,7 @@ pub struct Split {
     pub other: f64,
     /// The share of the machine's CPU time that was idle.
     pub idle_share: f64,
-    /// The machine's cores, as the kernel counts them.
+    /// The machine's cores, as `/proc/stat` counts them.
     pub cores: f64,
 }
 
@@ -117,7 +130,6 @@ impl Split {
         let busy = after.busy.saturating_sub(before.busy);
         let idle = after.idle.saturating_sub(before.idle);
         let named = server_user + server_system + database_ticks + client_ticks;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         Split {
             server_user: per_request(server_user),
             server_system: per_request(server_system),
@@ -125,7 +137,7 @@ impl Split {
             client: per_request(client_ticks),
             other: per_request(busy.saturating_sub(named)),
             idle_share: idle as f64 / (busy + idle).max(1) as f64,
-            cores,
+            cores: after.cores.max(1) as f64,
         }
     }
 
@@ -161,5 +173,7 @@ mod tests {
     fn reads_the_machine_line() {
         let stat = "cpu  10 1 5 100 4 2 3 1 0 0\ncpu0 5 0 2 50 2 1 1 0 0 0\n";
         assert_eq!(machine_times(stat), Some((22, 104)));
+        assert_eq!(cores(stat), 1);
+        assert_eq!(cores("cpu  1 2\ncpu0 1\ncpu1 1\nintr 5\n"), 2);
     }
 }
