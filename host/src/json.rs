@@ -54,7 +54,11 @@ pub(crate) struct Batch {
 impl Batch {
     /// `text` as [`parse`] reads it: the same value, field order and errors.
     pub(crate) fn parse(&mut self, text: &str) -> Result<Value, serde_json::Error> {
-        if !text.trim_start().starts_with('{') {
+        // Only JSON's own whitespace may come before the object.
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
             return parse(text);
         }
         let mut reader = serde_json::Deserializer::from_str(text);
@@ -497,6 +501,9 @@ mod tests {
             "{}".to_owned(),
             "{".to_owned(),
             r#"{1:2}"#.to_owned(),
+            // Whitespace that is not JSON's before an object.
+            "\u{a0}{\"a\":1}".to_owned(),
+            "\u{2003}{}".to_owned(),
         ];
         texts.push(format!("{}1{}", "{\"a\":".repeat(130), "}".repeat(130)));
         texts.push(format!("{}1{}", "{\"a\":".repeat(120), "}".repeat(120)));
