@@ -422,6 +422,119 @@ impl fmt::Display for Record<'_> {
     }
 }
 
+/// One top-level field of a record as [`fields`] reads it, borrowed from the record's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawField<'a> {
+    /// The name. It has no escapes: a record with an escaped name is not read by [`fields`].
+    pub name: &'a str,
+    /// The value's JSON text, exactly as it is in the record (checked, never parsed).
+    pub value: &'a str,
+    /// Where the field starts in the record's text: at its name's opening `"`.
+    pub start: usize,
+    /// Just past the value.
+    pub end: usize,
+}
+
+impl<'a> RawField<'a> {
+    /// Just past the name's closing `"`: a plugin that renames the field copies the text up to
+    /// [`RawField::start`], writes the new name, and goes on from here.
+    pub fn name_end(&self) -> usize {
+        self.start + self.name.len() + 2
+    }
+
+    /// The value when it is a string with no escapes, without its quotes; `None` for any other
+    /// value (a string with escapes is read with [`Record::str`]).
+    #[inline]
+    pub fn plain_str(&self) -> Option<&'a str> {
+        let inner = self.value.strip_prefix('"')?.strip_suffix('"')?;
+        (plain_run(inner.as_bytes(), 0) == inner.len()).then_some(inner)
+    }
+}
+
+/// What [`fields`] saw of a record as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// The index of the record's closing `}`.
+    pub close: usize,
+    /// Whether a name may have come twice. Two names share one of 64 bits, so this can be set
+    /// for distinct names too; a plugin that needs a repeated name's last value (what [`Value`]
+    /// and [`Record`] keep) reads such a record with [`Record::parse`] instead.
+    pub may_repeat: bool,
+}
+
+/// Reads a compact record's top-level fields in one pass over its text, building nothing: each
+/// field goes to `visit` in the order of the text. For a plugin that copies most of each record
+/// through as it is (renaming, dropping or reading a few fields) and writes its output as it
+/// reads, with no [`Record`] in between; the example `row-transform` does.
+///
+/// `None` for a text this pass does not read: anything but a JSON object, an object with
+/// whitespace outside its values (the host sends records compact, as serde_json writes them),
+/// an object with an escaped name, and invalid JSON. [`Record::parse`] reads the first three and
+/// gives the error for the others. A text this pass reads is accepted by serde_json too, with
+/// the same fields, and [`Record::to_json`] writes it back unchanged when no name repeats.
+///
+/// ```
+/// use trellis_sdk::record::fields;
+///
+/// let text = r#"{"first":"Ada","active":true}"#;
+/// let mut renamed = String::new();
+/// let mut copied = 0;
+/// let shape = fields(text, |field| {
+///     if field.name == "active" {
+///         renamed.push_str(&text[copied..field.start]);
+///         renamed.push_str(r#""is_active""#);
+///         copied = field.name_end();
+///     }
+/// })
+/// .unwrap();
+/// renamed.push_str(&text[copied..]);
+/// assert_eq!(renamed, r#"{"first":"Ada","is_active":true}"#);
+/// assert!(!shape.may_repeat);
+/// assert!(fields(r#"{"first": "Ada"}"#, |_| {}).is_none());
+/// ```
+#[inline]
+pub fn fields<'a>(text: &'a str, mut visit: impl FnMut(RawField<'a>)) -> Option<Shape> {
+    let (mut names, mut may_repeat) = (0u64, false);
+    let close = walk::<true>(text, |name, start, _, value| {
+        let bit = name_bit(name);
+        may_repeat |= names & bit != 0;
+        names |= bit;
+        visit(RawField {
+            name,
+            value,
+            start,
+            end: start + name.len() + 3 + value.len(),
+        });
+    })?;
+    Some(Shape { close, may_repeat })
+}
+
+/// A few names to look for among a record's fields ([`fields`]): a name that is none of them
+/// is usually told apart by one bit test, with no bytes compared.
+#[derive(Debug, Clone, Default)]
+pub struct Names<'n> {
+    names: Vec<&'n str>,
+    bits: u64,
+}
+
+impl<'n> Names<'n> {
+    /// The names, in the order [`Names::find`] numbers them.
+    pub fn new(names: impl IntoIterator<Item = &'n str>) -> Names<'n> {
+        let names: Vec<&str> = names.into_iter().collect();
+        let bits = names.iter().fold(0, |bits, name| bits | name_bit(name));
+        Names { names, bits }
+    }
+
+    /// The index of the first of the names equal to `name`.
+    #[inline]
+    pub fn find(&self, name: &str) -> Option<usize> {
+        if self.bits & name_bit(name) == 0 {
+            return None;
+        }
+        self.names.iter().position(|n| same(n, name))
+    }
+}
+
 /// A name's bit in [`Record::names`], from its length and last byte.
 #[inline]
 fn name_bit(key: &str) -> u64 {
@@ -503,33 +616,71 @@ fn push_json_str(out: &mut String, text: &str) {
     }
 }
 
-/// The one-scan reading of a record: a JSON object whose names have no escapes. Strings,
-/// numbers, `true`, `false` and `null` are checked here by the grammar serde_json checks them
-/// by; arrays and objects are skipped by serde_json ([`nested_len`]). `None` for anything else
-/// (escaped names and every kind of invalid text), which [`Record::parse`] then hands to
-/// serde_json whole: so this scan only has to accept exactly what serde_json accepts, never to
-/// explain a refusal. The tests compare the two on mutated records.
+/// The one-scan reading of a record into a [`Record`] ([`walk`]); `None` for anything the scan
+/// does not accept, which [`Record::parse`] then hands to serde_json whole.
 fn scan(text: &str) -> Option<Record<'_>> {
-    let b = text.as_bytes();
-    let mut i = whitespace(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
     let mut record = Record {
         fields: field_list(),
         text,
         names: 0,
     };
+    walk::<false>(text, |key, at, start, raw| {
+        let (value, end) = (Field::Raw(raw), start + raw.len());
+        match record.position(key) {
+            Some(p) => {
+                record.fields[p].value = value;
+                record.fields[p].span = None;
+            }
+            // The scan refused escapes and control characters in the name.
+            None => record.push(Entry {
+                key: Cow::Borrowed(key),
+                plain: true,
+                value,
+                // Compact (`"name":value`) as `to_json` writes it, or not copied whole.
+                span: (start == at + key.len() + 3).then_some((at, end)),
+            }),
+        }
+    })?;
+    Some(record)
+}
+
+/// One scan of a record's text: a JSON object whose names have no escapes. Strings, numbers,
+/// `true`, `false` and `null` are checked here by the grammar serde_json checks them by; arrays
+/// and objects are skipped by serde_json ([`nested_len`]). Each field is handed to `visit` as
+/// its name, where its name's `"` is, and where its value starts and its text, in the order of
+/// the text (a repeated name each time). The index of the closing `}`, or `None` for anything else
+/// (escaped names and every kind of invalid text), which the caller then hands to serde_json
+/// whole: so this scan only has to accept exactly what serde_json accepts, never to explain a
+/// refusal. The tests compare the two on mutated records.
+#[inline(always)]
+fn walk<'a, const COMPACT: bool>(
+    text: &'a str,
+    mut visit: impl FnMut(&'a str, usize, usize, &'a str),
+) -> Option<usize> {
+    let b = text.as_bytes();
+    // A compact record has no whitespace to skip: any there is then refused where it stands.
+    let whitespace = |b: &[u8], i: usize| if COMPACT { i } else { whitespace(b, i) };
+    let mut i = whitespace(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
     i = whitespace(b, i + 1);
     if b.get(i) == Some(&b'}') {
-        return (whitespace(b, i + 1) == b.len()).then_some(record);
+        return (whitespace(b, i + 1) == b.len()).then_some(i);
     }
     loop {
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let end = string_end(b, i, false)?;
-        let key = &text[i + 1..end - 1];
+        let at = i;
+        // A name has no escapes: it ends at the first byte a plain string cannot hold.
+        let end = plain_run(b, i + 1);
+        if b.get(end) != Some(&b'"') {
+            return None;
+        }
+        let end = end + 1;
+        // Between two `"`s.
+        let key = piece(text, i + 1, end - 1);
         i = whitespace(b, end);
         if b.get(i) != Some(&b':') {
             return None;
@@ -544,28 +695,27 @@ fn scan(text: &str) -> Option<Record<'_>> {
             b'[' | b'{' => start + nested_len(&text[start..])?,
             _ => return None,
         };
-        let value = Field::Raw(&text[start..i]);
-        match record.position(key) {
-            Some(p) => {
-                record.fields[p].value = value;
-                record.fields[p].span = None;
-            }
-            // The scan refused escapes and control characters in the name.
-            None => record.push(Entry {
-                key: Cow::Borrowed(key),
-                plain: true,
-                value,
-                // Compact (`"name":value`) as `to_json` writes it, or not copied whole.
-                span: (start == end + 1).then_some((end - key.len() - 2, i)),
-            }),
-        }
+        // From an ASCII byte matched above to just past the value's last (ASCII) byte.
+        visit(key, at, start, piece(text, start, i));
         i = whitespace(b, i);
         match b.get(i) {
             Some(b',') => i = whitespace(b, i + 1),
-            Some(b'}') => return (whitespace(b, i + 1) == b.len()).then_some(record),
+            Some(b'}') => return (whitespace(b, i + 1) == b.len()).then_some(i),
             _ => return None,
         }
     }
+}
+
+/// `text[from..to]`, for the scan's two ends at a character's edge: each is next to an ASCII
+/// byte the scan matched (a `"`, the first byte of a value, the last of a value). Not checked
+/// again: in a plugin each check is a dozen instructions, and the scan makes four per field.
+#[inline(always)]
+fn piece(text: &str, from: usize, to: usize) -> &str {
+    debug_assert!(from <= to && text.is_char_boundary(from) && text.is_char_boundary(to));
+    // SAFETY: the callers' `from` and `to` are within `text` (the scan read the bytes at or
+    // before them), in order, and each at a character boundary, because the byte just before
+    // or at each is ASCII, which is a whole character in UTF-8.
+    unsafe { text.get_unchecked(from..to) }
 }
 
 /// The length of the array or object `text` starts with, checked and skipped by serde_json as
@@ -596,6 +746,7 @@ fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
 /// The index just past the string that starts at `b[i]` (a `"`). Escapes are checked as
 /// serde_json checks a string it skips (`\uXXXX` needs four hex digits, nothing more); with
 /// `escapes` false, any escape is refused. Control characters are refused, as JSON says.
+#[inline(always)]
 fn string_end(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
     i += 1;
     loop {
@@ -615,6 +766,7 @@ fn string_end(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
 /// The index just past the number that starts at `b[i]`: `-? (0 | [1-9][0-9]*) (.[0-9]+)?
 /// ([eE][+-]?[0-9]+)?`. A leading zero followed by a digit ends the number at the zero, and the
 /// caller then refuses the digit.
+#[inline(always)]
 fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
     if b.get(i) == Some(&b'-') {
         i += 1;
@@ -903,7 +1055,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let (mut scanned, mut refused) = (0, 0);
+        let (mut scanned, mut refused, mut fields_read) = (0, 0, 0);
         for round in 0..200_000 {
             let mut bytes = corpus[round % corpus.len()].as_bytes().to_vec();
             for _ in 0..=next() % 3 {
@@ -925,6 +1077,35 @@ mod tests {
                 let mut de = serde_json::Deserializer::from_str(text);
                 Record::deserialize(&mut de).and_then(|r| de.end().map(|()| r))
             };
+            // `fields` reads what the scan reads when it is compact (no whitespace outside the
+            // values), the same fields in the order of the text.
+            let mut compact_len = 2;
+            let scanned_by_walk = walk::<false>(text, |name, _, _, value| {
+                compact_len += usize::from(compact_len > 2) + name.len() + 3 + value.len();
+            });
+            let compact = scanned_by_walk.is_some() && compact_len == text.len();
+            let mut visited = Vec::new();
+            let shape = fields(text, |f| {
+                assert_eq!(&text[f.start..f.name_end()], format!(r#""{}""#, f.name));
+                assert_eq!(&text[f.name_end() + 1..f.end], f.value);
+                visited.push(f);
+            });
+            assert_eq!(shape.is_some(), scan(text).is_some() && compact, "{text}");
+            if let (Some(shape), Ok(slow)) = (shape, &by_serde) {
+                fields_read += 1;
+                assert_eq!(text.as_bytes()[shape.close], b'}');
+                assert_eq!(shape.close, text.len() - 1);
+                let names: Vec<&str> = visited.iter().map(|f| f.name).collect();
+                let distinct = names.iter().enumerate().all(|(i, n)| !names[..i].contains(n));
+                assert!(distinct || shape.may_repeat, "{text}");
+                if distinct {
+                    assert_eq!(slow.keys().collect::<Vec<_>>(), names);
+                    for f in &visited {
+                        assert_eq!(slow.raw(f.name).as_deref(), Some(f.value));
+                    }
+                    assert_eq!(slow.to_json(), text);
+                }
+            }
             match (scan(text), by_serde) {
                 (Some(mut fast), Ok(mut slow)) => {
                     scanned += 1;
@@ -957,6 +1138,7 @@ mod tests {
         }
         // Both kinds were exercised.
         assert!(scanned > 10_000 && refused > 10_000, "{scanned} {refused}");
+        assert!(fields_read > 10_000, "{fields_read}");
     }
 
     /// The eight-at-a-time search finds the first byte a string cannot hold, wherever it is,
@@ -1006,6 +1188,31 @@ mod tests {
         let text = r#"{"first":"Ada","n":-1.5e3,"ok":false,"none":null}"#;
         assert_eq!(scan(text).unwrap().len(), 4);
         assert_eq!(Record::parse(text).unwrap().to_json(), text);
+    }
+
+    #[test]
+    fn plain_strings_and_names_found() {
+        let text = r#"{"a":"x","b":"y\"z","c":7,"d":null,"e":""}"#;
+        let mut seen = Vec::new();
+        fields(text, |f| seen.push((f.name, f.plain_str()))).unwrap();
+        assert_eq!(
+            seen,
+            [
+                ("a", Some("x")),
+                ("b", None),
+                ("c", None),
+                ("d", None),
+                ("e", Some(""))
+            ]
+        );
+        let names = Names::new(["first", "last", "active", "salary", "first"]);
+        assert_eq!(names.find("first"), Some(0));
+        assert_eq!(names.find("salary"), Some(3));
+        assert_eq!(names.find("active"), Some(2));
+        for missing in ["", "firsT", "las", "lastt", "activ", "id"] {
+            assert_eq!(names.find(missing), None, "{missing}");
+        }
+        assert_eq!(Names::default().find("a"), None);
     }
 
     #[test]

@@ -3,10 +3,15 @@
 //! Config (the node's `config` in a workflow):
 //! - `rename`: an object mapping old field names to new ones (default: none);
 //! - `full_name_from`: two field names joined with a space into `full_name` (default: none).
+//!
+//! A record is written out as it is read, in one pass ([`record::fields`]), when nothing in it
+//! makes that pass's output differ from a [`Record`]'s (see [`Plan`]); any other record is read
+//! into a [`Record`]. Both give the same bytes, which the tests check on generated records.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use trellis_sdk::record::{self, Names};
 use trellis_sdk::{Info, Node, Record, Value, config, json, serde_json};
 
 struct RowTransform;
@@ -40,9 +45,13 @@ impl Node for RowTransform {
             // `full_name` is built in one buffer for the whole batch.
             Ok(settings) => {
                 let mut name = String::with_capacity(32);
+                let plan = settings.plan();
                 records
                     .into_iter()
-                    .map(|r| settings.apply(&r, &mut name))
+                    .map(|r| match plan.as_ref().and_then(|plan| plan.apply(&r)) {
+                        Some(out) => Ok(out),
+                        None => settings.apply(&r, &mut name),
+                    })
                     .collect()
             }
             Err(e) => records.iter().map(|_| Err(e.to_string())).collect(),
@@ -59,8 +68,131 @@ struct Settings {
     full_name_from: Option<Vec<String>>,
 }
 
+/// The most words `full_name` is built from in one pass; a longer `full_name_from` goes
+/// through [`Record`].
+const WORDS: usize = 4;
+
+/// The one-pass path: what each config name is to a record's fields ([`Names`] numbers them: the
+/// `full_name_from` names first, then the renames' old names, then the names a field must not
+/// already have).
+struct Plan<'s> {
+    names: Names<'s>,
+    /// How many `full_name_from` names there are (0: no `full_name`).
+    words: usize,
+    /// For each `full_name_from` name, the index of its first occurrence (a name may be given
+    /// twice).
+    word_of: Vec<usize>,
+    /// Each rename, in the order of [`Names`] after the words.
+    renames: Vec<&'s str>,
+}
+
+impl Plan<'_> {
+    /// The record's new text, the same bytes [`Settings::apply`] gives; `None` for a record it
+    /// must read: one that is not compact, may repeat a name, has a field a rename or
+    /// `full_name` would replace, or a `full_name_from` field that is not a string without
+    /// escapes or null, and every text the one pass does not read (errors included).
+    fn apply(&self, text: &str) -> Option<String> {
+        let mut out = String::with_capacity(text.len() + 32);
+        let mut copied = 0;
+        let mut words: [Option<&str>; WORDS] = [None; WORDS];
+        let mut plain = true;
+        let shape = record::fields(text, |field| {
+            let Some(i) = self.names.find(field.name) else {
+                return;
+            };
+            if i < self.words {
+                match field.plain_str() {
+                    Some(word) => words[i] = Some(word),
+                    None => plain &= field.value == "null",
+                }
+            } else if let Some(to) = self.renames.get(i - self.words) {
+                out.push_str(&text[copied..field.start]);
+                out.push('"');
+                out.push_str(to);
+                out.push('"');
+                copied = field.name_end();
+            } else {
+                // A field a rename or `full_name` replaces.
+                plain = false;
+            }
+        })?;
+        if !plain || shape.may_repeat {
+            return None;
+        }
+        out.push_str(&text[copied..shape.close]);
+        if self.words > 0 {
+            if shape.close > 1 {
+                out.push(',');
+            }
+            out.push_str(r#""full_name":""#);
+            let mut first = true;
+            for &i in &self.word_of {
+                // Strings without escapes, so the name needs none either.
+                if let Some(word) = words[i] {
+                    if !first {
+                        out.push(' ');
+                    }
+                    first = false;
+                    out.push_str(word);
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+        Some(out)
+    }
+}
+
 impl Settings {
-    /// The record's new text. Names from the config, and `full_name` (built in `name`), are
+    /// The one-pass plan, when the config's names cannot act on each other: every name a rename
+    /// reads or writes, and `full_name`, differs from the others and from the `full_name_from`
+    /// names (a rename into a name another rename reads, or of a field `full_name` is built
+    /// from, goes through [`Record`], which applies them in order). `None` otherwise.
+    fn plan(&self) -> Option<Plan<'_>> {
+        let from: Vec<&str> = self
+            .full_name_from
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        if from.len() > WORDS {
+            return None;
+        }
+        let renames = self.rename.iter().flatten();
+        let (old, new): (Vec<&str>, Vec<&str>) =
+            renames.map(|(a, b)| (a.as_str(), b.as_str())).unzip();
+        let full_name = (!from.is_empty()).then_some("full_name");
+        let written: Vec<&str> = old.iter().chain(&new).copied().chain(full_name).collect();
+        let distinct = written
+            .iter()
+            .enumerate()
+            .all(|(i, a)| !written[i + 1..].contains(a) && !from.contains(a));
+        // A new name is written as it is: one that needs escapes goes through [`Record`].
+        let plain = new
+            .iter()
+            .all(|n| !n.bytes().any(|c| c < 0x20 || c == b'"' || c == b'\\'));
+        if !distinct || !plain {
+            return None;
+        }
+        let word_of = from
+            .iter()
+            .map(|w| from.iter().position(|x| x == w).unwrap_or_default())
+            .collect();
+        Some(Plan {
+            names: Names::new(
+                from.iter()
+                    .chain(&old)
+                    .chain(&new)
+                    .copied()
+                    .chain(full_name),
+            ),
+            words: from.len(),
+            word_of,
+            renames: new,
+        })
+    }
+
+    /// The record's new text, read into a [`Record`]. Names from the config, and `full_name` (built in `name`), are
     /// borrowed by the record, not copied.
     fn apply(&self, text: &str, name: &mut String) -> Result<String, String> {
         let mut record = Record::parse(text).map_err(|e| {
@@ -161,6 +293,104 @@ mod tests {
                 r#"{"n":1.50,"tags":[1, {"a":null}],"first":"B","last":"C","department":"x","full_name":"B C"}"#
                     .to_owned()
             )]
+        );
+    }
+
+    /// The one pass gives the same bytes as a [`Record`] for every record it writes, and
+    /// writes the records the host sends (compact, names once each).
+    #[test]
+    fn the_one_pass_writes_what_a_record_writes() {
+        let configs = [
+            json!({"rename": {"dept": "department"}, "full_name_from": ["first", "last"]}),
+            json!({"rename": {"active": "is_active", "id": "key"}}),
+            json!({"full_name_from": ["last", "first", "last"]}),
+            json!({"rename": {"first": "given"}, "full_name_from": ["first", "last"]}),
+            json!({"rename": {"a": "b", "b": "c"}}),
+            json!({"rename": {"dept": "full_name"}, "full_name_from": ["first", "last"]}),
+            json!({"rename": {"dept": "de\"pt"}}),
+            json!({}),
+        ];
+        let names = [
+            "first",
+            "last",
+            "dept",
+            "department",
+            "id",
+            "full_name",
+            "a",
+            "b",
+            "c",
+        ];
+        let values = [
+            r#""Ada""#,
+            r#""Love lace""#,
+            "null",
+            "7",
+            "-1.5e3",
+            "true",
+            "[1, 2]",
+            r#"{"k":"v"}"#,
+            r#""a\"b""#,
+            r#""\u00e9""#,
+            r#""é😀""#,
+            r#""""#,
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as usize
+        };
+        let (mut one_pass, mut by_record) = (0, 0);
+        for config in &configs {
+            let settings: Settings = serde_json::from_value(config.clone()).unwrap();
+            let plan = settings.plan();
+            for _ in 0..20_000 {
+                let mut text = String::from("{");
+                for k in 0..next() % 6 {
+                    if k > 0 {
+                        text.push(',');
+                    }
+                    text.push_str(&format!(
+                        r#""{}":{}"#,
+                        names[next() % names.len()],
+                        values[next() % values.len()]
+                    ));
+                }
+                text.push('}');
+                if next() % 8 == 0 {
+                    let mut at = next() % (text.len() + 1);
+                    while !text.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    text.insert(at, ' ');
+                }
+                let expected = settings.apply(&text, &mut String::new());
+                match plan.as_ref().and_then(|plan| plan.apply(&text)) {
+                    Some(out) => {
+                        one_pass += 1;
+                        assert_eq!(Ok(out), expected, "{config} {text}");
+                    }
+                    None => by_record += 1,
+                }
+            }
+        }
+        assert!(
+            one_pass > 30_000 && by_record > 30_000,
+            "{one_pass} {by_record}"
+        );
+        // The bench's records, as the host sends them, take the one pass.
+        let settings: Settings = serde_json::from_value(
+            json!({"rename": {"active": "is_active"}, "full_name_from": ["first", "last"]}),
+        )
+        .unwrap();
+        let text = r#"{"id":0,"first":"Ada","last":"Lovelace","department":"engineering","salary":100000,"active":true}"#;
+        assert_eq!(
+            settings.plan().unwrap().apply(text).as_deref(),
+            Some(
+                r#"{"id":0,"first":"Ada","last":"Lovelace","department":"engineering","salary":100000,"is_active":true,"full_name":"Ada Lovelace"}"#
+            )
         );
     }
 
