@@ -20,6 +20,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use trellis_sdk::record::{self, Names};
 use trellis_sdk::{Info, Node, Record, Value, config, json, serde_json};
 
 struct SumByKey;
@@ -52,75 +53,200 @@ impl Node for SumByKey {
             .collect()
     }
 
-    /// Each record stays JSON text except the two fields read and the two added ([`Record`]):
-    /// a record is never built into a [`Value`].
+    /// Each record stays JSON text except the two fields read and the two added: a record is
+    /// never built into a [`Value`].
     fn transform_json(records: Vec<String>) -> Vec<Result<String, String>> {
-        let settings = match config::parse::<Settings>() {
-            Ok(settings) => settings,
-            Err(e) => return records.iter().map(|_| Err(e.to_string())).collect(),
-        };
-        let total_as = settings
-            .total_as
-            .clone()
-            .unwrap_or_else(|| format!("{}_total", settings.field));
-        let count_as = settings
-            .count_as
-            .clone()
-            .unwrap_or_else(|| format!("{}_count", settings.field));
-
-        // Per group: the sum, whether every amount was an integer, and the members. Each
-        // record keeps its group's index; the groups are found by the key's compact JSON text
-        // in an ordered map (no hashing, and no copy of the text per record).
-        let mut index: BTreeMap<String, usize> = BTreeMap::new();
-        let mut groups: Vec<(f64, bool, u64)> = Vec::new();
-        let read: Vec<Result<(Record<'_>, usize), String>> = records
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                let record = Record::parse(text).map_err(|e| {
-                    if text.trim_start().starts_with('{') {
-                        format!("record {i} is not JSON: {e}")
-                    } else {
-                        format!("record {i} is not a JSON object")
-                    }
-                })?;
-                let amount = settings.amount(&record, i)?;
-                let group = group_of(&record, &settings.key);
-                let at = match index.get(group.as_str()) {
-                    Some(&at) => at,
-                    None => {
-                        groups.push((0.0, true, 0));
-                        index.insert(group, groups.len() - 1);
-                        groups.len() - 1
-                    }
-                };
-                let entry = &mut groups[at];
-                entry.2 += 1;
-                if let Some(n) = amount {
-                    entry.1 &= n.as_i64().is_some();
-                    entry.0 += n.as_f64().unwrap_or(0.0);
-                }
-                Ok((record, at))
-            })
-            .collect();
-
-        read.into_iter()
-            .map(|read| {
-                let (mut record, at) = read?;
-                let (sum, all_integers, count) = groups[at];
-                if all_integers && sum.abs() < 9.0e15 {
-                    record.insert(total_as.as_str(), &(sum as i64))?;
-                } else {
-                    record.insert(total_as.as_str(), &sum)?;
-                }
-                record.insert(count_as.as_str(), &count)?;
-                Ok(record.to_json())
-            })
-            .collect()
+        sum(&records, true)
     }
 }
 
+/// One record after the first pass: read in one pass of its text ([`record::fields`]), whose
+/// output is the text with its group's fields appended, or as a [`Record`] (with its group).
+enum Read<'a> {
+    Text {
+        text: &'a str,
+        close: usize,
+        group: usize,
+    },
+    Record(Record<'a>, usize),
+}
+
+/// The node: every record's group total and count. `one_pass` off reads every record into a
+/// [`Record`], for the tests that compare the two.
+fn sum(records: &[String], one_pass: bool) -> Vec<Result<String, String>> {
+    let settings = match config::parse::<Settings>() {
+        Ok(settings) => settings,
+        Err(e) => return records.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    let total_as = settings
+        .total_as
+        .clone()
+        .unwrap_or_else(|| format!("{}_total", settings.field));
+    let count_as = settings
+        .count_as
+        .clone()
+        .unwrap_or_else(|| format!("{}_count", settings.field));
+    let names = [settings.key.as_str(), &settings.field, &total_as, &count_as];
+    // Each name must find its own field: a config naming one field twice goes through [`Record`].
+    let one_pass = one_pass && (1..4).all(|i| !names[..i].contains(&names[i]));
+    let names = Names::new(names);
+
+    // Per group: the sum, whether every amount was an integer, and the members. Each record
+    // keeps its group's index; the groups are found by the key's compact JSON text in an
+    // ordered map (no hashing, and a copy of the text only for a new group).
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups: Vec<(f64, bool, u64)> = Vec::new();
+    let read: Vec<Result<Read<'_>, String>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let (read, group, amount) =
+                match one_pass.then(|| settings.read_text(text, &names)).flatten() {
+                    Some((close, group, amount)) => (Err(close), group, amount),
+                    None => {
+                        let record = Record::parse(text).map_err(|e| {
+                            if text.trim_start().starts_with('{') {
+                                format!("record {i} is not JSON: {e}")
+                            } else {
+                                format!("record {i} is not a JSON object")
+                            }
+                        })?;
+                        let amount = settings.amount(&record, i)?;
+                        let group = Cow::Owned(group_of(&record, &settings.key).into_owned());
+                        (Ok(record), group, amount)
+                    }
+                };
+            let at = match index.get(group.as_ref()) {
+                Some(&at) => at,
+                None => {
+                    groups.push((0.0, true, 0));
+                    index.insert(group.into_owned(), groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
+            let entry = &mut groups[at];
+            entry.2 += 1;
+            if let Some(n) = amount {
+                entry.1 &= n.as_i64().is_some();
+                entry.0 += n.as_f64().unwrap_or(0.0);
+            }
+            Ok(match read {
+                Ok(record) => Read::Record(record, at),
+                Err(close) => Read::Text {
+                    text,
+                    close,
+                    group: at,
+                },
+            })
+        })
+        .collect();
+
+    // The two fields each group's records get, as [`Record::insert`] writes them.
+    let totals: Vec<(Total, u64)> = groups
+        .iter()
+        .map(|&(sum, all_integers, count)| {
+            let total = if all_integers && sum.abs() < 9.0e15 {
+                Total::Integer(sum as i64)
+            } else {
+                Total::Float(sum)
+            };
+            (total, count)
+        })
+        .collect();
+    let mut tails: Vec<Option<String>> = vec![None; groups.len()];
+    read.into_iter()
+        .map(|read| match read? {
+            Read::Record(mut record, at) => {
+                let (total, count) = totals[at];
+                match total {
+                    Total::Integer(n) => record.insert(total_as.as_str(), &n)?,
+                    Total::Float(x) => record.insert(total_as.as_str(), &x)?,
+                }
+                record.insert(count_as.as_str(), &count)?;
+                Ok(record.to_json())
+            }
+            Read::Text { text, close, group } => {
+                let tail = match &mut tails[group] {
+                    Some(tail) => tail,
+                    empty => empty.insert(tail(&totals[group], &total_as, &count_as)?),
+                };
+                let mut out = String::with_capacity(close + 1 + tail.len());
+                out.push_str(&text[..close]);
+                if close > 1 {
+                    out.push(',');
+                }
+                out.push_str(tail);
+                Ok(out)
+            }
+        })
+        .collect()
+}
+
+/// A group's total, an integer while every amount was one (and it stays exact).
+#[derive(Clone, Copy)]
+enum Total {
+    Integer(i64),
+    Float(f64),
+}
+
+/// `"<total_as>":<total>,"<count_as>":<count>}`, the end of every record of a group read in
+/// one pass: the same text [`Record::insert`] and [`Record::to_json`] write (serde_json's).
+fn tail(&(total, count): &(Total, u64), total_as: &str, count_as: &str) -> Result<String, String> {
+    let json = |e: serde_json::Error| e.to_string();
+    let total = match total {
+        Total::Integer(n) => serde_json::to_string(&n),
+        Total::Float(x) => serde_json::to_string(&x),
+    }
+    .map_err(json)?;
+    Ok(format!(
+        "{}:{total},{}:{count}}}",
+        serde_json::to_string(total_as).map_err(json)?,
+        serde_json::to_string(count_as).map_err(json)?,
+    ))
+}
+
 impl Settings {
+    /// The one-pass reading of a record: where its `}` is, its group and its amount. `None` for
+    /// a record [`Record`] reads instead: one [`record::fields`] does not read, that may repeat
+    /// a name, that already has a field called as an added one (which is then replaced in
+    /// place), whose key is neither missing, null nor a string without escapes, or whose amount
+    /// is neither missing, null nor a number.
+    fn read_text<'t>(
+        &self,
+        text: &'t str,
+        names: &Names<'_>,
+    ) -> Option<(usize, Cow<'t, str>, Option<serde_json::Number>)> {
+        let (mut key, mut amount, mut plain) = (None, None, true);
+        let shape = record::fields(text, |field| match names.find(field.name) {
+            Some(0) => key = Some(field),
+            Some(1) => amount = Some(field.value),
+            Some(_) => plain = false,
+            None => {}
+        })?;
+        if !plain || shape.may_repeat {
+            return None;
+        }
+        let group = match key {
+            None => Cow::Borrowed("null"),
+            Some(field) if field.value == "null" => Cow::Borrowed("null"),
+            // Its text with the quotes, as [`group_of`] keeps it.
+            Some(field) => {
+                field.plain_str()?;
+                Cow::Borrowed(field.value)
+            }
+        };
+        let amount = match amount {
+            None | Some("null") => None,
+            Some(json)
+                if json.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) =>
+            {
+                Some(serde_json::from_str::<serde_json::Number>(json).ok()?)
+            }
+            Some(_) => return None,
+        };
+        Some((shape.close, group, amount))
+    }
+
     /// Record `i`'s amount: `None` when the field is missing or null.
     fn amount(&self, record: &Record<'_>, i: usize) -> Result<Option<serde_json::Number>, String> {
         let field = &self.field;
@@ -137,15 +263,17 @@ impl Settings {
 
 /// The compact JSON text of `record`'s `key` (`null` when missing): a string without escapes
 /// as it came, anything else written again, so that equal values always group together.
-fn group_of(record: &Record<'_>, key: &str) -> String {
+fn group_of<'r>(record: &'r Record<'_>, key: &str) -> Cow<'r, str> {
     match record.raw(key) {
-        None => "null".to_owned(),
+        None => Cow::Borrowed("null"),
         Some(Cow::Borrowed(json)) if json.starts_with('"') && !json.contains('\\') => {
-            json.to_owned()
+            Cow::Borrowed(json)
         }
-        Some(json) => serde_json::from_str::<Value>(&json)
-            .map(|v| v.to_string())
-            .unwrap_or_else(|_| json.into_owned()),
+        Some(json) => Cow::Owned(
+            serde_json::from_str::<Value>(&json)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|_| json.into_owned()),
+        ),
     }
 }
 
@@ -283,6 +411,96 @@ mod tests {
         assert_eq!(
             out[0].as_deref(),
             Ok(r#"{"department":"eng","salary":1,"salary_total":3,"salary_count":2}"#)
+        );
+    }
+
+    /// Read in one pass or into a [`Record`], every record comes out with the same bytes (or
+    /// the same error), and the host's records take the one pass.
+    #[test]
+    fn the_one_pass_writes_what_a_record_writes() {
+        let configs = [
+            json!({}),
+            json!({"key": "team", "field": "hours", "as": "t\"otal", "count_as": "n"}),
+            json!({"key": "salary"}),
+            json!({"as": "department"}),
+        ];
+        let names = [
+            "department",
+            "salary",
+            "team",
+            "hours",
+            "salary_total",
+            "n",
+            "x",
+        ];
+        let values = [
+            r#""eng""#,
+            r#""ops""#,
+            r#""\u0065ng""#,
+            "null",
+            "7",
+            "-1.5e3",
+            "2.25",
+            "true",
+            r#"[1, 2]"#,
+            r#"{"k":"v"}"#,
+            r#""lots""#,
+            "12345678901234567890123",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as usize
+        };
+        for config in &configs {
+            testing::set_config(config.clone());
+            for _ in 0..2_000 {
+                let batch: Vec<String> = (0..next() % 12)
+                    .map(|_| {
+                        let fields: Vec<String> = (0..next() % 5)
+                            .map(|_| {
+                                format!(
+                                    r#""{}":{}"#,
+                                    names[next() % names.len()],
+                                    values[next() % values.len()]
+                                )
+                            })
+                            .collect();
+                        let text = format!("{{{}}}", fields.join(","));
+                        if next() % 10 == 0 {
+                            text.replace(':', ": ")
+                        } else {
+                            text
+                        }
+                    })
+                    .collect();
+                assert_eq!(sum(&batch, true), sum(&batch, false), "{config} {batch:?}");
+            }
+        }
+        testing::set_config(json!({}));
+        let batch = [
+            r#"{"id":1,"department":"eng","salary":100}"#,
+            r#"{"id":2,"department":"ops","salary":50.5}"#,
+            r#"{}"#,
+        ]
+        .map(String::from);
+        let settings: Settings = serde_json::from_value(json!({})).unwrap();
+        let names = Names::new(["department", "salary", "salary_total", "salary_count"]);
+        assert!(
+            batch
+                .iter()
+                .all(|r| settings.read_text(r, &names).is_some())
+        );
+        assert_eq!(
+            sum(&batch, true),
+            [
+                r#"{"id":1,"department":"eng","salary":100,"salary_total":100,"salary_count":1}"#,
+                r#"{"id":2,"department":"ops","salary":50.5,"salary_total":50.5,"salary_count":1}"#,
+                r#"{"salary_total":0,"salary_count":1}"#,
+            ]
+            .map(|r| Ok(r.to_owned()))
         );
     }
 
