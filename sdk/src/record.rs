@@ -1096,7 +1096,10 @@ mod tests {
                 assert_eq!(text.as_bytes()[shape.close], b'}');
                 assert_eq!(shape.close, text.len() - 1);
                 let names: Vec<&str> = visited.iter().map(|f| f.name).collect();
-                let distinct = names.iter().enumerate().all(|(i, n)| !names[..i].contains(n));
+                let distinct = names
+                    .iter()
+                    .enumerate()
+                    .all(|(i, n)| !names[..i].contains(n));
                 assert!(distinct || shape.may_repeat, "{text}");
                 if distinct {
                     assert_eq!(slow.keys().collect::<Vec<_>>(), names);
