@@ -469,8 +469,8 @@ pub struct Shape {
 ///
 /// `None` for a text this pass does not read: anything but a JSON object, an object with
 /// whitespace outside its values (the host sends records compact, as serde_json writes them),
-/// an object with an escaped name, and invalid JSON. [`Record::parse`] reads the first three and
-/// gives the error for the others. A text this pass reads is accepted by serde_json too, with
+/// an object with an escaped name, and invalid JSON. [`Record::parse`] reads the objects with
+/// whitespace or escaped names, and gives the error for the others. A text this pass reads is accepted by serde_json too, with
 /// the same fields, and [`Record::to_json`] writes it back unchanged when no name repeats.
 ///
 /// ```
@@ -687,7 +687,7 @@ fn walk<'a, const COMPACT: bool>(
         }
         let start = whitespace(b, i + 1);
         i = match *b.get(start)? {
-            b'"' => string_end(b, start, true)?,
+            b'"' => string_end(b, start)?,
             b't' if b[start..].starts_with(b"true") => start + 4,
             b'f' if b[start..].starts_with(b"false") => start + 5,
             b'n' if b[start..].starts_with(b"null") => start + 4,
@@ -744,16 +744,17 @@ fn skip_whitespace(b: &[u8], mut i: usize) -> usize {
 }
 
 /// The index just past the string that starts at `b[i]` (a `"`). Escapes are checked as
-/// serde_json checks a string it skips (`\uXXXX` needs four hex digits, nothing more); with
-/// `escapes` false, any escape is refused. Control characters are refused, as JSON says.
+/// serde_json checks a string it skips (`\uXXXX` needs four hex digits, nothing more). Control
+/// characters are refused, as JSON says. (A name, which may have no escapes, is scanned by
+/// [`walk`] itself.)
 #[inline(always)]
-fn string_end(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
     loop {
         i = plain_run(b, i);
         match *b.get(i)? {
             b'"' => return Some(i + 1),
-            b'\\' if escapes => match *b.get(i + 1)? {
+            b'\\' => match *b.get(i + 1)? {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
                 b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
                 _ => return None,
@@ -1048,19 +1049,13 @@ mod tests {
             r#"{"k\u0041":1}"#,
         ];
         let alphabet = b" \t\n{}[]\":,.-+eE0123456789abcdefnrtu\\/x\x01\x7f";
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::numbers(0x2545_f491_4f6c_dd1d);
         let (mut scanned, mut refused, mut fields_read) = (0, 0, 0);
         for round in 0..200_000 {
             let mut bytes = corpus[round % corpus.len()].as_bytes().to_vec();
             for _ in 0..=next() % 3 {
-                let at = (next() as usize) % (bytes.len() + 1);
-                let byte = alphabet[(next() as usize) % alphabet.len()];
+                let at = next() % (bytes.len() + 1);
+                let byte = alphabet[next() % alphabet.len()];
                 match next() % 4 {
                     0 if at < bytes.len() => bytes[at] = byte,
                     1 if at < bytes.len() => {
@@ -1121,8 +1116,8 @@ mod tests {
                     // from the text, serde_json's writes every field.
                     const KEYS: [&str; 7] = ["a", "b", "c", "id", "first", "x", "new"];
                     for _ in 0..next() % 4 {
-                        let key = KEYS[next() as usize % KEYS.len()];
-                        let other = KEYS[next() as usize % KEYS.len()];
+                        let key = KEYS[next() % KEYS.len()];
+                        let other = KEYS[next() % KEYS.len()];
                         let edit = next() % 4;
                         for record in [&mut fast, &mut slow] {
                             match edit {

@@ -237,6 +237,25 @@ pub fn run_node<N: Node>(records: Vec<Value>, config: Value) -> Vec<Result<Value
         .collect()
 }
 
+/// A repeatable stream of numbers (xorshift64, from `seed`, which must not be 0), for tests that
+/// generate their inputs: the same seed gives the same inputs on every run.
+///
+/// ```
+/// let mut next = trellis_sdk::testing::numbers(7);
+/// let first: Vec<usize> = (0..3).map(|_| next()).collect();
+/// let mut again = trellis_sdk::testing::numbers(7);
+/// assert_eq!(first, (0..3).map(|_| again()).collect::<Vec<_>>());
+/// ```
+pub fn numbers(seed: u64) -> impl FnMut() -> usize {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as usize
+    }
+}
+
 /// Runs masking plugin `M` on `values` found at `field_path`, with the masking rule's `params`,
 /// as the host's call does (a new instance, JSON text through the export). An `Err` is what the
 /// host would redact.

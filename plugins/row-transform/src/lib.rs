@@ -335,13 +335,7 @@ mod tests {
             r#""é😀""#,
             r#""""#,
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as usize
-        };
+        let mut next = testing::numbers(0x9e37_79b9_7f4a_7c15_u64);
         let (mut one_pass, mut by_record) = (0, 0);
         for config in &configs {
             let settings: Settings = serde_json::from_value(config.clone()).unwrap();
@@ -359,7 +353,7 @@ mod tests {
                     ));
                 }
                 text.push('}');
-                if next() % 8 == 0 {
+                if next().is_multiple_of(8) {
                     let mut at = next() % (text.len() + 1);
                     while !text.is_char_boundary(at) {
                         at -= 1;

@@ -100,9 +100,18 @@ fn sum(records: &[String], one_pass: bool) -> Vec<Result<String, String>> {
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            let (read, group, amount) =
+            // The group's index is filled in below, once the group is found.
+            let (mut read, group, amount) =
                 match one_pass.then(|| settings.read_text(text, &names)).flatten() {
-                    Some((close, group, amount)) => (Err(close), group, amount),
+                    Some((close, group, amount)) => (
+                        Read::Text {
+                            text,
+                            close,
+                            group: 0,
+                        },
+                        Cow::Borrowed(group),
+                        amount,
+                    ),
                     None => {
                         let record = Record::parse(text).map_err(|e| {
                             if text.trim_start().starts_with('{') {
@@ -113,7 +122,7 @@ fn sum(records: &[String], one_pass: bool) -> Vec<Result<String, String>> {
                         })?;
                         let amount = settings.amount(&record, i)?;
                         let group = Cow::Owned(group_of(&record, &settings.key).into_owned());
-                        (Ok(record), group, amount)
+                        (Read::Record(record, 0), group, amount)
                     }
                 };
             let at = match index.get(group.as_ref()) {
@@ -130,14 +139,10 @@ fn sum(records: &[String], one_pass: bool) -> Vec<Result<String, String>> {
                 entry.1 &= n.as_i64().is_some();
                 entry.0 += n.as_f64().unwrap_or(0.0);
             }
-            Ok(match read {
-                Ok(record) => Read::Record(record, at),
-                Err(close) => Read::Text {
-                    text,
-                    close,
-                    group: at,
-                },
-            })
+            match &mut read {
+                Read::Text { group, .. } | Read::Record(_, group) => *group = at,
+            }
+            Ok(read)
         })
         .collect();
 
@@ -215,7 +220,7 @@ impl Settings {
         &self,
         text: &'t str,
         names: &Names<'_>,
-    ) -> Option<(usize, Cow<'t, str>, Option<serde_json::Number>)> {
+    ) -> Option<(usize, &'t str, Option<serde_json::Number>)> {
         let (mut key, mut amount, mut plain) = (None, None, true);
         let shape = record::fields(text, |field| match names.find(field.name) {
             Some(0) => key = Some(field),
@@ -227,12 +232,12 @@ impl Settings {
             return None;
         }
         let group = match key {
-            None => Cow::Borrowed("null"),
-            Some(field) if field.value == "null" => Cow::Borrowed("null"),
+            None => "null",
+            Some(field) if field.value == "null" => "null",
             // Its text with the quotes, as [`group_of`] keeps it.
             Some(field) => {
                 field.plain_str()?;
-                Cow::Borrowed(field.value)
+                field.value
             }
         };
         let amount = match amount {
@@ -447,13 +452,7 @@ mod tests {
             r#""lots""#,
             "12345678901234567890123",
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as usize
-        };
+        let mut next = testing::numbers(0x2545_f491_4f6c_dd1d_u64);
         for config in &configs {
             testing::set_config(config.clone());
             for _ in 0..2_000 {
@@ -469,7 +468,7 @@ mod tests {
                             })
                             .collect();
                         let text = format!("{{{}}}", fields.join(","));
-                        if next() % 10 == 0 {
+                        if next().is_multiple_of(10) {
                             text.replace(':', ": ")
                         } else {
                             text
