@@ -658,11 +658,14 @@ async fn pre_warm_opens_to_the_p90_of_past_peaks() {
             == 1)
         .await
     );
-    // The next burst of `report` pre-warms to 6 on its first acquire.
+    // The next burst of `report` pre-warms to 6 on its first acquire: 5 more are opened. They
+    // are counted as opened, not as open at once: each above the minimum closes again after
+    // 100 ms idle, and on a loaded machine the last may open after the first has closed.
+    let created = pool.stats().connections.created;
     let first = pool.acquire_for("report").await.unwrap();
     assert!(
-        eventually(Duration::from_secs(3), || pool.stats().connections.total
-            >= 6)
+        eventually(Duration::from_secs(3), || pool.stats().connections.created
+            >= created + 5)
         .await,
         "{:?}",
         pool.stats().connections

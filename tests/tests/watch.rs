@@ -116,9 +116,12 @@ async fn plugin_swapped_20_times_under_20_clients_fails_no_request() {
             (&v1, "1.0.0")
         };
         replace_file(&target, bytes);
-        // Wait until the new version serves before the next swap.
+        // Wait until the new version serves before the next swap. Compiling it takes longer
+        // while 20 clients load the machine (and longer still beside the rest of the suite),
+        // so the bound is generous: what this test checks is that no request fails.
         let mut served = false;
-        for _ in 0..500 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             let list = server
                 .get_json("/v1/plugins", Some(&serde_json::json!({"user_id": "u"})))
                 .await;
